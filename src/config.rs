@@ -1,0 +1,83 @@
+//! The TOML configuration: keyring location, phone region, and one pipeline per input schema.
+//!
+//! Loading checks everything that can be checked without data: unknown keys, unreadable or
+//! invalid schemas, and every rule against its schema (see [`crate::plan`]). All rule errors
+//! of all pipelines are reported together, one offending path per line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::rules::RuleSpec;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Keyring file (spec §1). Relative to the config file.
+    pub keyring: PathBuf,
+    /// Phone parsing settings.
+    pub phone: PhoneConfig,
+    /// One entry per input event type.
+    pub pipeline: Vec<PipelineConfig>,
+    /// Where the config was read from; relative paths are resolved against its folder.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Phone parsing settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneConfig {
+    /// ISO 3166 alpha-2 region for numbers written without a country code.
+    pub default_region: String,
+}
+
+/// One input event type and its rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// A short name for logs and metrics (`calls`).
+    pub name: String,
+    /// The writer schema (`.avsc`) of the raw events. Relative to the config file.
+    pub input_schema: PathBuf,
+    /// Field path to action, one per leaf field of the input schema.
+    pub rules: BTreeMap<String, RuleSpec>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid config: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("schema {path} is not valid Avro: {message}")]
+    Schema { path: PathBuf, message: String },
+    #[error("two pipelines read the schema {0}")]
+    DuplicateSchema(String),
+    #[error("{0}")]
+    PhoneRegion(#[from] crate::token::UnknownRegion),
+    #[error("the rules do not fit the schemas:\n  {}", .0.join("\n  "))]
+    Rules(Vec<String>),
+}
+
+impl Config {
+    /// Reads a config file; relative paths in it are made relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        config.source = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.keyring = base.join(&config.keyring);
+        for pipeline in &mut config.pipeline {
+            pipeline.input_schema = base.join(&pipeline.input_schema);
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,150 @@
+//! The AES-256-GCM envelope of spec §4.
+//!
+//! ```text
+//! header   = 0x01 || u8(len(key_id)) || key_id
+//! envelope = header || nonce(12) || ciphertext || tag(16)
+//! aad      = header || field_path
+//! ```
+//!
+//! Binding the field path into the AAD means an envelope moved to another field fails to open;
+//! binding the header means the key id cannot be swapped. The event itself is not bound.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Nonce, Tag};
+use rand::RngCore;
+
+use crate::keys::{KeySet, SealKey};
+
+/// The envelope's version byte.
+pub const VERSION: u8 = 0x01;
+/// Nonce length in bytes.
+pub const NONCE_LEN: usize = 12;
+/// Tag length in bytes.
+pub const TAG_LEN: usize = 16;
+
+/// Why an envelope did not open. Never carries plaintext or key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("envelope is malformed")]
+    Malformed,
+    #[error("envelope version {0} is not supported")]
+    Version(u8),
+    #[error("key {0:?} is destroyed")]
+    KeyDestroyed(String),
+    #[error("key {0:?} is not in the keyring")]
+    UnknownKey(String),
+    #[error("envelope does not authenticate (wrong key, wrong field path, or tampered)")]
+    Authentication,
+}
+
+/// The header for key `id`. Ids are at most 32 bytes (spec §1), so the length fits a byte.
+pub fn header(id: &str) -> Vec<u8> {
+    let mut header = Vec::with_capacity(2 + id.len());
+    header.push(VERSION);
+    header.push(id.len() as u8);
+    header.extend_from_slice(id.as_bytes());
+    header
+}
+
+/// Length of the envelope of a plaintext of `len` bytes under `key`.
+pub fn sealed_len(key: &SealKey, len: usize) -> usize {
+    key.header().len() + NONCE_LEN + len + TAG_LEN
+}
+
+/// Appends the envelope of `plaintext` to `out`, with a fresh nonce from the OS CSPRNG.
+pub fn seal_into(key: &SealKey, field_path: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    seal_with_nonce(key, field_path, &nonce, plaintext, out);
+}
+
+/// [`seal_into`] with a given nonce: for test vectors only, never for output.
+pub fn seal_with_nonce(
+    key: &SealKey,
+    field_path: &str,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(key.header());
+    out.extend_from_slice(nonce);
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let aad = Aad::new(key.header(), field_path);
+    let tag = key
+        .cipher()
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad.as_slice(), &mut out[start..])
+        .expect("plaintext within AES-GCM's length limit");
+    out.extend_from_slice(&tag);
+    key.count_seal();
+}
+
+/// The key id an envelope names, without opening it.
+pub fn key_id(envelope: &[u8]) -> Result<&str, OpenError> {
+    let (&version, rest) = envelope.split_first().ok_or(OpenError::Malformed)?;
+    if version != VERSION {
+        return Err(OpenError::Version(version));
+    }
+    let (&len, rest) = rest.split_first().ok_or(OpenError::Malformed)?;
+    let id = rest.get(..len as usize).ok_or(OpenError::Malformed)?;
+    std::str::from_utf8(id).map_err(|_| OpenError::Malformed)
+}
+
+/// Opens an envelope sealed for `field_path` with whichever key of `keys` it names.
+pub fn open(keys: &KeySet, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let id = key_id(envelope)?;
+    let Some(key) = keys.seal_key(id) else {
+        return Err(if keys.is_destroyed(id) {
+            OpenError::KeyDestroyed(id.to_owned())
+        } else {
+            OpenError::UnknownKey(id.to_owned())
+        });
+    };
+    let header_len = 2 + id.len();
+    if envelope.len() < header_len + NONCE_LEN + TAG_LEN {
+        return Err(OpenError::Malformed);
+    }
+    let (header, rest) = envelope.split_at(header_len);
+    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut plaintext = ciphertext.to_vec();
+    let aad = Aad::new(header, field_path);
+    key.cipher()
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad.as_slice(),
+            &mut plaintext,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| OpenError::Authentication)?;
+    Ok(plaintext)
+}
+
+/// `header || field_path`, on the stack for the usual short paths.
+struct Aad {
+    inline: [u8; 128],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl Aad {
+    fn new(header: &[u8], field_path: &str) -> Self {
+        let len = header.len() + field_path.len();
+        let mut aad = Aad { inline: [0; 128], len, spilled: Vec::new() };
+        if len <= aad.inline.len() {
+            aad.inline[..header.len()].copy_from_slice(header);
+            aad.inline[header.len()..len].copy_from_slice(field_path.as_bytes());
+        } else {
+            aad.spilled = [header, field_path.as_bytes()].concat();
+        }
+        aad
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.len <= self.inline.len() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}

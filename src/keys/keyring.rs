@@ -1,0 +1,405 @@
+//! The keyring file (spec §1): loading, validation, and the one writer.
+//!
+//! The file is UTF-8 JSON readable by its owner only. Loading refuses, with one error each:
+//! a group- or world-readable file, an unknown field, a bad id, a duplicate id, a secret that is
+//! not 32 bytes of base64, a destroyed key that still has a secret (or a live key without one),
+//! and two active keys of one purpose. None of these errors ever carries secret bytes.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::Secret;
+
+/// The value of the keyring's `format` field.
+pub const KEYRING_FORMAT: &str = "pseudonymizer-keyring/v1";
+
+/// What a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// Tokens (HMAC-SHA256) and prefix-preserving IPs (Crypto-PAn).
+    Pseudonym,
+    /// AES-256-GCM envelopes.
+    Encryption,
+}
+
+impl Purpose {
+    /// The spelling used in the keyring and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Pseudonym => "pseudonym",
+            Purpose::Encryption => "encryption",
+        }
+    }
+}
+
+/// Lifecycle state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Used for new output.
+    Active,
+    /// Kept to open old envelopes and recompute old tokens; never used for new output.
+    Retired,
+    /// Secret removed (crypto-shredded); the entry stays as a record.
+    Destroyed,
+}
+
+impl KeyState {
+    /// The spelling used in the keyring.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// One entry of the keyring. `Debug` shows the id, purpose and state, never the secret.
+#[derive(Clone)]
+pub struct KeyEntry {
+    /// 1 to 32 characters of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// What the key is for.
+    pub purpose: Purpose,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// RFC 3339 creation time, as written in the file.
+    pub created_at: String,
+    /// `None` exactly when the key is destroyed.
+    pub secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("id", &self.id)
+            .field("purpose", &self.purpose)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a keyring was refused. Messages name paths, ids and fields, never secret bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("cannot read keyring {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write keyring {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("keyring {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("keyring {path} already exists; refusing to overwrite it")]
+    Exists { path: PathBuf },
+    #[error("keyring is not valid: {0}")]
+    Syntax(String),
+    #[error("keyring format is {0:?}, expected \"pseudonymizer-keyring/v1\"")]
+    Format(String),
+    #[error("key id {0:?} is not 1 to 32 characters of A-Z a-z 0-9 . _ -")]
+    BadId(String),
+    #[error("key id {0:?} appears more than once")]
+    DuplicateId(String),
+    #[error("key {0:?}: secret is not base64 of exactly 32 bytes")]
+    BadSecret(String),
+    #[error("key {0:?}: a destroyed key must have no secret")]
+    DestroyedWithSecret(String),
+    #[error("key {0:?}: secret is missing (only destroyed keys have none)")]
+    MissingSecret(String),
+    #[error("key {0:?}: created_at is not an RFC 3339 time")]
+    BadTime(String),
+    #[error("two active {purpose} keys: {first:?} and {second:?}; exactly one may be active")]
+    TwoActive { purpose: &'static str, first: String, second: String },
+    #[error("no active {0} key in the keyring")]
+    NoActive(&'static str),
+    #[error("no key with id {0:?}")]
+    UnknownId(String),
+    #[error("key {0:?} is already destroyed")]
+    AlreadyDestroyed(String),
+}
+
+/// The keyring: every key the program knows, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    entries: Vec<KeyEntry>,
+}
+
+// The on-disk form. Kept private so that only `Keyring::save` serializes secrets.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileForm {
+    format: String,
+    keys: Vec<FileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    id: String,
+    purpose: Purpose,
+    state: KeyState,
+    created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<Zeroizing<String>>,
+}
+
+impl Keyring {
+    /// Builds a keyring from entries, checking every rule of spec §1.
+    pub fn from_entries(entries: Vec<KeyEntry>) -> Result<Self, KeyringError> {
+        let mut seen = HashSet::new();
+        for entry in &entries {
+            if !valid_id(&entry.id) {
+                return Err(KeyringError::BadId(entry.id.clone()));
+            }
+            if !seen.insert(entry.id.as_str()) {
+                return Err(KeyringError::DuplicateId(entry.id.clone()));
+            }
+            if OffsetDateTime::parse(&entry.created_at, &Rfc3339).is_err() {
+                return Err(KeyringError::BadTime(entry.id.clone()));
+            }
+            match (entry.state, &entry.secret) {
+                (KeyState::Destroyed, Some(_)) => {
+                    return Err(KeyringError::DestroyedWithSecret(entry.id.clone()))
+                }
+                (KeyState::Active | KeyState::Retired, None) => {
+                    return Err(KeyringError::MissingSecret(entry.id.clone()))
+                }
+                _ => {}
+            }
+        }
+        for purpose in [Purpose::Pseudonym, Purpose::Encryption] {
+            let mut active = entries
+                .iter()
+                .filter(|e| e.purpose == purpose && e.state == KeyState::Active);
+            if let (Some(first), Some(second)) = (active.next(), active.next()) {
+                return Err(KeyringError::TwoActive {
+                    purpose: purpose.as_str(),
+                    first: first.id.clone(),
+                    second: second.id.clone(),
+                });
+            }
+        }
+        Ok(Keyring { entries })
+    }
+
+    /// Parses keyring JSON (no permission check; see [`Keyring::load`]).
+    pub fn from_json(text: &str) -> Result<Self, KeyringError> {
+        // serde_json's messages quote offending values only for type errors on non-string
+        // scalars; we still drop the message's detail past its first clause to be safe.
+        let form: FileForm = serde_json::from_str(text).map_err(|e| {
+            KeyringError::Syntax(format!(
+                "{} at line {} column {}",
+                syntax_category(&e),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if form.format != KEYRING_FORMAT {
+            return Err(KeyringError::Format(form.format));
+        }
+        let mut entries = Vec::with_capacity(form.keys.len());
+        for key in form.keys {
+            let secret = match &key.secret {
+                None => None,
+                Some(text) => Some(
+                    Secret::from_b64(text).ok_or_else(|| KeyringError::BadSecret(key.id.clone()))?,
+                ),
+            };
+            entries.push(KeyEntry {
+                id: key.id,
+                purpose: key.purpose,
+                state: key.state,
+                created_at: key.created_at,
+                secret,
+            });
+        }
+        Keyring::from_entries(entries)
+    }
+
+    /// Reads and validates a keyring file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let meta = fs::metadata(path).map_err(|source| KeyringError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyringError::Permissions { path: path.to_owned(), mode });
+        }
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
+            KeyringError::Read { path: path.to_owned(), source }
+        })?);
+        Keyring::from_json(&text)
+    }
+
+    /// Writes the keyring with mode 0600, atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let form = FileForm {
+            format: KEYRING_FORMAT.to_owned(),
+            keys: self
+                .entries
+                .iter()
+                .map(|e| FileEntry {
+                    id: e.id.clone(),
+                    purpose: e.purpose,
+                    state: e.state,
+                    created_at: e.created_at.clone(),
+                    secret: e.secret.as_ref().map(Secret::to_b64),
+                })
+                .collect(),
+        };
+        let mut text = Zeroizing::new(
+            serde_json::to_string_pretty(&form).expect("keyring form always serializes"),
+        );
+        text.push('\n');
+        let write_err = |source| KeyringError::Write { path: path.to_owned(), source };
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        fs::rename(&tmp, path).map_err(write_err)?;
+        Ok(())
+    }
+
+    /// A new keyring with one active key of each purpose.
+    pub fn generate() -> Self {
+        let now = now_rfc3339();
+        Keyring {
+            entries: vec![
+                new_entry(Purpose::Pseudonym, &now),
+                new_entry(Purpose::Encryption, &now),
+            ],
+        }
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> &[KeyEntry] {
+        &self.entries
+    }
+
+    /// The entry with this id.
+    pub fn get(&self, id: &str) -> Option<&KeyEntry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+
+    /// The active key of a purpose.
+    pub fn active(&self, purpose: Purpose) -> Result<&KeyEntry, KeyringError> {
+        self.entries
+            .iter()
+            .find(|e| e.purpose == purpose && e.state == KeyState::Active)
+            .ok_or(KeyringError::NoActive(purpose.as_str()))
+    }
+
+    /// Adds a new active key of `purpose` (with `id`, or a generated one) and retires the
+    /// previously active one. Returns the new id.
+    pub fn rotate(&mut self, purpose: Purpose, id: Option<String>) -> Result<String, KeyringError> {
+        let now = now_rfc3339();
+        let mut entry = new_entry(purpose, &now);
+        if let Some(id) = id {
+            entry.id = id;
+        }
+        if !valid_id(&entry.id) {
+            return Err(KeyringError::BadId(entry.id));
+        }
+        if self.get(&entry.id).is_some() {
+            return Err(KeyringError::DuplicateId(entry.id));
+        }
+        for old in &mut self.entries {
+            if old.purpose == purpose && old.state == KeyState::Active {
+                old.state = KeyState::Retired;
+            }
+        }
+        let id = entry.id.clone();
+        self.entries.push(entry);
+        Ok(id)
+    }
+
+    /// Removes the secret of key `id`, keeping its entry as a record (crypto-shredding).
+    pub fn destroy(&mut self, id: &str) -> Result<(), KeyringError> {
+        let entry = self
+            .entries
+            .iter_mut()
+            .find(|e| e.id == id)
+            .ok_or_else(|| KeyringError::UnknownId(id.to_owned()))?;
+        if entry.state == KeyState::Destroyed {
+            return Err(KeyringError::AlreadyDestroyed(id.to_owned()));
+        }
+        entry.state = KeyState::Destroyed;
+        entry.secret = None; // dropping the Secret zeroizes it
+        Ok(())
+    }
+
+    /// Whether a file exists at `path` (so `init` can refuse to overwrite).
+    pub fn refuse_existing(path: &Path) -> Result<(), KeyringError> {
+        if path.exists() {
+            return Err(KeyringError::Exists { path: path.to_owned() });
+        }
+        Ok(())
+    }
+}
+
+fn syntax_category(e: &serde_json::Error) -> String {
+    // "unknown field `x`, expected one of ..." names only field names; keep it, it is the
+    // most useful part. Other data errors can quote input, so they are summarised.
+    let message = e.to_string();
+    match e.classify() {
+        serde_json::error::Category::Data if message.starts_with("unknown field") => message
+            .split(" at line")
+            .next()
+            .unwrap_or("unknown field")
+            .to_owned(),
+        serde_json::error::Category::Data if message.starts_with("missing field") => message
+            .split(" at line")
+            .next()
+            .unwrap_or("missing field")
+            .to_owned(),
+        serde_json::error::Category::Data => "a field has the wrong type or value".to_owned(),
+        serde_json::error::Category::Syntax => "malformed JSON".to_owned(),
+        serde_json::error::Category::Eof => "unexpected end of JSON".to_owned(),
+        serde_json::error::Category::Io => "read error".to_owned(),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn now_rfc3339() -> String {
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    now.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// A new active key with an id like `p-20261125-3fa9c2` (purpose letter, date, random suffix).
+fn new_entry(purpose: Purpose, created_at: &str) -> KeyEntry {
+    use rand::RngCore;
+    let letter = match purpose {
+        Purpose::Pseudonym => 'p',
+        Purpose::Encryption => 'e',
+    };
+    let date: String = created_at.chars().take(10).filter(char::is_ascii_digit).collect();
+    let suffix = rand::rngs::OsRng.next_u32() & 0x00ff_ffff;
+    KeyEntry {
+        id: format!("{letter}-{date}-{suffix:06x}"),
+        purpose,
+        state: KeyState::Active,
+        created_at: created_at.to_owned(),
+        secret: Some(Secret::generate()),
+    }
+}

@@ -1,0 +1,208 @@
+//! Keys: the keyring file, its secrets, and the working keys derived from them.
+//!
+//! A keyring secret is never used directly (spec §2). [`PseudonymKey`] holds the HMAC key for
+//! tokens (with its keyed state computed once) and the Crypto-PAn cipher; [`SealKey`] holds the
+//! AES-256-GCM cipher. [`KeySet`] is what the transform needs: the active key of each purpose,
+//! plus every key that still has a secret, for look-ups and for opening old envelopes.
+
+mod keyring;
+mod secret;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aes_gcm::{Aes256Gcm, KeyInit};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FORMAT};
+pub use secret::{Secret, SECRET_LEN};
+
+use crate::cryptopan::CryptoPan;
+
+/// HKDF info for the token HMAC key (spec §2).
+pub const INFO_HMAC: &[u8] = b"pseudonymizer/v1/hmac-sha256";
+/// HKDF info for the Crypto-PAn key (spec §2).
+pub const INFO_CRYPTOPAN: &[u8] = b"pseudonymizer/v1/cryptopan";
+/// HKDF info for the AES-256-GCM key (spec §2).
+pub const INFO_AES_GCM: &[u8] = b"pseudonymizer/v1/aes-256-gcm";
+
+/// `HKDF-SHA256(ikm = secret, salt = none, info, L = 32)`.
+pub fn derive(secret: &Secret, info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(None, secret.expose());
+    let mut okm = Zeroizing::new([0u8; 32]);
+    hk.expand(info, okm.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
+}
+
+/// Working keys of one pseudonym secret: the token HMAC and the Crypto-PAn cipher.
+pub struct PseudonymKey {
+    id: String,
+    // HMAC with the key already absorbed: cloning it skips re-hashing the key pads per token.
+    hmac: Hmac<Sha256>,
+    cryptopan: CryptoPan,
+}
+
+impl PseudonymKey {
+    /// Derives the working keys of a pseudonym secret.
+    pub fn new(id: &str, secret: &Secret) -> Self {
+        let hmac_key = derive(secret, INFO_HMAC);
+        let pan_key = derive(secret, INFO_CRYPTOPAN);
+        PseudonymKey {
+            id: id.to_owned(),
+            hmac: <Hmac<Sha256> as Mac>::new_from_slice(hmac_key.as_ref())
+                .expect("HMAC accepts any key length"),
+            cryptopan: CryptoPan::new(&pan_key),
+        }
+    }
+
+    /// The key id that prefixes every token.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A fresh HMAC state keyed with this key's token key.
+    pub fn hmac(&self) -> Hmac<Sha256> {
+        self.hmac.clone()
+    }
+
+    /// The Crypto-PAn cipher for prefix-preserving IPs.
+    pub fn cryptopan(&self) -> &CryptoPan {
+        &self.cryptopan
+    }
+}
+
+impl std::fmt::Debug for PseudonymKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PseudonymKey({})", self.id)
+    }
+}
+
+/// Working key of one encryption secret: AES-256-GCM and the envelope header it writes.
+pub struct SealKey {
+    id: String,
+    header: Vec<u8>,
+    cipher: Aes256Gcm,
+    sealed: AtomicU64,
+}
+
+impl SealKey {
+    /// Derives the AES-256-GCM key of an encryption secret.
+    pub fn new(id: &str, secret: &Secret) -> Self {
+        let key = derive(secret, INFO_AES_GCM);
+        SealKey {
+            id: id.to_owned(),
+            header: crate::envelope::header(id),
+            cipher: Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte AES-256 key"),
+            sealed: AtomicU64::new(0),
+        }
+    }
+
+    /// The key id written in every envelope header.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `0x01 || u8(len(id)) || id`.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+
+    /// How many envelopes this process has sealed under this key (spec §4's 2^32 budget).
+    pub fn sealed_count(&self) -> u64 {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_seal(&self) {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey({})", self.id)
+    }
+}
+
+/// The working keys derived from a keyring.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    pseudonym: Option<Arc<PseudonymKey>>,
+    encryption: Option<Arc<SealKey>>,
+    all_pseudonym: Vec<Arc<PseudonymKey>>,
+    all_seal: HashMap<String, Arc<SealKey>>,
+    destroyed: Vec<String>,
+}
+
+impl KeySet {
+    /// Derives every working key of a keyring. Destroyed keys are remembered by id only.
+    pub fn from_keyring(keyring: &Keyring) -> Self {
+        let mut set = KeySet {
+            pseudonym: None,
+            encryption: None,
+            all_pseudonym: Vec::new(),
+            all_seal: HashMap::new(),
+            destroyed: Vec::new(),
+        };
+        for entry in keyring.entries() {
+            let Some(secret) = &entry.secret else {
+                set.destroyed.push(entry.id.clone());
+                continue;
+            };
+            match entry.purpose {
+                Purpose::Pseudonym => {
+                    let key = Arc::new(PseudonymKey::new(&entry.id, secret));
+                    if entry.state == KeyState::Active {
+                        set.pseudonym = Some(key.clone());
+                    }
+                    set.all_pseudonym.push(key);
+                }
+                Purpose::Encryption => {
+                    let key = Arc::new(SealKey::new(&entry.id, secret));
+                    if entry.state == KeyState::Active {
+                        set.encryption = Some(key.clone());
+                    }
+                    set.all_seal.insert(entry.id.clone(), key);
+                }
+            }
+        }
+        set
+    }
+
+    /// The active pseudonym key.
+    pub fn pseudonym(&self) -> Result<&Arc<PseudonymKey>, KeyringError> {
+        self.pseudonym
+            .as_ref()
+            .ok_or(KeyringError::NoActive(Purpose::Pseudonym.as_str()))
+    }
+
+    /// The active encryption key.
+    pub fn encryption(&self) -> Result<&Arc<SealKey>, KeyringError> {
+        self.encryption
+            .as_ref()
+            .ok_or(KeyringError::NoActive(Purpose::Encryption.as_str()))
+    }
+
+    /// Every pseudonym key that still has a secret (active and retired), in keyring order.
+    pub fn pseudonym_keys(&self) -> &[Arc<PseudonymKey>] {
+        &self.all_pseudonym
+    }
+
+    /// The encryption key with this id, if it still has a secret.
+    pub fn seal_key(&self, id: &str) -> Option<&Arc<SealKey>> {
+        self.all_seal.get(id)
+    }
+
+    /// Whether `id` names a destroyed key.
+    pub fn is_destroyed(&self, id: &str) -> bool {
+        self.destroyed.iter().any(|d| d == id)
+    }
+}

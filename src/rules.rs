@@ -1,0 +1,178 @@
+//! Rules: what happens to each field. One [`Action`] per leaf field path.
+//!
+//! In TOML an action is a string (`"keep"`, `"phone"`, `"encrypt"`, …) or, for
+//! `ip-truncate`, optionally a table giving the prefix kept per family:
+//! `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::token::TokenClass;
+
+/// What to do with one leaf field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Copy unchanged.
+    Keep,
+    /// Remove the field from the output schema and the output.
+    Drop,
+    /// Replace with a token of this class (`phone`, `ip`, `email`, `id`; spec §3).
+    Token(TokenClass),
+    /// Replace an IP with its Crypto-PAn image (spec §3, prefix-preserving mode).
+    IpPrefix,
+    /// Zero the host bits of an IP, keeping this many leading bits (not keyed).
+    IpTruncate { v4: u8, v6: u8 },
+    /// Seal in an AES-256-GCM envelope (spec §4).
+    Encrypt,
+}
+
+/// Default prefixes kept by a bare `"ip-truncate"`.
+pub const DEFAULT_TRUNCATE_V4: u8 = 24;
+/// Default prefixes kept by a bare `"ip-truncate"`.
+pub const DEFAULT_TRUNCATE_V6: u8 = 48;
+
+impl Action {
+    /// The action's name as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Keep => "keep",
+            Action::Drop => "drop",
+            Action::Token(TokenClass::Phone) => "phone",
+            Action::Token(TokenClass::Ip) => "ip",
+            Action::Token(TokenClass::Email) => "email",
+            Action::Token(_) => "id",
+            Action::IpPrefix => "ip-prefix",
+            Action::IpTruncate { .. } => "ip-truncate",
+            Action::Encrypt => "encrypt",
+        }
+    }
+
+    /// Whether the output replaces a string with another string (every action but keep, drop
+    /// and encrypt).
+    pub fn yields_string(self) -> bool {
+        !matches!(self, Action::Keep | Action::Drop | Action::Encrypt)
+    }
+
+    /// Whether the action needs the active pseudonym key. `ip-prefix` and `ip-truncate` need
+    /// it too: a value that is not an IP becomes an `ip-raw` token.
+    pub fn needs_pseudonym_key(self) -> bool {
+        matches!(self, Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. })
+    }
+
+    /// Human description for the derived schema's field docs.
+    pub fn describe(self) -> String {
+        match self {
+            Action::Keep => "copied unchanged".to_owned(),
+            Action::Drop => "dropped".to_owned(),
+            Action::Token(class) => format!(
+                "pseudonymized: token of class {} (key_id:b64url(HMAC-SHA256)[0..16]); the key id is in the record header",
+                class.as_str()
+            ),
+            Action::IpPrefix => "pseudonymized: prefix-preserving Crypto-PAn IP".to_owned(),
+            Action::IpTruncate { v4, v6 } => {
+                format!("generalized: IP truncated to /{v4} (IPv4) or /{v6} (IPv6)")
+            }
+            Action::Encrypt => {
+                "encrypted: AES-256-GCM envelope (docs/formats.md), bound to this field's path"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+/// An action as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RuleSpec {
+    /// `"keep"`, `"phone"`, …
+    Name(String),
+    /// `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`
+    Table {
+        action: String,
+        #[serde(default)]
+        ipv4_prefix: Option<u8>,
+        #[serde(default)]
+        ipv6_prefix: Option<u8>,
+    },
+}
+
+impl RuleSpec {
+    /// The action, or a sentence saying why the spec is not one.
+    pub fn action(&self) -> Result<Action, String> {
+        let (name, v4, v6) = match self {
+            RuleSpec::Name(name) => (name.as_str(), None, None),
+            RuleSpec::Table { action, ipv4_prefix, ipv6_prefix } => {
+                (action.as_str(), *ipv4_prefix, *ipv6_prefix)
+            }
+        };
+        if name != "ip-truncate" && (v4.is_some() || v6.is_some()) {
+            return Err(format!("prefix lengths only apply to ip-truncate, not {name:?}"));
+        }
+        Ok(match name {
+            "keep" => Action::Keep,
+            "drop" => Action::Drop,
+            "phone" => Action::Token(TokenClass::Phone),
+            "ip" => Action::Token(TokenClass::Ip),
+            "email" => Action::Token(TokenClass::Email),
+            "id" => Action::Token(TokenClass::Id),
+            "ip-prefix" => Action::IpPrefix,
+            "encrypt" => Action::Encrypt,
+            "ip-truncate" => {
+                let v4 = v4.unwrap_or(DEFAULT_TRUNCATE_V4);
+                let v6 = v6.unwrap_or(DEFAULT_TRUNCATE_V6);
+                if v4 > 32 || v6 > 128 {
+                    return Err(format!("ip-truncate prefixes /{v4} and /{v6} exceed 32 / 128"));
+                }
+                Action::IpTruncate { v4, v6 }
+            }
+            other => {
+                return Err(format!(
+                    "unknown action {other:?} (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt)"
+                ))
+            }
+        })
+    }
+}
+
+/// The rules of one input schema: field path to action.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    actions: BTreeMap<String, Action>,
+}
+
+impl Rules {
+    /// Parses every spec, collecting one message per bad path.
+    pub fn from_specs(specs: &BTreeMap<String, RuleSpec>) -> Result<Self, Vec<String>> {
+        let mut actions = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (path, spec) in specs {
+            match spec.action() {
+                Ok(action) => {
+                    actions.insert(path.clone(), action);
+                }
+                Err(why) => errors.push(format!("{path}: {why}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Rules { actions })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Builds rules from pairs (for tests and tools).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Action)>) -> Self {
+        Rules { actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect() }
+    }
+
+    /// The action for a path.
+    pub fn get(&self, path: &str) -> Option<Action> {
+        self.actions.get(path).copied()
+    }
+
+    /// Every (path, action), sorted by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Action)> {
+        self.actions.iter().map(|(p, a)| (p.as_str(), *a))
+    }
+}

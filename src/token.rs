@@ -1,0 +1,346 @@
+//! Pseudonym tokens (spec §3): canonical forms and the keyed MAC.
+//!
+//! ```text
+//! token = key_id ":" b64url( HMAC-SHA256(hmac_key, class || 0x00 || canonical)[0..16] )
+//! ```
+//!
+//! Canonicalization is the part other languages must reproduce: phone numbers become E.164 as
+//! libphonenumber formats them (a number already in `+digits` form skips the full parser when
+//! the parser could not change it), IPs their RFC 5952 / dotted text, e-mail addresses are
+//! trimmed and lower-cased, ids are taken as they are. Values that do not parse as a phone
+//! number or IP become `phone-raw` / `ip-raw` tokens of the trimmed input, so nothing raw is
+//! ever written out.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv6Addr};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::Mac;
+use phonenumber::country;
+use phonenumber::metadata::DATABASE;
+use phonenumber::Mode;
+
+use crate::keys::PseudonymKey;
+
+/// The class of a token: part of the MAC input, so equal strings of different classes give
+/// unrelated tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenClass {
+    /// A phone number, canonical E.164.
+    Phone,
+    /// A value the phone parser rejected, trimmed.
+    PhoneRaw,
+    /// An IP address, canonical text.
+    Ip,
+    /// A value that is not an IP address, trimmed.
+    IpRaw,
+    /// An e-mail address, trimmed and lower-cased.
+    Email,
+    /// An identifier, exactly as given.
+    Id,
+}
+
+impl TokenClass {
+    /// The ASCII class name that enters the MAC.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenClass::Phone => "phone",
+            TokenClass::PhoneRaw => "phone-raw",
+            TokenClass::Ip => "ip",
+            TokenClass::IpRaw => "ip-raw",
+            TokenClass::Email => "email",
+            TokenClass::Id => "id",
+        }
+    }
+
+    /// Parses a class name as the CLI spells it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "phone" => TokenClass::Phone,
+            "phone-raw" => TokenClass::PhoneRaw,
+            "ip" => TokenClass::Ip,
+            "ip-raw" => TokenClass::IpRaw,
+            "email" => TokenClass::Email,
+            "id" => TokenClass::Id,
+            _ => return None,
+        })
+    }
+}
+
+/// Longest token: a 32-byte key id, the colon, 22 base64url characters.
+pub const MAX_TOKEN_LEN: usize = 32 + 1 + 22;
+
+/// A token, held on the stack so the hot path does not allocate.
+#[derive(Clone, Copy)]
+pub struct Token {
+    bytes: [u8; MAX_TOKEN_LEN],
+    len: usize,
+}
+
+impl Token {
+    /// The token text.
+    pub fn as_str(&self) -> &str {
+        // Built only from a validated key id (ASCII), ':' and base64url.
+        std::str::from_utf8(&self.bytes[..self.len]).expect("tokens are ASCII")
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Computes the token of an already canonical value.
+pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
+    let mut mac = key.hmac();
+    mac.update(class.as_str().as_bytes());
+    mac.update(&[0u8]);
+    mac.update(canonical);
+    let digest = mac.finalize().into_bytes();
+
+    let id = key.id().as_bytes();
+    let mut out = Token { bytes: [0; MAX_TOKEN_LEN], len: id.len() + 1 + 22 };
+    out.bytes[..id.len()].copy_from_slice(id);
+    out.bytes[id.len()] = b':';
+    URL_SAFE_NO_PAD
+        .encode_slice(&digest[..16], &mut out.bytes[id.len() + 1..])
+        .expect("22 bytes hold base64url of 16 bytes");
+    out
+}
+
+/// Phone number canonicalization with a configured default region.
+pub struct PhoneCanon {
+    region: country::Id,
+    // Country calling codes the parser knows, indexed by code.
+    known_codes: Vec<bool>,
+    // The default region's national prefix rules: the parser applies them even to `+` numbers.
+    national_prefix: Option<String>,
+    national_prefix_for_parsing: Option<regex::Regex>,
+}
+
+/// Why a phone region is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a region the phone parser knows (ISO 3166 alpha-2, e.g. ID)")]
+pub struct UnknownRegion(pub String);
+
+impl PhoneCanon {
+    /// Canonicalization for numbers written without a country code in `region` (e.g. `ID`).
+    pub fn new(region: &str) -> Result<Self, UnknownRegion> {
+        let id: country::Id = region
+            .parse()
+            .map_err(|_| UnknownRegion(region.to_owned()))?;
+        let meta = DATABASE
+            .by_id(id.as_ref())
+            .ok_or_else(|| UnknownRegion(region.to_owned()))?;
+        let mut known_codes = vec![false; 1000];
+        for m in DATABASE.iter() {
+            if let Some(slot) = known_codes.get_mut(m.country_code() as usize) {
+                *slot = true;
+            }
+        }
+        let national_prefix_for_parsing = match meta.national_prefix_for_parsing() {
+            Some(re) => Some(
+                regex::Regex::new(&format!("^(?:{})", re.as_str()))
+                    .map_err(|_| UnknownRegion(region.to_owned()))?,
+            ),
+            None => None,
+        };
+        Ok(PhoneCanon {
+            region: id,
+            known_codes,
+            national_prefix: meta.national_prefix().map(str::to_owned),
+            national_prefix_for_parsing,
+        })
+    }
+
+    /// The class and canonical form of a phone field's value.
+    pub fn canonical<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
+        let trimmed = value.trim();
+        if self.is_plain_e164(trimmed) {
+            return (TokenClass::Phone, Cow::Borrowed(trimmed));
+        }
+        self.canonical_slow(trimmed)
+    }
+
+    /// The full libphonenumber path, without the `+digits` shortcut (for tests and benches).
+    pub fn canonical_slow<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
+        let trimmed = value.trim();
+        match phonenumber::parse(Some(self.region), trimmed) {
+            Ok(number) => (
+                TokenClass::Phone,
+                Cow::Owned(number.format().mode(Mode::E164).to_string()),
+            ),
+            Err(_) => (TokenClass::PhoneRaw, Cow::Borrowed(trimmed)),
+        }
+    }
+
+    /// Whether `s` is `+` and digits that the full parser would return unchanged: a known
+    /// country code followed by a national number that the default region's national prefix
+    /// rules do not touch. Property tests check this against the full parser.
+    fn is_plain_e164(&self, s: &str) -> bool {
+        let Some(digits) = s.strip_prefix('+') else {
+            return false;
+        };
+        if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        if digits.starts_with('0') {
+            return false;
+        }
+        // Country codes are prefix-free: the first known 1-3 digit prefix is the code.
+        let Some(cc_len) = (1..=3).find(|&n| {
+            let code: usize = digits[..n].parse().unwrap_or(0);
+            self.known_codes[code]
+        }) else {
+            return false;
+        };
+        let national = &digits[cc_len..];
+        if let Some(prefix) = &self.national_prefix {
+            if national.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        if let Some(re) = &self.national_prefix_for_parsing {
+            if re.is_match(national) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl std::fmt::Debug for PhoneCanon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PhoneCanon({})", self.region.as_ref())
+    }
+}
+
+/// Text of a canonical IP, on the stack (the longest IPv6 text is 39 bytes).
+pub struct IpText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    /// The address text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("IP text is ASCII")
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Parses an IP the way spec §3 canonicalizes it: surrounding white space trimmed, an
+/// IPv4-mapped IPv6 address taken as its IPv4 address. `None` when it is not an IP.
+pub fn parse_ip(value: &str) -> Option<IpAddr> {
+    let ip: IpAddr = value.trim().parse().ok()?;
+    Some(match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    })
+}
+
+/// Canonical text of an address: dotted decimal, or RFC 5952 (Rust's `Display` for IPv6 is
+/// RFC 5952: lower case, longest zero run compressed, a single zero group not compressed).
+pub fn ip_text(ip: IpAddr) -> IpText {
+    let mut text = IpText { bytes: [0; 48], len: 0 };
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    };
+    write!(text, "{ip}").expect("48 bytes hold any IP text");
+    text
+}
+
+/// Zeroes the host bits of an address: keeps `v4_prefix` / `v6_prefix` leading bits.
+pub fn truncate_ip(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(v4_prefix.min(32))).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix.min(128))).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+/// Canonical e-mail: trimmed and lower-cased (borrowed when already so).
+pub fn canonical_email(value: &str) -> Cow<'_, str> {
+    let trimmed = value.trim();
+    if trimmed.chars().any(char::is_uppercase) {
+        Cow::Owned(trimmed.to_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// The class and canonical form of a value for a token of `class` (`Phone` needs `phone`).
+/// `PhoneRaw` / `IpRaw` come back where the value does not parse.
+pub fn canonical<'a>(
+    class: TokenClass,
+    value: &'a str,
+    phone: &PhoneCanon,
+) -> (TokenClass, Cow<'a, str>) {
+    match class {
+        TokenClass::Phone => phone.canonical(value),
+        TokenClass::Ip => match parse_ip(value) {
+            Some(ip) => (TokenClass::Ip, Cow::Owned(ip_text(ip).as_str().to_owned())),
+            None => (TokenClass::IpRaw, Cow::Borrowed(value.trim())),
+        },
+        TokenClass::Email => (TokenClass::Email, canonical_email(value)),
+        TokenClass::PhoneRaw | TokenClass::IpRaw => (class, Cow::Borrowed(value.trim())),
+        TokenClass::Id => (TokenClass::Id, Cow::Borrowed(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_formats_canonicalize_to_e164() {
+        let canon = PhoneCanon::new("ID").unwrap();
+        for input in ["+62 812-3456-7890", "0812 3456 7890", "(0812) 34567890", " +6281234567890 "] {
+            assert_eq!(canon.canonical(input), (TokenClass::Phone, Cow::Borrowed("+6281234567890")), "{input}");
+        }
+        assert_eq!(canon.canonical("anonymous").0, TokenClass::PhoneRaw);
+        assert_eq!(canon.canonical(" anonymous ").1, "anonymous");
+    }
+
+    #[test]
+    fn ips_canonicalize() {
+        let text = |s: &str| ip_text(parse_ip(s).unwrap()).as_str().to_owned();
+        assert_eq!(text("2001:DB8:0:0:0:0:0:1"), "2001:db8::1");
+        assert_eq!(text("2001:db8:0:1:1:1:1:1"), "2001:db8:0:1:1:1:1:1");
+        assert_eq!(text("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(text(" 10.0.0.1 "), "10.0.0.1");
+        assert!(parse_ip("10.0.0.256").is_none());
+        assert_eq!(
+            truncate_ip(parse_ip("192.0.2.77").unwrap(), 24, 48).to_string(),
+            "192.0.2.0"
+        );
+        assert_eq!(
+            truncate_ip(parse_ip("2001:db8:aa:bb::1").unwrap(), 24, 48).to_string(),
+            "2001:db8:aa::"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Reading and writing the Avro binary encoding: zig-zag varints and length-prefixed bytes.
+//!
+//! The reader never trusts a length: every count is checked against what is left of the
+//! input before it is used, so corrupt data gives an error, never a panic or a huge allocation.
+
+use super::ErrorKind;
+
+/// A position in one event's bytes.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The bytes between `start` and the current position.
+    pub fn since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start..self.pos]
+    }
+
+    /// A zig-zag varint long (at most 10 bytes).
+    #[inline]
+    pub fn long(&mut self) -> Result<i64, ErrorKind> {
+        let mut value: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = *self.buf.get(self.pos).ok_or(ErrorKind::Truncated)?;
+            self.pos += 1;
+            if shift == 63 && byte > 1 {
+                return Err(ErrorKind::BadVarint);
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err(ErrorKind::BadVarint)
+    }
+
+    /// A length (non-negative long) that fits in what is left.
+    #[inline]
+    pub fn len(&mut self) -> Result<usize, ErrorKind> {
+        let len = self.long()?;
+        if len < 0 {
+            return Err(ErrorKind::NegativeLength);
+        }
+        let len = len as u64;
+        if len > self.remaining() as u64 {
+            return Err(ErrorKind::Truncated);
+        }
+        Ok(len as usize)
+    }
+
+    /// Length-prefixed bytes (string or bytes).
+    #[inline]
+    pub fn bytes(&mut self) -> Result<&'a [u8], ErrorKind> {
+        let len = self.len()?;
+        self.take(len)
+    }
+
+    #[inline]
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], ErrorKind> {
+        let end = self.pos.checked_add(n).ok_or(ErrorKind::Truncated)?;
+        let slice = self.buf.get(self.pos..end).ok_or(ErrorKind::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    /// The item count of the next array or map block, and its byte size when the writer
+    /// gave one (negative count form). 0 ends the array. Counts larger than the bytes left
+    /// are refused: every item we accept takes at least one byte.
+    #[inline]
+    pub fn block(&mut self) -> Result<(usize, Option<usize>), ErrorKind> {
+        let count = self.long()?;
+        let (count, size) = if count < 0 {
+            let count = count.checked_neg().ok_or(ErrorKind::BadVarint)?;
+            (count, Some(self.len()?))
+        } else {
+            (count, None)
+        };
+        if count as u64 > self.remaining() as u64 {
+            return Err(ErrorKind::Truncated);
+        }
+        Ok((count as usize, size))
+    }
+}
+
+/// Appends a zig-zag varint.
+#[inline]
+pub fn write_long(out: &mut Vec<u8>, value: i64) {
+    let mut n = ((value << 1) ^ (value >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Appends length-prefixed bytes.
+#[inline]
+pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_long(out, bytes.len() as i64);
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0i64, 1, -1, 63, -64, 64, 300, -300, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_long(&mut out, v);
+            let mut cursor = Cursor::new(&out);
+            assert_eq!(cursor.long().unwrap(), v);
+            assert_eq!(cursor.remaining(), 0);
+        }
+    }
+
+    #[test]
+    fn corrupt_varints_are_errors() {
+        assert_eq!(Cursor::new(&[0x80]).long(), Err(ErrorKind::Truncated));
+        assert_eq!(Cursor::new(&[0xff; 11]).long(), Err(ErrorKind::BadVarint));
+        assert_eq!(Cursor::new(&[0x02]).bytes(), Err(ErrorKind::Truncated));
+        assert_eq!(Cursor::new(&[0x01]).bytes(), Err(ErrorKind::NegativeLength));
+    }
+}

@@ -1,0 +1,151 @@
+//! The fast path: one pass over the Avro binary, driven by the compiled [`Step`] tree.
+//!
+//! Kept fields are not decoded: the walker skips over a run of them and copies the run's
+//! bytes in one `extend_from_slice`. Only leaves with an action are read, and their output is
+//! written straight into the caller's buffer (tokens and IP texts are built on the stack, and
+//! envelopes are sealed in place), so a typical event allocates nothing.
+
+use super::binary::{write_bytes, write_long, Cursor};
+use super::leaf::pseudonymize;
+use super::{ActiveKeys, ErrorKind, TransformError};
+use crate::envelope;
+use crate::plan::{Leaf, LeafInput, Plan, Shape, Step};
+use crate::rules::Action;
+use crate::token::PhoneCanon;
+
+pub fn transform(
+    plan: &Plan,
+    phone: &PhoneCanon,
+    keys: &ActiveKeys,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), TransformError> {
+    let mut cursor = Cursor::new(input);
+    let walker = Walker { phone, keys };
+    walker.step(&plan.step, &mut cursor, out)?;
+    if cursor.remaining() != 0 {
+        return Err(TransformError::at("", ErrorKind::TrailingBytes));
+    }
+    Ok(())
+}
+
+struct Walker<'a> {
+    phone: &'a PhoneCanon,
+    keys: &'a ActiveKeys,
+}
+
+impl Walker<'_> {
+    fn step(&self, step: &Step, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), TransformError> {
+        match step {
+            Step::Copy { shape, path } => {
+                let start = cur.pos();
+                skip(shape, cur).map_err(|k| TransformError::at(path, k))?;
+                out.extend_from_slice(cur.since(start));
+            }
+            Step::Skip { shape, path } => skip(shape, cur).map_err(|k| TransformError::at(path, k))?,
+            Step::Record(steps) => {
+                for step in steps {
+                    self.step(step, cur, out)?;
+                }
+            }
+            Step::Union { branches, path } => {
+                let index = cur.long().map_err(|k| TransformError::at(path, k))?;
+                let branch = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| branches.get(i))
+                    .ok_or_else(|| TransformError::at(path, ErrorKind::BadUnion))?;
+                write_long(out, index);
+                self.step(branch, cur, out)?;
+            }
+            Step::Array { item, path } => loop {
+                let (count, _size) = cur.block().map_err(|k| TransformError::at(path, k))?;
+                // Output blocks always use the plain count form: item sizes change.
+                write_long(out, count as i64);
+                if count == 0 {
+                    break;
+                }
+                for _ in 0..count {
+                    self.step(item, cur, out)?;
+                }
+            },
+            Step::Leaf(leaf) => self.leaf(leaf, cur, out).map_err(|k| TransformError::at(&leaf.path, k))?,
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn leaf(&self, leaf: &Leaf, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
+        let value = cur.bytes()?;
+        if leaf.input == LeafInput::String && std::str::from_utf8(value).is_err() {
+            return Err(ErrorKind::InvalidUtf8);
+        }
+        if leaf.action == Action::Encrypt {
+            let key = self.keys.encryption.as_deref().ok_or(ErrorKind::NoEncryptionKey)?;
+            write_long(out, envelope::sealed_len(key, value.len()) as i64);
+            envelope::seal_into(key, &leaf.path, value, out);
+            return Ok(());
+        }
+        // Checked just above for string leaves; only strings reach a pseudonymizing action.
+        let text = std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?;
+        let pseudonym = pseudonymize(leaf.action, text, self.phone, self.keys)?;
+        write_bytes(out, pseudonym.as_str().as_bytes());
+        Ok(())
+    }
+}
+
+/// Moves the cursor past one value of `shape`.
+fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
+    match shape {
+        Shape::Null => {}
+        Shape::Boolean => {
+            cur.take(1)?;
+        }
+        Shape::Varint => {
+            cur.long()?;
+        }
+        Shape::Bytes => {
+            cur.bytes()?;
+        }
+        Shape::String => {
+            std::str::from_utf8(cur.bytes()?).map_err(|_| ErrorKind::InvalidUtf8)?;
+        }
+        Shape::Fixed(n) => {
+            cur.take(*n)?;
+        }
+        // Block byte sizes, when given, are not used to jump ahead: every string inside is
+        // still checked.
+        Shape::Array(item) => loop {
+            let (count, _size) = cur.block()?;
+            if count == 0 {
+                break;
+            }
+            for _ in 0..count {
+                skip(item, cur)?;
+            }
+        },
+        Shape::Map(value) => loop {
+            let (count, _size) = cur.block()?;
+            if count == 0 {
+                break;
+            }
+            for _ in 0..count {
+                skip(&Shape::String, cur)?;
+                skip(value, cur)?;
+            }
+        },
+        Shape::Union(branches) => {
+            let index = cur.long()?;
+            let branch = usize::try_from(index)
+                .ok()
+                .and_then(|i| branches.get(i))
+                .ok_or(ErrorKind::BadUnion)?;
+            skip(branch, cur)?;
+        }
+        Shape::Seq(fields) => {
+            for field in fields {
+                skip(field, cur)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! What each action does to one leaf value. Shared by both transform paths, so they differ
+//! only in how they find the leaves.
+
+use std::net::IpAddr;
+
+use super::{ActiveKeys, ErrorKind};
+use crate::rules::Action;
+use crate::token::{self, ip_text, parse_ip, token, truncate_ip, PhoneCanon, TokenClass};
+
+/// A rewritten string value: a token or an IP's text, held on the stack.
+pub enum Pseudonym {
+    Token(token::Token),
+    Ip(token::IpText),
+}
+
+impl Pseudonym {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Pseudonym::Token(t) => t.as_str(),
+            Pseudonym::Ip(ip) => ip.as_str(),
+        }
+    }
+}
+
+/// The output of a string-yielding action (every action but keep, drop and encrypt).
+pub fn pseudonymize(
+    action: Action,
+    value: &str,
+    phone: &PhoneCanon,
+    keys: &ActiveKeys,
+) -> Result<Pseudonym, ErrorKind> {
+    let key = keys.pseudonym.as_deref().ok_or(ErrorKind::NoPseudonymKey)?;
+    let raw_ip = |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
+    Ok(match action {
+        Action::Token(TokenClass::Ip) => match parse_ip(value) {
+            Some(ip) => Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_str().as_bytes())),
+            None => raw_ip(value),
+        },
+        Action::Token(class) => {
+            let (class, canonical) = token::canonical(class, value, phone);
+            Pseudonym::Token(token(key, class, canonical.as_bytes()))
+        }
+        Action::IpPrefix => match parse_ip(value) {
+            Some(IpAddr::V4(v4)) => Pseudonym::Ip(ip_text(key.cryptopan().anonymize_v4(v4).into())),
+            Some(IpAddr::V6(v6)) => Pseudonym::Ip(ip_text(key.cryptopan().anonymize_v6(v6).into())),
+            None => raw_ip(value),
+        },
+        Action::IpTruncate { v4, v6 } => match parse_ip(value) {
+            Some(ip) => Pseudonym::Ip(ip_text(truncate_ip(ip, v4, v6))),
+            None => raw_ip(value),
+        },
+        Action::Keep | Action::Drop | Action::Encrypt => {
+            unreachable!("plan compiles only string-yielding actions to pseudonymize")
+        }
+    })
+}

@@ -1,0 +1,173 @@
+//! The per-event transform: Avro bytes in, sanitized Avro bytes out, no I/O.
+//!
+//! [`Engine`] holds the compiled [`Plan`] of every configured input schema and the phone
+//! canonicalizer; [`ActiveKeys`] holds the keys new output is made with. Both are immutable and
+//! shared, so any number of threads can transform at once.
+//!
+//! Two implementations of the same function:
+//! - [`Engine::transform`] (module `fast`) walks the Avro binary with the plan, copying runs of
+//!   kept fields straight into the output buffer and rewriting only classified fields;
+//! - [`Engine::transform_reference`] (module `reference`) decodes to apache-avro's `Value`,
+//!   rewrites it by the rules, and encodes. It is the baseline for tests and benchmarks.
+
+mod binary;
+mod fast;
+mod leaf;
+mod reference;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::Schema;
+
+use crate::config::{Config, ConfigError};
+use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey};
+use crate::plan::{self, Plan};
+use crate::rules::Rules;
+use crate::token::PhoneCanon;
+
+pub use binary::{write_bytes, write_long, Cursor};
+pub use leaf::pseudonymize;
+
+/// What went wrong inside one event. Plain and small: it is returned on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("the data ends early (truncated or corrupt Avro)")]
+    Truncated,
+    #[error("a varint is malformed")]
+    BadVarint,
+    #[error("a length is negative")]
+    NegativeLength,
+    #[error("a union branch index is out of range")]
+    BadUnion,
+    #[error("a string is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("bytes are left after the end of the record")]
+    TrailingBytes,
+    #[error("no active pseudonym key")]
+    NoPseudonymKey,
+    #[error("no active encryption key")]
+    NoEncryptionKey,
+    #[error("the value does not match the schema")]
+    SchemaMismatch,
+}
+
+/// A failed event: the field path where it failed and why. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{path}`: {kind}")]
+pub struct TransformError {
+    pub path: Box<str>,
+    pub kind: ErrorKind,
+}
+
+impl TransformError {
+    pub(crate) fn at(path: &str, kind: ErrorKind) -> Self {
+        TransformError { path: path.into(), kind }
+    }
+}
+
+/// The keys new output is made with: the active key of each purpose the rules use.
+#[derive(Debug, Clone)]
+pub struct ActiveKeys {
+    pub pseudonym: Option<Arc<PseudonymKey>>,
+    pub encryption: Option<Arc<SealKey>>,
+}
+
+/// Everything one configuration needs to transform events.
+#[derive(Debug)]
+pub struct Engine {
+    plans: Vec<Arc<Plan>>,
+    by_name: HashMap<String, usize>,
+    phone: PhoneCanon,
+}
+
+impl Engine {
+    /// Loads every pipeline's schema and compiles its rules; all rule errors are reported at once.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let phone = PhoneCanon::new(&config.phone.default_region)?;
+        let mut plans = Vec::new();
+        let mut errors = Vec::new();
+        for pipeline in &config.pipeline {
+            let path = &pipeline.input_schema;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let schema = Schema::parse_str(&text).map_err(|e| ConfigError::Schema {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let rules = match Rules::from_specs(&pipeline.rules) {
+                Ok(rules) => rules,
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| format!("[{}] {e}", pipeline.name)));
+                    continue;
+                }
+            };
+            match plan::compile(&schema, &rules) {
+                Ok(plan) => plans.push(plan),
+                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("[{}] {e}", pipeline.name))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Rules(errors));
+        }
+        Engine::new(plans, phone)
+    }
+
+    /// An engine from already compiled plans.
+    pub fn new(plans: Vec<Plan>, phone: PhoneCanon) -> Result<Self, ConfigError> {
+        let mut by_name = HashMap::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if by_name.insert(plan.input_name.clone(), i).is_some() {
+                return Err(ConfigError::DuplicateSchema(plan.input_name.clone()));
+            }
+        }
+        Ok(Engine { plans: plans.into_iter().map(Arc::new).collect(), by_name, phone })
+    }
+
+    /// The plan for a writer schema's full name (`comms.v1.CallEvent`).
+    pub fn plan(&self, input_name: &str) -> Option<&Arc<Plan>> {
+        self.by_name.get(input_name).map(|&i| &self.plans[i])
+    }
+
+    /// Every plan, in config order.
+    pub fn plans(&self) -> &[Arc<Plan>] {
+        &self.plans
+    }
+
+    /// The phone canonicalizer (for `lookup`).
+    pub fn phone(&self) -> &PhoneCanon {
+        &self.phone
+    }
+
+    /// The active keys, checking that every purpose some rule uses has one.
+    pub fn active_keys(&self, keys: &KeySet) -> Result<ActiveKeys, KeyringError> {
+        let needs_pseudonym = self.plans.iter().any(|p| p.needs_pseudonym);
+        let needs_encryption = self.plans.iter().any(|p| p.needs_encryption);
+        Ok(ActiveKeys {
+            pseudonym: if needs_pseudonym { Some(keys.pseudonym()?.clone()) } else { keys.pseudonym().ok().cloned() },
+            encryption: if needs_encryption { Some(keys.encryption()?.clone()) } else { keys.encryption().ok().cloned() },
+        })
+    }
+
+    /// The fast path: transforms one event's Avro binary, appending the output to `out`.
+    /// On error `out` may hold a partial event; callers clear it before reuse.
+    pub fn transform(
+        &self,
+        plan: &Plan,
+        keys: &ActiveKeys,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TransformError> {
+        fast::transform(plan, &self.phone, keys, input, out)
+    }
+
+    /// The reference path through apache-avro `Value`s (tests and benchmark baseline).
+    pub fn transform_reference(
+        &self,
+        plan: &Plan,
+        keys: &ActiveKeys,
+        input: &[u8],
+    ) -> Result<Vec<u8>, TransformError> {
+        reference::transform(plan, &self.phone, keys, input)
+    }
+}

@@ -1,0 +1,91 @@
+//! The reference path: decode to apache-avro's `Value`, rewrite by the rules, encode.
+//!
+//! It walks the rules by field path, not the compiled plan, so the property tests that
+//! compare it with the fast path check the plan compiler and the binary walker too.
+
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, to_avro_datum};
+
+use super::leaf::pseudonymize;
+use super::{ActiveKeys, ErrorKind, TransformError};
+use crate::envelope;
+use crate::plan::Plan;
+use crate::rules::{Action, Rules};
+use crate::token::PhoneCanon;
+
+pub fn transform(
+    plan: &Plan,
+    phone: &PhoneCanon,
+    keys: &ActiveKeys,
+    input: &[u8],
+) -> Result<Vec<u8>, TransformError> {
+    let mut reader = input;
+    let value = from_avro_datum(&plan.input, &mut reader, None)
+        .map_err(|_| TransformError::at("", ErrorKind::Truncated))?;
+    if !reader.is_empty() {
+        return Err(TransformError::at("", ErrorKind::TrailingBytes));
+    }
+    let rewriter = Rewriter { rules: &plan.rules, phone, keys };
+    let value = rewriter.branch(value, "")?;
+    to_avro_datum(&plan.output, value).map_err(|_| TransformError::at("", ErrorKind::SchemaMismatch))
+}
+
+struct Rewriter<'a> {
+    rules: &'a Rules,
+    phone: &'a PhoneCanon,
+    keys: &'a ActiveKeys,
+}
+
+impl Rewriter<'_> {
+    /// A value that holds records: its fields are looked up in the rules.
+    fn branch(&self, value: Value, path: &str) -> Result<Value, TransformError> {
+        Ok(match value {
+            Value::Record(fields) => {
+                let mut out = Vec::with_capacity(fields.len());
+                for (name, value) in fields {
+                    let path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    match self.rules.get(&path) {
+                        None => out.push((name, self.branch(value, &path)?)),
+                        Some(Action::Keep) => out.push((name, value)),
+                        Some(Action::Drop) => {}
+                        Some(action) => out.push((name, self.leaf(value, action, &path)?)),
+                    }
+                }
+                Value::Record(out)
+            }
+            Value::Union(index, inner) => Value::Union(index, Box::new(self.branch(*inner, path)?)),
+            Value::Array(items) => Value::Array(
+                items.into_iter().map(|v| self.branch(v, path)).collect::<Result<_, _>>()?,
+            ),
+            other => other,
+        })
+    }
+
+    fn leaf(&self, value: Value, action: Action, path: &str) -> Result<Value, TransformError> {
+        let fail = |kind| TransformError::at(path, kind);
+        Ok(match value {
+            Value::Null => Value::Null,
+            Value::Union(index, inner) => Value::Union(index, Box::new(self.leaf(*inner, action, path)?)),
+            Value::Array(items) => Value::Array(
+                items.into_iter().map(|v| self.leaf(v, action, path)).collect::<Result<_, _>>()?,
+            ),
+            Value::String(text) if action == Action::Encrypt => Value::Bytes(self.seal(text.as_bytes(), path)?),
+            Value::Bytes(bytes) if action == Action::Encrypt => Value::Bytes(self.seal(&bytes, path)?),
+            Value::String(text) => Value::String(
+                pseudonymize(action, &text, self.phone, self.keys).map_err(fail)?.as_str().to_owned(),
+            ),
+            _ => return Err(fail(ErrorKind::SchemaMismatch)),
+        })
+    }
+
+    fn seal(&self, plaintext: &[u8], path: &str) -> Result<Vec<u8>, TransformError> {
+        let key = self
+            .keys
+            .encryption
+            .as_deref()
+            .ok_or_else(|| TransformError::at(path, ErrorKind::NoEncryptionKey))?;
+        let mut out = Vec::with_capacity(envelope::sealed_len(key, plaintext.len()));
+        envelope::seal_into(key, path, plaintext, &mut out);
+        Ok(out)
+    }
+}
