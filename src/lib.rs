@@ -6,3 +6,6 @@ pub mod config;
 pub mod plan;
 pub mod rules;
 pub mod transform;
+pub mod generate;
+pub mod file;
+pub mod cli;

@@ -66,7 +66,7 @@ impl Action {
             Action::Keep => "copied unchanged".to_owned(),
             Action::Drop => "dropped".to_owned(),
             Action::Token(class) => format!(
-                "pseudonymized: token of class {} (key_id:b64url(HMAC-SHA256)[0..16]); the key id is in the record header",
+                "pseudonymized: token of class {}: key_id \":\" b64url(HMAC-SHA256(...)[0..16]), see docs/formats.md",
                 class.as_str()
             ),
             Action::IpPrefix => "pseudonymized: prefix-preserving Crypto-PAn IP".to_owned(),

@@ -1,0 +1,278 @@
+//! The command line: parsing (clap) and one function per command. Errors get their context
+//! here, at the binary's edge.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::file;
+use crate::generate::Kind;
+use crate::keys::{KeySet, Keyring, Purpose};
+use crate::token::{self, PhoneCanon, TokenClass};
+use crate::transform::Engine;
+
+/// Pseudonymizes and encrypts call and message metadata events.
+#[derive(Debug, Parser)]
+#[command(name = "pseudonymizer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, rotate, list and destroy keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Derived output schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Check a config (and its keyring) without processing anything.
+    Check(ConfigArgs),
+    /// Transform an Avro container file of raw events into a sanitized one.
+    Transform {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print the tokens of values under every pseudonym key that still has a secret.
+    Lookup {
+        #[arg(long)]
+        keyring: PathBuf,
+        /// Token class: phone, ip, email or id.
+        #[arg(long)]
+        class: String,
+        /// Default region for phone numbers without a country code.
+        #[arg(long, default_value = "ID")]
+        region: String,
+        /// The values, e.g. phone numbers of a data subject.
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Print a sanitized file's events as JSON lines with envelopes opened.
+    Decrypt {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Write synthetic raw events to an Avro container file.
+    Generate {
+        #[arg(long, value_enum)]
+        schema: Kind,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+/// `--config` and the `--keyring` that overrides the config's keyring.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Overrides the config's `keyring`.
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a keyring with one active key of each purpose (refuses to overwrite).
+    Init {
+        #[arg(long)]
+        keyring: PathBuf,
+    },
+    /// Add a new active key of a purpose and retire the old one.
+    Rotate {
+        #[arg(long)]
+        keyring: PathBuf,
+        #[arg(long, value_parser = parse_purpose)]
+        purpose: Purpose,
+        /// Id of the new key (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List keys (never secrets).
+    List {
+        #[arg(long)]
+        keyring: PathBuf,
+    },
+    /// Remove a key's secret, keeping its entry (crypto-shredding).
+    Destroy {
+        #[arg(long)]
+        keyring: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Write the output schema derived from each input schema and its rules.
+    Derive {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_purpose(s: &str) -> Result<Purpose, String> {
+    match s {
+        "pseudonym" => Ok(Purpose::Pseudonym),
+        "encryption" => Ok(Purpose::Encryption),
+        _ => Err("expected pseudonym or encryption".to_owned()),
+    }
+}
+
+/// Loads a config, compiles its rules, and loads its keyring (or the override).
+pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
+    let config = Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    let engine = Engine::from_config(&config).with_context(|| format!("config {}", args.config.display()))?;
+    let keyring_path = args.keyring.clone().unwrap_or_else(|| config.keyring.clone());
+    let keyring = Keyring::load(&keyring_path)?;
+    Ok((config, engine, KeySet::from_keyring(&keyring)))
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Keys(command) => keys(command, &mut out),
+        Command::Schema(SchemaCommand::Derive { config, out: dir }) => {
+            let config = Config::load(&config)?;
+            let engine = Engine::from_config(&config)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for plan in engine.plans() {
+                let path = dir.join(output_schema_file(plan));
+                std::fs::write(&path, output_schema_text(plan)).with_context(|| format!("writing {}", path.display()))?;
+                writeln!(out, "wrote {}", path.display())?;
+            }
+            Ok(())
+        }
+        Command::Check(args) => {
+            let (_, engine, keys) = load(&args)?;
+            let active = engine.active_keys(&keys)?;
+            for plan in engine.plans() {
+                writeln!(out, "{}: {} rules, ok", plan.input_name, plan.rules.iter().count())?;
+            }
+            let id = |k: Option<&str>| k.unwrap_or("none").to_owned();
+            writeln!(
+                out,
+                "active keys: pseudonym {}, encryption {}",
+                id(active.pseudonym.as_deref().map(|k| k.id())),
+                id(active.encryption.as_deref().map(|k| k.id()))
+            )?;
+            Ok(())
+        }
+        Command::Transform { config, input, output } => {
+            let (_, engine, keys) = load(&config)?;
+            let active = engine.active_keys(&keys)?;
+            let started = std::time::Instant::now();
+            let count = file::transform_file(&engine, &active, &input, &output)
+                .with_context(|| format!("transforming {}", input.display()))?;
+            let secs = started.elapsed().as_secs_f64();
+            writeln!(out, "transformed {count} events from {} to {} in {secs:.2} s", input.display(), output.display())?;
+            Ok(())
+        }
+        Command::Lookup { keyring, class, region, values } => {
+            let class = match TokenClass::parse(&class) {
+                Some(c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id)) => c,
+                _ => bail!("--class must be phone, ip, email or id"),
+            };
+            let phone = PhoneCanon::new(&region)?;
+            let keys = KeySet::from_keyring(&Keyring::load(&keyring)?);
+            if keys.pseudonym_keys().is_empty() {
+                bail!("no pseudonym key with a secret in {}", keyring.display());
+            }
+            // One JSON line per (value, key). The value is named by its position on the
+            // command line, not repeated, so captured output never pairs a value with its token.
+            for (n, value) in values.iter().enumerate() {
+                let (class, canonical) = token::canonical(class, value, &phone);
+                for key in keys.pseudonym_keys() {
+                    let token = token::token(key, class, canonical.as_bytes());
+                    let line = serde_json::json!({"arg": n + 1, "class": class.as_str(), "key_id": key.id(), "token": token.as_str()});
+                    writeln!(out, "{line}")?;
+                }
+            }
+            Ok(())
+        }
+        Command::Decrypt { config, input } => {
+            let (_, engine, keys) = load(&config)?;
+            let (events, opened, failed) = file::decrypt_file(&engine, &keys, &input, &mut out)
+                .with_context(|| format!("decrypting {}", input.display()))?;
+            eprintln!("{events} events, {opened} envelopes opened, {failed} not opened");
+            Ok(())
+        }
+        Command::Generate { schema, count, output, seed } => {
+            file::generate_file(schema, count, seed, &output)?;
+            writeln!(out, "wrote {count} {schema:?} events to {}", output.display())?;
+            Ok(())
+        }
+    }
+}
+
+/// File name of a plan's derived schema: its full name and `.avsc`.
+pub fn output_schema_file(plan: &crate::plan::Plan) -> String {
+    match &plan.output {
+        apache_avro::Schema::Record(r) => format!("{}.avsc", r.name.fullname(None)),
+        _ => "output.avsc".to_owned(),
+    }
+}
+
+/// The derived schema as written to disk: pretty JSON and a final newline.
+pub fn output_schema_text(plan: &crate::plan::Plan) -> String {
+    let mut text = serde_json::to_string_pretty(&plan.output_json).expect("JSON value serializes");
+    text.push('\n');
+    text
+}
+
+fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
+    match command {
+        KeysCommand::Init { keyring } => {
+            Keyring::refuse_existing(&keyring)?;
+            if let Some(dir) = keyring.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let ring = Keyring::generate();
+            ring.save(&keyring)?;
+            writeln!(out, "created {} with keys:", keyring.display())?;
+            list(&ring, out)
+        }
+        KeysCommand::Rotate { keyring, purpose, id } => {
+            let mut ring = Keyring::load(&keyring)?;
+            let id = ring.rotate(purpose, id)?;
+            ring.save(&keyring)?;
+            writeln!(out, "new active {} key {id}", purpose.as_str())?;
+            Ok(())
+        }
+        KeysCommand::List { keyring } => list(&Keyring::load(&keyring)?, out),
+        KeysCommand::Destroy { keyring, id } => {
+            let mut ring = Keyring::load(&keyring)?;
+            ring.destroy(&id)?;
+            ring.save(&keyring)?;
+            writeln!(out, "destroyed the secret of key {id}")?;
+            Ok(())
+        }
+    }
+}
+
+fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
+    writeln!(out, "{:<32}  {:<10}  {:<9}  created_at", "id", "purpose", "state")?;
+    for e in ring.entries() {
+        writeln!(out, "{:<32}  {:<10}  {:<9}  {}", e.id, e.purpose.as_str(), e.state.as_str(), e.created_at)?;
+    }
+    Ok(())
+}
+
