@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: the shipped config with a fixed test keyring.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, to_avro_datum, Schema};
+use pseudonymizer::config::Config;
+use pseudonymizer::keys::{KeyEntry, KeySet, KeyState, Keyring, Purpose, Secret};
+use pseudonymizer::transform::{ActiveKeys, Engine};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shipped_config() -> Config {
+    Config::load(&repo().join("config/pipeline.toml")).expect("shipped config loads")
+}
+
+pub fn engine() -> Engine {
+    Engine::from_config(&shipped_config()).expect("shipped rules compile")
+}
+
+/// The keyring of the test vectors: fixed secrets, one active key of each purpose.
+pub fn test_keyring() -> Keyring {
+    let entry = |id: &str, purpose, secret: &str| KeyEntry {
+        id: id.to_owned(),
+        purpose,
+        state: KeyState::Active,
+        created_at: "2026-11-24T10:00:00Z".to_owned(),
+        secret: Some(Secret::from_b64(secret).unwrap()),
+    };
+    Keyring::from_entries(vec![
+        entry("p-test-1", Purpose::Pseudonym, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        entry("e-test-1", Purpose::Encryption, "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="),
+    ])
+    .unwrap()
+}
+
+pub fn keyset() -> KeySet {
+    KeySet::from_keyring(&test_keyring())
+}
+
+pub fn active(engine: &Engine) -> ActiveKeys {
+    engine.active_keys(&keyset()).unwrap()
+}
+
+pub fn encode(schema: &Schema, value: Value) -> Vec<u8> {
+    to_avro_datum(schema, value).expect("value fits schema")
+}
+
+pub fn decode(schema: &Schema, bytes: &[u8]) -> Value {
+    let mut slice = bytes;
+    let value = from_avro_datum(schema, &mut slice, None).expect("output decodes with the output schema");
+    assert!(slice.is_empty(), "trailing bytes after output datum");
+    value
+}
+
+pub fn field<'v>(record: &'v Value, name: &str) -> &'v Value {
+    match record {
+        Value::Record(fields) => &fields.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no field {name}")).1,
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+pub fn set_field(record: &mut Value, name: &str, value: Value) {
+    match record {
+        Value::Record(fields) => fields.iter_mut().find(|(n, _)| n == name).unwrap().1 = value,
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+/// Writes a keyring with mode 0600 into `dir`.
+pub fn write_keyring(dir: &Path) -> PathBuf {
+    let path = dir.join("keyring.json");
+    test_keyring().save(&path).unwrap();
+    path
+}

@@ -1,0 +1,101 @@
+//! The Rust code against vectors computed independently by tests/vectors/make_vectors.py
+//! (Python's hmac and the `cryptography` package).
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use pseudonymizer::envelope;
+use pseudonymizer::keys::{derive, PseudonymKey, SealKey, Secret, INFO_AES_GCM, INFO_CRYPTOPAN, INFO_HMAC};
+use pseudonymizer::token::{self, parse_ip, PhoneCanon, TokenClass};
+use serde_json::Value as Json;
+
+fn vectors() -> Json {
+    let text = std::fs::read_to_string(common::repo().join("tests/vectors/vectors.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn keys(v: &Json) -> (PseudonymKey, SealKey, Secret, Secret) {
+    let p = Secret::from_b64(v["pseudonym_key"]["secret_b64"].as_str().unwrap()).unwrap();
+    let e = Secret::from_b64(v["encryption_key"]["secret_b64"].as_str().unwrap()).unwrap();
+    (
+        PseudonymKey::new(v["pseudonym_key"]["id"].as_str().unwrap(), &p),
+        SealKey::new(v["encryption_key"]["id"].as_str().unwrap(), &e),
+        p,
+        e,
+    )
+}
+
+#[test]
+fn working_keys_match_hkdf_vectors() {
+    let v = vectors();
+    let (_, _, p, e) = keys(&v);
+    assert_eq!(hex(derive(&p, INFO_HMAC).as_ref()), v["working_keys_hex"]["hmac"]);
+    assert_eq!(hex(derive(&p, INFO_CRYPTOPAN).as_ref()), v["working_keys_hex"]["cryptopan"]);
+    assert_eq!(hex(derive(&e, INFO_AES_GCM).as_ref()), v["working_keys_hex"]["aes_256_gcm"]);
+}
+
+#[test]
+fn every_token_class_matches_its_vector() {
+    let v = vectors();
+    let (pkey, _, _, _) = keys(&v);
+    let phone = PhoneCanon::new("ID").unwrap();
+    let cases = v["tokens"].as_array().unwrap();
+    let mut classes_seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let class = TokenClass::parse(case["class"].as_str().unwrap()).unwrap();
+        let input = case["input"].as_str().unwrap();
+        let (used, canonical) = token::canonical(class, input, &phone);
+        assert_eq!(used.as_str(), case["token_class"], "class of {input:?}");
+        assert_eq!(canonical, case["canonical"].as_str().unwrap(), "canonical of {input:?}");
+        let token = token::token(&pkey, used, canonical.as_bytes());
+        assert_eq!(token.as_str(), case["token"], "token of {input:?}");
+        classes_seen.insert(used.as_str());
+    }
+    assert_eq!(
+        classes_seen.into_iter().collect::<Vec<_>>(),
+        ["email", "id", "ip", "ip-raw", "phone", "phone-raw"],
+        "vectors cover every class"
+    );
+}
+
+#[test]
+fn cryptopan_matches_reference_algorithm() {
+    let v = vectors();
+    let (pkey, _, _, _) = keys(&v);
+    for case in v["cryptopan"].as_array().unwrap() {
+        let input = parse_ip(case["input"].as_str().unwrap()).unwrap();
+        let output = match input {
+            std::net::IpAddr::V4(a) => pkey.cryptopan().anonymize_v4(a).to_string(),
+            std::net::IpAddr::V6(a) => pkey.cryptopan().anonymize_v6(a).to_string(),
+        };
+        assert_eq!(output, case["output"], "Crypto-PAn of {}", case["input"]);
+    }
+}
+
+#[test]
+fn envelopes_match_vectors_and_open() {
+    let v = vectors();
+    let (_, seal, _, _) = keys(&v);
+    let keyset = common::keyset();
+    for case in v["envelopes"].as_array().unwrap() {
+        let path = case["field_path"].as_str().unwrap();
+        let nonce: [u8; 12] = (0..12)
+            .map(|i| u8::from_str_radix(&case["nonce_hex"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let plaintext = STANDARD.decode(case["plaintext_b64"].as_str().unwrap()).unwrap();
+        let expected = STANDARD.decode(case["envelope_b64"].as_str().unwrap()).unwrap();
+        let mut sealed = Vec::new();
+        envelope::seal_with_nonce(&seal, path, &nonce, &plaintext, &mut sealed);
+        assert_eq!(sealed, expected, "envelope for {path}");
+        assert_eq!(envelope::open(&keyset, path, &expected).unwrap(), plaintext);
+        // The field path is bound: the same envelope does not open for another field.
+        assert_eq!(envelope::open(&keyset, "elsewhere", &expected), Err(envelope::OpenError::Authentication));
+    }
+}
