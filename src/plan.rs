@@ -62,8 +62,9 @@ pub struct Leaf {
 /// What to do with one value, compiled from the schema and the rules.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Copy verbatim; `path` is the first field of the run, for errors.
-    Copy { shape: Shape, path: Box<str> },
+    /// Copy verbatim. `paths` names the value for errors: one path, or for a merged run of
+    /// fields (`shape` is then a `Seq`) one path per field.
+    Copy { shape: Shape, paths: Vec<Box<str>> },
     /// Read past; write nothing (a dropped field).
     Skip { shape: Shape, path: Box<str> },
     Record(Vec<Step>),
@@ -79,12 +80,14 @@ impl Step {
         let mut merged: Vec<Step> = Vec::with_capacity(steps.len());
         for step in steps {
             match (merged.last_mut(), step) {
-                (Some(Step::Copy { shape: Shape::Seq(run), .. }), Step::Copy { shape, .. }) => {
-                    run.push(shape)
+                (Some(Step::Copy { shape: Shape::Seq(run), paths }), Step::Copy { shape, paths: mut more }) => {
+                    run.push(shape);
+                    paths.push(more.swap_remove(0));
                 }
-                (_, Step::Copy { shape, path }) => {
-                    merged.push(Step::Copy { shape: Shape::Seq(vec![shape]), path })
-                }
+                (_, Step::Copy { shape, mut paths }) => merged.push(Step::Copy {
+                    shape: Shape::Seq(vec![shape]),
+                    paths: vec![paths.swap_remove(0)],
+                }),
                 (_, other) => merged.push(other),
             }
         }
@@ -103,14 +106,14 @@ impl Step {
                     _ => unreachable!("checked above"),
                 })
                 .collect();
-            return Step::Copy { shape: Shape::Union(shapes), path: path.into() };
+            return Step::Copy { shape: Shape::Union(shapes), paths: vec![path.into()] };
         }
         Step::Union { branches, path: path.into() }
     }
 
     fn array(item: Step, path: &str) -> Step {
         match item {
-            Step::Copy { shape, .. } => Step::Copy { shape: Shape::Array(Box::new(shape)), path: path.into() },
+            Step::Copy { shape, .. } => Step::Copy { shape: Shape::Array(Box::new(shape)), paths: vec![path.into()] },
             item => Step::Array { item: Box::new(item), path: path.into() },
         }
     }
@@ -345,7 +348,7 @@ impl Walker<'_> {
             Action::Keep => {
                 let shape = self.shape(schema, path, depth);
                 let json = self.copy_json(schema, path);
-                (Step::Copy { shape, path: path.into() }, Some(json), Some(action))
+                (Step::Copy { shape, paths: vec![path.into()] }, Some(json), Some(action))
             }
             Action::Drop => {
                 let shape = self.shape(schema, path, depth);
@@ -383,7 +386,7 @@ impl Walker<'_> {
                         self.branch(variant, path, depth + 1)
                     } else {
                         let shape = self.shape(variant, path, depth + 1);
-                        (Step::Copy { shape, path: path.into() }, self.copy_json(variant, path))
+                        (Step::Copy { shape, paths: vec![path.into()] }, self.copy_json(variant, path))
                     };
                     steps.push(step);
                     types.push(json);
@@ -428,7 +431,7 @@ impl Walker<'_> {
                 let mut types = Vec::new();
                 for variant in variants {
                     if matches!(variant, Schema::Null) {
-                        steps.push(Step::Copy { shape: Shape::Null, path: path.into() });
+                        steps.push(Step::Copy { shape: Shape::Null, paths: vec![path.into()] });
                         types.push(json!("null"));
                     } else {
                         let (step, json) = self.leaf(variant, action, path, depth + 1)?;

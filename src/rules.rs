@@ -142,23 +142,19 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Parses every spec, collecting one message per bad path.
-    pub fn from_specs(specs: &BTreeMap<String, RuleSpec>) -> Result<Self, Vec<String>> {
+    /// Parses every spec. Bad specs give one message each and stand in the returned rules as
+    /// `keep`, so that compiling them still reports every other problem in the same run.
+    pub fn from_specs(specs: &BTreeMap<String, RuleSpec>) -> (Self, Vec<String>) {
         let mut actions = BTreeMap::new();
         let mut errors = Vec::new();
         for (path, spec) in specs {
-            match spec.action() {
-                Ok(action) => {
-                    actions.insert(path.clone(), action);
-                }
-                Err(why) => errors.push(format!("{path}: {why}")),
-            }
+            let action = spec.action().unwrap_or_else(|why| {
+                errors.push(format!("{path}: {why}"));
+                Action::Keep
+            });
+            actions.insert(path.clone(), action);
         }
-        if errors.is_empty() {
-            Ok(Rules { actions })
-        } else {
-            Err(errors)
-        }
+        (Rules { actions }, errors)
     }
 
     /// Builds rules from pairs (for tests and tools).

@@ -16,6 +16,11 @@ impl<'a> Cursor<'a> {
         Cursor { buf, pos: 0 }
     }
 
+    /// A cursor over the same bytes at an earlier position.
+    pub fn rewound(&self, pos: usize) -> Self {
+        Cursor { buf: self.buf, pos }
+    }
+
     pub fn pos(&self) -> usize {
         self.pos
     }

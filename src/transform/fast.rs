@@ -37,9 +37,11 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn step(&self, step: &Step, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), TransformError> {
         match step {
-            Step::Copy { shape, path } => {
+            Step::Copy { shape, paths } => {
                 let start = cur.pos();
-                skip(shape, cur).map_err(|k| TransformError::at(path, k))?;
+                if let Err(kind) = skip(shape, cur) {
+                    return Err(TransformError::at(locate(shape, paths, cur, start), kind));
+                }
                 out.extend_from_slice(cur.since(start));
             }
             Step::Skip { shape, path } => skip(shape, cur).map_err(|k| TransformError::at(path, k))?,
@@ -91,6 +93,22 @@ impl Walker<'_> {
         write_bytes(out, pseudonym.as_str().as_bytes());
         Ok(())
     }
+}
+
+/// Which field of a failed copy run failed: the run is skipped again field by field (this is
+/// the error path only, so the hot path carries no per-field bookkeeping).
+fn locate<'p>(shape: &Shape, paths: &'p [Box<str>], cur: &Cursor<'_>, start: usize) -> &'p str {
+    if let Shape::Seq(fields) = shape {
+        if fields.len() == paths.len() {
+            let mut again = cur.rewound(start);
+            for (field, path) in fields.iter().zip(paths) {
+                if skip(field, &mut again).is_err() {
+                    return path;
+                }
+            }
+        }
+    }
+    paths.first().map_or("", |p| p)
 }
 
 /// Moves the cursor past one value of `shape`.

@@ -95,16 +95,12 @@ impl Engine {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            let rules = match Rules::from_specs(&pipeline.rules) {
-                Ok(rules) => rules,
-                Err(errs) => {
-                    errors.extend(errs.into_iter().map(|e| format!("[{}] {e}", pipeline.name)));
-                    continue;
-                }
-            };
+            let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
+            let tag = |e: String| format!("[{}] {e}", pipeline.name);
+            errors.extend(spec_errors.into_iter().map(tag));
             match plan::compile(&schema, &rules) {
                 Ok(plan) => plans.push(plan),
-                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("[{}] {e}", pipeline.name))),
+                Err(errs) => errors.extend(errs.into_iter().map(tag)),
             }
         }
         if !errors.is_empty() {
