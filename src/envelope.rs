@@ -53,9 +53,38 @@ pub fn sealed_len(key: &SealKey, len: usize) -> usize {
 
 /// Appends the envelope of `plaintext` to `out`, with a fresh nonce from the OS CSPRNG.
 pub fn seal_into(key: &SealKey, field_path: &str, plaintext: &[u8], out: &mut Vec<u8>) {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let nonce = next_nonce();
     seal_with_nonce(key, field_path, &nonce, plaintext, out);
+}
+
+/// Nonces handed out per refill of a thread's pool.
+const NONCES_PER_REFILL: usize = 64;
+
+thread_local! {
+    // OS CSPRNG output fetched in batches: one getrandom(2) call per 64 nonces instead of one
+    // per envelope. Every nonce is still fresh OS randomness, used once and never reused: a
+    // byte range is consumed as it is handed out. (The process never forks, which is the one
+    // way a user-space pool could hand the same bytes out twice.)
+    static NONCE_POOL: std::cell::RefCell<([u8; NONCE_LEN * NONCES_PER_REFILL], usize)> =
+        const { std::cell::RefCell::new(([0; NONCE_LEN * NONCES_PER_REFILL], NONCES_PER_REFILL)) };
+}
+
+/// The next 12 bytes of OS CSPRNG output for this thread.
+fn next_nonce() -> [u8; NONCE_LEN] {
+    NONCE_POOL.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used == NONCES_PER_REFILL {
+            rand::rngs::OsRng.fill_bytes(bytes);
+            *used = 0;
+        }
+        let start = *used * NONCE_LEN;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[start..start + NONCE_LEN]);
+        // Wipe what was handed out so the pool never holds a used nonce.
+        bytes[start..start + NONCE_LEN].fill(0);
+        *used += 1;
+        nonce
+    })
 }
 
 /// [`seal_into`] with a given nonce: for test vectors only, never for output.

@@ -118,7 +118,7 @@ pub struct PhoneCanon {
     known_codes: Vec<bool>,
     // The default region's national prefix rules: the parser applies them even to `+` numbers.
     national_prefix: Option<String>,
-    national_prefix_for_parsing: Option<regex::Regex>,
+    national_prefix_for_parsing: Option<NationalPrefix>,
 }
 
 /// Why a phone region is refused.
@@ -142,10 +142,14 @@ impl PhoneCanon {
             }
         }
         let national_prefix_for_parsing = match meta.national_prefix_for_parsing() {
-            Some(re) => Some(
+            // Most regions' pattern is a plain digit string ("0"): a prefix test, no regex.
+            Some(re) if re.as_str().bytes().all(|b| b.is_ascii_digit()) => {
+                Some(NationalPrefix::Literal(re.as_str().to_owned()))
+            }
+            Some(re) => Some(NationalPrefix::Pattern(
                 regex::Regex::new(&format!("^(?:{})", re.as_str()))
                     .map_err(|_| UnknownRegion(region.to_owned()))?,
-            ),
+            )),
             None => None,
         };
         Ok(PhoneCanon {
@@ -203,13 +207,18 @@ impl PhoneCanon {
                 return false;
             }
         }
-        if let Some(re) = &self.national_prefix_for_parsing {
-            if re.is_match(national) {
-                return false;
-            }
+        match &self.national_prefix_for_parsing {
+            Some(NationalPrefix::Literal(prefix)) => !national.starts_with(prefix.as_str()),
+            Some(NationalPrefix::Pattern(re)) => !re.is_match(national),
+            None => true,
         }
-        true
     }
+}
+
+/// A region's `national_prefix_for_parsing`, anchored at the start of the national number.
+enum NationalPrefix {
+    Literal(String),
+    Pattern(regex::Regex),
 }
 
 impl std::fmt::Debug for PhoneCanon {

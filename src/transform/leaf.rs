@@ -33,6 +33,11 @@ pub fn pseudonymize(
     let raw_ip = |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
     Ok(match action {
         Action::Token(TokenClass::Ip) => match parse_ip(value) {
+            // Rust's IPv4 parser accepts only the canonical dotted form (no leading zeros), so
+            // a parsed plain IPv4 input is its own canonical text: no formatting needed.
+            Some(IpAddr::V4(_)) if !value.trim().contains(':') => {
+                Pseudonym::Token(token(key, TokenClass::Ip, value.trim().as_bytes()))
+            }
             Some(ip) => Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_str().as_bytes())),
             None => raw_ip(value),
         },
