@@ -62,6 +62,13 @@ pub enum Command {
         #[arg(long)]
         input: PathBuf,
     },
+    /// Print the first events of an Avro container file as JSON lines (bytes as base64).
+    Show {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
     /// Write synthetic raw events to an Avro container file.
     Generate {
         #[arg(long, value_enum)]
@@ -213,6 +220,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let (events, opened, failed) = file::decrypt_file(&engine, &keys, &input, &mut out)
                 .with_context(|| format!("decrypting {}", input.display()))?;
             eprintln!("{events} events, {opened} envelopes opened, {failed} not opened");
+            Ok(())
+        }
+        Command::Show { input, count } => {
+            for event in file::read_json(&input, count)? {
+                writeln!(out, "{event}")?;
+            }
             Ok(())
         }
         Command::Generate { schema, count, output, seed } => {

@@ -207,10 +207,11 @@ pub fn plain_json(value: Value) -> Json {
     }
 }
 
-/// Reads every event of a container file as JSON (for showing raw samples in the demo).
-pub fn read_json(input: &Path) -> Result<Vec<Json>, FileError> {
+/// Reads the first `limit` events of a container file as JSON (`show`, tests).
+pub fn read_json(input: &Path, limit: usize) -> Result<Vec<Json>, FileError> {
     let reader = Reader::new(open(input)?).map_err(|_| FileError::Header { path: input.to_owned() })?;
     reader
+        .take(limit)
         .enumerate()
         .map(|(index, v)| v.map(plain_json).map_err(|_| FileError::Decode { index: index as u64 }))
         .collect()

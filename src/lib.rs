@@ -1,11 +1,36 @@
+//! pseudonymizer: replaces phone numbers, IP addresses and identifiers in call and message
+//! metadata events with keyed pseudonyms, seals the content of communications with
+//! AES-256-GCM, and copies everything else unchanged.
+//!
+//! Data flows one way: Avro bytes in → the compiled [`plan::Plan`] of the writer schema →
+//! [`transform::Engine::transform`] → Avro bytes out. The transform is a pure function of
+//! (event bytes, rules, keys) with no I/O; file mode and the CLI own all I/O.
+//!
+//! # Layout
+//!
+//! - [`keys`]: the keyring file (spec §1), its zeroized secrets, and the working keys derived
+//!   from them with HKDF (spec §2).
+//! - [`token`]: canonical forms (E.164 phones, RFC 5952 IPs, e-mail) and the HMAC token
+//!   (spec §3).
+//! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
+//! - [`envelope`]: the AES-256-GCM envelope (spec §4).
+//! - [`rules`]: actions and the per-path rules of one schema.
+//! - [`config`]: the TOML configuration file.
+//! - [`plan`]: compiles rules against a writer schema into a transform program and the derived
+//!   output schema, reporting every offending path at once.
+//! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
+//! - [`generate`]: synthetic events for demos, tests and benchmarks.
+//! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
 pub mod cryptopan;
 pub mod envelope;
+pub mod file;
+pub mod generate;
 pub mod keys;
-pub mod token;
-pub mod config;
 pub mod plan;
 pub mod rules;
+pub mod token;
 pub mod transform;
-pub mod generate;
-pub mod file;
-pub mod cli;

@@ -58,7 +58,7 @@ fn generate_transform_decrypt_lookup() {
     let said = ok(&["transform", "--config", s(&config), "--keyring", s(&ring), "--input", s(&raw), "--output", s(&sanitized)]);
     assert!(said.contains("transformed 200 events"), "{said}");
 
-    let raw_events = pseudonymizer::file::read_json(&raw).unwrap();
+    let raw_events = pseudonymizer::file::read_json(&raw, usize::MAX).unwrap();
     let out = run(&["decrypt", "--config", s(&config), "--keyring", s(&ring), "--input", s(&sanitized)]);
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
