@@ -31,7 +31,12 @@ fn keys() -> KeySet {
 }
 
 /// The crypto one event needs: a token per (class, canonical value), a seal per (path, plaintext).
-fn floor(active: &ActiveKeys, tokens: &[(TokenClass, &str)], seals: &[(&str, &[u8])], out: &mut Vec<u8>) {
+fn floor(
+    active: &ActiveKeys,
+    tokens: &[(TokenClass, &str)],
+    seals: &[(&str, &[u8])],
+    out: &mut Vec<u8>,
+) {
     let pkey = active.pseudonym.as_deref().unwrap();
     let skey = active.encryption.as_deref().unwrap();
     out.clear();
@@ -45,11 +50,15 @@ fn floor(active: &ActiveKeys, tokens: &[(TokenClass, &str)], seals: &[(&str, &[u
 
 fn bench(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let engine = Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
+    let engine =
+        Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
     let keyset = keys();
     let active = engine.active_keys(&keyset).unwrap();
 
-    let body = match apache_avro::to_avro_datum(&engine.plan("comms.v1.MessageEvent").unwrap().input, typical_message()) {
+    let body = match apache_avro::to_avro_datum(
+        &engine.plan("comms.v1.MessageEvent").unwrap().input,
+        typical_message(),
+    ) {
         Ok(_) => {
             let text = "Reminder: your bill of Rp 150.000 is due on 28 Nov. Pay in the app or at any minimarket. Ignore this message if you have already paid. Thank you, support!";
             format!("{text:<160}")
@@ -65,7 +74,10 @@ fn bench(c: &mut Criterion) {
         (TokenClass::Id, "dev-4f1c2a9e7b3d5c80"),
         (TokenClass::Id, "510-10-12345-678"),
     ];
-    let call_seals: &[(&str, &[u8])] = &[("recording_url", b"https://recordings.example.net/2026/11/4f1c2a9e7b3d5c804f1c2a9e.wav")];
+    let call_seals: &[(&str, &[u8])] = &[(
+        "recording_url",
+        b"https://recordings.example.net/2026/11/4f1c2a9e7b3d5c804f1c2a9e.wav",
+    )];
     let message_tokens: &[(TokenClass, &str)] = &[
         (TokenClass::Id, "msg-7f3e9a1c2b4d"),
         (TokenClass::Phone, "+6281234567890"),
@@ -75,11 +87,29 @@ fn bench(c: &mut Criterion) {
         (TokenClass::Id, "dev-4f1c2a9e7b3d5c80"),
         (TokenClass::Id, "510-10-12345-678"),
     ];
-    let message_seals: &[(&str, &[u8])] = &[("body", body.as_bytes()), ("attachments.url", b"https://media.example.net/m/8c1d2e3f4a5b6c7d8e9f.jpg")];
+    let message_seals: &[(&str, &[u8])] = &[
+        ("body", body.as_bytes()),
+        (
+            "attachments.url",
+            b"https://media.example.net/m/8c1d2e3f4a5b6c7d8e9f.jpg",
+        ),
+    ];
 
     let cases = [
-        ("call", "comms.v1.CallEvent", typical_call(), call_tokens, call_seals),
-        ("message", "comms.v1.MessageEvent", typical_message(), message_tokens, message_seals),
+        (
+            "call",
+            "comms.v1.CallEvent",
+            typical_call(),
+            call_tokens,
+            call_seals,
+        ),
+        (
+            "message",
+            "comms.v1.MessageEvent",
+            typical_message(),
+            message_tokens,
+            message_seals,
+        ),
     ];
     for (name, schema, event, tokens, seals) in cases {
         let plan = engine.plan(schema).unwrap().clone();
@@ -90,13 +120,21 @@ fn bench(c: &mut Criterion) {
         group.bench_function("fast", |b| {
             b.iter(|| {
                 out.clear();
-                engine.transform(&plan, &active, black_box(&input), &mut out).unwrap();
+                engine
+                    .transform(&plan, &active, black_box(&input), &mut out)
+                    .unwrap();
             })
         });
         group.bench_function("reference", |b| {
-            b.iter(|| engine.transform_reference(&plan, &active, black_box(&input)).unwrap())
+            b.iter(|| {
+                engine
+                    .transform_reference(&plan, &active, black_box(&input))
+                    .unwrap()
+            })
         });
-        group.bench_function("crypto_floor", |b| b.iter(|| floor(&active, black_box(tokens), black_box(seals), &mut out)));
+        group.bench_function("crypto_floor", |b| {
+            b.iter(|| floor(&active, black_box(tokens), black_box(seals), &mut out))
+        });
         group.finish();
     }
 }

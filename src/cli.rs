@@ -144,9 +144,14 @@ fn parse_purpose(s: &str) -> Result<Purpose, String> {
 
 /// Loads a config, compiles its rules, and loads its keyring (or the override).
 pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
-    let config = Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
-    let engine = Engine::from_config(&config).with_context(|| format!("config {}", args.config.display()))?;
-    let keyring_path = args.keyring.clone().unwrap_or_else(|| config.keyring.clone());
+    let config =
+        Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    let engine = Engine::from_config(&config)
+        .with_context(|| format!("config {}", args.config.display()))?;
+    let keyring_path = args
+        .keyring
+        .clone()
+        .unwrap_or_else(|| config.keyring.clone());
     let keyring = Keyring::load(&keyring_path)?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
@@ -163,7 +168,8 @@ pub fn run(cli: Cli) -> Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for plan in engine.plans() {
                 let path = dir.join(output_schema_file(plan));
-                std::fs::write(&path, output_schema_text(plan)).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, output_schema_text(plan))
+                    .with_context(|| format!("writing {}", path.display()))?;
                 writeln!(out, "wrote {}", path.display())?;
             }
             Ok(())
@@ -172,7 +178,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let (_, engine, keys) = load(&args)?;
             let active = engine.active_keys(&keys)?;
             for plan in engine.plans() {
-                writeln!(out, "{}: {} rules, ok", plan.input_name, plan.rules.iter().count())?;
+                writeln!(
+                    out,
+                    "{}: {} rules, ok",
+                    plan.input_name,
+                    plan.rules.iter().count()
+                )?;
             }
             let id = |k: Option<&str>| k.unwrap_or("none").to_owned();
             writeln!(
@@ -183,19 +194,35 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
-        Command::Transform { config, input, output } => {
+        Command::Transform {
+            config,
+            input,
+            output,
+        } => {
             let (_, engine, keys) = load(&config)?;
             let active = engine.active_keys(&keys)?;
             let started = std::time::Instant::now();
             let count = file::transform_file(&engine, &active, &input, &output)
                 .with_context(|| format!("transforming {}", input.display()))?;
             let secs = started.elapsed().as_secs_f64();
-            writeln!(out, "transformed {count} events from {} to {} in {secs:.2} s", input.display(), output.display())?;
+            writeln!(
+                out,
+                "transformed {count} events from {} to {} in {secs:.2} s",
+                input.display(),
+                output.display()
+            )?;
             Ok(())
         }
-        Command::Lookup { keyring, class, region, values } => {
+        Command::Lookup {
+            keyring,
+            class,
+            region,
+            values,
+        } => {
             let class = match TokenClass::parse(&class) {
-                Some(c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id)) => c,
+                Some(
+                    c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id),
+                ) => c,
                 _ => bail!("--class must be phone, ip, email or id"),
             };
             let phone = PhoneCanon::new(&region)?;
@@ -228,9 +255,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Generate { schema, count, output, seed } => {
+        Command::Generate {
+            schema,
+            count,
+            output,
+            seed,
+        } => {
             file::generate_file(schema, count, seed, &output)?;
-            writeln!(out, "wrote {count} {schema:?} events to {}", output.display())?;
+            writeln!(
+                out,
+                "wrote {count} {schema:?} events to {}",
+                output.display()
+            )?;
             Ok(())
         }
     }
@@ -263,7 +299,11 @@ fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
             writeln!(out, "created {} with keys:", keyring.display())?;
             list(&ring, out)
         }
-        KeysCommand::Rotate { keyring, purpose, id } => {
+        KeysCommand::Rotate {
+            keyring,
+            purpose,
+            id,
+        } => {
             let mut ring = Keyring::load(&keyring)?;
             let id = ring.rotate(purpose, id)?;
             ring.save(&keyring)?;
@@ -282,10 +322,20 @@ fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
 }
 
 fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
-    writeln!(out, "{:<32}  {:<10}  {:<9}  created_at", "id", "purpose", "state")?;
+    writeln!(
+        out,
+        "{:<32}  {:<10}  {:<9}  created_at",
+        "id", "purpose", "state"
+    )?;
     for e in ring.entries() {
-        writeln!(out, "{:<32}  {:<10}  {:<9}  {}", e.id, e.purpose.as_str(), e.state.as_str(), e.created_at)?;
+        writeln!(
+            out,
+            "{:<32}  {:<10}  {:<9}  {}",
+            e.id,
+            e.purpose.as_str(),
+            e.state.as_str(),
+            e.created_at
+        )?;
     }
     Ok(())
 }
-

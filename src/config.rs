@@ -50,7 +50,10 @@ pub struct PipelineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid config: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("schema {path} is not valid Avro: {message}")]
@@ -66,8 +69,10 @@ pub enum ConfigError {
 impl Config {
     /// Reads a config file; relative paths in it are made relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.message().to_owned(),

@@ -102,6 +102,9 @@ mod tests {
         let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
         let b: Ipv6Addr = "2001:db8::ffff:1".parse().unwrap();
         let (x, y) = (pan.anonymize_v6(a), pan.anonymize_v6(b));
-        assert_eq!(common_prefix(a.into(), b.into()), common_prefix(x.into(), y.into()));
+        assert_eq!(
+            common_prefix(a.into(), b.into()),
+            common_prefix(x.into(), y.into())
+        );
     }
 }

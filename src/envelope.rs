@@ -159,7 +159,11 @@ struct Aad {
 impl Aad {
     fn new(header: &[u8], field_path: &str) -> Self {
         let len = header.len() + field_path.len();
-        let mut aad = Aad { inline: [0; 128], len, spilled: Vec::new() };
+        let mut aad = Aad {
+            inline: [0; 128],
+            len,
+            spilled: Vec::new(),
+        };
         if len <= aad.inline.len() {
             aad.inline[..header.len()].copy_from_slice(header);
             aad.inline[header.len()..len].copy_from_slice(field_path.as_bytes());

@@ -29,7 +29,10 @@ pub const META_ENCRYPTION_KEY: &str = "pseudonymizer.encryption_key";
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not an Avro object container file, or its header is corrupt")]
     Header { path: PathBuf },
     #[error("writer schema {0} has no rules in the config")]
@@ -45,13 +48,19 @@ pub enum FileError {
 fn open(path: &Path) -> Result<BufReader<File>, FileError> {
     File::open(path)
         .map(BufReader::new)
-        .map_err(|source| FileError::Open { path: path.to_owned(), source })
+        .map_err(|source| FileError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>, FileError> {
     File::create(path)
         .map(BufWriter::new)
-        .map_err(|source| FileError::Open { path: path.to_owned(), source })
+        .map_err(|source| FileError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn write_err(e: impl std::fmt::Display) -> FileError {
@@ -60,8 +69,15 @@ fn write_err(e: impl std::fmt::Display) -> FileError {
 
 /// Transforms every event of `input` into `output`, written with the derived output schema.
 /// Returns the number of events.
-pub fn transform_file(engine: &Engine, keys: &ActiveKeys, input: &Path, output: &Path) -> Result<u64, FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header { path: input.to_owned() })?;
+pub fn transform_file(
+    engine: &Engine,
+    keys: &ActiveKeys,
+    input: &Path,
+    output: &Path,
+) -> Result<u64, FileError> {
+    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
+        path: input.to_owned(),
+    })?;
     let writer_schema = reader.writer_schema().clone();
     let name = match &writer_schema {
         apache_avro::Schema::Record(r) => r.name.fullname(None),
@@ -70,10 +86,14 @@ pub fn transform_file(engine: &Engine, keys: &ActiveKeys, input: &Path, output: 
     let plan = engine.plan(&name).ok_or(FileError::NoRules(name))?.clone();
     let mut writer = Writer::with_codec(&plan.output, create(output)?, Codec::Null);
     if let Some(key) = &keys.pseudonym {
-        writer.add_user_metadata(META_PSEUDONYM_KEY.into(), key.id()).map_err(write_err)?;
+        writer
+            .add_user_metadata(META_PSEUDONYM_KEY.into(), key.id())
+            .map_err(write_err)?;
     }
     if let Some(key) = &keys.encryption {
-        writer.add_user_metadata(META_ENCRYPTION_KEY.into(), key.id()).map_err(write_err)?;
+        writer
+            .add_user_metadata(META_ENCRYPTION_KEY.into(), key.id())
+            .map_err(write_err)?;
     }
     let mut count = 0u64;
     let mut out = Vec::with_capacity(1024);
@@ -81,16 +101,22 @@ pub fn transform_file(engine: &Engine, keys: &ActiveKeys, input: &Path, output: 
         let index = index as u64;
         let value = value.map_err(|_| FileError::Decode { index })?;
         // The container reader hands out decoded values; the engine works on datum bytes.
-        let datum = to_avro_datum(&writer_schema, value).map_err(|_| FileError::Decode { index })?;
+        let datum =
+            to_avro_datum(&writer_schema, value).map_err(|_| FileError::Decode { index })?;
         out.clear();
         engine
             .transform(&plan, keys, &datum, &mut out)
             .map_err(|source| FileError::Transform { index, source })?;
-        let sanitized = from_avro_datum(&plan.output, &mut out.as_slice(), None).map_err(write_err)?;
+        let sanitized =
+            from_avro_datum(&plan.output, &mut out.as_slice(), None).map_err(write_err)?;
         writer.append_value_ref(&sanitized).map_err(write_err)?;
         count += 1;
     }
-    writer.into_inner().map_err(write_err)?.flush().map_err(write_err)?;
+    writer
+        .into_inner()
+        .map_err(write_err)?
+        .flush()
+        .map_err(write_err)?;
     Ok(count)
 }
 
@@ -102,14 +128,25 @@ pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result
     for _ in 0..count {
         writer.append(generator.event(kind)).map_err(write_err)?;
     }
-    writer.into_inner().map_err(write_err)?.flush().map_err(write_err)?;
+    writer
+        .into_inner()
+        .map_err(write_err)?
+        .flush()
+        .map_err(write_err)?;
     Ok(())
 }
 
 /// Reads a sanitized file and writes one JSON line per event to `out`, with every envelope
 /// opened where its key is available. Returns (events, envelopes opened, envelopes not opened).
-pub fn decrypt_file(engine: &Engine, keys: &KeySet, input: &Path, out: &mut dyn Write) -> Result<(u64, u64, u64), FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header { path: input.to_owned() })?;
+pub fn decrypt_file(
+    engine: &Engine,
+    keys: &KeySet,
+    input: &Path,
+    out: &mut dyn Write,
+) -> Result<(u64, u64, u64), FileError> {
+    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
+        path: input.to_owned(),
+    })?;
     let name = match reader.writer_schema() {
         apache_avro::Schema::Record(r) => r.name.name.clone(),
         _ => String::new(),
@@ -121,10 +158,17 @@ pub fn decrypt_file(engine: &Engine, keys: &KeySet, input: &Path, out: &mut dyn 
         .find(|p| matches!(&p.output, apache_avro::Schema::Record(r) if r.name.name == name))
         .ok_or_else(|| FileError::NoRules(name.clone()))?
         .clone();
-    let mut opener = Opener { plan: &plan, keys, opened: 0, failed: 0 };
+    let mut opener = Opener {
+        plan: &plan,
+        keys,
+        opened: 0,
+        failed: 0,
+    };
     let mut count = 0;
     for (index, value) in reader.enumerate() {
-        let value = value.map_err(|_| FileError::Decode { index: index as u64 })?;
+        let value = value.map_err(|_| FileError::Decode {
+            index: index as u64,
+        })?;
         let json = opener.json(value, "", false);
         serde_json::to_writer(&mut *out, &json).map_err(write_err)?;
         out.write_all(b"\n").map_err(write_err)?;
@@ -146,7 +190,11 @@ impl Opener<'_> {
             Value::Record(fields) => {
                 let mut map = Map::new();
                 for (name, v) in fields {
-                    let path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    let path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
                     let sealed = self.plan.rules.get(&path) == Some(Action::Encrypt);
                     map.insert(name, self.json(v, &path, sealed));
                 }
@@ -171,8 +219,18 @@ impl Opener<'_> {
                 }
             },
             Value::Union(_, inner) => self.json(*inner, path, sealed),
-            Value::Array(items) => Json::Array(items.into_iter().map(|v| self.json(v, path, sealed)).collect()),
-            Value::Map(entries) => Json::Object(entries.into_iter().map(|(k, v)| (k, self.json(v, path, false))).collect()),
+            Value::Array(items) => Json::Array(
+                items
+                    .into_iter()
+                    .map(|v| self.json(v, path, sealed))
+                    .collect(),
+            ),
+            Value::Map(entries) => Json::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, self.json(v, path, false)))
+                    .collect(),
+            ),
             other => plain_json(other),
         }
     }
@@ -200,8 +258,18 @@ pub fn plain_json(value: Value) -> Json {
         Value::Enum(_, symbol) => json!(symbol),
         Value::Union(_, inner) => plain_json(*inner),
         Value::Array(items) => Json::Array(items.into_iter().map(plain_json).collect()),
-        Value::Map(entries) => Json::Object(entries.into_iter().map(|(k, v)| (k, plain_json(v))).collect()),
-        Value::Record(fields) => Json::Object(fields.into_iter().map(|(k, v)| (k, plain_json(v))).collect()),
+        Value::Map(entries) => Json::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, plain_json(v)))
+                .collect(),
+        ),
+        Value::Record(fields) => Json::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, plain_json(v)))
+                .collect(),
+        ),
         Value::Uuid(u) => json!(u.to_string()),
         other => json!(format!("{other:?}")),
     }
@@ -209,10 +277,16 @@ pub fn plain_json(value: Value) -> Json {
 
 /// Reads the first `limit` events of a container file as JSON (`show`, tests).
 pub fn read_json(input: &Path, limit: usize) -> Result<Vec<Json>, FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header { path: input.to_owned() })?;
+    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
+        path: input.to_owned(),
+    })?;
     reader
         .take(limit)
         .enumerate()
-        .map(|(index, v)| v.map(plain_json).map_err(|_| FileError::Decode { index: index as u64 }))
+        .map(|(index, v)| {
+            v.map(plain_json).map_err(|_| FileError::Decode {
+                index: index as u64,
+            })
+        })
         .collect()
 }

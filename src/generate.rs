@@ -53,7 +53,10 @@ const BODIES: &[&str] = &[
 impl Generator {
     /// A generator whose output depends only on `seed`.
     pub fn new(seed: u64) -> Self {
-        Generator { rng: StdRng::seed_from_u64(seed), serial: 0 }
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            serial: 0,
+        }
     }
 
     /// The next event of `kind`.
@@ -65,11 +68,15 @@ impl Generator {
     }
 
     fn hex(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap_or('0')).collect()
+        (0..n)
+            .map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap_or('0'))
+            .collect()
     }
 
     fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from_digit(self.rng.gen_range(0..10), 10).unwrap_or('0')).collect()
+        (0..n)
+            .map(|_| char::from_digit(self.rng.gen_range(0..10), 10).unwrap_or('0'))
+            .collect()
     }
 
     /// A phone number in one of the shapes seen on the wire.
@@ -84,7 +91,9 @@ impl Generator {
             6 => format!("+1 415 555 {a}"),
             7 => format!("+44 20 7946 {a}"),
             8 => format!("+65 9{}", self.digits(7)),
-            _ => ["anonymous", "unknown", "*31#", "  withheld "][self.rng.gen_range(0..4)].to_owned(),
+            _ => {
+                ["anonymous", "unknown", "*31#", "  withheld "][self.rng.gen_range(0..4)].to_owned()
+            }
         }
     }
 
@@ -92,8 +101,17 @@ impl Generator {
     pub fn ip(&mut self) -> String {
         match self.rng.gen_range(0..8) {
             0..=3 => format!("203.0.113.{}", self.rng.gen_range(1..255)),
-            4 => format!("10.{}.{}.{}", self.rng.gen_range(0..256), self.rng.gen_range(0..256), self.rng.gen_range(1..255)),
-            5 => format!("2001:db8:{:x}::{:x}", self.rng.gen_range(0..0xffff), self.rng.gen_range(1..0xffff)),
+            4 => format!(
+                "10.{}.{}.{}",
+                self.rng.gen_range(0..256),
+                self.rng.gen_range(0..256),
+                self.rng.gen_range(1..255)
+            ),
+            5 => format!(
+                "2001:db8:{:x}::{:x}",
+                self.rng.gen_range(0..0xffff),
+                self.rng.gen_range(1..0xffff)
+            ),
             6 => format!("::ffff:198.51.100.{}", self.rng.gen_range(1..255)),
             _ => "n/a".to_owned(),
         }
@@ -108,14 +126,34 @@ impl Generator {
     }
 
     fn device(&mut self) -> Value {
-        let (os, model) = [("Android", "Pixel 8"), ("iOS", "iPhone 15"), ("Android", "Galaxy A54")]
-            [self.rng.gen_range(0..3)];
+        let (os, model) = [
+            ("Android", "Pixel 8"),
+            ("iOS", "iPhone 15"),
+            ("Android", "Galaxy A54"),
+        ][self.rng.gen_range(0..3)];
         Value::Record(vec![
-            ("device_id".into(), Value::String(format!("dev-{}", self.hex(16)))),
+            (
+                "device_id".into(),
+                Value::String(format!("dev-{}", self.hex(16))),
+            ),
             ("os".into(), Value::String(os.into())),
-            ("os_version".into(), Value::String(format!("{}.{}", self.rng.gen_range(12..18), self.rng.gen_range(0..4)))),
+            (
+                "os_version".into(),
+                Value::String(format!(
+                    "{}.{}",
+                    self.rng.gen_range(12..18),
+                    self.rng.gen_range(0..4)
+                )),
+            ),
             ("model".into(), Value::String(model.into())),
-            ("app_version".into(), Value::String(format!("5.{}.{}", self.rng.gen_range(0..20), self.rng.gen_range(0..10)))),
+            (
+                "app_version".into(),
+                Value::String(format!(
+                    "5.{}.{}",
+                    self.rng.gen_range(0..20),
+                    self.rng.gen_range(0..10)
+                )),
+            ),
         ])
     }
 
@@ -142,52 +180,106 @@ impl Generator {
         let answered = status == 0;
         let caller_ip = self.maybe(0.8, Self::ip);
         let callee_ip = self.maybe(0.6, Self::ip);
-        let codec = self.maybe(0.7, |g| ["opus", "G.711", "AMR-WB"][g.rng.gen_range(0..3)].to_owned());
+        let codec = self.maybe(0.7, |g| {
+            ["opus", "G.711", "AMR-WB"][g.rng.gen_range(0..3)].to_owned()
+        });
         let device = self.maybe(0.7, Self::device);
         let location = self.maybe(0.7, Self::location);
-        let recording = self.maybe(0.3, |g| format!("https://recordings.example.net/2026/11/{}.wav", g.hex(24)));
+        let recording = self.maybe(0.3, |g| {
+            format!("https://recordings.example.net/2026/11/{}.wav", g.hex(24))
+        });
         Value::Record(vec![
             ("event_id".into(), Value::String(event_id)),
-            ("call_id".into(), Value::String(format!("call-{}", self.hex(12)))),
+            (
+                "call_id".into(),
+                Value::String(format!("call-{}", self.hex(12))),
+            ),
             ("occurred_at".into(), Value::TimestampMillis(occurred_at)),
-            ("direction".into(), Value::Enum(direction, ["INBOUND", "OUTBOUND", "INTERNAL"][direction as usize].into())),
-            ("status".into(), Value::Enum(status, ["ANSWERED", "MISSED", "BUSY", "FAILED", "REJECTED"][status as usize].into())),
+            (
+                "direction".into(),
+                Value::Enum(
+                    direction,
+                    ["INBOUND", "OUTBOUND", "INTERNAL"][direction as usize].into(),
+                ),
+            ),
+            (
+                "status".into(),
+                Value::Enum(
+                    status,
+                    ["ANSWERED", "MISSED", "BUSY", "FAILED", "REJECTED"][status as usize].into(),
+                ),
+            ),
             ("caller".into(), Value::String(self.phone())),
             ("callee".into(), Value::String(self.phone())),
             ("caller_ip".into(), optional(caller_ip.map(Value::String))),
             ("callee_ip".into(), optional(callee_ip.map(Value::String))),
-            ("duration_ms".into(), Value::Long(if answered { self.rng.gen_range(1_000..3_600_000) } else { 0 })),
+            (
+                "duration_ms".into(),
+                Value::Long(if answered {
+                    self.rng.gen_range(1_000..3_600_000)
+                } else {
+                    0
+                }),
+            ),
             ("codec".into(), optional(codec.map(Value::String))),
             ("device".into(), optional(device)),
             ("location".into(), optional(location)),
-            ("recording_url".into(), optional(recording.map(Value::String))),
+            (
+                "recording_url".into(),
+                optional(recording.map(Value::String)),
+            ),
         ])
     }
 
     fn attachment(&mut self) -> Value {
-        let (content_type, ext) = [("image/jpeg", "jpg"), ("video/mp4", "mp4"), ("application/pdf", "pdf")][self.rng.gen_range(0..3)];
+        let (content_type, ext) = [
+            ("image/jpeg", "jpg"),
+            ("video/mp4", "mp4"),
+            ("application/pdf", "pdf"),
+        ][self.rng.gen_range(0..3)];
         Value::Record(vec![
             ("content_type".into(), Value::String(content_type.into())),
-            ("size_bytes".into(), Value::Long(self.rng.gen_range(1_000..5_000_000))),
-            ("url".into(), Value::String(format!("https://media.example.net/m/{}.{ext}", self.hex(20)))),
+            (
+                "size_bytes".into(),
+                Value::Long(self.rng.gen_range(1_000..5_000_000)),
+            ),
+            (
+                "url".into(),
+                Value::String(format!(
+                    "https://media.example.net/m/{}.{ext}",
+                    self.hex(20)
+                )),
+            ),
         ])
     }
 
     fn message(&mut self) -> Value {
         let (event_id, occurred_at) = self.header();
         let channel = self.rng.gen_range(0..3);
-        let recipients = (0..self.rng.gen_range(1..4)).map(|_| Value::String(self.phone())).collect();
+        let recipients = (0..self.rng.gen_range(1..4))
+            .map(|_| Value::String(self.phone()))
+            .collect();
         let sender_ip = self.maybe(0.7, Self::ip);
         let body = self.maybe(0.9, |g| BODIES[g.rng.gen_range(0..BODIES.len())].to_owned());
-        let attachments = if channel == 0 { 0 } else { self.rng.gen_range(0..3) };
+        let attachments = if channel == 0 {
+            0
+        } else {
+            self.rng.gen_range(0..3)
+        };
         let attachments = (0..attachments).map(|_| self.attachment()).collect();
         let device = self.maybe(0.7, Self::device);
         let location = self.maybe(0.7, Self::location);
         Value::Record(vec![
             ("event_id".into(), Value::String(event_id)),
-            ("message_id".into(), Value::String(format!("msg-{}", self.hex(12)))),
+            (
+                "message_id".into(),
+                Value::String(format!("msg-{}", self.hex(12))),
+            ),
             ("occurred_at".into(), Value::TimestampMillis(occurred_at)),
-            ("channel".into(), Value::Enum(channel, ["SMS", "MMS", "CHAT"][channel as usize].into())),
+            (
+                "channel".into(),
+                Value::Enum(channel, ["SMS", "MMS", "CHAT"][channel as usize].into()),
+            ),
             ("sender".into(), Value::String(self.phone())),
             ("recipients".into(), Value::Array(recipients)),
             ("sender_ip".into(), optional(sender_ip.map(Value::String))),
@@ -209,7 +301,10 @@ fn optional(value: Option<Value>) -> Value {
 /// The benchmark's typical call: every optional field present.
 pub fn typical_call() -> Value {
     let device = Value::Record(vec![
-        ("device_id".into(), Value::String("dev-4f1c2a9e7b3d5c80".into())),
+        (
+            "device_id".into(),
+            Value::String("dev-4f1c2a9e7b3d5c80".into()),
+        ),
         ("os".into(), Value::String("Android".into())),
         ("os_version".into(), Value::String("14.1".into())),
         ("model".into(), Value::String("Pixel 8".into())),
@@ -217,23 +312,40 @@ pub fn typical_call() -> Value {
     ]);
     let location = Value::Record(vec![
         ("country".into(), Value::String("ID".into())),
-        ("cell_id".into(), optional(Some(Value::String("510-10-12345-678".into())))),
+        (
+            "cell_id".into(),
+            optional(Some(Value::String("510-10-12345-678".into()))),
+        ),
     ]);
     Value::Record(vec![
         ("event_id".into(), Value::String("9b2e4c1a-0000a1b2".into())),
         ("call_id".into(), Value::String("call-7f3e9a1c2b4d".into())),
-        ("occurred_at".into(), Value::TimestampMillis(1_764_000_123_456)),
+        (
+            "occurred_at".into(),
+            Value::TimestampMillis(1_764_000_123_456),
+        ),
         ("direction".into(), Value::Enum(1, "OUTBOUND".into())),
         ("status".into(), Value::Enum(0, "ANSWERED".into())),
         ("caller".into(), Value::String("+6281234567890".into())),
         ("callee".into(), Value::String("+6281298765432".into())),
-        ("caller_ip".into(), optional(Some(Value::String("203.0.113.45".into())))),
-        ("callee_ip".into(), optional(Some(Value::String("2001:db8:85a3::8a2e:370:7334".into())))),
+        (
+            "caller_ip".into(),
+            optional(Some(Value::String("203.0.113.45".into()))),
+        ),
+        (
+            "callee_ip".into(),
+            optional(Some(Value::String("2001:db8:85a3::8a2e:370:7334".into()))),
+        ),
         ("duration_ms".into(), Value::Long(184_250)),
         ("codec".into(), optional(Some(Value::String("opus".into())))),
         ("device".into(), optional(Some(device))),
         ("location".into(), optional(Some(location))),
-        ("recording_url".into(), optional(Some(Value::String("https://recordings.example.net/2026/11/4f1c2a9e7b3d5c804f1c2a9e.wav".into())))),
+        (
+            "recording_url".into(),
+            optional(Some(Value::String(
+                "https://recordings.example.net/2026/11/4f1c2a9e7b3d5c804f1c2a9e.wav".into(),
+            ))),
+        ),
     ])
 }
 
@@ -242,7 +354,10 @@ pub fn typical_message() -> Value {
     let body = "Reminder: your bill of Rp 150.000 is due on 28 Nov. Pay in the app or at any minimarket. Ignore this message if you have already paid. Thank you, support!";
     let body = format!("{body:<160}");
     let device = Value::Record(vec![
-        ("device_id".into(), Value::String("dev-4f1c2a9e7b3d5c80".into())),
+        (
+            "device_id".into(),
+            Value::String("dev-4f1c2a9e7b3d5c80".into()),
+        ),
         ("os".into(), Value::String("iOS".into())),
         ("os_version".into(), Value::String("17.2".into())),
         ("model".into(), Value::String("iPhone 15".into())),
@@ -250,21 +365,42 @@ pub fn typical_message() -> Value {
     ]);
     let location = Value::Record(vec![
         ("country".into(), Value::String("ID".into())),
-        ("cell_id".into(), optional(Some(Value::String("510-10-12345-678".into())))),
+        (
+            "cell_id".into(),
+            optional(Some(Value::String("510-10-12345-678".into()))),
+        ),
     ]);
     let attachment = Value::Record(vec![
         ("content_type".into(), Value::String("image/jpeg".into())),
         ("size_bytes".into(), Value::Long(482_113)),
-        ("url".into(), Value::String("https://media.example.net/m/8c1d2e3f4a5b6c7d8e9f.jpg".into())),
+        (
+            "url".into(),
+            Value::String("https://media.example.net/m/8c1d2e3f4a5b6c7d8e9f.jpg".into()),
+        ),
     ]);
     Value::Record(vec![
         ("event_id".into(), Value::String("9b2e4c1a-0000a1b3".into())),
-        ("message_id".into(), Value::String("msg-7f3e9a1c2b4d".into())),
-        ("occurred_at".into(), Value::TimestampMillis(1_764_000_123_456)),
+        (
+            "message_id".into(),
+            Value::String("msg-7f3e9a1c2b4d".into()),
+        ),
+        (
+            "occurred_at".into(),
+            Value::TimestampMillis(1_764_000_123_456),
+        ),
         ("channel".into(), Value::Enum(0, "SMS".into())),
         ("sender".into(), Value::String("+6281234567890".into())),
-        ("recipients".into(), Value::Array(vec![Value::String("+6281298765432".into()), Value::String("+6285712345678".into())])),
-        ("sender_ip".into(), optional(Some(Value::String("203.0.113.45".into())))),
+        (
+            "recipients".into(),
+            Value::Array(vec![
+                Value::String("+6281298765432".into()),
+                Value::String("+6285712345678".into()),
+            ]),
+        ),
+        (
+            "sender_ip".into(),
+            optional(Some(Value::String("203.0.113.45".into()))),
+        ),
         ("body".into(), optional(Some(Value::String(body)))),
         ("attachments".into(), Value::Array(vec![attachment])),
         ("device".into(), optional(Some(device))),

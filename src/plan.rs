@@ -64,13 +64,25 @@ pub struct Leaf {
 pub enum Step {
     /// Copy verbatim. `paths` names the value for errors: one path, or for a merged run of
     /// fields (`shape` is then a `Seq`) one path per field.
-    Copy { shape: Shape, paths: Vec<Box<str>> },
+    Copy {
+        shape: Shape,
+        paths: Vec<Box<str>>,
+    },
     /// Read past; write nothing (a dropped field).
-    Skip { shape: Shape, path: Box<str> },
+    Skip {
+        shape: Shape,
+        path: Box<str>,
+    },
     Record(Vec<Step>),
     /// Copy the branch index, then run that branch's step.
-    Union { branches: Vec<Step>, path: Box<str> },
-    Array { item: Box<Step>, path: Box<str> },
+    Union {
+        branches: Vec<Step>,
+        path: Box<str>,
+    },
+    Array {
+        item: Box<Step>,
+        path: Box<str>,
+    },
     Leaf(Leaf),
 }
 
@@ -80,7 +92,16 @@ impl Step {
         let mut merged: Vec<Step> = Vec::with_capacity(steps.len());
         for step in steps {
             match (merged.last_mut(), step) {
-                (Some(Step::Copy { shape: Shape::Seq(run), paths }), Step::Copy { shape, paths: mut more }) => {
+                (
+                    Some(Step::Copy {
+                        shape: Shape::Seq(run),
+                        paths,
+                    }),
+                    Step::Copy {
+                        shape,
+                        paths: mut more,
+                    },
+                ) => {
                     run.push(shape);
                     paths.push(more.swap_remove(0));
                 }
@@ -106,15 +127,27 @@ impl Step {
                     _ => unreachable!("checked above"),
                 })
                 .collect();
-            return Step::Copy { shape: Shape::Union(shapes), paths: vec![path.into()] };
+            return Step::Copy {
+                shape: Shape::Union(shapes),
+                paths: vec![path.into()],
+            };
         }
-        Step::Union { branches, path: path.into() }
+        Step::Union {
+            branches,
+            path: path.into(),
+        }
     }
 
     fn array(item: Step, path: &str) -> Step {
         match item {
-            Step::Copy { shape, .. } => Step::Copy { shape: Shape::Array(Box::new(shape)), paths: vec![path.into()] },
-            item => Step::Array { item: Box::new(item), path: path.into() },
+            Step::Copy { shape, .. } => Step::Copy {
+                shape: Shape::Array(Box::new(shape)),
+                paths: vec![path.into()],
+            },
+            item => Step::Array {
+                item: Box::new(item),
+                path: path.into(),
+            },
         }
     }
 
@@ -122,13 +155,17 @@ impl Step {
     pub fn needs(&self) -> (bool, bool) {
         match self {
             Step::Copy { .. } | Step::Skip { .. } => (false, false),
-            Step::Leaf(leaf) => (leaf.action.needs_pseudonym_key(), leaf.action == Action::Encrypt),
-            Step::Record(steps) | Step::Union { branches: steps, .. } => {
-                steps.iter().fold((false, false), |(p, e), s| {
-                    let (sp, se) = s.needs();
-                    (p || sp, e || se)
-                })
-            }
+            Step::Leaf(leaf) => (
+                leaf.action.needs_pseudonym_key(),
+                leaf.action == Action::Encrypt,
+            ),
+            Step::Record(steps)
+            | Step::Union {
+                branches: steps, ..
+            } => steps.iter().fold((false, false), |(p, e), s| {
+                let (sp, se) = s.needs();
+                (p || sp, e || se)
+            }),
             Step::Array { item, .. } => item.needs(),
         }
     }
@@ -159,7 +196,9 @@ pub struct Plan {
 /// path.
 pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
     let Schema::Record(root) = input else {
-        return Err(vec!["the writer schema's top level must be a record".to_owned()]);
+        return Err(vec![
+            "the writer schema's top level must be a record".to_owned()
+        ]);
     };
     let input_name = root.name.fullname(None);
     let mut walker = Walker {
@@ -173,7 +212,9 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
     let (step, output_json) = walker.record(root, "", 0);
     for (path, _) in rules.iter() {
         if !walker.used.contains(path) {
-            walker.errors.push(format!("{path}: names no leaf field of {input_name}"));
+            walker
+                .errors
+                .push(format!("{path}: names no leaf field of {input_name}"));
         }
     }
     if !walker.errors.is_empty() {
@@ -223,7 +264,9 @@ impl Walker<'_> {
     }
 
     fn remember(&mut self, name: &Name, schema: &Schema) {
-        self.named.entry(name.fullname(None)).or_insert_with(|| schema.clone());
+        self.named
+            .entry(name.fullname(None))
+            .or_insert_with(|| schema.clone());
     }
 
     fn out_name(name: &Name) -> String {
@@ -264,7 +307,10 @@ impl Walker<'_> {
         }
         match self.resolve(schema) {
             Schema::Record(_) => true,
-            Schema::Union(u) => u.variants().iter().any(|v| self.contains_record(v, depth + 1)),
+            Schema::Union(u) => u
+                .variants()
+                .iter()
+                .any(|v| self.contains_record(v, depth + 1)),
             Schema::Array(a) => self.contains_record(&a.items, depth + 1),
             _ => false,
         }
@@ -273,7 +319,9 @@ impl Walker<'_> {
     fn record(&mut self, record: &RecordSchema, path: &str, depth: usize) -> (Step, Json) {
         self.remember(&record.name, &Schema::Record(record.clone()));
         if depth > MAX_DEPTH {
-            self.errors.push(format!("{path}: nesting deeper than {MAX_DEPTH} (recursive schema?)"));
+            self.errors.push(format!(
+                "{path}: nesting deeper than {MAX_DEPTH} (recursive schema?)"
+            ));
             return (Step::Record(vec![]), Json::Null);
         }
         let mut steps = Vec::with_capacity(record.fields.len());
@@ -282,7 +330,9 @@ impl Walker<'_> {
             let field_path = join(path, &field.name);
             let (step, field_type, action) = self.field(&field.schema, &field_path, depth + 1);
             steps.push(step);
-            let Some(field_type) = field_type else { continue };
+            let Some(field_type) = field_type else {
+                continue;
+            };
             let mut out = Map::new();
             out.insert("name".into(), json!(field.name));
             out.insert("type".into(), field_type);
@@ -328,7 +378,12 @@ impl Walker<'_> {
 
     /// A field: a branch (holds records) or a leaf with a rule. Returns its step, its output
     /// type (`None` when dropped) and the leaf's action (`None` for a branch).
-    fn field(&mut self, schema: &Schema, path: &str, depth: usize) -> (Step, Option<Json>, Option<Action>) {
+    fn field(
+        &mut self,
+        schema: &Schema,
+        path: &str,
+        depth: usize,
+    ) -> (Step, Option<Json>, Option<Action>) {
         if self.contains_record(schema, 0) {
             if self.rules.get(path).is_some() {
                 self.used.insert(path.to_owned());
@@ -340,7 +395,9 @@ impl Walker<'_> {
             return (step, Some(json), None);
         }
         let Some(action) = self.rules.get(path) else {
-            self.errors.push(format!("{path}: has no rule (every field needs one; nothing passes by default)"));
+            self.errors.push(format!(
+                "{path}: has no rule (every field needs one; nothing passes by default)"
+            ));
             return (Step::Record(vec![]), None, None);
         };
         self.used.insert(path.to_owned());
@@ -348,11 +405,25 @@ impl Walker<'_> {
             Action::Keep => {
                 let shape = self.shape(schema, path, depth);
                 let json = self.copy_json(schema, path);
-                (Step::Copy { shape, paths: vec![path.into()] }, Some(json), Some(action))
+                (
+                    Step::Copy {
+                        shape,
+                        paths: vec![path.into()],
+                    },
+                    Some(json),
+                    Some(action),
+                )
             }
             Action::Drop => {
                 let shape = self.shape(schema, path, depth);
-                (Step::Skip { shape, path: path.into() }, None, Some(action))
+                (
+                    Step::Skip {
+                        shape,
+                        path: path.into(),
+                    },
+                    None,
+                    Some(action),
+                )
             }
             _ => match self.leaf(schema, action, path, depth) {
                 Some((step, json)) => (step, Some(json), Some(action)),
@@ -386,7 +457,13 @@ impl Walker<'_> {
                         self.branch(variant, path, depth + 1)
                     } else {
                         let shape = self.shape(variant, path, depth + 1);
-                        (Step::Copy { shape, paths: vec![path.into()] }, self.copy_json(variant, path))
+                        (
+                            Step::Copy {
+                                shape,
+                                paths: vec![path.into()],
+                            },
+                            self.copy_json(variant, path),
+                        )
                     };
                     steps.push(step);
                     types.push(json);
@@ -395,35 +472,60 @@ impl Walker<'_> {
             }
             Schema::Array(array) => {
                 let (step, json) = self.branch(&array.items, path, depth + 1);
-                (Step::array(step, path), json!({"type": "array", "items": json}))
+                (
+                    Step::array(step, path),
+                    json!({"type": "array", "items": json}),
+                )
             }
             other => {
                 // contains_record() said records are inside; anything else is a bug.
-                self.errors.push(format!("{path}: unexpected type {}", type_name(other)));
+                self.errors
+                    .push(format!("{path}: unexpected type {}", type_name(other)));
                 (Step::Record(vec![]), Json::Null)
             }
         }
     }
 
     /// A leaf rewritten by `action`: string (or bytes for encrypt), nullable, or in an array.
-    fn leaf(&mut self, schema: &Schema, action: Action, path: &str, depth: usize) -> Option<(Step, Json)> {
+    fn leaf(
+        &mut self,
+        schema: &Schema,
+        action: Action,
+        path: &str,
+        depth: usize,
+    ) -> Option<(Step, Json)> {
         if depth > MAX_DEPTH {
             return None;
         }
         let schema = self.resolve(schema).clone();
-        let out_type = if action == Action::Encrypt { "bytes" } else { "string" };
+        let out_type = if action == Action::Encrypt {
+            "bytes"
+        } else {
+            "string"
+        };
         match &schema {
             Schema::String | Schema::Uuid => Some((
-                Step::Leaf(Leaf { action, path: path.into(), input: LeafInput::String }),
+                Step::Leaf(Leaf {
+                    action,
+                    path: path.into(),
+                    input: LeafInput::String,
+                }),
                 json!(out_type),
             )),
             Schema::Bytes if action == Action::Encrypt => Some((
-                Step::Leaf(Leaf { action, path: path.into(), input: LeafInput::Bytes }),
+                Step::Leaf(Leaf {
+                    action,
+                    path: path.into(),
+                    input: LeafInput::Bytes,
+                }),
                 json!(out_type),
             )),
             Schema::Union(union) => {
                 let variants = union.variants();
-                let non_null = variants.iter().filter(|v| !matches!(v, Schema::Null)).count();
+                let non_null = variants
+                    .iter()
+                    .filter(|v| !matches!(v, Schema::Null))
+                    .count();
                 if non_null != 1 {
                     return None;
                 }
@@ -431,7 +533,10 @@ impl Walker<'_> {
                 let mut types = Vec::new();
                 for variant in variants {
                     if matches!(variant, Schema::Null) {
-                        steps.push(Step::Copy { shape: Shape::Null, paths: vec![path.into()] });
+                        steps.push(Step::Copy {
+                            shape: Shape::Null,
+                            paths: vec![path.into()],
+                        });
                         types.push(json!("null"));
                     } else {
                         let (step, json) = self.leaf(variant, action, path, depth + 1)?;
@@ -443,7 +548,10 @@ impl Walker<'_> {
             }
             Schema::Array(array) => {
                 let (step, json) = self.leaf(&array.items, action, path, depth + 1)?;
-                Some((Step::array(step, path), json!({"type": "array", "items": json})))
+                Some((
+                    Step::array(step, path),
+                    json!({"type": "array", "items": json}),
+                ))
             }
             _ => None,
         }
@@ -451,7 +559,9 @@ impl Walker<'_> {
 
     fn shape(&mut self, schema: &Schema, path: &str, depth: usize) -> Shape {
         if depth > MAX_DEPTH {
-            self.errors.push(format!("{path}: nesting deeper than {MAX_DEPTH} (recursive schema?)"));
+            self.errors.push(format!(
+                "{path}: nesting deeper than {MAX_DEPTH} (recursive schema?)"
+            ));
             return Shape::Null;
         }
         let schema = self.resolve(schema).clone();
@@ -486,14 +596,23 @@ impl Walker<'_> {
             Schema::Array(a) => Shape::Array(Box::new(self.shape(&a.items, path, depth + 1))),
             Schema::Map(m) => Shape::Map(Box::new(self.shape(&m.types, path, depth + 1))),
             Schema::Union(u) => Shape::Union(
-                u.variants().iter().map(|v| self.shape(v, path, depth + 1)).collect(),
+                u.variants()
+                    .iter()
+                    .map(|v| self.shape(v, path, depth + 1))
+                    .collect(),
             ),
             Schema::Record(r) => {
                 self.remember(&r.name, &schema);
-                Shape::Seq(r.fields.iter().map(|f| self.shape(&f.schema, path, depth + 1)).collect())
+                Shape::Seq(
+                    r.fields
+                        .iter()
+                        .map(|f| self.shape(&f.schema, path, depth + 1))
+                        .collect(),
+                )
             }
             Schema::Ref { name } => {
-                self.errors.push(format!("{path}: unknown type {}", name.fullname(None)));
+                self.errors
+                    .push(format!("{path}: unknown type {}", name.fullname(None)));
                 Shape::Null
             }
         }
@@ -521,9 +640,12 @@ impl Walker<'_> {
             }
             Schema::Array(a) => json!({"type": "array", "items": self.copy_json(&a.items, path)}),
             Schema::Map(m) => json!({"type": "map", "values": self.copy_json(&m.types, path)}),
-            Schema::Union(u) => {
-                Json::Array(u.variants().iter().map(|v| self.copy_json(v, path)).collect())
-            }
+            Schema::Union(u) => Json::Array(
+                u.variants()
+                    .iter()
+                    .map(|v| self.copy_json(v, path))
+                    .collect(),
+            ),
             other => serde_json::to_value(other).unwrap_or(Json::Null),
         }
     }

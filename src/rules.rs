@@ -57,7 +57,10 @@ impl Action {
     /// Whether the action needs the active pseudonym key. `ip-prefix` and `ip-truncate` need
     /// it too: a value that is not an IP becomes an `ip-raw` token.
     pub fn needs_pseudonym_key(self) -> bool {
-        matches!(self, Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. })
+        matches!(
+            self,
+            Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. }
+        )
     }
 
     /// Human description for the derived schema's field docs.
@@ -102,12 +105,16 @@ impl RuleSpec {
     pub fn action(&self) -> Result<Action, String> {
         let (name, v4, v6) = match self {
             RuleSpec::Name(name) => (name.as_str(), None, None),
-            RuleSpec::Table { action, ipv4_prefix, ipv6_prefix } => {
-                (action.as_str(), *ipv4_prefix, *ipv6_prefix)
-            }
+            RuleSpec::Table {
+                action,
+                ipv4_prefix,
+                ipv6_prefix,
+            } => (action.as_str(), *ipv4_prefix, *ipv6_prefix),
         };
         if name != "ip-truncate" && (v4.is_some() || v6.is_some()) {
-            return Err(format!("prefix lengths only apply to ip-truncate, not {name:?}"));
+            return Err(format!(
+                "prefix lengths only apply to ip-truncate, not {name:?}"
+            ));
         }
         Ok(match name {
             "keep" => Action::Keep,
@@ -159,7 +166,9 @@ impl Rules {
 
     /// Builds rules from pairs (for tests and tools).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Action)>) -> Self {
-        Rules { actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect() }
+        Rules {
+            actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect(),
+        }
     }
 
     /// The action for a path.

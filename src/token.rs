@@ -102,7 +102,10 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     let digest = mac.finalize().into_bytes();
 
     let id = key.id().as_bytes();
-    let mut out = Token { bytes: [0; MAX_TOKEN_LEN], len: id.len() + 1 + 22 };
+    let mut out = Token {
+        bytes: [0; MAX_TOKEN_LEN],
+        len: id.len() + 1 + 22,
+    };
     out.bytes[..id.len()].copy_from_slice(id);
     out.bytes[id.len()] = b':';
     URL_SAFE_NO_PAD
@@ -266,7 +269,10 @@ pub fn parse_ip(value: &str) -> Option<IpAddr> {
 /// Canonical text of an address: dotted decimal, or RFC 5952 (Rust's `Display` for IPv6 is
 /// RFC 5952: lower case, longest zero run compressed, a single zero group not compressed).
 pub fn ip_text(ip: IpAddr) -> IpText {
-    let mut text = IpText { bytes: [0; 48], len: 0 };
+    let mut text = IpText {
+        bytes: [0; 48],
+        len: 0,
+    };
     let ip = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -282,11 +288,15 @@ pub fn ip_text(ip: IpAddr) -> IpText {
 pub fn truncate_ip(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(v4_prefix.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(v4_prefix.min(32)))
+                .unwrap_or(0);
             IpAddr::V4((u32::from(v4) & mask).into())
         }
         IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                .unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
     }
@@ -328,8 +338,17 @@ mod tests {
     #[test]
     fn phone_formats_canonicalize_to_e164() {
         let canon = PhoneCanon::new("ID").unwrap();
-        for input in ["+62 812-3456-7890", "0812 3456 7890", "(0812) 34567890", " +6281234567890 "] {
-            assert_eq!(canon.canonical(input), (TokenClass::Phone, Cow::Borrowed("+6281234567890")), "{input}");
+        for input in [
+            "+62 812-3456-7890",
+            "0812 3456 7890",
+            "(0812) 34567890",
+            " +6281234567890 ",
+        ] {
+            assert_eq!(
+                canon.canonical(input),
+                (TokenClass::Phone, Cow::Borrowed("+6281234567890")),
+                "{input}"
+            );
         }
         assert_eq!(canon.canonical("anonymous").0, TokenClass::PhoneRaw);
         assert_eq!(canon.canonical(" anonymous ").1, "anonymous");

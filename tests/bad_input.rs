@@ -29,9 +29,17 @@ fn every_truncation_of_an_event_is_an_error_not_a_panic() {
     let mut out = Vec::new();
     for len in 0..input.len() {
         out.clear();
-        let error = engine.transform(plan, &keys, &input[..len], &mut out).unwrap_err();
+        let error = engine
+            .transform(plan, &keys, &input[..len], &mut out)
+            .unwrap_err();
         assert!(
-            matches!(error.kind, ErrorKind::Truncated | ErrorKind::BadUnion | ErrorKind::NegativeLength | ErrorKind::InvalidUtf8),
+            matches!(
+                error.kind,
+                ErrorKind::Truncated
+                    | ErrorKind::BadUnion
+                    | ErrorKind::NegativeLength
+                    | ErrorKind::InvalidUtf8
+            ),
             "cut at {len}: {error}"
         );
     }
@@ -53,7 +61,10 @@ fn corrupt_bytes_never_panic_and_errors_carry_no_value() {
             if let Err(error) = engine.transform(plan, &keys, &corrupt, &mut out) {
                 errors += 1;
                 let text = error.to_string();
-                assert!(!text.contains("6281234567890") && !text.contains("203.0.113"), "{text}");
+                assert!(
+                    !text.contains("6281234567890") && !text.contains("203.0.113"),
+                    "{text}"
+                );
             }
         }
     }
@@ -66,7 +77,9 @@ fn trailing_bytes_are_refused() {
     let plan = engine.plan(CALL).unwrap();
     let mut input = typical_call_bytes();
     input.push(0);
-    let error = engine.transform(plan, &common::active(&engine), &input, &mut Vec::new()).unwrap_err();
+    let error = engine
+        .transform(plan, &common::active(&engine), &input, &mut Vec::new())
+        .unwrap_err();
     assert_eq!(error.kind, ErrorKind::TrailingBytes);
 }
 
@@ -80,14 +93,30 @@ fn invalid_utf8_names_the_field() {
         let mut event = typical_call();
         let marker = "\u{1F600}MARKER";
         let value = Value::String(marker.into());
-        let value = if field == "codec" { Value::Union(1, Box::new(value)) } else { value };
+        let value = if field == "codec" {
+            Value::Union(1, Box::new(value))
+        } else {
+            value
+        };
         common::set_field(&mut event, field, value);
         let mut bytes = common::encode(&plan.input, event);
         // Break the emoji's first byte (0xF0) into an invalid lead byte.
-        let at = bytes.windows(4).position(|w| w == [0xF0, 0x9F, 0x98, 0x80]).unwrap();
+        let at = bytes
+            .windows(4)
+            .position(|w| w == [0xF0, 0x9F, 0x98, 0x80])
+            .unwrap();
         bytes[at] = 0xFF;
-        let error = engine.transform(plan, &keys, &bytes, &mut Vec::new()).unwrap_err();
-        assert_eq!(error, TransformError { path: field.into(), kind: ErrorKind::InvalidUtf8 }, "{action}");
+        let error = engine
+            .transform(plan, &keys, &bytes, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            error,
+            TransformError {
+                path: field.into(),
+                kind: ErrorKind::InvalidUtf8
+            },
+            "{action}"
+        );
         assert!(!error.to_string().contains("MARKER"));
     }
 }
@@ -98,16 +127,37 @@ fn unparseable_phone_and_ip_become_raw_tokens() {
     let plan = engine.plan(CALL).unwrap();
     let keys = common::active(&engine);
     let mut event = typical_call();
-    common::set_field(&mut event, "caller", Value::String("  not a number ".into()));
-    common::set_field(&mut event, "caller_ip", Value::Union(1, Box::new(Value::String("999.1.1.1".into()))));
+    common::set_field(
+        &mut event,
+        "caller",
+        Value::String("  not a number ".into()),
+    );
+    common::set_field(
+        &mut event,
+        "caller_ip",
+        Value::Union(1, Box::new(Value::String("999.1.1.1".into()))),
+    );
     let mut out = Vec::new();
-    engine.transform(plan, &keys, &common::encode(&plan.input, event), &mut out).unwrap();
+    engine
+        .transform(plan, &keys, &common::encode(&plan.input, event), &mut out)
+        .unwrap();
     let pkey = keys.pseudonym.as_deref().unwrap();
-    let phone_raw = pseudonymizer::token::token(pkey, pseudonymizer::token::TokenClass::PhoneRaw, b"not a number");
-    let ip_raw = pseudonymizer::token::token(pkey, pseudonymizer::token::TokenClass::IpRaw, b"999.1.1.1");
+    let phone_raw = pseudonymizer::token::token(
+        pkey,
+        pseudonymizer::token::TokenClass::PhoneRaw,
+        b"not a number",
+    );
+    let ip_raw =
+        pseudonymizer::token::token(pkey, pseudonymizer::token::TokenClass::IpRaw, b"999.1.1.1");
     let output = common::decode(&plan.output, &out);
-    assert_eq!(common::field(&output, "caller"), &Value::String(phone_raw.as_str().into()));
-    assert_eq!(common::field(&output, "caller_ip"), &Value::Union(1, Box::new(Value::String(ip_raw.as_str().into()))));
+    assert_eq!(
+        common::field(&output, "caller"),
+        &Value::String(phone_raw.as_str().into())
+    );
+    assert_eq!(
+        common::field(&output, "caller_ip"),
+        &Value::Union(1, Box::new(Value::String(ip_raw.as_str().into())))
+    );
     assert!(!out.windows(12).any(|w| w == b"not a number"));
     assert!(!out.windows(9).any(|w| w == b"999.1.1.1"));
 }
@@ -125,10 +175,26 @@ fn file_with_unknown_writer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::parse_str(r#"{"type":"record","name":"Other","namespace":"x","fields":[{"name":"a","type":"string"}]}"#).unwrap();
     let input = dir.path().join("other.avro");
-    write_container(&schema, vec![Value::Record(vec![("a".into(), Value::String("+6281234567890".into()))])], &input);
+    write_container(
+        &schema,
+        vec![Value::Record(vec![(
+            "a".into(),
+            Value::String("+6281234567890".into()),
+        )])],
+        &input,
+    );
     let engine = common::engine();
-    let error = file::transform_file(&engine, &common::active(&engine), &input, &dir.path().join("out.avro")).unwrap_err();
-    assert!(matches!(&error, FileError::NoRules(name) if name == "x.Other"), "{error}");
+    let error = file::transform_file(
+        &engine,
+        &common::active(&engine),
+        &input,
+        &dir.path().join("out.avro"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, FileError::NoRules(name) if name == "x.Other"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -137,12 +203,22 @@ fn corrupt_container_names_the_event_index() {
     let engine = common::engine();
     let plan = engine.plan("comms.v1.MessageEvent").unwrap();
     let input = dir.path().join("messages.avro");
-    write_container(&plan.input, vec![typical_message(), typical_message(), typical_message()], &input);
+    write_container(
+        &plan.input,
+        vec![typical_message(), typical_message(), typical_message()],
+        &input,
+    );
     let mut bytes = std::fs::read(&input).unwrap();
     let cut = bytes.len() - 40; // inside the block of events, before the sync marker
     bytes.truncate(cut);
     std::fs::write(&input, &bytes).unwrap();
-    let error = file::transform_file(&engine, &common::active(&engine), &input, &dir.path().join("out.avro")).unwrap_err();
+    let error = file::transform_file(
+        &engine,
+        &common::active(&engine),
+        &input,
+        &dir.path().join("out.avro"),
+    )
+    .unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, FileError::Decode { .. }), "{text}");
     assert!(text.starts_with("event "), "{text}");
@@ -150,7 +226,13 @@ fn corrupt_container_names_the_event_index() {
 
     let not_avro = dir.path().join("junk.avro");
     std::fs::write(&not_avro, b"definitely not avro").unwrap();
-    let error = file::transform_file(&engine, &common::active(&engine), &not_avro, &dir.path().join("o.avro")).unwrap_err();
+    let error = file::transform_file(
+        &engine,
+        &common::active(&engine),
+        &not_avro,
+        &dir.path().join("o.avro"),
+    )
+    .unwrap_err();
     assert!(matches!(error, FileError::Header { .. }), "{error}");
 }
 
@@ -163,21 +245,57 @@ fn keyring_errors() {
     assert!(Keyring::from_json(GOOD_KEYRING).is_ok());
     let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let cases: Vec<(String, fn(&KeyringError) -> bool)> = vec![
-        (GOOD_KEYRING.replace("\"e-1\",\"purpose\":\"encryption\"", "\"e-1\",\"purpose\":\"pseudonym\""), |e| matches!(e, KeyringError::TwoActive { .. })),
-        (GOOD_KEYRING.replace(secret, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd"), |e| matches!(e, KeyringError::BadSecret(id) if id == "p-1")),
-        (GOOD_KEYRING.replace("\"state\":\"active\",\"created_at\"", "\"state\":\"active\",\"colour\":\"red\",\"created_at\""), |e| matches!(e, KeyringError::Syntax(m) if m.contains("unknown field `colour`"))),
-        (GOOD_KEYRING.replace("\"keys\"", "\"extra\":1,\"keys\""), |e| matches!(e, KeyringError::Syntax(m) if m.contains("unknown field"))),
-        (GOOD_KEYRING.replace("v1", "v2"), |e| matches!(e, KeyringError::Format(_))),
-        (GOOD_KEYRING.replace("\"p-1\"", "\"p 1\""), |e| matches!(e, KeyringError::BadId(_))),
-        (GOOD_KEYRING.replace("\"e-1\"", "\"p-1\""), |e| matches!(e, KeyringError::DuplicateId(_))),
-        (GOOD_KEYRING.replace("\"state\":\"active\",\"created_at\":\"2026-11-24T10:00:00Z\",\"secret\":\"AAEC", "\"state\":\"destroyed\",\"created_at\":\"2026-11-24T10:00:00Z\",\"secret\":\"AAEC"), |e| matches!(e, KeyringError::DestroyedWithSecret(_))),
-        (GOOD_KEYRING.replacen("2026-11-24T10:00:00Z", "yesterday", 1), |e| matches!(e, KeyringError::BadTime(_))),
+        (
+            GOOD_KEYRING.replace(
+                "\"e-1\",\"purpose\":\"encryption\"",
+                "\"e-1\",\"purpose\":\"pseudonym\"",
+            ),
+            |e| matches!(e, KeyringError::TwoActive { .. }),
+        ),
+        (
+            GOOD_KEYRING.replace(secret, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd"),
+            |e| matches!(e, KeyringError::BadSecret(id) if id == "p-1"),
+        ),
+        (
+            GOOD_KEYRING.replace(
+                "\"state\":\"active\",\"created_at\"",
+                "\"state\":\"active\",\"colour\":\"red\",\"created_at\"",
+            ),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("unknown field `colour`")),
+        ),
+        (
+            GOOD_KEYRING.replace("\"keys\"", "\"extra\":1,\"keys\""),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("unknown field")),
+        ),
+        (GOOD_KEYRING.replace("v1", "v2"), |e| {
+            matches!(e, KeyringError::Format(_))
+        }),
+        (GOOD_KEYRING.replace("\"p-1\"", "\"p 1\""), |e| {
+            matches!(e, KeyringError::BadId(_))
+        }),
+        (GOOD_KEYRING.replace("\"e-1\"", "\"p-1\""), |e| {
+            matches!(e, KeyringError::DuplicateId(_))
+        }),
+        (
+            GOOD_KEYRING.replace(
+                "\"state\":\"active\",\"created_at\":\"2026-11-24T10:00:00Z\",\"secret\":\"AAEC",
+                "\"state\":\"destroyed\",\"created_at\":\"2026-11-24T10:00:00Z\",\"secret\":\"AAEC",
+            ),
+            |e| matches!(e, KeyringError::DestroyedWithSecret(_)),
+        ),
+        (
+            GOOD_KEYRING.replacen("2026-11-24T10:00:00Z", "yesterday", 1),
+            |e| matches!(e, KeyringError::BadTime(_)),
+        ),
     ];
     for (text, expected) in cases {
         let error = Keyring::from_json(&text).unwrap_err();
         assert!(expected(&error), "unexpected error: {error}");
         let message = error.to_string();
-        assert!(!message.contains("AAECAwQF") && !message.contains("ICEiIy"), "secret in error: {message}");
+        assert!(
+            !message.contains("AAECAwQF") && !message.contains("ICEiIy"),
+            "secret in error: {message}"
+        );
     }
 }
 
@@ -185,11 +303,17 @@ fn keyring_errors() {
 fn group_readable_keyring_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_keyring(dir.path());
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(Keyring::load(&path).is_ok());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let error = Keyring::load(&path).unwrap_err();
-    assert!(matches!(error, KeyringError::Permissions { mode: 0o640, .. }), "{error}");
+    assert!(
+        matches!(error, KeyringError::Permissions { mode: 0o640, .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -197,16 +321,27 @@ fn rule_errors_list_every_offending_path() {
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::fs::read_to_string(common::repo().join("config/pipeline.toml")).unwrap();
     let broken = shipped
-        .replace("../schemas/", &format!("{}/schemas/", common::repo().display()))
+        .replace(
+            "../schemas/",
+            &format!("{}/schemas/", common::repo().display()),
+        )
         .replace("codec = \"keep\"\n", "")
-        .replace("duration_ms = \"keep\"", "duration_ms = \"phone\"\nringing_ms = \"keep\"")
+        .replace(
+            "duration_ms = \"keep\"",
+            "duration_ms = \"phone\"\nringing_ms = \"keep\"",
+        )
         .replace("channel = \"keep\"", "channel = \"encrypt\"")
-        .replace("\"device.model\" = \"keep\"\n\"device.app_version\"", "\"device.model\" = \"shred\"\n\"device.app_version\"");
+        .replace(
+            "\"device.model\" = \"keep\"\n\"device.app_version\"",
+            "\"device.model\" = \"shred\"\n\"device.app_version\"",
+        );
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, broken).unwrap();
     let config = Config::load(&path).unwrap();
     let error = pseudonymizer::transform::Engine::from_config(&config).unwrap_err();
-    let ConfigError::Rules(lines) = &error else { panic!("{error}") };
+    let ConfigError::Rules(lines) = &error else {
+        panic!("{error}")
+    };
     let text = lines.join("\n");
     for expected in [
         "[calls] codec: has no rule",

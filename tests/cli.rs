@@ -6,12 +6,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pseudonymizer")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -24,12 +31,38 @@ fn keys_lifecycle_and_list_never_prints_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let ring = dir.path().join("keys/keyring.json");
     ok(&["keys", "init", "--keyring", s(&ring)]);
-    assert!(!run(&["keys", "init", "--keyring", s(&ring)]).status.success(), "init refuses to overwrite");
-    ok(&["keys", "rotate", "--keyring", s(&ring), "--purpose", "encryption", "--id", "e-second"]);
-    let dup = run(&["keys", "rotate", "--keyring", s(&ring), "--purpose", "pseudonym", "--id", "e-second"]);
+    assert!(
+        !run(&["keys", "init", "--keyring", s(&ring)])
+            .status
+            .success(),
+        "init refuses to overwrite"
+    );
+    ok(&[
+        "keys",
+        "rotate",
+        "--keyring",
+        s(&ring),
+        "--purpose",
+        "encryption",
+        "--id",
+        "e-second",
+    ]);
+    let dup = run(&[
+        "keys",
+        "rotate",
+        "--keyring",
+        s(&ring),
+        "--purpose",
+        "pseudonym",
+        "--id",
+        "e-second",
+    ]);
     assert!(!dup.status.success(), "duplicate id refused");
     let list = ok(&["keys", "list", "--keyring", s(&ring)]);
-    assert!(list.contains("e-second") && list.contains("active"), "{list}");
+    assert!(
+        list.contains("e-second") && list.contains("active"),
+        "{list}"
+    );
     assert!(list.contains("retired"), "{list}");
     ok(&["keys", "destroy", "--keyring", s(&ring), "--id", "e-second"]);
     let list = ok(&["keys", "list", "--keyring", s(&ring)]);
@@ -40,7 +73,10 @@ fn keys_lifecycle_and_list_never_prints_secrets() {
     for key in json["keys"].as_array().unwrap() {
         if let Some(secret) = key["secret"].as_str() {
             assert!(!list.contains(secret), "list printed a secret");
-            assert!(!list.contains(&secret[..12]), "list printed part of a secret");
+            assert!(
+                !list.contains(&secret[..12]),
+                "list printed part of a secret"
+            );
         } else {
             assert_eq!(key["state"], "destroyed");
         }
@@ -54,19 +90,56 @@ fn generate_transform_decrypt_lookup() {
     let config = common::repo().join("config/pipeline.toml");
     let raw = dir.path().join("messages.avro");
     let sanitized = dir.path().join("messages.sanitized.avro");
-    ok(&["generate", "--schema", "message", "--count", "200", "--seed", "5", "--output", s(&raw)]);
-    let said = ok(&["transform", "--config", s(&config), "--keyring", s(&ring), "--input", s(&raw), "--output", s(&sanitized)]);
+    ok(&[
+        "generate",
+        "--schema",
+        "message",
+        "--count",
+        "200",
+        "--seed",
+        "5",
+        "--output",
+        s(&raw),
+    ]);
+    let said = ok(&[
+        "transform",
+        "--config",
+        s(&config),
+        "--keyring",
+        s(&ring),
+        "--input",
+        s(&raw),
+        "--output",
+        s(&sanitized),
+    ]);
     assert!(said.contains("transformed 200 events"), "{said}");
 
     let raw_events = pseudonymizer::file::read_json(&raw, usize::MAX).unwrap();
-    let out = run(&["decrypt", "--config", s(&config), "--keyring", s(&ring), "--input", s(&sanitized)]);
+    let out = run(&[
+        "decrypt",
+        "--config",
+        s(&config),
+        "--keyring",
+        s(&ring),
+        "--input",
+        s(&sanitized),
+    ]);
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 200);
     for (raw, opened) in raw_events.iter().zip(&lines) {
         assert_eq!(raw["body"], opened["body"], "decrypt restores the body");
         assert_eq!(raw["event_id"], opened["event_id"]);
-        for (a, b) in raw["attachments"].as_array().unwrap().iter().zip(opened["attachments"].as_array().unwrap()) {
+        for (a, b) in raw["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(opened["attachments"].as_array().unwrap())
+        {
             assert_eq!(a["url"], b["url"]);
         }
     }
@@ -76,5 +149,8 @@ fn generate_transform_decrypt_lookup() {
     let found = ok(&["lookup", "--keyring", s(&ring), "--class", "phone", sender]);
     let line: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
     assert_eq!(line["token"], lines[0]["sender"]);
-    assert!(!found.contains(sender), "lookup output does not repeat the value");
+    assert!(
+        !found.contains(sender),
+        "lookup output does not repeat the value"
+    );
 }

@@ -50,7 +50,11 @@ fn same(plan: &Plan, keys: &KeySet, fast: &Value, reference: &Value, path: &str)
                 .zip(b)
                 .map(|((na, va), (nb, vb))| {
                     assert_eq!(na, nb);
-                    let p = if path.is_empty() { na.clone() } else { format!("{path}.{na}") };
+                    let p = if path.is_empty() {
+                        na.clone()
+                    } else {
+                        format!("{path}.{na}")
+                    };
                     same(plan, keys, va, vb, &p)
                 })
                 .sum()
@@ -61,7 +65,10 @@ fn same(plan: &Plan, keys: &KeySet, fast: &Value, reference: &Value, path: &str)
         }
         (Value::Array(a), Value::Array(b)) => {
             assert_eq!(a.len(), b.len(), "array length at {path}");
-            a.iter().zip(b).map(|(x, y)| same(plan, keys, x, y, path)).sum()
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| same(plan, keys, x, y, path))
+                .sum()
         }
         (Value::Bytes(a), Value::Bytes(b)) if plan.rules.get(path) == Some(Action::Encrypt) => {
             let pa = envelope::open(keys, path, a).expect("fast envelope opens");
@@ -144,9 +151,20 @@ fn e164_shortcut_agrees_for_other_regions() {
         let mut generator = Generator::new(7);
         for _ in 0..300 {
             let number = generator.phone();
-            assert_eq!(phone.canonical(&number), phone.canonical_slow(&number), "{region} {number:?}");
+            assert_eq!(
+                phone.canonical(&number),
+                phone.canonical_slow(&number),
+                "{region} {number:?}"
+            );
         }
-        for n in ["+12125550123", "+15551234567", "+79161234567", "+8613812345678", "+3906698123", "+36301234567"] {
+        for n in [
+            "+12125550123",
+            "+15551234567",
+            "+79161234567",
+            "+8613812345678",
+            "+3906698123",
+            "+36301234567",
+        ] {
             assert_eq!(phone.canonical(n), phone.canonical_slow(n), "{region} {n}");
         }
     }
@@ -158,8 +176,15 @@ fn generated_files_agree_on_many_events() {
     let mut generator = Generator::new(1);
     let mut envelopes = 0;
     for i in 0..2000 {
-        let kind = if i % 2 == 0 { Kind::Call } else { Kind::Message };
+        let kind = if i % 2 == 0 {
+            Kind::Call
+        } else {
+            Kind::Message
+        };
         envelopes += check(&engine, kind, generator.event(kind));
     }
-    assert!(envelopes > 500, "the sample exercises envelopes ({envelopes})");
+    assert!(
+        envelopes > 500,
+        "the sample exercises envelopes ({envelopes})"
+    );
 }

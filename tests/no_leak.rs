@@ -8,17 +8,30 @@ use pseudonymizer::generate::{Generator, Kind};
 
 /// Every value the shipped rules transform, as it appears in the input (and, for phones,
 /// its digits alone), skipping values too short to be meaningful as a substring.
-fn sensitive(value: &Value, path: &str, rules: &pseudonymizer::rules::Rules, found: &mut Vec<String>) {
+fn sensitive(
+    value: &Value,
+    path: &str,
+    rules: &pseudonymizer::rules::Rules,
+    found: &mut Vec<String>,
+) {
     match value {
         Value::Record(fields) => {
             for (name, v) in fields {
-                let p = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                let p = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
                 sensitive(v, &p, rules, found);
             }
         }
         Value::Union(_, inner) => sensitive(inner, path, rules, found),
         Value::Array(items) => items.iter().for_each(|v| sensitive(v, path, rules, found)),
-        Value::String(s) if rules.get(path).is_some_and(|a| a != pseudonymizer::rules::Action::Keep) => {
+        Value::String(s)
+            if rules
+                .get(path)
+                .is_some_and(|a| a != pseudonymizer::rules::Action::Keep) =>
+        {
             let trimmed = s.trim();
             if trimmed.len() >= 6 {
                 found.push(trimmed.to_owned());
@@ -39,8 +52,18 @@ fn no_raw_substring_in_output() {
     let mut generator = Generator::new(99);
     let mut checked = 0;
     for i in 0..3000 {
-        let kind = if i % 2 == 0 { Kind::Call } else { Kind::Message };
-        let plan = engine.plan(if i % 2 == 0 { "comms.v1.CallEvent" } else { "comms.v1.MessageEvent" }).unwrap();
+        let kind = if i % 2 == 0 {
+            Kind::Call
+        } else {
+            Kind::Message
+        };
+        let plan = engine
+            .plan(if i % 2 == 0 {
+                "comms.v1.CallEvent"
+            } else {
+                "comms.v1.MessageEvent"
+            })
+            .unwrap();
         let event = generator.event(kind);
         let mut raw = Vec::new();
         sensitive(&event, "", &plan.rules, &mut raw);
@@ -49,7 +72,11 @@ fn no_raw_substring_in_output() {
         engine.transform(plan, &keys, &input, &mut out).unwrap();
         for value in &raw {
             let needle = value.as_bytes();
-            assert!(!out.windows(needle.len()).any(|w| w == needle), "event {i}: a raw value of length {} leaked", needle.len());
+            assert!(
+                !out.windows(needle.len()).any(|w| w == needle),
+                "event {i}: a raw value of length {} leaked",
+                needle.len()
+            );
             checked += 1;
         }
     }
@@ -60,8 +87,11 @@ fn no_raw_substring_in_output() {
 fn checked_in_derived_schemas_match_the_code() {
     let engine = common::engine();
     for plan in engine.plans() {
-        let file = common::repo().join("schemas").join(pseudonymizer::cli::output_schema_file(plan));
-        let on_disk = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{} is missing", file.display()));
+        let file = common::repo()
+            .join("schemas")
+            .join(pseudonymizer::cli::output_schema_file(plan));
+        let on_disk = std::fs::read_to_string(&file)
+            .unwrap_or_else(|_| panic!("{} is missing", file.display()));
         assert_eq!(
             on_disk,
             pseudonymizer::cli::output_schema_text(plan),

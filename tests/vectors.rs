@@ -6,7 +6,9 @@ mod common;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pseudonymizer::envelope;
-use pseudonymizer::keys::{derive, PseudonymKey, SealKey, Secret, INFO_AES_GCM, INFO_CRYPTOPAN, INFO_HMAC};
+use pseudonymizer::keys::{
+    derive, PseudonymKey, SealKey, Secret, INFO_AES_GCM, INFO_CRYPTOPAN, INFO_HMAC,
+};
 use pseudonymizer::token::{self, parse_ip, PhoneCanon, TokenClass};
 use serde_json::Value as Json;
 
@@ -34,9 +36,18 @@ fn keys(v: &Json) -> (PseudonymKey, SealKey, Secret, Secret) {
 fn working_keys_match_hkdf_vectors() {
     let v = vectors();
     let (_, _, p, e) = keys(&v);
-    assert_eq!(hex(derive(&p, INFO_HMAC).as_ref()), v["working_keys_hex"]["hmac"]);
-    assert_eq!(hex(derive(&p, INFO_CRYPTOPAN).as_ref()), v["working_keys_hex"]["cryptopan"]);
-    assert_eq!(hex(derive(&e, INFO_AES_GCM).as_ref()), v["working_keys_hex"]["aes_256_gcm"]);
+    assert_eq!(
+        hex(derive(&p, INFO_HMAC).as_ref()),
+        v["working_keys_hex"]["hmac"]
+    );
+    assert_eq!(
+        hex(derive(&p, INFO_CRYPTOPAN).as_ref()),
+        v["working_keys_hex"]["cryptopan"]
+    );
+    assert_eq!(
+        hex(derive(&e, INFO_AES_GCM).as_ref()),
+        v["working_keys_hex"]["aes_256_gcm"]
+    );
 }
 
 #[test]
@@ -51,7 +62,11 @@ fn every_token_class_matches_its_vector() {
         let input = case["input"].as_str().unwrap();
         let (used, canonical) = token::canonical(class, input, &phone);
         assert_eq!(used.as_str(), case["token_class"], "class of {input:?}");
-        assert_eq!(canonical, case["canonical"].as_str().unwrap(), "canonical of {input:?}");
+        assert_eq!(
+            canonical,
+            case["canonical"].as_str().unwrap(),
+            "canonical of {input:?}"
+        );
         let token = token::token(&pkey, used, canonical.as_bytes());
         assert_eq!(token.as_str(), case["token"], "token of {input:?}");
         classes_seen.insert(used.as_str());
@@ -85,17 +100,27 @@ fn envelopes_match_vectors_and_open() {
     for case in v["envelopes"].as_array().unwrap() {
         let path = case["field_path"].as_str().unwrap();
         let nonce: [u8; 12] = (0..12)
-            .map(|i| u8::from_str_radix(&case["nonce_hex"].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+            .map(|i| {
+                u8::from_str_radix(&case["nonce_hex"].as_str().unwrap()[2 * i..2 * i + 2], 16)
+                    .unwrap()
+            })
             .collect::<Vec<_>>()
             .try_into()
             .unwrap();
-        let plaintext = STANDARD.decode(case["plaintext_b64"].as_str().unwrap()).unwrap();
-        let expected = STANDARD.decode(case["envelope_b64"].as_str().unwrap()).unwrap();
+        let plaintext = STANDARD
+            .decode(case["plaintext_b64"].as_str().unwrap())
+            .unwrap();
+        let expected = STANDARD
+            .decode(case["envelope_b64"].as_str().unwrap())
+            .unwrap();
         let mut sealed = Vec::new();
         envelope::seal_with_nonce(&seal, path, &nonce, &plaintext, &mut sealed);
         assert_eq!(sealed, expected, "envelope for {path}");
         assert_eq!(envelope::open(&keyset, path, &expected).unwrap(), plaintext);
         // The field path is bound: the same envelope does not open for another field.
-        assert_eq!(envelope::open(&keyset, "elsewhere", &expected), Err(envelope::OpenError::Authentication));
+        assert_eq!(
+            envelope::open(&keyset, "elsewhere", &expected),
+            Err(envelope::OpenError::Authentication)
+        );
     }
 }

@@ -93,10 +93,18 @@ impl std::fmt::Debug for KeyEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     #[error("cannot read keyring {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write keyring {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("keyring {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "keyring {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("keyring {path} already exists; refusing to overwrite it")]
     Exists { path: PathBuf },
@@ -117,7 +125,11 @@ pub enum KeyringError {
     #[error("key {0:?}: created_at is not an RFC 3339 time")]
     BadTime(String),
     #[error("two active {purpose} keys: {first:?} and {second:?}; exactly one may be active")]
-    TwoActive { purpose: &'static str, first: String, second: String },
+    TwoActive {
+        purpose: &'static str,
+        first: String,
+        second: String,
+    },
     #[error("no active {0} key in the keyring")]
     NoActive(&'static str),
     #[error("no key with id {0:?}")]
@@ -210,7 +222,8 @@ impl Keyring {
             let secret = match &key.secret {
                 None => None,
                 Some(text) => Some(
-                    Secret::from_b64(text).ok_or_else(|| KeyringError::BadSecret(key.id.clone()))?,
+                    Secret::from_b64(text)
+                        .ok_or_else(|| KeyringError::BadSecret(key.id.clone()))?,
                 ),
             };
             entries.push(KeyEntry {
@@ -232,11 +245,18 @@ impl Keyring {
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyringError::Permissions { path: path.to_owned(), mode });
+            return Err(KeyringError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
-            KeyringError::Read { path: path.to_owned(), source }
-        })?);
+        let text =
+            Zeroizing::new(
+                fs::read_to_string(path).map_err(|source| KeyringError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            );
         Keyring::from_json(&text)
     }
 
@@ -260,7 +280,10 @@ impl Keyring {
             serde_json::to_string_pretty(&form).expect("keyring form always serializes"),
         );
         text.push('\n');
-        let write_err = |source| KeyringError::Write { path: path.to_owned(), source };
+        let write_err = |source| KeyringError::Write {
+            path: path.to_owned(),
+            source,
+        };
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         let mut file = fs::OpenOptions::new()
@@ -346,7 +369,9 @@ impl Keyring {
     /// Whether a file exists at `path` (so `init` can refuse to overwrite).
     pub fn refuse_existing(path: &Path) -> Result<(), KeyringError> {
         if path.exists() {
-            return Err(KeyringError::Exists { path: path.to_owned() });
+            return Err(KeyringError::Exists {
+                path: path.to_owned(),
+            });
         }
         Ok(())
     }
@@ -382,8 +407,11 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    now.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    now.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 /// A new active key with an id like `p-20261125-3fa9c2` (purpose letter, date, random suffix).
@@ -393,7 +421,11 @@ fn new_entry(purpose: Purpose, created_at: &str) -> KeyEntry {
         Purpose::Pseudonym => 'p',
         Purpose::Encryption => 'e',
     };
-    let date: String = created_at.chars().take(10).filter(char::is_ascii_digit).collect();
+    let date: String = created_at
+        .chars()
+        .take(10)
+        .filter(char::is_ascii_digit)
+        .collect();
     let suffix = rand::rngs::OsRng.next_u32() & 0x00ff_ffff;
     KeyEntry {
         id: format!("{letter}-{date}-{suffix:06x}"),

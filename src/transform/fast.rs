@@ -35,7 +35,12 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn step(&self, step: &Step, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), TransformError> {
+    fn step(
+        &self,
+        step: &Step,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TransformError> {
         match step {
             Step::Copy { shape, paths } => {
                 let start = cur.pos();
@@ -44,7 +49,9 @@ impl Walker<'_> {
                 }
                 out.extend_from_slice(cur.since(start));
             }
-            Step::Skip { shape, path } => skip(shape, cur).map_err(|k| TransformError::at(path, k))?,
+            Step::Skip { shape, path } => {
+                skip(shape, cur).map_err(|k| TransformError::at(path, k))?
+            }
             Step::Record(steps) => {
                 for step in steps {
                     self.step(step, cur, out)?;
@@ -70,7 +77,9 @@ impl Walker<'_> {
                     self.step(item, cur, out)?;
                 }
             },
-            Step::Leaf(leaf) => self.leaf(leaf, cur, out).map_err(|k| TransformError::at(&leaf.path, k))?,
+            Step::Leaf(leaf) => self
+                .leaf(leaf, cur, out)
+                .map_err(|k| TransformError::at(&leaf.path, k))?,
         }
         Ok(())
     }
@@ -82,7 +91,11 @@ impl Walker<'_> {
             return Err(ErrorKind::InvalidUtf8);
         }
         if leaf.action == Action::Encrypt {
-            let key = self.keys.encryption.as_deref().ok_or(ErrorKind::NoEncryptionKey)?;
+            let key = self
+                .keys
+                .encryption
+                .as_deref()
+                .ok_or(ErrorKind::NoEncryptionKey)?;
             write_long(out, envelope::sealed_len(key, value.len()) as i64);
             envelope::seal_into(key, &leaf.path, value, out);
             return Ok(());

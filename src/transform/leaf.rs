@@ -30,7 +30,8 @@ pub fn pseudonymize(
     keys: &ActiveKeys,
 ) -> Result<Pseudonym, ErrorKind> {
     let key = keys.pseudonym.as_deref().ok_or(ErrorKind::NoPseudonymKey)?;
-    let raw_ip = |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
+    let raw_ip =
+        |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
     Ok(match action {
         Action::Token(TokenClass::Ip) => match parse_ip(value) {
             // Rust's IPv4 parser accepts only the canonical dotted form (no leading zeros), so
@@ -38,7 +39,9 @@ pub fn pseudonymize(
             Some(IpAddr::V4(_)) if !value.trim().contains(':') => {
                 Pseudonym::Token(token(key, TokenClass::Ip, value.trim().as_bytes()))
             }
-            Some(ip) => Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_str().as_bytes())),
+            Some(ip) => {
+                Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_str().as_bytes()))
+            }
             None => raw_ip(value),
         },
         Action::Token(class) => {

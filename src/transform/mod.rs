@@ -62,7 +62,10 @@ pub struct TransformError {
 
 impl TransformError {
     pub(crate) fn at(path: &str, kind: ErrorKind) -> Self {
-        TransformError { path: path.into(), kind }
+        TransformError {
+            path: path.into(),
+            kind,
+        }
     }
 }
 
@@ -89,8 +92,10 @@ impl Engine {
         let mut errors = Vec::new();
         for pipeline in &config.pipeline {
             let path = &pipeline.input_schema;
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let schema = Schema::parse_str(&text).map_err(|e| ConfigError::Schema {
                 path: path.clone(),
                 message: e.to_string(),
@@ -117,7 +122,11 @@ impl Engine {
                 return Err(ConfigError::DuplicateSchema(plan.input_name.clone()));
             }
         }
-        Ok(Engine { plans: plans.into_iter().map(Arc::new).collect(), by_name, phone })
+        Ok(Engine {
+            plans: plans.into_iter().map(Arc::new).collect(),
+            by_name,
+            phone,
+        })
     }
 
     /// The plan for a writer schema's full name (`comms.v1.CallEvent`).
@@ -140,8 +149,16 @@ impl Engine {
         let needs_pseudonym = self.plans.iter().any(|p| p.needs_pseudonym);
         let needs_encryption = self.plans.iter().any(|p| p.needs_encryption);
         Ok(ActiveKeys {
-            pseudonym: if needs_pseudonym { Some(keys.pseudonym()?.clone()) } else { keys.pseudonym().ok().cloned() },
-            encryption: if needs_encryption { Some(keys.encryption()?.clone()) } else { keys.encryption().ok().cloned() },
+            pseudonym: if needs_pseudonym {
+                Some(keys.pseudonym()?.clone())
+            } else {
+                keys.pseudonym().ok().cloned()
+            },
+            encryption: if needs_encryption {
+                Some(keys.encryption()?.clone())
+            } else {
+                keys.encryption().ok().cloned()
+            },
         })
     }
 

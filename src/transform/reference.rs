@@ -25,9 +25,14 @@ pub fn transform(
     if !reader.is_empty() {
         return Err(TransformError::at("", ErrorKind::TrailingBytes));
     }
-    let rewriter = Rewriter { rules: &plan.rules, phone, keys };
+    let rewriter = Rewriter {
+        rules: &plan.rules,
+        phone,
+        keys,
+    };
     let value = rewriter.branch(value, "")?;
-    to_avro_datum(&plan.output, value).map_err(|_| TransformError::at("", ErrorKind::SchemaMismatch))
+    to_avro_datum(&plan.output, value)
+        .map_err(|_| TransformError::at("", ErrorKind::SchemaMismatch))
 }
 
 struct Rewriter<'a> {
@@ -43,7 +48,11 @@ impl Rewriter<'_> {
             Value::Record(fields) => {
                 let mut out = Vec::with_capacity(fields.len());
                 for (name, value) in fields {
-                    let path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    let path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
                     match self.rules.get(&path) {
                         None => out.push((name, self.branch(value, &path)?)),
                         Some(Action::Keep) => out.push((name, value)),
@@ -55,7 +64,10 @@ impl Rewriter<'_> {
             }
             Value::Union(index, inner) => Value::Union(index, Box::new(self.branch(*inner, path)?)),
             Value::Array(items) => Value::Array(
-                items.into_iter().map(|v| self.branch(v, path)).collect::<Result<_, _>>()?,
+                items
+                    .into_iter()
+                    .map(|v| self.branch(v, path))
+                    .collect::<Result<_, _>>()?,
             ),
             other => other,
         })
@@ -65,14 +77,26 @@ impl Rewriter<'_> {
         let fail = |kind| TransformError::at(path, kind);
         Ok(match value {
             Value::Null => Value::Null,
-            Value::Union(index, inner) => Value::Union(index, Box::new(self.leaf(*inner, action, path)?)),
+            Value::Union(index, inner) => {
+                Value::Union(index, Box::new(self.leaf(*inner, action, path)?))
+            }
             Value::Array(items) => Value::Array(
-                items.into_iter().map(|v| self.leaf(v, action, path)).collect::<Result<_, _>>()?,
+                items
+                    .into_iter()
+                    .map(|v| self.leaf(v, action, path))
+                    .collect::<Result<_, _>>()?,
             ),
-            Value::String(text) if action == Action::Encrypt => Value::Bytes(self.seal(text.as_bytes(), path)?),
-            Value::Bytes(bytes) if action == Action::Encrypt => Value::Bytes(self.seal(&bytes, path)?),
+            Value::String(text) if action == Action::Encrypt => {
+                Value::Bytes(self.seal(text.as_bytes(), path)?)
+            }
+            Value::Bytes(bytes) if action == Action::Encrypt => {
+                Value::Bytes(self.seal(&bytes, path)?)
+            }
             Value::String(text) => Value::String(
-                pseudonymize(action, &text, self.phone, self.keys).map_err(fail)?.as_str().to_owned(),
+                pseudonymize(action, &text, self.phone, self.keys)
+                    .map_err(fail)?
+                    .as_str()
+                    .to_owned(),
             ),
             _ => return Err(fail(ErrorKind::SchemaMismatch)),
         })

@@ -31,8 +31,16 @@ pub fn test_keyring() -> Keyring {
         secret: Some(Secret::from_b64(secret).unwrap()),
     };
     Keyring::from_entries(vec![
-        entry("p-test-1", Purpose::Pseudonym, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
-        entry("e-test-1", Purpose::Encryption, "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="),
+        entry(
+            "p-test-1",
+            Purpose::Pseudonym,
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
+        entry(
+            "e-test-1",
+            Purpose::Encryption,
+            "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+        ),
     ])
     .unwrap()
 }
@@ -51,14 +59,21 @@ pub fn encode(schema: &Schema, value: Value) -> Vec<u8> {
 
 pub fn decode(schema: &Schema, bytes: &[u8]) -> Value {
     let mut slice = bytes;
-    let value = from_avro_datum(schema, &mut slice, None).expect("output decodes with the output schema");
+    let value =
+        from_avro_datum(schema, &mut slice, None).expect("output decodes with the output schema");
     assert!(slice.is_empty(), "trailing bytes after output datum");
     value
 }
 
 pub fn field<'v>(record: &'v Value, name: &str) -> &'v Value {
     match record {
-        Value::Record(fields) => &fields.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no field {name}")).1,
+        Value::Record(fields) => {
+            &fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no field {name}"))
+                .1
+        }
         other => panic!("not a record: {other:?}"),
     }
 }
