@@ -30,6 +30,14 @@ pub enum Command {
     /// Derived output schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Run the stream worker: consume raw topics, publish sanitized ones, until SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Log format: text or json.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
     /// Check a config (and its keyring) without processing anything.
     Check(ConfigArgs),
     /// Transform an Avro container file of raw events into a sanitized one.
@@ -174,6 +182,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Run { config, log_format } => run_worker(&config, &log_format),
         Command::Check(args) => {
             let (_, engine, keys) = load(&args)?;
             let active = engine.active_keys(&keys)?;
@@ -270,6 +279,42 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format must be text or json, not {other:?}"),
+    }
+    let (config, engine, keys) = load(args)?;
+    let active = engine.active_keys(&keys)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stats = runtime.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            let _ = stop.send(true);
+        });
+        crate::worker::run(&config, std::sync::Arc::new(engine), active, stopped).await
+    })?;
+    tracing::info!(?stats, "exit");
+    Ok(())
 }
 
 /// File name of a plan's derived schema: its full name and `.avsc`.

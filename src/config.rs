@@ -21,6 +21,9 @@ pub struct Config {
     pub phone: PhoneConfig,
     /// One entry per input event type.
     pub pipeline: Vec<PipelineConfig>,
+    /// The stream worker's Kafka settings (`pseudonymizer run`); file mode ignores them.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -44,6 +47,59 @@ pub struct PipelineConfig {
     pub input_schema: PathBuf,
     /// Field path to action, one per leaf field of the input schema.
     pub rules: BTreeMap<String, RuleSpec>,
+    /// Stream worker: the topic the raw events arrive on (several pipelines may share one).
+    #[serde(default)]
+    pub input_topic: Option<String>,
+    /// Stream worker: the analytics topic the sanitized events go to.
+    #[serde(default)]
+    pub output_topic: Option<String>,
+    /// Stream worker: the Confluent schema id of raw events of this type.
+    #[serde(default)]
+    pub input_schema_id: Option<u32>,
+    /// Stream worker: the Confluent schema id written on sanitized events.
+    #[serde(default)]
+    pub output_schema_id: Option<u32>,
+    /// Stream worker: the token class of the record key (`phone`, `id`, …), so a key that
+    /// carries a subscriber number gets the same token as its field; absent: no key.
+    #[serde(default)]
+    pub key_class: Option<String>,
+}
+
+/// The stream worker's Kafka settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group; start more processes with the same group to scale out.
+    pub group_id: String,
+    /// Dead-letter topic for records that cannot be decoded or transformed.
+    pub dlq_topic: String,
+    /// Records consumed but not yet acknowledged, at most (backpressure).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Records larger than this go to the dead-letter topic.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Input headers copied to the output; all others are dropped.
+    #[serde(default)]
+    pub header_allowlist: Vec<String>,
+    /// Seconds allowed for a graceful shutdown after SIGTERM or SIGINT.
+    #[serde(default = "default_shutdown_secs")]
+    pub shutdown_timeout_secs: u64,
+    /// Any librdkafka property, passed to both the consumer and the producer.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_max_in_flight() -> usize {
+    10_000
+}
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+fn default_shutdown_secs() -> u64 {
+    30
 }
 
 /// Why a configuration was refused.

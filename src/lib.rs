@@ -34,3 +34,4 @@ pub mod plan;
 pub mod rules;
 pub mod token;
 pub mod transform;
+pub mod worker;
