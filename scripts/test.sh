@@ -13,4 +13,14 @@ export PSEUDONYMIZER_TEST_BROKERS
 trap 'scripts/tansu.sh stop' EXIT
 echo "tansu listening on $PSEUDONYMIZER_TEST_BROKERS"
 
-cargo test --locked "$@"
+# Unit and integration tests (the crate has no doctests). The summary line at the end adds up
+# every test binary's result.
+log=$(mktemp)
+set +e
+cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
