@@ -311,7 +311,13 @@ fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
             }
             let _ = stop.send(true);
         });
-        crate::worker::run(&config, std::sync::Arc::new(engine), active, stopped).await
+        let worker = crate::worker::Worker {
+            engine: std::sync::Arc::new(engine),
+            keys: crate::worker::fixed_keys(active),
+            metrics: crate::metrics::Metrics::new(),
+            treatment: crate::worker::Treatment::Sanitize,
+        };
+        worker.run(&config, stopped).await
     })?;
     tracing::info!(?stats, "exit");
     Ok(())

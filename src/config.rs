@@ -87,9 +87,30 @@ pub struct KafkaConfig {
     /// Seconds allowed for a graceful shutdown after SIGTERM or SIGINT.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_timeout_secs: u64,
+    /// `at-least-once` (default) or `exactly-once` (Kafka transactions; needs a broker with
+    /// transactions and `transactional_id`).
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// The producer's `transactional.id` in exactly-once mode; unique per worker process.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9464`); absent: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Any librdkafka property, passed to both the consumer and the producer.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+/// The worker's delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Offsets stored after delivery; duplicates only from the uncommitted window.
+    #[default]
+    AtLeastOnce,
+    /// Output and consumer offsets committed in one Kafka transaction.
+    ExactlyOnce,
 }
 
 fn default_max_in_flight() -> usize {

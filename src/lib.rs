@@ -30,6 +30,7 @@ pub mod envelope;
 pub mod file;
 pub mod generate;
 pub mod keys;
+pub mod metrics;
 pub mod plan;
 pub mod rules;
 pub mod token;

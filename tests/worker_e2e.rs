@@ -1,136 +1,43 @@
 //! The stream worker end to end against a real broker (Tansu, started by scripts/test.sh):
 //! every event arrives exactly once, tokens and envelopes verify, nothing raw is published,
-//! poison records land in the dead-letter topic, and offsets are committed on shutdown.
+//! poison records land in the dead-letter topic sealed, metrics count them, and offsets are
+//! committed on shutdown.
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::time::Duration;
 
-use apache_avro::types::Value;
+use common::kafka::{self, Collected, Inputs, Topics};
 use pseudonymizer::envelope;
 use pseudonymizer::generate::{Generator, Kind};
-use pseudonymizer::token::{self, PhoneCanon, TokenClass};
-use pseudonymizer::transform::Engine;
+use pseudonymizer::metrics::Metrics;
 use pseudonymizer::worker::{self, route::frame};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
-fn brokers() -> String {
-    std::env::var("PSEUDONYMIZER_TEST_BROKERS")
-        .expect("PSEUDONYMIZER_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts the Tansu broker")
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Union(_, inner) => text(inner),
-        _ => None,
-    }
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_against_tansu() {
-    let brokers = brokers();
-    let run = format!(
-        "{:x}",
-        std::process::id() as u64 * 1_000_003 + Instant::now().elapsed().as_nanos() as u64
-    );
-    let raw_topic = format!("raw-{run}");
-    let calls_topic = format!("calls-{run}");
-    let messages_topic = format!("messages-{run}");
-    let dlq_topic = format!("dlq-{run}");
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("e2e");
+    topics.create(&brokers, 3).await;
+    let config = topics.config(&brokers);
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let topics = [
-        (&raw_topic, 3),
-        (&calls_topic, 2),
-        (&messages_topic, 2),
-        (&dlq_topic, 1),
-    ];
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("broker reachable")
-    {
-        result.expect("topic created");
-    }
-
-    let mut config = common::shipped_config();
-    {
-        let kafka = config.kafka.as_mut().unwrap();
-        kafka.brokers = brokers.clone();
-        kafka.group_id = format!("worker-{run}");
-        kafka.dlq_topic = dlq_topic.clone();
-        kafka.max_in_flight = 500;
-        kafka.shutdown_timeout_secs = 30;
-    }
-    config.pipeline[0].input_topic = Some(raw_topic.clone());
-    config.pipeline[0].output_topic = Some(calls_topic.clone());
-    config.pipeline[1].input_topic = Some(raw_topic.clone());
-    config.pipeline[1].output_topic = Some(messages_topic.clone());
-    let engine = Arc::new(Engine::from_config(&config).unwrap());
-    let keys = common::active(&engine);
-    let call_plan = engine.plan("comms.v1.CallEvent").unwrap().clone();
-    let message_plan = engine.plan("comms.v1.MessageEvent").unwrap().clone();
-
-    // Produce raw events of both types, keyed by the calling / sending number, plus poison.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let mut generator = Generator::new(2026);
-    let mut inputs: HashMap<String, Value> = HashMap::new();
-    let mut raw_secrets: Vec<Vec<u8>> = Vec::new();
-    let mut deliveries = Vec::new();
-    const EVENTS: usize = 2000;
-    for i in 0..EVENTS {
-        let (kind, plan, schema_id, key_field) = if i % 2 == 0 {
-            (Kind::Call, &call_plan, 1, "caller")
-        } else {
-            (Kind::Message, &message_plan, 2, "sender")
-        };
-        let event = generator.event(kind);
-        let id = text(common::field(&event, "event_id")).unwrap();
-        let key = text(common::field(&event, key_field)).unwrap();
-        for field in [
-            "caller",
-            "callee",
-            "sender",
-            "caller_ip",
-            "sender_ip",
-            "body",
-            "recording_url",
-        ] {
-            if let Value::Record(fields) = &event {
-                if let Some((_, v)) = fields.iter().find(|(n, _)| n == field) {
-                    if let Some(s) = text(v).filter(|s| s.trim().len() >= 8) {
-                        raw_secrets.push(s.trim().as_bytes().to_vec());
-                    }
-                }
-            }
-        }
-        let payload = frame(schema_id, &common::encode(&plan.input, event.clone()));
-        inputs.insert(id, event);
-        let record = FutureRecord::to(&raw_topic).payload(&payload).key(&key);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
+    let engine = common::engine();
     let good_call = frame(
         1,
-        &common::encode(&call_plan.input, generator.event(Kind::Call)),
+        &common::encode(
+            &engine.plan("comms.v1.CallEvent").unwrap().input,
+            Generator::new(1).event(Kind::Call),
+        ),
     );
     let poison: Vec<(Vec<u8>, &str)> = vec![
         (b"plain text, not avro".to_vec(), "bad-magic"),
@@ -139,129 +46,37 @@ async fn end_to_end_against_tansu() {
         (good_call[..good_call.len() / 2].to_vec(), "corrupt-avro"),
         (frame(2, &[0xff; 16]), "corrupt-avro"),
     ];
-    for (payload, _) in &poison {
-        let record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(&raw_topic).payload(payload.as_slice());
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
-    for d in deliveries {
-        d.await.unwrap().expect("raw record delivered");
-    }
+    let mut inputs = Inputs::default();
+    const EVENTS: usize = 2000;
+    let extra: Vec<Vec<u8>> = poison.iter().map(|(p, _)| p.clone()).collect();
+    kafka::produce(&brokers, &topics.raw, EVENTS, 2026, &extra, &mut inputs).await;
 
-    // Run the worker.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker_config = config.clone();
-    let worker_engine = engine.clone();
-    let worker_keys = keys.clone();
-    let worker = tokio::spawn(async move {
-        worker::run(&worker_config, worker_engine, worker_keys, stopped).await
+    let metrics = Metrics::new();
+    let addr = metrics.serve("127.0.0.1:0").unwrap();
+    assert!(
+        http_get(addr, "/readyz").starts_with("HTTP/1.1 503")
+            || http_get(addr, "/readyz").starts_with("HTTP/1.0 503")
+    );
+    let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
+
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.outputs.len() >= EVENTS && c.dead.len() >= poison.len()
     });
-
-    // Read the analytics and dead-letter topics until everything has arrived.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{run}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    reader
-        .subscribe(&[&calls_topic, &messages_topic, &dlq_topic])
-        .unwrap();
-    let mut outputs = Vec::new();
-    let mut dead = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while outputs.len() < EVENTS || dead.len() < poison.len() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {} outputs, {} dead letters",
-            outputs.len(),
-            dead.len()
-        );
-        let Some(message) = reader.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap().detach();
-        if message.topic() == dlq_topic {
-            dead.push(message);
-        } else {
-            outputs.push(message);
-        }
-    }
     std::thread::sleep(Duration::from_secs(1));
-    while let Some(extra) = reader.poll(Duration::from_millis(500)) {
+    if let Some(extra) = reader.poll(Duration::from_millis(1000)) {
         panic!("unexpected extra record on {}", extra.unwrap().topic());
     }
-
-    // Every event exactly once; tokens, keys, headers and envelopes verify; nothing raw.
-    let pkey = keys.pseudonym.as_deref().unwrap();
-    let phone = PhoneCanon::new("ID").unwrap();
-    let keyset = common::keyset();
-    let mut seen = HashSet::new();
-    for message in &outputs {
-        let payload = message.payload().unwrap();
-        for secret in &raw_secrets {
-            assert!(
-                !payload
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_slice()),
-                "raw value published"
-            );
-        }
-        let (plan, schema_id, key_field) = if message.topic() == calls_topic {
-            (&call_plan, 101u32, "caller")
-        } else {
-            (&message_plan, 102, "sender")
-        };
-        assert_eq!(payload[0], 0);
-        assert_eq!(
-            u32::from_be_bytes(payload[1..5].try_into().unwrap()),
-            schema_id
-        );
-        let output = common::decode(&plan.output, &payload[5..]);
-        let id = text(common::field(&output, "event_id")).unwrap();
-        assert!(seen.insert(id.clone()), "event {id} published twice");
-        let input = &inputs[&id];
-        let raw_key = text(common::field(input, key_field)).unwrap();
-        let (class, canonical) = token::canonical(TokenClass::Phone, &raw_key, &phone);
-        let expected = token::token(pkey, class, canonical.as_bytes());
-        assert_eq!(
-            text(common::field(&output, key_field)).unwrap(),
-            expected.as_str()
-        );
-        assert_eq!(
-            message.key().unwrap(),
-            expected.as_str().as_bytes(),
-            "key carries the field's token"
-        );
-        let headers = message.headers().unwrap();
-        let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
-        assert!(
-            names.contains(&"pseudonymizer.pseudonym-key")
-                && names.contains(&"pseudonymizer.encryption-key"),
-            "{names:?}"
-        );
-        if plan.input_name.ends_with("MessageEvent") {
-            if let (Some(body), Value::Union(1, sealed)) = (
-                text(common::field(input, "body")),
-                common::field(&output, "body"),
-            ) {
-                let Value::Bytes(sealed) = sealed.as_ref() else {
-                    panic!("body is bytes")
-                };
-                assert_eq!(
-                    envelope::open(&keyset, "body", sealed).unwrap(),
-                    body.as_bytes()
-                );
-            }
-        }
-    }
-    assert_eq!(seen.len(), EVENTS);
+    assert_eq!(got.ids.len(), EVENTS, "every event exactly once");
+    assert!(got.ids.values().all(|&n| n == 1));
+    kafka::verify_outputs(&got, &topics, &inputs);
 
     // Dead letters: exactly the poison, sealed, with reason and source headers.
-    let mut reasons: Vec<String> = Vec::new();
-    let mut originals: Vec<Vec<u8>> = Vec::new();
-    for message in &dead {
+    let keyset = common::keyset();
+    let mut reasons = Vec::new();
+    let mut originals = Vec::new();
+    for message in &got.dead {
         let headers = message.headers().unwrap();
         let get = |k: &str| {
             headers
@@ -271,7 +86,7 @@ async fn end_to_end_against_tansu() {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         reasons.push(get("dlq.reason").unwrap());
-        assert_eq!(get("dlq.source-topic").unwrap(), raw_topic);
+        assert_eq!(get("dlq.source-topic").unwrap(), topics.raw);
         assert!(
             get("dlq.source-offset").is_some()
                 && get("dlq.source-partition").is_some()
@@ -284,10 +99,10 @@ async fn end_to_end_against_tansu() {
         );
         originals.push(envelope::open(&keyset, worker::DLQ_FIELD_PATH, sealed).unwrap());
     }
-    let mut expected_reasons: Vec<String> = poison.iter().map(|(_, r)| r.to_string()).collect();
+    let mut expected: Vec<String> = poison.iter().map(|(_, r)| r.to_string()).collect();
     reasons.sort();
-    expected_reasons.sort();
-    assert_eq!(reasons, expected_reasons);
+    expected.sort();
+    assert_eq!(reasons, expected);
     for (payload, _) in &poison {
         assert!(
             originals.contains(payload),
@@ -295,7 +110,41 @@ async fn end_to_end_against_tansu() {
         );
     }
 
-    // Shut down: exit cleanly, and the committed offsets cover every input record.
+    // Metrics and health while running.
+    let page = http_get(addr, "/metrics");
+    assert!(
+        page.contains("pseudonymizer_records_out_total{pipeline=\"calls\"} 1000"),
+        "{page}"
+    );
+    assert!(
+        page.contains("pseudonymizer_records_dead_lettered_total{reason=\"corrupt-avro\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("pseudonymizer_active_key{key_id=\"p-test-1\",purpose=\"pseudonym\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("pseudonymizer_envelopes_sealed_total{key_id=\"e-test-1\"}"),
+        "{page}"
+    );
+    assert!(
+        page.contains("pseudonymizer_transform_seconds_bucket"),
+        "{page}"
+    );
+    for raw in &inputs.raw_values {
+        assert!(
+            !page
+                .as_bytes()
+                .windows(raw.len())
+                .any(|w| w == raw.as_slice()),
+            "raw value in metrics"
+        );
+    }
+    assert!(http_get(addr, "/healthz").contains("200 OK"));
+    assert!(http_get(addr, "/readyz").contains("200 OK"));
+
+    // Shutdown: clean exit, and the committed offsets cover every input record.
     stop.send(true).unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(40), worker)
         .await
@@ -304,40 +153,10 @@ async fn end_to_end_against_tansu() {
         .unwrap();
     assert_eq!(stats.consumed as usize, EVENTS + poison.len());
     assert_eq!(stats.published as usize, EVENTS);
-
-    // A new member of the worker's group starts after the committed offsets: it must find
-    // nothing left to read. (Tansu's reported high watermarks are not comparable to offsets.)
-    let checker: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("worker-{run}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    for p in 0..3 {
-        partitions.add_partition(&raw_topic, p);
-    }
-    let committed = checker
-        .committed_offsets(partitions, Duration::from_secs(10))
-        .unwrap();
-    let committed: Vec<_> = committed.elements().iter().map(|e| e.offset()).collect();
+    let left = kafka::uncommitted(&brokers, &topics.raw, &topics.group, Duration::from_secs(6));
     assert!(
-        committed
-            .iter()
-            .all(|o| matches!(o, Offset::Offset(n) if *n > 0)),
-        "every partition committed: {committed:?}"
+        left.is_empty(),
+        "{} raw records were not committed",
+        left.len()
     );
-    checker.subscribe(&[&raw_topic]).unwrap();
-    let until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < until {
-        if let Some(message) = checker.poll(Duration::from_millis(200)) {
-            let message = message.unwrap();
-            panic!(
-                "offset {} of partition {} was not committed",
-                message.offset(),
-                message.partition()
-            );
-        }
-    }
 }

@@ -1,30 +1,33 @@
 //! The stream worker: consume raw records, transform, publish, and commit only what has been
 //! delivered.
 //!
-//! At-least-once, in order: offsets are stored for commit (`enable.auto.offset.store=false`)
-//! only when the produced copy of a record (sanitized or dead-lettered) has been acknowledged
-//! by the broker, and never past an unacknowledged record of the same partition: each input
-//! partition keeps a queue of in-flight deliveries in input order, and only its acknowledged
-//! prefix is stored. `max_in_flight` bounds the queues; when full, the worker waits for the
-//! oldest delivery instead of fetching more (backpressure). A failed delivery stops the worker
-//! without storing the offset, so the record is processed again after restart.
+//! - [`route`]: one raw record → its sanitized record or a dead-letter reason (pure);
+//! - [`at_least_once`]: the default loop. Offsets are stored for commit
+//!   (`enable.auto.offset.store=false`) only when the produced copy of a record has been
+//!   acknowledged, never past an unacknowledged record of the same partition;
+//! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction.
+//!
+//! Both loops share [`Publisher`], which turns a consumed message into a producer record
+//! (headers, key, dead-letter envelope) with one snapshot of the keys, so a record is never
+//! half under old keys and half under new ones when the keyring is reloaded.
 
+pub mod at_least_once;
 pub mod route;
+pub mod transactional;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::Message;
 use tokio::sync::watch;
 
-use crate::config::{Config, KafkaConfig};
+use crate::config::{Config, ConfigError, DeliveryMode, KafkaConfig};
 use crate::envelope;
+use crate::metrics::Metrics;
 use crate::transform::{ActiveKeys, Engine};
 use route::{DeadLetter, Router};
 
@@ -37,13 +40,25 @@ pub enum WorkerError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("config: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error("a record could not be delivered to {topic}: {reason}; its offset was not committed")]
     Delivery { topic: String, reason: String },
     #[error("no active encryption key: the dead-letter topic needs one")]
     NoEncryptionKey,
     #[error("shutdown took longer than {0:?}")]
     ShutdownTimeout(Duration),
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// What the worker does to each record's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Treatment {
+    /// Decode, transform, encode: the product.
+    #[default]
+    Sanitize,
+    /// Copy the value unchanged, same clients and settings: the benchmark's baseline only.
+    PassThrough,
 }
 
 /// Counts of one run.
@@ -54,22 +69,75 @@ pub struct Stats {
     pub dead_lettered: HashMap<&'static str, u64>,
 }
 
+/// Everything a worker run needs besides the config.
+pub struct Worker {
+    pub engine: Arc<Engine>,
+    /// The keys for new output; a new value (keyring reload) applies from the next record on.
+    pub keys: watch::Receiver<Arc<ActiveKeys>>,
+    pub metrics: Arc<Metrics>,
+    pub treatment: Treatment,
+}
+
+impl Worker {
+    /// Runs until `shutdown` turns true, then drains in-flight records, flushes and commits.
+    pub async fn run(
+        self,
+        config: &Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Stats, WorkerError> {
+        let kafka = config
+            .kafka
+            .clone()
+            .ok_or_else(|| ConfigError::Rules(vec!["[kafka] section is missing".into()]))?;
+        let router = Router::from_config(config, &self.engine)?;
+        if self.keys.borrow().encryption.is_none() {
+            return Err(WorkerError::NoEncryptionKey);
+        }
+        if let Some(listen) = &kafka.metrics_listen {
+            let addr = self.metrics.serve(listen).map_err(WorkerError::Metrics)?;
+            tracing::info!(%addr, "metrics listening");
+        }
+        let publisher = Publisher {
+            router,
+            kafka: kafka.clone(),
+            worker: self,
+        };
+        match kafka.mode {
+            DeliveryMode::AtLeastOnce => at_least_once::run(&publisher, shutdown).await,
+            DeliveryMode::ExactlyOnce => transactional::run(&publisher, shutdown).await,
+        }
+    }
+}
+
 /// The librdkafka settings of the consumer and producer: ours, then the config's properties.
 fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     let mut consumer = ClientConfig::new();
     consumer
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("auto.commit.interval.ms", "1000");
+        .set("auto.offset.reset", "earliest");
     let mut producer = ClientConfig::new();
     producer
         .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "300000");
+    match kafka.mode {
+        DeliveryMode::AtLeastOnce => {
+            consumer
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.commit.interval.ms", "1000");
+        }
+        DeliveryMode::ExactlyOnce => {
+            consumer
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+            if let Some(id) = &kafka.transactional_id {
+                producer.set("transactional.id", id);
+            }
+        }
+    }
     for (k, v) in &kafka.properties {
         consumer.set(k, v);
         producer.set(k, v);
@@ -77,98 +145,63 @@ fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     (consumer, producer)
 }
 
-type DeliveryOutcome = Result<
-    rdkafka::producer::future_producer::OwnedDeliveryResult,
-    futures::channel::oneshot::Canceled,
->;
-
-/// A produced record whose input offset waits for its acknowledgement.
-struct InFlight {
-    offset: i64,
-    topic: String,
-    delivery: DeliveryFuture,
-    /// Set when the delivery was awaited (backpressure) before its turn to be stored.
-    done: Option<DeliveryOutcome>,
-    dead_letter: Option<DeadLetter>,
+/// A record ready for the producer.
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub key: Option<String>,
+    pub headers: OwnedHeaders,
+    /// The pipeline it belongs to, or why it was dead-lettered.
+    pub kind: Result<usize, DeadLetter>,
 }
 
-/// Runs the worker until `shutdown` turns true (or the process gets SIGTERM/SIGINT when
-/// `signals` is set), then drains in-flight records, flushes and commits.
-pub async fn run(
-    config: &Config,
-    engine: Arc<Engine>,
-    keys: ActiveKeys,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<Stats, WorkerError> {
-    let kafka = config.kafka.clone().ok_or_else(|| {
-        WorkerError::Config(crate::config::ConfigError::Rules(vec![
-            "[kafka] section is missing".into(),
-        ]))
-    })?;
-    let router = Router::from_config(config, &engine)?;
-    let seal_key = keys
-        .encryption
-        .clone()
-        .ok_or(WorkerError::NoEncryptionKey)?;
-    let (consumer_config, producer_config) = client_config(&kafka);
-    let consumer: StreamConsumer = consumer_config.create()?;
-    let producer: FutureProducer = producer_config.create()?;
-    let topics: Vec<&str> = router.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    tracing::info!(group = %kafka.group_id, topics = ?topics, pseudonym_key = ?keys.pseudonym.as_ref().map(|k| k.id().to_owned()), encryption_key = %seal_key.id(), "worker started");
+/// Turns consumed messages into producer records.
+pub struct Publisher {
+    router: Router,
+    kafka: KafkaConfig,
+    worker: Worker,
+}
 
-    let mut stats = Stats::default();
-    let mut queues: HashMap<(String, i32), VecDeque<InFlight>> = HashMap::new();
-    let mut in_flight = 0usize;
-    let mut out = Vec::with_capacity(4096);
-    let base_headers = |schema: &str| {
-        let mut h = OwnedHeaders::new();
-        if let Some(k) = &keys.pseudonym {
-            h = h.insert(Header {
-                key: "pseudonymizer.pseudonym-key",
-                value: Some(k.id()),
-            });
-        }
-        h.insert(Header {
-            key: "pseudonymizer.encryption-key",
-            value: Some(seal_key.id()),
-        })
-        .insert(Header {
-            key: "pseudonymizer.schema",
-            value: Some(schema),
-        })
-    };
+impl Publisher {
+    fn metrics(&self) -> &Metrics {
+        &self.worker.metrics
+    }
 
-    loop {
-        settle(&consumer, &mut queues, &mut in_flight, &mut stats, false).await?;
-        while in_flight >= kafka.max_in_flight {
-            settle(&consumer, &mut queues, &mut in_flight, &mut stats, true).await?;
-        }
-        let message = tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-            m = consumer.recv() => m,
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error; retrying");
-                continue;
+    /// Pipeline name by index (for metrics labels).
+    fn pipeline_name(&self, index: usize) -> &str {
+        self.router.route_name(index)
+    }
+
+    /// Builds the outgoing record of one consumed message, with one snapshot of the keys.
+    fn prepare(&self, message: &BorrowedMessage<'_>, out: &mut Vec<u8>) -> Outgoing {
+        let started = Instant::now();
+        let keys = self.worker.keys.borrow().clone();
+        self.metrics()
+            .records_in
+            .with_label_values(&[message.topic()])
+            .inc();
+        let outcome = match self.worker.treatment {
+            Treatment::Sanitize => self.router.process(
+                &self.worker.engine,
+                &keys,
+                message.key(),
+                message.payload(),
+                out,
+            ),
+            Treatment::PassThrough => {
+                self.router
+                    .pass_through(message.key(), message.payload(), out)
             }
         };
-        stats.consumed += 1;
-        let (topic, partition, offset) = (
-            message.topic().to_owned(),
-            message.partition(),
-            message.offset(),
-        );
-        let outcome = router.process(&engine, &keys, message.key(), message.payload(), &mut out);
-        let (record_topic, payload, key, headers, dead_letter) = match outcome {
+        let outgoing = match outcome {
             Ok(output) => {
-                let mut headers = base_headers(&output.route.plan.input_name);
-                if let Some(input_headers) = message.headers() {
-                    for h in input_headers.iter() {
-                        if kafka.header_allowlist.iter().any(|a| a == h.key) {
+                let mut headers = key_headers(&keys).insert(Header {
+                    key: "pseudonymizer.schema",
+                    value: Some(output.route.plan.input_name.as_str()),
+                });
+                if let Some(input) = message.headers() {
+                    for h in input.iter() {
+                        if self.kafka.header_allowlist.iter().any(|a| a == h.key) {
                             headers = headers.insert(Header {
                                 key: h.key,
                                 value: h.value,
@@ -176,184 +209,178 @@ pub async fn run(
                         }
                     }
                 }
-                (
-                    output.route.output_topic.clone(),
-                    out.clone(),
-                    output.key,
+                Outgoing {
+                    topic: output.route.output_topic.clone(),
+                    payload: out.clone(),
+                    key: output.key,
                     headers,
-                    None,
-                )
-            }
-            Err(reason) => {
-                let original = message.payload().unwrap_or_default();
-                let mut sealed =
-                    Vec::with_capacity(envelope::sealed_len(&seal_key, original.len()));
-                envelope::seal_into(&seal_key, DLQ_FIELD_PATH, original, &mut sealed);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or(0)
-                    .to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "dlq.reason",
-                        value: Some(reason.code()),
-                    })
-                    .insert(Header {
-                        key: "dlq.source-topic",
-                        value: Some(topic.as_str()),
-                    })
-                    .insert(Header {
-                        key: "dlq.source-partition",
-                        value: Some(&partition.to_string()),
-                    })
-                    .insert(Header {
-                        key: "dlq.source-offset",
-                        value: Some(&offset.to_string()),
-                    })
-                    .insert(Header {
-                        key: "dlq.time-ms",
-                        value: Some(&now),
-                    })
-                    .insert(Header {
-                        key: "pseudonymizer.encryption-key",
-                        value: Some(seal_key.id()),
-                    });
-                tracing::debug!(reason = reason.code(), %topic, partition, offset, "dead-lettered");
-                (kafka.dlq_topic.clone(), sealed, None, headers, Some(reason))
-            }
-        };
-        let delivery = send(&producer, &record_topic, &payload, key.as_deref(), headers).await;
-        queues
-            .entry((topic, partition))
-            .or_default()
-            .push_back(InFlight {
-                offset,
-                topic: record_topic,
-                delivery,
-                done: None,
-                dead_letter,
-            });
-        in_flight += 1;
-    }
-
-    // Shutdown: stop fetching, finish in-flight records, flush, commit what was stored.
-    let bound = Duration::from_secs(kafka.shutdown_timeout_secs);
-    let started = Instant::now();
-    tracing::info!(in_flight, "shutting down");
-    let drain = async {
-        while in_flight > 0 {
-            settle(&consumer, &mut queues, &mut in_flight, &mut stats, true).await?;
-        }
-        Ok::<(), WorkerError>(())
-    };
-    tokio::time::timeout(bound, drain)
-        .await
-        .map_err(|_| WorkerError::ShutdownTimeout(bound))??;
-    let remaining = bound.saturating_sub(started.elapsed());
-    producer.flush(remaining)?;
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing stored since the last commit.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!(
-        consumed = stats.consumed,
-        published = stats.published,
-        "worker stopped"
-    );
-    Ok(stats)
-}
-
-/// Produces one record, waiting while the producer's queue is full.
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    payload: &[u8],
-    key: Option<&str>,
-    headers: OwnedHeaders,
-) -> DeliveryFuture {
-    let mut headers = Some(headers);
-    loop {
-        let mut record = FutureRecord::to(topic)
-            .payload(payload)
-            .headers(headers.take().unwrap_or_default());
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => return delivery,
-            Err((_, record)) => {
-                headers = record.headers;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-}
-
-/// Stores offsets of every partition's acknowledged prefix. With `wait`, first waits for the
-/// oldest delivery of the fullest queue.
-async fn settle(
-    consumer: &StreamConsumer,
-    queues: &mut HashMap<(String, i32), VecDeque<InFlight>>,
-    in_flight: &mut usize,
-    stats: &mut Stats,
-    wait: bool,
-) -> Result<(), WorkerError> {
-    if wait {
-        if let Some(queue) = queues.values_mut().max_by_key(|q| q.len()) {
-            if let Some(front) = queue.front_mut() {
-                if front.done.is_none() {
-                    front.done = Some((&mut front.delivery).await);
+                    kind: Ok(output.index),
                 }
             }
+            Err(reason) => self.dead_letter(message, reason, &keys),
+        };
+        self.metrics()
+            .transform_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outgoing
+    }
+
+    /// The dead-letter record: original bytes sealed, reason and source in headers, no key.
+    fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: DeadLetter,
+        keys: &ActiveKeys,
+    ) -> Outgoing {
+        let seal_key = keys
+            .encryption
+            .as_deref()
+            .expect("checked at start: an encryption key is active");
+        let original = message.payload().unwrap_or_default();
+        let mut sealed = Vec::with_capacity(envelope::sealed_len(seal_key, original.len()));
+        envelope::seal_into(seal_key, DLQ_FIELD_PATH, original, &mut sealed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq.reason",
+                value: Some(reason.code()),
+            })
+            .insert(Header {
+                key: "dlq.source-topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dlq.source-partition",
+                value: Some(&message.partition().to_string()),
+            })
+            .insert(Header {
+                key: "dlq.source-offset",
+                value: Some(&message.offset().to_string()),
+            })
+            .insert(Header {
+                key: "dlq.time-ms",
+                value: Some(&now),
+            })
+            .insert(Header {
+                key: "pseudonymizer.encryption-key",
+                value: Some(seal_key.id()),
+            });
+        tracing::debug!(
+            reason = reason.code(),
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "dead-lettered"
+        );
+        Outgoing {
+            topic: self.kafka.dlq_topic.clone(),
+            payload: sealed,
+            key: None,
+            headers,
+            kind: Err(reason),
         }
     }
-    for ((topic, partition), queue) in queues.iter_mut() {
-        let mut last = None;
-        while let Some(front) = queue.front_mut() {
-            let result = match front.done.take() {
-                Some(result) => result,
-                None => match (&mut front.delivery).now_or_never() {
-                    Some(result) => result,
-                    None => break,
-                },
-            };
-            let front = queue.pop_front().expect("front exists");
-            *in_flight -= 1;
-            last = Some(front.offset);
-            acknowledge(front, result, stats)?;
-        }
-        if let Some(offset) = last {
-            consumer.store_offset(topic, *partition, offset)?;
+
+    /// Counts an acknowledged record.
+    fn acknowledged(&self, kind: Result<usize, DeadLetter>, stats: &mut Stats) {
+        match kind {
+            Ok(index) => {
+                stats.published += 1;
+                self.metrics()
+                    .records_out
+                    .with_label_values(&[self.pipeline_name(index)])
+                    .inc();
+            }
+            Err(reason) => {
+                *stats.dead_lettered.entry(reason.code()).or_default() += 1;
+                self.metrics()
+                    .dead_lettered
+                    .with_label_values(&[reason.code()])
+                    .inc();
+            }
         }
     }
-    Ok(())
+
+    fn subscribe(&self, consumer: &StreamConsumer) -> Result<(), WorkerError> {
+        let topics: Vec<&str> = self
+            .router
+            .input_topics
+            .iter()
+            .map(String::as_str)
+            .collect();
+        consumer.subscribe(&topics)?;
+        let keys = self.worker.keys.borrow().clone();
+        self.metrics().set_active_keys(
+            keys.pseudonym.as_ref().map(|k| k.id()),
+            keys.encryption.as_ref(),
+        );
+        self.metrics().set_ready(true);
+        tracing::info!(group = %self.kafka.group_id, ?topics, mode = ?self.kafka.mode, pseudonym_key = keys.pseudonym.as_ref().map(|k| k.id()), encryption_key = keys.encryption.as_ref().map(|k| k.id()), "worker subscribed");
+        Ok(())
+    }
 }
 
-fn acknowledge(
-    record: InFlight,
-    result: DeliveryOutcome,
-    stats: &mut Stats,
-) -> Result<(), WorkerError> {
-    match result {
-        Ok(Ok(_)) => {
-            match record.dead_letter {
-                Some(reason) => *stats.dead_lettered.entry(reason.code()).or_default() += 1,
-                None => stats.published += 1,
-            }
-            Ok(())
-        }
-        Ok(Err((error, _))) => Err(WorkerError::Delivery {
-            topic: record.topic,
-            reason: error.to_string(),
-        }),
-        Err(_) => Err(WorkerError::Delivery {
-            topic: record.topic,
-            reason: "producer dropped".into(),
-        }),
+/// The headers naming the keys a record was made with.
+fn key_headers(keys: &ActiveKeys) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(k) = &keys.pseudonym {
+        headers = headers.insert(Header {
+            key: "pseudonymizer.pseudonym-key",
+            value: Some(k.id()),
+        });
     }
+    if let Some(k) = &keys.encryption {
+        headers = headers.insert(Header {
+            key: "pseudonymizer.encryption-key",
+            value: Some(k.id()),
+        });
+    }
+    headers
+}
+
+/// Updates the lag gauge of every assigned partition (blocking broker calls: run it off the
+/// async threads).
+fn update_lag(consumer: &StreamConsumer, metrics: &Metrics) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        let Ok((_, high)) =
+            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+        else {
+            continue;
+        };
+        if let rdkafka::Offset::Offset(position) = element.offset() {
+            metrics
+                .consumer_lag
+                .with_label_values(&[element.topic(), &element.partition().to_string()])
+                .set((high - position).max(0));
+        }
+    }
+}
+
+/// Spawns the periodic lag updater; it ends when the consumer is dropped elsewhere.
+fn spawn_lag_updates(consumer: &Arc<StreamConsumer>, metrics: &Arc<Metrics>) {
+    let consumer = Arc::downgrade(consumer);
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let Some(consumer) = consumer.upgrade() else {
+                break;
+            };
+            let metrics = metrics.clone();
+            let _ = tokio::task::spawn_blocking(move || update_lag(&consumer, &metrics)).await;
+        }
+    });
+}
+
+/// Keys that never change: for tests and tools that do not reload.
+pub fn fixed_keys(keys: ActiveKeys) -> watch::Receiver<Arc<ActiveKeys>> {
+    // A receiver still reads the last value after its sender is gone.
+    watch::channel(Arc::new(keys)).1
 }

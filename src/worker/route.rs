@@ -43,6 +43,8 @@ impl DeadLetter {
 /// One pipeline as the worker runs it.
 #[derive(Debug)]
 pub struct Route {
+    /// Position of the pipeline in the config.
+    pub index: usize,
     pub plan: Arc<Plan>,
     pub name: String,
     pub output_topic: String,
@@ -54,6 +56,7 @@ pub struct Route {
 #[derive(Debug)]
 pub struct Router {
     routes: HashMap<u32, Route>,
+    names: Vec<String>,
     max_record_bytes: usize,
     pub input_topics: Vec<String>,
 }
@@ -61,6 +64,8 @@ pub struct Router {
 /// A sanitized record ready to publish.
 pub struct Output<'r> {
     pub route: &'r Route,
+    /// The route's pipeline index.
+    pub index: usize,
     pub key: Option<String>,
 }
 
@@ -74,7 +79,8 @@ impl Router {
         let mut routes = HashMap::new();
         let mut topics = Vec::new();
         let mut errors = Vec::new();
-        for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+        let names = config.pipeline.iter().map(|p| p.name.clone()).collect();
+        for (index, (pipeline, plan)) in config.pipeline.iter().zip(engine.plans()).enumerate() {
             let missing = |what: &str| {
                 format!(
                     "[{}] {what} is required by the stream worker",
@@ -120,6 +126,7 @@ impl Router {
                 ));
             }
             let route = Route {
+                index,
                 plan: plan.clone(),
                 name: pipeline.name.clone(),
                 output_topic: output_topic.clone(),
@@ -138,9 +145,53 @@ impl Router {
         }
         Ok(Router {
             routes,
+            names,
             max_record_bytes: kafka.max_record_bytes,
             input_topics: topics,
         })
+    }
+
+    /// The name of pipeline `index`.
+    pub fn route_name(&self, index: usize) -> &str {
+        self.names.get(index).map_or("?", String::as_str)
+    }
+
+    /// The benchmark baseline: the same checks and routing, the value copied unchanged.
+    pub fn pass_through<'r>(
+        &'r self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<Output<'r>, DeadLetter> {
+        let (route, _) = self.check(value)?;
+        out.clear();
+        out.extend_from_slice(value.unwrap_or_default());
+        let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
+        Ok(Output {
+            route,
+            index: route.index,
+            key,
+        })
+    }
+
+    /// Size, framing and schema id checks; the route and the Avro bytes.
+    fn check<'r, 'v>(
+        &'r self,
+        value: Option<&'v [u8]>,
+    ) -> Result<(&'r Route, &'v [u8]), DeadLetter> {
+        let value = value.ok_or(DeadLetter::Empty)?;
+        if value.len() > self.max_record_bytes {
+            return Err(DeadLetter::Oversize);
+        }
+        if value.len() < 5 || value[0] != MAGIC {
+            return Err(DeadLetter::BadMagic);
+        }
+        let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        let route = self
+            .routes
+            .get(&schema_id)
+            .ok_or(DeadLetter::UnknownSchema)?;
+        Ok((route, &value[5..]))
     }
 
     /// Every route (for metrics and logs).
@@ -157,23 +208,12 @@ impl Router {
         value: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) -> Result<Output<'r>, DeadLetter> {
-        let value = value.ok_or(DeadLetter::Empty)?;
-        if value.len() > self.max_record_bytes {
-            return Err(DeadLetter::Oversize);
-        }
-        if value.len() < 5 || value[0] != MAGIC {
-            return Err(DeadLetter::BadMagic);
-        }
-        let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        let route = self
-            .routes
-            .get(&schema_id)
-            .ok_or(DeadLetter::UnknownSchema)?;
+        let (route, avro) = self.check(value)?;
         out.clear();
         out.push(MAGIC);
         out.extend_from_slice(&route.output_schema_id.to_be_bytes());
         engine
-            .transform(&route.plan, keys, &value[5..], out)
+            .transform(&route.plan, keys, avro, out)
             .map_err(|_| DeadLetter::CorruptAvro)?;
         let key = match (route.key_class, key) {
             (Some(class), Some(key)) => {
@@ -188,7 +228,11 @@ impl Router {
             }
             _ => None,
         };
-        Ok(Output { route, key })
+        Ok(Output {
+            route,
+            index: route.index,
+            key,
+        })
     }
 }
 

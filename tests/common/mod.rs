@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the shipped config with a fixed test keyring.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 
 use apache_avro::types::Value;

@@ -1,0 +1,213 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//!
+//! Labels carry topic names, partitions, pipeline names, dead-letter reasons and key ids:
+//! never a value, a token or a secret.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::keys::SealKey;
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Records consumed, by input topic.
+    pub records_in: IntCounterVec,
+    /// Sanitized records acknowledged by the broker, by pipeline.
+    pub records_out: IntCounterVec,
+    /// Dead-lettered records acknowledged by the broker, by reason.
+    pub dead_lettered: IntCounterVec,
+    /// Seconds to decode, route and transform one record.
+    pub transform_seconds: Histogram,
+    /// Seconds from produce to broker acknowledgement.
+    pub produce_seconds: Histogram,
+    /// High watermark minus position, by topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// 1 for each key id in use for new output, by purpose.
+    pub active_key: IntGaugeVec,
+    /// Envelopes sealed by this process, by encryption key id.
+    pub envelopes_sealed: IntCounterVec,
+    /// Keyring reloads, by result (`applied`, `refused`).
+    pub key_reloads: IntCounterVec,
+    /// Key rotation warnings raised, by key id and reason (`age`, `envelopes`, `nonce-limit`).
+    pub key_warnings: IntGaugeVec,
+    ready: AtomicBool,
+    seal_keys: Mutex<Vec<Arc<SealKey>>>,
+    exported_seals: Mutex<HashMap<String, u64>>,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let metrics = Metrics {
+            records_in: counter(
+                "pseudonymizer_records_in_total",
+                "Records consumed.",
+                &["topic"],
+            ),
+            records_out: counter(
+                "pseudonymizer_records_out_total",
+                "Sanitized records acknowledged by the broker.",
+                &["pipeline"],
+            ),
+            dead_lettered: counter(
+                "pseudonymizer_records_dead_lettered_total",
+                "Records sent to the dead-letter topic and acknowledged.",
+                &["reason"],
+            ),
+            transform_seconds: histogram(
+                "pseudonymizer_transform_seconds",
+                "Time to decode, route and transform one record.",
+                prometheus::exponential_buckets(1e-6, 2.0, 16).expect("valid buckets"),
+            ),
+            produce_seconds: histogram(
+                "pseudonymizer_produce_seconds",
+                "Time from produce to broker acknowledgement.",
+                prometheus::exponential_buckets(1e-4, 2.0, 18).expect("valid buckets"),
+            ),
+            consumer_lag: gauge(
+                "pseudonymizer_consumer_lag",
+                "High watermark minus the consumer's position.",
+                &["topic", "partition"],
+            ),
+            active_key: gauge(
+                "pseudonymizer_active_key",
+                "1 for the key id used for new output.",
+                &["purpose", "key_id"],
+            ),
+            envelopes_sealed: counter(
+                "pseudonymizer_envelopes_sealed_total",
+                "Envelopes sealed by this process.",
+                &["key_id"],
+            ),
+            key_reloads: counter(
+                "pseudonymizer_keyring_reloads_total",
+                "Keyring reloads.",
+                &["result"],
+            ),
+            key_warnings: gauge(
+                "pseudonymizer_key_rotation_due",
+                "1 when a key should be rotated.",
+                &["key_id", "reason"],
+            ),
+            registry,
+            ready: AtomicBool::new(false),
+            seal_keys: Mutex::new(Vec::new()),
+            exported_seals: Mutex::new(HashMap::new()),
+        };
+        Arc::new(metrics)
+    }
+
+    /// Marks the worker ready (subscribed) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets the active key ids, and remembers the encryption key to export its envelope count.
+    pub fn set_active_keys(&self, pseudonym: Option<&str>, encryption: Option<&Arc<SealKey>>) {
+        self.active_key.reset();
+        if let Some(id) = pseudonym {
+            self.active_key.with_label_values(&["pseudonym", id]).set(1);
+        }
+        if let Some(key) = encryption {
+            self.active_key
+                .with_label_values(&["encryption", key.id()])
+                .set(1);
+            let mut keys = self.seal_keys.lock().unwrap_or_else(|e| e.into_inner());
+            if !keys.iter().any(|k| Arc::ptr_eq(k, key)) {
+                keys.push(key.clone());
+            }
+        }
+        self.refresh();
+    }
+
+    /// Brings the per-key envelope counters up to date.
+    fn refresh(&self) {
+        let keys = self.seal_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exported = self
+            .exported_seals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for key in keys.iter() {
+            let now = key.sealed_count();
+            let before = exported.entry(key.id().to_owned()).or_insert(0);
+            if now > *before {
+                self.envelopes_sealed
+                    .with_label_values(&[key.id()])
+                    .inc_by(now - *before);
+                *before = now;
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.refresh();
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` from a background thread.
+    /// Returns the bound address (useful with port 0).
+    pub fn serve(self: &Arc<Self>, listen: &str) -> std::io::Result<std::net::SocketAddr> {
+        let server =
+            tiny_http::Server::http(listen).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("metrics listener has no IP address"))?;
+        let metrics = self.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let (status, body) = match request.url() {
+                        "/metrics" => (200, metrics.render()),
+                        "/healthz" => (200, "ok\n".to_owned()),
+                        "/readyz" if metrics.is_ready() => (200, "ready\n".to_owned()),
+                        "/readyz" => (503, "not ready\n".to_owned()),
+                        _ => (404, "not found\n".to_owned()),
+                    };
+                    let _ = request
+                        .respond(tiny_http::Response::from_string(body).with_status_code(status));
+                }
+            })?;
+        Ok(addr)
+    }
+}

@@ -1,0 +1,229 @@
+//! The default loop: at least once, in order per partition.
+//!
+//! Each input partition keeps a queue of its in-flight deliveries in input order. Only the
+//! acknowledged prefix of a queue has its last offset stored (librdkafka commits stored
+//! offsets every second and at shutdown). `max_in_flight` bounds the queues: when full, the
+//! worker awaits the oldest delivery instead of fetching more. A failed delivery stops the
+//! worker without storing its offset, so the record is processed again after a restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use tokio::sync::watch;
+
+use super::route::DeadLetter;
+use super::{client_config, spawn_lag_updates, Outgoing, Publisher, Stats, WorkerError};
+
+type DeliveryOutcome = Result<
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+/// A produced record whose input offset waits for its acknowledgement.
+struct InFlight {
+    offset: i64,
+    topic: String,
+    sent: Instant,
+    delivery: DeliveryFuture,
+    /// Set when the delivery was awaited (backpressure) before its turn to be stored.
+    done: Option<DeliveryOutcome>,
+    kind: Result<usize, DeadLetter>,
+}
+
+/// Input partition → its deliveries in input order.
+#[derive(Default)]
+struct Queues {
+    by_partition: HashMap<(String, i32), VecDeque<InFlight>>,
+    len: usize,
+}
+
+pub async fn run(
+    publisher: &Publisher,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Stats, WorkerError> {
+    let kafka = &publisher.kafka;
+    let (consumer_config, producer_config) = client_config(kafka);
+    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
+    let producer: FutureProducer = producer_config.create()?;
+    publisher.subscribe(&consumer)?;
+    spawn_lag_updates(&consumer, &publisher.worker.metrics);
+
+    let mut stats = Stats::default();
+    let mut queues = Queues::default();
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        queues
+            .settle(&consumer, publisher, &mut stats, false)
+            .await?;
+        while queues.len >= kafka.max_in_flight {
+            queues
+                .settle(&consumer, publisher, &mut stats, true)
+                .await?;
+        }
+        let message = tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error; retrying");
+                continue;
+            }
+        };
+        stats.consumed += 1;
+        let outgoing = publisher.prepare(&message, &mut out);
+        let (topic, partition, offset) = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        let kind = outgoing.kind;
+        let record_topic = outgoing.topic.clone();
+        let delivery = send(&producer, outgoing).await;
+        queues
+            .by_partition
+            .entry((topic, partition))
+            .or_default()
+            .push_back(InFlight {
+                offset,
+                topic: record_topic,
+                sent: Instant::now(),
+                delivery,
+                done: None,
+                kind,
+            });
+        queues.len += 1;
+    }
+
+    // Shutdown: stop fetching, finish in-flight records, flush, commit what was stored.
+    publisher.worker.metrics.set_ready(false);
+    let bound = Duration::from_secs(kafka.shutdown_timeout_secs);
+    let started = Instant::now();
+    tracing::info!(in_flight = queues.len, "shutting down");
+    let drain = async {
+        while queues.len > 0 {
+            queues
+                .settle(&consumer, publisher, &mut stats, true)
+                .await?;
+        }
+        Ok::<(), WorkerError>(())
+    };
+    tokio::time::timeout(bound, drain)
+        .await
+        .map_err(|_| WorkerError::ShutdownTimeout(bound))??;
+    producer.flush(bound.saturating_sub(started.elapsed()))?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last automatic commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(
+        consumed = stats.consumed,
+        published = stats.published,
+        "worker stopped"
+    );
+    Ok(stats)
+}
+
+/// Produces one record, waiting while the producer's queue is full.
+async fn send(producer: &FutureProducer, outgoing: Outgoing) -> DeliveryFuture {
+    let Outgoing {
+        topic,
+        payload,
+        key,
+        headers,
+        ..
+    } = outgoing;
+    let mut headers = Some(headers);
+    loop {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+            .payload(payload.as_slice())
+            .headers(headers.take().unwrap_or_default());
+        if let Some(key) = &key {
+            record = record.key(key.as_str());
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((_, record)) => {
+                headers = record.headers;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+impl Queues {
+    /// Stores the offset of every partition's acknowledged prefix. With `wait`, first waits
+    /// for the oldest delivery of the fullest queue.
+    async fn settle(
+        &mut self,
+        consumer: &StreamConsumer,
+        publisher: &Publisher,
+        stats: &mut Stats,
+        wait: bool,
+    ) -> Result<(), WorkerError> {
+        if wait {
+            if let Some(front) = self
+                .by_partition
+                .values_mut()
+                .max_by_key(|q| q.len())
+                .and_then(|q| q.front_mut())
+            {
+                if front.done.is_none() {
+                    front.done = Some((&mut front.delivery).await);
+                }
+            }
+        }
+        for ((topic, partition), queue) in self.by_partition.iter_mut() {
+            let mut last = None;
+            while let Some(front) = queue.front_mut() {
+                let result = match front.done.take() {
+                    Some(result) => result,
+                    None => match (&mut front.delivery).now_or_never() {
+                        Some(result) => result,
+                        None => break,
+                    },
+                };
+                let record = queue.pop_front().expect("front exists");
+                self.len -= 1;
+                match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((error, _))) => {
+                        return Err(WorkerError::Delivery {
+                            topic: record.topic,
+                            reason: error.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(WorkerError::Delivery {
+                            topic: record.topic,
+                            reason: "producer dropped".into(),
+                        })
+                    }
+                }
+                publisher
+                    .worker
+                    .metrics
+                    .produce_seconds
+                    .observe(record.sent.elapsed().as_secs_f64());
+                publisher.acknowledged(record.kind, stats);
+                last = Some(record.offset);
+            }
+            if let Some(offset) = last {
+                // rd_kafka_offset_store stores offset + 1: the next record to read.
+                consumer.store_offset(topic, *partition, offset)?;
+            }
+        }
+        Ok(())
+    }
+}

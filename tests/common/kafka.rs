@@ -1,0 +1,378 @@
+//! Helpers for tests that talk to a broker: topics, raw events, reading and verifying output.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use pseudonymizer::config::Config;
+use pseudonymizer::envelope;
+use pseudonymizer::generate::{Generator, Kind};
+use pseudonymizer::metrics::Metrics;
+use pseudonymizer::token::{self, PhoneCanon, TokenClass};
+use pseudonymizer::transform::Engine;
+use pseudonymizer::worker::{self, route::frame, Stats, Treatment, WorkerError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The Tansu broker started by scripts/test.sh. Fails loudly when it is missing.
+pub fn tansu() -> String {
+    std::env::var("PSEUDONYMIZER_TEST_BROKERS")
+        .expect("PSEUDONYMIZER_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts the Tansu broker")
+}
+
+/// Topic and group names unique to one test.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub raw: String,
+    pub calls: String,
+    pub messages: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub fn unique(test: &str) -> Self {
+        let run = format!(
+            "{test}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+        );
+        Topics {
+            raw: format!("raw-{run}"),
+            calls: format!("calls-{run}"),
+            messages: format!("messages-{run}"),
+            dlq: format!("dlq-{run}"),
+            group: format!("worker-{run}"),
+        }
+    }
+
+    /// Creates the topics (raw with `partitions` partitions).
+    pub async fn create(&self, brokers: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        let specs = [
+            (&self.raw, partitions),
+            (&self.calls, 2),
+            (&self.messages, 2),
+            (&self.dlq, 1),
+        ];
+        let new: Vec<NewTopic> = specs
+            .iter()
+            .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+            .collect();
+        for result in admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .expect("broker reachable")
+        {
+            result.expect("topic created");
+        }
+    }
+
+    /// The shipped config pointed at these topics and `brokers`.
+    pub fn config(&self, brokers: &str) -> Config {
+        let mut config = super::shipped_config();
+        let kafka = config.kafka.as_mut().unwrap();
+        kafka.brokers = brokers.to_owned();
+        kafka.group_id = self.group.clone();
+        kafka.dlq_topic = self.dlq.clone();
+        kafka.max_in_flight = 500;
+        kafka.shutdown_timeout_secs = 30;
+        config.pipeline[0].input_topic = Some(self.raw.clone());
+        config.pipeline[0].output_topic = Some(self.calls.clone());
+        config.pipeline[1].input_topic = Some(self.raw.clone());
+        config.pipeline[1].output_topic = Some(self.messages.clone());
+        config
+    }
+}
+
+/// Raw events produced for a test, by event id, and values that must never be published.
+#[derive(Default)]
+pub struct Inputs {
+    pub by_id: HashMap<String, Value>,
+    pub raw_values: Vec<Vec<u8>>,
+}
+
+pub fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Union(_, inner) => text(inner),
+        _ => None,
+    }
+}
+
+/// Produces `count` raw events (calls and messages alternating, keyed by the calling or
+/// sending number) and the given extra payloads; waits for every delivery.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    seed: u64,
+    extra: &[Vec<u8>],
+    inputs: &mut Inputs,
+) {
+    let engine = super::engine();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut generator = Generator::new(seed);
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        let (kind, name, schema_id, key_field) = if i % 2 == 0 {
+            (Kind::Call, "comms.v1.CallEvent", 1, "caller")
+        } else {
+            (Kind::Message, "comms.v1.MessageEvent", 2, "sender")
+        };
+        let plan = engine.plan(name).unwrap();
+        let event = generator.event(kind);
+        let id = text(super::field(&event, "event_id")).unwrap();
+        let key = text(super::field(&event, key_field)).unwrap();
+        if let Value::Record(fields) = &event {
+            for (field, value) in fields {
+                if [
+                    "caller",
+                    "callee",
+                    "sender",
+                    "caller_ip",
+                    "callee_ip",
+                    "sender_ip",
+                    "body",
+                    "recording_url",
+                ]
+                .contains(&field.as_str())
+                {
+                    if let Some(s) = text(value).filter(|s| s.trim().len() >= 8) {
+                        inputs.raw_values.push(s.trim().as_bytes().to_vec());
+                    }
+                }
+            }
+        }
+        let payload = frame(schema_id, &super::encode(&plan.input, event.clone()));
+        inputs.by_id.insert(id, event);
+        let record = FutureRecord::to(topic).payload(&payload).key(&key);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for payload in extra {
+        let record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).payload(payload.as_slice());
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap().expect("raw record delivered");
+    }
+}
+
+/// Runs a worker in this process; send `true` on the returned sender to stop it.
+pub fn spawn_worker(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> (watch::Sender<bool>, JoinHandle<Result<Stats, WorkerError>>) {
+    let engine = Arc::new(Engine::from_config(config).unwrap());
+    let keys = engine.active_keys(&super::keyset()).unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let config = config.clone();
+    let handle = tokio::spawn(async move {
+        let worker = worker::Worker {
+            engine,
+            keys: worker::fixed_keys(keys),
+            metrics,
+            treatment: Treatment::Sanitize,
+        };
+        worker.run(&config, stopped).await
+    });
+    (stop, handle)
+}
+
+/// A consumer of the analytics and dead-letter topics from their start.
+pub fn reader(brokers: &str, topics: &Topics, read_committed: bool) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", topics.group))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&topics.calls, &topics.messages, &topics.dlq])
+        .unwrap();
+    consumer
+}
+
+/// What a reader has collected so far.
+#[derive(Default)]
+pub struct Collected {
+    pub outputs: Vec<OwnedMessage>,
+    pub dead: Vec<OwnedMessage>,
+    pub ids: HashMap<String, usize>,
+}
+
+impl Collected {
+    /// Polls until `done(self)` or the deadline; panics on timeout.
+    pub fn until(
+        &mut self,
+        reader: &BaseConsumer,
+        topics: &Topics,
+        limit: Duration,
+        done: impl Fn(&Collected) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        let engine = super::engine();
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} outputs ({} distinct), {} dead letters",
+                self.outputs.len(),
+                self.ids.len(),
+                self.dead.len()
+            );
+            let Some(message) = reader.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.unwrap().detach();
+            if message.topic() == topics.dlq {
+                self.dead.push(message);
+            } else {
+                let plan = engine
+                    .plan(if message.topic() == topics.calls {
+                        "comms.v1.CallEvent"
+                    } else {
+                        "comms.v1.MessageEvent"
+                    })
+                    .unwrap();
+                let output = super::decode(&plan.output, &message.payload().unwrap()[5..]);
+                *self
+                    .ids
+                    .entry(text(super::field(&output, "event_id")).unwrap())
+                    .or_default() += 1;
+                self.outputs.push(message);
+            }
+        }
+    }
+}
+
+/// Checks every output against its input: framing, tokens, record key, key headers, envelopes,
+/// and that no raw value appears.
+pub fn verify_outputs(collected: &Collected, topics: &Topics, inputs: &Inputs) {
+    let engine = super::engine();
+    let keys = engine.active_keys(&super::keyset()).unwrap();
+    let pkey = keys.pseudonym.as_deref().unwrap();
+    let phone = PhoneCanon::new("ID").unwrap();
+    let keyset = super::keyset();
+    for message in &collected.outputs {
+        let payload = message.payload().unwrap();
+        for raw in &inputs.raw_values {
+            assert!(
+                !payload.windows(raw.len()).any(|w| w == raw.as_slice()),
+                "a raw value was published"
+            );
+        }
+        let (name, schema_id, key_field) = if message.topic() == topics.calls {
+            ("comms.v1.CallEvent", 101u32, "caller")
+        } else {
+            ("comms.v1.MessageEvent", 102, "sender")
+        };
+        let plan = engine.plan(name).unwrap();
+        assert_eq!(payload[0], 0, "magic byte");
+        assert_eq!(
+            u32::from_be_bytes(payload[1..5].try_into().unwrap()),
+            schema_id
+        );
+        let output = super::decode(&plan.output, &payload[5..]);
+        let id = text(super::field(&output, "event_id")).unwrap();
+        let input = inputs
+            .by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("output {id} has no input"));
+        let raw_key = text(super::field(input, key_field)).unwrap();
+        let (class, canonical) = token::canonical(TokenClass::Phone, &raw_key, &phone);
+        let expected = token::token(pkey, class, canonical.as_bytes());
+        assert_eq!(
+            text(super::field(&output, key_field)).unwrap(),
+            expected.as_str()
+        );
+        assert_eq!(
+            message.key().unwrap(),
+            expected.as_str().as_bytes(),
+            "key carries the field's token"
+        );
+        let headers = message.headers().unwrap();
+        let header = |k: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == k)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(
+            header("pseudonymizer.pseudonym-key").as_deref(),
+            Some(pkey.id())
+        );
+        assert_eq!(
+            header("pseudonymizer.encryption-key").as_deref(),
+            Some("e-test-1")
+        );
+        if name.ends_with("MessageEvent") {
+            if let (Some(body), Value::Union(1, sealed)) = (
+                text(super::field(input, "body")),
+                super::field(&output, "body"),
+            ) {
+                let Value::Bytes(sealed) = sealed.as_ref() else {
+                    panic!("body is bytes")
+                };
+                assert_eq!(
+                    envelope::open(&keyset, "body", sealed).unwrap(),
+                    body.as_bytes()
+                );
+            }
+        }
+    }
+}
+
+/// Raw records of `topic` not yet committed by `group` (a new member starts at the commits).
+pub fn uncommitted(brokers: &str, topic: &str, group: &str, settle: Duration) -> Vec<OwnedMessage> {
+    let checker: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    checker.subscribe(&[topic]).unwrap();
+    let mut left = Vec::new();
+    let until = Instant::now() + settle;
+    while Instant::now() < until {
+        if let Some(message) = checker.poll(Duration::from_millis(200)) {
+            left.push(message.unwrap().detach());
+        }
+    }
+    left
+}
+
+/// Distinct event ids, for comparing sets.
+pub fn ids(inputs: &Inputs) -> HashSet<String> {
+    inputs.by_id.keys().cloned().collect()
+}
