@@ -38,6 +38,21 @@ pub enum Command {
         #[arg(long, default_value = "text")]
         log_format: String,
     },
+    /// The whole product in one command: an in-process Kafka cluster (or --brokers), synthetic
+    /// events, the worker, raw and sanitized events side by side, throughput.
+    Demo {
+        /// Config whose rules and schemas to use.
+        #[arg(long, default_value = "config/pipeline.toml")]
+        config: PathBuf,
+        /// A real cluster instead of the in-process one.
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+    },
+    /// Dead-letter topic tools.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Check a config (and its keyring) without processing anything.
     Check(ConfigArgs),
     /// Transform an Avro container file of raw events into a sanitized one.
@@ -132,6 +147,18 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Open every dead letter and produce its original bytes to its source topic again.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Stop after this many seconds without a new dead letter.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
     /// Write the output schema derived from each input schema and its rules.
     Derive {
@@ -183,6 +210,33 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run { config, log_format } => run_worker(&config, &log_format),
+        Command::Demo {
+            config,
+            brokers,
+            events,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::demo::run(&config, brokers, events))
+        }
+        Command::Dlq(DlqCommand::Replay { config, idle_secs }) => {
+            let (config, _, keys) = load(&config)?;
+            let kafka = config
+                .kafka
+                .as_ref()
+                .context("the config has no [kafka] section")?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let done = runtime.block_on(crate::worker::replay::replay(
+                kafka,
+                &keys,
+                std::time::Duration::from_secs(idle_secs),
+            ))?;
+            writeln!(
+                out,
+                "replayed {} dead letters to their source topics; {} could not be opened",
+                done.replayed, done.unopened
+            )?;
+            Ok(())
+        }
         Command::Check(args) => {
             let (_, engine, keys) = load(&args)?;
             let active = engine.active_keys(&keys)?;
@@ -292,25 +346,25 @@ fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         "text" => builder.init(),
         other => bail!("--log-format must be text or json, not {other:?}"),
     }
-    let (config, engine, keys) = load(args)?;
-    let active = engine.active_keys(&keys)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let stats = runtime.block_on(async {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Signal handlers first: a SIGTERM during start-up is a clean shutdown too.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
                 _ = int.recv() => tracing::info!("SIGINT"),
             }
             let _ = stop.send(true);
         });
+        Ok::<(), std::io::Error>(())
+    })?;
+    let (config, engine, keys) = load(args)?;
+    let active = engine.active_keys(&keys)?;
+    let stats = runtime.block_on(async {
         let worker = crate::worker::Worker {
             engine: std::sync::Arc::new(engine),
             keys: crate::worker::fixed_keys(active),

@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod config;
 pub mod cryptopan;
+pub mod demo;
 pub mod envelope;
 pub mod file;
 pub mod generate;

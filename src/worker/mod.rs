@@ -12,6 +12,7 @@
 //! half under old keys and half under new ones when the keyring is reloaded.
 
 pub mod at_least_once;
+pub mod replay;
 pub mod route;
 pub mod transactional;
 
@@ -33,6 +34,9 @@ use route::{DeadLetter, Router};
 
 /// Field path bound into the envelope of a dead-lettered record's original bytes.
 pub const DLQ_FIELD_PATH: &str = "dlq";
+/// Field path bound into the envelope of a dead-lettered record's original key (header
+/// `dlq.key`), so a replay can restore it without the key ever resting in clear.
+pub const DLQ_KEY_PATH: &str = "dlq.key";
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,8 @@ fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
             consumer
                 .set("enable.auto.commit", "false")
                 .set("isolation.level", "read_committed");
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s).
+            producer.set("message.timeout.ms", "60000");
             if let Some(id) = &kafka.transactional_id {
                 producer.set("transactional.id", id);
             }
@@ -244,7 +250,16 @@ impl Publisher {
             .map(|d| d.as_millis())
             .unwrap_or(0)
             .to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new();
+        if let Some(key) = message.key() {
+            let mut sealed_key = Vec::with_capacity(envelope::sealed_len(seal_key, key.len()));
+            envelope::seal_into(seal_key, DLQ_KEY_PATH, key, &mut sealed_key);
+            headers = headers.insert(Header {
+                key: "dlq.key",
+                value: Some(&sealed_key),
+            });
+        }
+        let headers = headers
             .insert(Header {
                 key: "dlq.reason",
                 value: Some(reason.code()),

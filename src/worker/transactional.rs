@@ -41,7 +41,8 @@ pub async fn run(
     let mut stopping = false;
     while !stopping {
         // One transaction: up to BATCH records or BATCH_TIME, whichever comes first.
-        let mut offsets = TopicPartitionList::new();
+        let mut next: std::collections::HashMap<(String, i32), i64> =
+            std::collections::HashMap::new();
         let mut deliveries = Vec::new();
         let deadline = Instant::now() + BATCH_TIME;
         producer.begin_transaction()?;
@@ -68,15 +69,19 @@ pub async fn run(
             }
             let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
             deliveries.push((delivery, outgoing.kind, outgoing.topic, Instant::now()));
-            offsets.add_partition_offset(
-                message.topic(),
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            )?;
+            // One entry per partition: the next offset to read after this record.
+            next.insert(
+                (message.topic().to_owned(), message.partition()),
+                message.offset() + 1,
+            );
         }
         if deliveries.is_empty() {
             producer.abort_transaction(timeout)?;
             continue;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         producer.send_offsets_to_transaction(
             &offsets,

@@ -252,7 +252,9 @@ impl Collected {
             let Some(message) = reader.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let message = message.unwrap().detach();
+            // Transient errors (a broker outage) are the reader's to ride out too.
+            let Ok(message) = message else { continue };
+            let message = message.detach();
             if message.topic() == topics.dlq {
                 self.dead.push(message);
             } else {
@@ -352,24 +354,170 @@ pub fn verify_outputs(collected: &Collected, topics: &Topics, inputs: &Inputs) {
     }
 }
 
-/// Raw records of `topic` not yet committed by `group` (a new member starts at the commits).
-pub fn uncommitted(brokers: &str, topic: &str, group: &str, settle: Duration) -> Vec<OwnedMessage> {
+/// Raw records of `topic` at or after the offsets `group` has committed. Reads every
+/// partition from its beginning and filters by offset: Tansu 0.6 does not return the rest of
+/// a record batch when a fetch starts in its middle, so starting at the committed offset
+/// would hide records.
+pub fn uncommitted(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+    _settle: Duration,
+) -> Vec<OwnedMessage> {
+    let committed: HashMap<i32, i64> = committed(brokers, topic, group, partitions)
+        .into_iter()
+        .map(|(p, o)| {
+            (
+                p,
+                if let rdkafka::Offset::Offset(o) = o {
+                    o
+                } else {
+                    0
+                },
+            )
+        })
+        .collect();
+    read_from_start(brokers, topic, partitions)
+        .into_iter()
+        .filter(|m| m.offset() >= committed.get(&m.partition()).copied().unwrap_or(0))
+        .collect()
+}
+
+/// The offsets `group` has committed on `topic` (diagnostics).
+pub fn committed(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+) -> Vec<(i32, rdkafka::Offset)> {
     let checker: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        wanted.add_partition(topic, p);
+    }
+    let committed = checker
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
+/// Every record of `topic` from its beginning (diagnostics).
+pub fn read_from_start(brokers: &str, topic: &str, partitions: i32) -> Vec<OwnedMessage> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "diagnostics")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    checker.subscribe(&[topic]).unwrap();
-    let mut left = Vec::new();
-    let until = Instant::now() + settle;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut all = Vec::new();
+    let mut until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
-        if let Some(message) = checker.poll(Duration::from_millis(200)) {
-            left.push(message.unwrap().detach());
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            all.push(message.unwrap().detach());
+            until = Instant::now() + Duration::from_secs(3);
         }
     }
-    left
+    all
+}
+
+/// The event id of a raw record (`None` for records that are not events).
+pub fn raw_event_id(message: &OwnedMessage) -> Option<String> {
+    let payload = message.payload()?;
+    if payload.len() < 5 || payload[0] != 0 {
+        return None;
+    }
+    let name = match u32::from_be_bytes(payload[1..5].try_into().ok()?) {
+        1 => "comms.v1.CallEvent",
+        2 => "comms.v1.MessageEvent",
+        _ => return None,
+    };
+    let engine = super::engine();
+    let mut slice = &payload[5..];
+    let value = apache_avro::from_avro_datum(&engine.plan(name)?.input, &mut slice, None).ok()?;
+    text(super::field(&value, "event_id"))
+}
+
+/// Writes the shipped config, pointed at `topics` and `brokers`, and the test keyring into
+/// `dir`; returns the config's path (for running the binary).
+pub fn write_config(
+    dir: &std::path::Path,
+    topics: &Topics,
+    brokers: &str,
+    extra_properties: &str,
+) -> std::path::PathBuf {
+    let keyring = super::write_keyring(dir);
+    let schemas = super::repo().join("schemas");
+    let text = std::fs::read_to_string(super::repo().join("config/pipeline.toml"))
+        .unwrap()
+        .replace("\"../schemas/", &format!("\"{}/", schemas.display()))
+        .replace(
+            "keyring = \"../keys/keyring.json\"",
+            &format!("keyring = \"{}\"", keyring.display()),
+        )
+        .replace(
+            "input_topic = \"comms.raw\"",
+            &format!("input_topic = \"{}\"", topics.raw),
+        )
+        .replace(
+            "output_topic = \"comms.calls.sanitized\"",
+            &format!("output_topic = \"{}\"", topics.calls),
+        )
+        .replace(
+            "output_topic = \"comms.messages.sanitized\"",
+            &format!("output_topic = \"{}\"", topics.messages),
+        )
+        .replace(
+            "brokers = \"127.0.0.1:9092\"",
+            &format!("brokers = \"{brokers}\""),
+        )
+        .replace(
+            "group_id = \"pseudonymizer\"",
+            &format!("group_id = \"{}\"", topics.group),
+        )
+        .replace(
+            "dlq_topic = \"comms.dlq\"",
+            &format!("dlq_topic = \"{}\"", topics.dlq),
+        )
+        .replace("max_in_flight = 10000", "max_in_flight = 500")
+        .replace(
+            "[kafka.properties]\n",
+            &format!("[kafka.properties]\n{extra_properties}\n"),
+        );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Asserts two id sets are equal, reporting sizes and a few differences (never the whole set).
+pub fn assert_same_ids(got: &HashSet<String>, want: &HashSet<String>, what: &str) {
+    if got != want {
+        let missing: Vec<_> = want.difference(got).take(5).collect();
+        let extra: Vec<_> = got.difference(want).take(5).collect();
+        panic!(
+            "{what}: got {} ids, want {}; {} missing (e.g. {missing:?}), {} unexpected (e.g. {extra:?})",
+            got.len(),
+            want.len(),
+            want.difference(got).count(),
+            got.difference(want).count()
+        );
+    }
 }
 
 /// Distinct event ids, for comparing sets.

@@ -1,0 +1,163 @@
+//! SIGTERM mid-stream against the real broker: the worker exits 0 within the bound, and the
+//! records it published and the records left uncommitted are disjoint and cover the input.
+//! (SIGKILL and restart, group hand-over and broker outage are in worker_mock.rs.)
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{self, Collected, Inputs, Topics};
+
+fn start(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fast group handover for tests: a killed member is noticed after 6 s, not 45.
+const FAST_GROUP: &str =
+    "\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"auto.commit.interval.ms\" = \"200\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_commits_everything_produced() {
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("term");
+    topics.create(&brokers, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka::write_config(dir.path(), &topics, &brokers, FAST_GROUP);
+    let mut inputs = Inputs::default();
+    const EVENTS: usize = 20_000;
+    kafka::produce(&brokers, &topics.raw, EVENTS, 12, &[], &mut inputs).await;
+
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    let mut worker = start(&config);
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 2000
+    });
+    let signalled = Instant::now();
+    sigterm(&worker);
+    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(30));
+
+    // Everything the worker published is committed, and everything not committed was not
+    // published: the two sets are disjoint and together cover the input.
+    let left: HashSet<String> = kafka::uncommitted(
+        &brokers,
+        &topics.raw,
+        &topics.group,
+        3,
+        Duration::from_secs(3),
+    )
+    .iter()
+    .filter_map(kafka::raw_event_id)
+    .collect();
+    // Read the rest of what the worker published before it stopped.
+    let quiet = Instant::now() + Duration::from_secs(5);
+    let before = got.outputs.len();
+    got.until(&reader, &topics, Duration::from_secs(60), |c| {
+        c.outputs.len() > before || Instant::now() > quiet
+    });
+    let mut idle = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < idle {
+        let n = got.outputs.len();
+        got.until(&reader, &topics, Duration::from_secs(60), |c| {
+            c.outputs.len() > n || Instant::now() > idle
+        });
+        if got.outputs.len() > n {
+            idle = Instant::now() + Duration::from_secs(5);
+        }
+    }
+    let published: HashSet<String> = got.ids.keys().cloned().collect();
+    assert!(
+        left.len() < EVENTS && !published.is_empty(),
+        "{} left, {} published",
+        left.len(),
+        published.len()
+    );
+    let overlap = published.intersection(&left).count();
+    assert_eq!(
+        overlap, 0,
+        "{overlap} published records' offsets were not committed"
+    );
+    let all: HashSet<String> = published.union(&left).cloned().collect();
+    if all != kafka::ids(&inputs) {
+        let raw_all = kafka::read_from_start(&brokers, &topics.raw, 3);
+        let everything: HashSet<String> = raw_all.iter().filter_map(kafka::raw_event_id).collect();
+        let missing_now: HashSet<String> = kafka::ids(&inputs).difference(&all).cloned().collect();
+        for m in &raw_all {
+            use rdkafka::Message;
+            if kafka::raw_event_id(m).is_some_and(|id| missing_now.contains(&id)) {
+                eprintln!(
+                    "missing record at partition {} offset {}",
+                    m.partition(),
+                    m.offset()
+                );
+            }
+        }
+        eprintln!(
+            "committed: {:?}",
+            kafka::committed(&brokers, &topics.raw, &topics.group, 3)
+        );
+        eprintln!(
+            "raw topic holds {} readable events of {}",
+            everything.len(),
+            EVENTS
+        );
+        let engine = common::engine();
+        let mut outs = HashSet::new();
+        for (topic, name) in [
+            (&topics.calls, "comms.v1.CallEvent"),
+            (&topics.messages, "comms.v1.MessageEvent"),
+        ] {
+            for m in kafka::read_from_start(&brokers, topic, 2) {
+                use rdkafka::Message;
+                let v = common::decode(
+                    &engine.plan(name).unwrap().output,
+                    &m.payload().unwrap()[5..],
+                );
+                outs.insert(kafka::text(common::field(&v, "event_id")).unwrap());
+            }
+        }
+        let missing: Vec<_> = kafka::ids(&inputs).difference(&all).cloned().collect();
+        eprintln!(
+            "output topics hold {} distinct events; of the missing, {} are there",
+            outs.len(),
+            missing.iter().filter(|m| outs.contains(*m)).count()
+        );
+    }
+    kafka::assert_same_ids(
+        &all,
+        &kafka::ids(&inputs),
+        "published + uncommitted = input",
+    );
+}
