@@ -298,25 +298,33 @@ fn optional(value: Option<Value>) -> Value {
     }
 }
 
-/// The benchmark's typical call: every optional field present.
-pub fn typical_call() -> Value {
-    let device = Value::Record(vec![
+fn typical_device(os: &str, os_version: &str, model: &str) -> Value {
+    Value::Record(vec![
         (
             "device_id".into(),
             Value::String("dev-4f1c2a9e7b3d5c80".into()),
         ),
-        ("os".into(), Value::String("Android".into())),
-        ("os_version".into(), Value::String("14.1".into())),
-        ("model".into(), Value::String("Pixel 8".into())),
+        ("os".into(), Value::String(os.into())),
+        ("os_version".into(), Value::String(os_version.into())),
+        ("model".into(), Value::String(model.into())),
         ("app_version".into(), Value::String("5.12.3".into())),
-    ]);
-    let location = Value::Record(vec![
+    ])
+}
+
+fn typical_location() -> Value {
+    Value::Record(vec![
         ("country".into(), Value::String("ID".into())),
         (
             "cell_id".into(),
             optional(Some(Value::String("510-10-12345-678".into()))),
         ),
-    ]);
+    ])
+}
+
+/// The benchmark's typical call: every optional field present.
+pub fn typical_call() -> Value {
+    let device = typical_device("Android", "14.1", "Pixel 8");
+    let location = typical_location();
     Value::Record(vec![
         ("event_id".into(), Value::String("9b2e4c1a-0000a1b2".into())),
         ("call_id".into(), Value::String("call-7f3e9a1c2b4d".into())),
@@ -353,23 +361,8 @@ pub fn typical_call() -> Value {
 pub fn typical_message() -> Value {
     let body = "Reminder: your bill of Rp 150.000 is due on 28 Nov. Pay in the app or at any minimarket. Ignore this message if you have already paid. Thank you, support!";
     let body = format!("{body:<160}");
-    let device = Value::Record(vec![
-        (
-            "device_id".into(),
-            Value::String("dev-4f1c2a9e7b3d5c80".into()),
-        ),
-        ("os".into(), Value::String("iOS".into())),
-        ("os_version".into(), Value::String("17.2".into())),
-        ("model".into(), Value::String("iPhone 15".into())),
-        ("app_version".into(), Value::String("5.12.3".into())),
-    ]);
-    let location = Value::Record(vec![
-        ("country".into(), Value::String("ID".into())),
-        (
-            "cell_id".into(),
-            optional(Some(Value::String("510-10-12345-678".into()))),
-        ),
-    ]);
+    let device = typical_device("iOS", "17.2", "iPhone 15");
+    let location = typical_location();
     let attachment = Value::Record(vec![
         ("content_type".into(), Value::String("image/jpeg".into())),
         ("size_bytes".into(), Value::Long(482_113)),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::sync::watch;
@@ -136,23 +136,10 @@ pub async fn run(
 }
 
 /// Produces one record, waiting while the producer's queue is full.
-async fn send(producer: &FutureProducer, outgoing: Outgoing) -> DeliveryFuture {
-    let Outgoing {
-        topic,
-        payload,
-        key,
-        headers,
-        ..
-    } = outgoing;
-    let mut headers = Some(headers);
+async fn send(producer: &FutureProducer, mut outgoing: Outgoing) -> DeliveryFuture {
+    let mut headers = Some(std::mem::take(&mut outgoing.headers));
     loop {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
-            .payload(payload.as_slice())
-            .headers(headers.take().unwrap_or_default());
-        if let Some(key) = &key {
-            record = record.key(key.as_str());
-        }
-        match producer.send_result(record) {
+        match producer.send_result(outgoing.record(headers.take().unwrap_or_default())) {
             Ok(delivery) => return delivery,
             Err((_, record)) => {
                 headers = record.headers;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use tokio::sync::watch;
 
@@ -159,6 +160,20 @@ pub struct Outgoing {
     pub headers: OwnedHeaders,
     /// The pipeline it belongs to, or why it was dead-lettered.
     pub kind: Result<usize, DeadLetter>,
+}
+
+impl Outgoing {
+    /// The producer record, with `headers` (taken out of `self` by the caller, since a record
+    /// owns its headers and a refused send hands them back).
+    pub fn record(&self, headers: OwnedHeaders) -> FutureRecord<'_, str, [u8]> {
+        let record = FutureRecord::to(&self.topic)
+            .payload(self.payload.as_slice())
+            .headers(headers);
+        match &self.key {
+            Some(key) => record.key(key.as_str()),
+            None => record,
+        }
+    }
 }
 
 /// Turns consumed messages into producer records.

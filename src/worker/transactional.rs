@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -61,12 +61,9 @@ pub async fn run(
             };
             stats.consumed += 1;
             let outgoing = publisher.prepare(&message, &mut out);
-            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&outgoing.topic)
-                .payload(outgoing.payload.as_slice())
-                .headers(outgoing.headers);
-            if let Some(key) = &outgoing.key {
-                record = record.key(key.as_str());
-            }
+            let mut outgoing = outgoing;
+            let headers = std::mem::take(&mut outgoing.headers);
+            let record = outgoing.record(headers);
             let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
             deliveries.push((delivery, outgoing.kind, outgoing.topic, Instant::now()));
             // One entry per partition: the next offset to read after this record.
