@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::file;
 use crate::generate::Kind;
-use crate::keys::{KeySet, Keyring, Purpose};
+use crate::keys::{Kek, KeySet, Keyring, Purpose, Secret};
 use crate::token::{self, PhoneCanon, TokenClass};
 use crate::transform::Engine;
 
@@ -64,10 +65,13 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Print the tokens of values under every pseudonym key that still has a secret.
+    /// Print the tokens of values under every pseudonym key that still has a secret (audited).
     Lookup {
         #[arg(long)]
         keyring: PathBuf,
+        /// Audit log to append to (else $PSEUDONYMIZER_AUDIT_LOG); lookup refuses without one.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
         /// Token class: phone, ip, email or id.
         #[arg(long)]
         class: String,
@@ -78,12 +82,25 @@ pub enum Command {
         #[arg(required = true)]
         values: Vec<String>,
     },
-    /// Print a sanitized file's events as JSON lines with envelopes opened.
+    /// Print a sanitized file's events as JSON lines with envelopes opened (audited).
     Decrypt {
         #[command(flatten)]
         config: ConfigArgs,
         #[arg(long)]
         input: PathBuf,
+        /// Overrides the config's `audit_log`.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Re-encrypt every envelope of a sanitized file under the active encryption key (to retire
+    /// an old key); tokens and every other field are copied unchanged.
+    Reseal {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
     },
     /// Print the first events of an Avro container file as JSON lines (bytes as base64).
     Show {
@@ -119,6 +136,24 @@ pub struct ConfigArgs {
 pub enum KeysCommand {
     /// Create a keyring with one active key of each purpose (refuses to overwrite).
     Init {
+        #[arg(long)]
+        keyring: PathBuf,
+        /// Seal the file under the KEK from $PSEUDONYMIZER_KEK or $PSEUDONYMIZER_KEK_FILE.
+        #[arg(long)]
+        sealed: bool,
+    },
+    /// Write a new random key-encryption key (base64) to a new owner-only file.
+    NewKek {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal a clear keyring under the KEK from the environment.
+    Seal {
+        #[arg(long)]
+        keyring: PathBuf,
+    },
+    /// Write a sealed keyring back in clear (needs its KEK in the environment).
+    Unseal {
         #[arg(long)]
         keyring: PathBuf,
     },
@@ -177,8 +212,8 @@ fn parse_purpose(s: &str) -> Result<Purpose, String> {
     }
 }
 
-/// Loads a config, compiles its rules, and loads its keyring (or the override).
-pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
+/// Loads a config and compiles its rules.
+fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
     let config =
         Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
     let engine = Engine::from_config(&config)
@@ -187,6 +222,12 @@ pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
         .keyring
         .clone()
         .unwrap_or_else(|| config.keyring.clone());
+    Ok((config, engine, keyring_path))
+}
+
+/// Loads a config, compiles its rules, and loads its keyring (or the override).
+pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
+    let (config, engine, keyring_path) = load_config(args)?;
     let keyring = Keyring::load(&keyring_path)?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
@@ -278,10 +319,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Lookup {
             keyring,
+            audit_log,
             class,
             region,
             values,
         } => {
+            let mut audit = AuditLog::open(audit_log.as_deref(), None)?;
             let class = match TokenClass::parse(&class) {
                 Some(
                     c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id),
@@ -293,6 +336,13 @@ pub fn run(cli: Cli) -> Result<()> {
             if keys.pseudonym_keys().is_empty() {
                 bail!("no pseudonym key with a secret in {}", keyring.display());
             }
+            // Audited before anything is printed: no log line, no tokens.
+            let key_ids = keys
+                .pseudonym_keys()
+                .iter()
+                .map(|k| k.id().to_owned())
+                .collect();
+            audit.append("lookup", key_ids, values.len() as u64, None, None, "ok")?;
             // One JSON line per (value, key). The value is named by its position on the
             // command line, not repeated, so captured output never pairs a value with its token.
             for (n, value) in values.iter().enumerate() {
@@ -305,11 +355,50 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Decrypt { config, input } => {
-            let (_, engine, keys) = load(&config)?;
-            let (events, opened, failed) = file::decrypt_file(&engine, &keys, &input, &mut out)
-                .with_context(|| format!("decrypting {}", input.display()))?;
-            eprintln!("{events} events, {opened} envelopes opened, {failed} not opened");
+        Command::Decrypt {
+            config,
+            input,
+            audit_log,
+        } => {
+            let (config, engine, keys) = load(&config)?;
+            let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
+            let mut report = file::DecryptReport::default();
+            let result = file::decrypt_file(&engine, &keys, &input, &mut out, &mut report);
+            let outcome = if result.is_ok() { "ok" } else { "failed" };
+            audit.append(
+                "decrypt",
+                report.key_ids.iter().cloned().collect(),
+                report.opened,
+                Some(report.unopened),
+                Some(&input),
+                outcome,
+            )?;
+            result.with_context(|| format!("decrypting {}", input.display()))?;
+            eprintln!(
+                "{} events, {} envelopes opened, {} not opened",
+                report.events, report.opened, report.unopened
+            );
+            Ok(())
+        }
+        Command::Reseal {
+            config,
+            input,
+            output,
+        } => {
+            let (_, _, keys) = load(&config)?;
+            let (_, engine, _) = load_config(&config)?;
+            let active = keys.encryption()?.clone();
+            let report = file::reseal_file(&engine, &keys, &active, &input, &output)
+                .with_context(|| format!("resealing {}", input.display()))?;
+            writeln!(
+                out,
+                "resealed {} envelopes under {} ({} were already under it) in {} events; wrote {}",
+                report.resealed,
+                active.id(),
+                report.current,
+                report.events,
+                output.display()
+            )?;
             Ok(())
         }
         Command::Show { input, count } => {
@@ -347,12 +436,14 @@ fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         other => bail!("--log-format must be text or json, not {other:?}"),
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    // Signal handlers first: a SIGTERM during start-up is a clean shutdown too.
+    // Signal handlers first: a SIGTERM during start-up is a clean shutdown too, and a SIGHUP
+    // must never fall through to its default action (terminate).
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    runtime.block_on(async {
+    let hangup = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let hangup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
@@ -360,15 +451,24 @@ fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
             }
             let _ = stop.send(true);
         });
-        Ok::<(), std::io::Error>(())
+        Ok::<_, std::io::Error>(hangup)
     })?;
-    let (config, engine, keys) = load(args)?;
-    let active = engine.active_keys(&keys)?;
+    let (config, engine, keyring_path) = load_config(args)?;
+    let engine = std::sync::Arc::new(engine);
+    let metrics = crate::metrics::Metrics::new();
+    let (key_watch, keys) = crate::worker::keywatch::KeyWatch::start(
+        keyring_path.clone(),
+        engine.clone(),
+        config.rotation.clone(),
+        metrics.clone(),
+    )
+    .with_context(|| format!("keyring {}", keyring_path.display()))?;
+    runtime.spawn(key_watch.run(hangup, stopped.clone()));
     let stats = runtime.block_on(async {
         let worker = crate::worker::Worker {
-            engine: std::sync::Arc::new(engine),
-            keys: crate::worker::fixed_keys(active),
-            metrics: crate::metrics::Metrics::new(),
+            engine,
+            keys,
+            metrics,
             treatment: crate::worker::Treatment::Sanitize,
         };
         worker.run(&config, stopped).await
@@ -394,15 +494,62 @@ pub fn output_schema_text(plan: &crate::plan::Plan) -> String {
 
 fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
     match command {
-        KeysCommand::Init { keyring } => {
+        KeysCommand::Init { keyring, sealed } => {
             Keyring::refuse_existing(&keyring)?;
+            let mut ring = Keyring::generate();
+            if sealed {
+                ring.set_kek(Some(kek_from_env()?));
+            }
             if let Some(dir) = keyring.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let ring = Keyring::generate();
             ring.save(&keyring)?;
             writeln!(out, "created {} with keys:", keyring.display())?;
             list(&ring, out)
+        }
+        KeysCommand::NewKek { out: path } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret = Secret::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+            let mut text = secret.to_b64();
+            text.push('\n');
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            let kek = Kek::from_secret(&secret);
+            writeln!(
+                out,
+                "wrote key-encryption key {} to {}; keep it away from the keyring",
+                kek.id(),
+                path.display()
+            )?;
+            Ok(())
+        }
+        KeysCommand::Seal { keyring } => {
+            let mut ring = Keyring::load(&keyring)?;
+            if let Some(kek) = ring.kek() {
+                bail!("{} is already sealed under {}", keyring.display(), kek.id());
+            }
+            let kek = kek_from_env()?;
+            let id = kek.id().to_owned();
+            ring.set_kek(Some(kek));
+            ring.save(&keyring)?;
+            writeln!(out, "sealed {} under {id}", keyring.display())?;
+            Ok(())
+        }
+        KeysCommand::Unseal { keyring } => {
+            let mut ring = Keyring::load(&keyring)?;
+            if ring.kek().is_none() {
+                bail!("{} is not sealed", keyring.display());
+            }
+            ring.set_kek(None);
+            ring.save(&keyring)?;
+            writeln!(out, "wrote {} in clear", keyring.display())?;
+            Ok(())
         }
         KeysCommand::Rotate {
             keyring,
@@ -426,7 +573,20 @@ fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
     }
 }
 
+fn kek_from_env() -> Result<Kek> {
+    Kek::from_env()?.with_context(|| {
+        format!(
+            "no key-encryption key: set {} or {}",
+            crate::keys::KEK_ENV,
+            crate::keys::KEK_FILE_ENV
+        )
+    })
+}
+
 fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
+    if let Some(kek) = ring.kek() {
+        writeln!(out, "sealed under key-encryption key {}", kek.id())?;
+    }
     writeln!(
         out,
         "{:<32}  {:<10}  {:<9}  created_at",
@@ -443,4 +603,36 @@ fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The line printed for a panic: where it happened, and its message only when the message is a
+/// string literal (`&'static str`). A formatted message could carry a value from the data, so
+/// it is withheld (fail closed).
+pub fn panic_report(
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+) -> String {
+    let location = location
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_else(|| "an unknown location".to_owned());
+    let message = payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(message withheld: it may contain data)");
+    format!("internal error: panicked at {location}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn panic_reports_keep_literals_and_withhold_formatted_messages() {
+        let raw = "+6281234567890";
+        let formatted = std::panic::catch_unwind(|| panic!("bad value {raw}")).unwrap_err();
+        let line = super::panic_report(formatted.as_ref(), None);
+        assert!(!line.contains(raw), "{line}");
+        assert!(line.contains("withheld"), "{line}");
+        let literal = std::panic::catch_unwind(|| panic!("a static message")).unwrap_err();
+        let line = super::panic_report(literal.as_ref(), None);
+        assert!(line.contains("a static message"), "{line}");
+    }
 }

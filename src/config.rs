@@ -24,6 +24,13 @@ pub struct Config {
     /// The stream worker's Kafka settings (`pseudonymizer run`); file mode ignores them.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// When the worker warns that a key is due for rotation.
+    #[serde(default)]
+    pub rotation: RotationConfig,
+    /// Append-only log of every `decrypt` and `lookup` (one JSON line each). Relative to the
+    /// config file. Re-identification refuses to run without one.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -102,6 +109,37 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Key rotation policy. The worker warns (log line and `pseudonymizer_key_rotation_due`) when a
+/// key reaches `warn_fraction` of a limit; rotating is an operator's decision, never automatic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// Maximum age of an encryption key, in days (the primary control: it holds fleet-wide
+    /// without counting anything).
+    pub encryption_max_age_days: Option<u32>,
+    /// Maximum age of a pseudonym key, in days. Off by default: a new pseudonym key starts a new
+    /// token epoch, and tokens of different epochs do not join.
+    pub pseudonym_max_age_days: Option<u32>,
+    /// Maximum envelopes per encryption key, as counted by this process. At most 2^32 (spec §4).
+    pub max_envelopes_per_key: u64,
+    /// The fraction of a limit at which the warning starts.
+    pub warn_fraction: f64,
+    /// Seconds between policy checks.
+    pub check_interval_secs: u64,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            encryption_max_age_days: Some(90),
+            pseudonym_max_age_days: None,
+            max_envelopes_per_key: 1 << 30,
+            warn_fraction: 0.8,
+            check_interval_secs: 60,
+        }
+    }
+}
+
 /// The worker's delivery guarantee.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -141,6 +179,8 @@ pub enum ConfigError {
     PhoneRegion(#[from] crate::token::UnknownRegion),
     #[error("the rules do not fit the schemas:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("[rotation] {0}")]
+    Rotation(&'static str),
 }
 
 impl Config {
@@ -157,6 +197,23 @@ impl Config {
         config.source = path.to_owned();
         let base = path.parent().unwrap_or(Path::new("."));
         config.keyring = base.join(&config.keyring);
+        if let Some(audit) = &mut config.audit_log {
+            *audit = base.join(&*audit);
+        }
+        let rotation = &config.rotation;
+        if rotation.max_envelopes_per_key == 0 || rotation.max_envelopes_per_key > 1 << 32 {
+            return Err(ConfigError::Rotation(
+                "max_envelopes_per_key must be between 1 and 2^32 (spec §4's random-nonce limit)",
+            ));
+        }
+        if !(rotation.warn_fraction > 0.0 && rotation.warn_fraction <= 1.0) {
+            return Err(ConfigError::Rotation("warn_fraction must be in (0, 1]"));
+        }
+        if rotation.check_interval_secs == 0 {
+            return Err(ConfigError::Rotation(
+                "check_interval_secs must be at least 1",
+            ));
+        }
         for pipeline in &mut config.pipeline {
             pipeline.input_schema = base.join(&pipeline.input_schema);
         }

@@ -129,6 +129,15 @@ pub fn open(keys: &KeySet, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>,
             OpenError::UnknownKey(id.to_owned())
         });
     };
+    open_with(key, field_path, envelope)
+}
+
+/// Opens an envelope with one given key (which must be the key its header names).
+pub fn open_with(key: &SealKey, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let id = key_id(envelope)?;
+    if id != key.id() {
+        return Err(OpenError::UnknownKey(id.to_owned()));
+    }
     let header_len = 2 + id.len();
     if envelope.len() < header_len + NONCE_LEN + TAG_LEN {
         return Err(OpenError::Malformed);

@@ -3,6 +3,7 @@
 //! Errors name the event's index and the field path, never a value: apache-avro's own
 //! messages can quote data, so they are not passed on.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::envelope::{self, OpenError};
 use crate::generate::{Generator, Kind};
-use crate::keys::KeySet;
+use crate::keys::{KeySet, SealKey};
 use crate::plan::Plan;
 use crate::rules::Action;
 use crate::transform::{ActiveKeys, Engine, TransformError};
@@ -43,6 +44,12 @@ pub enum FileError {
     Transform { index: u64, source: TransformError },
     #[error("cannot write output: {0}")]
     Write(String),
+    #[error("event {index}, field `{path}`: cannot reseal: {source}")]
+    Reseal {
+        index: u64,
+        path: String,
+        source: OpenError,
+    },
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, FileError> {
@@ -138,12 +145,15 @@ pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result
 
 /// Reads a sanitized file and writes one JSON line per event to `out`, with every envelope
 /// opened where its key is available. Returns (events, envelopes opened, envelopes not opened).
+/// Reads a sanitized file and writes one JSON line per event to `out`, with every envelope
+/// opened where its key is available. On error, `report` holds what was done before it.
 pub fn decrypt_file(
     engine: &Engine,
     keys: &KeySet,
     input: &Path,
     out: &mut dyn Write,
-) -> Result<(u64, u64, u64), FileError> {
+    report: &mut DecryptReport,
+) -> Result<(), FileError> {
     let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
         path: input.to_owned(),
     })?;
@@ -152,36 +162,52 @@ pub fn decrypt_file(
         _ => String::new(),
     };
     // A sanitized file's schema is a derived one; find the plan that derives it.
-    let plan = engine
-        .plans()
-        .iter()
-        .find(|p| matches!(&p.output, apache_avro::Schema::Record(r) if r.name.name == name))
-        .ok_or_else(|| FileError::NoRules(name.clone()))?
-        .clone();
+    let plan = sanitized_plan(engine, &name)?;
     let mut opener = Opener {
         plan: &plan,
         keys,
-        opened: 0,
-        failed: 0,
+        report: std::mem::take(report),
     };
-    let mut count = 0;
-    for (index, value) in reader.enumerate() {
-        let value = value.map_err(|_| FileError::Decode {
-            index: index as u64,
-        })?;
-        let json = opener.json(value, "", false);
-        serde_json::to_writer(&mut *out, &json).map_err(write_err)?;
-        out.write_all(b"\n").map_err(write_err)?;
-        count += 1;
-    }
-    Ok((count, opener.opened, opener.failed))
+    let result = (|| {
+        for (index, value) in reader.enumerate() {
+            let value = value.map_err(|_| FileError::Decode {
+                index: index as u64,
+            })?;
+            let json = opener.json(value, "", false);
+            serde_json::to_writer(&mut *out, &json).map_err(write_err)?;
+            out.write_all(b"\n").map_err(write_err)?;
+            opener.report.events += 1;
+        }
+        Ok(())
+    })();
+    *report = opener.report;
+    result
 }
 
+/// The plan whose derived output schema is named `name` (a sanitized file's writer schema).
+fn sanitized_plan(engine: &Engine, name: &str) -> Result<std::sync::Arc<Plan>, FileError> {
+    engine
+        .plans()
+        .iter()
+        .find(|p| matches!(&p.output, apache_avro::Schema::Record(r) if r.name.name == name))
+        .cloned()
+        .ok_or_else(|| FileError::NoRules(name.to_owned()))
+}
+
+/// What `decrypt` did: counts and the key ids of the envelopes it opened (for the audit log).
+#[derive(Debug, Default)]
+pub struct DecryptReport {
+    pub events: u64,
+    pub opened: u64,
+    pub unopened: u64,
+    pub key_ids: BTreeSet<String>,
+}
+
+/// Walks a sanitized event as JSON, opening every envelope whose key is available.
 struct Opener<'a> {
     plan: &'a Plan,
     keys: &'a KeySet,
-    opened: u64,
-    failed: u64,
+    report: DecryptReport,
 }
 
 impl Opener<'_> {
@@ -202,14 +228,19 @@ impl Opener<'_> {
             }
             Value::Bytes(bytes) if sealed => match envelope::open(self.keys, path, &bytes) {
                 Ok(plaintext) => {
-                    self.opened += 1;
+                    self.report.opened += 1;
+                    if let Ok(id) = envelope::key_id(&bytes) {
+                        if !self.report.key_ids.contains(id) {
+                            self.report.key_ids.insert(id.to_owned());
+                        }
+                    }
                     match String::from_utf8(plaintext) {
                         Ok(text) => Json::String(text),
                         Err(e) => Json::String(STANDARD.encode(e.into_bytes())),
                     }
                 }
                 Err(error) => {
-                    self.failed += 1;
+                    self.report.unopened += 1;
                     let key_id = envelope::key_id(&bytes).unwrap_or("?");
                     let reason = match error {
                         OpenError::KeyDestroyed(_) => "key destroyed".to_owned(),
@@ -289,4 +320,149 @@ pub fn read_json(input: &Path, limit: usize) -> Result<Vec<Json>, FileError> {
             })
         })
         .collect()
+}
+
+/// What `reseal` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResealReport {
+    pub events: u64,
+    /// Envelopes opened under an older key and sealed again under the active one.
+    pub resealed: u64,
+    /// Envelopes already under the active key, copied as they were.
+    pub current: u64,
+}
+
+/// Copies a sanitized file, re-encrypting every envelope that is not under `active` with
+/// `active`, field paths unchanged; tokens and every other field are copied as they are. An
+/// envelope that cannot be opened (destroyed or unknown key, tampered) stops the copy and the
+/// partial output is removed, so a reseal never silently drops data.
+pub fn reseal_file(
+    engine: &Engine,
+    keys: &KeySet,
+    active: &SealKey,
+    input: &Path,
+    output: &Path,
+) -> Result<ResealReport, FileError> {
+    let result = reseal_inner(engine, keys, active, input, output);
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result
+}
+
+fn reseal_inner(
+    engine: &Engine,
+    keys: &KeySet,
+    active: &SealKey,
+    input: &Path,
+    output: &Path,
+) -> Result<ResealReport, FileError> {
+    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
+        path: input.to_owned(),
+    })?;
+    let schema = reader.writer_schema().clone();
+    let name = match &schema {
+        apache_avro::Schema::Record(r) => r.name.name.clone(),
+        _ => String::new(),
+    };
+    let plan = sanitized_plan(engine, &name)?;
+    let metadata = reader.user_metadata().clone();
+    let mut writer = Writer::with_codec(&schema, create(output)?, Codec::Null);
+    for (key, value) in metadata {
+        if key != META_ENCRYPTION_KEY {
+            writer
+                .add_user_metadata(key, value.as_slice())
+                .map_err(write_err)?;
+        }
+    }
+    writer
+        .add_user_metadata(META_ENCRYPTION_KEY.into(), active.id())
+        .map_err(write_err)?;
+    let mut resealer = Resealer {
+        plan: &plan,
+        keys,
+        active,
+        report: ResealReport::default(),
+        failure: None,
+    };
+    for (index, value) in reader.enumerate() {
+        let index = index as u64;
+        let value = value.map_err(|_| FileError::Decode { index })?;
+        let value = resealer.value(value, "", false);
+        if let Some((path, source)) = resealer.failure.take() {
+            return Err(FileError::Reseal {
+                index,
+                path,
+                source,
+            });
+        }
+        writer.append_value_ref(&value).map_err(write_err)?;
+        resealer.report.events += 1;
+    }
+    writer
+        .into_inner()
+        .map_err(write_err)?
+        .flush()
+        .map_err(write_err)?;
+    Ok(resealer.report)
+}
+
+struct Resealer<'a> {
+    plan: &'a Plan,
+    keys: &'a KeySet,
+    active: &'a SealKey,
+    report: ResealReport,
+    failure: Option<(String, OpenError)>,
+}
+
+impl Resealer<'_> {
+    fn value(&mut self, value: Value, path: &str, sealed: bool) -> Value {
+        match value {
+            Value::Record(fields) => Value::Record(
+                fields
+                    .into_iter()
+                    .map(|(name, v)| {
+                        let path = if path.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{path}.{name}")
+                        };
+                        let sealed = self.plan.rules.get(&path) == Some(Action::Encrypt);
+                        let v = self.value(v, &path, sealed);
+                        (name, v)
+                    })
+                    .collect(),
+            ),
+            Value::Bytes(bytes) if sealed => {
+                if envelope::key_id(&bytes) == Ok(self.active.id()) {
+                    self.report.current += 1;
+                    return Value::Bytes(bytes);
+                }
+                match envelope::open(self.keys, path, &bytes) {
+                    Ok(plaintext) => {
+                        let plaintext = zeroize::Zeroizing::new(plaintext);
+                        let mut out =
+                            Vec::with_capacity(envelope::sealed_len(self.active, plaintext.len()));
+                        envelope::seal_into(self.active, path, &plaintext, &mut out);
+                        self.report.resealed += 1;
+                        Value::Bytes(out)
+                    }
+                    Err(error) => {
+                        self.failure.get_or_insert((path.to_owned(), error));
+                        Value::Bytes(bytes)
+                    }
+                }
+            }
+            Value::Union(branch, inner) => {
+                Value::Union(branch, Box::new(self.value(*inner, path, sealed)))
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| self.value(v, path, sealed))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
 }

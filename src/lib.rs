@@ -8,8 +8,9 @@
 //!
 //! # Layout
 //!
-//! - [`keys`]: the keyring file (spec §1), its zeroized secrets, and the working keys derived
-//!   from them with HKDF (spec §2).
+//! - [`keys`]: the keyring file (spec §1), optionally sealed under a key-encryption key, its
+//!   zeroized secrets, the working keys derived from them with HKDF (spec §2), and the
+//!   rotation policy.
 //! - [`token`]: canonical forms (E.164 phones, RFC 5952 IPs, e-mail) and the HMAC token
 //!   (spec §3).
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
@@ -21,8 +22,14 @@
 //! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
+//! - [`worker`]: the Kafka stream worker: routing, the at-least-once and exactly-once loops,
+//!   the dead-letter topic, live keyring reload.
+//! - [`metrics`]: Prometheus metrics and the health endpoints.
+//! - [`demo`]: the README's main command, on an in-process cluster.
+//! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
 //! - [`cli`]: the command line.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cryptopan;

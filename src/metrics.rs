@@ -138,6 +138,8 @@ impl Metrics {
 
     /// Sets the active key ids, and remembers the encryption key to export its envelope count.
     pub fn set_active_keys(&self, pseudonym: Option<&str>, encryption: Option<&Arc<SealKey>>) {
+        // Export what the outgoing keys sealed before they are replaced.
+        self.refresh();
         self.active_key.reset();
         if let Some(id) = pseudonym {
             self.active_key.with_label_values(&["pseudonym", id]).set(1);
@@ -147,9 +149,9 @@ impl Metrics {
                 .with_label_values(&["encryption", key.id()])
                 .set(1);
             let mut keys = self.seal_keys.lock().unwrap_or_else(|e| e.into_inner());
-            if !keys.iter().any(|k| Arc::ptr_eq(k, key)) {
-                keys.push(key.clone());
-            }
+            // A reloaded key replaces the one of the same id (its count continues the old one).
+            keys.retain(|k| k.id() != key.id());
+            keys.push(key.clone());
         }
         self.refresh();
     }

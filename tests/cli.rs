@@ -123,6 +123,8 @@ fn generate_transform_decrypt_lookup() {
         s(&ring),
         "--input",
         s(&sanitized),
+        "--audit-log",
+        s(&dir.path().join("audit.log")),
     ]);
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
@@ -146,7 +148,17 @@ fn generate_transform_decrypt_lookup() {
 
     // lookup finds the sender's token as written in the output.
     let sender = raw_events[0]["sender"].as_str().unwrap();
-    let found = ok(&["lookup", "--keyring", s(&ring), "--class", "phone", sender]);
+    let audit = dir.path().join("audit.log");
+    let found = ok(&[
+        "lookup",
+        "--keyring",
+        s(&ring),
+        "--audit-log",
+        s(&audit),
+        "--class",
+        "phone",
+        sender,
+    ]);
     let line: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
     assert_eq!(line["token"], lines[0]["sender"]);
     assert!(

@@ -5,24 +5,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::kafka::{self, Collected, Inputs, Topics};
+use common::kafka::{self, http_get, Collected, Inputs, Topics};
 use pseudonymizer::envelope;
 use pseudonymizer::generate::{Generator, Kind};
 use pseudonymizer::metrics::Metrics;
 use pseudonymizer::worker::{self, route::frame};
 use rdkafka::message::Headers;
 use rdkafka::Message;
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_against_tansu() {

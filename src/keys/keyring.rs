@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::kek::{self, Kek, KekError};
 use super::Secret;
 
 /// The value of the keyring's `format` field.
@@ -136,12 +137,16 @@ pub enum KeyringError {
     UnknownId(String),
     #[error("key {0:?} is already destroyed")]
     AlreadyDestroyed(String),
+    #[error("{0}")]
+    Kek(#[from] KekError),
 }
 
-/// The keyring: every key the program knows, in file order.
+/// The keyring: every key the program knows, in file order, and how it rests on disk.
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     entries: Vec<KeyEntry>,
+    /// `Some` when the file is sealed under a key-encryption key; `save` keeps that form.
+    kek: Option<std::sync::Arc<Kek>>,
 }
 
 // The on-disk form. Kept private so that only `Keyring::save` serializes secrets.
@@ -199,7 +204,7 @@ impl Keyring {
                 });
             }
         }
-        Ok(Keyring { entries })
+        Ok(Keyring { entries, kek: None })
     }
 
     /// Parses keyring JSON (no permission check; see [`Keyring::load`]).
@@ -237,7 +242,8 @@ impl Keyring {
         Keyring::from_entries(entries)
     }
 
-    /// Reads and validates a keyring file, refusing one that group or others can read.
+    /// Reads and validates a keyring file, refusing one that group or others can read. A sealed
+    /// file is opened with the KEK from the environment ([`Kek::from_env`]).
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
         let meta = fs::metadata(path).map_err(|source| KeyringError::Read {
             path: path.to_owned(),
@@ -257,7 +263,26 @@ impl Keyring {
                     source,
                 })?,
             );
-        Keyring::from_json(&text)
+        if !kek::is_sealed(&text) {
+            return Keyring::from_json(&text);
+        }
+        let kek = Kek::from_env()?.ok_or_else(|| KekError::Missing(path.to_owned()))?;
+        let clear = kek.open(&text)?;
+        let clear = std::str::from_utf8(&clear)
+            .map_err(|_| KeyringError::Syntax("sealed keyring is not UTF-8".to_owned()))?;
+        let mut ring = Keyring::from_json(clear)?;
+        ring.kek = Some(std::sync::Arc::new(kek));
+        Ok(ring)
+    }
+
+    /// The KEK the file is sealed under, if it is.
+    pub fn kek(&self) -> Option<&Kek> {
+        self.kek.as_deref()
+    }
+
+    /// Seals the file under `kek` from the next [`Keyring::save`] on (`None`: write it clear).
+    pub fn set_kek(&mut self, kek: Option<Kek>) {
+        self.kek = kek.map(std::sync::Arc::new);
     }
 
     /// Writes the keyring with mode 0600, atomically (temporary file, fsync, rename).
@@ -280,6 +305,9 @@ impl Keyring {
             serde_json::to_string_pretty(&form).expect("keyring form always serializes"),
         );
         text.push('\n');
+        if let Some(kek) = &self.kek {
+            text = Zeroizing::new(kek.seal(text.as_bytes()));
+        }
         let write_err = |source| KeyringError::Write {
             path: path.to_owned(),
             source,
@@ -306,6 +334,7 @@ impl Keyring {
                 new_entry(Purpose::Pseudonym, &now),
                 new_entry(Purpose::Encryption, &now),
             ],
+            kek: None,
         }
     }
 

@@ -5,7 +5,9 @@
 //! AES-256-GCM cipher. [`KeySet`] is what the transform needs: the active key of each purpose,
 //! plus every key that still has a secret, for look-ups and for opening old envelopes.
 
+mod kek;
 mod keyring;
+pub mod policy;
 mod secret;
 
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+pub use kek::{Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
 pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FORMAT};
 pub use secret::{Secret, SECRET_LEN};
 
@@ -93,7 +96,13 @@ pub struct SealKey {
 impl SealKey {
     /// Derives the AES-256-GCM key of an encryption secret.
     pub fn new(id: &str, secret: &Secret) -> Self {
-        let key = derive(secret, INFO_AES_GCM);
+        SealKey::derived(id, secret, INFO_AES_GCM)
+    }
+
+    /// An AES-256-GCM key derived with another HKDF `info` (the keyring's KEK uses its own, so
+    /// a KEK and a data key can never be the same AES key).
+    pub(crate) fn derived(id: &str, secret: &Secret, info: &[u8]) -> Self {
+        let key = derive(secret, info);
         SealKey {
             id: id.to_owned(),
             header: crate::envelope::header(id),
@@ -119,6 +128,15 @@ impl SealKey {
     /// How many envelopes this process has sealed under this key (spec §4's 2^32 budget).
     pub fn sealed_count(&self) -> u64 {
         self.sealed.load(Ordering::Relaxed)
+    }
+
+    /// Continues the envelope count of `previous`, the same key as loaded before a keyring
+    /// reload, so the count (and the rotation policy on it) does not restart at zero.
+    pub fn continue_count(&self, previous: &SealKey) {
+        if previous.id == self.id {
+            self.sealed
+                .fetch_add(previous.sealed_count(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn count_seal(&self) {

@@ -12,6 +12,7 @@
 //! half under old keys and half under new ones when the keyring is reloaded.
 
 pub mod at_least_once;
+pub mod keywatch;
 pub mod replay;
 pub mod route;
 pub mod transactional;

@@ -524,3 +524,13 @@ pub fn assert_same_ids(got: &HashSet<String>, want: &HashSet<String>, what: &str
 pub fn ids(inputs: &Inputs) -> HashSet<String> {
     inputs.by_id.keys().cloned().collect()
 }
+
+/// `GET path` over HTTP/1.0; the whole response, status line included.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}

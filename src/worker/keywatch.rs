@@ -1,0 +1,215 @@
+//! Live keyring reload and the rotation policy, for a running worker.
+//!
+//! [`KeyWatch`] owns the sending side of the worker's keys channel. It reloads the keyring on
+//! SIGHUP and whenever the file's content changes (polled once a second: it works the same on
+//! every filesystem, and an atomic rename by `keys rotate` is one change). A reloaded keyring
+//! is checked exactly like at start; a keyring that fails is refused, loudly (error log line and
+//! `pseudonymizer_keyring_reloads_total{result="refused"}`), and the worker keeps the keys it
+//! has. The worker snapshots the keys once per record, so every record is made with one key set.
+//!
+//! The same task checks the rotation policy ([`crate::keys::policy`]) of the active keys every
+//! `check_interval_secs` and after each reload.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::config::RotationConfig;
+use crate::keys::policy::{self, KeyFacts};
+use crate::keys::{KeySet, Keyring, KeyringError, Purpose};
+use crate::metrics::Metrics;
+use crate::transform::{ActiveKeys, Engine};
+
+/// Why a keyring was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error("no active encryption key: the dead-letter topic needs one")]
+    NoEncryptionKey,
+}
+
+/// The reload and policy task of one worker.
+pub struct KeyWatch {
+    path: PathBuf,
+    engine: Arc<Engine>,
+    policy: RotationConfig,
+    metrics: Arc<Metrics>,
+    sender: watch::Sender<Arc<ActiveKeys>>,
+    /// Creation times of the keys in the current keyring, by id (for the age policy).
+    created: HashMap<String, OffsetDateTime>,
+    /// Hash of the file content last looked at, applied or refused.
+    seen: [u8; 32],
+    /// (key id, reason) warnings already logged, so a due key is logged once, not every check.
+    warned: HashSet<(String, &'static str)>,
+}
+
+impl KeyWatch {
+    /// Loads the keyring for the worker's start; fails the start on any error.
+    pub fn start(
+        path: PathBuf,
+        engine: Arc<Engine>,
+        policy: RotationConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, watch::Receiver<Arc<ActiveKeys>>), ReloadError> {
+        let seen = file_hash(&path);
+        let (keyring, active) = load(&path, &engine)?;
+        let (sender, receiver) = watch::channel(Arc::new(active));
+        let mut watch = KeyWatch {
+            path,
+            engine,
+            policy,
+            metrics,
+            sender,
+            created: HashMap::new(),
+            seen,
+            warned: HashSet::new(),
+        };
+        watch.created = created_times(&keyring);
+        Ok((watch, receiver))
+    }
+
+    /// Reloads on SIGHUP (`hangup` yields once per signal) and on file changes, and checks the
+    /// policy, until `shutdown` turns true.
+    pub async fn run(
+        mut self,
+        mut hangup: tokio::signal::unix::Signal,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut check = tokio::time::interval(Duration::from_secs(self.policy.check_interval_secs));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                Some(()) = hangup.recv() => {
+                    tracing::info!(keyring = %self.path.display(), "SIGHUP: reloading the keyring");
+                    self.reload();
+                }
+                _ = poll.tick() => {
+                    if file_hash(&self.path) != self.seen {
+                        tracing::info!(keyring = %self.path.display(), "keyring file changed: reloading");
+                        self.reload();
+                    }
+                }
+                _ = check.tick() => self.check_policy(),
+            }
+        }
+    }
+
+    /// Loads, checks and applies the keyring, or refuses it and keeps the current keys.
+    pub fn reload(&mut self) {
+        self.seen = file_hash(&self.path);
+        let before = self.sender.borrow().clone();
+        match load(&self.path, &self.engine) {
+            Ok((keyring, active)) => {
+                if let (Some(old), Some(new)) = (&before.encryption, &active.encryption) {
+                    new.continue_count(old);
+                }
+                self.metrics.set_active_keys(
+                    active.pseudonym.as_ref().map(|k| k.id()),
+                    active.encryption.as_ref(),
+                );
+                tracing::info!(
+                    old_pseudonym_key = before.pseudonym.as_ref().map(|k| k.id()),
+                    old_encryption_key = before.encryption.as_ref().map(|k| k.id()),
+                    pseudonym_key = active.pseudonym.as_ref().map(|k| k.id()),
+                    encryption_key = active.encryption.as_ref().map(|k| k.id()),
+                    "keyring reloaded; new output uses these keys"
+                );
+                self.created = created_times(&keyring);
+                self.sender.send_replace(Arc::new(active));
+                self.metrics
+                    .key_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
+                self.check_policy();
+            }
+            Err(error) => {
+                self.metrics
+                    .key_reloads
+                    .with_label_values(&["refused"])
+                    .inc();
+                tracing::error!(
+                    keyring = %self.path.display(),
+                    %error,
+                    pseudonym_key = before.pseudonym.as_ref().map(|k| k.id()),
+                    encryption_key = before.encryption.as_ref().map(|k| k.id()),
+                    "keyring REFUSED; the worker keeps its current keys"
+                );
+            }
+        }
+    }
+
+    /// Raises (log once, gauge 1) or clears (gauge reset) rotation warnings of the active keys.
+    pub fn check_policy(&mut self) {
+        let active = self.sender.borrow().clone();
+        let now = OffsetDateTime::now_utc();
+        let mut facts = Vec::new();
+        if let Some(key) = &active.pseudonym {
+            facts.push((key.id().to_owned(), Purpose::Pseudonym, 0));
+        }
+        if let Some(key) = &active.encryption {
+            facts.push((key.id().to_owned(), Purpose::Encryption, key.sealed_count()));
+        }
+        self.metrics.key_warnings.reset();
+        for (id, purpose, sealed) in facts {
+            let Some(&created_at) = self.created.get(&id) else {
+                continue;
+            };
+            let key = KeyFacts {
+                id: &id,
+                purpose,
+                created_at,
+                sealed,
+            };
+            for due in policy::check(&self.policy, &key, now) {
+                self.metrics
+                    .key_warnings
+                    .with_label_values(&[&due.key_id, due.reason])
+                    .set(1);
+                if self.warned.insert((due.key_id.clone(), due.reason)) {
+                    tracing::warn!(
+                        key_id = %due.key_id,
+                        reason = due.reason,
+                        detail = %due.detail,
+                        "key is due for rotation: run `pseudonymizer keys rotate`"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Loads a keyring and the active keys the engine needs, exactly as at start.
+pub fn load(path: &std::path::Path, engine: &Engine) -> Result<(Keyring, ActiveKeys), ReloadError> {
+    let keyring = Keyring::load(path)?;
+    let active = engine.active_keys(&KeySet::from_keyring(&keyring))?;
+    if active.encryption.is_none() {
+        return Err(ReloadError::NoEncryptionKey);
+    }
+    Ok((keyring, active))
+}
+
+fn created_times(keyring: &Keyring) -> HashMap<String, OffsetDateTime> {
+    keyring
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            let at = OffsetDateTime::parse(&e.created_at, &Rfc3339).ok()?;
+            Some((e.id.clone(), at))
+        })
+        .collect()
+}
+
+/// SHA-256 of the file's bytes (all zero when unreadable), to notice any change of content.
+fn file_hash(path: &std::path::Path) -> [u8; 32] {
+    std::fs::read(path)
+        .map(|bytes| Sha256::digest(zeroize::Zeroizing::new(bytes).as_slice()).into())
+        .unwrap_or([0; 32])
+}
