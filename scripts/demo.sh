@@ -24,4 +24,7 @@ $bin show --input out/message.avro --count 1
 echo "--- sanitized (what analytics reads) ---"
 $bin show --input out/message.sanitized.avro --count 1
 echo "--- decrypted (authorized re-identification only) ---"
-$bin decrypt --config config/pipeline.toml --input out/message.sanitized.avro 2>/dev/null | head -n 1
+$bin decrypt --config config/pipeline.toml --input out/message.sanitized.avro > out/message.decrypted.jsonl
+head -n 1 out/message.decrypted.jsonl
+echo "--- the audit log line that decrypt appended (var/audit.log) ---"
+tail -n 1 var/audit.log

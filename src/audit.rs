@@ -78,6 +78,12 @@ impl AuditLog {
             .or_else(|| configured.map(Path::to_owned))
             .or(from_env)
             .ok_or(AuditError::NotConfigured)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| AuditError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let file = OpenOptions::new()
             .append(true)
             .create(true)

@@ -294,7 +294,20 @@ fn re_identification_is_audited_and_refused_without_a_log() {
     let raw_events = pseudonymizer::file::read_json(&raw, usize::MAX).unwrap();
 
     // No audit log configured: nothing is opened, nothing printed on stdout.
-    let config = common::repo().join("config/pipeline.toml");
+    let shipped = std::fs::read_to_string(common::repo().join("config/pipeline.toml")).unwrap();
+    assert!(
+        shipped.contains("\naudit_log = "),
+        "the shipped config names an audit log"
+    );
+    let config = dir.path().join("no-audit.toml");
+    let schemas = common::repo().join("schemas");
+    std::fs::write(
+        &config,
+        shipped
+            .replace("\naudit_log = ", "\n# audit_log = ")
+            .replace("\"../schemas/", &format!("\"{}/", schemas.display())),
+    )
+    .unwrap();
     let refused = run(
         &[
             "decrypt",
