@@ -51,6 +51,36 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: usize,
     },
+    /// End-to-end throughput against a real broker: the worker with the transform and with a
+    /// pass-through copy, alternately, each in its own process; events/s, ratio, peak RSS.
+    Bench {
+        #[arg(long, default_value = "config/pipeline.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Partitions of the raw topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
+    /// One measurement of `bench` (run by it in a child process); prints a JSON line.
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        events: u64,
+        /// sanitize or pass-through.
+        #[arg(long)]
+        treatment: String,
+    },
     /// Dead-letter topic tools.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -258,6 +288,37 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::demo::run(&config, brokers, events))
+        }
+        Command::Bench {
+            config,
+            brokers,
+            events,
+            partitions,
+            rounds,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::bench::run(
+                &config, &brokers, events, partitions, rounds,
+            ))
+        }
+        Command::BenchWorker {
+            config,
+            brokers,
+            topic,
+            events,
+            treatment,
+        } => {
+            let treatment = match treatment.as_str() {
+                "sanitize" => crate::worker::Treatment::Sanitize,
+                "pass-through" => crate::worker::Treatment::PassThrough,
+                other => bail!("--treatment must be sanitize or pass-through, not {other:?}"),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let measurement = runtime.block_on(crate::bench::measure(
+                &config, &brokers, &topic, events, treatment,
+            ))?;
+            writeln!(out, "{}", serde_json::to_string(&measurement)?)?;
+            Ok(())
         }
         Command::Dlq(DlqCommand::Replay { config, idle_secs }) => {
             let (config, _, keys) = load(&config)?;

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use apache_avro::types::Value;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -20,7 +18,6 @@ use rdkafka::Message;
 
 use crate::config::Config;
 use crate::file::plain_json;
-use crate::generate::{Generator, Kind};
 use crate::keys::{KeySet, Keyring};
 use crate::metrics::Metrics;
 use crate::transform::Engine;
@@ -50,15 +47,8 @@ pub async fn run(
         }
     };
     println!("brokers: {brokers}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()?;
-    let topics: Vec<NewTopic> = [(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)]
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
     // Already existing topics (mock cluster, or a second run) are fine.
-    let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
+    crate::bench::create_topics(&brokers, &[(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)]).await?;
 
     let mut config = Config::load(config_path)?;
     let group = format!("pseudonymizer-demo-{}", std::process::id());
@@ -86,43 +76,17 @@ pub async fn run(
     );
 
     // Raw events, keyed by the subscriber number as a switch would key them.
+    let mut samples: Vec<(String, Value)> = Vec::new();
+    crate::bench::produce_raw(&engine, &brokers, RAW, events, 7, |name, event| {
+        if samples.len() < 2 && (samples.is_empty() || name.ends_with("MessageEvent")) {
+            samples.push((name.to_owned(), event.clone()));
+        }
+    })
+    .await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
         .create()?;
-    let mut generator = Generator::new(7);
-    let mut samples: Vec<(String, Value)> = Vec::new();
-    let mut deliveries = Vec::with_capacity(events);
-    for i in 0..events {
-        let (kind, name, id, key_field) = if i % 2 == 0 {
-            (Kind::Call, "comms.v1.CallEvent", 1, "caller")
-        } else {
-            (Kind::Message, "comms.v1.MessageEvent", 2, "sender")
-        };
-        let event = generator.event(kind);
-        let plan = engine
-            .plan(name)
-            .context("shipped rules cover both schemas")?;
-        let key = match &event {
-            Value::Record(fields) => {
-                fields
-                    .iter()
-                    .find(|(n, _)| n == key_field)
-                    .and_then(|(_, v)| match v {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    })
-            }
-            _ => None,
-        }
-        .unwrap_or_default();
-        let payload = frame(id, &apache_avro::to_avro_datum(&plan.input, event.clone())?);
-        if samples.len() < 2 && (samples.is_empty() || kind == Kind::Message) {
-            samples.push((name.to_owned(), event));
-        }
-        let record = FutureRecord::to(RAW).payload(&payload).key(&key);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
-    }
+    let mut deliveries = Vec::new();
     let poison = [b"not avro at all".to_vec(), frame(99, b"\x00")];
     for payload in &poison {
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(RAW).payload(payload.as_slice());
@@ -151,15 +115,7 @@ pub async fn run(
     let total = (events + poison.len()) as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done: u64 = metrics
-            .render()
-            .lines()
-            .filter(|l| {
-                l.starts_with("pseudonymizer_records_out_total")
-                    || l.starts_with("pseudonymizer_records_dead_lettered_total")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
+        let (_, done) = metrics.progress();
         if done >= total {
             break;
         }

@@ -26,10 +26,12 @@
 //!   the dead-letter topic, live keyring reload.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`demo`]: the README's main command, on an in-process cluster.
+//! - [`bench`]: the end-to-end throughput benchmark (transform vs pass-through) on a broker.
 //! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
 //! - [`cli`]: the command line.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod cryptopan;

@@ -175,6 +175,21 @@ impl Metrics {
         }
     }
 
+    /// Records consumed, and records finished (acknowledged as published or dead-lettered).
+    pub fn progress(&self) -> (u64, u64) {
+        use prometheus::core::Collector;
+        let sum = |families: Vec<prometheus::proto::MetricFamily>| -> u64 {
+            families
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum()
+        };
+        let consumed = sum(self.records_in.collect());
+        let done = sum(self.records_out.collect()) + sum(self.dead_lettered.collect());
+        (consumed, done)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.refresh();

@@ -1,0 +1,282 @@
+//! `pseudonymizer bench`: the end-to-end throughput benchmark against a real broker.
+//!
+//! One raw topic is loaded once with synthetic events. Then the worker drains it from the
+//! start, in a fresh consumer group each time, alternately with the real transform
+//! ([`Treatment::Sanitize`]) and with a pass-through copy ([`Treatment::PassThrough`]: same
+//! clients, same settings, same records; only the transform is skipped). Each measurement runs in
+//! its own child process, so its resident memory is the worker's alone; the parent prints
+//! events/s for both, their ratio, and the worker's peak and sampled RSS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use apache_avro::types::Value;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::generate::{Generator, Kind};
+use crate::keys::{KeySet, Keyring};
+use crate::metrics::Metrics;
+use crate::transform::Engine;
+use crate::worker::{self, route::frame, Treatment, Worker};
+
+/// Creates topics, tolerating ones that already exist.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    // Per-topic failures (most often: it exists already) are not errors here.
+    let _ = admin.create_topics(&new, &AdminOptions::new()).await;
+    Ok(())
+}
+
+/// Produces `events` synthetic raw events (calls and messages alternating, Confluent framed,
+/// keyed by the subscriber number) to `topic`, calling `seen` with each event, and waits for
+/// every delivery.
+pub async fn produce_raw(
+    engine: &Engine,
+    brokers: &str,
+    topic: &str,
+    events: usize,
+    seed: u64,
+    mut seen: impl FnMut(&str, &Value),
+) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut generator = Generator::new(seed);
+    let mut deliveries = std::collections::VecDeque::new();
+    for i in 0..events {
+        let (kind, name, id, key_field) = if i % 2 == 0 {
+            (Kind::Call, "comms.v1.CallEvent", 1, "caller")
+        } else {
+            (Kind::Message, "comms.v1.MessageEvent", 2, "sender")
+        };
+        let event = generator.event(kind);
+        let plan = engine.plan(name).context("the rules cover both schemas")?;
+        let key = match &event {
+            Value::Record(fields) => {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == key_field)
+                    .and_then(|(_, v)| match v {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+            }
+            _ => None,
+        }
+        .unwrap_or_default();
+        let payload = frame(id, &apache_avro::to_avro_datum(&plan.input, event.clone())?);
+        seen(name, &event);
+        let record = FutureRecord::to(topic).payload(&payload).key(&key);
+        deliveries.push_back(producer.send_result(record).map_err(|(e, _)| e)?);
+        // Keep the number of outstanding deliveries bounded (memory), checking them in order.
+        while deliveries.len() > 100_000 {
+            if let Some(d) = deliveries.pop_front() {
+                d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in deliveries {
+        d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// One measurement, printed by the child as a JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Measurement {
+    pub treatment: String,
+    pub events: u64,
+    /// From the first record consumed to the last acknowledged (group join excluded).
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    /// `VmHWM` at the end: the worker process's peak resident memory.
+    pub peak_rss_kib: u64,
+    /// `VmRSS` sampled every second during the run.
+    pub rss_kib: Vec<u64>,
+}
+
+/// Child side: drains `topic` from the start with a fresh group and a throwaway keyring.
+pub async fn measure(
+    config_path: &std::path::Path,
+    brokers: &str,
+    topic: &str,
+    events: u64,
+    treatment: Treatment,
+) -> Result<Measurement> {
+    let mut config = Config::load(config_path)?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let outputs = [
+        format!("bench.calls.{tag}"),
+        format!("bench.messages.{tag}"),
+    ];
+    let dlq = format!("bench.dlq.{tag}");
+    create_topics(
+        brokers,
+        &[(&outputs[0], 3), (&outputs[1], 3), (dlq.as_str(), 1)],
+    )
+    .await?;
+    {
+        let kafka = config
+            .kafka
+            .as_mut()
+            .context("the config has no [kafka] section")?;
+        kafka.brokers = brokers.to_owned();
+        kafka.group_id = format!("bench-{tag}");
+        kafka.dlq_topic = dlq;
+        kafka.metrics_listen = None;
+    }
+    for (pipeline, output) in config.pipeline.iter_mut().zip(&outputs) {
+        pipeline.input_topic = Some(topic.to_owned());
+        pipeline.output_topic = Some(output.clone());
+    }
+    let engine = Arc::new(Engine::from_config(&config)?);
+    let active = engine.active_keys(&KeySet::from_keyring(&Keyring::generate()))?;
+    let metrics = Metrics::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = Worker {
+        engine,
+        keys: worker::fixed_keys(active),
+        metrics: metrics.clone(),
+        treatment,
+    };
+    let handle = tokio::spawn(async move { worker.run(&config, stopped).await });
+
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first: Option<Instant> = None;
+    let mut rss = Vec::new();
+    let mut last_sample = Instant::now();
+    loop {
+        let (consumed, done) = metrics.progress();
+        if first.is_none() && consumed > 0 {
+            first = Some(Instant::now());
+        }
+        if done >= events {
+            break;
+        }
+        if handle.is_finished() || Instant::now() > deadline {
+            bail!("the worker stopped or stalled after {done} of {events} records");
+        }
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            rss.push(proc_status_kib("VmRSS:"));
+            last_sample = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    rss.push(proc_status_kib("VmRSS:"));
+    stop.send(true).ok();
+    handle.await??;
+    Ok(Measurement {
+        treatment: format!("{treatment:?}"),
+        events,
+        seconds,
+        events_per_sec: events as f64 / seconds.max(1e-9),
+        peak_rss_kib: proc_status_kib("VmHWM:"),
+        rss_kib: rss,
+    })
+}
+
+/// A `kB` line of `/proc/self/status` (0 when unavailable).
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Parent side: loads the raw topic once, then runs `rounds` × (sanitize, pass-through), each
+/// in a child process, and prints the table.
+pub async fn run(
+    config_path: &std::path::Path,
+    brokers: &str,
+    events: usize,
+    partitions: i32,
+    rounds: usize,
+) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let engine = Engine::from_config(&config)?;
+    let topic = format!("bench.raw.{}", std::process::id());
+    create_topics(brokers, &[(topic.as_str(), partitions)]).await?;
+    let started = Instant::now();
+    produce_raw(&engine, brokers, &topic, events, 11, |_, _| {}).await?;
+    println!(
+        "loaded {events} raw events into {topic} ({partitions} partitions) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let exe = std::env::current_exe()?;
+    let mut results: Vec<Measurement> = Vec::new();
+    for round in 1..=rounds {
+        for treatment in ["sanitize", "pass-through"] {
+            let output = std::process::Command::new(&exe)
+                .args(["bench-worker", "--config"])
+                .arg(config_path)
+                .args(["--brokers", brokers, "--topic", &topic])
+                .args(["--events", &events.to_string(), "--treatment", treatment])
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            if !output.status.success() {
+                bail!("the {treatment} measurement failed ({})", output.status);
+            }
+            let m: Measurement = serde_json::from_slice(&output.stdout)
+                .context("reading the measurement of a child process")?;
+            println!(
+                "round {round} {treatment:<12} {:>9.0} events/s  ({:.1} s, peak RSS {} MiB)",
+                m.events_per_sec,
+                m.seconds,
+                m.peak_rss_kib / 1024
+            );
+            results.push(m);
+        }
+    }
+    let best = |t: &str| {
+        results
+            .iter()
+            .filter(|m| m.treatment == t)
+            .map(|m| m.events_per_sec)
+            .fold(0.0, f64::max)
+    };
+    let (sanitize, pass) = (best("Sanitize"), best("PassThrough"));
+    println!(
+        "\nbest of {rounds}: sanitize {sanitize:.0} events/s, pass-through {pass:.0} events/s, \
+         ratio {:.2}",
+        sanitize / pass
+    );
+    for m in results.iter().filter(|m| m.treatment == "Sanitize") {
+        let mib: Vec<u64> = m.rss_kib.iter().map(|k| k / 1024).collect();
+        println!(
+            "sanitize worker RSS over {} events: peak {} MiB; sampled each second (MiB): {mib:?}",
+            m.events,
+            m.peak_rss_kib / 1024
+        );
+    }
+    Ok(())
+}
