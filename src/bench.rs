@@ -103,6 +103,8 @@ pub struct Measurement {
     /// From the first record consumed to the last acknowledged (group join excluded).
     pub seconds: f64,
     pub events_per_sec: f64,
+    /// CPU time (user + system, all threads) the worker process spent per event, in µs.
+    pub cpu_us_per_event: f64,
     /// `VmHWM` at the end: the worker process's peak resident memory.
     pub peak_rss_kib: u64,
     /// `VmRSS` sampled every second during the run.
@@ -164,12 +166,14 @@ pub async fn measure(
 
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first: Option<Instant> = None;
+    let mut cpu_at_first = 0.0;
     let mut rss = Vec::new();
     let mut last_sample = Instant::now();
     loop {
         let (consumed, done) = metrics.progress();
         if first.is_none() && consumed > 0 {
             first = Some(Instant::now());
+            cpu_at_first = cpu_seconds();
         }
         if done >= events {
             break;
@@ -184,6 +188,7 @@ pub async fn measure(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let cpu = cpu_seconds() - cpu_at_first;
     rss.push(proc_status_kib("VmRSS:"));
     stop.send(true).ok();
     handle.await??;
@@ -192,9 +197,22 @@ pub async fn measure(
         events,
         seconds,
         events_per_sec: events as f64 / seconds.max(1e-9),
+        cpu_us_per_event: cpu * 1e6 / events as f64,
         peak_rss_kib: proc_status_kib("VmHWM:"),
         rss_kib: rss,
     })
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and has no other effect.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// A `kB` line of `/proc/self/status` (0 when unavailable).
@@ -249,9 +267,10 @@ pub async fn run(
             let m: Measurement = serde_json::from_slice(&output.stdout)
                 .context("reading the measurement of a child process")?;
             println!(
-                "round {round} {treatment:<12} {:>9.0} events/s  ({:.1} s, peak RSS {} MiB)",
+                "round {round} {treatment:<12} {:>9.0} events/s  ({:.1} s, {:.1} µs CPU/event, peak RSS {} MiB)",
                 m.events_per_sec,
                 m.seconds,
+                m.cpu_us_per_event,
                 m.peak_rss_kib / 1024
             );
             results.push(m);
@@ -269,6 +288,19 @@ pub async fn run(
         "\nbest of {rounds}: sanitize {sanitize:.0} events/s, pass-through {pass:.0} events/s, \
          ratio {:.2}",
         sanitize / pass
+    );
+    let least_cpu = |t: &str| {
+        results
+            .iter()
+            .filter(|m| m.treatment == t)
+            .map(|m| m.cpu_us_per_event)
+            .fold(f64::INFINITY, f64::min)
+    };
+    println!(
+        "worker CPU per event: sanitize {:.1} µs, pass-through {:.1} µs (the transform adds {:.1} µs)",
+        least_cpu("Sanitize"),
+        least_cpu("PassThrough"),
+        least_cpu("Sanitize") - least_cpu("PassThrough")
     );
     for m in results.iter().filter(|m| m.treatment == "Sanitize") {
         let mib: Vec<u64> = m.rss_kib.iter().map(|k| k / 1024).collect();

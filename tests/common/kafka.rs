@@ -125,12 +125,48 @@ pub async fn produce(
     extra: &[Vec<u8>],
     inputs: &mut Inputs,
 ) {
+    produce_with(
+        brokers,
+        topic,
+        count,
+        seed,
+        extra,
+        inputs,
+        &[("linger.ms", "5")],
+    )
+    .await
+}
+
+/// [`produce`] with one record per batch. Tansu 0.6 skips the rest of a record batch when a
+/// consumer resumes from a committed offset inside it; tests that resume (restart, hand-over)
+/// against Tansu produce their input this way so every committed offset is a batch boundary.
+pub async fn produce_unbatched(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    seed: u64,
+    inputs: &mut Inputs,
+) {
+    let settings = [("linger.ms", "0"), ("batch.num.messages", "1")];
+    produce_with(brokers, topic, count, seed, &[], inputs, &settings).await
+}
+
+async fn produce_with(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    seed: u64,
+    extra: &[Vec<u8>],
+    inputs: &mut Inputs,
+    settings: &[(&str, &str)],
+) {
     let engine = super::engine();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        client.set(*k, *v);
+    }
+    let producer: FutureProducer = client.create().unwrap();
     let mut generator = Generator::new(seed);
     let mut deliveries = Vec::new();
     for i in 0..count {
