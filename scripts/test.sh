@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/tansu.sh install
+# The outage test starts a broker of its own behind a proxy it can cut.
+PSEUDONYMIZER_TANSU_BIN=$(scripts/tansu.sh bin)
+export PSEUDONYMIZER_TANSU_BIN
 PSEUDONYMIZER_TEST_BROKERS=$(scripts/tansu.sh start)
 export PSEUDONYMIZER_TEST_BROKERS
 trap 'scripts/tansu.sh stop' EXIT

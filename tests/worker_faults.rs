@@ -6,19 +6,23 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, Collected, Inputs, Topics};
+use common::Reaped;
 
-fn start(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+fn start(config: &std::path::Path) -> Reaped {
+    let child = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
         .args(["run", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Reaped(child)
 }
 
 fn sigterm(child: &Child) {
@@ -228,4 +232,95 @@ async fn kill_9_then_restart_loses_nothing() {
          offsets {committed:?}",
         got.outputs.len()
     );
+}
+
+/// The worker's config with its metrics served on a free port; returns (config, address).
+fn with_metrics(dir: &std::path::Path, config: &std::path::Path) -> (PathBuf, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "shutdown_timeout_secs = 30",
+        &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\""),
+    );
+    let path = dir.join(format!("pipeline-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// Records a worker consumed, from its metrics page.
+fn consumed(addr: SocketAddr) -> u64 {
+    kafka::http_get(addr, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("pseudonymizer_records_in_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::net::TcpStream::connect(addr)
+        .is_ok_and(|_| kafka::http_get(addr, "/readyz").contains(" 200 "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "worker at {addr} never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two processes in one group split the partitions; one stops; the other takes over its
+/// partitions from their committed offsets; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_partitions_and_one_takes_over() {
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("pair");
+    topics.create(&brokers, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = kafka::write_config(dir.path(), &topics, &brokers, FAST_GROUP);
+    let (config_a, addr_a) = with_metrics(dir.path(), &base);
+    let (config_b, addr_b) = with_metrics(dir.path(), &base);
+    let mut a = start(&config_a);
+    let mut b = start(&config_b);
+    wait_ready(addr_a);
+    wait_ready(addr_b);
+    // Let the group settle with both members before there is anything to consume.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let mut inputs = Inputs::default();
+    kafka::produce_unbatched(&brokers, &topics.raw, 4000, 24, &mut inputs).await;
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 4000
+    });
+    let (share_a, share_b) = (consumed(addr_a), consumed(addr_b));
+    assert!(
+        share_a > 0 && share_b > 0,
+        "both members got partitions: A {share_a}, B {share_b}"
+    );
+
+    sigterm(&a);
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    kafka::produce_unbatched(&brokers, &topics.raw, 2000, 25, &mut inputs).await;
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 6000
+    });
+    let after_b = consumed(addr_b);
+    assert!(
+        after_b >= share_b + 2000,
+        "B took over A's partitions: {share_b} then {after_b}"
+    );
+    sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+
+    kafka::assert_same_ids(
+        &got.ids.keys().cloned().collect(),
+        &kafka::ids(&inputs),
+        "nothing lost",
+    );
+    kafka::verify_outputs(&got, &topics, &inputs);
 }

@@ -98,13 +98,15 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let log = dir.path().join("worker.log");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut worker = common::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let reader = kafka::reader(&brokers, &topics, false);
     let mut got = Collected::default();
     let mut inputs = Inputs::default();

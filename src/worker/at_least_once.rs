@@ -88,7 +88,7 @@ pub async fn run(
         );
         let kind = outgoing.kind;
         let record_topic = outgoing.topic.clone();
-        let delivery = send(&producer, outgoing).await;
+        let delivery = send(&producer, outgoing).await?;
         queues
             .by_partition
             .entry((topic, partition))
@@ -135,15 +135,26 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Produces one record, waiting while the producer's queue is full.
-async fn send(producer: &FutureProducer, mut outgoing: Outgoing) -> DeliveryFuture {
+/// Produces one record, waiting while the producer's queue is full. Any other refusal (a
+/// record over the producer's size limit, an unknown topic) stops the worker with the
+/// record's offset unstored.
+async fn send(
+    producer: &FutureProducer,
+    mut outgoing: Outgoing,
+) -> Result<DeliveryFuture, WorkerError> {
     let mut headers = Some(std::mem::take(&mut outgoing.headers));
     loop {
         match producer.send_result(outgoing.record(headers.take().unwrap_or_default())) {
-            Ok(delivery) => return delivery,
-            Err((_, record)) => {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 headers = record.headers;
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => {
+                return Err(WorkerError::Delivery {
+                    topic: outgoing.topic.clone(),
+                    reason: error.to_string(),
+                })
             }
         }
     }
@@ -208,7 +219,18 @@ impl Queues {
             }
             if let Some(offset) = last {
                 // rd_kafka_offset_store stores offset + 1: the next record to read.
-                consumer.store_offset(topic, *partition, offset)?;
+                match consumer.store_offset(topic, *partition, offset) {
+                    Ok(()) => {}
+                    // The partition was revoked by a rebalance while these records were in
+                    // flight. Its new owner resumes from the last commit and publishes them
+                    // again: a duplicate, never a loss.
+                    Err(KafkaError::StoreOffset(
+                        RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
+                    )) => {
+                        tracing::debug!(topic, partition, "offset not stored: partition revoked");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(())

@@ -93,3 +93,29 @@ pub fn write_keyring(dir: &Path) -> PathBuf {
     test_keyring().save(&path).unwrap();
     path
 }
+
+/// A child process that is killed when the test lets go of it, so a failing test never leaves
+/// a worker running (an orphan would hold the test runner's output pipe open).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}

@@ -1,0 +1,195 @@
+//! The broker goes away mid-stream and comes back: the worker retries, resumes, and loses
+//! nothing.
+//!
+//! The outage is real TCP: this test starts its own Tansu (the binary `scripts/test.sh`
+//! names in `PSEUDONYMIZER_TANSU_BIN`) listening on one port and advertising another, where a
+//! proxy of the test's forwards to it. Every client, the worker included, reaches the broker
+//! only through the proxy, so cutting it (closing every connection and refusing new ones)
+//! looks to them exactly like a broker that went down, while the broker keeps its data.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::kafka::{self, Collected, Inputs, Topics};
+use pseudonymizer::metrics::Metrics;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A broker of this test's own, stopped on drop.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts Tansu listening on `listen` and telling clients to connect to `advertised`.
+fn start_tansu(listen: SocketAddr, advertised: SocketAddr) -> Broker {
+    let bin = std::env::var("PSEUDONYMIZER_TANSU_BIN").expect(
+        "PSEUDONYMIZER_TANSU_BIN is not set: run the tests with scripts/test.sh, which installs Tansu",
+    );
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &format!("tcp://{listen}"),
+            "--advertised-listener-url",
+            &format!("tcp://{advertised}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Broker(child)
+}
+
+/// A TCP proxy that can be cut: `up = false` closes every open connection and refuses new
+/// ones until `up` is true again.
+struct Proxy {
+    up: watch::Sender<bool>,
+    connections: Arc<AtomicUsize>,
+    cut_connections: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(listen: SocketAddr, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(listen).await.unwrap();
+        let (up, up_rx) = watch::channel(true);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let cut_connections = Arc::new(AtomicUsize::new(0));
+        let (accepted, cut) = (connections.clone(), cut_connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !*up_rx.borrow() {
+                    drop(client); // refused while down
+                    continue;
+                }
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let mut up = up_rx.clone();
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let cut_off = async {
+                        let _ = up.wait_for(|up| !*up).await;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_off => { cut.fetch_add(1, Ordering::Relaxed); }
+                    }
+                    // Dropping both sockets closes them: the client sees the broker vanish.
+                });
+            }
+        });
+        Proxy {
+            up,
+            connections,
+            cut_connections,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_mid_stream_loses_nothing() {
+    let (listen, advertised): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let _broker = start_tansu(listen, advertised);
+    let proxy = Proxy::start(advertised, listen).await;
+    let brokers = advertised.to_string();
+
+    let topics = Topics::unique("outage");
+    topics.create(&brokers, 3).await;
+    let mut inputs = Inputs::default();
+    const EVENTS: usize = 6000;
+    // One record per batch: after the outage the consumer fetches from its position, which
+    // must not fall inside a batch (Tansu 0.6 returns nothing from the middle of one).
+    kafka::produce_unbatched(&brokers, &topics.raw, EVENTS, 31, &mut inputs).await;
+
+    let mut config = topics.config(&brokers);
+    let properties = &mut config.kafka.as_mut().unwrap().properties;
+    // Reconnect quickly once the broker is back, so the test is short.
+    properties.insert("reconnect.backoff.max.ms".into(), "1000".into());
+    properties.insert("session.timeout.ms".into(), "30000".into());
+    let (stop, worker) = kafka::spawn_worker(&config, Metrics::new());
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 1000
+    });
+
+    // The outage: every connection closed, new ones refused, for 10 s.
+    proxy.set_up(false);
+    let during = got.ids.len();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker gave up during the outage"
+    );
+    assert!(
+        proxy.cut_connections.load(Ordering::Relaxed) > 0,
+        "the outage cut live connections"
+    );
+    let before_recovery = proxy.connections.load(Ordering::Relaxed);
+    proxy.set_up(true);
+
+    got.until(&reader, &topics, Duration::from_secs(180), |c| {
+        c.ids.len() >= EVENTS
+    });
+    assert!(
+        proxy.connections.load(Ordering::Relaxed) > before_recovery,
+        "clients reconnected after the outage"
+    );
+    assert!(
+        during < EVENTS,
+        "the outage came mid-stream ({during} of {EVENTS} published)"
+    );
+    stop.send(true).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("worker stops within its bound")
+        .unwrap()
+        .expect("worker ran without error");
+    assert!(stats.published as usize >= EVENTS, "{stats:?}");
+
+    kafka::assert_same_ids(
+        &got.ids.keys().cloned().collect(),
+        &kafka::ids(&inputs),
+        "every input published after the outage",
+    );
+    kafka::verify_outputs(&got, &topics, &inputs);
+}
