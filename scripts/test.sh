@@ -20,7 +20,7 @@ echo "tansu listening on $PSEUDONYMIZER_TEST_BROKERS"
 # every test binary's result.
 log=$(mktemp)
 set +e
-cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+cargo test --locked --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

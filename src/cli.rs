@@ -340,7 +340,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Check(args) => {
-            let (_, engine, keys) = load(&args)?;
+            let (config, engine, keys) = load(&args)?;
+            if let Some(kafka) = &config.kafka {
+                crate::worker::check_kafka(kafka)
+                    .with_context(|| format!("config {}", args.config.display()))?;
+                writeln!(out, "[kafka]: ok")?;
+            }
             let active = engine.active_keys(&keys)?;
             for plan in engine.plans() {
                 writeln!(

@@ -107,6 +107,12 @@ pub struct KafkaConfig {
     /// Any librdkafka property, passed to both the consumer and the producer.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (e.g. `session.timeout.ms`).
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (e.g. `compression.type`).
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 /// Key rotation policy. The worker warns (log line and `pseudonymizer_key_rotation_due`) when a
@@ -179,6 +185,8 @@ pub enum ConfigError {
     PhoneRegion(#[from] crate::token::UnknownRegion),
     #[error("the rules do not fit the schemas:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("the [kafka] section is not valid:\n  {}", .0.join("\n  "))]
+    Kafka(Vec<String>),
     #[error("[rotation] {0}")]
     Rotation(&'static str),
 }

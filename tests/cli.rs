@@ -166,3 +166,47 @@ fn generate_transform_decrypt_lookup() {
         "lookup output does not repeat the value"
     );
 }
+
+/// `check` validates the `[kafka]` section without a broker: every bad librdkafka property
+/// and missing field is named in one error; the shipped section passes.
+#[test]
+fn check_validates_kafka_settings_without_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = common::write_keyring(dir.path());
+    let shipped = std::fs::read_to_string(common::repo().join("config/pipeline.toml"))
+        .unwrap()
+        .replace(
+            "\"../schemas/",
+            &format!("\"{}/", common::repo().join("schemas").display()),
+        );
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &shipped).unwrap();
+    let said = ok(&["check", "--config", s(&good), "--keyring", s(&ring)]);
+    assert!(said.contains("[kafka]: ok"), "{said}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        shipped
+            .replace("dlq_topic = \"comms.dlq\"", "dlq_topic = \"\"")
+            .replace(
+                "[kafka.properties]\n",
+                "[kafka.properties]\n\"no.such.property\" = \"1\"\n",
+            )
+            .replace(
+                "[kafka.consumer_properties]\n",
+                "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"soon\"\n",
+            ),
+    )
+    .unwrap();
+    let out = run(&["check", "--config", s(&bad), "--keyring", s(&ring)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "dlq_topic is empty",
+        "no.such.property",
+        "session.timeout.ms",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in: {err}");
+    }
+}

@@ -95,6 +95,7 @@ impl Worker {
             .kafka
             .clone()
             .ok_or_else(|| ConfigError::Rules(vec!["[kafka] section is missing".into()]))?;
+        check_kafka(&kafka)?;
         let router = Router::from_config(config, &self.engine)?;
         if self.keys.borrow().encryption.is_none() {
             return Err(WorkerError::NoEncryptionKey);
@@ -112,6 +113,65 @@ impl Worker {
             DeliveryMode::AtLeastOnce => at_least_once::run(&publisher, shutdown).await,
             DeliveryMode::ExactlyOnce => transactional::run(&publisher, shutdown).await,
         }
+    }
+}
+
+/// Checks the `[kafka]` section without reaching a broker: the fields the worker needs, and
+/// every librdkafka property (librdkafka checks names and values when a client is made; no
+/// connection is attempted for that). Every problem is reported at once.
+pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+    let mut problems = Vec::new();
+    for (name, value) in [
+        ("brokers", &kafka.brokers),
+        ("group_id", &kafka.group_id),
+        ("dlq_topic", &kafka.dlq_topic),
+    ] {
+        if value.trim().is_empty() {
+            problems.push(format!("[kafka] {name} is empty"));
+        }
+    }
+    if kafka.max_in_flight == 0 {
+        problems.push("[kafka] max_in_flight must be at least 1".into());
+    }
+    if kafka.mode == DeliveryMode::ExactlyOnce && kafka.transactional_id.is_none() {
+        problems.push("[kafka] exactly-once mode needs transactional_id".into());
+    }
+    // Each property on its own first, so every bad one is named (librdkafka stops at the
+    // first); a client without a group stays idle, so nothing connects.
+    let alone = |client: &str, name: &str, value: &str| -> Option<String> {
+        let mut config = ClientConfig::new();
+        config.set(name, value);
+        let made = match client {
+            "consumer" => config.create::<BaseConsumer>().err(),
+            _ => config.create::<BaseProducer>().err(),
+        };
+        made.map(|e| format!("[kafka] {client} property {name:?} = {value:?}: {e}"))
+    };
+    // (A shared property is checked once: a name or value librdkafka refuses is refused by
+    // either client.)
+    for (name, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
+        problems.extend(alone("consumer", name, value));
+    }
+    for (name, value) in &kafka.producer_properties {
+        problems.extend(alone("producer", name, value));
+    }
+    // Then the whole settings of each client, for what depends on several properties.
+    if problems.is_empty() {
+        let (mut consumer, producer) = client_config(kafka);
+        consumer.remove("group.id");
+        if let Err(e) = consumer.create::<BaseConsumer>() {
+            problems.push(format!("[kafka] consumer settings: {e}"));
+        }
+        if let Err(e) = producer.create::<BaseProducer>() {
+            problems.push(format!("[kafka] producer settings: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Kafka(problems))
     }
 }
 
@@ -148,6 +208,12 @@ fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     }
     for (k, v) in &kafka.properties {
         consumer.set(k, v);
+        producer.set(k, v);
+    }
+    for (k, v) in &kafka.consumer_properties {
+        consumer.set(k, v);
+    }
+    for (k, v) in &kafka.producer_properties {
         producer.set(k, v);
     }
     (consumer, producer)

@@ -23,12 +23,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Stats, WorkerError> {
     let kafka = &publisher.kafka;
-    if kafka.transactional_id.is_none() {
-        return Err(crate::config::ConfigError::Rules(vec![
-            "[kafka] exactly-once mode needs transactional_id".into(),
-        ])
-        .into());
-    }
+    // `transactional_id` is present: `check_kafka` refused the config otherwise.
     let (consumer_config, producer_config) = client_config(kafka);
     let consumer: StreamConsumer = consumer_config.create()?;
     let producer: FutureProducer = producer_config.create()?;

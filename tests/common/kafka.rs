@@ -509,7 +509,7 @@ pub fn write_config(
     dir: &std::path::Path,
     topics: &Topics,
     brokers: &str,
-    extra_properties: &str,
+    consumer_properties: &str,
 ) -> std::path::PathBuf {
     let keyring = super::write_keyring(dir);
     let schemas = super::repo().join("schemas");
@@ -546,8 +546,8 @@ pub fn write_config(
         )
         .replace("max_in_flight = 10000", "max_in_flight = 500")
         .replace(
-            "[kafka.properties]\n",
-            &format!("[kafka.properties]\n{extra_properties}\n"),
+            "[kafka.consumer_properties]\n",
+            &format!("[kafka.consumer_properties]\n{consumer_properties}\n"),
         );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
