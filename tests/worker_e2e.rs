@@ -140,13 +140,7 @@ async fn end_to_end_against_tansu() {
         .unwrap();
     assert_eq!(stats.consumed as usize, EVENTS + poison.len());
     assert_eq!(stats.published as usize, EVENTS);
-    let left = kafka::uncommitted(
-        &brokers,
-        &topics.raw,
-        &topics.group,
-        3,
-        Duration::from_secs(3),
-    );
+    let left = kafka::uncommitted(&brokers, &topics.raw, &topics.group, 3);
     assert!(
         left.is_empty(),
         "{} raw records were not committed",

@@ -76,32 +76,12 @@ async fn sigterm_mid_stream_commits_everything_produced() {
 
     // Everything the worker published is committed, and everything not committed was not
     // published: the two sets are disjoint and together cover the input.
-    let left: HashSet<String> = kafka::uncommitted(
-        &brokers,
-        &topics.raw,
-        &topics.group,
-        3,
-        Duration::from_secs(3),
-    )
-    .iter()
-    .filter_map(kafka::raw_event_id)
-    .collect();
+    let left: HashSet<String> = kafka::uncommitted(&brokers, &topics.raw, &topics.group, 3)
+        .iter()
+        .filter_map(kafka::raw_event_id)
+        .collect();
     // Read the rest of what the worker published before it stopped.
-    let quiet = Instant::now() + Duration::from_secs(5);
-    let before = got.outputs.len();
-    got.until(&reader, &topics, Duration::from_secs(60), |c| {
-        c.outputs.len() > before || Instant::now() > quiet
-    });
-    let mut idle = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < idle {
-        let n = got.outputs.len();
-        got.until(&reader, &topics, Duration::from_secs(60), |c| {
-            c.outputs.len() > n || Instant::now() > idle
-        });
-        if got.outputs.len() > n {
-            idle = Instant::now() + Duration::from_secs(5);
-        }
-    }
+    got.until_quiet(&reader, &topics, Duration::from_secs(5));
     let published: HashSet<String> = got.ids.keys().cloned().collect();
     assert!(
         left.len() < EVENTS && !published.is_empty(),
@@ -115,51 +95,6 @@ async fn sigterm_mid_stream_commits_everything_produced() {
         "{overlap} published records' offsets were not committed"
     );
     let all: HashSet<String> = published.union(&left).cloned().collect();
-    if all != kafka::ids(&inputs) {
-        let raw_all = kafka::read_from_start(&brokers, &topics.raw, 3);
-        let everything: HashSet<String> = raw_all.iter().filter_map(kafka::raw_event_id).collect();
-        let missing_now: HashSet<String> = kafka::ids(&inputs).difference(&all).cloned().collect();
-        for m in &raw_all {
-            use rdkafka::Message;
-            if kafka::raw_event_id(m).is_some_and(|id| missing_now.contains(&id)) {
-                eprintln!(
-                    "missing record at partition {} offset {}",
-                    m.partition(),
-                    m.offset()
-                );
-            }
-        }
-        eprintln!(
-            "committed: {:?}",
-            kafka::committed(&brokers, &topics.raw, &topics.group, 3)
-        );
-        eprintln!(
-            "raw topic holds {} readable events of {}",
-            everything.len(),
-            EVENTS
-        );
-        let engine = common::engine();
-        let mut outs = HashSet::new();
-        for (topic, name) in [
-            (&topics.calls, "comms.v1.CallEvent"),
-            (&topics.messages, "comms.v1.MessageEvent"),
-        ] {
-            for m in kafka::read_from_start(&brokers, topic, 2) {
-                use rdkafka::Message;
-                let v = common::decode(
-                    &engine.plan(name).unwrap().output,
-                    &m.payload().unwrap()[5..],
-                );
-                outs.insert(kafka::text(common::field(&v, "event_id")).unwrap());
-            }
-        }
-        let missing: Vec<_> = kafka::ids(&inputs).difference(&all).cloned().collect();
-        eprintln!(
-            "output topics hold {} distinct events; of the missing, {} are there",
-            outs.len(),
-            missing.iter().filter(|m| outs.contains(*m)).count()
-        );
-    }
     kafka::assert_same_ids(
         &all,
         &kafka::ids(&inputs),

@@ -329,6 +329,23 @@ impl Collected {
     }
 }
 
+impl Collected {
+    /// Polls until nothing new has arrived for `quiet` (at most two minutes in all).
+    pub fn until_quiet(&mut self, reader: &BaseConsumer, topics: &Topics, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let seen = self.outputs.len() + self.dead.len();
+            let until = Instant::now() + quiet;
+            self.until(reader, topics, quiet * 2, |c| {
+                c.outputs.len() + c.dead.len() > seen || Instant::now() > until
+            });
+            if self.outputs.len() + self.dead.len() == seen || Instant::now() > deadline {
+                return;
+            }
+        }
+    }
+}
+
 /// Checks every output against its input: framing, tokens, record key, key headers, envelopes,
 /// and that no raw value appears.
 pub fn verify_outputs(collected: &Collected, topics: &Topics, inputs: &Inputs) {
@@ -407,13 +424,7 @@ pub fn verify_outputs(collected: &Collected, topics: &Topics, inputs: &Inputs) {
 /// partition from its beginning and filters by offset: Tansu 0.6 does not return the rest of
 /// a record batch when a fetch starts in its middle, so starting at the committed offset
 /// would hide records.
-pub fn uncommitted(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    partitions: i32,
-    _settle: Duration,
-) -> Vec<OwnedMessage> {
+pub fn uncommitted(brokers: &str, topic: &str, group: &str, partitions: i32) -> Vec<OwnedMessage> {
     let committed: HashMap<i32, i64> = committed(brokers, topic, group, partitions)
         .into_iter()
         .map(|(p, o)| {
