@@ -169,7 +169,17 @@ impl PhoneCanon {
         if self.is_plain_e164(trimmed) {
             return (TokenClass::Phone, Cow::Borrowed(trimmed));
         }
-        self.canonical_slow(trimmed)
+        // An event often names one number twice (the caller field and the record key), and the
+        // full parser costs microseconds: the last few answers of this thread are kept.
+        RECENT_PHONES.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            if let Some(hit) = recent.find(self.region, trimmed) {
+                return hit;
+            }
+            let (class, canonical) = self.canonical_slow(trimmed);
+            recent.remember(self.region, trimmed, class, &canonical);
+            (class, canonical)
+        })
     }
 
     /// The full libphonenumber path, without the `+digits` shortcut (for tests and benches).
@@ -215,6 +225,52 @@ impl PhoneCanon {
             Some(NationalPrefix::Pattern(re)) => !re.is_match(national),
             None => true,
         }
+    }
+}
+
+thread_local! {
+    static RECENT_PHONES: std::cell::RefCell<RecentPhones> = Default::default();
+}
+
+/// The last [`RecentPhones::SIZE`] full-parser answers of one thread. The raw numbers in it are
+/// zeroized when overwritten and when the thread ends, like every other copy of a raw value
+/// the worker holds while a record is in flight.
+#[derive(Default)]
+struct RecentPhones {
+    entries: Vec<RecentPhone>,
+    next: usize,
+}
+
+struct RecentPhone {
+    region: country::Id,
+    input: zeroize::Zeroizing<String>,
+    class: TokenClass,
+    canonical: zeroize::Zeroizing<String>,
+}
+
+impl RecentPhones {
+    const SIZE: usize = 8;
+
+    fn find<'a>(&self, region: country::Id, input: &str) -> Option<(TokenClass, Cow<'a, str>)> {
+        self.entries
+            .iter()
+            .find(|e| e.region == region && e.input.as_str() == input)
+            .map(|e| (e.class, Cow::Owned(e.canonical.as_str().to_owned())))
+    }
+
+    fn remember(&mut self, region: country::Id, input: &str, class: TokenClass, canonical: &str) {
+        let entry = RecentPhone {
+            region,
+            input: zeroize::Zeroizing::new(input.to_owned()),
+            class,
+            canonical: zeroize::Zeroizing::new(canonical.to_owned()),
+        };
+        if self.entries.len() < Self::SIZE {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+        }
+        self.next = (self.next + 1) % Self::SIZE;
     }
 }
 
@@ -334,6 +390,36 @@ pub fn canonical<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_answers_are_the_parsers_and_kept_per_region() {
+        let (id, us) = (
+            PhoneCanon::new("ID").unwrap(),
+            PhoneCanon::new("US").unwrap(),
+        );
+        let inputs = [
+            "0812-3456-7890",
+            "(415) 555-0123",
+            "anonymous",
+            "+62 21 5550 1234",
+        ];
+        // Each answer asked three times, regions interleaved, more inputs than the memory holds.
+        for round in 0..3 {
+            for (n, input) in inputs.iter().cycle().take(20).enumerate() {
+                let canon = if (n + round) % 2 == 0 { &id } else { &us };
+                assert_eq!(
+                    canon.canonical(input),
+                    canon.canonical_slow(input),
+                    "{input}"
+                );
+            }
+        }
+        assert_ne!(
+            id.canonical(inputs[0]),
+            us.canonical(inputs[0]),
+            "regions differ here"
+        );
+    }
 
     #[test]
     fn phone_formats_canonicalize_to_e164() {
