@@ -178,7 +178,7 @@ pub async fn run(
         println!("\n=== {name} ===");
         let raw_json = plain_json(raw);
         let out_json = sanitized.map(plain_json).unwrap_or_default();
-        println!("{:<20} {:<48} {}", "field", "raw", "sanitized");
+        println!("{:<20} {:<48} sanitized", "field", "raw");
         if let (Some(raw_map), Some(out_map)) = (raw_json.as_object(), out_json.as_object()) {
             for (field, raw_value) in raw_map {
                 let out_value = out_map

@@ -84,7 +84,7 @@ impl Generator {
         let a = self.digits(4);
         let b = self.digits(4);
         match self.rng.gen_range(0..10) {
-            0 | 1 | 2 => format!("+62812{a}{b}"),
+            0..=2 => format!("+62812{a}{b}"),
             3 => format!("0812-{a}-{b}"),
             4 => format!("+62 21 {a} {b}"),
             5 => format!("(021) {a}-{b}"),

@@ -51,7 +51,7 @@ async fn exactly_once_mode_publishes_each_event_once() {
     let reader = kafka::reader(&brokers, &topics, true);
     let mut got = Collected::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !(got.ids.len() >= 3000 && !got.dead.is_empty()) {
+    while got.ids.len() < 3000 || got.dead.is_empty() {
         if worker.is_finished() {
             panic!("worker stopped: {:?}", worker.await.unwrap());
         }

@@ -53,6 +53,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// A length (non-negative long) that fits in what is left.
+    // Reads a length prefix; it is not the cursor's own length, so no `is_empty` goes with it.
+    #[allow(clippy::len_without_is_empty)]
     #[inline]
     pub fn len(&mut self) -> Result<usize, ErrorKind> {
         let len = self.long()?;
