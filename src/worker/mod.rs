@@ -140,22 +140,23 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     }
     // Each property on its own first, so every bad one is named (librdkafka stops at the
     // first); a client without a group stays idle, so nothing connects.
-    let alone = |client: &str, name: &str, value: &str| -> Option<String> {
+    let alone = |consumer: bool, name: &str, value: &str| -> Option<String> {
         let mut config = ClientConfig::new();
         config.set(name, value);
-        let made = match client {
-            "consumer" => config.create::<BaseConsumer>().err(),
-            _ => config.create::<BaseProducer>().err(),
+        let (client, made) = if consumer {
+            ("consumer", config.create::<BaseConsumer>().err())
+        } else {
+            ("producer", config.create::<BaseProducer>().err())
         };
         made.map(|e| format!("[kafka] {client} property {name:?} = {value:?}: {e}"))
     };
     // (A shared property is checked once: a name or value librdkafka refuses is refused by
     // either client.)
     for (name, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
-        problems.extend(alone("consumer", name, value));
+        problems.extend(alone(true, name, value));
     }
     for (name, value) in &kafka.producer_properties {
-        problems.extend(alone("producer", name, value));
+        problems.extend(alone(false, name, value));
     }
     // Then the whole settings of each client, for what depends on several properties.
     if problems.is_empty() {

@@ -284,6 +284,21 @@ pub struct Collected {
 }
 
 impl Collected {
+    /// Polls until nothing new has arrived for `quiet` (at most two minutes in all).
+    pub fn until_quiet(&mut self, reader: &BaseConsumer, topics: &Topics, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let seen = self.outputs.len() + self.dead.len();
+            let until = Instant::now() + quiet;
+            self.until(reader, topics, quiet * 2, |c| {
+                c.outputs.len() + c.dead.len() > seen || Instant::now() > until
+            });
+            if self.outputs.len() + self.dead.len() == seen || Instant::now() > deadline {
+                return;
+            }
+        }
+    }
+
     /// Polls until `done(self)` or the deadline; panics on timeout.
     pub fn until(
         &mut self,
@@ -324,23 +339,6 @@ impl Collected {
                     .entry(text(super::field(&output, "event_id")).unwrap())
                     .or_default() += 1;
                 self.outputs.push(message);
-            }
-        }
-    }
-}
-
-impl Collected {
-    /// Polls until nothing new has arrived for `quiet` (at most two minutes in all).
-    pub fn until_quiet(&mut self, reader: &BaseConsumer, topics: &Topics, quiet: Duration) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let seen = self.outputs.len() + self.dead.len();
-            let until = Instant::now() + quiet;
-            self.until(reader, topics, quiet * 2, |c| {
-                c.outputs.len() + c.dead.len() > seen || Instant::now() > until
-            });
-            if self.outputs.len() + self.dead.len() == seen || Instant::now() > deadline {
-                return;
             }
         }
     }
