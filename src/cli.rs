@@ -15,9 +15,19 @@ use crate::keys::{Kek, KeySet, Keyring, Purpose, Secret};
 use crate::token::{self, PhoneCanon, TokenClass};
 use crate::transform::Engine;
 
+/// `--version`: the crate version and the phone metadata that canonical forms (and so phone
+/// tokens) come from.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (phone canonical forms: {})",
+        env!("CARGO_PKG_VERSION"),
+        token::PHONE_METADATA
+    )
+});
+
 /// Pseudonymizes and encrypts call and message metadata events.
 #[derive(Debug, Parser)]
-#[command(name = "pseudonymizer", version, about)]
+#[command(name = "pseudonymizer", version = VERSION.as_str(), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -94,6 +94,11 @@ pub struct KafkaConfig {
     /// Seconds allowed for a graceful shutdown after SIGTERM or SIGINT.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Seconds without progress, while assigned partitions have records to read, after which
+    /// the worker reports a stall: `/readyz` 503, an error line naming the partitions, and
+    /// `pseudonymizer_stalls_total`.
+    #[serde(default = "default_stall_secs")]
+    pub stall_timeout_secs: u64,
     /// `at-least-once` (default) or `exactly-once` (Kafka transactions; needs a broker with
     /// transactions and `transactional_id`).
     #[serde(default)]
@@ -163,6 +168,11 @@ fn default_max_in_flight() -> usize {
 fn default_max_record_bytes() -> usize {
     1 << 20
 }
+
+fn default_stall_secs() -> u64 {
+    60
+}
+
 fn default_shutdown_secs() -> u64 {
     30
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::keys::SealKey;
@@ -26,8 +27,17 @@ pub struct Metrics {
     pub transform_seconds: Histogram,
     /// Seconds from produce to broker acknowledgement.
     pub produce_seconds: Histogram,
-    /// High watermark minus position, by topic and partition.
+    /// High watermark minus position, by topic and partition (assigned partitions only).
     pub consumer_lag: IntGaugeVec,
+    /// Records produced whose acknowledgement is awaited.
+    pub in_flight: IntGauge,
+    /// Times the worker stalled: no progress for `stall_timeout_secs` with records to read.
+    pub stalls: IntCounter,
+    /// 1 while stalled.
+    pub stalled: IntGauge,
+    /// Records the broker deleted (retention) before this worker read them, by topic and
+    /// partition: lost upstream, counted so that it is never silent.
+    pub records_skipped: IntCounterVec,
     /// 1 for each key id in use for new output, by purpose.
     pub active_key: IntGaugeVec,
     /// Envelopes sealed by this process, by encryption key id.
@@ -37,6 +47,7 @@ pub struct Metrics {
     /// Key rotation warnings raised, by key id and reason (`age`, `envelopes`, `nonce-limit`).
     pub key_warnings: IntGaugeVec,
     ready: AtomicBool,
+    stalled_flag: AtomicBool,
     seal_keys: Mutex<Vec<Arc<SealKey>>>,
     exported_seals: Mutex<HashMap<String, u64>>,
 }
@@ -54,6 +65,20 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
@@ -98,6 +123,20 @@ impl Metrics {
                 "High watermark minus the consumer's position.",
                 &["topic", "partition"],
             ),
+            in_flight: plain_gauge(
+                "pseudonymizer_in_flight",
+                "Records produced whose acknowledgement is awaited.",
+            ),
+            stalls: plain_counter(
+                "pseudonymizer_stalls_total",
+                "Stalls: no progress for stall_timeout_secs while assigned partitions had records to read.",
+            ),
+            stalled: plain_gauge("pseudonymizer_stalled", "1 while the worker is stalled."),
+            records_skipped: counter(
+                "pseudonymizer_records_skipped_total",
+                "Records deleted by the broker (retention) before this worker read them.",
+                &["topic", "partition"],
+            ),
             active_key: gauge(
                 "pseudonymizer_active_key",
                 "1 for the key id used for new output.",
@@ -120,6 +159,7 @@ impl Metrics {
             ),
             registry,
             ready: AtomicBool::new(false),
+            stalled_flag: AtomicBool::new(false),
             seal_keys: Mutex::new(Vec::new()),
             exported_seals: Mutex::new(HashMap::new()),
         };
@@ -131,9 +171,15 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Marks the worker stalled (`/readyz` 503 until progress resumes) or not.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled_flag.store(stalled, Ordering::Relaxed);
+        self.stalled.set(i64::from(stalled));
+    }
+
+    /// Whether `/readyz` answers 200: subscribed, not shutting down, not stalled.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.stalled_flag.load(Ordering::Relaxed)
     }
 
     /// Sets the active key ids, and remembers the encryption key to export its envelope count.

@@ -5,8 +5,8 @@
 //! ```
 //!
 //! Canonicalization is the part other languages must reproduce: phone numbers become E.164 as
-//! libphonenumber formats them (a number already in `+digits` form skips the full parser when
-//! the parser could not change it), IPs their RFC 5952 / dotted text, e-mail addresses are
+//! Google's libphonenumber parses and formats them ([`PHONE_METADATA`] names the metadata),
+//! IPs their RFC 5952 / dotted text, e-mail addresses are
 //! trimmed and lower-cased, ids are taken as they are. Values that do not parse as a phone
 //! number or IP become `phone-raw` / `ip-raw` tokens of the trimmed input, so nothing raw is
 //! ever written out.
@@ -18,9 +18,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::Mac;
-use phonenumber::country;
-use phonenumber::metadata::DATABASE;
-use phonenumber::Mode;
+use rlibphonenumber::{PhoneNumberFormat, Region, PHONE_NUMBER_UTIL};
 
 use crate::keys::PseudonymKey;
 
@@ -114,14 +112,38 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     out
 }
 
-/// Phone number canonicalization with a configured default region.
+/// The phone metadata the canonical forms come from (spec §3): Google's libphonenumber
+/// metadata as shipped by the pinned `rlibphonenumber` release. Upgrading it is a deliberate,
+/// documented change: the tokens of every number whose canonical form changes change with it.
+pub const PHONE_METADATA: &str = "libphonenumber metadata 9.0.42 (rlibphonenumber 2.2.15)";
+
+/// A region the phone parser knows: ISO 3166 alpha-2, either case, surrounding blanks
+/// ignored (`ID`, `us`). `None` for anything else, including the non-geographic `001`.
+pub fn phone_region(code: &str) -> Option<Region> {
+    let code = code.trim();
+    if code.len() != 2 {
+        return None;
+    }
+    let region = Region::from_code(code).ok()?;
+    PHONE_NUMBER_UTIL.get_country_code_for_region(region)?;
+    Some(region)
+}
+
+/// Every region the phone parser knows (ISO 3166 alpha-2 codes), sorted.
+pub fn phone_regions() -> Vec<String> {
+    let mut regions: Vec<String> = PHONE_NUMBER_UTIL
+        .get_supported_regions()
+        .filter(|r| *r != Region::World)
+        .map(|r| r.to_string())
+        .collect();
+    regions.sort();
+    regions
+}
+
+/// Phone number canonicalization: libphonenumber's parse with a default region, then its
+/// E.164 format.
 pub struct PhoneCanon {
-    region: country::Id,
-    // Country calling codes the parser knows, indexed by code.
-    known_codes: Vec<bool>,
-    // The default region's national prefix rules: the parser applies them even to `+` numbers.
-    national_prefix: Option<String>,
-    national_prefix_for_parsing: Option<NationalPrefix>,
+    region: Region,
 }
 
 /// Why a phone region is refused.
@@ -132,99 +154,52 @@ pub struct UnknownRegion(pub String);
 impl PhoneCanon {
     /// Canonicalization for numbers written without a country code in `region` (e.g. `ID`).
     pub fn new(region: &str) -> Result<Self, UnknownRegion> {
-        let id: country::Id = region
-            .parse()
-            .map_err(|_| UnknownRegion(region.to_owned()))?;
-        let meta = DATABASE
-            .by_id(id.as_ref())
-            .ok_or_else(|| UnknownRegion(region.to_owned()))?;
-        let mut known_codes = vec![false; 1000];
-        for m in DATABASE.iter() {
-            if let Some(slot) = known_codes.get_mut(m.country_code() as usize) {
-                *slot = true;
-            }
-        }
-        let national_prefix_for_parsing = match meta.national_prefix_for_parsing() {
-            // Most regions' pattern is a plain digit string ("0"): a prefix test, no regex.
-            Some(re) if re.as_str().bytes().all(|b| b.is_ascii_digit()) => {
-                Some(NationalPrefix::Literal(re.as_str().to_owned()))
-            }
-            Some(re) => Some(NationalPrefix::Pattern(
-                regex::Regex::new(&format!("^(?:{})", re.as_str()))
-                    .map_err(|_| UnknownRegion(region.to_owned()))?,
-            )),
-            None => None,
-        };
-        Ok(PhoneCanon {
-            region: id,
-            known_codes,
-            national_prefix: meta.national_prefix().map(str::to_owned),
-            national_prefix_for_parsing,
-        })
+        let region = phone_region(region).ok_or_else(|| UnknownRegion(region.to_owned()))?;
+        Ok(PhoneCanon { region })
     }
 
-    /// The class and canonical form of a phone field's value.
+    /// The default region.
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    /// The class and canonical form of a phone field's value, read with the default region.
     pub fn canonical<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
+        self.canonical_in(self.region, value)
+    }
+
+    /// The class and canonical form of a phone field's value, read with `region` (a record's
+    /// own region, see `region_field`).
+    pub fn canonical_in<'a>(&self, region: Region, value: &'a str) -> (TokenClass, Cow<'a, str>) {
         let trimmed = value.trim();
-        if self.is_plain_e164(trimmed) {
-            return (TokenClass::Phone, Cow::Borrowed(trimmed));
-        }
-        // An event often names one number twice (the caller field and the record key), and the
-        // full parser costs microseconds: the last few answers of this thread are kept.
+        // An event often names one number twice (the caller field and the record key): the
+        // last few answers of this thread are kept.
         RECENT_PHONES.with(|recent| {
             let mut recent = recent.borrow_mut();
-            if let Some(hit) = recent.find(self.region, trimmed) {
+            if let Some(hit) = recent.find(region, trimmed) {
                 return hit;
             }
-            let (class, canonical) = self.canonical_slow(trimmed);
-            recent.remember(self.region, trimmed, class, &canonical);
+            let (class, canonical) = parse_e164(region, trimmed);
+            recent.remember(region, trimmed, class, &canonical);
             (class, canonical)
         })
     }
 
-    /// The full libphonenumber path, without the `+digits` shortcut (for tests and benches).
+    /// The full parse, without the per-thread memory (for tests and benches).
     pub fn canonical_slow<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
-        let trimmed = value.trim();
-        match phonenumber::parse(Some(self.region), trimmed) {
-            Ok(number) => (
-                TokenClass::Phone,
-                Cow::Owned(number.format().mode(Mode::E164).to_string()),
-            ),
-            Err(_) => (TokenClass::PhoneRaw, Cow::Borrowed(trimmed)),
-        }
+        parse_e164(self.region, value.trim())
     }
+}
 
-    /// Whether `s` is `+` and digits that the full parser would return unchanged: a known
-    /// country code followed by a national number that the default region's national prefix
-    /// rules do not touch. Property tests check this against the full parser.
-    fn is_plain_e164(&self, s: &str) -> bool {
-        let Some(digits) = s.strip_prefix('+') else {
-            return false;
-        };
-        if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
-        if digits.starts_with('0') {
-            return false;
-        }
-        // Country codes are prefix-free: the first known 1-3 digit prefix is the code.
-        let Some(cc_len) = (1..=3).find(|&n| {
-            let code: usize = digits[..n].parse().unwrap_or(0);
-            self.known_codes[code]
-        }) else {
-            return false;
-        };
-        let national = &digits[cc_len..];
-        if let Some(prefix) = &self.national_prefix {
-            if national.starts_with(prefix.as_str()) {
-                return false;
-            }
-        }
-        match &self.national_prefix_for_parsing {
-            Some(NationalPrefix::Literal(prefix)) => !national.starts_with(prefix.as_str()),
-            Some(NationalPrefix::Pattern(re)) => !re.is_match(national),
-            None => true,
-        }
+/// libphonenumber's parse with `region` as the default region, then its E.164 format; a value
+/// it refuses is `phone-raw`, trimmed.
+fn parse_e164(region: Region, trimmed: &str) -> (TokenClass, Cow<'_, str>) {
+    match PHONE_NUMBER_UTIL.parse(trimmed, Some(region)) {
+        Ok(number) => (
+            TokenClass::Phone,
+            Cow::Owned(number.format_as(PhoneNumberFormat::E164).into_owned()),
+        ),
+        Err(_) => (TokenClass::PhoneRaw, Cow::Borrowed(trimmed)),
     }
 }
 
@@ -232,7 +207,7 @@ thread_local! {
     static RECENT_PHONES: std::cell::RefCell<RecentPhones> = Default::default();
 }
 
-/// The last [`RecentPhones::SIZE`] full-parser answers of one thread. The raw numbers in it are
+/// The last [`RecentPhones::SIZE`] parser answers of one thread. The raw numbers in it are
 /// zeroized when overwritten and when the thread ends, like every other copy of a raw value
 /// the worker holds while a record is in flight.
 #[derive(Default)]
@@ -242,7 +217,7 @@ struct RecentPhones {
 }
 
 struct RecentPhone {
-    region: country::Id,
+    region: Region,
     input: zeroize::Zeroizing<String>,
     class: TokenClass,
     canonical: zeroize::Zeroizing<String>,
@@ -251,14 +226,14 @@ struct RecentPhone {
 impl RecentPhones {
     const SIZE: usize = 8;
 
-    fn find<'a>(&self, region: country::Id, input: &str) -> Option<(TokenClass, Cow<'a, str>)> {
+    fn find<'a>(&self, region: Region, input: &str) -> Option<(TokenClass, Cow<'a, str>)> {
         self.entries
             .iter()
             .find(|e| e.region == region && e.input.as_str() == input)
             .map(|e| (e.class, Cow::Owned(e.canonical.as_str().to_owned())))
     }
 
-    fn remember(&mut self, region: country::Id, input: &str, class: TokenClass, canonical: &str) {
+    fn remember(&mut self, region: Region, input: &str, class: TokenClass, canonical: &str) {
         let entry = RecentPhone {
             region,
             input: zeroize::Zeroizing::new(input.to_owned()),
@@ -274,15 +249,9 @@ impl RecentPhones {
     }
 }
 
-/// A region's `national_prefix_for_parsing`, anchored at the start of the national number.
-enum NationalPrefix {
-    Literal(String),
-    Pattern(regex::Regex),
-}
-
 impl std::fmt::Debug for PhoneCanon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PhoneCanon({})", self.region.as_ref())
+        write!(f, "PhoneCanon({})", self.region)
     }
 }
 

@@ -124,3 +124,58 @@ fn envelopes_match_vectors_and_open() {
         );
     }
 }
+
+/// Every phone case of tests/vectors/make_phone_vectors.py: the reference (Python's
+/// `phonenumbers`, a faithful port of Google's libphonenumber) read each input with a default
+/// region; the Rust canonicalization must give the same class and canonical form, through the
+/// full parse and through the per-thread memory alike.
+#[test]
+fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
+    let text =
+        std::fs::read_to_string(common::repo().join("tests/vectors/phone_vectors.json")).unwrap();
+    let v: Json = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let mut canons = std::collections::HashMap::new();
+    let mut shapes = std::collections::BTreeSet::new();
+    let mut regions = std::collections::BTreeSet::new();
+    let mut wrong = Vec::new();
+    for case in cases {
+        let region = case["region"].as_str().unwrap();
+        let input = case["input"].as_str().unwrap();
+        let canon = canons
+            .entry(region.to_owned())
+            .or_insert_with(|| PhoneCanon::new(region).unwrap());
+        let expected = (
+            case["class"].as_str().unwrap(),
+            case["canonical"].as_str().unwrap(),
+        );
+        for (path, (class, canonical)) in [
+            ("full parse", canon.canonical_slow(input)),
+            ("remembered", canon.canonical(input)),
+        ] {
+            if (class.as_str(), canonical.as_ref()) != expected {
+                wrong.push(format!(
+                    "{region} {:?} {input:?} ({path}): got {} {canonical:?}, reference {} {:?}",
+                    case["shape"], class.as_str(), expected.0, expected.1
+                ));
+            }
+        }
+        shapes.insert(case["shape"].as_str().unwrap());
+        regions.insert(region);
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases differ from the reference:\n{}",
+        wrong.len(),
+        cases.len() * 2,
+        wrong.join("\n")
+    );
+    assert!(regions.len() >= 12, "regions covered: {regions:?}");
+    for shape in [
+        "e164", "international", "national", "regrouped", "idd-00", "idd-region",
+        "country-code-no-plus", "tel-uri", "extension", "full-width", "arabic-indic", "blanks",
+        "junk",
+    ] {
+        assert!(shapes.contains(shape), "no {shape} case");
+    }
+}

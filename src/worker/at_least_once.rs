@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -19,7 +19,8 @@ use rdkafka::Message;
 use tokio::sync::watch;
 
 use super::route::DeadLetter;
-use super::{client_config, spawn_lag_updates, Outgoing, Publisher, Stats, WorkerError};
+use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
+use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
 
 type DeliveryOutcome = Result<
     rdkafka::producer::future_producer::OwnedDeliveryResult,
@@ -50,10 +51,17 @@ pub async fn run(
 ) -> Result<Stats, WorkerError> {
     let kafka = &publisher.kafka;
     let (consumer_config, producer_config) = client_config(kafka);
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
+    let consumer: Arc<WorkerConsumer> =
+        Arc::new(consumer_config.create_with_context(WorkerContext::default())?);
     let producer: FutureProducer = producer_config.create()?;
     publisher.subscribe(&consumer)?;
-    spawn_lag_updates(&consumer, &publisher.worker.metrics);
+    let metrics = &publisher.worker.metrics;
+    health::spawn(
+        &consumer,
+        metrics,
+        Duration::from_secs(kafka.stall_timeout_secs),
+    );
+    let mut skips = SkipDetector::default();
 
     let mut stats = Stats::default();
     let mut queues = Queues::default();
@@ -80,6 +88,13 @@ pub async fn run(
             }
         };
         stats.consumed += 1;
+        skips.observe(
+            &consumer,
+            metrics,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        );
         let outgoing = publisher.prepare(&message, &mut out);
         let (topic, partition, offset) = (
             message.topic().to_owned(),
@@ -102,6 +117,7 @@ pub async fn run(
                 kind,
             });
         queues.len += 1;
+        metrics.in_flight.set(queues.len as i64);
     }
 
     // Shutdown: stop fetching, finish in-flight records, flush, commit what was stored.
@@ -165,7 +181,7 @@ impl Queues {
     /// for the oldest delivery of the fullest queue.
     async fn settle(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &WorkerConsumer,
         publisher: &Publisher,
         stats: &mut Stats,
         wait: bool,
@@ -215,6 +231,7 @@ impl Queues {
                     .produce_seconds
                     .observe(record.sent.elapsed().as_secs_f64());
                 publisher.acknowledged(record.kind, stats);
+                publisher.worker.metrics.in_flight.dec();
                 last = Some(record.offset);
             }
             if let Some(offset) = last {

@@ -5,13 +5,15 @@
 //! - [`at_least_once`]: the default loop. Offsets are stored for commit
 //!   (`enable.auto.offset.store=false`) only when the produced copy of a record has been
 //!   acknowledged, never past an unacknowledged record of the same partition;
-//! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction.
+//! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction;
+//! - [`health`]: lag, stalls, and records the broker deleted before they were read.
 //!
 //! Both loops share [`Publisher`], which turns a consumed message into a producer record
 //! (headers, key, dead-letter envelope) with one snapshot of the keys, so a record is never
 //! half under old keys and half under new ones when the keyring is reloaded.
 
 pub mod at_least_once;
+pub mod health;
 pub mod keywatch;
 pub mod replay;
 pub mod route;
@@ -134,6 +136,9 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     }
     if kafka.max_in_flight == 0 {
         problems.push("[kafka] max_in_flight must be at least 1".into());
+    }
+    if kafka.stall_timeout_secs == 0 {
+        problems.push("[kafka] stall_timeout_secs must be at least 1".into());
     }
     if kafka.mode == DeliveryMode::ExactlyOnce && kafka.transactional_id.is_none() {
         problems.push("[kafka] exactly-once mode needs transactional_id".into());
@@ -403,7 +408,10 @@ impl Publisher {
         }
     }
 
-    fn subscribe(&self, consumer: &StreamConsumer) -> Result<(), WorkerError> {
+    fn subscribe<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &StreamConsumer<C>,
+    ) -> Result<(), WorkerError> {
         let topics: Vec<&str> = self
             .router
             .input_topics
@@ -438,43 +446,6 @@ fn key_headers(keys: &ActiveKeys) -> OwnedHeaders {
         });
     }
     headers
-}
-
-/// Updates the lag gauge of every assigned partition (blocking broker calls: run it off the
-/// async threads).
-fn update_lag(consumer: &StreamConsumer, metrics: &Metrics) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    for element in positions.elements() {
-        let Ok((_, high)) =
-            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
-        else {
-            continue;
-        };
-        if let rdkafka::Offset::Offset(position) = element.offset() {
-            metrics
-                .consumer_lag
-                .with_label_values(&[element.topic(), &element.partition().to_string()])
-                .set((high - position).max(0));
-        }
-    }
-}
-
-/// Spawns the periodic lag updater; it ends when the consumer is dropped elsewhere.
-fn spawn_lag_updates(consumer: &Arc<StreamConsumer>, metrics: &Arc<Metrics>) {
-    let consumer = Arc::downgrade(consumer);
-    let metrics = metrics.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let Some(consumer) = consumer.upgrade() else {
-                break;
-            };
-            let metrics = metrics.clone();
-            let _ = tokio::task::spawn_blocking(move || update_lag(&consumer, &metrics)).await;
-        }
-    });
 }
 
 /// Keys that never change: for tests and tools that do not reload.
