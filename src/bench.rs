@@ -41,7 +41,8 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> 
 
 /// Produces `events` synthetic raw events (calls and messages alternating, Confluent framed,
 /// keyed by the subscriber number) to `topic`, calling `seen` with each event, and waits for
-/// every delivery.
+/// every delivery. With `ahead_of`, it stays at most that many records ahead of the records
+/// the worker has finished.
 pub async fn produce_raw(
     engine: &Engine,
     brokers: &str,
@@ -49,6 +50,7 @@ pub async fn produce_raw(
     events: usize,
     seed: u64,
     mut seen: impl FnMut(&str, &Value),
+    ahead_of: Option<(&Metrics, u64)>,
 ) -> Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -58,6 +60,11 @@ pub async fn produce_raw(
     let mut generator = Generator::new(seed);
     let mut deliveries = std::collections::VecDeque::new();
     for i in 0..events {
+        if let Some((metrics, most)) = ahead_of {
+            while i as u64 > metrics.progress().1 + most {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let (kind, name, id, key_field) = if i % 2 == 0 {
             (Kind::Call, "comms.v1.CallEvent", 1, "caller")
         } else {
@@ -204,7 +211,7 @@ pub async fn measure(
 }
 
 /// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct we pass and has no other effect.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -245,7 +252,7 @@ pub async fn run(
     let topic = format!("bench.raw.{}", std::process::id());
     create_topics(brokers, &[(topic.as_str(), partitions)]).await?;
     let started = Instant::now();
-    produce_raw(&engine, brokers, &topic, events, 11, |_, _| {}).await?;
+    produce_raw(&engine, brokers, &topic, events, 11, |_, _| {}, None).await?;
     println!(
         "loaded {events} raw events into {topic} ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -58,7 +58,7 @@ pub enum Command {
         /// A real cluster instead of the in-process one.
         #[arg(long)]
         brokers: Option<String>,
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 100_000)]
         events: usize,
     },
     /// End-to-end throughput against a real broker: the worker with the transform and with a
@@ -274,8 +274,8 @@ pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Locked per write, not for the whole command: the demo prints from several threads.
+    let mut out = std::io::stdout();
     match cli.command {
         Command::Keys(command) => keys(command, &mut out),
         Command::Schema(SchemaCommand::Derive { config, out: dir }) => {
@@ -296,6 +296,14 @@ pub fn run(cli: Cli) -> Result<()> {
             brokers,
             events,
         } => {
+            // The worker's warnings and errors (a stall, records deleted before they were read)
+            // reach the terminal; RUST_LOG=info shows its whole log.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::demo::run(&config, brokers, events))
         }

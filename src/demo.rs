@@ -1,9 +1,11 @@
 //! `pseudonymizer demo`: the whole product in one command.
 //!
 //! Without `--brokers` it starts an in-process Kafka cluster (librdkafka's mock cluster), so
-//! nothing needs installing. It creates the raw, analytics and dead-letter topics, produces
-//! synthetic calls and messages (and a few poison records), runs the worker on them with a
-//! throwaway keyring, and prints raw and sanitized events side by side and a throughput line.
+//! nothing needs installing. It creates the raw, analytics and dead-letter topics, starts the
+//! worker with a throwaway keyring, produces synthetic calls and messages (and a few poison
+//! records) while the worker consumes them, shows live progress, then prints raw and sanitized
+//! events side by side and the figures: wall clock, the worker's CPU per record, the transform
+//! alone. If records stop moving it says where and why, and fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,27 +30,43 @@ const CALLS: &str = "demo.comms.calls.sanitized";
 const MESSAGES: &str = "demo.comms.messages.sanitized";
 const DLQ: &str = "demo.comms.dlq";
 
+/// The demo keeps the producer at most this many records ahead of the worker. The in-process
+/// cluster keeps only 5 MiB per partition and deletes older records (librdkafka's
+/// `rdkafka_mock.c`); 20,000 records are about 2 MiB per raw partition.
+const MAX_AHEAD: u64 = 20_000;
+/// No record moving for this long while some are missing: the demo says why and stops.
+const STALL: Duration = Duration::from_secs(10);
+
 /// Runs the demo with `events` synthetic events, against `brokers` or an in-process cluster.
 pub async fn run(
     config_path: &std::path::Path,
     brokers: Option<String>,
     events: usize,
 ) -> Result<()> {
-    // The mock cluster lives as long as this function.
+    let topics = [(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)];
+    // The mock cluster lives as long as this function. Its topics are made through its own
+    // API: its admin API answers CreateTopics only after 60 s.
     let (_cluster, brokers) = match brokers {
-        Some(b) => (None, b),
+        Some(b) => {
+            // Already existing topics (a second run) are fine.
+            crate::bench::create_topics(&b, &topics).await?;
+            (None, b)
+        }
         None => {
             let cluster = MockCluster::new(1).context("starting the in-process Kafka cluster")?;
-            let bootstrap = cluster.bootstrap_servers();
-            for (topic, partitions) in [(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)] {
+            for (topic, partitions) in topics {
                 cluster.create_topic(topic, partitions, 1)?;
             }
+            let bootstrap = cluster.bootstrap_servers();
             (Some(cluster), bootstrap)
         }
     };
-    println!("brokers: {brokers}");
-    // Already existing topics (mock cluster, or a second run) are fine.
-    crate::bench::create_topics(&brokers, &[(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)]).await?;
+    let in_process = _cluster.is_some();
+    if in_process {
+        println!("brokers: {brokers} (librdkafka's in-process test cluster)");
+    } else {
+        println!("brokers: {brokers}");
+    }
 
     let mut config = Config::load(config_path)?;
     let group = format!("pseudonymizer-demo-{}", std::process::id());
@@ -75,32 +93,8 @@ pub async fn run(
         active.encryption.as_ref().map_or("-", |k| k.id())
     );
 
-    // Raw events, keyed by the subscriber number as a switch would key them.
-    let mut samples: Vec<(String, Value)> = Vec::new();
-    crate::bench::produce_raw(&engine, &brokers, RAW, events, 7, |name, event| {
-        if samples.len() < 2 && (samples.is_empty() || name.ends_with("MessageEvent")) {
-            samples.push((name.to_owned(), event.clone()));
-        }
-    })
-    .await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()?;
-    let mut deliveries = Vec::new();
-    let poison = [b"not avro at all".to_vec(), frame(99, b"\x00")];
-    for payload in &poison {
-        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(RAW).payload(payload.as_slice());
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
-    }
-    for d in deliveries {
-        d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
-    }
-    println!(
-        "produced {events} raw events and {} poison records to {RAW}",
-        poison.len()
-    );
-
-    // The worker, until everything is through.
+    // The worker first, on threads of its own (so that its CPU time can be told apart from
+    // the producer's and the in-process cluster's); the producer then feeds it.
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = Worker {
@@ -109,29 +103,251 @@ pub async fn run(
         metrics: metrics.clone(),
         treatment: Treatment::Sanitize,
     };
+    let worker_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(WORKER_THREAD)
+        .enable_all()
+        .build()?;
     let worker_config = config.clone();
-    let started = Instant::now();
-    let handle = tokio::spawn(async move { worker.run(&worker_config, stopped).await });
-    let total = (events + poison.len()) as u64;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (_, done) = metrics.progress();
-        if done >= total {
-            break;
+    let handle = worker_runtime.spawn(async move { worker.run(&worker_config, stopped).await });
+    let result = feed_and_watch(&engine, &brokers, events, &metrics, &handle, in_process).await;
+    stop.send(true).ok();
+    let stats = match result {
+        Ok(run) => {
+            let stats = handle.await??;
+            Some((run, stats))
         }
-        if handle.is_finished() || Instant::now() > deadline {
-            bail!("the worker stopped or stalled after {done} of {total} records");
+        Err(e) => {
+            worker_runtime.shutdown_background();
+            return Err(e);
+        }
+    };
+    worker_runtime.shutdown_background();
+    let Some((run, stats)) = stats else {
+        return Ok(());
+    };
+
+    show_samples(&engine, &brokers, run.samples).await?;
+    report(&run.figures, &stats, &metrics, in_process);
+    Ok(())
+}
+
+/// Name of the worker's threads in the demo.
+const WORKER_THREAD: &str = "pz-worker";
+
+/// What the demo measured while the worker ran.
+struct Figures {
+    records: u64,
+    seconds: f64,
+    /// CPU seconds of the worker's own threads (decode, route, transform, produce calls).
+    worker_cpu: f64,
+    /// CPU seconds of the whole process: worker, producer, librdkafka, in-process cluster.
+    process_cpu: f64,
+}
+
+struct Fed {
+    samples: Vec<(String, Value)>,
+    figures: Figures,
+}
+
+/// Produces the poison records and the events while the worker consumes them, shows progress,
+/// and waits until every record is accounted for; says why and fails if records stop moving.
+async fn feed_and_watch(
+    engine: &Engine,
+    brokers: &str,
+    events: usize,
+    metrics: &Arc<Metrics>,
+    worker: &tokio::task::JoinHandle<Result<worker::Stats, worker::WorkerError>>,
+    in_process: bool,
+) -> Result<Fed> {
+    let poison = [b"not avro at all".to_vec(), frame(99, b"\x00")];
+    let total = (events + poison.len()) as u64;
+    let started = Instant::now();
+    let (worker_cpu_0, process_cpu_0) = (threads_cpu_seconds(WORKER_THREAD), cpu_seconds());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    for payload in &poison {
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(RAW).payload(payload.as_slice());
+        producer
+            .send_result(record)
+            .map_err(|(e, _)| e)?
+            .await
+            .context("producer dropped")?
+            .map_err(|(e, _)| e)?;
+    }
+    let progress = Progress::start(total, metrics.clone());
+    // The last call and message produced are shown at the end: the newest records are the
+    // ones any cluster still holds.
+    let mut samples: Vec<(String, Value)> = Vec::new();
+    let outcome = {
+        let feeding = crate::bench::produce_raw(
+            engine,
+            brokers,
+            RAW,
+            events,
+            7,
+            |name, event| {
+                samples.retain(|(n, _)| n != name);
+                samples.push((name.to_owned(), event.clone()));
+            },
+            Some((metrics.as_ref(), MAX_AHEAD)),
+        );
+        let watching = watch(metrics, total, worker, in_process);
+        tokio::pin!(feeding, watching);
+        // Watched while producing too: a stall then is reported as well.
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                produced = &mut feeding, if !fed => match produced {
+                    Ok(()) => fed = true,
+                    Err(e) => break Err(e),
+                },
+                watched = &mut watching => break watched,
+            }
+        }
+    };
+    progress.finish();
+    outcome?;
+    Ok(Fed {
+        samples,
+        figures: Figures {
+            records: total,
+            seconds: started.elapsed().as_secs_f64(),
+            worker_cpu: threads_cpu_seconds(WORKER_THREAD) - worker_cpu_0,
+            process_cpu: cpu_seconds() - process_cpu_0,
+        },
+    })
+}
+
+/// Waits until `total` records are published or dead-lettered. Fails, saying why, when the
+/// worker stops or no record moves for [`STALL`].
+async fn watch(
+    metrics: &Metrics,
+    total: u64,
+    worker: &tokio::task::JoinHandle<Result<worker::Stats, worker::WorkerError>>,
+    in_process: bool,
+) -> Result<()> {
+    let mut last = metrics.counts();
+    let mut last_moved = Instant::now();
+    loop {
+        let now = metrics.counts();
+        if now.published + now.dead_lettered >= total {
+            return Ok(());
+        }
+        if worker.is_finished() {
+            bail!(
+                "the worker stopped after {} of {total} records (its error follows when it is awaited)",
+                now.published + now.dead_lettered
+            );
+        }
+        if now != last {
+            last = now;
+            last_moved = Instant::now();
+        } else if last_moved.elapsed() >= STALL {
+            bail!("{}", stall_report(metrics, total, in_process));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let elapsed = started.elapsed();
-    stop.send(true).ok();
-    let stats = handle.await??;
+}
 
-    // Show a raw and a sanitized event of each type side by side.
+/// Why records stopped moving, in words a newcomer can act on.
+fn stall_report(metrics: &Metrics, total: u64, in_process: bool) -> String {
+    let counts = metrics.counts();
+    let done = counts.published + counts.dead_lettered;
+    let mut report = format!(
+        "stalled: no record moved for {} s; {done} of {total} records accounted for \
+         ({} published, {} dead-lettered), {} missing",
+        STALL.as_secs(),
+        counts.published,
+        counts.dead_lettered,
+        total - done
+    );
+    let waiting = crate::worker::health::waiting_partitions(metrics);
+    if !waiting.is_empty() {
+        let list: Vec<String> = waiting
+            .iter()
+            .map(|(t, p, lag)| format!("{t}[{p}]: {lag} to read"))
+            .collect();
+        report.push_str(&format!("\npartitions with records to read: {}", list.join(", ")));
+    }
+    if counts.skipped > 0 {
+        report.push_str(&format!(
+            "\n{} records were deleted by the broker before the worker read them (retention)",
+            counts.skipped
+        ));
+    }
+    report.push_str(if in_process {
+        "\ntry: a smaller --events, or a real broker with --brokers HOST:PORT \
+         (the in-process cluster keeps only 5 MiB per partition)"
+    } else {
+        "\ntry: check that the brokers are reachable and the topics exist; RUST_LOG=info shows the worker's log"
+    });
+    report
+}
+
+/// The live progress line: redrawn in place on a terminal, a plain line every 2 s otherwise.
+struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn start(total: u64, metrics: Arc<Metrics>) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed:>4} [{bar:30}] {pos}/{len} accounted for  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        let shown = bar.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let period = if shown.is_some() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(2)
+            };
+            loop {
+                tokio::time::sleep(period).await;
+                let c = metrics.counts();
+                let done = c.published + c.dead_lettered;
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let line = format!(
+                    "in {}, published {}, dead-lettered {}, {rate:.0} records/s",
+                    c.consumed, c.published, c.dead_lettered
+                );
+                match &shown {
+                    Some(bar) => {
+                        bar.set_position(done);
+                        bar.set_message(line);
+                    }
+                    None => println!("progress: {done}/{total} accounted for: {line}"),
+                }
+            }
+        });
+        Progress { task, bar }
+    }
+
+    fn finish(self) {
+        self.task.abort();
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Shows a raw and a sanitized event of each type side by side.
+async fn show_samples(engine: &Engine, brokers: &str, samples: Vec<(String, Value)>) -> Result<()> {
     for (name, raw) in samples {
         let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", brokers)
             .set(
                 "group.id",
                 format!("pseudonymizer-demo-reader-{name}-{}", std::process::id()),
@@ -146,12 +362,16 @@ pub async fn run(
             .iter()
             .find(|(n, _)| n == "event_id")
             .map(|(_, v)| v.clone());
-        let (topic, plan) = if name.ends_with("CallEvent") {
-            (CALLS, engine.plan(&name))
-        } else {
-            (MESSAGES, engine.plan(&name))
+        let id_text = match &id {
+            Some(Value::String(s)) => s.clone(),
+            _ => continue,
         };
-        let plan = plan.context("plan exists")?;
+        let topic = if name.ends_with("CallEvent") {
+            CALLS
+        } else {
+            MESSAGES
+        };
+        let plan = engine.plan(&name).context("plan exists")?;
         reader.subscribe(&[topic])?;
         let mut sanitized = None;
         let until = Instant::now() + Duration::from_secs(20);
@@ -163,6 +383,13 @@ pub async fn run(
             let Some(payload) = message.payload().filter(|p| p.len() > 5) else {
                 continue;
             };
+            // Decode only the record that carries the sample's event id.
+            if !payload
+                .windows(id_text.len())
+                .any(|w| w == id_text.as_bytes())
+            {
+                continue;
+            }
             let value = apache_avro::from_avro_datum(&plan.output, &mut &payload[5..], None)?;
             if let Value::Record(out_fields) = &value {
                 if out_fields
@@ -193,15 +420,78 @@ pub async fn run(
             }
         }
     }
-    let rate = stats.published as f64 / elapsed.as_secs_f64();
-    println!(
-        "\nworker: {} records in, {} published, {:?} dead-lettered, in {:.2} s: {rate:.0} events/s",
-        stats.consumed,
-        stats.published,
-        stats.dead_lettered,
-        elapsed.as_secs_f64()
-    );
     Ok(())
+}
+
+/// The closing figures: wall clock, the worker's CPU, the transform alone.
+fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_process: bool) {
+    let dead: u64 = stats.dead_lettered.values().sum();
+    println!(
+        "\nworker: {} records in, {} published, {dead} dead-lettered ({:?}), none lost",
+        stats.consumed, stats.published, stats.dead_lettered
+    );
+    let records = figures.records as f64;
+    println!(
+        "wall clock: {:.1} s, {:.0} records/s{}",
+        figures.seconds,
+        records / figures.seconds.max(1e-9),
+        if in_process {
+            " (set by the in-process test cluster and the demo's producer, which share this \
+             process and its cores with the worker: not the product's speed)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "CPU per record: worker threads {:.1} µs; whole process {:.1} µs{}",
+        figures.worker_cpu * 1e6 / records,
+        figures.process_cpu * 1e6 / records,
+        if in_process {
+            " (with the producer and the cluster)"
+        } else {
+            " (with the producer)"
+        }
+    );
+    let transform = metrics.transform_seconds.get_sample_sum() * 1e6
+        / (metrics.transform_seconds.get_sample_count().max(1) as f64);
+    println!(
+        "transform alone: {transform:.1} µs per record, {:.0} records/s on one core",
+        1e6 / transform.max(1e-9)
+    );
+    println!("figures against a real broker: scripts/bench.sh (README, Performance)");
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    crate::bench::cpu_seconds()
+}
+
+/// User + system CPU seconds of this process's threads whose name starts with `prefix`
+/// (`/proc/self/task/*/stat`; 0 where /proc is not there).
+fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no side effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ..." with comm possibly holding spaces: split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after "state".
+        let time = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (time(11) + time(12)) / ticks;
+    }
+    total
 }
 
 fn clip(text: &str, width: usize) -> String {

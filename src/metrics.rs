@@ -14,6 +14,16 @@ use prometheus::{
 
 use crate::keys::SealKey;
 
+/// Record counts summed over their labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub consumed: u64,
+    pub published: u64,
+    pub dead_lettered: u64,
+    /// Deleted by the broker before they were read.
+    pub skipped: u64,
+}
+
 /// Every metric the worker exports.
 pub struct Metrics {
     registry: Registry,
@@ -223,6 +233,12 @@ impl Metrics {
 
     /// Records consumed, and records finished (acknowledged as published or dead-lettered).
     pub fn progress(&self) -> (u64, u64) {
+        let counts = self.counts();
+        (counts.consumed, counts.published + counts.dead_lettered)
+    }
+
+    /// Records consumed, published and dead-lettered so far (all labels summed).
+    pub fn counts(&self) -> Counts {
         use prometheus::core::Collector;
         let sum = |families: Vec<prometheus::proto::MetricFamily>| -> u64 {
             families
@@ -231,9 +247,12 @@ impl Metrics {
                 .map(|m| m.get_counter().get_value() as u64)
                 .sum()
         };
-        let consumed = sum(self.records_in.collect());
-        let done = sum(self.records_out.collect()) + sum(self.dead_lettered.collect());
-        (consumed, done)
+        Counts {
+            consumed: sum(self.records_in.collect()),
+            published: sum(self.records_out.collect()),
+            dead_lettered: sum(self.dead_lettered.collect()),
+            skipped: sum(self.records_skipped.collect()),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

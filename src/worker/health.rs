@@ -162,7 +162,7 @@ impl StallDetector {
 }
 
 /// (topic, partition, lag) of every assigned partition with records to read.
-fn waiting_partitions(metrics: &Metrics) -> Vec<(String, String, i64)> {
+pub fn waiting_partitions(metrics: &Metrics) -> Vec<(String, String, i64)> {
     use prometheus::core::Collector;
     let mut waiting = Vec::new();
     for family in metrics.consumer_lag.collect() {
