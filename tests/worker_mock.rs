@@ -124,3 +124,89 @@ async fn dead_letters_replay_after_a_fix() {
     );
     kafka::verify_outputs(&got, &topics, &inputs);
 }
+
+/// Records the broker deletes before the worker reads them: the mock cluster keeps at most
+/// 5 MiB per partition and deletes older records (`rdkafka_mock.c`), which is what retention
+/// does to a worker that falls behind. (Tansu 0.6 deletes nothing: its memory storage keeps
+/// every record, and it has no DeleteRecords.) The worker reads 200 records and commits; then
+/// far more than 5 MiB arrive while it is stopped. Started again, it cannot resume where it
+/// left off: it logs the offsets skipped and counts them, and carries on with what is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_they_are_read_are_logged_and_counted() {
+    let logs = common::Logs::capture();
+    let topics = Topics::unique("skipped");
+    let cluster = cluster(&topics, 1);
+    let brokers = cluster.bootstrap_servers();
+    let config = topics.config(&brokers);
+    let mut inputs = Inputs::default();
+    kafka::produce(&brokers, &topics.raw, 200, 41, &[], &mut inputs).await;
+    let metrics = Metrics::new();
+    let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.progress().1 < 200 {
+        assert!(Instant::now() < deadline, "the first 200 records were processed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(metrics.counts().skipped, 0, "nothing skipped in a normal run");
+
+    // While the worker is stopped, about 8 MiB arrive: the oldest records are deleted.
+    let mut later = Inputs::default();
+    kafka::produce(&brokers, &topics.raw, 24_000, 42, &[], &mut later).await;
+    let (low, high) = watermarks(&brokers, &topics.raw);
+    assert!(low > 200, "the mock cluster deleted unread records (low watermark {low})");
+
+    let metrics = Metrics::new();
+    let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while metrics.progress().1 < (high - low) as u64 || metrics.counts().skipped == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker read what is left ({:?}, {} left)",
+            metrics.counts(),
+            high - low
+        );
+        assert!(!worker.is_finished(), "the worker kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(
+        metrics.counts().skipped,
+        (low - 200) as u64,
+        "every deleted unread record is counted, no more"
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!(
+            "pseudonymizer_records_skipped_total{{partition=\"0\",topic=\"{}\"}} {}",
+            topics.raw,
+            low - 200
+        )),
+        "the metric names the topic and partition"
+    );
+    let lines = logs.lines_with(&["deleted by the broker", &topics.raw]);
+    assert_eq!(lines.len(), 1, "one error line: {lines:?}");
+    for part in [
+        "ERROR".to_owned(),
+        "partition=0".to_owned(),
+        "first_skipped=200".to_owned(),
+        format!("last_skipped={}", low - 1),
+        format!("skipped={}", low - 200),
+    ] {
+        assert!(lines[0].contains(&part), "{part} in {}", lines[0]);
+    }
+}
+
+/// (low, high) watermarks of partition 0.
+fn watermarks(brokers: &str, topic: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+}

@@ -1,5 +1,5 @@
-//! The broker goes away mid-stream and comes back: the worker retries, resumes, and loses
-//! nothing.
+//! The broker goes away mid-stream and comes back: the worker reports the stall (error line,
+//! metric, readyz 503), retries, resumes, and loses nothing.
 //!
 //! The outage is real TCP: this test starts its own Tansu (the binary `scripts/test.sh`
 //! names in `PSEUDONYMIZER_TANSU_BIN`) listening on one port and advertising another, where a
@@ -140,15 +140,17 @@ async fn broker_outage_mid_stream_loses_nothing() {
     // must not fall inside a batch (Tansu 0.6 returns nothing from the middle of one).
     kafka::produce_unbatched(&brokers, &topics.raw, EVENTS, 31, &mut inputs).await;
 
+    let logs = common::Logs::capture();
     let mut config = topics.config(&brokers);
+    let kafka_config = config.kafka.as_mut().unwrap();
     // Reconnect quickly once the broker is back, so the test is short.
-    config
-        .kafka
-        .as_mut()
-        .unwrap()
+    kafka_config
         .properties
         .insert("reconnect.backoff.max.ms".into(), "1000".into());
-    let (stop, worker) = kafka::spawn_worker(&config, Metrics::new());
+    // The outage lasts 10 s: a stall must be reported well within it.
+    kafka_config.stall_timeout_secs = 3;
+    let metrics = Metrics::new();
+    let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
     let reader = kafka::reader(&brokers, &topics, false);
     let mut got = Collected::default();
     got.until(&reader, &topics, Duration::from_secs(120), |c| {
@@ -167,6 +169,17 @@ async fn broker_outage_mid_stream_loses_nothing() {
         proxy.cut_connections.load(Ordering::Relaxed) > 0,
         "the outage cut live connections"
     );
+    // The stall was reported: counted, readyz 503, an error line naming the partitions.
+    assert!(metrics.stalls.get() >= 1, "the stall was counted");
+    assert_eq!(metrics.stalled.get(), 1, "the stall gauge is set");
+    assert!(!metrics.is_ready(), "readyz answers 503 while stalled");
+    let stall_lines = logs.lines_with(&["stalled", &format!("{}[", topics.raw)]);
+    assert!(
+        !stall_lines.is_empty(),
+        "an error line names the stalled partitions: {:?}",
+        logs.lines_with(&["stalled"])
+    );
+    assert!(stall_lines[0].contains("ERROR"), "{}", stall_lines[0]);
     let before_recovery = proxy.connections.load(Ordering::Relaxed);
     proxy.set_up(true);
 
@@ -181,6 +194,15 @@ async fn broker_outage_mid_stream_loses_nothing() {
         during < EVENTS,
         "the outage came mid-stream ({during} of {EVENTS} published)"
     );
+    // Records flow again: the stall is over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(metrics.is_ready() && metrics.stalled.get() == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "readyz 200 again after the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop.send(true).unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(60), worker)
         .await

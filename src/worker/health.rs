@@ -45,39 +45,54 @@ impl ConsumerContext for WorkerContext {
 /// The worker's consumer.
 pub type WorkerConsumer = StreamConsumer<WorkerContext>;
 
-/// Updates the lag gauge of every assigned partition. Blocking broker calls: run it off the
-/// async threads. A partition whose watermarks cannot be fetched (broker down) keeps its last
-/// known lag, so a stall during an outage is still seen.
+/// Updates the lag gauge of every assigned partition, each as soon as it is known. Blocking
+/// broker calls: run it off the async threads. A partition whose watermarks cannot be fetched
+/// (broker down) keeps its last known lag, so a stall during an outage is still seen.
 fn update_lag(consumer: &WorkerConsumer, metrics: &Metrics) {
     let Ok(positions) = consumer.position() else {
         return;
     };
-    let mut lags = Vec::new();
+    // Every assigned partition is named at once (lag 0 until measured), so a stall report
+    // names them even when the broker went away before any lag was measured.
+    let known = lags(metrics);
     for element in positions.elements() {
         let partition = element.partition().to_string();
-        let known = metrics
-            .consumer_lag
-            .get_metric_with_label_values(&[element.topic(), &partition])
-            .map(|g| g.get())
-            .unwrap_or(0);
-        let lag = match (
-            consumer.fetch_watermarks(element.topic(), element.partition(), BROKER_QUERY),
-            element.offset(),
-        ) {
-            (Ok((_, high)), Offset::Offset(position)) => (high - position).max(0),
+        if !known
+            .iter()
+            .any(|(t, p, _)| t == element.topic() && *p == partition)
+        {
+            metrics
+                .consumer_lag
+                .with_label_values(&[element.topic(), &partition])
+                .set(0);
+        }
+    }
+    let mut assigned = Vec::new();
+    for element in positions.elements() {
+        let partition = element.partition().to_string();
+        let watermarks =
+            consumer.fetch_watermarks(element.topic(), element.partition(), BROKER_QUERY);
+        let lag = match (watermarks, element.offset()) {
+            (Ok((_, high)), Offset::Offset(position)) => Some((high - position).max(0)),
             // Nothing consumed yet: everything up to the high watermark is to be read.
-            (Ok((low, high)), _) => (high - low).max(0),
-            (Err(_), _) => known,
+            (Ok((low, high)), _) => Some((high - low).max(0)),
+            (Err(_), _) => None,
         };
-        lags.push((element.topic().to_owned(), partition, lag));
+        if let Some(lag) = lag {
+            metrics
+                .consumer_lag
+                .with_label_values(&[element.topic(), &partition])
+                .set(lag);
+        }
+        assigned.push((element.topic().to_owned(), partition));
     }
     // Only assigned partitions: a revoked partition's lag is its new owner's to report.
-    metrics.consumer_lag.reset();
-    for (topic, partition, lag) in lags {
-        metrics
-            .consumer_lag
-            .with_label_values(&[&topic, &partition])
-            .set(lag);
+    for (topic, partition, _) in lags(metrics) {
+        if !assigned.contains(&(topic.clone(), partition.clone())) {
+            let _ = metrics
+                .consumer_lag
+                .remove_label_values(&[&topic, &partition]);
+        }
     }
 }
 
@@ -89,16 +104,23 @@ pub fn spawn(consumer: &Arc<WorkerConsumer>, metrics: &Arc<Metrics>, stall_timeo
     tokio::spawn(async move {
         let mut stall = StallDetector::new(stall_timeout);
         let mut last_lag_update: Option<Instant> = None;
+        let updating = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(consumer) = consumer.upgrade() else {
                 break;
             };
-            if last_lag_update.is_none_or(|t| t.elapsed() >= lag_every) {
+            // One update at a time, not awaited: with the broker down one takes seconds, and
+            // the stall check goes on meanwhile.
+            if last_lag_update.is_none_or(|t| t.elapsed() >= lag_every)
+                && !updating.swap(true, Ordering::AcqRel)
+            {
                 last_lag_update = Some(Instant::now());
-                let metrics = metrics.clone();
-                // Not awaited: with the broker down it takes seconds, and the stall check goes on.
-                tokio::task::spawn_blocking(move || update_lag(&consumer, &metrics));
+                let (metrics, updating) = (metrics.clone(), updating.clone());
+                tokio::task::spawn_blocking(move || {
+                    update_lag(&consumer, &metrics);
+                    updating.store(false, Ordering::Release);
+                });
             }
             stall.check(&metrics);
         }
@@ -144,12 +166,22 @@ impl StallDetector {
             // Idle, not stalled: nothing to read.
             return;
         }
+        // Records in flight but no lag measured yet (the broker went away right at the
+        // start): the assigned partitions are named without a count.
+        let waiting = if waiting.is_empty() {
+            lags(metrics)
+        } else {
+            waiting
+        };
         self.stalled = true;
         metrics.set_stalled(true);
         metrics.stalls.inc();
         let partitions: Vec<String> = waiting
             .iter()
-            .map(|(topic, partition, lag)| format!("{topic}[{partition}] ({lag} to read)"))
+            .map(|(topic, partition, lag)| match lag {
+                0 => format!("{topic}[{partition}]"),
+                lag => format!("{topic}[{partition}] ({lag} to read)"),
+            })
             .collect();
         tracing::error!(
             seconds = self.last_moved.elapsed().as_secs(),
@@ -163,14 +195,19 @@ impl StallDetector {
 
 /// (topic, partition, lag) of every assigned partition with records to read.
 pub fn waiting_partitions(metrics: &Metrics) -> Vec<(String, String, i64)> {
+    lags(metrics)
+        .into_iter()
+        .filter(|(_, _, lag)| *lag > 0)
+        .collect()
+}
+
+/// (topic, partition, lag) of every partition in the lag gauge.
+fn lags(metrics: &Metrics) -> Vec<(String, String, i64)> {
     use prometheus::core::Collector;
     let mut waiting = Vec::new();
     for family in metrics.consumer_lag.collect() {
         for metric in family.get_metric() {
             let lag = metric.get_gauge().get_value() as i64;
-            if lag <= 0 {
-                continue;
-            }
             let label = |name: &str| {
                 metric
                     .get_label()

@@ -119,3 +119,49 @@ impl std::ops::DerefMut for Reaped {
         &mut self.0
     }
 }
+
+/// The log lines of this test process, captured from the first call on (a process has one
+/// global subscriber, so every test of a binary shares the capture; look for lines that name
+/// your own topics).
+#[derive(Clone)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn capture() -> Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs(Default::default());
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter("pseudonymizer=info")
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    /// Every captured line holding all of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        let text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
