@@ -176,6 +176,12 @@ impl Metrics {
         Arc::new(metrics)
     }
 
+    /// Exports a counter kept elsewhere (the engine's phone region fallbacks). A second
+    /// registration of the same counter is a no-op.
+    pub fn export_counter(&self, counter: &IntCounter) {
+        let _ = self.registry.register(Box::new(counter.clone()));
+    }
+
     /// Marks the worker ready (subscribed) or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);

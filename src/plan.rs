@@ -57,7 +57,32 @@ pub struct Leaf {
     /// The field path; the AAD of envelopes and the place named in errors.
     pub path: Box<str>,
     pub input: LeafInput,
+    /// For a phone rule with a `region_field`: its index in [`Plan::regions`].
+    pub region: Option<usize>,
 }
+
+/// A field that holds a record's own phone region (a rule's `region_field`): a string or
+/// nullable string, outside arrays, found in the binary without decoding the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSource {
+    pub path: Box<str>,
+    /// From the start of the record to the string.
+    pub steps: Vec<Locate>,
+}
+
+/// One move towards a region field in the Avro binary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Locate {
+    /// Read past a value (a field before the one wanted).
+    Skip(Shape),
+    /// A union: go on only if this branch is the one written (a null has no region).
+    Branch(usize),
+    /// The string itself.
+    String,
+}
+
+/// Region fields of one schema, at most (each costs a pass over the record's start).
+pub const MAX_REGION_FIELDS: usize = 4;
 
 /// What to do with one value, compiled from the schema and the rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +211,8 @@ pub struct Plan {
     pub step: Step,
     /// The rules it was compiled from (the reference path walks these).
     pub rules: Rules,
+    /// Fields holding records' own phone regions, by the index leaves refer to.
+    pub regions: Vec<RegionSource>,
     /// Whether some rule needs the active pseudonym key.
     pub needs_pseudonym: bool,
     /// Whether some rule needs the active encryption key.
@@ -201,6 +228,7 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
         ]);
     };
     let input_name = root.name.fullname(None);
+    let region_paths = rules.region_paths();
     let mut walker = Walker {
         rules,
         used: BTreeSet::new(),
@@ -208,8 +236,35 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
         named: HashMap::new(),
         emitted: HashMap::new(),
         root_name: input_name.clone(),
+        region_paths: region_paths.clone(),
     };
     let (step, output_json) = walker.record(root, "", 0);
+    if region_paths.len() > MAX_REGION_FIELDS {
+        walker.errors.push(format!(
+            "phone rules name {} region fields; at most {MAX_REGION_FIELDS}",
+            region_paths.len()
+        ));
+    }
+    let mut regions = Vec::new();
+    for path in &region_paths {
+        match walker.locate(root, path) {
+            Ok(steps) => regions.push(RegionSource {
+                path: (*path).into(),
+                steps,
+            }),
+            Err(why) => {
+                let users: Vec<&str> = rules
+                    .iter()
+                    .map(|(p, _)| p)
+                    .filter(|p| rules.region_field(p) == Some(*path))
+                    .collect();
+                walker.errors.push(format!(
+                    "{}: region_field {path:?} {why} (it must name a string or nullable string field of {input_name}, outside arrays)",
+                    users.join(", ")
+                ));
+            }
+        }
+    }
     for (path, _) in rules.iter() {
         if !walker.used.contains(path) {
             walker
@@ -230,6 +285,7 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
         output_json,
         step,
         rules: rules.clone(),
+        regions,
         needs_pseudonym,
         needs_encryption,
     })
@@ -245,6 +301,8 @@ struct Walker<'a> {
     /// writes only the name, and must derive to the same definition.
     emitted: HashMap<String, Json>,
     root_name: String,
+    /// Region field paths, by the index [`Leaf::region`] holds.
+    region_paths: Vec<&'a str>,
 }
 
 fn join(path: &str, name: &str) -> String {
@@ -256,6 +314,49 @@ fn join(path: &str, name: &str) -> String {
 }
 
 impl Walker<'_> {
+    /// The index of the region field of the phone rule at `path`, if it names one.
+    fn region_index(&self, path: &str) -> Option<usize> {
+        let region = self.rules.region_field(path)?;
+        self.region_paths.iter().position(|p| *p == region)
+    }
+
+    /// The moves from the start of `root` to the string at `path`, or why there is none.
+    fn locate(&mut self, root: &RecordSchema, path: &str) -> Result<Vec<Locate>, String> {
+        let mut steps = Vec::new();
+        let mut record = root.clone();
+        let mut names = path.split('.').peekable();
+        while let Some(name) = names.next() {
+            let last = names.peek().is_none();
+            let Some(position) = record.fields.iter().position(|f| f.name == name) else {
+                return Err("names no field".to_owned());
+            };
+            for before in &record.fields[..position] {
+                let shape = self.shape(&before.schema, path, 0);
+                steps.push(Locate::Skip(shape));
+            }
+            let mut schema = self.resolve(&record.fields[position].schema).clone();
+            // A nullable value: follow its one other branch.
+            if let Schema::Union(union) = &schema {
+                let variants = union.variants();
+                let others: Vec<usize> = (0..variants.len())
+                    .filter(|&i| !matches!(variants[i], Schema::Null))
+                    .collect();
+                let [branch] = others[..] else {
+                    return Err("is a union of several types".to_owned());
+                };
+                steps.push(Locate::Branch(branch));
+                schema = self.resolve(&variants[branch]).clone();
+            }
+            match (schema, last) {
+                (Schema::String, true) => steps.push(Locate::String),
+                (Schema::Record(inner), false) => record = inner,
+                (_, true) => return Err("is not a string".to_owned()),
+                (_, false) => return Err("crosses a field that is not a record".to_owned()),
+            }
+        }
+        Ok(steps)
+    }
+
     fn resolve<'s>(&'s self, schema: &'s Schema) -> &'s Schema {
         match schema {
             Schema::Ref { name } => self.named.get(&name.fullname(None)).unwrap_or(schema),
@@ -509,6 +610,7 @@ impl Walker<'_> {
                     action,
                     path: path.into(),
                     input: LeafInput::String,
+                    region: self.region_index(path),
                 }),
                 json!(out_type),
             )),
@@ -517,6 +619,7 @@ impl Walker<'_> {
                     action,
                     path: path.into(),
                     input: LeafInput::Bytes,
+                    region: None,
                 }),
                 json!(out_type),
             )),

@@ -1,8 +1,10 @@
 //! Rules: what happens to each field. One [`Action`] per leaf field path.
 //!
-//! In TOML an action is a string (`"keep"`, `"phone"`, `"encrypt"`, …) or, for
-//! `ip-truncate`, optionally a table giving the prefix kept per family:
-//! `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`.
+//! In TOML an action is a string (`"keep"`, `"phone"`, `"encrypt"`, …) or a table with
+//! options: for `ip-truncate` the prefix kept per family
+//! (`{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`), for `phone` a field of
+//! the same record that holds the region to read national numbers with
+//! (`{ action = "phone", region_field = "location.country" }`).
 
 use std::collections::BTreeMap;
 
@@ -90,13 +92,16 @@ impl Action {
 pub enum RuleSpec {
     /// `"keep"`, `"phone"`, …
     Name(String),
-    /// `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`
+    /// `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`,
+    /// `{ action = "phone", region_field = "location.country" }`
     Table {
         action: String,
         #[serde(default)]
         ipv4_prefix: Option<u8>,
         #[serde(default)]
         ipv6_prefix: Option<u8>,
+        #[serde(default)]
+        region_field: Option<String>,
     },
 }
 
@@ -109,12 +114,16 @@ impl RuleSpec {
                 action,
                 ipv4_prefix,
                 ipv6_prefix,
+                ..
             } => (action.as_str(), *ipv4_prefix, *ipv6_prefix),
         };
         if name != "ip-truncate" && (v4.is_some() || v6.is_some()) {
             return Err(format!(
                 "prefix lengths only apply to ip-truncate, not {name:?}"
             ));
+        }
+        if name != "phone" && self.region_field().is_some() {
+            return Err(format!("region_field only applies to phone, not {name:?}"));
         }
         Ok(match name {
             "keep" => Action::Keep,
@@ -142,10 +151,22 @@ impl RuleSpec {
     }
 }
 
+impl RuleSpec {
+    /// The field holding the record's own phone region, where the rule names one.
+    pub fn region_field(&self) -> Option<&str> {
+        match self {
+            RuleSpec::Table { region_field, .. } => region_field.as_deref(),
+            RuleSpec::Name(_) => None,
+        }
+    }
+}
+
 /// The rules of one input schema: field path to action.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     actions: BTreeMap<String, Action>,
+    /// Phone field path → the path of the field holding its region.
+    region_fields: BTreeMap<String, String>,
 }
 
 impl Rules {
@@ -153,6 +174,7 @@ impl Rules {
     /// `keep`, so that compiling them still reports every other problem in the same run.
     pub fn from_specs(specs: &BTreeMap<String, RuleSpec>) -> (Self, Vec<String>) {
         let mut actions = BTreeMap::new();
+        let mut region_fields = BTreeMap::new();
         let mut errors = Vec::new();
         for (path, spec) in specs {
             let action = spec.action().unwrap_or_else(|why| {
@@ -160,15 +182,46 @@ impl Rules {
                 Action::Keep
             });
             actions.insert(path.clone(), action);
+            if let (Action::Token(TokenClass::Phone), Some(region)) = (action, spec.region_field())
+            {
+                region_fields.insert(path.clone(), region.to_owned());
+            }
         }
-        (Rules { actions }, errors)
+        (
+            Rules {
+                actions,
+                region_fields,
+            },
+            errors,
+        )
     }
 
     /// Builds rules from pairs (for tests and tools).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Action)>) -> Self {
         Rules {
             actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect(),
+            region_fields: BTreeMap::new(),
         }
+    }
+
+    /// These rules, with the phone rule at `phone_path` reading its region from `region_path`.
+    pub fn with_region_field(mut self, phone_path: &str, region_path: &str) -> Self {
+        self.region_fields
+            .insert(phone_path.to_owned(), region_path.to_owned());
+        self
+    }
+
+    /// The field holding the region of the phone field at `path`, where its rule names one.
+    pub fn region_field(&self, path: &str) -> Option<&str> {
+        self.region_fields.get(path).map(String::as_str)
+    }
+
+    /// Every field path that holds a region for some phone rule, without repeats.
+    pub fn region_paths(&self) -> Vec<&str> {
+        let mut paths: Vec<&str> = self.region_fields.values().map(String::as_str).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
     }
 
     /// The action for a path.

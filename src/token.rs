@@ -144,6 +144,9 @@ pub fn phone_regions() -> Vec<String> {
 /// E.164 format.
 pub struct PhoneCanon {
     region: Region,
+    /// Records whose region field held something that is not a region (read with the
+    /// default region instead); exported as `pseudonymizer_phone_region_fallbacks_total`.
+    fallbacks: prometheus::IntCounter,
 }
 
 /// Why a phone region is refused.
@@ -155,12 +158,35 @@ impl PhoneCanon {
     /// Canonicalization for numbers written without a country code in `region` (e.g. `ID`).
     pub fn new(region: &str) -> Result<Self, UnknownRegion> {
         let region = phone_region(region).ok_or_else(|| UnknownRegion(region.to_owned()))?;
-        Ok(PhoneCanon { region })
+        let fallbacks = prometheus::IntCounter::new(
+            "pseudonymizer_phone_region_fallbacks_total",
+            "Records whose phone region field held something that is not a region (read with the default region).",
+        )
+        .expect("a valid metric");
+        Ok(PhoneCanon { region, fallbacks })
     }
 
     /// The default region.
     pub fn region(&self) -> Region {
         self.region
+    }
+
+    /// The region to read a record's phone numbers with, from its region field's text: the
+    /// default region when the field is null, missing or blank, and when it holds something
+    /// that is not a region (then counted in [`PhoneCanon::region_fallbacks`]).
+    pub fn record_region(&self, text: Option<&str>) -> Region {
+        match text.map(str::trim).filter(|t| !t.is_empty()) {
+            None => self.region,
+            Some(text) => phone_region(text).unwrap_or_else(|| {
+                self.fallbacks.inc();
+                self.region
+            }),
+        }
+    }
+
+    /// The count of region fields that held something that is not a region.
+    pub fn region_fallbacks(&self) -> &prometheus::IntCounter {
+        &self.fallbacks
     }
 
     /// The class and canonical form of a phone field's value, read with the default region.

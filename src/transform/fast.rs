@@ -7,9 +7,9 @@
 
 use super::binary::{write_bytes, write_long, Cursor};
 use super::leaf::pseudonymize;
-use super::{ActiveKeys, ErrorKind, TransformError};
+use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
-use crate::plan::{Leaf, LeafInput, Plan, Shape, Step};
+use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
 use crate::rules::Action;
 use crate::token::PhoneCanon;
 
@@ -19,19 +19,47 @@ pub fn transform(
     keys: &ActiveKeys,
     input: &[u8],
     out: &mut Vec<u8>,
-) -> Result<(), TransformError> {
+) -> Result<Regions, TransformError> {
+    // A record's own regions come first: a region field may follow the phone fields it serves.
+    let mut regions = Regions::default();
+    for source in &plan.regions {
+        regions.push(phone.record_region(find_region(source, input)));
+    }
     let mut cursor = Cursor::new(input);
-    let walker = Walker { phone, keys };
+    let walker = Walker {
+        phone,
+        keys,
+        regions: &regions,
+    };
     walker.step(&plan.step, &mut cursor, out)?;
     if cursor.remaining() != 0 {
         return Err(TransformError::at("", ErrorKind::TrailingBytes));
     }
-    Ok(())
+    Ok(regions)
+}
+
+/// The text of a region field, or `None` where it is null or the bytes do not get that far
+/// (the walk that follows reports the damage).
+fn find_region<'i>(source: &RegionSource, input: &'i [u8]) -> Option<&'i str> {
+    let mut cur = Cursor::new(input);
+    for step in &source.steps {
+        match step {
+            Locate::Skip(shape) => skip(shape, &mut cur).ok()?,
+            Locate::Branch(branch) => {
+                if usize::try_from(cur.long().ok()?).ok()? != *branch {
+                    return None;
+                }
+            }
+            Locate::String => return std::str::from_utf8(cur.bytes().ok()?).ok(),
+        }
+    }
+    None
 }
 
 struct Walker<'a> {
     phone: &'a PhoneCanon,
     keys: &'a ActiveKeys,
+    regions: &'a Regions,
 }
 
 impl Walker<'_> {
@@ -102,7 +130,11 @@ impl Walker<'_> {
         }
         // Checked just above for string leaves; only strings reach a pseudonymizing action.
         let text = std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?;
-        let pseudonym = pseudonymize(leaf.action, text, self.phone, self.keys)?;
+        let region = match leaf.region {
+            Some(i) => self.regions[i],
+            None => self.phone.region(),
+        };
+        let pseudonym = pseudonymize(leaf.action, text, self.phone, region, self.keys)?;
         write_bytes(out, pseudonym.as_str().as_bytes());
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use super::{ActiveKeys, ErrorKind};
 use crate::rules::Action;
 use crate::token::{self, ip_text, parse_ip, token, truncate_ip, PhoneCanon, TokenClass};
+use rlibphonenumber::Region;
 
 /// A rewritten string value: a token or an IP's text, held on the stack.
 pub enum Pseudonym {
@@ -23,10 +24,12 @@ impl Pseudonym {
 }
 
 /// The output of a string-yielding action (every action but keep, drop and encrypt).
+/// `region` is the one phone numbers are read with: the record's own or the default.
 pub fn pseudonymize(
     action: Action,
     value: &str,
     phone: &PhoneCanon,
+    region: Region,
     keys: &ActiveKeys,
 ) -> Result<Pseudonym, ErrorKind> {
     let key = keys.pseudonym.as_deref().ok_or(ErrorKind::NoPseudonymKey)?;
@@ -44,6 +47,10 @@ pub fn pseudonymize(
             }
             None => raw_ip(value),
         },
+        Action::Token(TokenClass::Phone) => {
+            let (class, canonical) = phone.canonical_in(region, value);
+            Pseudonym::Token(token(key, class, canonical.as_bytes()))
+        }
         Action::Token(class) => {
             let (class, canonical) = token::canonical(class, value, phone);
             Pseudonym::Token(token(key, class, canonical.as_bytes()))

@@ -69,6 +69,10 @@ impl TransformError {
     }
 }
 
+/// The phone regions a record names in its region fields, by [`Plan::regions`] index (empty
+/// when its rules name none; then nothing is allocated).
+pub type Regions = Vec<rlibphonenumber::Region>;
+
 /// The keys new output is made with: the active key of each purpose the rules use.
 #[derive(Debug, Clone)]
 pub struct ActiveKeys {
@@ -163,14 +167,15 @@ impl Engine {
     }
 
     /// The fast path: transforms one event's Avro binary, appending the output to `out`.
-    /// On error `out` may hold a partial event; callers clear it before reuse.
+    /// On error `out` may hold a partial event; callers clear it before reuse. Returns the
+    /// phone regions the record named (for its key).
     pub fn transform(
         &self,
         plan: &Plan,
         keys: &ActiveKeys,
         input: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), TransformError> {
+    ) -> Result<Regions, TransformError> {
         fast::transform(plan, &self.phone, keys, input, out)
     }
 

@@ -25,20 +25,56 @@ pub fn transform(
     if !reader.is_empty() {
         return Err(TransformError::at("", ErrorKind::TrailingBytes));
     }
+    // The record's own phone regions, as the fast path reads them.
+    let regions: Vec<_> = plan
+        .regions
+        .iter()
+        .map(|source| phone.record_region(find_string(&value, &source.path)))
+        .collect();
     let rewriter = Rewriter {
         rules: &plan.rules,
         phone,
         keys,
+        regions: &plan
+            .regions
+            .iter()
+            .map(|s| &*s.path)
+            .zip(regions)
+            .collect::<Vec<_>>(),
     };
     let value = rewriter.branch(value, "")?;
     to_avro_datum(&plan.output, value)
         .map_err(|_| TransformError::at("", ErrorKind::SchemaMismatch))
 }
 
+/// The string at a dotted path of records (through nullable values); `None` where a value
+/// on the way is null or the path leads nowhere.
+fn find_string<'v>(value: &'v Value, path: &str) -> Option<&'v str> {
+    let mut value = value;
+    for name in path.split('.') {
+        if let Value::Union(_, inner) = value {
+            value = inner;
+        }
+        let Value::Record(fields) = value else {
+            return None;
+        };
+        value = &fields.iter().find(|(n, _)| n == name)?.1;
+    }
+    if let Value::Union(_, inner) = value {
+        value = inner;
+    }
+    match value {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
 struct Rewriter<'a> {
     rules: &'a Rules,
     phone: &'a PhoneCanon,
     keys: &'a ActiveKeys,
+    /// Region field path → the region it gave this record.
+    regions: &'a [(&'a str, rlibphonenumber::Region)],
 }
 
 impl Rewriter<'_> {
@@ -93,13 +129,21 @@ impl Rewriter<'_> {
                 Value::Bytes(self.seal(&bytes, path)?)
             }
             Value::String(text) => Value::String(
-                pseudonymize(action, &text, self.phone, self.keys)
+                pseudonymize(action, &text, self.phone, self.region_for(path), self.keys)
                     .map_err(fail)?
                     .as_str()
                     .to_owned(),
             ),
             _ => return Err(fail(ErrorKind::SchemaMismatch)),
         })
+    }
+
+    /// The region the phone field at `path` is read with.
+    fn region_for(&self, path: &str) -> rlibphonenumber::Region {
+        self.rules
+            .region_field(path)
+            .and_then(|field| self.regions.iter().find(|(p, _)| *p == field))
+            .map_or(self.phone.region(), |(_, region)| *region)
     }
 
     fn seal(&self, plaintext: &[u8], path: &str) -> Result<Vec<u8>, TransformError> {

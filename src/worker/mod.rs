@@ -102,6 +102,8 @@ impl Worker {
         if self.keys.borrow().encryption.is_none() {
             return Err(WorkerError::NoEncryptionKey);
         }
+        self.metrics
+            .export_counter(self.engine.phone().region_fallbacks());
         if let Some(listen) = &kafka.metrics_listen {
             let addr = self.metrics.serve(listen).map_err(WorkerError::Metrics)?;
             tracing::info!(%addr, "metrics listening");

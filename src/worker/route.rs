@@ -212,14 +212,21 @@ impl Router {
         out.clear();
         out.push(MAGIC);
         out.extend_from_slice(&route.output_schema_id.to_be_bytes());
-        engine
+        let regions = engine
             .transform(&route.plan, keys, avro, out)
             .map_err(|_| DeadLetter::CorruptAvro)?;
         let key = match (route.key_class, key) {
             (Some(class), Some(key)) => {
                 let text = String::from_utf8_lossy(key);
                 let pkey = keys.pseudonym.as_deref().ok_or(DeadLetter::CorruptAvro)?;
-                let (class, canonical) = token::canonical(class, &text, engine.phone());
+                // A phone key is read like the phone fields: with the record's own region
+                // where its rules name one (the first region field, by path), else the default.
+                let (class, canonical) = match (class, regions.first()) {
+                    (TokenClass::Phone, Some(&region)) => {
+                        engine.phone().canonical_in(region, &text)
+                    }
+                    _ => token::canonical(class, &text, engine.phone()),
+                };
                 Some(
                     token::token(pkey, class, canonical.as_bytes())
                         .as_str()
