@@ -1,7 +1,9 @@
 //! The per-event transform against its baselines, in one run:
 //! - `fast`: the production path (binary walk);
 //! - `reference`: decode to apache-avro `Value`, rewrite, encode;
-//! - `crypto_floor`: only the HMACs and AES-GCM seals the same event needs.
+//! - `crypto_floor`: only the HMACs and AES-GCM seals the same event needs;
+//! - `call_wire_numbers`: calls whose numbers come in the shapes seen on the wire, each taking
+//!   libphonenumber's full parse, against their crypto floor; and one full parse alone.
 //!
 //! Run: `cargo bench --bench transform`. Compare ratios within one run.
 
@@ -141,6 +143,69 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // Calls whose two numbers come in the shapes the generator puts on the wire (national with
+    // separators, `+62 21 …`, `+65 9…`, junk), 256 of them in turn so that the per-thread
+    // memory of recent numbers does not answer: every number takes the full parse.
+    let mut generator = pseudonymizer::generate::Generator::new(5);
+    let plan = engine.plan("comms.v1.CallEvent").unwrap().clone();
+    let mut inputs = Vec::new();
+    let mut canonical_tokens: Vec<Vec<(TokenClass, String)>> = Vec::new();
+    for _ in 0..256 {
+        let mut event = typical_call();
+        let numbers = [generator.phone(), generator.phone()];
+        if let apache_avro::types::Value::Record(fields) = &mut event {
+            for (name, value) in fields.iter_mut() {
+                match name.as_str() {
+                    "caller" => *value = apache_avro::types::Value::String(numbers[0].clone()),
+                    "callee" => *value = apache_avro::types::Value::String(numbers[1].clone()),
+                    _ => {}
+                }
+            }
+        }
+        inputs.push(apache_avro::to_avro_datum(&plan.input, event).unwrap());
+        let mut tokens: Vec<(TokenClass, String)> = call_tokens
+            .iter()
+            .filter(|(class, _)| *class != TokenClass::Phone)
+            .map(|(class, value)| (*class, (*value).to_owned()))
+            .collect();
+        for number in &numbers {
+            let (class, canonical) = engine.phone().canonical_slow(number);
+            tokens.push((class, canonical.into_owned()));
+        }
+        canonical_tokens.push(tokens);
+    }
+    let mut group = c.benchmark_group("call_wire_numbers");
+    group.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(2048);
+    let mut next = 0usize;
+    group.bench_function("fast", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            out.clear();
+            engine
+                .transform(&plan, &active, black_box(&inputs[next]), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("crypto_floor", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            let tokens: Vec<(TokenClass, &str)> = canonical_tokens[next]
+                .iter()
+                .map(|(class, value)| (*class, value.as_str()))
+                .collect();
+            floor(&active, black_box(&tokens), black_box(call_seals), &mut out)
+        })
+    });
+    let numbers: Vec<String> = (0..256).map(|_| generator.phone()).collect();
+    group.bench_function("phone_parse_only", |b| {
+        b.iter(|| {
+            next = (next + 1) % numbers.len();
+            engine.phone().canonical_slow(black_box(&numbers[next]))
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {

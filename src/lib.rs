@@ -11,24 +11,26 @@
 //! - [`keys`]: the keyring file (spec §1), optionally sealed under a key-encryption key, its
 //!   zeroized secrets, the working keys derived from them with HKDF (spec §2), and the
 //!   rotation policy.
-//! - [`token`]: canonical forms (E.164 phones, RFC 5952 IPs, e-mail) and the HMAC token
-//!   (spec §3).
+//! - [`token`]: canonical forms (E.164 phones as Google's libphonenumber reads them, RFC 5952
+//!   IPs, e-mail) and the HMAC token (spec §3).
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
 //! - [`envelope`]: the AES-256-GCM envelope (spec §4).
 //! - [`rules`]: actions and the per-path rules of one schema.
 //! - [`config`]: the TOML configuration file.
 //! - [`plan`]: compiles rules against a writer schema into a transform program and the derived
-//!   output schema, reporting every offending path at once.
+//!   output schema, reporting every offending path at once (the schema walk, value shapes and
+//!   region-field paths each in a file of their own).
 //! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
 //! - [`worker`]: the Kafka stream worker: routing, the at-least-once and exactly-once loops,
-//!   the dead-letter topic, live keyring reload.
+//!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
+//!   deleted before they were read).
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`demo`]: the README's main command, on an in-process cluster.
 //! - [`bench`]: the end-to-end throughput benchmark (transform vs pass-through) on a broker.
 //! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line (`keys` and `run` in files of their own).
 
 pub mod audit;
 pub mod bench;

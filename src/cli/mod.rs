@@ -7,11 +7,18 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod keys;
+mod worker;
+
+pub use keys::KeysCommand;
+use keys::keys;
+use worker::run_worker;
+
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::file;
 use crate::generate::Kind;
-use crate::keys::{Kek, KeySet, Keyring, Purpose, Secret};
+use crate::keys::{KeySet, Keyring};
 use crate::token::{self, PhoneCanon, TokenClass};
 use crate::transform::Engine;
 
@@ -172,54 +179,6 @@ pub struct ConfigArgs {
     pub keyring: Option<PathBuf>,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create a keyring with one active key of each purpose (refuses to overwrite).
-    Init {
-        #[arg(long)]
-        keyring: PathBuf,
-        /// Seal the file under the KEK from $PSEUDONYMIZER_KEK or $PSEUDONYMIZER_KEK_FILE.
-        #[arg(long)]
-        sealed: bool,
-    },
-    /// Write a new random key-encryption key (base64) to a new owner-only file.
-    NewKek {
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Seal a clear keyring under the KEK from the environment.
-    Seal {
-        #[arg(long)]
-        keyring: PathBuf,
-    },
-    /// Write a sealed keyring back in clear (needs its KEK in the environment).
-    Unseal {
-        #[arg(long)]
-        keyring: PathBuf,
-    },
-    /// Add a new active key of a purpose and retire the old one.
-    Rotate {
-        #[arg(long)]
-        keyring: PathBuf,
-        #[arg(long, value_parser = parse_purpose)]
-        purpose: Purpose,
-        /// Id of the new key (default: generated).
-        #[arg(long)]
-        id: Option<String>,
-    },
-    /// List keys (never secrets).
-    List {
-        #[arg(long)]
-        keyring: PathBuf,
-    },
-    /// Remove a key's secret, keeping its entry (crypto-shredding).
-    Destroy {
-        #[arg(long)]
-        keyring: PathBuf,
-        #[arg(long)]
-        id: String,
-    },
-}
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -244,13 +203,6 @@ pub enum SchemaCommand {
     },
 }
 
-fn parse_purpose(s: &str) -> Result<Purpose, String> {
-    match s {
-        "pseudonym" => Ok(Purpose::Pseudonym),
-        "encryption" => Ok(Purpose::Encryption),
-        _ => Err("expected pseudonym or encryption".to_owned()),
-    }
-}
 
 /// Loads a config and compiles its rules.
 fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
@@ -508,58 +460,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log_format {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => bail!("--log-format must be text or json, not {other:?}"),
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    // Signal handlers first: a SIGTERM during start-up is a clean shutdown too, and a SIGHUP
-    // must never fall through to its default action (terminate).
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let hangup = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let hangup = signal(SignalKind::hangup())?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-            let _ = stop.send(true);
-        });
-        Ok::<_, std::io::Error>(hangup)
-    })?;
-    let (config, engine, keyring_path) = load_config(args)?;
-    let engine = std::sync::Arc::new(engine);
-    let metrics = crate::metrics::Metrics::new();
-    let (key_watch, keys) = crate::worker::keywatch::KeyWatch::start(
-        keyring_path.clone(),
-        engine.clone(),
-        config.rotation.clone(),
-        metrics.clone(),
-    )
-    .with_context(|| format!("keyring {}", keyring_path.display()))?;
-    runtime.spawn(key_watch.run(hangup, stopped.clone()));
-    let stats = runtime.block_on(async {
-        let worker = crate::worker::Worker {
-            engine,
-            keys,
-            metrics,
-            treatment: crate::worker::Treatment::Sanitize,
-        };
-        worker.run(&config, stopped).await
-    })?;
-    tracing::info!(?stats, "exit");
-    Ok(())
-}
 
 /// File name of a plan's derived schema: its full name and `.avsc`.
 pub fn output_schema_file(plan: &crate::plan::Plan) -> String {
@@ -576,118 +476,6 @@ pub fn output_schema_text(plan: &crate::plan::Plan) -> String {
     text
 }
 
-fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
-    match command {
-        KeysCommand::Init { keyring, sealed } => {
-            Keyring::refuse_existing(&keyring)?;
-            let mut ring = Keyring::generate();
-            if sealed {
-                ring.set_kek(Some(kek_from_env()?));
-            }
-            if let Some(dir) = keyring.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            ring.save(&keyring)?;
-            writeln!(out, "created {} with keys:", keyring.display())?;
-            list(&ring, out)
-        }
-        KeysCommand::NewKek { out: path } => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let secret = Secret::generate();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
-            let mut text = secret.to_b64();
-            text.push('\n');
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            let kek = Kek::from_secret(&secret);
-            writeln!(
-                out,
-                "wrote key-encryption key {} to {}; keep it away from the keyring",
-                kek.id(),
-                path.display()
-            )?;
-            Ok(())
-        }
-        KeysCommand::Seal { keyring } => {
-            let mut ring = Keyring::load(&keyring)?;
-            if let Some(kek) = ring.kek() {
-                bail!("{} is already sealed under {}", keyring.display(), kek.id());
-            }
-            let kek = kek_from_env()?;
-            let id = kek.id().to_owned();
-            ring.set_kek(Some(kek));
-            ring.save(&keyring)?;
-            writeln!(out, "sealed {} under {id}", keyring.display())?;
-            Ok(())
-        }
-        KeysCommand::Unseal { keyring } => {
-            let mut ring = Keyring::load(&keyring)?;
-            if ring.kek().is_none() {
-                bail!("{} is not sealed", keyring.display());
-            }
-            ring.set_kek(None);
-            ring.save(&keyring)?;
-            writeln!(out, "wrote {} in clear", keyring.display())?;
-            Ok(())
-        }
-        KeysCommand::Rotate {
-            keyring,
-            purpose,
-            id,
-        } => {
-            let mut ring = Keyring::load(&keyring)?;
-            let id = ring.rotate(purpose, id)?;
-            ring.save(&keyring)?;
-            writeln!(out, "new active {} key {id}", purpose.as_str())?;
-            Ok(())
-        }
-        KeysCommand::List { keyring } => list(&Keyring::load(&keyring)?, out),
-        KeysCommand::Destroy { keyring, id } => {
-            let mut ring = Keyring::load(&keyring)?;
-            ring.destroy(&id)?;
-            ring.save(&keyring)?;
-            writeln!(out, "destroyed the secret of key {id}")?;
-            Ok(())
-        }
-    }
-}
-
-fn kek_from_env() -> Result<Kek> {
-    Kek::from_env()?.with_context(|| {
-        format!(
-            "no key-encryption key: set {} or {}",
-            crate::keys::KEK_ENV,
-            crate::keys::KEK_FILE_ENV
-        )
-    })
-}
-
-fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
-    if let Some(kek) = ring.kek() {
-        writeln!(out, "sealed under key-encryption key {}", kek.id())?;
-    }
-    writeln!(
-        out,
-        "{:<32}  {:<10}  {:<9}  created_at",
-        "id", "purpose", "state"
-    )?;
-    for e in ring.entries() {
-        writeln!(
-            out,
-            "{:<32}  {:<10}  {:<9}  {}",
-            e.id,
-            e.purpose.as_str(),
-            e.state.as_str(),
-            e.created_at
-        )?;
-    }
-    Ok(())
-}
 
 /// The line printed for a panic: where it happened, and its message only when the message is a
 /// string literal (`&'static str`). A formatted message could carry a value from the data, so

@@ -1,0 +1,297 @@
+//! Compiling rules against a writer schema: the transform [`Step`] tree and the derived
+//! output schema, in one walk so the two cannot disagree.
+//!
+//! The walk visits every field. A field whose type holds a record (directly, nullable, or as
+//! array items) is a branch: its own fields get the rules. Any other field is a leaf and must
+//! have exactly one rule whose action fits its type. Every problem found is collected, so the
+//! user sees all offending paths at once. The output schema keeps field order and union branch
+//! order (so union indexes carry over unchanged), moves every named type into
+//! [`OUTPUT_NAMESPACE`], drops `drop` fields, turns transformed strings into strings and
+//! encrypted strings/bytes into bytes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use apache_avro::Schema;
+use serde_json::Value as Json;
+
+use crate::rules::{Action, Rules};
+
+mod region;
+mod shape;
+mod walker;
+
+use walker::Walker;
+
+/// Namespace of every named type in derived output schemas.
+pub const OUTPUT_NAMESPACE: &str = "comms.sanitized.v1";
+
+/// Deepest nesting accepted (guards against recursive schemas).
+const MAX_DEPTH: usize = 32;
+
+/// How a value is laid out in Avro binary: enough to skip or copy it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    Null,
+    Boolean,
+    /// int, long, enum and their logical types: one zig-zag varint.
+    Varint,
+    /// bytes: a length and that many bytes.
+    Bytes,
+    /// string: a length and that many bytes of UTF-8 (checked, so bad input fails closed).
+    String,
+    /// float (4), double (8), fixed(n), duration (12).
+    Fixed(usize),
+    Array(Box<Shape>),
+    Map(Box<Shape>),
+    Union(Vec<Shape>),
+    /// A record, or any run of consecutive fields.
+    Seq(Vec<Shape>),
+}
+
+/// The input type of a transformed leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafInput {
+    String,
+    Bytes,
+}
+
+/// A leaf value that an action rewrites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf {
+    pub action: Action,
+    /// The field path; the AAD of envelopes and the place named in errors.
+    pub path: Box<str>,
+    pub input: LeafInput,
+    /// For a phone rule with a `region_field`: its index in [`Plan::regions`].
+    pub region: Option<usize>,
+}
+
+/// A field that holds a record's own phone region (a rule's `region_field`): a string or
+/// nullable string, outside arrays, found in the binary without decoding the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSource {
+    pub path: Box<str>,
+    /// From the start of the record to the string.
+    pub steps: Vec<Locate>,
+}
+
+/// One move towards a region field in the Avro binary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Locate {
+    /// Read past a value (a field before the one wanted).
+    Skip(Shape),
+    /// A union: go on only if this branch is the one written (a null has no region).
+    Branch(usize),
+    /// The string itself.
+    String,
+}
+
+/// Region fields of one schema, at most (each costs a pass over the record's start).
+pub const MAX_REGION_FIELDS: usize = 4;
+
+/// What to do with one value, compiled from the schema and the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Copy verbatim. `paths` names the value for errors: one path, or for a merged run of
+    /// fields (`shape` is then a `Seq`) one path per field.
+    Copy {
+        shape: Shape,
+        paths: Vec<Box<str>>,
+    },
+    /// Read past; write nothing (a dropped field).
+    Skip {
+        shape: Shape,
+        path: Box<str>,
+    },
+    Record(Vec<Step>),
+    /// Copy the branch index, then run that branch's step.
+    Union {
+        branches: Vec<Step>,
+        path: Box<str>,
+    },
+    Array {
+        item: Box<Step>,
+        path: Box<str>,
+    },
+    Leaf(Leaf),
+}
+
+impl Step {
+    /// A record's steps with consecutive copies merged into one; all-copy becomes one copy.
+    fn record(steps: Vec<Step>) -> Step {
+        let mut merged: Vec<Step> = Vec::with_capacity(steps.len());
+        for step in steps {
+            match (merged.last_mut(), step) {
+                (
+                    Some(Step::Copy {
+                        shape: Shape::Seq(run),
+                        paths,
+                    }),
+                    Step::Copy {
+                        shape,
+                        paths: mut more,
+                    },
+                ) => {
+                    run.push(shape);
+                    paths.push(more.swap_remove(0));
+                }
+                (_, Step::Copy { shape, mut paths }) => merged.push(Step::Copy {
+                    shape: Shape::Seq(vec![shape]),
+                    paths: vec![paths.swap_remove(0)],
+                }),
+                (_, other) => merged.push(other),
+            }
+        }
+        match merged.as_slice() {
+            [Step::Copy { .. }] => merged.pop().expect("one element"),
+            _ => Step::Record(merged),
+        }
+    }
+
+    fn union(branches: Vec<Step>, path: &str) -> Step {
+        if branches.iter().all(|b| matches!(b, Step::Copy { .. })) {
+            let shapes = branches
+                .into_iter()
+                .map(|b| match b {
+                    Step::Copy { shape, .. } => shape,
+                    _ => unreachable!("checked above"),
+                })
+                .collect();
+            return Step::Copy {
+                shape: Shape::Union(shapes),
+                paths: vec![path.into()],
+            };
+        }
+        Step::Union {
+            branches,
+            path: path.into(),
+        }
+    }
+
+    fn array(item: Step, path: &str) -> Step {
+        match item {
+            Step::Copy { shape, .. } => Step::Copy {
+                shape: Shape::Array(Box::new(shape)),
+                paths: vec![path.into()],
+            },
+            item => Step::Array {
+                item: Box::new(item),
+                path: path.into(),
+            },
+        }
+    }
+
+    /// Whether any leaf under this step needs the pseudonym key / the encryption key.
+    pub fn needs(&self) -> (bool, bool) {
+        match self {
+            Step::Copy { .. } | Step::Skip { .. } => (false, false),
+            Step::Leaf(leaf) => (
+                leaf.action.needs_pseudonym_key(),
+                leaf.action == Action::Encrypt,
+            ),
+            Step::Record(steps)
+            | Step::Union {
+                branches: steps, ..
+            } => steps.iter().fold((false, false), |(p, e), s| {
+                let (sp, se) = s.needs();
+                (p || sp, e || se)
+            }),
+            Step::Array { item, .. } => item.needs(),
+        }
+    }
+}
+
+/// Rules compiled against one writer schema.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Full name of the writer schema (`comms.v1.CallEvent`).
+    pub input_name: String,
+    /// The writer schema.
+    pub input: Schema,
+    /// The derived output schema.
+    pub output: Schema,
+    /// The derived output schema as JSON (what `schema derive` writes).
+    pub output_json: Json,
+    /// The transform program.
+    pub step: Step,
+    /// The rules it was compiled from (the reference path walks these).
+    pub rules: Rules,
+    /// Fields holding records' own phone regions, by the index leaves refer to.
+    pub regions: Vec<RegionSource>,
+    /// Whether some rule needs the active pseudonym key.
+    pub needs_pseudonym: bool,
+    /// Whether some rule needs the active encryption key.
+    pub needs_encryption: bool,
+}
+
+/// Compiles `rules` against the writer schema `input`. On failure, one message per offending
+/// path.
+pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
+    let Schema::Record(root) = input else {
+        return Err(vec![
+            "the writer schema's top level must be a record".to_owned()
+        ]);
+    };
+    let input_name = root.name.fullname(None);
+    let region_paths = rules.region_paths();
+    let mut walker = Walker {
+        rules,
+        used: BTreeSet::new(),
+        errors: Vec::new(),
+        named: HashMap::new(),
+        emitted: HashMap::new(),
+        root_name: input_name.clone(),
+        region_paths: region_paths.clone(),
+    };
+    let (step, output_json) = walker.record(root, "", 0);
+    if region_paths.len() > MAX_REGION_FIELDS {
+        walker.errors.push(format!(
+            "phone rules name {} region fields; at most {MAX_REGION_FIELDS}",
+            region_paths.len()
+        ));
+    }
+    let mut regions = Vec::new();
+    for path in &region_paths {
+        match walker.locate(root, path) {
+            Ok(steps) => regions.push(RegionSource {
+                path: (*path).into(),
+                steps,
+            }),
+            Err(why) => {
+                let users: Vec<&str> = rules
+                    .iter()
+                    .map(|(p, _)| p)
+                    .filter(|p| rules.region_field(p) == Some(*path))
+                    .collect();
+                walker.errors.push(format!(
+                    "{}: region_field {path:?} {why} (it must name a string or nullable string field of {input_name}, outside arrays)",
+                    users.join(", ")
+                ));
+            }
+        }
+    }
+    for (path, _) in rules.iter() {
+        if !walker.used.contains(path) {
+            walker
+                .errors
+                .push(format!("{path}: names no leaf field of {input_name}"));
+        }
+    }
+    if !walker.errors.is_empty() {
+        return Err(walker.errors);
+    }
+    let output = Schema::parse(&output_json)
+        .map_err(|e| vec![format!("derived output schema is not valid Avro: {e}")])?;
+    let (needs_pseudonym, needs_encryption) = step.needs();
+    Ok(Plan {
+        input_name,
+        input: input.clone(),
+        output,
+        output_json,
+        step,
+        rules: rules.clone(),
+        regions,
+        needs_pseudonym,
+        needs_encryption,
+    })
+}
