@@ -233,9 +233,10 @@ thread_local! {
     static RECENT_PHONES: std::cell::RefCell<RecentPhones> = Default::default();
 }
 
-/// The last [`RecentPhones::SIZE`] parser answers of one thread. The raw numbers in it are
-/// zeroized when overwritten and when the thread ends, like every other copy of a raw value
-/// the worker holds while a record is in flight.
+/// The last [`RecentPhones::SIZE`] parser answers of one thread, held inline (no allocation:
+/// a miss costs a copy of a few bytes, not the parse). The raw numbers in it are zeroized when
+/// overwritten and when the thread ends, like every other copy of a raw value the worker holds
+/// while a record is in flight. Inputs longer than [`RecentPhone::INPUT`] bytes are not kept.
 #[derive(Default)]
 struct RecentPhones {
     entries: Vec<RecentPhone>,
@@ -244,31 +245,72 @@ struct RecentPhones {
 
 struct RecentPhone {
     region: Region,
-    input: zeroize::Zeroizing<String>,
     class: TokenClass,
-    canonical: zeroize::Zeroizing<String>,
+    input: [u8; RecentPhone::INPUT],
+    input_len: usize,
+    /// The E.164 form (empty for `phone-raw`, whose canonical form is the input).
+    canonical: [u8; RecentPhone::CANONICAL],
+    canonical_len: usize,
+}
+
+impl RecentPhone {
+    const INPUT: usize = 48;
+    /// `+`, a country code and at most 17 national digits.
+    const CANONICAL: usize = 24;
+
+    fn input(&self) -> &[u8] {
+        &self.input[..self.input_len]
+    }
+}
+
+impl Drop for RecentPhone {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.input.zeroize();
+        self.canonical.zeroize();
+    }
 }
 
 impl RecentPhones {
     const SIZE: usize = 8;
 
-    fn find<'a>(&self, region: Region, input: &str) -> Option<(TokenClass, Cow<'a, str>)> {
-        self.entries
+    fn find<'a>(&self, region: Region, input: &'a str) -> Option<(TokenClass, Cow<'a, str>)> {
+        let entry = self
+            .entries
             .iter()
-            .find(|e| e.region == region && e.input.as_str() == input)
-            .map(|e| (e.class, Cow::Owned(e.canonical.as_str().to_owned())))
+            .find(|e| e.region == region && e.input() == input.as_bytes())?;
+        Some(match entry.class {
+            TokenClass::Phone => {
+                let canonical = std::str::from_utf8(&entry.canonical[..entry.canonical_len]).ok()?;
+                (TokenClass::Phone, Cow::Owned(canonical.to_owned()))
+            }
+            class => (class, Cow::Borrowed(input)),
+        })
     }
 
     fn remember(&mut self, region: Region, input: &str, class: TokenClass, canonical: &str) {
-        let entry = RecentPhone {
-            region,
-            input: zeroize::Zeroizing::new(input.to_owned()),
-            class,
-            canonical: zeroize::Zeroizing::new(canonical.to_owned()),
+        let canonical = if class == TokenClass::Phone {
+            canonical.as_bytes()
+        } else {
+            b""
         };
+        if input.len() > RecentPhone::INPUT || canonical.len() > RecentPhone::CANONICAL {
+            return;
+        }
+        let mut entry = RecentPhone {
+            region,
+            class,
+            input: [0; RecentPhone::INPUT],
+            input_len: input.len(),
+            canonical: [0; RecentPhone::CANONICAL],
+            canonical_len: canonical.len(),
+        };
+        entry.input[..input.len()].copy_from_slice(input.as_bytes());
+        entry.canonical[..canonical.len()].copy_from_slice(canonical);
         if self.entries.len() < Self::SIZE {
             self.entries.push(entry);
         } else {
+            // The entry replaced is dropped, so zeroized.
             self.entries[self.next] = entry;
         }
         self.next = (self.next + 1) % Self::SIZE;
@@ -409,6 +451,18 @@ mod tests {
             us.canonical(&inputs[0]),
             "the regions answer differently here"
         );
+    }
+
+    #[test]
+    fn answers_too_long_to_remember_and_raw_answers_are_still_the_parsers() {
+        let canon = PhoneCanon::new("ID").unwrap();
+        let long = format!("+62 812-3456-7890 ext. {}", "9".repeat(40));
+        for input in [long.as_str(), "anonymous", " *31# "] {
+            for _ in 0..2 {
+                assert_eq!(canon.canonical(input), canon.canonical_slow(input), "{input}");
+            }
+        }
+        assert_eq!(canon.canonical(" *31# "), (TokenClass::PhoneRaw, Cow::Borrowed("*31#")));
     }
 
     #[test]
