@@ -111,6 +111,12 @@ pub async fn run(
     let worker_config = config.clone();
     let handle = worker_runtime.spawn(async move { worker.run(&worker_config, stopped).await });
     let result = feed_and_watch(&engine, &brokers, events, &metrics, &handle, in_process).await;
+    if let Ok(fed) = &result {
+        println!(
+            "all {} records accounted for; stopping the worker (drain, flush, commit)",
+            fed.figures.records
+        );
+    }
     stop.send(true).ok();
     let stats = match result {
         Ok(run) => {
@@ -127,6 +133,7 @@ pub async fn run(
         return Ok(());
     };
 
+    println!("reading the last call and message back from the analytics topics");
     show_samples(&engine, &brokers, run.samples).await?;
     report(&run.figures, &stats, &metrics, in_process);
     Ok(())
