@@ -210,3 +210,20 @@ fn check_validates_kafka_settings_without_a_broker() {
         assert!(err.contains(expected), "{expected:?} not in: {err}");
     }
 }
+
+#[test]
+fn version_names_the_phone_metadata() {
+    let version = ok(&["--version"]);
+    assert!(
+        version.contains("libphonenumber metadata 9.0.42"),
+        "{version}"
+    );
+    assert_eq!(
+        version.trim(),
+        format!(
+            "pseudonymizer {} (phone canonical forms: {})",
+            env!("CARGO_PKG_VERSION"),
+            pseudonymizer::token::PHONE_METADATA
+        )
+    );
+}
