@@ -208,7 +208,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and checks config text as if read from `path` (relative paths in it are made
+    /// relative to that file's folder; nothing is read).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.message().to_owned(),
         })?;

@@ -11,6 +11,7 @@
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Nonce, Tag};
+#[cfg(not(fuzzing))]
 use rand::RngCore;
 
 use crate::keys::{KeySet, SealKey};
@@ -58,8 +59,10 @@ pub fn seal_into(key: &SealKey, field_path: &str, plaintext: &[u8], out: &mut Ve
 }
 
 /// Nonces handed out per refill of a thread's pool.
+#[cfg(not(fuzzing))]
 const NONCES_PER_REFILL: usize = 64;
 
+#[cfg(not(fuzzing))]
 thread_local! {
     // OS CSPRNG output fetched in batches: one getrandom(2) call per 64 nonces instead of one
     // per envelope. Every nonce is still fresh OS randomness, used once and never reused: a
@@ -69,7 +72,15 @@ thread_local! {
         const { std::cell::RefCell::new(([0; NONCE_LEN * NONCES_PER_REFILL], NONCES_PER_REFILL)) };
 }
 
+/// Under the fuzzer only: a fixed nonce, so the fast and reference paths give comparable bytes.
+/// (`cfg(fuzzing)` is set by `cargo fuzz` alone; no build of the product has it.)
+#[cfg(fuzzing)]
+fn next_nonce() -> [u8; NONCE_LEN] {
+    [0; NONCE_LEN]
+}
+
 /// The next 12 bytes of OS CSPRNG output for this thread.
+#[cfg(not(fuzzing))]
 fn next_nonce() -> [u8; NONCE_LEN] {
     NONCE_POOL.with(|pool| {
         let (bytes, used) = &mut *pool.borrow_mut();

@@ -22,6 +22,7 @@
 //!   region-field paths each in a file of their own).
 //! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
+//! - [`hostile`]: the checks the fuzz targets run on arbitrary bytes (and `cargo test` replays).
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
 //! - [`worker`]: the Kafka stream worker: routing, the at-least-once and exactly-once loops,
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
@@ -41,6 +42,7 @@ pub mod demo;
 pub mod envelope;
 pub mod file;
 pub mod generate;
+pub mod hostile;
 pub mod keys;
 pub mod metrics;
 pub mod plan;

@@ -267,7 +267,12 @@ impl Keyring {
             return Keyring::from_json(&text);
         }
         let kek = Kek::from_env()?.ok_or_else(|| KekError::Missing(path.to_owned()))?;
-        let clear = kek.open(&text)?;
+        Keyring::from_sealed(&text, kek)
+    }
+
+    /// Opens the text of a sealed keyring file with its key-encryption key and parses it.
+    pub fn from_sealed(text: &str, kek: Kek) -> Result<Self, KeyringError> {
+        let clear = kek.open(text)?;
         let clear = std::str::from_utf8(&clear)
             .map_err(|_| KeyringError::Syntax("sealed keyring is not UTF-8".to_owned()))?;
         let mut ring = Keyring::from_json(clear)?;

@@ -1,0 +1,140 @@
+//! The checks the fuzz targets (`fuzz/`) run on arbitrary bytes, kept in the library so that
+//! `cargo test` replays every input the fuzzers ever found (`tests/hostile_inputs.rs` over
+//! `fuzz/regressions/`). Each check panics on a defect and returns quietly otherwise: a
+//! rejected input is not a defect, a panic, a disagreement or an unbounded allocation is.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::envelope;
+use crate::keys::{Kek, KeySet, Keyring, Secret};
+use crate::rules::Rules;
+use crate::transform::{ActiveKeys, Engine};
+use crate::worker::route::Router;
+
+/// What the checks need: the shipped rules and a fixed keyring.
+pub struct Setup {
+    pub config: Config,
+    pub engine: Engine,
+    pub keys: KeySet,
+    pub active: ActiveKeys,
+    pub router: Router,
+    pub kek_secret: Secret,
+}
+
+impl Setup {
+    /// The shipped config of the repository at `repo`, and keys made from fixed bytes.
+    pub fn new(repo: &Path) -> Setup {
+        let config = Config::load(&repo.join("config/pipeline.toml")).expect("shipped config");
+        let engine = Engine::from_config(&config).expect("shipped rules");
+        let text = format!(
+            r#"{{"format":"pseudonymizer-keyring/v1","keys":[
+              {{"id":"p-fuzz","purpose":"pseudonym","state":"active","created_at":"2026-11-26T00:00:00Z","secret":"{}"}},
+              {{"id":"e-fuzz","purpose":"encryption","state":"active","created_at":"2026-11-26T00:00:00Z","secret":"{}"}}]}}"#,
+            b64(&[7; 32]),
+            b64(&[9; 32])
+        );
+        let keys = KeySet::from_keyring(&Keyring::from_json(&text).expect("fixed keyring"));
+        let active = engine.active_keys(&keys).expect("both purposes");
+        let router = Router::from_config(&config, &engine).expect("shipped routes");
+        let kek_secret = Secret::from_b64(&b64(&[5; 32])).expect("32 bytes");
+        Setup {
+            config,
+            engine,
+            keys,
+            active,
+            router,
+            kek_secret,
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The first byte picks a shipped plan, the rest is an event's Avro binary. The fast path and
+/// the apache-avro reference path must agree: both reject, or both accept with the same bytes
+/// (envelope nonces are fixed under `cfg(fuzzing)`; elsewhere only acceptance is compared).
+/// Whatever the input claims, the output stays within a small multiple of its size.
+pub fn transform(setup: &Setup, data: &[u8]) {
+    let Some((&selector, input)) = data.split_first() else {
+        return;
+    };
+    let plans = setup.engine.plans();
+    let plan = &plans[selector as usize % plans.len()];
+    let mut fast = Vec::new();
+    let fast_result = setup.engine.transform(plan, &setup.active, input, &mut fast);
+    let reference = setup.engine.transform_reference(plan, &setup.active, input);
+    match (&fast_result, &reference) {
+        (Ok(_), Ok(reference)) => {
+            if cfg!(fuzzing) {
+                assert_eq!(&fast, reference, "both paths accept; their bytes differ");
+            }
+            // Tokens and envelopes are longer than what they replace, never by much per byte.
+            assert!(
+                fast.len() <= 64 * input.len() + 4096,
+                "output {} bytes from {} input bytes",
+                fast.len(),
+                input.len()
+            );
+        }
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => panic!("the fast path accepts what the reference rejects ({e})"),
+        (Err(e), Ok(_)) => panic!("the fast path rejects ({e}) what the reference accepts"),
+    }
+}
+
+/// A field path (up to the first zero byte) and an envelope: opening never panics, and opens
+/// only what was sealed under a key of the keyring for that path.
+pub fn envelope_open(setup: &Setup, data: &[u8]) {
+    let (path, sealed) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b"body"[..], data),
+    };
+    let Ok(path) = std::str::from_utf8(path) else {
+        return;
+    };
+    let _ = envelope::key_id(sealed);
+    if let Ok(plaintext) = envelope::open(&setup.keys, path, sealed) {
+        // Only a genuine envelope opens: sealing the plaintext again gives one of the same size.
+        let key = setup.keys.seal_key(envelope::key_id(sealed).expect("opened")).expect("known");
+        assert_eq!(envelope::sealed_len(key, plaintext.len()), sealed.len());
+    }
+}
+
+/// Keyring text, clear and sealed: parsing never panics.
+pub fn keyring(setup: &Setup, data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = Keyring::from_json(text);
+    let _ = Keyring::from_sealed(text, Kek::from_secret(&setup.kek_secret));
+}
+
+/// Config text: parsing and rule reading never panic.
+pub fn config(_: &Setup, data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = Config::from_toml(text, Path::new("/nonexistent/pipeline.toml")) {
+        for pipeline in &config.pipeline {
+            let _ = Rules::from_specs(&pipeline.rules);
+        }
+    }
+}
+
+/// A record as consumed: the first byte is the key's length, then the key, then the value
+/// (Confluent framing, routing, transform, key token). Never panics; a record is published or
+/// dead-lettered.
+pub fn route(setup: &Setup, data: &[u8]) {
+    let Some((&key_len, rest)) = data.split_first() else {
+        return;
+    };
+    let (key, value) = rest.split_at((key_len as usize).min(rest.len()));
+    let mut out = Vec::new();
+    let _ = setup
+        .router
+        .process(&setup.engine, &setup.active, Some(key), Some(value), &mut out);
+}
