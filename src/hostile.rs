@@ -25,6 +25,10 @@ pub struct Setup {
 impl Setup {
     /// The shipped config of the repository at `repo`, and keys made from fixed bytes.
     pub fn new(repo: &Path) -> Setup {
+        // apache-avro (the reference path) reserves an array's claimed item count times the
+        // size of a `Value` before reading an item: 48× amplification of its byte limit. The
+        // checks bound its limit to 1 MiB (the first call sets it for the process).
+        apache_avro::util::max_allocation_bytes(1 << 20);
         let config = Config::load(&repo.join("config/pipeline.toml")).expect("shipped config");
         let engine = Engine::from_config(&config).expect("shipped rules");
         let text = format!(
@@ -82,8 +86,22 @@ pub fn transform(setup: &Setup, data: &[u8]) {
         }
         (Err(_), Err(_)) => {}
         (Ok(_), Err(e)) => panic!("the fast path accepts what the reference rejects ({e})"),
+        (Err(e), Ok(_)) if reads_past_the_end(plan, input) => {
+            // apache-avro reads a union whose index is missing at the very end of the data as
+            // null; the Avro spec (and the fast path) call that data truncated.
+            let _ = e;
+        }
         (Err(e), Ok(_)) => panic!("the fast path rejects ({e}) what the reference accepts"),
     }
+}
+
+/// Whether apache-avro accepts `input` only by reading missing trailing bytes as nulls: the
+/// value it decodes needs more bytes than were given.
+fn reads_past_the_end(plan: &crate::plan::Plan, input: &[u8]) -> bool {
+    apache_avro::from_avro_datum(&plan.input, &mut &input[..], None)
+        .ok()
+        .and_then(|value| apache_avro::to_avro_datum(&plan.input, value).ok())
+        .is_some_and(|canonical| canonical.len() > input.len())
 }
 
 /// A field path (up to the first zero byte) and an envelope: opening never panics, and opens

@@ -226,6 +226,12 @@ pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
+    // apache-avro decodes the container files of `transform`, `show`, `decrypt` and `reseal`.
+    // Its allocation bound (default 512 MiB) limits a length or an array's item count, and it
+    // reserves an array's claimed count × the size of a `Value` (48 bytes) up front: a hostile
+    // file could make it reserve gigabytes. 16 MiB bounds that to under 1 GiB and is far above
+    // any field or container block these files hold.
+    apache_avro::util::max_allocation_bytes(16 << 20);
     // Locked per write, not for the whole command: the demo prints from several threads.
     let mut out = std::io::stdout();
     match cli.command {

@@ -32,9 +32,14 @@ const MAX_DEPTH: usize = 32;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
     Null,
+    /// One byte, 0 or 1.
     Boolean,
-    /// int, long, enum and their logical types: one zig-zag varint.
+    /// int and its logical types: one zig-zag varint within 32 bits.
+    Int,
+    /// long and its logical types: one zig-zag varint.
     Varint,
+    /// An enum of this many symbols: a varint index into them.
+    Enum(usize),
     /// bytes: a length and that many bytes.
     Bytes,
     /// string: a length and that many bytes of UTF-8 (checked, so bad input fails closed).

@@ -20,10 +20,9 @@ impl Walker<'_> {
         match &schema {
             Schema::Null => Shape::Null,
             Schema::Boolean => Shape::Boolean,
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
+            // 32-bit: a varint outside i32 is not an int (apache-avro refuses it too).
+            Schema::Int | Schema::Date | Schema::TimeMillis => Shape::Int,
+            Schema::Long
             | Schema::TimeMicros
             | Schema::TimestampMillis
             | Schema::TimestampMicros
@@ -33,7 +32,7 @@ impl Walker<'_> {
             | Schema::LocalTimestampNanos => Shape::Varint,
             Schema::Enum(e) => {
                 self.remember(&e.name, &schema);
-                Shape::Varint
+                Shape::Enum(e.symbols.len())
             }
             Schema::Float => Shape::Fixed(4),
             Schema::Double => Shape::Fixed(8),

@@ -161,10 +161,21 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
     match shape {
         Shape::Null => {}
         Shape::Boolean => {
-            cur.take(1)?;
+            if cur.take(1)?[0] > 1 {
+                return Err(ErrorKind::OutOfRange);
+            }
+        }
+        Shape::Int => {
+            i32::try_from(cur.long()?).map_err(|_| ErrorKind::OutOfRange)?;
         }
         Shape::Varint => {
             cur.long()?;
+        }
+        Shape::Enum(symbols) => {
+            let index = cur.long()?;
+            if !usize::try_from(index).is_ok_and(|i| i < *symbols) {
+                return Err(ErrorKind::OutOfRange);
+            }
         }
         Shape::Bytes => {
             cur.bytes()?;
