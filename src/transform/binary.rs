@@ -84,14 +84,15 @@ impl<'a> Cursor<'a> {
     }
 
     /// The item count of the next array or map block, and its byte size when the writer
-    /// gave one (negative count form). 0 ends the array. Counts larger than the bytes left
-    /// are refused: every item we accept takes at least one byte.
+    /// gave one (negative count form; the caller checks it against the items it reads, see
+    /// [`Cursor::end_block`]). 0 ends the array. Counts larger than the bytes left are
+    /// refused: every item we accept takes at least one byte.
     #[inline]
-    pub fn block(&mut self) -> Result<(usize, Option<usize>), ErrorKind> {
+    pub fn block(&mut self) -> Result<(usize, Option<i64>), ErrorKind> {
         let count = self.long()?;
         let (count, size) = if count < 0 {
             let count = count.checked_neg().ok_or(ErrorKind::BadVarint)?;
-            (count, Some(self.len()?))
+            (count, Some(self.long()?))
         } else {
             (count, None)
         };
@@ -99,6 +100,19 @@ impl<'a> Cursor<'a> {
             return Err(ErrorKind::Truncated);
         }
         Ok((count as usize, size))
+    }
+}
+
+impl Cursor<'_> {
+    /// Checks a block's declared byte size against the bytes its items took (from `start`).
+    /// A wrong size is refused: readers that skip arrays by their block sizes (Java's, for
+    /// one) would misread the rest of a record that carried it.
+    #[inline]
+    pub fn end_block(&self, start: usize, size: Option<i64>) -> Result<(), ErrorKind> {
+        match size {
+            Some(size) if size != (self.pos() - start) as i64 => Err(ErrorKind::BlockSize),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -141,5 +155,23 @@ mod tests {
         assert_eq!(Cursor::new(&[0xff; 11]).long(), Err(ErrorKind::BadVarint));
         assert_eq!(Cursor::new(&[0x02]).bytes(), Err(ErrorKind::Truncated));
         assert_eq!(Cursor::new(&[0x01]).bytes(), Err(ErrorKind::NegativeLength));
+    }
+
+    #[test]
+    fn negative_count_blocks_must_state_their_true_size() {
+        // One block of -2 items whose size says 3 bytes: two one-byte items, then 0 (end).
+        let mut bytes = Vec::new();
+        for value in [-2, 3] {
+            write_long(&mut bytes, value);
+        }
+        bytes.extend_from_slice(&[0, 0, 0]);
+        let mut cur = Cursor::new(&bytes);
+        let (count, size) = cur.block().unwrap();
+        assert_eq!((count, size), (2, Some(3)));
+        let start = cur.pos();
+        cur.take(2).unwrap();
+        assert_eq!(cur.end_block(start, size), Err(ErrorKind::BlockSize));
+        assert_eq!(cur.end_block(start, Some(2)), Ok(()));
+        assert_eq!(cur.end_block(start, None), Ok(()));
     }
 }

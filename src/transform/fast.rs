@@ -95,15 +95,18 @@ impl Walker<'_> {
                 self.step(branch, cur, out)?;
             }
             Step::Array { item, path } => loop {
-                let (count, _size) = cur.block().map_err(|k| TransformError::at(path, k))?;
+                let (count, size) = cur.block().map_err(|k| TransformError::at(path, k))?;
                 // Output blocks always use the plain count form: item sizes change.
                 write_long(out, count as i64);
                 if count == 0 {
                     break;
                 }
+                let start = cur.pos();
                 for _ in 0..count {
                     self.step(item, cur, out)?;
                 }
+                cur.end_block(start, size)
+                    .map_err(|k| TransformError::at(path, k))?;
             },
             Step::Leaf(leaf) => self
                 .leaf(leaf, cur, out)
@@ -189,23 +192,27 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
         // Block byte sizes, when given, are not used to jump ahead: every string inside is
         // still checked.
         Shape::Array(item) => loop {
-            let (count, _size) = cur.block()?;
+            let (count, size) = cur.block()?;
             if count == 0 {
                 break;
             }
+            let start = cur.pos();
             for _ in 0..count {
                 skip(item, cur)?;
             }
+            cur.end_block(start, size)?;
         },
         Shape::Map(value) => loop {
-            let (count, _size) = cur.block()?;
+            let (count, size) = cur.block()?;
             if count == 0 {
                 break;
             }
+            let start = cur.pos();
             for _ in 0..count {
                 skip(&Shape::String, cur)?;
                 skip(value, cur)?;
             }
+            cur.end_block(start, size)?;
         },
         Shape::Union(branches) => {
             let index = cur.long()?;

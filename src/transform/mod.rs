@@ -40,6 +40,8 @@ pub enum ErrorKind {
     NegativeLength,
     #[error("a union branch index is out of range")]
     BadUnion,
+    #[error("an array or map block's byte size does not match its items")]
+    BlockSize,
     #[error("a value is outside its type (enum symbol index, boolean byte, 32-bit int)")]
     OutOfRange,
     #[error("a string is not valid UTF-8")]
