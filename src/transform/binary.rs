@@ -34,16 +34,15 @@ impl<'a> Cursor<'a> {
         &self.buf[start..self.pos]
     }
 
-    /// A zig-zag varint long (at most 10 bytes).
+    /// A zig-zag varint long (at most 10 bytes). Bits of the tenth byte beyond the 64th are
+    /// dropped, as apache-avro and Java's Avro decoder drop them: the copied bytes then mean
+    /// the same number to every reader.
     #[inline]
     pub fn long(&mut self) -> Result<i64, ErrorKind> {
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
             let byte = *self.buf.get(self.pos).ok_or(ErrorKind::Truncated)?;
             self.pos += 1;
-            if shift == 63 && byte > 1 {
-                return Err(ErrorKind::BadVarint);
-            }
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
@@ -153,6 +152,10 @@ mod tests {
     fn corrupt_varints_are_errors() {
         assert_eq!(Cursor::new(&[0x80]).long(), Err(ErrorKind::Truncated));
         assert_eq!(Cursor::new(&[0xff; 11]).long(), Err(ErrorKind::BadVarint));
+        // A tenth byte's bits past the 64th are dropped, as other Avro readers drop them.
+        let mut ten = [0xff; 10];
+        ten[9] = 0x7e;
+        assert_eq!(Cursor::new(&ten).long(), Ok(-(1 << 62)));
         assert_eq!(Cursor::new(&[0x02]).bytes(), Err(ErrorKind::Truncated));
         assert_eq!(Cursor::new(&[0x01]).bytes(), Err(ErrorKind::NegativeLength));
     }
