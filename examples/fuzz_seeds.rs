@@ -55,16 +55,28 @@ fn main() {
         let mut data = path.as_bytes().to_vec();
         data.push(0);
         data.extend_from_slice(&sealed);
-        write("envelope_open", &format!("envelope-{}", path.replace('.', "-")), &data);
+        write(
+            "envelope_open",
+            &format!("envelope-{}", path.replace('.', "-")),
+            &data,
+        );
     }
     let dir = std::env::temp_dir().join(format!("fuzz-seeds-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut ring = Keyring::generate();
     ring.save(&dir.join("clear.json")).unwrap();
-    write("keyring_parse", "clear", &std::fs::read(dir.join("clear.json")).unwrap());
+    write(
+        "keyring_parse",
+        "clear",
+        &std::fs::read(dir.join("clear.json")).unwrap(),
+    );
     ring.set_kek(Some(Kek::from_secret(&setup.kek_secret)));
     ring.save(&dir.join("sealed.json")).unwrap();
-    write("keyring_parse", "sealed", &std::fs::read(dir.join("sealed.json")).unwrap());
+    write(
+        "keyring_parse",
+        "sealed",
+        &std::fs::read(dir.join("sealed.json")).unwrap(),
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     write(
         "config_parse",

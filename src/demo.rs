@@ -276,7 +276,10 @@ fn stall_report(metrics: &Metrics, total: u64, in_process: bool) -> String {
             .iter()
             .map(|(t, p, lag)| format!("{t}[{p}]: {lag} to read"))
             .collect();
-        report.push_str(&format!("\npartitions with records to read: {}", list.join(", ")));
+        report.push_str(&format!(
+            "\npartitions with records to read: {}",
+            list.join(", ")
+        ));
     }
     if counts.skipped > 0 {
         report.push_str(&format!(
@@ -495,7 +498,12 @@ fn threads_cpu_seconds(prefix: &str) -> f64 {
         }
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // utime and stime are fields 14 and 15 of stat; 12 and 13 after "state".
-        let time = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let time = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         total += (time(11) + time(12)) / ticks;
     }
     total

@@ -70,7 +70,9 @@ pub fn transform(setup: &Setup, data: &[u8]) {
     let plans = setup.engine.plans();
     let plan = &plans[selector as usize % plans.len()];
     let mut fast = Vec::new();
-    let fast_result = setup.engine.transform(plan, &setup.active, input, &mut fast);
+    let fast_result = setup
+        .engine
+        .transform(plan, &setup.active, input, &mut fast);
     let reference = setup.engine.transform_reference(plan, &setup.active, input);
     match (&fast_result, &reference) {
         (Ok(_), Ok(reference)) => {
@@ -148,7 +150,10 @@ pub fn envelope_open(setup: &Setup, data: &[u8]) {
     let _ = envelope::key_id(sealed);
     if let Ok(plaintext) = envelope::open(&setup.keys, path, sealed) {
         // Only a genuine envelope opens: sealing the plaintext again gives one of the same size.
-        let key = setup.keys.seal_key(envelope::key_id(sealed).expect("opened")).expect("known");
+        let key = setup
+            .keys
+            .seal_key(envelope::key_id(sealed).expect("opened"))
+            .expect("known");
         assert_eq!(envelope::sealed_len(key, plaintext.len()), sealed.len());
     }
 }
@@ -183,7 +188,11 @@ pub fn route(setup: &Setup, data: &[u8]) {
     };
     let (key, value) = rest.split_at((key_len as usize).min(rest.len()));
     let mut out = Vec::new();
-    let _ = setup
-        .router
-        .process(&setup.engine, &setup.active, Some(key), Some(value), &mut out);
+    let _ = setup.router.process(
+        &setup.engine,
+        &setup.active,
+        Some(key),
+        Some(value),
+        &mut out,
+    );
 }

@@ -281,7 +281,8 @@ impl RecentPhones {
             .find(|e| e.region == region && e.input() == input.as_bytes())?;
         Some(match entry.class {
             TokenClass::Phone => {
-                let canonical = std::str::from_utf8(&entry.canonical[..entry.canonical_len]).ok()?;
+                let canonical =
+                    std::str::from_utf8(&entry.canonical[..entry.canonical_len]).ok()?;
                 (TokenClass::Phone, Cow::Owned(canonical.to_owned()))
             }
             class => (class, Cow::Borrowed(input)),
@@ -459,10 +460,17 @@ mod tests {
         let long = format!("+62 812-3456-7890 ext. {}", "9".repeat(40));
         for input in [long.as_str(), "anonymous", " *31# "] {
             for _ in 0..2 {
-                assert_eq!(canon.canonical(input), canon.canonical_slow(input), "{input}");
+                assert_eq!(
+                    canon.canonical(input),
+                    canon.canonical_slow(input),
+                    "{input}"
+                );
             }
         }
-        assert_eq!(canon.canonical(" *31# "), (TokenClass::PhoneRaw, Cow::Borrowed("*31#")));
+        assert_eq!(
+            canon.canonical(" *31# "),
+            (TokenClass::PhoneRaw, Cow::Borrowed("*31#"))
+        );
     }
 
     #[test]

@@ -47,7 +47,11 @@ fn demo_at_its_default_size_accounts_for_every_record() {
     assert!(!stderr.contains("ERROR"), "no error logged:\n{stderr}");
     // Progress lines while it runs (not a terminal here: plain lines), and the figures.
     assert!(stdout.contains("progress: "), "{stdout}");
-    for figure in ["wall clock: ", "CPU per record: worker threads ", "transform alone: "] {
+    for figure in [
+        "wall clock: ",
+        "CPU per record: worker threads ",
+        "transform alone: ",
+    ] {
         assert!(stdout.contains(figure), "{figure} in:\n{stdout}");
     }
     assert!(

@@ -152,7 +152,11 @@ proptest! {
 #[test]
 fn remembered_phone_answers_agree_in_every_supported_region() {
     let regions = pseudonymizer::token::phone_regions();
-    assert!(regions.len() > 240, "libphonenumber knows {} regions", regions.len());
+    assert!(
+        regions.len() > 240,
+        "libphonenumber knows {} regions",
+        regions.len()
+    );
     for region in &regions {
         let phone = PhoneCanon::new(region).unwrap();
         let mut generator = Generator::new(7);

@@ -101,10 +101,14 @@ fn length_prefixes_claiming_gigabytes_allocate_nothing_of_the_kind() {
         let before = ALLOCATED.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
         let mut out = Vec::with_capacity(4096);
-        let outcome = setup
-            .router
-            .process(&setup.engine, &setup.active, None, Some(record), &mut out);
-        assert!(outcome.is_err(), "a record that ends early is dead-lettered");
+        let outcome =
+            setup
+                .router
+                .process(&setup.engine, &setup.active, None, Some(record), &mut out);
+        assert!(
+            outcome.is_err(),
+            "a record that ends early is dead-lettered"
+        );
         let peak = PEAK.load(Ordering::Relaxed) - before;
         assert!(
             peak <= 64 * record.len() + (1 << 20),

@@ -111,8 +111,15 @@ fn a_missing_or_junk_region_falls_back_to_the_default_and_junk_is_counted() {
     let default = phone_token("ID", "0812-3456-7890");
     let fallbacks = || engine.phone().region_fallbacks().get();
     assert_eq!(caller_token(&engine, call("0812-3456-7890", None)), default);
-    assert_eq!(caller_token(&engine, call("0812-3456-7890", Some(""))), default);
-    assert_eq!(fallbacks(), 0, "null and blank regions are missing, not junk");
+    assert_eq!(
+        caller_token(&engine, call("0812-3456-7890", Some(""))),
+        default
+    );
+    assert_eq!(
+        fallbacks(),
+        0,
+        "null and blank regions are missing, not junk"
+    );
     for junk in ["XX", "Indonesia", "001", "１２", "\u{0}"] {
         assert_eq!(
             caller_token(&engine, call("0812-3456-7890", Some(junk))),
@@ -200,7 +207,13 @@ fn the_record_key_is_read_in_the_records_region_like_its_field() {
     let value = frame(1, &common::encode(&plan.input, call(number, Some("US"))));
     let mut out = Vec::new();
     let output = router
-        .process(&engine, &keys, Some(number.as_bytes()), Some(&value), &mut out)
+        .process(
+            &engine,
+            &keys,
+            Some(number.as_bytes()),
+            Some(&value),
+            &mut out,
+        )
         .unwrap();
     assert_eq!(output.key.unwrap(), phone_token("US", number));
 }

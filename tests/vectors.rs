@@ -156,7 +156,10 @@ fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
             if (class.as_str(), canonical.as_ref()) != expected {
                 wrong.push(format!(
                     "{region} {:?} {input:?} ({path}): got {} {canonical:?}, reference {} {:?}",
-                    case["shape"], class.as_str(), expected.0, expected.1
+                    case["shape"],
+                    class.as_str(),
+                    expected.0,
+                    expected.1
                 ));
             }
         }
@@ -172,8 +175,18 @@ fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
     );
     assert!(regions.len() >= 12, "regions covered: {regions:?}");
     for shape in [
-        "e164", "international", "national", "regrouped", "idd-00", "idd-region",
-        "country-code-no-plus", "tel-uri", "extension", "full-width", "arabic-indic", "blanks",
+        "e164",
+        "international",
+        "national",
+        "regrouped",
+        "idd-00",
+        "idd-region",
+        "country-code-no-plus",
+        "tel-uri",
+        "extension",
+        "full-width",
+        "arabic-indic",
+        "blanks",
         "junk",
     ] {
         assert!(shapes.contains(shape), "no {shape} case");

@@ -144,18 +144,28 @@ async fn records_deleted_before_they_are_read_are_logged_and_counted() {
     let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     while metrics.progress().1 < 200 {
-        assert!(Instant::now() < deadline, "the first 200 records were processed");
+        assert!(
+            Instant::now() < deadline,
+            "the first 200 records were processed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
-    assert_eq!(metrics.counts().skipped, 0, "nothing skipped in a normal run");
+    assert_eq!(
+        metrics.counts().skipped,
+        0,
+        "nothing skipped in a normal run"
+    );
 
     // While the worker is stopped, about 8 MiB arrive: the oldest records are deleted.
     let mut later = Inputs::default();
     kafka::produce(&brokers, &topics.raw, 24_000, 42, &[], &mut later).await;
     let (low, high) = watermarks(&brokers, &topics.raw);
-    assert!(low > 200, "the mock cluster deleted unread records (low watermark {low})");
+    assert!(
+        low > 200,
+        "the mock cluster deleted unread records (low watermark {low})"
+    );
 
     let metrics = Metrics::new();
     let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());

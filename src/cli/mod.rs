@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 mod keys;
 mod worker;
 
-pub use keys::KeysCommand;
 use keys::keys;
+pub use keys::KeysCommand;
 use worker::run_worker;
 
 use crate::audit::AuditLog;
@@ -179,7 +179,6 @@ pub struct ConfigArgs {
     pub keyring: Option<PathBuf>,
 }
 
-
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Open every dead letter and produce its original bytes to its source topic again.
@@ -202,7 +201,6 @@ pub enum SchemaCommand {
         out: PathBuf,
     },
 }
-
 
 /// Loads a config and compiles its rules.
 fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
@@ -466,7 +464,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-
 /// File name of a plan's derived schema: its full name and `.avsc`.
 pub fn output_schema_file(plan: &crate::plan::Plan) -> String {
     match &plan.output {
@@ -481,7 +478,6 @@ pub fn output_schema_text(plan: &crate::plan::Plan) -> String {
     text.push('\n');
     text
 }
-
 
 /// The line printed for a panic: where it happened, and its message only when the message is a
 /// string literal (`&'static str`). A formatted message could carry a value from the data, so

@@ -16,7 +16,11 @@ impl Walker<'_> {
     }
 
     /// The moves from the start of `root` to the string at `path`, or why there is none.
-    pub(super) fn locate(&mut self, root: &RecordSchema, path: &str) -> Result<Vec<Locate>, String> {
+    pub(super) fn locate(
+        &mut self,
+        root: &RecordSchema,
+        path: &str,
+    ) -> Result<Vec<Locate>, String> {
         let mut steps = Vec::new();
         let mut record = root.clone();
         let mut names = path.split('.').peekable();

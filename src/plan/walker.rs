@@ -95,7 +95,12 @@ impl Walker<'_> {
         }
     }
 
-    pub(super) fn record(&mut self, record: &RecordSchema, path: &str, depth: usize) -> (Step, Json) {
+    pub(super) fn record(
+        &mut self,
+        record: &RecordSchema,
+        path: &str,
+        depth: usize,
+    ) -> (Step, Json) {
         self.remember(&record.name, &Schema::Record(record.clone()));
         if depth > MAX_DEPTH {
             self.errors.push(format!(
@@ -337,7 +342,6 @@ impl Walker<'_> {
             _ => None,
         }
     }
-
 }
 
 fn type_name(schema: &Schema) -> String {

@@ -18,8 +18,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::sync::watch;
 
-use super::route::DeadLetter;
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
+use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
 
 type DeliveryOutcome = Result<

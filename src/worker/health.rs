@@ -276,7 +276,10 @@ fn check_gap(
             let Ok(committed) = consumer.committed_offsets(wanted, BROKER_QUERY) else {
                 return;
             };
-            match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            match committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
                 Some(Offset::Offset(c)) if c < offset => c,
                 _ => return,
             }
