@@ -465,8 +465,13 @@ fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_proces
     let transform = metrics.transform_seconds.get_sample_sum() * 1e6
         / (metrics.transform_seconds.get_sample_count().max(1) as f64);
     println!(
-        "transform alone: {transform:.1} µs per record, {:.0} records/s on one core",
-        1e6 / transform.max(1e-9)
+        "transform alone: {transform:.1} µs per record, {:.0} records/s on one core{}",
+        1e6 / transform.max(1e-9),
+        if in_process {
+            " (wall time inside the transform: it includes waiting for a core the cluster holds)"
+        } else {
+            ""
+        }
     );
     println!("figures against a real broker: scripts/bench.sh (README, Performance)");
 }
