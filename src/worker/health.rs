@@ -225,8 +225,8 @@ fn lags(metrics: &Metrics) -> Vec<(String, String, i64)> {
 /// Finds records the broker deleted before this worker read them.
 #[derive(Default)]
 pub struct SkipDetector {
-    /// Per partition, the offset of the next record expected.
-    next: HashMap<(String, i32), i64>,
+    /// Per topic and partition, the offset of the next record expected.
+    next: HashMap<String, HashMap<i32, i64>>,
     rebalances_seen: u64,
 }
 
@@ -246,7 +246,12 @@ impl SkipDetector {
             self.rebalances_seen = rebalances;
             self.next.clear();
         }
-        let expected = self.next.insert((topic.to_owned(), partition), offset + 1);
+        // Looked up by `&str`: a topic's name is allocated once, not once per record.
+        let partitions = match self.next.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.next.entry(topic.to_owned()).or_default(),
+        };
+        let expected = partitions.insert(partition, offset + 1);
         if expected.is_some_and(|e| offset <= e) {
             return;
         }
