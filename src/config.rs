@@ -31,6 +31,11 @@ pub struct Config {
     /// config file. Re-identification refuses to run without one.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// A Confluent-compatible schema registry (docs/operations.md, "Schema registry"). With
+    /// one, pipelines match records by the writer schema's record name, any version; without
+    /// one, by the static `input_schema_id`.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -60,16 +65,93 @@ pub struct PipelineConfig {
     /// Stream worker: the analytics topic the sanitized events go to.
     #[serde(default)]
     pub output_topic: Option<String>,
-    /// Stream worker: the Confluent schema id of raw events of this type.
+    /// Stream worker without a registry: the Confluent schema id of raw events of this type.
+    /// With a registry it may still be given, to pin one id to this pipeline.
     #[serde(default)]
     pub input_schema_id: Option<u32>,
-    /// Stream worker: the Confluent schema id written on sanitized events.
+    /// Stream worker without a registry: the Confluent schema id written on sanitized events.
+    /// With a registry the worker registers the derived schema and uses the id it gets.
     #[serde(default)]
     pub output_schema_id: Option<u32>,
     /// Stream worker: the token class of the record key (`phone`, `id`, …), so a key that
     /// carries a subscriber number gets the same token as its field; absent: no key.
     #[serde(default)]
     pub key_class: Option<String>,
+}
+
+/// The schema registry client's settings. Credentials are never in the config text: they are
+/// read from an environment variable or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URLs (`http://registry:8081`), tried in order until one answers.
+    pub urls: Vec<String>,
+    /// How subjects are named: `topic` (`<topic>-value`, the default), `record` (the record's
+    /// full name) or `topic-record` (`<topic>-<record full name>`).
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+    /// `none` (default), `basic` (credentials `user:password`, as Confluent's
+    /// `basic.auth.user.info`) or `bearer` (credentials: the token).
+    #[serde(default)]
+    pub auth: RegistryAuth,
+    /// The environment variable holding the credentials.
+    #[serde(default)]
+    pub credentials_env: Option<String>,
+    /// Or the file holding them (one line). Relative to the config file.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign the registry's TLS certificate (`https`
+    /// URLs); absent: the web's public roots. Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds allowed for one request.
+    #[serde(default = "default_registry_timeout_secs")]
+    pub timeout_secs: u64,
+    /// The longest wait between attempts while the registry cannot be reached.
+    #[serde(default = "default_registry_backoff_secs")]
+    pub max_backoff_secs: u64,
+}
+
+/// How subjects are named (Confluent's subject name strategies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (TopicNameStrategy).
+    #[default]
+    Topic,
+    /// The record's full name (RecordNameStrategy).
+    Record,
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy).
+    TopicRecord,
+}
+
+impl SubjectStrategy {
+    /// The subject of values of record `record` on `topic`.
+    pub fn subject(self, topic: &str, record: &str) -> String {
+        match self {
+            SubjectStrategy::Topic => format!("{topic}-value"),
+            SubjectStrategy::Record => record.to_owned(),
+            SubjectStrategy::TopicRecord => format!("{topic}-{record}"),
+        }
+    }
+}
+
+/// How the registry client authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryAuth {
+    #[default]
+    None,
+    Basic,
+    Bearer,
+}
+
+fn default_registry_timeout_secs() -> u64 {
+    10
+}
+
+fn default_registry_backoff_secs() -> u64 {
+    30
 }
 
 /// The stream worker's Kafka settings.
@@ -199,6 +281,8 @@ pub enum ConfigError {
     Kafka(Vec<String>),
     #[error("[rotation] {0}")]
     Rotation(&'static str),
+    #[error("the [registry] section is not valid:\n  {}", .0.join("\n  "))]
+    Registry(Vec<String>),
 }
 
 impl Config {
@@ -241,6 +325,57 @@ impl Config {
         for pipeline in &mut config.pipeline {
             pipeline.input_schema = base.join(&pipeline.input_schema);
         }
+        if let Some(registry) = &mut config.registry {
+            registry.credentials_file = registry.credentials_file.as_ref().map(|f| base.join(f));
+            registry.ca_file = registry.ca_file.as_ref().map(|f| base.join(f));
+            registry.check()?;
+        }
         Ok(config)
+    }
+}
+
+impl RegistryConfig {
+    /// Checks what can be checked without the registry; every problem at once.
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.urls.is_empty() {
+            problems.push("urls is empty".to_owned());
+        }
+        for url in &self.urls {
+            // Only the scheme and host are shown: a URL with credentials in it is refused
+            // without repeating them.
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            if scheme != "http" && scheme != "https" {
+                problems.push(format!("url {url:?} is not http:// or https://"));
+            } else if rest.split('/').next().unwrap_or_default().contains('@') {
+                problems.push(format!(
+                    "a {scheme} url holds credentials; use credentials_env or credentials_file"
+                ));
+            }
+        }
+        let has_credentials = self.credentials_env.is_some() || self.credentials_file.is_some();
+        match self.auth {
+            RegistryAuth::None if has_credentials => {
+                problems.push("credentials are given but auth is \"none\"".to_owned())
+            }
+            RegistryAuth::Basic | RegistryAuth::Bearer if !has_credentials => {
+                problems.push("auth needs credentials_env or credentials_file".to_owned())
+            }
+            _ => {}
+        }
+        if self.credentials_env.is_some() && self.credentials_file.is_some() {
+            problems.push("give credentials_env or credentials_file, not both".to_owned());
+        }
+        if self.timeout_secs == 0 {
+            problems.push("timeout_secs must be at least 1".to_owned());
+        }
+        if self.max_backoff_secs == 0 {
+            problems.push("max_backoff_secs must be at least 1".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Registry(problems))
+        }
     }
 }

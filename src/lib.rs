@@ -24,7 +24,10 @@
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
 //! - [`hostile`]: the checks the fuzz targets run on arbitrary bytes (and `cargo test` replays).
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
-//! - [`worker`]: the Kafka stream worker: routing, the at-least-once and exactly-once loops,
+//! - [`registry`]: the Confluent-compatible schema registry client (writer schemas by id,
+//!   registering derived schemas).
+//! - [`worker`]: the Kafka stream worker: routing (by static schema id, or by record name
+//!   through the registry), the at-least-once and exactly-once loops,
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
 //!   deleted before they were read).
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
@@ -46,6 +49,7 @@ pub mod hostile;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod registry;
 pub mod rules;
 pub mod token;
 pub mod transform;

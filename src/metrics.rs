@@ -56,8 +56,18 @@ pub struct Metrics {
     pub key_reloads: IntCounterVec,
     /// Key rotation warnings raised, by key id and reason (`age`, `envelopes`, `nonce-limit`).
     pub key_warnings: IntGaugeVec,
+    /// Schema ids resolved through the registry, by outcome (`route` or a dead-letter reason).
+    pub schema_ids_resolved: IntCounterVec,
+    /// 1 for each field path of a writer schema version that the rules do not classify, by
+    /// pipeline and schema id (its records are dead-lettered as `unclassified-field`).
+    pub unclassified_fields: IntGaugeVec,
+    /// 1 while the worker waits for an unreachable schema registry.
+    pub registry_unavailable: IntGauge,
+    /// Registry requests that got no usable answer (each retry counts).
+    pub registry_errors: IntCounter,
     ready: AtomicBool,
     stalled_flag: AtomicBool,
+    registry_flag: AtomicBool,
     seal_keys: Mutex<Vec<Arc<SealKey>>>,
     exported_seals: Mutex<HashMap<String, u64>>,
 }
@@ -167,9 +177,28 @@ impl Metrics {
                 "1 when a key should be rotated.",
                 &["key_id", "reason"],
             ),
+            schema_ids_resolved: counter(
+                "pseudonymizer_schema_ids_resolved_total",
+                "Schema ids resolved through the registry, by outcome.",
+                &["result"],
+            ),
+            unclassified_fields: gauge(
+                "pseudonymizer_unclassified_fields",
+                "1 for each field of a writer schema version that the rules do not classify.",
+                &["pipeline", "schema_id", "field"],
+            ),
+            registry_unavailable: plain_gauge(
+                "pseudonymizer_registry_unavailable",
+                "1 while the worker waits for an unreachable schema registry.",
+            ),
+            registry_errors: plain_counter(
+                "pseudonymizer_registry_errors_total",
+                "Schema registry requests that got no usable answer.",
+            ),
             registry,
             ready: AtomicBool::new(false),
             stalled_flag: AtomicBool::new(false),
+            registry_flag: AtomicBool::new(false),
             seal_keys: Mutex::new(Vec::new()),
             exported_seals: Mutex::new(HashMap::new()),
         };
@@ -193,9 +222,18 @@ impl Metrics {
         self.stalled.set(i64::from(stalled));
     }
 
-    /// Whether `/readyz` answers 200: subscribed, not shutting down, not stalled.
+    /// Marks the worker waiting for an unreachable registry (`/readyz` 503) or not.
+    pub fn set_registry_unavailable(&self, unavailable: bool) {
+        self.registry_flag.store(unavailable, Ordering::Relaxed);
+        self.registry_unavailable.set(i64::from(unavailable));
+    }
+
+    /// Whether `/readyz` answers 200: subscribed, not shutting down, not stalled, not waiting
+    /// for the registry.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.stalled_flag.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+            && !self.stalled_flag.load(Ordering::Relaxed)
+            && !self.registry_flag.load(Ordering::Relaxed)
     }
 
     /// Sets the active key ids, and remembers the encryption key to export its envelope count.

@@ -227,11 +227,33 @@ pub struct Plan {
     pub needs_pseudonym: bool,
     /// Whether some rule needs the active encryption key.
     pub needs_encryption: bool,
+    /// Rules that name no field of this schema (only with [`UnusedRules::Allow`]).
+    pub unused_rules: Vec<String>,
+}
+
+/// What to do with a rule that names no field of the schema being compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnusedRules {
+    /// An error: with one schema per pipeline, such a rule is a typo or a stale rule.
+    Refuse,
+    /// Allowed: with a schema registry, one pipeline's rules serve every version of its
+    /// record, and a rule may be for a field that only some versions have.
+    Allow,
 }
 
 /// Compiles `rules` against the writer schema `input`. On failure, one message per offending
-/// path.
+/// path; each starts with that path and `": "` (the worker's `unclassified-field` reports
+/// read the path from there).
 pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
+    compile_with(input, rules, UnusedRules::Refuse)
+}
+
+/// [`compile`], choosing what a rule naming no field is.
+pub fn compile_with(
+    input: &Schema,
+    rules: &Rules,
+    unused: UnusedRules,
+) -> Result<Plan, Vec<String>> {
     let Schema::Record(root) = input else {
         return Err(vec![
             "the writer schema's top level must be a record".to_owned()
@@ -275,11 +297,16 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
             }
         }
     }
+    let mut unused_rules = Vec::new();
     for (path, _) in rules.iter() {
-        if !walker.used.contains(path) {
-            walker
+        if walker.used.contains(path) {
+            continue;
+        }
+        match unused {
+            UnusedRules::Refuse => walker
                 .errors
-                .push(format!("{path}: names no leaf field of {input_name}"));
+                .push(format!("{path}: names no leaf field of {input_name}")),
+            UnusedRules::Allow => unused_rules.push(path.to_owned()),
         }
     }
     if !walker.errors.is_empty() {
@@ -298,5 +325,6 @@ pub fn compile(input: &Schema, rules: &Rules) -> Result<Plan, Vec<String>> {
         regions,
         needs_pseudonym,
         needs_encryption,
+        unused_rules,
     })
 }

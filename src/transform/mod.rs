@@ -94,7 +94,13 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every pipeline's schema and compiles its rules; all rule errors are reported at once.
+    /// With a schema registry, a rule naming no field of the local schema is allowed (another
+    /// version of the record may have that field) and logged as a warning.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let unused = match config.registry {
+            Some(_) => plan::UnusedRules::Allow,
+            None => plan::UnusedRules::Refuse,
+        };
         let phone = PhoneCanon::new(&config.phone.default_region)?;
         let mut plans = Vec::new();
         let mut errors = Vec::new();
@@ -111,8 +117,13 @@ impl Engine {
             let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
             let tag = |e: String| format!("[{}] {e}", pipeline.name);
             errors.extend(spec_errors.into_iter().map(tag));
-            match plan::compile(&schema, &rules) {
-                Ok(plan) => plans.push(plan),
+            match plan::compile_with(&schema, &rules, unused) {
+                Ok(plan) => {
+                    for path in &plan.unused_rules {
+                        tracing::warn!(pipeline = %pipeline.name, rule = %path, schema = %pipeline.input_schema.display(), "a rule names no field of the local schema (allowed with a registry: another version may have it)");
+                    }
+                    plans.push(plan)
+                }
                 Err(errs) => errors.extend(errs.into_iter().map(tag)),
             }
         }

@@ -95,6 +95,9 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
+        if !publisher.resolve(message.payload(), &mut shutdown).await {
+            break;
+        }
         let outgoing = publisher.prepare(&message, &mut out);
         let (topic, partition, offset) = (
             message.topic().to_owned(),

@@ -6,7 +6,8 @@
 //!   (`enable.auto.offset.store=false`) only when the produced copy of a record has been
 //!   acknowledged, never past an unacknowledged record of the same partition;
 //! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction;
-//! - [`health`]: lag, stalls, and records the broker deleted before they were read.
+//! - [`health`]: lag, stalls, and records the broker deleted before they were read;
+//! - [`resolve`]: with a schema registry, a new schema id → its route (or dead-letter reason).
 //!
 //! Both loops share [`Publisher`], which turns a consumed message into a producer record
 //! (headers, key, dead-letter envelope) with one snapshot of the keys, so a record is never
@@ -16,6 +17,7 @@ pub mod at_least_once;
 pub mod health;
 pub mod keywatch;
 pub mod replay;
+pub mod resolve;
 pub mod route;
 pub mod transactional;
 
@@ -33,7 +35,9 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigError, DeliveryMode, KafkaConfig};
 use crate::envelope;
 use crate::metrics::Metrics;
+use crate::registry::RegistryClient;
 use crate::transform::{ActiveKeys, Engine};
+use resolve::SchemaResolver;
 use route::{DeadLetter, Router};
 
 /// Field path bound into the envelope of a dead-lettered record's original bytes.
@@ -57,6 +61,8 @@ pub enum WorkerError {
     ShutdownTimeout(Duration),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// What the worker does to each record's value.
@@ -108,8 +114,23 @@ impl Worker {
             let addr = self.metrics.serve(listen).map_err(WorkerError::Metrics)?;
             tracing::info!(%addr, "metrics listening");
         }
+        let resolver = match &config.registry {
+            Some(registry) => Some(Arc::new(SchemaResolver {
+                client: RegistryClient::new(registry)?,
+                strategy: registry.subject_strategy,
+            })),
+            None => None,
+        };
+        let max_backoff = config
+            .registry
+            .as_ref()
+            .map_or(Duration::from_secs(30), |r| {
+                Duration::from_secs(r.max_backoff_secs)
+            });
         let publisher = Publisher {
-            router,
+            router: Arc::new(router),
+            resolver,
+            max_backoff,
             kafka: kafka.clone(),
             worker: self,
         };
@@ -253,7 +274,10 @@ impl Outgoing {
 
 /// Turns consumed messages into producer records.
 pub struct Publisher {
-    router: Router,
+    router: Arc<Router>,
+    /// With a schema registry: resolves schema ids seen for the first time.
+    resolver: Option<Arc<SchemaResolver>>,
+    max_backoff: Duration,
     kafka: KafkaConfig,
     worker: Worker,
 }
@@ -266,6 +290,42 @@ impl Publisher {
     /// Pipeline name by index (for metrics labels).
     fn pipeline_name(&self, index: usize) -> &str {
         self.router.route_name(index)
+    }
+
+    /// With a registry, makes sure the router knows the schema id of `value` before it is
+    /// prepared: asks the registry, and while it cannot be reached waits with backoff (the
+    /// record is held, `/readyz` is 503). Returns false if `shutdown` came first; the record
+    /// is then left unprocessed and its offset unstored.
+    async fn resolve(&self, value: Option<&[u8]>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let (Some(resolver), Some(id)) = (&self.resolver, self.router.unresolved(value)) else {
+            return true;
+        };
+        let metrics = &self.worker.metrics;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let (resolver, router, task_metrics) =
+                (resolver.clone(), self.router.clone(), metrics.clone());
+            let answer =
+                tokio::task::spawn_blocking(move || resolver.resolve(&router, &task_metrics, id))
+                    .await;
+            let error = match answer {
+                Ok(Ok(resolution)) => {
+                    self.router.insert(id, resolution);
+                    metrics.set_registry_unavailable(false);
+                    return true;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the registry request failed: {e}"),
+            };
+            metrics.registry_errors.inc();
+            metrics.set_registry_unavailable(true);
+            tracing::warn!(schema_id = id, error = %error, retry_in_ms = backoff.as_millis() as u64, "schema registry unavailable; holding the record (nothing is dead-lettered for this)");
+            tokio::select! {
+                _ = shutdown.changed() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
     }
 
     /// Builds the outgoing record of one consumed message, with one snapshot of the keys.

@@ -1,11 +1,16 @@
 //! From one raw record to what should be published: the sanitized record for its analytics
-//! topic, or a dead-letter reason. Pure: no Kafka here, so it is tested alone.
+//! topic, or a dead-letter reason. Pure: no Kafka and no registry here, so it is tested alone.
+//!
+//! Records are routed by the schema id in their Confluent header. Without a registry, every
+//! id is known from the config at start. With one, an id seen for the first time is resolved
+//! by [`super::resolve`] (outside this module, since that is I/O) and remembered here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, ConfigError};
 use crate::plan::Plan;
+use crate::rules::Rules;
 use crate::token::{self, TokenClass};
 use crate::transform::{ActiveKeys, Engine};
 
@@ -17,7 +22,8 @@ pub const MAGIC: u8 = 0;
 pub enum DeadLetter {
     /// Shorter than the 5-byte header, or the magic byte is not 0.
     BadMagic,
-    /// No pipeline has this input schema id.
+    /// No pipeline has this input schema id (without a registry), or the registry does not
+    /// know it (40403), or its record has no pipeline.
     UnknownSchema,
     /// The Avro did not decode or transform (truncated, corrupt, invalid UTF-8).
     CorruptAvro,
@@ -25,6 +31,13 @@ pub enum DeadLetter {
     Oversize,
     /// No value at all (tombstone).
     Empty,
+    /// A writer schema version from the registry has a leaf field without a rule, or a rule
+    /// that does not fit its field's type: nothing of it is published until the rules say.
+    UnclassifiedField,
+    /// The registry's schema for this id is not an Avro record schema this worker can read.
+    BadSchema,
+    /// The registry refused the derived output schema (incompatible, 409, or invalid, 42201).
+    OutputSchemaRefused,
 }
 
 impl DeadLetter {
@@ -36,11 +49,29 @@ impl DeadLetter {
             DeadLetter::CorruptAvro => "corrupt-avro",
             DeadLetter::Oversize => "oversize",
             DeadLetter::Empty => "empty",
+            DeadLetter::UnclassifiedField => "unclassified-field",
+            DeadLetter::BadSchema => "bad-schema",
+            DeadLetter::OutputSchemaRefused => "output-schema-refused",
         }
     }
 }
 
-/// One pipeline as the worker runs it.
+/// One pipeline's settings, shared by every writer schema version it serves.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Position in the config.
+    pub index: usize,
+    pub name: String,
+    /// The writer schema's full record name (`comms.v1.CallEvent`), from `input_schema`.
+    pub record_name: String,
+    /// The rules, to compile against each new writer version.
+    pub rules: Rules,
+    pub output_topic: String,
+    pub key_class: Option<TokenClass>,
+}
+
+/// One input schema id as the worker runs it: a pipeline's rules compiled against that
+/// writer schema, and the id its output is written with.
 #[derive(Debug)]
 pub struct Route {
     /// Position of the pipeline in the config.
@@ -52,49 +83,74 @@ pub struct Route {
     pub key_class: Option<TokenClass>,
 }
 
+impl Route {
+    /// The route of `pipeline` for one compiled writer schema.
+    pub fn new(pipeline: &Pipeline, plan: Arc<Plan>, output_schema_id: u32) -> Self {
+        Route {
+            index: pipeline.index,
+            plan,
+            name: pipeline.name.clone(),
+            output_topic: pipeline.output_topic.clone(),
+            output_schema_id,
+            key_class: pipeline.key_class,
+        }
+    }
+}
+
+/// What the router knows of one input schema id.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Route(Arc<Route>),
+    /// Every record with this id is dead-lettered for this reason (until a restart).
+    Refused(DeadLetter),
+}
+
+/// At most this many schema ids are remembered as refused: ids are chosen by whoever
+/// produces, and a flood of junk ids must not grow memory without bound. Past it, a refused
+/// id is asked again each time.
+const MAX_REFUSED_IDS: usize = 10_000;
+
 /// Input schema id → route.
 #[derive(Debug)]
 pub struct Router {
-    routes: HashMap<u32, Route>,
-    names: Vec<String>,
+    pipelines: Vec<Pipeline>,
+    routes: RwLock<HashMap<u32, Resolution>>,
+    refused: std::sync::atomic::AtomicUsize,
+    /// Ids missing from `routes` are asked of the registry (else: `unknown-schema-id`).
+    registry: bool,
     max_record_bytes: usize,
     pub input_topics: Vec<String>,
 }
 
 /// A sanitized record ready to publish.
-pub struct Output<'r> {
-    pub route: &'r Route,
+pub struct Output {
+    pub route: Arc<Route>,
     /// The route's pipeline index.
     pub index: usize,
     pub key: Option<String>,
 }
 
 impl Router {
-    /// Builds the routes from the config, checking every stream setting.
+    /// Builds the routes from the config, checking every stream setting. Without a registry
+    /// every pipeline needs its static schema ids; with one they are optional (given, they pin
+    /// that id to the pipeline).
     pub fn from_config(config: &Config, engine: &Engine) -> Result<Self, ConfigError> {
         let kafka = config
             .kafka
             .as_ref()
             .ok_or_else(|| ConfigError::Rules(vec!["[kafka] section is missing".to_owned()]))?;
+        let registry = config.registry.is_some();
         let mut routes = HashMap::new();
+        let mut pipelines = Vec::new();
         let mut topics = Vec::new();
         let mut errors = Vec::new();
-        let names = config.pipeline.iter().map(|p| p.name.clone()).collect();
         for (index, (pipeline, plan)) in config.pipeline.iter().zip(engine.plans()).enumerate() {
-            let missing = |what: &str| {
-                format!(
-                    "[{}] {what} is required by the stream worker",
+            let (Some(input_topic), Some(output_topic)) =
+                (&pipeline.input_topic, &pipeline.output_topic)
+            else {
+                errors.push(format!(
+                    "[{}] input_topic and output_topic are required by the stream worker",
                     pipeline.name
-                )
-            };
-            let (Some(input_topic), Some(output_topic), Some(input_id), Some(output_id)) = (
-                &pipeline.input_topic,
-                &pipeline.output_topic,
-                pipeline.input_schema_id,
-                pipeline.output_schema_id,
-            ) else {
-                errors.push(missing(
-                    "input_topic, output_topic, input_schema_id and output_schema_id",
                 ));
                 continue;
             };
@@ -125,60 +181,117 @@ impl Router {
                     pipeline.name
                 ));
             }
-            let route = Route {
+            let (rules, _) = Rules::from_specs(&pipeline.rules);
+            let spec = Pipeline {
                 index,
-                plan: plan.clone(),
                 name: pipeline.name.clone(),
+                record_name: plan.input_name.clone(),
+                rules,
                 output_topic: output_topic.clone(),
-                output_schema_id: output_id,
                 key_class,
             };
-            if routes.insert(input_id, route).is_some() {
-                errors.push(format!(
-                    "[{}] input_schema_id {input_id} is used by two pipelines",
+            match (pipeline.input_schema_id, pipeline.output_schema_id) {
+                (Some(input_id), Some(output_id)) => {
+                    let route = Route::new(&spec, plan.clone(), output_id);
+                    if routes
+                        .insert(input_id, Resolution::Route(Arc::new(route)))
+                        .is_some()
+                    {
+                        errors.push(format!(
+                            "[{}] input_schema_id {input_id} is used by two pipelines",
+                            pipeline.name
+                        ));
+                    }
+                }
+                (None, None) if registry => {}
+                _ if registry => errors.push(format!(
+                    "[{}] give both input_schema_id and output_schema_id to pin an id, or neither",
                     pipeline.name
-                ));
+                )),
+                _ => errors.push(format!(
+                    "[{}] input_schema_id and output_schema_id are required by the stream worker without a [registry]",
+                    pipeline.name
+                )),
             }
+            pipelines.push(spec);
         }
         if !errors.is_empty() {
             return Err(ConfigError::Rules(errors));
         }
         Ok(Router {
-            routes,
-            names,
+            pipelines,
+            routes: RwLock::new(routes),
+            refused: 0.into(),
+            registry,
             max_record_bytes: kafka.max_record_bytes,
             input_topics: topics,
         })
     }
 
+    /// The pipeline of a writer schema's full record name.
+    pub fn pipeline_for(&self, record_name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.record_name == record_name)
+    }
+
+    /// The schema id of a framed value that the registry must be asked about first: only with
+    /// a registry, and only for an id not resolved yet.
+    pub fn unresolved(&self, value: Option<&[u8]>) -> Option<u32> {
+        if !self.registry {
+            return None;
+        }
+        let value = value?;
+        if value.len() < 5 || value.len() > self.max_record_bytes || value[0] != MAGIC {
+            return None;
+        }
+        let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        let known = self.read_routes().contains_key(&id);
+        (!known).then_some(id)
+    }
+
+    /// Remembers what the registry said of a schema id.
+    pub fn insert(&self, id: u32, resolution: Resolution) {
+        if let Resolution::Refused(_) = resolution {
+            use std::sync::atomic::Ordering;
+            if self.refused.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSED_IDS {
+                return;
+            }
+        }
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, resolution);
+    }
+
+    fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Resolution>> {
+        // A panic while holding the lock cannot leave the map half-written (insert is one call).
+        self.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The name of pipeline `index`.
     pub fn route_name(&self, index: usize) -> &str {
-        self.names.get(index).map_or("?", String::as_str)
+        self.pipelines.get(index).map_or("?", |p| p.name.as_str())
     }
 
     /// The benchmark baseline: the same checks and routing, the value copied unchanged.
-    pub fn pass_through<'r>(
-        &'r self,
+    pub fn pass_through(
+        &self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         out: &mut Vec<u8>,
-    ) -> Result<Output<'r>, DeadLetter> {
+    ) -> Result<Output, DeadLetter> {
         let (route, _) = self.check(value)?;
         out.clear();
         out.extend_from_slice(value.unwrap_or_default());
         let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
         Ok(Output {
-            route,
             index: route.index,
+            route,
             key,
         })
     }
 
     /// Size, framing and schema id checks; the route and the Avro bytes.
-    fn check<'r, 'v>(
-        &'r self,
-        value: Option<&'v [u8]>,
-    ) -> Result<(&'r Route, &'v [u8]), DeadLetter> {
+    fn check<'v>(&self, value: Option<&'v [u8]>) -> Result<(Arc<Route>, &'v [u8]), DeadLetter> {
         let value = value.ok_or(DeadLetter::Empty)?;
         if value.len() > self.max_record_bytes {
             return Err(DeadLetter::Oversize);
@@ -187,27 +300,22 @@ impl Router {
             return Err(DeadLetter::BadMagic);
         }
         let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        let route = self
-            .routes
-            .get(&schema_id)
-            .ok_or(DeadLetter::UnknownSchema)?;
-        Ok((route, &value[5..]))
-    }
-
-    /// Every route (for metrics and logs).
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.values()
+        match self.read_routes().get(&schema_id) {
+            Some(Resolution::Route(route)) => Ok((route.clone(), &value[5..])),
+            Some(Resolution::Refused(reason)) => Err(*reason),
+            None => Err(DeadLetter::UnknownSchema),
+        }
     }
 
     /// Transforms one record's value into `out` (wire header included) and computes its key.
-    pub fn process<'r>(
-        &'r self,
+    pub fn process(
+        &self,
         engine: &Engine,
         keys: &ActiveKeys,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         out: &mut Vec<u8>,
-    ) -> Result<Output<'r>, DeadLetter> {
+    ) -> Result<Output, DeadLetter> {
         let (route, avro) = self.check(value)?;
         out.clear();
         out.push(MAGIC);
@@ -236,8 +344,8 @@ impl Router {
             _ => None,
         };
         Ok(Output {
-            route,
             index: route.index,
+            route,
             key,
         })
     }

@@ -55,8 +55,12 @@ pub async fn run(
                 }
             };
             stats.consumed += 1;
-            let outgoing = publisher.prepare(&message, &mut out);
-            let mut outgoing = outgoing;
+            if !publisher.resolve(message.payload(), &mut shutdown).await {
+                // Shutdown while waiting for the registry: this record stays uncommitted.
+                stopping = true;
+                break;
+            }
+            let mut outgoing = publisher.prepare(&message, &mut out);
             let headers = std::mem::take(&mut outgoing.headers);
             let record = outgoing.record(headers);
             let delivery = producer.send_result(record).map_err(|(e, _)| e)?;

@@ -1,0 +1,159 @@
+//! A schema id seen for the first time, with a schema registry: fetch the writer schema,
+//! compile its pipeline's rules against it, register the derived output schema, and tell the
+//! router.
+//!
+//! Every definite outcome is remembered for the process's life (registry ids are immutable):
+//! a route, or the dead-letter reason of every record with that id. Only "the registry did not
+//! answer" is not an outcome: the worker waits and asks again, with backoff, and never
+//! dead-letters a record for it (the `at_least_once` loop holds the record, stores no offset
+//! past it, and turns `/readyz` to 503 meanwhile).
+
+use std::sync::Arc;
+
+use apache_avro::Schema;
+
+use super::route::{DeadLetter, Resolution, Route, Router};
+use crate::config::SubjectStrategy;
+use crate::metrics::Metrics;
+use crate::plan::{self, UnusedRules};
+use crate::registry::{codes, RegistryClient, RegistryError};
+
+/// Resolves new schema ids through the registry.
+#[derive(Debug)]
+pub struct SchemaResolver {
+    pub client: RegistryClient,
+    pub strategy: SubjectStrategy,
+}
+
+impl SchemaResolver {
+    /// What to do with records of schema `id`. Blocking (HTTP); `Err` only when the registry
+    /// could not be reached, which the caller retries.
+    pub fn resolve(
+        &self,
+        router: &Router,
+        metrics: &Metrics,
+        id: u32,
+    ) -> Result<Resolution, RegistryError> {
+        let resolution = self.resolve_once(router, metrics, id)?;
+        let result = match &resolution {
+            Resolution::Route(_) => "route",
+            Resolution::Refused(reason) => reason.code(),
+        };
+        metrics
+            .schema_ids_resolved
+            .with_label_values(&[result])
+            .inc();
+        Ok(resolution)
+    }
+
+    fn resolve_once(
+        &self,
+        router: &Router,
+        metrics: &Metrics,
+        id: u32,
+    ) -> Result<Resolution, RegistryError> {
+        let refuse = |reason: DeadLetter, why: &str| {
+            tracing::error!(
+                schema_id = id,
+                reason = reason.code(),
+                why,
+                "records of this schema id are dead-lettered"
+            );
+            Ok(Resolution::Refused(reason))
+        };
+        let fetched = match self.client.schema_by_id(id) {
+            Ok(schema) => schema,
+            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
+            Err(e) if e.code() == Some(codes::SCHEMA_NOT_FOUND) => {
+                return refuse(
+                    DeadLetter::UnknownSchema,
+                    "the registry has no schema with this id (40403)",
+                )
+            }
+            Err(e) => return refuse(DeadLetter::BadSchema, &e.to_string()),
+        };
+        if fetched.schema_type != "AVRO" {
+            return refuse(
+                DeadLetter::BadSchema,
+                &format!("a {} schema, not Avro", fetched.schema_type),
+            );
+        }
+        if fetched.has_references {
+            return refuse(
+                DeadLetter::BadSchema,
+                "the schema refers to other subjects' schemas, which this worker does not read",
+            );
+        }
+        let writer = match Schema::parse_str(&fetched.schema) {
+            Ok(schema) => schema,
+            Err(e) => {
+                return refuse(
+                    DeadLetter::BadSchema,
+                    &format!("not a valid Avro schema: {e}"),
+                )
+            }
+        };
+        let Schema::Record(record) = &writer else {
+            return refuse(DeadLetter::BadSchema, "the top level is not a record");
+        };
+        let record_name = record.name.fullname(None);
+        let Some(pipeline) = router.pipeline_for(&record_name) else {
+            return refuse(
+                DeadLetter::UnknownSchema,
+                &format!("no pipeline reads {record_name}"),
+            );
+        };
+        let plan = match plan::compile_with(&writer, &pipeline.rules, UnusedRules::Allow) {
+            Ok(plan) => plan,
+            Err(problems) => {
+                for problem in &problems {
+                    // Each problem starts with the field path (plan::compile's convention).
+                    let field = problem.split_once(": ").map_or("", |(path, _)| path);
+                    metrics
+                        .unclassified_fields
+                        .with_label_values(&[&pipeline.name, &id.to_string(), field])
+                        .set(1);
+                }
+                tracing::error!(
+                    schema_id = id,
+                    pipeline = %pipeline.name,
+                    record = %record_name,
+                    problems = %problems.join("; "),
+                    "a writer schema version has fields the rules do not classify: its records are dead-lettered as unclassified-field; add the rules, restart, then `dlq replay`"
+                );
+                return Ok(Resolution::Refused(DeadLetter::UnclassifiedField));
+            }
+        };
+        let output_name = match &plan.output {
+            Schema::Record(r) => r.name.fullname(None),
+            _ => record_name.clone(),
+        };
+        let subject = self.strategy.subject(&pipeline.output_topic, &output_name);
+        let output_id = match self
+            .client
+            .register(&subject, &plan.output_json.to_string())
+        {
+            Ok(output_id) => output_id,
+            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
+            Err(e) => {
+                return refuse(
+                    DeadLetter::OutputSchemaRefused,
+                    &format!("registering the derived schema under {subject}: {e}"),
+                )
+            }
+        };
+        tracing::info!(
+            schema_id = id,
+            pipeline = %pipeline.name,
+            record = %record_name,
+            %subject,
+            output_schema_id = output_id,
+            "new writer schema version compiled; derived schema registered"
+        );
+        Ok(Resolution::Route(Arc::new(Route::new(
+            pipeline,
+            Arc::new(plan),
+            output_id,
+        ))))
+    }
+}
