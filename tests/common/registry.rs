@@ -1,0 +1,323 @@
+//! The test suite's own schema registry on loopback: no registry server (Confluent, Karapace,
+//! Apicurio) installs on these machines, so this one answers the subset of the Confluent REST
+//! API the worker uses, as the real one does: the same paths, status codes, error bodies
+//! (`error_code` 40401, 40403, 409, 42201, 401) and content type
+//! `application/vnd.schemaregistry.v1+json`.
+//!
+//! - `GET /schemas/ids/{id}` → `{"schema": "..."}` (`schemaType` omitted for Avro, as the real
+//!   one does), or 404 with 40403;
+//! - `POST /subjects/{subject}/versions` with `{"schema": "...", "schemaType"?: "..."}` → `{"id": N}`;
+//!   the same schema (by Avro canonical form) under any subject gets the same id; a schema
+//!   that does not parse is 422 with 42201; a subject set to refuse new versions answers 409
+//!   (what a compatibility check failure answers);
+//! - `GET /subjects/{subject}/versions/latest` → `{"subject", "version", "id", "schema"}`, or
+//!   404 with 40401.
+//!
+//! [`TestRegistry::down`] closes the listening socket (connections are refused) until
+//! [`TestRegistry::up`] listens again on the same port.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use apache_avro::Schema;
+use serde_json::json;
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+#[derive(Default)]
+struct State {
+    /// Schema text by id (id = index + 1).
+    schemas: Vec<(String, String)>,
+    /// Canonical form → id.
+    by_canonical: HashMap<String, u32>,
+    /// Subject → its versions' ids.
+    subjects: HashMap<String, Vec<u32>>,
+    /// Subjects that refuse any new version with 409.
+    refusing: HashSet<String>,
+    /// Raw answers served instead of a stored schema (bad answers).
+    raw_answers: HashMap<u32, String>,
+    /// `GET /schemas/ids/{id}` requests, by id.
+    fetches: HashMap<u32, usize>,
+    /// The `Authorization` header every request must carry, if any.
+    authorization: Option<String>,
+}
+
+/// A schema registry on loopback for one test.
+pub struct TestRegistry {
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    running: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+}
+
+impl TestRegistry {
+    /// Starts on a free loopback port.
+    pub fn start() -> Self {
+        let mut registry = TestRegistry {
+            state: Arc::default(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            running: None,
+        };
+        registry.up();
+        registry
+    }
+
+    /// The base URL for `[registry] urls`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requires `Authorization: <value>` on every request (401 otherwise).
+    pub fn require_authorization(&self, value: &str) {
+        self.state().authorization = Some(value.to_owned());
+    }
+
+    /// Registers a schema as a producer's serializer would; returns its id.
+    pub fn register(&self, subject: &str, schema: &str) -> u32 {
+        match register(&mut self.state(), subject, schema, "AVRO") {
+            Ok(id) => id,
+            Err((status, body)) => panic!("test schema refused: {status} {body}"),
+        }
+    }
+
+    /// The schema text of an id.
+    pub fn schema(&self, id: u32) -> Option<String> {
+        let state = self.state();
+        state
+            .schemas
+            .get((id as usize).checked_sub(1)?)
+            .map(|(text, _)| text.clone())
+    }
+
+    /// The ids registered under a subject, oldest first.
+    pub fn versions(&self, subject: &str) -> Vec<u32> {
+        self.state()
+            .subjects
+            .get(subject)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many times the schema of `id` was fetched.
+    pub fn fetches(&self, id: u32) -> usize {
+        self.state().fetches.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Serves `body` (status 200) for `GET /schemas/ids/{id}`.
+    pub fn answer_raw(&self, id: u32, body: &str) {
+        self.state().raw_answers.insert(id, body.to_owned());
+    }
+
+    /// Makes a subject answer 409 to any new version.
+    pub fn refuse_new_versions(&self, subject: &str) {
+        self.state().refusing.insert(subject.to_owned());
+    }
+
+    /// Stops listening: new connections are refused.
+    pub fn down(&mut self) {
+        if let Some((server, thread)) = self.running.take() {
+            server.unblock();
+            thread.join().unwrap();
+            drop(server);
+        }
+    }
+
+    /// Listens again, on the same port.
+    pub fn up(&mut self) {
+        assert!(self.running.is_none(), "already up");
+        let mut tries = 0;
+        let server = loop {
+            match tiny_http::Server::http(self.addr) {
+                Ok(server) => break Arc::new(server),
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("test registry cannot listen on {}: {e}", self.addr),
+            }
+        };
+        self.addr = server.server_addr().to_ip().unwrap();
+        let (state, serving) = (self.state.clone(), server.clone());
+        let thread = std::thread::spawn(move || {
+            for mut request in serving.incoming_requests() {
+                let (status, body) = answer(&state, &mut request);
+                let header = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE).unwrap();
+                let _ = request.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header),
+                );
+            }
+        });
+        self.running = Some((server, thread));
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn error(status: u16, code: i64, message: &str) -> (u16, String) {
+    (
+        status,
+        json!({ "error_code": code, "message": message }).to_string(),
+    )
+}
+
+/// One request → (status, body).
+fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, String) {
+    let mut state = state.lock().unwrap();
+    if let Some(wanted) = &state.authorization {
+        let given = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_owned());
+        if given.as_deref() != Some(wanted.as_str()) {
+            return error(401, 401, "Unauthorized");
+        }
+    }
+    let url = request.url().to_owned();
+    let method = request.method().as_str().to_owned();
+    let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["schemas", "ids", id]) => {
+            let Ok(id) = id.parse::<u32>() else {
+                return error(404, 40403, "Schema not found");
+            };
+            *state.fetches.entry(id).or_default() += 1;
+            if let Some(raw) = state.raw_answers.get(&id) {
+                return (200, raw.clone());
+            }
+            match state.schemas.get((id as usize).wrapping_sub(1)) {
+                Some((text, kind)) if kind == "AVRO" => {
+                    (200, json!({ "schema": text }).to_string())
+                }
+                Some((text, kind)) => (
+                    200,
+                    json!({ "schema": text, "schemaType": kind }).to_string(),
+                ),
+                None => error(404, 40403, &format!("Schema {id} not found")),
+            }
+        }
+        ("POST", ["subjects", subject, "versions"]) => {
+            let subject = decode(subject);
+            let mut body = String::new();
+            if request.as_reader().read_to_string(&mut body).is_err() {
+                return error(422, 42201, "Invalid schema: unreadable body");
+            }
+            let Ok(request) = serde_json::from_str::<serde_json::Value>(&body) else {
+                return error(422, 42201, "Invalid schema: the body is not JSON");
+            };
+            let Some(schema) = request.get("schema").and_then(|s| s.as_str()) else {
+                return error(422, 42201, "Invalid schema: no schema field");
+            };
+            let kind = request
+                .get("schemaType")
+                .and_then(|s| s.as_str())
+                .unwrap_or("AVRO");
+            match register(&mut state, &subject, schema, kind) {
+                Ok(id) => (200, json!({ "id": id }).to_string()),
+                Err(refusal) => refusal,
+            }
+        }
+        ("GET", ["subjects", subject, "versions", "latest"]) => {
+            let subject = decode(subject);
+            match state
+                .subjects
+                .get(&subject)
+                .and_then(|v| v.last().map(|id| (v.len(), *id)))
+            {
+                Some((version, id)) => (
+                    200,
+                    json!({
+                        "subject": subject,
+                        "version": version,
+                        "id": id,
+                        "schema": state.schemas[id as usize - 1].0,
+                    })
+                    .to_string(),
+                ),
+                None => error(404, 40401, &format!("Subject '{subject}' not found.")),
+            }
+        }
+        _ => error(404, 404, "HTTP 404 Not Found"),
+    }
+}
+
+fn register(
+    state: &mut State,
+    subject: &str,
+    schema: &str,
+    kind: &str,
+) -> Result<u32, (u16, String)> {
+    if kind != "AVRO" {
+        // The suite stores other kinds as given, to serve them back.
+        state.schemas.push((schema.to_owned(), kind.to_owned()));
+        let id = state.schemas.len() as u32;
+        state
+            .subjects
+            .entry(subject.to_owned())
+            .or_default()
+            .push(id);
+        return Ok(id);
+    }
+    let parsed = Schema::parse_str(schema)
+        .map_err(|e| error(422, 42201, &format!("Invalid schema: {e}")))?;
+    let canonical = parsed.canonical_form();
+    let id = match state.by_canonical.get(&canonical) {
+        Some(&id) => id,
+        None => {
+            if state.refusing.contains(subject) {
+                return Err(error(
+                    409,
+                    409,
+                    "Schema being registered is incompatible with an earlier schema for subject",
+                ));
+            }
+            state.schemas.push((schema.to_owned(), kind.to_owned()));
+            let id = state.schemas.len() as u32;
+            state.by_canonical.insert(canonical, id);
+            id
+        }
+    };
+    let versions = state.subjects.entry(subject.to_owned()).or_default();
+    if !versions.contains(&id) {
+        if state.refusing.contains(subject) {
+            return Err(error(
+                409,
+                409,
+                "Schema being registered is incompatible with an earlier schema for subject",
+            ));
+        }
+        versions.push(id);
+    }
+    Ok(id)
+}
+
+/// Undoes percent-encoding in a path segment.
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&segment[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

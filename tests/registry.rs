@@ -1,0 +1,659 @@
+//! The worker with a schema registry (the suite's own, `common::registry`, faithful to the
+//! Confluent REST API) and, for the end-to-end cases, the Tansu broker: schema ids resolved by
+//! record name, derived schemas registered, a producer upgrade mid-stream, an unclassified
+//! field dead-lettered then replayed after the rule is added, and a registry outage that
+//! dead-letters nothing.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use common::kafka::{self, text, Topics};
+use common::registry::TestRegistry;
+use pseudonymizer::config::Config;
+use pseudonymizer::generate::{Generator, Kind};
+use pseudonymizer::metrics::Metrics;
+use pseudonymizer::registry::{RegistryClient, RegistryError};
+use pseudonymizer::token::{self, TokenClass};
+use pseudonymizer::transform::Engine;
+use pseudonymizer::worker::resolve::SchemaResolver;
+use pseudonymizer::worker::route::{frame, DeadLetter, Resolution, Router};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+/// The shipped config with a `[registry]` (record name strategy: calls and messages share one
+/// raw topic), no static schema ids, and `extra_rules` added to the calls pipeline.
+fn registry_config(url: &str, extra_rules: &str, registry_extra: &str) -> Config {
+    let shipped = common::repo().join("config/pipeline.toml");
+    let text = std::fs::read_to_string(&shipped)
+        .unwrap()
+        .replace("input_schema_id = 1\noutput_schema_id = 101\n", "")
+        .replace("input_schema_id = 2\noutput_schema_id = 102\n", "")
+        .replace(
+            "caller = \"phone\"\n",
+            &format!("caller = \"phone\"\n{extra_rules}\n"),
+        )
+        + &format!(
+            "\n[registry]\nurls = [\"{url}\"]\nsubject_strategy = \"record\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n{registry_extra}\n"
+        );
+    Config::from_toml(&text, &shipped).expect("registry config loads")
+}
+
+/// The call schema with optional string fields appended (each a new producer version).
+fn call_schema(added: &[&str]) -> String {
+    let text =
+        std::fs::read_to_string(common::repo().join("schemas/comms.v1.CallEvent.avsc")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let fields = json["fields"].as_array_mut().unwrap();
+    for name in added {
+        fields.push(serde_json::json!({"name": name, "type": ["null", "string"], "default": null}));
+    }
+    json.to_string()
+}
+
+fn message_schema() -> String {
+    std::fs::read_to_string(common::repo().join("schemas/comms.v1.MessageEvent.avsc")).unwrap()
+}
+
+fn resolver(config: &Config) -> SchemaResolver {
+    let registry = config.registry.as_ref().unwrap();
+    SchemaResolver {
+        client: RegistryClient::new(registry).unwrap(),
+        strategy: registry.subject_strategy,
+    }
+}
+
+fn refused(resolution: Resolution) -> DeadLetter {
+    match resolution {
+        Resolution::Refused(reason) => reason,
+        Resolution::Route(route) => panic!("expected a refusal, got a route of {}", route.name),
+    }
+}
+
+#[test]
+fn schema_ids_resolve_to_routes_or_to_dead_letter_reasons() {
+    let mut registry = TestRegistry::start();
+    let config = registry_config(&registry.url(), "imsi = \"id\"", "");
+    let engine = Engine::from_config(&config).unwrap();
+    let router = Router::from_config(&config, &engine).unwrap();
+    let metrics = Metrics::new();
+    let resolver = resolver(&config);
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let v3 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi", "imei"]));
+
+    // Versions whose every field has a rule: routes, their derived schemas registered under
+    // the output record's subject (record name strategy), one version each.
+    let mut output_ids = Vec::new();
+    for id in [v1, v2] {
+        let Resolution::Route(route) = resolver.resolve(&router, &metrics, id).unwrap() else {
+            panic!("version {id} should be routed");
+        };
+        let registered =
+            Schema::parse_str(&registry.schema(route.output_schema_id).unwrap()).unwrap();
+        assert_eq!(
+            registered.canonical_form(),
+            route.plan.output.canonical_form()
+        );
+        assert_eq!(route.name, "calls");
+        output_ids.push(route.output_schema_id);
+        router.insert(id, Resolution::Route(route));
+    }
+    assert_eq!(
+        registry.versions("comms.sanitized.v1.CallEvent"),
+        output_ids
+    );
+    assert_ne!(output_ids[0], output_ids[1]);
+
+    // A resolved id is routed without asking again; an unknown one is to be asked.
+    let event = Generator::new(7).event(Kind::Call);
+    let v1_schema = Schema::parse_str(&call_schema(&[])).unwrap();
+    let framed = frame(v1, &common::encode(&v1_schema, event));
+    assert_eq!(router.unresolved(Some(&framed)), None);
+    let mut out = Vec::new();
+    let output = router
+        .process(
+            &engine,
+            &common::active(&engine),
+            None,
+            Some(&framed),
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(&out[1..5], &output_ids[0].to_be_bytes());
+    assert_eq!(output.route.output_topic, "comms.calls.sanitized");
+    assert_eq!(router.unresolved(Some(&frame(v3, b""))), Some(v3));
+
+    // A version with a field the rules do not classify: dead-lettered, the metric names the
+    // schema id and the field path.
+    assert_eq!(
+        refused(resolver.resolve(&router, &metrics, v3).unwrap()),
+        DeadLetter::UnclassifiedField
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(&format!(
+            "pseudonymizer_unclassified_fields{{field=\"imei\",pipeline=\"calls\",schema_id=\"{v3}\"}} 1"
+        )),
+        "{rendered}"
+    );
+    assert!(rendered
+        .contains("pseudonymizer_schema_ids_resolved_total{result=\"unclassified-field\"} 1"));
+
+    // An id the registry does not have (40403).
+    assert_eq!(
+        refused(resolver.resolve(&router, &metrics, 9999).unwrap()),
+        DeadLetter::UnknownSchema
+    );
+    // Answers that are not a schema, a schema that does not parse, a schema of another kind.
+    registry.answer_raw(500, "[1, 2, 3]");
+    registry.answer_raw(501, r#"{"schema": "{\"type\": \"record\", \"name\": "}"#);
+    registry.answer_raw(
+        502,
+        r#"{"schema": "{\"type\": \"object\"}", "schemaType": "JSON"}"#,
+    );
+    registry.answer_raw(503, r#"{"schema": "\"string\""}"#);
+    for id in 500..504 {
+        assert_eq!(
+            refused(resolver.resolve(&router, &metrics, id).unwrap()),
+            DeadLetter::BadSchema,
+            "id {id}"
+        );
+    }
+    // A record no pipeline reads.
+    let other = registry.register(
+        "comms.v1.Other",
+        r#"{"type": "record", "name": "Other", "namespace": "comms.v1", "fields": [{"name": "a", "type": "string"}]}"#,
+    );
+    assert_eq!(
+        refused(resolver.resolve(&router, &metrics, other).unwrap()),
+        DeadLetter::UnknownSchema
+    );
+    // The registry refuses the derived schema (a compatibility failure answers 409).
+    registry.refuse_new_versions("comms.sanitized.v1.MessageEvent");
+    let message = registry.register("comms.v1.MessageEvent", &message_schema());
+    assert_eq!(
+        refused(resolver.resolve(&router, &metrics, message).unwrap()),
+        DeadLetter::OutputSchemaRefused
+    );
+
+    // No registry at all: not an outcome, the caller waits and asks again.
+    registry.down();
+    let error = resolver.resolve(&router, &metrics, v1).unwrap_err();
+    assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
+    registry.up();
+    assert!(matches!(
+        resolver.resolve(&router, &metrics, v1).unwrap(),
+        Resolution::Route(_)
+    ));
+}
+
+#[test]
+fn credentials_come_from_the_environment_or_a_file_and_never_show() {
+    use base64::Engine as _;
+    let registry = TestRegistry::start();
+    let secret = "s3cret-registry-pw";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("analytics:{secret}"));
+    registry.require_authorization(&format!("Basic {encoded}"));
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+
+    // From a file: accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.credentials");
+    std::fs::write(&file, format!("analytics:{secret}\n")).unwrap();
+    let config = registry_config(
+        &registry.url(),
+        "",
+        &format!(
+            "auth = \"basic\"\ncredentials_file = \"{}\"",
+            file.display()
+        ),
+    );
+    let engine = Engine::from_config(&config).unwrap();
+    let router = Router::from_config(&config, &engine).unwrap();
+    let metrics = Metrics::new();
+    assert!(matches!(
+        resolver(&config).resolve(&router, &metrics, v1).unwrap(),
+        Resolution::Route(_)
+    ));
+
+    // From the environment, wrong: the registry's 401 is "unavailable" (an operator's fix,
+    // never a reason to dead-letter), and nothing says the credentials.
+    std::env::set_var("PZ_REGISTRY_TEST_CREDENTIALS", "analytics:wrong-pw");
+    let config = registry_config(
+        &registry.url(),
+        "",
+        "auth = \"basic\"\ncredentials_env = \"PZ_REGISTRY_TEST_CREDENTIALS\"",
+    );
+    let resolver = resolver(&config);
+    let error = resolver.resolve(&router, &metrics, v1).unwrap_err();
+    let shown = format!("{error} {error:?} {resolver:?} {config:?}");
+    assert!(shown.contains("401"), "{shown}");
+    for leak in ["wrong-pw", secret, &encoded] {
+        assert!(!shown.contains(leak), "{shown}");
+    }
+
+    // Credentials in the config text are refused: a URL with user info, auth without a source.
+    let shipped = common::repo().join("config/pipeline.toml");
+    let base = std::fs::read_to_string(&shipped).unwrap();
+    for (registry, want) in [
+        (
+            "urls = [\"http://analytics:pw@127.0.0.1:1\"]",
+            "holds credentials",
+        ),
+        (
+            "urls = [\"http://127.0.0.1:1\"]\nauth = \"bearer\"",
+            "needs credentials_env",
+        ),
+        ("urls = []", "urls is empty"),
+        ("urls = [\"ftp://127.0.0.1\"]", "not http"),
+    ] {
+        let error = Config::from_toml(&format!("{base}\n[registry]\n{registry}\n"), &shipped)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(want), "{error}");
+        assert!(!error.contains("analytics:pw"), "{error}");
+    }
+}
+
+/// Produces framed events in order (one record per batch: the worker resumes after a restart).
+async fn produce(brokers: &str, topic: &str, records: &[(Vec<u8>, String)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for (payload, key) in records {
+        let record = FutureRecord::to(topic).payload(payload).key(key);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap().expect("raw record delivered");
+    }
+}
+
+/// One raw call of a producer version: the generator's event with the added fields set.
+struct RawCall {
+    payload: Vec<u8>,
+    key: String,
+    event_id: String,
+    caller: String,
+    added: Vec<(String, String)>,
+}
+
+fn raw_calls(schema_id: u32, added: &[&str], count: usize, seed: u64) -> Vec<RawCall> {
+    let schema = Schema::parse_str(&call_schema(added)).unwrap();
+    let mut generator = Generator::new(seed);
+    (0..count)
+        .map(|i| {
+            let mut event = generator.event(Kind::Call);
+            let event_id = text(common::field(&event, "event_id")).unwrap();
+            let caller = text(common::field(&event, "caller")).unwrap();
+            let mut values = Vec::new();
+            if let Value::Record(fields) = &mut event {
+                for name in added {
+                    let value = format!("{name}-{seed}-{i}-510150000{i:06}");
+                    fields.push((
+                        name.to_string(),
+                        Value::Union(1, Box::new(Value::String(value.clone()))),
+                    ));
+                    values.push((name.to_string(), value));
+                }
+            }
+            RawCall {
+                payload: frame(schema_id, &common::encode(&schema, event)),
+                key: caller.clone(),
+                event_id,
+                caller,
+                added: values,
+            }
+        })
+        .collect()
+}
+
+fn reader(brokers: &str, topics: &[&str], group: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    consumer
+}
+
+/// Reads until `want` records arrived in all (panics after `limit`), then 2 s more to catch
+/// anything extra.
+fn collect(consumer: &BaseConsumer, want: usize, limit: Duration) -> Vec<OwnedMessage> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut settle: Option<Instant> = None;
+    loop {
+        if got.len() >= want && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(2));
+        }
+        if settle.is_some_and(|s| Instant::now() > s) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {} of {want} records",
+            got.len()
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            got.push(message.detach());
+        }
+    }
+}
+
+fn header<'m>(message: &'m OwnedMessage, name: &str) -> Option<&'m [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+/// Checks published calls against their raw events: each output names a schema registered
+/// in the registry, decodes with it, and carries tokens (never the raw values) for the
+/// caller and for every added field. Returns the event ids seen.
+fn verify_calls(
+    registry: &TestRegistry,
+    outputs: &[OwnedMessage],
+    raw: &HashMap<String, &RawCall>,
+) -> HashSet<String> {
+    let engine = common::engine();
+    let keys = common::active(&engine);
+    let pseudonym = keys.pseudonym.as_deref().unwrap();
+    let mut seen = HashSet::new();
+    for message in outputs {
+        let payload = message.payload().unwrap();
+        assert_eq!(payload[0], 0, "Confluent framing");
+        let id = u32::from_be_bytes(payload[1..5].try_into().unwrap());
+        let schema = Schema::parse_str(
+            &registry
+                .schema(id)
+                .unwrap_or_else(|| panic!("output schema id {id} is not registered")),
+        )
+        .unwrap();
+        let value = common::decode(&schema, &payload[5..]);
+        let event_id = text(common::field(&value, "event_id")).unwrap();
+        let call = raw
+            .get(&event_id)
+            .unwrap_or_else(|| panic!("an output that no input explains"));
+        let (class, canonical) = token::canonical(TokenClass::Phone, &call.caller, engine.phone());
+        assert_eq!(
+            text(common::field(&value, "caller")).unwrap(),
+            token::token(pseudonym, class, canonical.as_bytes()).as_str()
+        );
+        for (name, raw_value) in &call.added {
+            assert_eq!(
+                text(common::field(&value, name)).unwrap(),
+                token::token(pseudonym, TokenClass::Id, raw_value.as_bytes()).as_str(),
+                "field {name}"
+            );
+            assert!(!payload
+                .windows(raw_value.len())
+                .any(|w| w == raw_value.as_bytes()));
+        }
+        assert!(!payload
+            .windows(call.caller.len())
+            .any(|w| w == call.caller.as_bytes()));
+        seen.insert(event_id);
+    }
+    seen
+}
+
+fn spawn(
+    config: &Config,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<
+        Result<pseudonymizer::worker::Stats, pseudonymizer::worker::WorkerError>,
+    >,
+    Arc<Metrics>,
+) {
+    let metrics = Metrics::new();
+    let (stop, handle) = kafka::spawn_worker(config, metrics.clone());
+    (stop, handle, metrics)
+}
+
+fn on_topics(config: &mut Config, brokers: &str, topics: &Topics) {
+    let kafka = config.kafka.as_mut().unwrap();
+    kafka.brokers = brokers.to_owned();
+    kafka.group_id = topics.group.clone();
+    kafka.dlq_topic = topics.dlq.clone();
+    kafka.max_in_flight = 500;
+    for (pipeline, output) in config
+        .pipeline
+        .iter_mut()
+        .zip([&topics.calls, &topics.messages])
+    {
+        pipeline.input_topic = Some(topics.raw.clone());
+        pipeline.output_topic = Some(output.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_upgrade_mid_stream_is_published_or_dead_lettered_then_replayed() {
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("registry-upgrade");
+    topics.create(&brokers, 2).await;
+    let registry = TestRegistry::start();
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let v3 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi", "imei"]));
+    let mut config = registry_config(&registry.url(), "imsi = \"id\"", "");
+    on_topics(&mut config, &brokers, &topics);
+
+    // v1, then the producer upgrades to v2 (a new optional field that has a rule), then to v3
+    // (one more field, without a rule).
+    let calls = [
+        raw_calls(v1, &[], 60, 1),
+        raw_calls(v2, &["imsi"], 60, 2),
+        raw_calls(v3, &["imsi", "imei"], 60, 3),
+    ];
+    let by_id: HashMap<String, &RawCall> = calls
+        .iter()
+        .flatten()
+        .map(|c| (c.event_id.clone(), c))
+        .collect();
+    let (stop, worker, metrics) = spawn(&config);
+    let records: Vec<(Vec<u8>, String)> = calls
+        .iter()
+        .flatten()
+        .map(|c| (c.payload.clone(), c.key.clone()))
+        .collect();
+    produce(&brokers, &topics.raw, &records).await;
+    let consumer = reader(
+        &brokers,
+        &[&topics.calls, &topics.dlq],
+        &format!("{}-reader", topics.group),
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let got = collect(&consumer, 180, Duration::from_secs(120));
+        (consumer, got)
+    });
+    let (consumer, got) = got.await.unwrap();
+    let (published, dead): (Vec<_>, Vec<_>) =
+        got.into_iter().partition(|m| m.topic() == topics.calls);
+    assert_eq!((published.len(), dead.len()), (120, 60));
+    let seen = verify_calls(&registry, &published, &by_id);
+    let want: HashSet<String> = calls[..2]
+        .iter()
+        .flatten()
+        .map(|c| c.event_id.clone())
+        .collect();
+    assert_eq!(seen, want);
+    // Two output versions registered, one per routed writer version.
+    let output_ids: HashSet<u32> = published
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload().unwrap()[1..5].try_into().unwrap()))
+        .collect();
+    assert_eq!(output_ids.len(), 2);
+    assert_eq!(registry.versions("comms.sanitized.v1.CallEvent").len(), 2);
+    // Every v3 record dead-lettered as unclassified-field, sealed; the metric names the field.
+    for message in &dead {
+        assert_eq!(
+            header(message, "dlq.reason"),
+            Some(&b"unclassified-field"[..])
+        );
+        let payload = message.payload().unwrap();
+        assert!(!payload.windows(5).any(|w| w == b"imei-"));
+    }
+    assert!(metrics.render().contains(&format!(
+        "pseudonymizer_unclassified_fields{{field=\"imei\",pipeline=\"calls\",schema_id=\"{v3}\"}} 1"
+    )));
+    // Each schema id was fetched once, not once per record.
+    for id in [v1, v2, v3] {
+        assert_eq!(registry.fetches(id), 1, "schema {id}");
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    // The operator adds the rule, restarts, and replays the dead letters.
+    let mut fixed = registry_config(&registry.url(), "imsi = \"id\"\nimei = \"id\"", "");
+    on_topics(&mut fixed, &brokers, &topics);
+    let (stop, worker, _) = spawn(&fixed);
+    let replayed = pseudonymizer::worker::replay::replay(
+        fixed.kafka.as_ref().unwrap(),
+        &common::keyset(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.replayed, 60);
+    let again =
+        tokio::task::spawn_blocking(move || collect(&consumer, 60, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert!(
+        again.iter().all(|m| m.topic() == topics.calls),
+        "nothing dead-lettered again"
+    );
+    assert_eq!(again.len(), 60);
+    let seen = verify_calls(&registry, &again, &by_id);
+    let want: HashSet<String> = calls[2].iter().map(|c| c.event_id.clone()).collect();
+    assert_eq!(seen, want);
+    assert_eq!(registry.versions("comms.sanitized.v1.CallEvent").len(), 3);
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_holds_records_and_dead_letters_none() {
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("registry-outage");
+    topics.create(&brokers, 2).await;
+    let mut registry = TestRegistry::start();
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let mut config = registry_config(&registry.url(), "imsi = \"id\"", "");
+    on_topics(&mut config, &brokers, &topics);
+    config.kafka.as_mut().unwrap().metrics_listen = Some("127.0.0.1:0".into());
+    let (stop, worker, metrics) = spawn(&config);
+
+    let before = raw_calls(v1, &[], 50, 11);
+    let during = raw_calls(v2, &["imsi"], 50, 12);
+    let by_id: HashMap<String, &RawCall> = before
+        .iter()
+        .chain(&during)
+        .map(|c| (c.event_id.clone(), c))
+        .collect();
+    let pairs = |calls: &[RawCall]| -> Vec<(Vec<u8>, String)> {
+        calls
+            .iter()
+            .map(|c| (c.payload.clone(), c.key.clone()))
+            .collect()
+    };
+    produce(&brokers, &topics.raw, &pairs(&before)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.counts().published < 50 {
+        assert!(Instant::now() < deadline, "v1 records not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.is_ready());
+
+    // The registry goes away; the producer upgrades to v2, whose schema the worker must fetch.
+    registry.down();
+    produce(&brokers, &topics.raw, &pairs(&during)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let counts = metrics.counts();
+    assert_eq!((counts.published, counts.dead_lettered), (50, 0));
+    assert!(
+        !metrics.is_ready(),
+        "/readyz must be 503 while the registry is unreachable"
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("pseudonymizer_registry_unavailable 1"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("pseudonymizer_registry_errors_total 0"));
+
+    registry.up();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.counts().published < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "v2 records not published after the registry came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.is_ready());
+    assert!(metrics
+        .render()
+        .contains("pseudonymizer_registry_unavailable 0"));
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert!(stats.dead_lettered.is_empty(), "{:?}", stats.dead_lettered);
+
+    let consumer = reader(
+        &brokers,
+        &[&topics.calls, &topics.dlq],
+        &format!("{}-reader", topics.group),
+    );
+    let got = tokio::task::spawn_blocking(move || collect(&consumer, 100, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(got.iter().all(|m| m.topic() == topics.calls));
+    assert_eq!(got.len(), 100);
+    assert_eq!(verify_calls(&registry, &got, &by_id).len(), 100);
+}
+
+#[test]
+fn the_registry_client_talks_the_confluent_api() {
+    let registry = TestRegistry::start();
+    let config = registry_config(&registry.url(), "", "");
+    let client = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap();
+    // latest of a subject that does not exist: 40401.
+    let error = client.latest("comms.v1.CallEvent").unwrap_err();
+    assert_eq!(error.code(), Some(40401), "{error}");
+    let id = client
+        .register("comms.v1.CallEvent", &call_schema(&[]))
+        .unwrap();
+    // Registering the same schema again answers the same id.
+    assert_eq!(
+        client
+            .register("comms.v1.CallEvent", &call_schema(&[]))
+            .unwrap(),
+        id
+    );
+    let latest = client.latest("comms.v1.CallEvent").unwrap();
+    assert_eq!((latest.id, latest.version), (id, Some(1)));
+    assert_eq!(client.schema_by_id(id).unwrap().schema_type, "AVRO");
+    // An invalid schema: 42201.
+    let error = client.register("x", "{\"type\": \"nope\"}").unwrap_err();
+    assert_eq!(error.code(), Some(42201), "{error}");
+    assert_eq!(client.schema_by_id(77).unwrap_err().code(), Some(40403));
+}
