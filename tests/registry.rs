@@ -32,7 +32,14 @@ use rdkafka::Message;
 /// raw topic), no static schema ids, and `extra_rules` added to the calls pipeline.
 fn registry_config(url: &str, extra_rules: &str, registry_extra: &str) -> Config {
     let shipped = common::repo().join("config/pipeline.toml");
-    let text = std::fs::read_to_string(&shipped)
+    let text = registry_config_text(url, extra_rules, registry_extra);
+    Config::from_toml(&text, &shipped).expect("registry config loads")
+}
+
+/// [`registry_config`]'s text (relative paths as in config/pipeline.toml).
+fn registry_config_text(url: &str, extra_rules: &str, registry_extra: &str) -> String {
+    let shipped = common::repo().join("config/pipeline.toml");
+    std::fs::read_to_string(&shipped)
         .unwrap()
         .replace("input_schema_id = 1\noutput_schema_id = 101\n", "")
         .replace("input_schema_id = 2\noutput_schema_id = 102\n", "")
@@ -42,8 +49,7 @@ fn registry_config(url: &str, extra_rules: &str, registry_extra: &str) -> Config
         )
         + &format!(
             "\n[registry]\nurls = [\"{url}\"]\nsubject_strategy = \"record\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n{registry_extra}\n"
-        );
-    Config::from_toml(&text, &shipped).expect("registry config loads")
+        )
 }
 
 /// The call schema with optional string fields appended (each a new producer version).
@@ -656,4 +662,81 @@ fn the_registry_client_talks_the_confluent_api() {
     let error = client.register("x", "{\"type\": \"nope\"}").unwrap_err();
     assert_eq!(error.code(), Some(42201), "{error}");
     assert_eq!(client.schema_by_id(77).unwrap_err().code(), Some(40403));
+}
+
+/// Runs the binary with a registry config written beside the test keyring.
+fn cli(dir: &std::path::Path, config_text: &str, args: &[&str]) -> (bool, String) {
+    let schemas = common::repo().join("schemas");
+    let keyring = common::write_keyring(dir);
+    let text = config_text
+        .replace("\"../schemas/", &format!("\"{}/", schemas.display()))
+        .replace(
+            "keyring = \"../keys/keyring.json\"",
+            &format!("keyring = \"{}\"", keyring.display()),
+        );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+#[test]
+fn schema_register_and_check_use_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let text = registry_config_text(&registry.url(), "imsi = \"id\"", "");
+
+    // Nothing registered yet: check says so and passes on the local schemas.
+    let (ok, said) = cli(dir.path(), &text, &["check"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("subject comms.v1.CallEvent has no versions yet"),
+        "{said}"
+    );
+
+    // The producer registers v2 (imsi, which has a rule): register derives both versions.
+    registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let (ok, said) = cli(dir.path(), &text, &["schema", "register"]);
+    assert!(ok, "{said}");
+    let versions = registry.versions("comms.sanitized.v1.CallEvent");
+    assert_eq!(versions.len(), 2, "{said}");
+    for id in &versions {
+        assert!(
+            said.contains(&format!("calls: comms.sanitized.v1.CallEvent id {id} ")),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        registry.versions("comms.sanitized.v1.MessageEvent").len(),
+        1
+    );
+    let (ok, said) = cli(dir.path(), &text, &["check"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("version 2 (id {v2}): every field has a rule")),
+        "{said}"
+    );
+
+    // v3 adds a field without a rule: check names it and fails.
+    let v3 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi", "imei"]));
+    let (ok, said) = cli(dir.path(), &text, &["check"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "version 3 (id {v3}) would be dead-lettered as unclassified-field"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("imei: has no rule"), "{said}");
 }

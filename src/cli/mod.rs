@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod keys;
+mod registry;
 mod worker;
 
 use keys::keys;
@@ -200,6 +201,12 @@ pub enum SchemaCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Register each pipeline's derived schema in the `[registry]` (for the local schema and
+    /// the latest version of its input subject); print subjects and ids.
+    Register {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Loads a config and compiles its rules.
@@ -245,6 +252,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "wrote {}", path.display())?;
             }
             Ok(())
+        }
+        Command::Schema(SchemaCommand::Register { config }) => {
+            let config = Config::load(&config)?;
+            let engine = Engine::from_config(&config)?;
+            registry::register(&config, &engine, &mut out)
         }
         Command::Run { config, log_format } => run_worker(&config, &log_format),
         Command::Demo {
@@ -336,7 +348,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 id(active.pseudonym.as_deref().map(|k| k.id())),
                 id(active.encryption.as_deref().map(|k| k.id()))
             )?;
-            Ok(())
+            registry::check(&config, &engine, &mut out)
         }
         Command::Transform {
             config,
