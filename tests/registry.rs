@@ -740,3 +740,81 @@ fn schema_register_and_check_use_the_registry() {
     );
     assert!(said.contains("imei: has no rule"), "{said}");
 }
+
+/// A one-purpose HTTPS registry: answers every request with the v1 call schema, over TLS
+/// with a certificate for `localhost` made for this test. Returns its port.
+fn tls_registry(certified: &rcgen::CertifiedKey) -> u16 {
+    use std::io::{Read, Write};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = serde_json::json!({ "schema": call_schema(&[]) }).to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            // The request head (a GET has no body); a failed handshake just ends the connection.
+            while !head.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn https_registries_are_trusted_through_the_configured_ca_file() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let port = tls_registry(&certified);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("registry-ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let url = format!("https://localhost:{port}");
+
+    // With the CA file: the schema arrives.
+    let config = registry_config(&url, "", &format!("ca_file = \"{}\"", ca.display()));
+    let client = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap();
+    let schema = client.schema_by_id(1).unwrap();
+    assert!(schema.schema.contains("CallEvent"));
+
+    // Without it the certificate is not trusted: unavailable, never a schema.
+    let config = registry_config(&url, "", "");
+    let client = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap();
+    let error = client.schema_by_id(1).unwrap_err();
+    assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
+
+    // A CA file that holds no certificate is refused when the client is made.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let config = registry_config(&url, "", &format!("ca_file = \"{}\"", empty.display()));
+    let error = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap_err();
+    assert!(
+        error.to_string().contains("holds no certificate"),
+        "{error}"
+    );
+}
