@@ -48,7 +48,7 @@ for target in "${targets[@]}"; do
   status=$?
   set -e
   # The last status line carries executions and coverage (cov: edges, ft: features).
-  grep -E "^#[0-9]+ +(DONE|pulse|NEW|REDUCE)" "$log" | tail -n 1 || true
+  grep -E "^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)" "$log" | tail -n 1 || true
   grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$log" || true
   if [ "$status" -ne 0 ] || compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
     grep -E "panicked|ERROR|SUMMARY|Test unit written" "$log" >&2 || tail -n 30 "$log" >&2
