@@ -14,7 +14,9 @@ use aes_gcm::{Nonce, Tag};
 #[cfg(not(fuzzing))]
 use rand::RngCore;
 
-use crate::keys::{KeySet, SealKey};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aes_gcm::{Aes256Gcm, KeyInit};
 
 /// The envelope's version byte.
 pub const VERSION: u8 = 0x01;
@@ -36,6 +38,65 @@ pub enum OpenError {
     UnknownKey(String),
     #[error("envelope does not authenticate (wrong key, wrong field path, or tampered)")]
     Authentication,
+}
+
+/// The AES-256-GCM key of envelopes, with the header it writes and a count of what it sealed.
+/// Made from already-derived key bytes; `keys` derives them from keyring secrets
+/// (`SealKey::new`), so this module depends on nothing of `keys`.
+pub struct SealKey {
+    id: String,
+    header: Vec<u8>,
+    cipher: Aes256Gcm,
+    sealed: AtomicU64,
+}
+
+impl SealKey {
+    /// A key from 32 derived bytes.
+    pub(crate) fn from_key(id: &str, key: &[u8; 32]) -> Self {
+        SealKey {
+            id: id.to_owned(),
+            header: header(id),
+            cipher: Aes256Gcm::new_from_slice(key).expect("32-byte AES-256 key"),
+            sealed: AtomicU64::new(0),
+        }
+    }
+    /// The key id written in every envelope header.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `0x01 || u8(len(id)) || id`.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+
+    /// How many envelopes this process has sealed under this key (spec §4's 2^32 budget).
+    pub fn sealed_count(&self) -> u64 {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    /// Continues the envelope count of `previous`, the same key as loaded before a keyring
+    /// reload, so the count (and the rotation policy on it) does not restart at zero.
+    pub fn continue_count(&self, previous: &SealKey) {
+        if previous.id == self.id {
+            self.sealed
+                .fetch_add(previous.sealed_count(), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn count_seal(&self) {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey({})", self.id)
+    }
 }
 
 /// The header for key `id`. Ids are at most 32 bytes (spec §1), so the length fits a byte.
@@ -128,19 +189,6 @@ pub fn key_id(envelope: &[u8]) -> Result<&str, OpenError> {
     let (&len, rest) = rest.split_first().ok_or(OpenError::Malformed)?;
     let id = rest.get(..len as usize).ok_or(OpenError::Malformed)?;
     std::str::from_utf8(id).map_err(|_| OpenError::Malformed)
-}
-
-/// Opens an envelope sealed for `field_path` with whichever key of `keys` it names.
-pub fn open(keys: &KeySet, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
-    let id = key_id(envelope)?;
-    let Some(key) = keys.seal_key(id) else {
-        return Err(if keys.is_destroyed(id) {
-            OpenError::KeyDestroyed(id.to_owned())
-        } else {
-            OpenError::UnknownKey(id.to_owned())
-        });
-    };
-    open_with(key, field_path, envelope)
 }
 
 /// Opens an envelope with one given key (which must be the key its header names).

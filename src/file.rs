@@ -226,7 +226,7 @@ impl Opener<'_> {
                 }
                 Json::Object(map)
             }
-            Value::Bytes(bytes) if sealed => match envelope::open(self.keys, path, &bytes) {
+            Value::Bytes(bytes) if sealed => match self.keys.open(path, &bytes) {
                 Ok(plaintext) => {
                     self.report.opened += 1;
                     if let Ok(id) = envelope::key_id(&bytes) {
@@ -438,7 +438,7 @@ impl Resealer<'_> {
                     self.report.current += 1;
                     return Value::Bytes(bytes);
                 }
-                match envelope::open(self.keys, path, &bytes) {
+                match self.keys.open(path, &bytes) {
                     Ok(plaintext) => {
                         let plaintext = zeroize::Zeroizing::new(plaintext);
                         let mut out =

@@ -148,7 +148,7 @@ pub fn envelope_open(setup: &Setup, data: &[u8]) {
         return;
     };
     let _ = envelope::key_id(sealed);
-    if let Ok(plaintext) = envelope::open(&setup.keys, path, sealed) {
+    if let Ok(plaintext) = setup.keys.open(path, sealed) {
         // Only a genuine envelope opens: sealing the plaintext again gives one of the same size.
         let key = setup
             .keys

@@ -14,7 +14,8 @@
 //! - [`token`]: canonical forms (E.164 phones as Google's libphonenumber reads them, RFC 5952
 //!   IPs, e-mail) and the HMAC token (spec §3).
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
-//! - [`envelope`]: the AES-256-GCM envelope (spec §4).
+//! - [`envelope`]: the AES-256-GCM envelope (spec §4) and its key type; depends on nothing
+//!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
 //! - [`rules`]: actions and the per-path rules of one schema.
 //! - [`config`]: the TOML configuration file.
 //! - [`plan`]: compiles rules against a writer schema into a transform program and the derived

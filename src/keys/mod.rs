@@ -1,8 +1,8 @@
 //! Keys: the keyring file, its secrets, and the working keys derived from them.
 //!
 //! A keyring secret is never used directly (spec §2). [`PseudonymKey`] holds the HMAC key for
-//! tokens (with its keyed state computed once) and the Crypto-PAn cipher; [`SealKey`] holds the
-//! AES-256-GCM cipher. [`KeySet`] is what the transform needs: the active key of each purpose,
+//! tokens (with its keyed state computed once) and the Crypto-PAn cipher; [`SealKey`] (the
+//! envelope's key type, derived here) holds the AES-256-GCM cipher. [`KeySet`] is what the transform needs: the active key of each purpose,
 //! plus every key that still has a secret, for look-ups and for opening old envelopes.
 
 mod kek;
@@ -11,10 +11,8 @@ pub mod policy;
 mod secret;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -25,6 +23,8 @@ pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FO
 pub use secret::{Secret, SECRET_LEN};
 
 use crate::cryptopan::CryptoPan;
+pub use crate::envelope::SealKey;
+use crate::envelope::{self, OpenError};
 
 /// HKDF info for the token HMAC key (spec §2).
 pub const INFO_HMAC: &[u8] = b"pseudonymizer/v1/hmac-sha256";
@@ -85,14 +85,9 @@ impl std::fmt::Debug for PseudonymKey {
     }
 }
 
-/// Working key of one encryption secret: AES-256-GCM and the envelope header it writes.
-pub struct SealKey {
-    id: String,
-    header: Vec<u8>,
-    cipher: Aes256Gcm,
-    sealed: AtomicU64,
-}
-
+/// The working key of one encryption secret. The type is the envelope's own
+/// ([`crate::envelope::SealKey`]); deriving it from a keyring secret belongs here, with the
+/// other derivations.
 impl SealKey {
     /// Derives the AES-256-GCM key of an encryption secret.
     pub fn new(id: &str, secret: &Secret) -> Self {
@@ -102,51 +97,7 @@ impl SealKey {
     /// An AES-256-GCM key derived with another HKDF `info` (the keyring's KEK uses its own, so
     /// a KEK and a data key can never be the same AES key).
     pub(crate) fn derived(id: &str, secret: &Secret, info: &[u8]) -> Self {
-        let key = derive(secret, info);
-        SealKey {
-            id: id.to_owned(),
-            header: crate::envelope::header(id),
-            cipher: Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte AES-256 key"),
-            sealed: AtomicU64::new(0),
-        }
-    }
-
-    /// The key id written in every envelope header.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// `0x01 || u8(len(id)) || id`.
-    pub fn header(&self) -> &[u8] {
-        &self.header
-    }
-
-    pub(crate) fn cipher(&self) -> &Aes256Gcm {
-        &self.cipher
-    }
-
-    /// How many envelopes this process has sealed under this key (spec §4's 2^32 budget).
-    pub fn sealed_count(&self) -> u64 {
-        self.sealed.load(Ordering::Relaxed)
-    }
-
-    /// Continues the envelope count of `previous`, the same key as loaded before a keyring
-    /// reload, so the count (and the rotation policy on it) does not restart at zero.
-    pub fn continue_count(&self, previous: &SealKey) {
-        if previous.id == self.id {
-            self.sealed
-                .fetch_add(previous.sealed_count(), Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn count_seal(&self) {
-        self.sealed.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for SealKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealKey({})", self.id)
+        SealKey::from_key(id, &derive(secret, info))
     }
 }
 
@@ -222,5 +173,18 @@ impl KeySet {
     /// Whether `id` names a destroyed key.
     pub fn is_destroyed(&self, id: &str) -> bool {
         self.destroyed.iter().any(|d| d == id)
+    }
+
+    /// Opens an envelope sealed for `field_path` with whichever key of this set it names.
+    pub fn open(&self, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let id = envelope::key_id(envelope)?;
+        let Some(key) = self.seal_key(id) else {
+            return Err(if self.is_destroyed(id) {
+                OpenError::KeyDestroyed(id.to_owned())
+            } else {
+                OpenError::UnknownKey(id.to_owned())
+            });
+        };
+        envelope::open_with(key, field_path, envelope)
     }
 }

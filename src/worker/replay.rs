@@ -16,7 +16,6 @@ use rdkafka::Message;
 
 use super::{WorkerError, DLQ_FIELD_PATH, DLQ_KEY_PATH};
 use crate::config::{ConfigError, KafkaConfig};
-use crate::envelope;
 use crate::keys::KeySet;
 
 /// What a replay did.
@@ -72,10 +71,7 @@ pub async fn replay(
         let sealed_key = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "dlq.key").and_then(|h| h.value));
-        let key = match sealed_key
-            .map(|k| envelope::open(keys, DLQ_KEY_PATH, k))
-            .transpose()
-        {
+        let key = match sealed_key.map(|k| keys.open(DLQ_KEY_PATH, k)).transpose() {
             Ok(key) => key,
             Err(error) => {
                 tracing::warn!(offset = message.offset(), %error, "dead letter's key not opened; not replayed");
@@ -84,7 +80,7 @@ pub async fn replay(
                 continue;
             }
         };
-        match envelope::open(keys, DLQ_FIELD_PATH, message.payload().unwrap_or_default()) {
+        match keys.open(DLQ_FIELD_PATH, message.payload().unwrap_or_default()) {
             Ok(original) => {
                 let mut record: FutureRecord<'_, [u8], [u8]> =
                     FutureRecord::to(&source).payload(original.as_slice());
