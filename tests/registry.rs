@@ -452,6 +452,7 @@ fn on_topics(config: &mut Config, brokers: &str, topics: &Topics) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_upgrade_mid_stream_is_published_or_dead_lettered_then_replayed() {
+    let logs = common::Logs::capture();
     let brokers = kafka::tansu();
     let topics = Topics::unique("registry-upgrade");
     topics.create(&brokers, 2).await;
@@ -520,6 +521,17 @@ async fn a_producer_upgrade_mid_stream_is_published_or_dead_lettered_then_replay
     assert!(metrics.render().contains(&format!(
         "pseudonymizer_unclassified_fields{{field=\"imei\",pipeline=\"calls\",schema_id=\"{v3}\"}} 1"
     )));
+    // One error line names the schema id and the field path; no line carries a value.
+    let lines = logs.lines_with(&["ERROR", &format!("schema_id={v3} "), "imei: has no rule"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    for call in by_id.values() {
+        for (_, raw_value) in &call.added {
+            assert!(
+                logs.lines_with(&[raw_value]).is_empty(),
+                "a raw value in the log"
+            );
+        }
+    }
     // Each schema id was fetched once, not once per record.
     for id in [v1, v2, v3] {
         assert_eq!(registry.fetches(id), 1, "schema {id}");

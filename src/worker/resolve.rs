@@ -59,68 +59,29 @@ impl SchemaResolver {
                 why,
                 "records of this schema id are dead-lettered"
             );
-            Ok(Resolution::Refused(reason))
+            Resolution::Refused(reason)
         };
-        let fetched = match self.client.schema_by_id(id) {
-            Ok(schema) => schema,
-            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
-            Err(e) if e.code() == Some(codes::SCHEMA_NOT_FOUND) => {
-                return refuse(
-                    DeadLetter::UnknownSchema,
-                    "the registry has no schema with this id (40403)",
-                )
-            }
-            Err(e) => return refuse(DeadLetter::BadSchema, &e.to_string()),
-        };
-        if fetched.schema_type != "AVRO" {
-            return refuse(
-                DeadLetter::BadSchema,
-                &format!("a {} schema, not Avro", fetched.schema_type),
-            );
-        }
-        if fetched.has_references {
-            return refuse(
-                DeadLetter::BadSchema,
-                "the schema refers to other subjects' schemas, which this worker does not read",
-            );
-        }
-        let writer = match Schema::parse_str(&fetched.schema) {
-            Ok(schema) => schema,
-            Err(e) => {
-                return refuse(
-                    DeadLetter::BadSchema,
-                    &format!("not a valid Avro schema: {e}"),
-                )
-            }
+        let writer = match self.writer_schema(id)? {
+            Ok(writer) => writer,
+            Err((reason, why)) => return Ok(refuse(reason, &why)),
         };
         let Schema::Record(record) = &writer else {
-            return refuse(DeadLetter::BadSchema, "the top level is not a record");
+            return Ok(refuse(
+                DeadLetter::BadSchema,
+                "the top level is not a record",
+            ));
         };
         let record_name = record.name.fullname(None);
         let Some(pipeline) = router.pipeline_for(&record_name) else {
-            return refuse(
+            return Ok(refuse(
                 DeadLetter::UnknownSchema,
                 &format!("no pipeline reads {record_name}"),
-            );
+            ));
         };
         let plan = match plan::compile_with(&writer, &pipeline.rules, UnusedRules::Allow) {
             Ok(plan) => plan,
             Err(problems) => {
-                for problem in &problems {
-                    // Each problem starts with the field path (plan::compile's convention).
-                    let field = problem.split_once(": ").map_or("", |(path, _)| path);
-                    metrics
-                        .unclassified_fields
-                        .with_label_values(&[&pipeline.name, &id.to_string(), field])
-                        .set(1);
-                }
-                tracing::error!(
-                    schema_id = id,
-                    pipeline = %pipeline.name,
-                    record = %record_name,
-                    problems = %problems.join("; "),
-                    "a writer schema version has fields the rules do not classify: its records are dead-lettered as unclassified-field; add the rules, restart, then `dlq replay`"
-                );
+                report_unclassified(metrics, id, &pipeline.name, &record_name, &problems);
                 return Ok(Resolution::Refused(DeadLetter::UnclassifiedField));
             }
         };
@@ -136,10 +97,10 @@ impl SchemaResolver {
             Ok(output_id) => output_id,
             Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
             Err(e) => {
-                return refuse(
+                return Ok(refuse(
                     DeadLetter::OutputSchemaRefused,
                     &format!("registering the derived schema under {subject}: {e}"),
-                )
+                ))
             }
         };
         tracing::info!(
@@ -156,4 +117,67 @@ impl SchemaResolver {
             output_id,
         ))))
     }
+
+    /// The writer schema of `id`, parsed; or why its records are dead-lettered. `Err` when the
+    /// registry could not be reached.
+    fn writer_schema(
+        &self,
+        id: u32,
+    ) -> Result<Result<Schema, (DeadLetter, String)>, RegistryError> {
+        let fetched = match self.client.schema_by_id(id) {
+            Ok(schema) => schema,
+            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
+            Err(e) if e.code() == Some(codes::SCHEMA_NOT_FOUND) => {
+                return Ok(Err((
+                    DeadLetter::UnknownSchema,
+                    "the registry has no schema with this id (40403)".to_owned(),
+                )))
+            }
+            Err(e) => return Ok(Err((DeadLetter::BadSchema, e.to_string()))),
+        };
+        Ok(if fetched.schema_type != "AVRO" {
+            Err((
+                DeadLetter::BadSchema,
+                format!("a {} schema, not Avro", fetched.schema_type),
+            ))
+        } else if fetched.has_references {
+            Err((
+                DeadLetter::BadSchema,
+                "the schema refers to other subjects' schemas, which this worker does not read"
+                    .to_owned(),
+            ))
+        } else {
+            Schema::parse_str(&fetched.schema).map_err(|e| {
+                (
+                    DeadLetter::BadSchema,
+                    format!("not a valid Avro schema: {e}"),
+                )
+            })
+        })
+    }
+}
+
+/// The log line and metric of a writer version whose fields the rules do not classify.
+fn report_unclassified(
+    metrics: &Metrics,
+    id: u32,
+    pipeline: &str,
+    record_name: &str,
+    problems: &[String],
+) {
+    for problem in problems {
+        // Each problem starts with the field path (plan::compile's convention).
+        let field = problem.split_once(": ").map_or("", |(path, _)| path);
+        metrics
+            .unclassified_fields
+            .with_label_values(&[pipeline, &id.to_string(), field])
+            .set(1);
+    }
+    tracing::error!(
+        schema_id = id,
+        pipeline,
+        record = record_name,
+        problems = %problems.join("; "),
+        "a writer schema version has fields the rules do not classify: its records are dead-lettered as unclassified-field; add the rules, restart, then `dlq replay`"
+    );
 }

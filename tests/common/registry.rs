@@ -29,7 +29,10 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 #[derive(Default)]
 struct State {
-    /// Schema text by id (id = index + 1).
+    /// Ids start after this: each registry of a test process gives out ids of its own, so
+    /// tests running side by side never name the same id (in log lines, say).
+    base: u32,
+    /// Schema text and kind by id (id = base + index + 1).
     schemas: Vec<(String, String)>,
     /// Canonical form → id.
     by_canonical: HashMap<String, u32>,
@@ -55,8 +58,13 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts on a free loopback port.
     pub fn start() -> Self {
+        static NEXT_BASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let state = State {
+            base: NEXT_BASE.fetch_add(1000, std::sync::atomic::Ordering::Relaxed),
+            ..State::default()
+        };
         let mut registry = TestRegistry {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             addr: "127.0.0.1:0".parse().unwrap(),
             running: None,
         };
@@ -85,10 +93,7 @@ impl TestRegistry {
     /// The schema text of an id.
     pub fn schema(&self, id: u32) -> Option<String> {
         let state = self.state();
-        state
-            .schemas
-            .get((id as usize).checked_sub(1)?)
-            .map(|(text, _)| text.clone())
+        state.stored(id).map(|(text, _)| text.clone())
     }
 
     /// The ids registered under a subject, oldest first.
@@ -165,6 +170,14 @@ impl Drop for TestRegistry {
     }
 }
 
+impl State {
+    /// The schema text and kind of an id.
+    fn stored(&self, id: u32) -> Option<&(String, String)> {
+        let index = id.checked_sub(self.base)?.checked_sub(1)?;
+        self.schemas.get(index as usize)
+    }
+}
+
 fn error(status: u16, code: i64, message: &str) -> (u16, String) {
     (
         status,
@@ -197,7 +210,7 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
             if let Some(raw) = state.raw_answers.get(&id) {
                 return (200, raw.clone());
             }
-            match state.schemas.get((id as usize).wrapping_sub(1)) {
+            match state.stored(id) {
                 Some((text, kind)) if kind == "AVRO" => {
                     (200, json!({ "schema": text }).to_string())
                 }
@@ -242,7 +255,7 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                         "subject": subject,
                         "version": version,
                         "id": id,
-                        "schema": state.schemas[id as usize - 1].0,
+                        "schema": state.stored(id).map(|(text, _)| text.as_str()),
                     })
                     .to_string(),
                 ),
@@ -284,7 +297,7 @@ fn register(
                 ));
             }
             state.schemas.push((schema.to_owned(), kind.to_owned()));
-            let id = state.schemas.len() as u32;
+            let id = state.base + state.schemas.len() as u32;
             state.by_canonical.insert(canonical, id);
             id
         }
