@@ -240,11 +240,14 @@ const GOOD_KEYRING: &str = r#"{"format":"pseudonymizer-keyring/v1","keys":[
  {"id":"p-1","purpose":"pseudonym","state":"active","created_at":"2026-11-24T10:00:00Z","secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
  {"id":"e-1","purpose":"encryption","state":"active","created_at":"2026-11-24T10:00:00Z","secret":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}]}"#;
 
+/// A keyring text and the check its refusal must pass.
+type KeyringCase = (String, fn(&KeyringError) -> bool);
+
 #[test]
 fn keyring_errors() {
     assert!(Keyring::from_json(GOOD_KEYRING).is_ok());
     let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let cases: Vec<(String, fn(&KeyringError) -> bool)> = vec![
+    let cases: Vec<KeyringCase> = vec![
         (
             GOOD_KEYRING.replace(
                 "\"e-1\",\"purpose\":\"encryption\"",
