@@ -153,6 +153,22 @@ fn schema_ids_resolve_to_routes_or_to_dead_letter_reasons() {
     assert!(rendered
         .contains("pseudonymizer_schema_ids_resolved_total{result=\"unclassified-field\"} 1"));
 
+    // A version whose field changed type under its rule (`imsi` becomes an int; `id` tokenizes
+    // strings only): dead-lettered the same way, naming the field.
+    let mut changed: serde_json::Value = serde_json::from_str(&call_schema(&[])).unwrap();
+    changed["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "imsi", "type": "long"}));
+    let v4 = registry.register("comms.v1.CallEvent", &changed.to_string());
+    assert_eq!(
+        refused(resolver.resolve(&router, &metrics, v4).unwrap()),
+        DeadLetter::UnclassifiedField
+    );
+    assert!(metrics.render().contains(&format!(
+        "pseudonymizer_unclassified_fields{{field=\"imsi\",pipeline=\"calls\",schema_id=\"{v4}\"}} 1"
+    )));
+
     // An id the registry does not have (40403).
     assert_eq!(
         refused(resolver.resolve(&router, &metrics, 9999).unwrap()),
