@@ -83,6 +83,24 @@ fn main() {
         "shipped",
         &std::fs::read(repo.join("config/pipeline.toml")).unwrap(),
     );
+    // Writer schemas as a registry answers them: the shipped ones, and the call schema with a
+    // field added (a producer upgrade) and with a field whose type changed.
+    for name in ["comms.v1.CallEvent", "comms.v1.MessageEvent"] {
+        let text = std::fs::read_to_string(repo.join(format!("schemas/{name}.avsc"))).unwrap();
+        write("schema_compile", name, text.as_bytes());
+    }
+    let call = std::fs::read_to_string(repo.join("schemas/comms.v1.CallEvent.avsc")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&call).unwrap();
+    let fields = json["fields"].as_array_mut().unwrap();
+    fields.push(serde_json::json!({"name": "imsi", "type": ["null", "string"], "default": null}));
+    write("schema_compile", "call-v2", json.to_string().as_bytes());
+    json["fields"].as_array_mut().unwrap()[5] =
+        serde_json::json!({"name": "caller", "type": "long"});
+    write(
+        "schema_compile",
+        "call-type-changed",
+        json.to_string().as_bytes(),
+    );
 }
 
 /// The event's Avro binary with its arrays rewritten as single blocks of negative count and a

@@ -20,7 +20,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(transform_differential route envelope_open keyring_parse config_parse)
+  targets=(transform_differential route envelope_open keyring_parse config_parse schema_compile)
 fi
 
 cache=${PSEUDONYMIZER_CACHE:-$HOME/.cache/pseudonymizer}

@@ -179,6 +179,21 @@ pub fn config(_: &Setup, data: &[u8]) {
     }
 }
 
+/// A writer schema as a schema registry could answer it (any producer that may register
+/// schemas chooses it): parsing it and compiling each shipped pipeline's rules against it, as
+/// the worker does for a new schema id, never panic.
+pub fn schema(setup: &Setup, data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(schema) = apache_avro::Schema::parse_str(text) else {
+        return;
+    };
+    for plan in setup.engine.plans() {
+        let _ = crate::plan::compile_with(&schema, &plan.rules, crate::plan::UnusedRules::Allow);
+    }
+}
+
 /// A record as consumed: the first byte is the key's length, then the key, then the value
 /// (Confluent framing, routing, transform, key token). Never panics; a record is published or
 /// dead-lettered.

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::registry::RegistryClient;
 use crate::transform::{ActiveKeys, Engine};
 use resolve::SchemaResolver;
-use route::{DeadLetter, Router};
+use route::{DeadLetter, Resolution, Router};
 
 /// Field path bound into the envelope of a dead-lettered record's original bytes.
 pub const DLQ_FIELD_PATH: &str = "dlq";
@@ -315,6 +315,15 @@ impl Publisher {
                     return true;
                 }
                 Ok(Err(e)) => e.to_string(),
+                Err(e) if e.is_panic() => {
+                    // A schema that makes a parser or the compiler panic must not hold the
+                    // worker forever: its records are dead-lettered like any unreadable schema.
+                    tracing::error!(schema_id = id, "resolving this schema id panicked; its records are dead-lettered as bad-schema");
+                    self.router
+                        .insert(id, Resolution::Refused(DeadLetter::BadSchema));
+                    metrics.set_registry_unavailable(false);
+                    return true;
+                }
                 Err(e) => format!("the registry request failed: {e}"),
             };
             metrics.registry_errors.inc();
