@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh                      # every target for 30 s each (what scripts/test.sh runs)
 #   scripts/fuzz.sh 600                  # every target for 10 minutes each
 #   scripts/fuzz.sh 600 transform_differential route
+#   scripts/fuzz.sh 600 schema_compile   # writer schemas as a registry answers them
 #
 # Seeds are in fuzz/corpus/<target> (checked in); what a campaign discovers goes to
 # fuzz/runs/<target> (not checked in); a crash is written to fuzz/artifacts/<target> and the

@@ -272,6 +272,19 @@ impl RegistryClient {
     }
 }
 
+/// Parses a writer schema that came from outside (a registry answer: any producer allowed to
+/// register schemas chooses it). apache-avro 0.21 panics, instead of returning an error, on
+/// some invalid names (an enum or alias name outside Avro's name grammar; avro-rs issues 496
+/// and 547, fixed in 0.22): such a panic is caught here and reported as an invalid schema, so
+/// a hostile schema costs its own records (dead-lettered), never the worker.
+pub fn parse_schema(text: &str) -> Result<apache_avro::Schema, String> {
+    match std::panic::catch_unwind(|| apache_avro::Schema::parse_str(text)) {
+        Ok(Ok(schema)) => Ok(schema),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the Avro schema parser panicked on it (an invalid name)".to_owned()),
+    }
+}
+
 fn registered(answer: SchemaAnswer, id: Option<u32>) -> RegisteredSchema {
     RegisteredSchema {
         id: id.or(answer.id).unwrap_or_default(),

@@ -50,8 +50,8 @@ fn compile(pipeline: &PipelineConfig, schema: &RegisteredSchema) -> Result<Plan,
     if schema.schema_type != "AVRO" {
         return Err(vec![format!("a {} schema, not Avro", schema.schema_type)]);
     }
-    let writer =
-        Schema::parse_str(&schema.schema).map_err(|e| vec![format!("not valid Avro: {e}")])?;
+    let writer = crate::registry::parse_schema(&schema.schema)
+        .map_err(|e| vec![format!("not valid Avro: {e}")])?;
     let (rules, _) = Rules::from_specs(&pipeline.rules);
     plan::compile_with(&writer, &rules, UnusedRules::Allow)
 }

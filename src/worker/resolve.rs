@@ -147,7 +147,7 @@ impl SchemaResolver {
                     .to_owned(),
             ))
         } else {
-            Schema::parse_str(&fetched.schema).map_err(|e| {
+            crate::registry::parse_schema(&fetched.schema).map_err(|e| {
                 (
                     DeadLetter::BadSchema,
                     format!("not a valid Avro schema: {e}"),
