@@ -308,23 +308,23 @@ impl Publisher {
             let answer =
                 tokio::task::spawn_blocking(move || resolver.resolve(&router, &task_metrics, id))
                     .await;
-            let error = match answer {
-                Ok(Ok(resolution)) => {
+            let outcome = match answer {
+                Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                // A schema that makes a parser or the compiler panic must not hold the worker
+                // forever: its records are dead-lettered like any unreadable schema.
+                Err(e) if e.is_panic() => {
+                    tracing::error!(schema_id = id, "resolving this schema id panicked; its records are dead-lettered as bad-schema");
+                    Ok(Resolution::Refused(DeadLetter::BadSchema))
+                }
+                Err(e) => Err(format!("the registry request failed: {e}")),
+            };
+            let error = match outcome {
+                Ok(resolution) => {
                     self.router.insert(id, resolution);
                     metrics.set_registry_unavailable(false);
                     return true;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(e) if e.is_panic() => {
-                    // A schema that makes a parser or the compiler panic must not hold the
-                    // worker forever: its records are dead-lettered like any unreadable schema.
-                    tracing::error!(schema_id = id, "resolving this schema id panicked; its records are dead-lettered as bad-schema");
-                    self.router
-                        .insert(id, Resolution::Refused(DeadLetter::BadSchema));
-                    metrics.set_registry_unavailable(false);
-                    return true;
-                }
-                Err(e) => format!("the registry request failed: {e}"),
+                Err(error) => error,
             };
             metrics.registry_errors.inc();
             metrics.set_registry_unavailable(true);

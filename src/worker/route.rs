@@ -239,11 +239,8 @@ impl Router {
         if !self.registry {
             return None;
         }
-        let value = value?;
-        if value.len() < 5 || value.len() > self.max_record_bytes || value[0] != MAGIC {
-            return None;
-        }
-        let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        // A value that fails the framing checks is dead-lettered by `check`; nothing to ask.
+        let (id, _) = self.framing(value).ok()?;
         let known = self.read_routes().contains_key(&id);
         (!known).then_some(id)
     }
@@ -290,8 +287,8 @@ impl Router {
         })
     }
 
-    /// Size, framing and schema id checks; the route and the Avro bytes.
-    fn check<'v>(&self, value: Option<&'v [u8]>) -> Result<(Arc<Route>, &'v [u8]), DeadLetter> {
+    /// Size and framing checks; the schema id and the Avro bytes.
+    fn framing<'v>(&self, value: Option<&'v [u8]>) -> Result<(u32, &'v [u8]), DeadLetter> {
         let value = value.ok_or(DeadLetter::Empty)?;
         if value.len() > self.max_record_bytes {
             return Err(DeadLetter::Oversize);
@@ -300,8 +297,14 @@ impl Router {
             return Err(DeadLetter::BadMagic);
         }
         let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        Ok((schema_id, &value[5..]))
+    }
+
+    /// Size, framing and schema id checks; the route and the Avro bytes.
+    fn check<'v>(&self, value: Option<&'v [u8]>) -> Result<(Arc<Route>, &'v [u8]), DeadLetter> {
+        let (schema_id, avro) = self.framing(value)?;
         match self.read_routes().get(&schema_id) {
-            Some(Resolution::Route(route)) => Ok((route.clone(), &value[5..])),
+            Some(Resolution::Route(route)) => Ok((route.clone(), avro)),
             Some(Resolution::Refused(reason)) => Err(*reason),
             None => Err(DeadLetter::UnknownSchema),
         }
