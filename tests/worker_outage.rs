@@ -23,6 +23,17 @@ use tokio::sync::watch;
 /// A broker of this test's own, stopped on drop.
 struct Broker(Child);
 
+impl Broker {
+    /// Whether the broker process still runs (for failure messages).
+    fn status(&mut self) -> String {
+        match self.0.try_wait() {
+            Ok(None) => "the test's broker is still running".to_owned(),
+            Ok(Some(exit)) => format!("the test's broker exited: {exit}"),
+            Err(e) => format!("the test's broker cannot be checked: {e}"),
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -128,17 +139,34 @@ async fn broker_outage_mid_stream_loses_nothing() {
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     );
-    let _broker = start_tansu(listen, advertised);
+    let mut broker = start_tansu(listen, advertised);
     let proxy = Proxy::start(advertised, listen).await;
     let brokers = advertised.to_string();
 
+    // The set-up has bounds of its own: a broker that died before the outage (seen once, a
+    // run that then waited until it was killed) fails the test loudly instead of hanging.
+    let setup_bound = Duration::from_secs(120);
     let topics = Topics::unique("outage");
-    topics.create(&brokers, 3).await;
+    if tokio::time::timeout(setup_bound, topics.create(&brokers, 3))
+        .await
+        .is_err()
+    {
+        panic!(
+            "topics not created within {setup_bound:?}; {}",
+            broker.status()
+        );
+    }
     let mut inputs = Inputs::default();
     const EVENTS: usize = 6000;
     // One record per batch: after the outage the consumer fetches from its position, which
     // must not fall inside a batch (Tansu 0.6 returns nothing from the middle of one).
-    kafka::produce_unbatched(&brokers, &topics.raw, EVENTS, 31, &mut inputs).await;
+    let produced = kafka::produce_unbatched(&brokers, &topics.raw, EVENTS, 31, &mut inputs);
+    if tokio::time::timeout(setup_bound, produced).await.is_err() {
+        panic!(
+            "input not produced within {setup_bound:?}; {}",
+            broker.status()
+        );
+    }
 
     let logs = common::Logs::capture();
     let mut config = topics.config(&brokers);
