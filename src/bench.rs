@@ -5,7 +5,10 @@
 //! ([`Treatment::Sanitize`]) and with a pass-through copy ([`Treatment::PassThrough`]: same
 //! clients, same settings, same records; only the transform is skipped). Each measurement runs in
 //! its own child process, so its resident memory is the worker's alone; the parent prints
-//! events/s for both, their ratio, and the worker's peak and sampled RSS.
+//! events/s for both, their ratio, and the worker's peak and sampled RSS. With transactions
+//! (`--mode exactly-once`) each round adds the transform in exactly-once mode, committing a
+//! transaction every [`worker::transactional::BATCH`] records or
+//! [`worker::transactional::BATCH_TIME`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::generate::{Generator, Kind};
 use crate::keys::{KeySet, Keyring};
 use crate::metrics::Metrics;
@@ -106,6 +109,9 @@ pub async fn produce_raw(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Measurement {
     pub treatment: String,
+    /// `AtLeastOnce` or `ExactlyOnce`.
+    #[serde(default)]
+    pub mode: String,
     pub events: u64,
     /// From the first record consumed to the last acknowledged (group join excluded).
     pub seconds: f64,
@@ -125,6 +131,7 @@ pub async fn measure(
     topic: &str,
     events: u64,
     treatment: Treatment,
+    mode: DeliveryMode,
 ) -> Result<Measurement> {
     let mut config = Config::load(config_path)?;
     let tag = format!(
@@ -154,6 +161,8 @@ pub async fn measure(
         kafka.group_id = format!("bench-{tag}");
         kafka.dlq_topic = dlq;
         kafka.metrics_listen = None;
+        kafka.mode = mode;
+        kafka.transactional_id = Some(format!("bench-{tag}"));
     }
     for (pipeline, output) in config.pipeline.iter_mut().zip(&outputs) {
         pipeline.input_topic = Some(topic.to_owned());
@@ -201,6 +210,7 @@ pub async fn measure(
     handle.await??;
     Ok(Measurement {
         treatment: format!("{treatment:?}"),
+        mode: format!("{mode:?}"),
         events,
         seconds,
         events_per_sec: events as f64 / seconds.max(1e-9),
@@ -238,14 +248,16 @@ fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Parent side: loads the raw topic once, then runs `rounds` × (sanitize, pass-through), each
-/// in a child process, and prints the table.
+/// Parent side: loads the raw topic once, then runs `rounds` × (sanitize, pass-through, and
+/// with `with_transactions` sanitize in exactly-once mode), each in a child process, and
+/// prints the table.
 pub async fn run(
     config_path: &std::path::Path,
     brokers: &str,
     events: usize,
     partitions: i32,
     rounds: usize,
+    with_transactions: bool,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
     let engine = Engine::from_config(&config)?;
@@ -259,22 +271,34 @@ pub async fn run(
     );
     let exe = std::env::current_exe()?;
     let mut results: Vec<Measurement> = Vec::new();
+    let mut runs = vec![
+        ("sanitize", "at-least-once"),
+        ("pass-through", "at-least-once"),
+    ];
+    if with_transactions {
+        runs.push(("sanitize", "exactly-once"));
+    }
     for round in 1..=rounds {
-        for treatment in ["sanitize", "pass-through"] {
+        for &(treatment, mode) in &runs {
             let output = std::process::Command::new(&exe)
                 .args(["bench-worker", "--config"])
                 .arg(config_path)
                 .args(["--brokers", brokers, "--topic", &topic])
                 .args(["--events", &events.to_string(), "--treatment", treatment])
+                .args(["--mode", mode])
                 .stderr(std::process::Stdio::inherit())
                 .output()?;
             if !output.status.success() {
-                bail!("the {treatment} measurement failed ({})", output.status);
+                bail!(
+                    "the {treatment} {mode} measurement failed ({})",
+                    output.status
+                );
             }
             let m: Measurement = serde_json::from_slice(&output.stdout)
                 .context("reading the measurement of a child process")?;
+            let label = format!("{treatment} {mode}");
             println!(
-                "round {round} {treatment:<12} {:>9.0} events/s  ({:.1} s, {:.1} µs CPU/event, peak RSS {} MiB)",
+                "round {round} {label:<27} {:>9.0} events/s  ({:.1} s, {:.1} µs CPU/event, peak RSS {} MiB)",
                 m.events_per_sec,
                 m.seconds,
                 m.cpu_us_per_event,
@@ -283,8 +307,10 @@ pub async fn run(
             results.push(m);
         }
     }
+    let at_least_once: Vec<&Measurement> =
+        results.iter().filter(|m| m.mode != "ExactlyOnce").collect();
     let best = |t: &str| {
-        results
+        at_least_once
             .iter()
             .filter(|m| m.treatment == t)
             .map(|m| m.events_per_sec)
@@ -297,7 +323,7 @@ pub async fn run(
         sanitize / pass
     );
     let least_cpu = |t: &str| {
-        results
+        at_least_once
             .iter()
             .filter(|m| m.treatment == t)
             .map(|m| m.cpu_us_per_event)
@@ -309,6 +335,25 @@ pub async fn run(
         least_cpu("PassThrough"),
         least_cpu("Sanitize") - least_cpu("PassThrough")
     );
+    let transactional: Vec<&Measurement> =
+        results.iter().filter(|m| m.mode == "ExactlyOnce").collect();
+    if !transactional.is_empty() {
+        let best_rate = transactional
+            .iter()
+            .map(|m| m.events_per_sec)
+            .fold(0.0, f64::max);
+        let cpu = transactional
+            .iter()
+            .map(|m| m.cpu_us_per_event)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "exactly-once (transactions of up to {} records or {} ms): sanitize {best_rate:.0} \
+             events/s ({:.2} of at-least-once), {cpu:.1} µs CPU/event",
+            worker::transactional::BATCH,
+            worker::transactional::BATCH_TIME.as_millis(),
+            best_rate / sanitize
+        );
+    }
     for m in results.iter().filter(|m| m.treatment == "Sanitize") {
         let mib: Vec<u64> = m.rss_kib.iter().map(|k| k / 1024).collect();
         println!(

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub registry_unavailable: IntGauge,
     /// Registry requests that got no usable answer (each retry counts).
     pub registry_errors: IntCounter,
+    /// Exactly-once mode: transactions by outcome (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
     ready: AtomicBool,
     stalled_flag: AtomicBool,
     registry_flag: AtomicBool,
@@ -194,6 +196,11 @@ impl Metrics {
             registry_errors: plain_counter(
                 "pseudonymizer_registry_errors_total",
                 "Schema registry requests that got no usable answer.",
+            ),
+            transactions: counter(
+                "pseudonymizer_transactions_total",
+                "Exactly-once mode: Kafka transactions by outcome (committed, aborted).",
+                &["outcome"],
             ),
             registry,
             ready: AtomicBool::new(false),

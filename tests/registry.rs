@@ -669,6 +669,125 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
     assert_eq!(verify_calls(&registry, &got, &by_id).len(), 100);
 }
 
+/// The same outage in exactly-once mode, against Apache Kafka (Tansu has no transactions),
+/// lasting longer than the transaction timeout: the worker commits what it has done before it
+/// waits (a `read_committed` reader sees the v1 records during the outage), holds the v2
+/// records with no transaction open, and afterwards publishes each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_in_exactly_once_mode_outlasts_the_transaction_timeout() {
+    let brokers = kafka::apache_kafka().brokers;
+    let topics = Topics::unique("registry-outage-eos");
+    // One raw partition: every v1 record is read before the first v2 record (a wait holds
+    // the whole consume loop, not only the waiting record's partition).
+    topics.create(&brokers, 1).await;
+    let mut registry = TestRegistry::start();
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let mut config = registry_config(&registry.url(), "imsi = \"id\"", "");
+    on_topics(&mut config, &brokers, &topics);
+    {
+        let kafka = config.kafka.as_mut().unwrap();
+        kafka.mode = pseudonymizer::config::DeliveryMode::ExactlyOnce;
+        kafka.transactional_id = Some(format!("{}-txn", topics.group));
+        // A short transaction timeout, so that the outage below outlasts it.
+        for (name, value) in [
+            ("transaction.timeout.ms", "8000"),
+            ("message.timeout.ms", "8000"),
+        ] {
+            kafka.producer_properties.insert(name.into(), value.into());
+        }
+    }
+    let (stop, worker, metrics) = spawn(&config);
+
+    let warm_up = raw_calls(v1, &[], 1, 20);
+    let before = raw_calls(v1, &[], 50, 21);
+    let during = raw_calls(v2, &["imsi"], 50, 22);
+    let by_id: HashMap<String, &RawCall> = warm_up
+        .iter()
+        .chain(&before)
+        .chain(&during)
+        .map(|c| (c.event_id.clone(), c))
+        .collect();
+    let pairs = |calls: &[RawCall]| -> Vec<(Vec<u8>, String)> {
+        calls
+            .iter()
+            .map(|c| (c.payload.clone(), c.key.clone()))
+            .collect()
+    };
+    let committed_reader = |name: &str| -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{}-{name}", topics.group))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topics.calls, &topics.dlq]).unwrap();
+        consumer
+    };
+
+    // v1's schema id is resolved while the registry is up.
+    produce(&brokers, &topics.raw, &pairs(&warm_up)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.counts().published < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first v1 record not published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The registry goes away; 50 v1 records and then v2 records arrive together, so v2's wait
+    // begins with v1 records in the open transaction: they are committed before the wait.
+    registry.down();
+    let mut all = pairs(&before);
+    all.extend(pairs(&during));
+    produce(&brokers, &topics.raw, &all).await;
+    let consumer = committed_reader("during");
+    let got = tokio::task::spawn_blocking(move || collect(&consumer, 51, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        51,
+        "the v1 records are committed during the outage"
+    );
+    assert!(
+        !metrics.is_ready(),
+        "/readyz is 503 while the registry is unreachable"
+    );
+
+    // Longer than the transaction timeout (8 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker keeps waiting, it does not stop"
+    );
+    let counts = metrics.counts();
+    assert_eq!((counts.published, counts.dead_lettered), (51, 0));
+
+    registry.up();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.counts().published < 101 {
+        assert!(
+            Instant::now() < deadline,
+            "v2 records not published after the registry came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert!(stats.dead_lettered.is_empty(), "{:?}", stats.dead_lettered);
+
+    let consumer = committed_reader("after");
+    let got = tokio::task::spawn_blocking(move || collect(&consumer, 101, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(got.iter().all(|m| m.topic() == topics.calls));
+    assert_eq!(got.len(), 101, "each record exactly once");
+    assert_eq!(verify_calls(&registry, &got, &by_id).len(), 101);
+}
+
 #[test]
 fn the_registry_client_talks_the_confluent_api() {
     let registry = TestRegistry::start();

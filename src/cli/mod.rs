@@ -71,6 +71,8 @@ pub enum Command {
     },
     /// End-to-end throughput against a real broker: the worker with the transform and with a
     /// pass-through copy, alternately, each in its own process; events/s, ratio, peak RSS.
+    /// With `--mode exactly-once`, each round also runs the transform in exactly-once mode
+    /// (needs a broker with transactions).
     Bench {
         #[arg(long, default_value = "config/pipeline.toml")]
         config: PathBuf,
@@ -83,6 +85,10 @@ pub enum Command {
         partitions: i32,
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// at-least-once (sanitize and pass-through) or exactly-once (the same, plus sanitize
+        /// with transactions).
+        #[arg(long, default_value = "at-least-once")]
+        mode: String,
     },
     /// One measurement of `bench` (run by it in a child process); prints a JSON line.
     #[command(hide = true)]
@@ -98,6 +104,9 @@ pub enum Command {
         /// sanitize or pass-through.
         #[arg(long)]
         treatment: String,
+        /// at-least-once or exactly-once.
+        #[arg(long, default_value = "at-least-once")]
+        mode: String,
     },
     /// Dead-letter topic tools.
     #[command(subcommand)]
@@ -281,10 +290,21 @@ pub fn run(cli: Cli) -> Result<()> {
             events,
             partitions,
             rounds,
+            mode,
         } => {
+            let with_transactions = match mode.as_str() {
+                "at-least-once" => false,
+                "exactly-once" => true,
+                other => bail!("--mode must be at-least-once or exactly-once, not {other:?}"),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::bench::run(
-                &config, &brokers, events, partitions, rounds,
+                &config,
+                &brokers,
+                events,
+                partitions,
+                rounds,
+                with_transactions,
             ))
         }
         Command::BenchWorker {
@@ -293,15 +313,21 @@ pub fn run(cli: Cli) -> Result<()> {
             topic,
             events,
             treatment,
+            mode,
         } => {
             let treatment = match treatment.as_str() {
                 "sanitize" => crate::worker::Treatment::Sanitize,
                 "pass-through" => crate::worker::Treatment::PassThrough,
                 other => bail!("--treatment must be sanitize or pass-through, not {other:?}"),
             };
+            let mode = match mode.as_str() {
+                "at-least-once" => crate::config::DeliveryMode::AtLeastOnce,
+                "exactly-once" => crate::config::DeliveryMode::ExactlyOnce,
+                other => bail!("--mode must be at-least-once or exactly-once, not {other:?}"),
+            };
             let runtime = tokio::runtime::Runtime::new()?;
             let measurement = runtime.block_on(crate::bench::measure(
-                &config, &brokers, &topic, events, treatment,
+                &config, &brokers, &topic, events, treatment, mode,
             ))?;
             writeln!(out, "{}", serde_json::to_string(&measurement)?)?;
             Ok(())

@@ -157,7 +157,7 @@ pub async fn run(
 /// Produces one record, waiting while the producer's queue is full. Any other refusal (a
 /// record over the producer's size limit, an unknown topic) stops the worker with the
 /// record's offset unstored.
-async fn send(
+pub(super) async fn send(
     producer: &FutureProducer,
     mut outgoing: Outgoing,
 ) -> Result<DeliveryFuture, WorkerError> {

@@ -34,11 +34,19 @@ pub struct WorkerContext {
     rebalances: AtomicU64,
 }
 
+impl WorkerContext {
+    /// Rebalances (assignments and revocations) seen so far. Exactly-once mode aborts a
+    /// transaction during which this changed (`transactional.rs`).
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Acquire)
+    }
+}
+
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -57,6 +57,8 @@ pub enum WorkerError {
     Delivery { topic: String, reason: String },
     #[error("no active encryption key: the dead-letter topic needs one")]
     NoEncryptionKey,
+    #[error("fenced: another worker started with transactional_id {0:?}; this one stops (its open transaction is aborted, nothing it did not commit is visible)")]
+    Fenced(String),
     #[error("shutdown took longer than {0:?}")]
     ShutdownTimeout(Duration),
     #[error("metrics listener: {0}")]
@@ -290,6 +292,12 @@ impl Publisher {
     /// Pipeline name by index (for metrics labels).
     fn pipeline_name(&self, index: usize) -> &str {
         self.router.route_name(index)
+    }
+
+    /// Whether `value` carries a schema id that must be asked of the registry before the record
+    /// can be prepared (exactly-once mode commits its open transaction before such a wait).
+    fn needs_registry(&self, value: Option<&[u8]>) -> bool {
+        self.resolver.is_some() && self.router.unresolved(value).is_some()
     }
 
     /// With a registry, makes sure the router knows the schema id of `value` before it is

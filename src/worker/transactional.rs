@@ -1,22 +1,66 @@
-//! `exactly-once` mode: each batch of outputs and the consumer offsets it covers are committed
-//! in one Kafka transaction (`transactional.id`, `send_offsets_to_transaction`). Consumers of
-//! the analytics topics read with `isolation.level=read_committed`. A failed transaction is
-//! aborted and the worker stops; on restart it resumes from the last committed offsets, so
-//! nothing is lost and nothing is published twice.
+//! `exactly-once` mode: each batch of outputs (analytics records and dead letters alike) and the
+//! consumer offsets it covers are committed in one Kafka transaction (`transactional.id`,
+//! `send_offsets_to_transaction` with the consumer's group metadata, KIP-447). Consumers of the
+//! analytics and dead-letter topics read with `isolation.level=read_committed`.
+//!
+//! - **Batches.** A transaction begins with the first record after the previous commit and is
+//!   committed after [`BATCH`] records or [`BATCH_TIME`], whichever comes first, and at shutdown.
+//! - **Rebalances.** A transaction during which the consumer's assignment changed is aborted,
+//!   never committed: its partitions may already belong to another member, which resumes from
+//!   the last committed offsets. The partitions this worker still holds are rewound to where the
+//!   aborted transaction began reading them, so their records are read again (nothing lost,
+//!   and the aborted copies are invisible to `read_committed` readers: nothing duplicated).
+//!   An abortable commit error (a request timed out, the group's generation moved on) is
+//!   handled the same way.
+//! - **Fencing.** A second worker started with the same `transactional_id` fences this one: the
+//!   broker refuses its transactions, it logs why and stops with [`WorkerError::Fenced`]; its
+//!   open transaction is aborted by the broker.
+//! - **Registry waits.** A record whose schema id must be fetched first commits the open
+//!   transaction, then waits (with no transaction open, so a long registry outage cannot run
+//!   into the transaction timeout), then starts a new one.
+//! - **Crash.** After `kill -9` the restarted worker's `init_transactions` aborts whatever the
+//!   old one left open, and consumption resumes from the last committed offsets.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::at_least_once::send;
+use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
+use super::route::DeadLetter;
 use super::{client_config, Publisher, Stats, WorkerError};
 
 /// Records per transaction at most.
-const BATCH: usize = 500;
+pub const BATCH: usize = 500;
 /// A transaction is committed at least this often while records arrive.
-const BATCH_TIME: Duration = Duration::from_millis(100);
+pub const BATCH_TIME: Duration = Duration::from_millis(100);
+
+/// The open transaction: what it produced and which input offsets it covers.
+struct Transaction {
+    /// The consumer's rebalance count when it began; a change means it must be aborted.
+    rebalances: u64,
+    deadline: Instant,
+    deliveries: Vec<(DeliveryFuture, Result<usize, DeadLetter>, Instant)>,
+    /// Per input partition: the first offset read in this transaction (where a rewind goes)
+    /// and the next offset to read after it (what a commit stores).
+    offsets: HashMap<(String, i32), (i64, i64)>,
+}
+
+/// The clients and settings every step of the loop needs.
+struct Clients<'a> {
+    publisher: &'a Publisher,
+    consumer: Arc<WorkerConsumer>,
+    producer: FutureProducer,
+    timeout: Duration,
+    transactional_id: String,
+}
 
 pub async fn run(
     publisher: &Publisher,
@@ -24,105 +68,284 @@ pub async fn run(
 ) -> Result<Stats, WorkerError> {
     let kafka = &publisher.kafka;
     // `transactional_id` is present: `check_kafka` refused the config otherwise.
+    let transactional_id = kafka.transactional_id.clone().unwrap_or_default();
     let (consumer_config, producer_config) = client_config(kafka);
-    let consumer: StreamConsumer = consumer_config.create()?;
-    let producer: FutureProducer = producer_config.create()?;
-    let timeout = Duration::from_secs(kafka.shutdown_timeout_secs);
-    producer.init_transactions(timeout)?;
-    publisher.subscribe(&consumer)?;
+    let clients = Clients {
+        publisher,
+        consumer: Arc::new(consumer_config.create_with_context(WorkerContext::default())?),
+        producer: producer_config.create()?,
+        timeout: Duration::from_secs(kafka.shutdown_timeout_secs),
+        transactional_id,
+    };
+    // Fences any earlier producer with this id and aborts what it left open.
+    clients
+        .producer
+        .init_transactions(clients.timeout)
+        .map_err(|e| clients.fatal(e))?;
+    publisher.subscribe(&clients.consumer)?;
+    let metrics = &publisher.worker.metrics;
+    health::spawn(
+        &clients.consumer,
+        metrics,
+        Duration::from_secs(kafka.stall_timeout_secs),
+    );
+    let mut skips = SkipDetector::default();
 
     let mut stats = Stats::default();
+    let mut open: Option<Transaction> = None;
     let mut out = Vec::with_capacity(4096);
-    let mut stopping = false;
-    while !stopping {
-        // One transaction: up to BATCH records or BATCH_TIME, whichever comes first.
-        let mut next: std::collections::HashMap<(String, i32), i64> =
-            std::collections::HashMap::new();
-        let mut deliveries = Vec::new();
-        let deadline = Instant::now() + BATCH_TIME;
-        producer.begin_transaction()?;
-        while deliveries.len() < BATCH {
-            let message = tokio::select! {
-                _ = shutdown.changed() => { stopping = true; break }
-                _ = tokio::time::sleep_until(deadline.into()) => break,
-                m = consumer.recv() => m,
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error; retrying");
+    loop {
+        let deadline = open.as_ref().map(|t| t.deadline);
+        let message = tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = sleep_until(deadline) => {
+                clients.finish(open.take(), &mut stats)?;
+                continue;
+            }
+            m = clients.consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error; retrying");
+                continue;
+            }
+        };
+        let position = (message.topic().to_owned(), message.partition());
+        if let Some(txn) = open.take() {
+            if txn.rebalances != clients.consumer.context().rebalances() {
+                // The assignment changed under the open transaction: abort it. If this
+                // record's partition is rewound, it is read again; otherwise it is the first
+                // record of the next transaction.
+                let rewound = clients.abort(txn, "the consumer group rebalanced")?;
+                if rewound.contains(&position) {
                     continue;
                 }
-            };
-            stats.consumed += 1;
+            } else {
+                open = Some(txn);
+            }
+        }
+        stats.consumed += 1;
+        skips.observe(
+            &clients.consumer,
+            metrics,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        );
+        if publisher.needs_registry(message.payload()) {
+            // Commit what is done before a wait of unknown length.
+            clients.finish(open.take(), &mut stats)?;
             if !publisher.resolve(message.payload(), &mut shutdown).await {
-                // Shutdown while waiting for the registry: this record stays uncommitted.
-                stopping = true;
+                // Shutdown while waiting: this record stays uncommitted, read again later.
                 break;
             }
-            let mut outgoing = publisher.prepare(&message, &mut out);
-            let headers = std::mem::take(&mut outgoing.headers);
-            let record = outgoing.record(headers);
-            let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
-            deliveries.push((delivery, outgoing.kind, outgoing.topic, Instant::now()));
-            // One entry per partition: the next offset to read after this record.
-            next.insert(
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            );
         }
-        if deliveries.is_empty() {
-            producer.abort_transaction(timeout)?;
-            continue;
-        }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        }
-        producer.send_offsets_to_transaction(
-            &offsets,
-            &consumer
-                .group_metadata()
-                .ok_or_else(|| WorkerError::Delivery {
-                    topic: String::new(),
-                    reason: "no consumer group metadata".into(),
-                })?,
-            timeout,
-        )?;
-        if let Err(error) = producer.commit_transaction(timeout) {
-            let _ = producer.abort_transaction(timeout);
-            return Err(error.into());
-        }
-        for (delivery, kind, topic, sent) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    publisher
-                        .worker
-                        .metrics
-                        .produce_seconds
-                        .observe(sent.elapsed().as_secs_f64());
-                    publisher.acknowledged(kind, &mut stats);
-                }
-                Ok(Err((error, _))) => {
-                    return Err(WorkerError::Delivery {
-                        topic,
-                        reason: error.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(WorkerError::Delivery {
-                        topic,
-                        reason: "producer dropped".into(),
-                    })
-                }
-            }
+        let txn = match &mut open {
+            Some(txn) => txn,
+            None => open.insert(clients.begin()?),
+        };
+        let outgoing = publisher.prepare(&message, &mut out);
+        let kind = outgoing.kind;
+        let delivery = send(&clients.producer, outgoing)
+            .await
+            .map_err(|e| clients.fatal_delivery(e))?;
+        txn.deliveries.push((delivery, kind, Instant::now()));
+        metrics.in_flight.inc();
+        let next = message.offset() + 1;
+        txn.offsets
+            .entry(position)
+            .and_modify(|(_, n)| *n = next)
+            .or_insert((message.offset(), next));
+        if txn.deliveries.len() >= BATCH {
+            clients.finish(open.take(), &mut stats)?;
         }
     }
+
+    // Shutdown: commit what was done (within the bound), then leave the group.
     publisher.worker.metrics.set_ready(false);
+    tracing::info!(
+        in_transaction = open.as_ref().map_or(0, |t| t.deliveries.len()),
+        "shutting down"
+    );
+    clients.finish(open.take(), &mut stats)?;
     tracing::info!(
         consumed = stats.consumed,
         published = stats.published,
         "worker stopped"
     );
     Ok(stats)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Clients<'_> {
+    fn begin(&self) -> Result<Transaction, WorkerError> {
+        // The count is read before the transaction begins: a rebalance in between aborts it.
+        let rebalances = self.consumer.context().rebalances();
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.fatal(e))?;
+        Ok(Transaction {
+            rebalances,
+            deadline: Instant::now() + BATCH_TIME,
+            deliveries: Vec::new(),
+            offsets: HashMap::new(),
+        })
+    }
+
+    /// Commits `txn` with its offsets, or aborts it if the assignment changed meanwhile or the
+    /// broker answers that it must be aborted.
+    fn finish(&self, txn: Option<Transaction>, stats: &mut Stats) -> Result<(), WorkerError> {
+        let Some(txn) = txn else { return Ok(()) };
+        // No poll happens between this check and the commit, so no rebalance can complete in
+        // between: a revocation is served only inside the consumer's poll.
+        if txn.rebalances != self.consumer.context().rebalances() {
+            self.abort(txn, "the consumer group rebalanced")?;
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (_, next)) in &txn.offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| WorkerError::Delivery {
+                topic: String::new(),
+                reason: "no consumer group metadata".into(),
+            })?;
+        let committed = self
+            .producer
+            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            .and_then(|()| self.commit_with_retries());
+        match committed {
+            Ok(()) => {}
+            Err(e) if requires_abort(&e) => {
+                tracing::warn!(error = %e, "the broker refused the transaction's commit");
+                self.abort(txn, "the commit was refused")?;
+                return Ok(());
+            }
+            Err(e) => return Err(self.fatal(e)),
+        }
+        let metrics = &self.publisher.worker.metrics;
+        metrics.transactions.with_label_values(&["committed"]).inc();
+        metrics.in_flight.sub(txn.deliveries.len() as i64);
+        // A committed transaction has every record delivered: these futures are resolved.
+        for (delivery, kind, sent) in txn.deliveries {
+            match futures::FutureExt::now_or_never(delivery) {
+                Some(Ok(Ok(_))) | None => {}
+                Some(Ok(Err((error, _)))) => {
+                    // Cannot happen after a successful commit; said loudly if it ever does.
+                    tracing::error!(error = %error, "a record of a committed transaction reports a failed delivery");
+                }
+                Some(Err(_)) => {}
+            }
+            metrics
+                .produce_seconds
+                .observe(sent.elapsed().as_secs_f64());
+            self.publisher.acknowledged(kind, stats);
+        }
+        Ok(())
+    }
+
+    /// `commit_transaction`, retried while the broker answers with a retriable error.
+    fn commit_with_retries(&self) -> Result<(), KafkaError> {
+        let mut attempts = 0;
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 5 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempts, "committing the transaction again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Aborts `txn` and rewinds every partition it read that is still assigned to where it
+    /// began reading it. Returns the rewound partitions.
+    fn abort(&self, txn: Transaction, why: &str) -> Result<Vec<(String, i32)>, WorkerError> {
+        self.producer
+            .abort_transaction(self.timeout)
+            .map_err(|e| self.fatal(e))?;
+        let metrics = &self.publisher.worker.metrics;
+        metrics.transactions.with_label_values(&["aborted"]).inc();
+        metrics.in_flight.sub(txn.deliveries.len() as i64);
+        let assigned = self.consumer.assignment()?;
+        let mut rewind = TopicPartitionList::new();
+        let mut rewound = Vec::new();
+        for ((topic, partition), (first, _)) in txn.offsets {
+            if assigned.find_partition(&topic, partition).is_some() {
+                rewind.add_partition_offset(&topic, partition, Offset::Offset(first))?;
+                rewound.push((topic, partition));
+            }
+        }
+        if rewind.count() > 0 {
+            let answer = self.consumer.seek_partitions(rewind, self.timeout)?;
+            for element in answer.elements() {
+                if let Err(e) = element.error() {
+                    // The partition was revoked after all: its new owner reads it again.
+                    tracing::debug!(topic = element.topic(), partition = element.partition(), error = %e, "not rewound");
+                }
+            }
+        }
+        tracing::warn!(
+            records = txn.deliveries.len(),
+            rewound = rewound.len(),
+            "transaction aborted ({why}); its records are read again from where it began, and \
+             read_committed readers never see the aborted copies"
+        );
+        Ok(rewound)
+    }
+
+    /// The error to stop with: fencing named as such.
+    fn fatal(&self, error: KafkaError) -> WorkerError {
+        let fenced = match &error {
+            KafkaError::Transaction(e) => is_fencing(e.code()),
+            _ => false,
+        } || self
+            .producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| is_fencing(code));
+        if fenced {
+            tracing::error!(transactional_id = %self.transactional_id, "this worker was fenced: another worker started with the same transactional_id; stopping");
+            WorkerError::Fenced(self.transactional_id.clone())
+        } else {
+            error.into()
+        }
+    }
+
+    /// A refused send: fencing named as such, anything else as it was.
+    fn fatal_delivery(&self, error: WorkerError) -> WorkerError {
+        match self.producer.client().fatal_error() {
+            Some((code, _)) if is_fencing(code) => {
+                self.fatal(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))
+            }
+            _ => error,
+        }
+    }
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}
+
+/// Whether a transactional error leaves the producer usable after an abort.
+fn requires_abort(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => e.txn_requires_abort() && !e.is_fatal(),
+        _ => false,
+    }
 }

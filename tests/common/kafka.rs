@@ -28,6 +28,89 @@ pub fn tansu() -> String {
         .expect("PSEUDONYMIZER_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts the Tansu broker")
 }
 
+/// Apache Kafka 4.4 itself, started by scripts/test.sh (scripts/kafka.sh): the broker of the
+/// tests that need transactions, TLS, mTLS, SCRAM or session-timeout hand-over.
+#[derive(Clone, Debug)]
+pub struct ApacheKafka {
+    /// The PLAINTEXT listener.
+    pub brokers: String,
+    /// TLS with a server certificate from the test CA.
+    pub ssl: String,
+    /// TLS, client certificate required.
+    pub mtls: String,
+    /// SASL_SSL with SCRAM-SHA-512.
+    pub sasl: String,
+    /// The test CA (`ca.pem`), the client certificate (`client.pem`, `client.key`) and the
+    /// SCRAM password (`scram.password`).
+    pub tls_dir: std::path::PathBuf,
+    pub scram_user: String,
+    /// The broker's log, for failures.
+    pub log: std::path::PathBuf,
+    /// The jars of the broker and the Java clients (for Java-client interop).
+    pub libs: std::path::PathBuf,
+}
+
+/// The Apache Kafka broker started by scripts/test.sh. Fails loudly when it is missing.
+pub fn apache_kafka() -> ApacheKafka {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the tests with scripts/test.sh, which starts Apache Kafka (scripts/kafka.sh)")
+        })
+    };
+    let kafka = ApacheKafka {
+        brokers: var("PSEUDONYMIZER_KAFKA_BROKERS"),
+        ssl: var("PSEUDONYMIZER_KAFKA_SSL_BROKERS"),
+        mtls: var("PSEUDONYMIZER_KAFKA_MTLS_BROKERS"),
+        sasl: var("PSEUDONYMIZER_KAFKA_SASL_BROKERS"),
+        tls_dir: var("PSEUDONYMIZER_KAFKA_TLS_DIR").into(),
+        scram_user: var("PSEUDONYMIZER_KAFKA_SCRAM_USER"),
+        log: var("PSEUDONYMIZER_KAFKA_LOG").into(),
+        libs: var("PSEUDONYMIZER_KAFKA_LIBS").into(),
+    };
+    assert!(
+        std::net::TcpStream::connect(&kafka.brokers).is_ok(),
+        "Apache Kafka is not listening on {} (its log: {})",
+        kafka.brokers,
+        kafka.log.display()
+    );
+    kafka
+}
+
+impl ApacheKafka {
+    /// Records of the topics matching `include` (a regex) that Kafka's own Java consumer
+    /// (`kafka-console-consumer`) reads from the start with `isolation` (`read_committed` or
+    /// `read_uncommitted`), until nothing arrives for 8 s: Java-client interop.
+    pub fn java_console_count(&self, include: &str, isolation: &str) -> usize {
+        let output = std::process::Command::new("java")
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(self.libs.join("*"))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.log
+                    .with_file_name("log4j2-client.properties")
+                    .display()
+            ))
+            .arg("org.apache.kafka.tools.consumer.ConsoleConsumer")
+            .args(["--bootstrap-server", &self.brokers, "--include", include])
+            .args(["--from-beginning", "--isolation-level", isolation])
+            .args(["--timeout-ms", "8000"])
+            .args(["--formatter-property", "print.value=false"])
+            .args(["--formatter-property", "print.key=true"])
+            .output()
+            .expect("java runs");
+        let said = String::from_utf8_lossy(&output.stderr);
+        said.lines()
+            .find_map(|l| {
+                l.strip_prefix("Processed a total of ")?
+                    .strip_suffix(" messages")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("the Java console consumer did not report a count:\n{said}"))
+    }
+}
+
 /// Topic and group names unique to one test.
 #[derive(Clone, Debug)]
 pub struct Topics {

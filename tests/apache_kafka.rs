@@ -1,0 +1,436 @@
+//! What only Apache Kafka itself can prove (scripts/kafka.sh starts it; Tansu has no
+//! transactions and no session-timeout hand-over):
+//!
+//! - exactly-once mode: `kill -9` mid-transaction and a restart, a second worker with the same
+//!   `transactional_id` (fencing), and a rebalance mid-transaction each leave every input event
+//!   exactly once on the analytics topics for a `read_committed` reader, and each poison record
+//!   exactly once in the dead-letter topic;
+//! - crash hand-over: three at-least-once workers in one group, one killed with SIGKILL; its
+//!   partitions move to the others within the session timeout and every event comes out.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::{self, ApacheKafka, Collected, Inputs, Topics};
+use common::Reaped;
+
+/// A killed member is noticed after 6 s (the broker's minimum session timeout), not 45.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+fn fast_group() -> String {
+    format!(
+        "\"session.timeout.ms\" = \"{}\"\n\"heartbeat.interval.ms\" = \"500\"",
+        SESSION_TIMEOUT.as_millis()
+    )
+}
+
+/// One test at a time: each runs up to three workers beside the broker on two cores, and the
+/// hand-over test measures time.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Poison records: not Avro, not framed.
+fn poison() -> Vec<Vec<u8>> {
+    vec![b"plain text, not avro".to_vec(), vec![0, 0, 0]]
+}
+
+/// The test config (`kafka::write_config`) in exactly-once mode with `transactional_id`, its
+/// metrics on a free port; returns (config, metrics address).
+fn exactly_once_config(
+    dir: &Path,
+    base: &Path,
+    transactional_id: Option<&str>,
+) -> (PathBuf, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mode = match transactional_id {
+        Some(id) => format!("mode = \"exactly-once\"\ntransactional_id = \"{id}\"\n"),
+        None => String::new(),
+    };
+    let text = std::fs::read_to_string(base).unwrap().replace(
+        "shutdown_timeout_secs = 30",
+        &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\"\n{mode}"),
+    );
+    let path = dir.join(format!("pipeline-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// Starts `pseudonymizer run`; its stderr goes to `log`.
+fn start(config: &Path, log: &Path) -> Reaped {
+    let child = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "pseudonymizer=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::net::TcpStream::connect(addr)
+        .is_ok_and(|_| kafka::http_get(addr, "/readyz").contains(" 200 "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "worker at {addr} never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The sum of a counter of a worker's metrics page (all labels), by metric name prefix.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    kafka::http_get(addr, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Reads until every input event and every poison record has arrived, then until quiet, and
+/// asserts each event exactly once and each poison record exactly once.
+fn assert_exactly_once(
+    got: &mut Collected,
+    reader: &rdkafka::consumer::BaseConsumer,
+    topics: &Topics,
+    inputs: &Inputs,
+    poison: usize,
+) {
+    let events = inputs.by_id.len();
+    got.until(reader, topics, Duration::from_secs(240), |c| {
+        c.ids.len() >= events && c.dead.len() >= poison
+    });
+    got.until_quiet(reader, topics, Duration::from_secs(3));
+    kafka::assert_same_ids(
+        &got.ids.keys().cloned().collect(),
+        &kafka::ids(inputs),
+        "published = input",
+    );
+    let twice: Vec<_> = got.ids.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {events} events published more than once to read_committed readers, e.g. {twice:?}",
+        got.ids.values().filter(|&&n| n > 1).count()
+    );
+    assert_eq!(got.outputs.len(), events, "one output per event");
+    assert_eq!(
+        got.dead.len(),
+        poison,
+        "each poison record dead-lettered exactly once"
+    );
+    kafka::verify_outputs(got, topics, inputs);
+}
+
+/// The regex of a test's analytics topics, for the Java console consumer.
+fn analytics_topics(topics: &Topics) -> String {
+    format!("^({}|{})$", topics.calls, topics.messages)
+}
+
+struct Setup {
+    kafka: ApacheKafka,
+    topics: Topics,
+    dir: tempfile::TempDir,
+    base: PathBuf,
+    inputs: Inputs,
+}
+
+async fn setup(test: &str, partitions: i32, events: usize, seed: u64) -> Setup {
+    let kafka = kafka::apache_kafka();
+    let topics = Topics::unique(test);
+    topics.create(&kafka.brokers, partitions).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = kafka::write_config(dir.path(), &topics, &kafka.brokers, &fast_group());
+    let mut inputs = Inputs::default();
+    kafka::produce(
+        &kafka.brokers,
+        &topics.raw,
+        events,
+        seed,
+        &poison(),
+        &mut inputs,
+    )
+    .await;
+    Setup {
+        kafka,
+        topics,
+        dir,
+        base,
+        inputs,
+    }
+}
+
+/// `kill -9` while transactions are open, then a restart with the same `transactional_id`:
+/// the restarted worker aborts what the killed one left open and resumes from the committed
+/// offsets; a `read_committed` reader sees each event once and each poison record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_kill_9_mid_transaction_then_restart() {
+    let _serial = serial().await;
+    const EVENTS: usize = 20_000;
+    let s = setup("eos-kill", 3, EVENTS, 31).await;
+    let (config, addr) = exactly_once_config(s.dir.path(), &s.base, Some("eos-kill-0"));
+    let log = s.dir.path().join("worker.log");
+    let reader = kafka::reader(&s.kafka.brokers, &s.topics, true);
+    let mut got = Collected::default();
+
+    let mut worker = start(&config, &log);
+    wait_ready(addr);
+    got.until(&reader, &s.topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 3000
+    });
+    // Mid-stream, transactions of up to 500 records every 100 ms: kill it while one holds
+    // records (the in-flight gauge counts the open transaction's records).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(addr, "pseudonymizer_in_flight") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no transaction ever held records"
+        );
+    }
+    let consumed_before_kill = metric(addr, "pseudonymizer_records_in_total");
+    worker.kill().unwrap(); // SIGKILL: no commit, no abort, no leaving the group
+    assert!(!wait_exit(&mut worker, Duration::from_secs(10)).success());
+    let seen_at_kill = got.ids.len();
+
+    let log2 = s.dir.path().join("worker-2.log");
+    let mut worker = start(&config, &log2);
+    assert_exactly_once(&mut got, &reader, &s.topics, &s.inputs, poison().len());
+    sigterm(&worker);
+    assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
+
+    // Kafka's own Java consumer agrees: read_committed sees each event once; read_uncommitted
+    // also sees the copies of the transaction the kill left open (aborted at the restart).
+    let include = analytics_topics(&s.topics);
+    let committed = s.kafka.java_console_count(&include, "read_committed");
+    assert_eq!(
+        committed, EVENTS,
+        "the Java read_committed consumer's count"
+    );
+    let uncommitted = s.kafka.java_console_count(&include, "read_uncommitted");
+    eprintln!(
+        "killed after {consumed_before_kill} records consumed ({seen_at_kill} committed and \
+         seen); {} outputs for {EVENTS} events to read_committed readers (rdkafka and Java); \
+         {uncommitted} records for the Java read_uncommitted consumer, aborted copies included",
+        got.outputs.len()
+    );
+}
+
+/// Two workers with the same `transactional_id`: the second fences the first, which says so
+/// and exits non-zero; nothing is duplicated or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_same_transactional_id_fences_the_older_worker() {
+    let _serial = serial().await;
+    const EVENTS: usize = 20_000;
+    let s = setup("eos-fence", 3, EVENTS, 32).await;
+    let (config_a, addr_a) = exactly_once_config(s.dir.path(), &s.base, Some("eos-fence-0"));
+    let (config_b, addr_b) = exactly_once_config(s.dir.path(), &s.base, Some("eos-fence-0"));
+    let (log_a, log_b) = (s.dir.path().join("a.log"), s.dir.path().join("b.log"));
+    let reader = kafka::reader(&s.kafka.brokers, &s.topics, true);
+    let mut got = Collected::default();
+
+    let mut a = start(&config_a, &log_a);
+    wait_ready(addr_a);
+    got.until(&reader, &s.topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 2000
+    });
+    let mut b = start(&config_b, &log_b);
+    wait_ready(addr_b);
+    let status = wait_exit(&mut a, Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the fenced worker exits non-zero: {status}"
+    );
+    let said = std::fs::read_to_string(&log_a).unwrap();
+    assert!(
+        said.contains("fenced") && said.contains("eos-fence-0"),
+        "the fenced worker says why it stops; its log:\n{said}"
+    );
+
+    assert_exactly_once(&mut got, &reader, &s.topics, &s.inputs, poison().len());
+    sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+}
+
+/// A second worker joins mid-stream and leaves again (two rebalances while transactions are
+/// open): every event once, every poison record once, and the first worker aborted rather than
+/// committed what the rebalance interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_rebalance_mid_transaction() {
+    let _serial = serial().await;
+    const EVENTS: usize = 30_000;
+    let s = setup("eos-rebalance", 4, EVENTS, 33).await;
+    let (config_a, addr_a) = exactly_once_config(s.dir.path(), &s.base, Some("eos-rebalance-a"));
+    let (config_b, addr_b) = exactly_once_config(s.dir.path(), &s.base, Some("eos-rebalance-b"));
+    let (log_a, log_b) = (s.dir.path().join("a.log"), s.dir.path().join("b.log"));
+    let reader = kafka::reader(&s.kafka.brokers, &s.topics, true);
+    let mut got = Collected::default();
+
+    let mut a = start(&config_a, &log_a);
+    wait_ready(addr_a);
+    got.until(&reader, &s.topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 2000
+    });
+    let mut b = start(&config_b, &log_b);
+    wait_ready(addr_b);
+    // B gets partitions and works on them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(addr_b, "pseudonymizer_records_in_total") < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "the joining worker never consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+
+    assert_exactly_once(&mut got, &reader, &s.topics, &s.inputs, poison().len());
+    let aborted = kafka::http_get(addr_a, "/metrics")
+        .lines()
+        .find(|l| l.starts_with("pseudonymizer_transactions_total{outcome=\"aborted\"}"))
+        .map(str::to_owned);
+    sigterm(&a);
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    let said = std::fs::read_to_string(&log_a).unwrap();
+    eprintln!(
+        "A: {aborted:?}; {} abort lines in its log",
+        said.lines()
+            .filter(|l| l.contains("transaction aborted"))
+            .count()
+    );
+}
+
+/// Three at-least-once workers in one group, one killed with SIGKILL: the broker notices after
+/// the session timeout and hands its partitions to the other two, which resume from its
+/// committed offsets. Measured: from the kill to the first record of its partitions published
+/// by another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_hand_over_within_the_session_timeout() {
+    let _serial = serial().await;
+    let kafka = kafka::apache_kafka();
+    let topics = Topics::unique("handover");
+    topics.create(&kafka.brokers, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = kafka::write_config(dir.path(), &topics, &kafka.brokers, &fast_group());
+    let workers: Vec<(PathBuf, SocketAddr)> = (0..3)
+        .map(|_| exactly_once_config(dir.path(), &base, None))
+        .collect();
+    let mut running: Vec<Reaped> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, (config, _))| start(config, &dir.path().join(format!("w{i}.log"))))
+        .collect();
+    for (_, addr) in &workers {
+        wait_ready(*addr);
+    }
+    // Let the group settle with all three members before there is anything to consume.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let assigned = workers
+            .iter()
+            .filter(|(_, addr)| {
+                kafka::http_get(*addr, "/metrics").contains("pseudonymizer_consumer_lag{")
+            })
+            .count();
+        if assigned == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the three workers never all got partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut inputs = Inputs::default();
+    kafka::produce(&kafka.brokers, &topics.raw, 6000, 41, &[], &mut inputs).await;
+    let reader = kafka::reader(&kafka.brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 6000
+    });
+    let shares: Vec<u64> = workers
+        .iter()
+        .map(|(_, addr)| metric(*addr, "pseudonymizer_records_in_total"))
+        .collect();
+    assert!(
+        shares.iter().all(|&n| n > 0),
+        "each member consumed a share: {shares:?}"
+    );
+
+    // Kill the first worker, then produce more: records of its partitions can only come out
+    // through the others, after the broker expires its session.
+    running[0].kill().unwrap();
+    let killed = Instant::now();
+    let before: Vec<u64> = workers[1..]
+        .iter()
+        .map(|(_, addr)| metric(*addr, "pseudonymizer_records_in_total"))
+        .collect();
+    kafka::produce(&kafka.brokers, &topics.raw, 6000, 42, &[], &mut inputs).await;
+    got.until(&reader, &topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 12_000
+    });
+    // An upper bound of the hand-over: every record of the killed worker's partitions is out.
+    let handed_over = killed.elapsed();
+    let after: Vec<u64> = workers[1..]
+        .iter()
+        .map(|(_, addr)| metric(*addr, "pseudonymizer_records_in_total"))
+        .collect();
+    let taken: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    assert!(
+        taken >= 6000,
+        "the survivors consumed every new record: {taken} (before {before:?}, after {after:?})"
+    );
+    // The session timeout, plus a rebalance and a fetch: well under twice the timeout.
+    assert!(
+        handed_over < SESSION_TIMEOUT * 2 + Duration::from_secs(5),
+        "hand-over took {handed_over:?} with a session timeout of {SESSION_TIMEOUT:?}"
+    );
+    eprintln!(
+        "hand-over: every record of the killed worker's partitions published by the others \
+         {handed_over:?} after SIGKILL (session timeout {SESSION_TIMEOUT:?})"
+    );
+    for w in running.iter_mut().skip(1) {
+        sigterm(w);
+        assert!(wait_exit(w, Duration::from_secs(30)).success());
+    }
+    kafka::assert_same_ids(
+        &got.ids.keys().cloned().collect(),
+        &kafka::ids(&inputs),
+        "every event at least once",
+    );
+    kafka::verify_outputs(&got, &topics, &inputs);
+}
