@@ -17,22 +17,20 @@ use anyhow::{bail, Context, Result};
 use apache_avro::types::Value;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DeliveryMode};
+use crate::config::{Config, DeliveryMode, KafkaConfig};
+use crate::connect;
 use crate::generate::{Generator, Kind};
 use crate::keys::{KeySet, Keyring};
 use crate::metrics::Metrics;
 use crate::transform::Engine;
 use crate::worker::{self, route::frame, Treatment, Worker};
 
-/// Creates topics, tolerating ones that already exist.
-pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+/// Creates topics, tolerating ones that already exist; connects as `kafka` says.
+pub async fn create_topics(kafka: &KafkaConfig, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = connect::client_config(kafka).create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
@@ -48,18 +46,21 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> 
 /// the worker has finished.
 pub async fn produce_raw(
     engine: &Engine,
-    brokers: &str,
+    kafka: &KafkaConfig,
     topic: &str,
     events: usize,
     seed: u64,
     mut seen: impl FnMut(&str, &Value),
     ahead_of: Option<(&Metrics, u64)>,
 ) -> Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let producer: FutureProducer = connect::producer_config(
+        kafka,
+        &[
+            ("linger.ms", "5"),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    )
+    .create()?;
     let mut generator = Generator::new(seed);
     let mut deliveries = std::collections::VecDeque::new();
     for i in 0..events {
@@ -147,11 +148,6 @@ pub async fn measure(
         format!("bench.messages.{tag}"),
     ];
     let dlq = format!("bench.dlq.{tag}");
-    create_topics(
-        brokers,
-        &[(&outputs[0], 3), (&outputs[1], 3), (dlq.as_str(), 1)],
-    )
-    .await?;
     {
         let kafka = config
             .kafka
@@ -164,6 +160,19 @@ pub async fn measure(
         kafka.mode = mode;
         kafka.transactional_id = Some(format!("bench-{tag}"));
     }
+    let kafka = config
+        .kafka
+        .as_ref()
+        .context("the config has no [kafka] section")?;
+    create_topics(
+        kafka,
+        &[
+            (&outputs[0], 3),
+            (&outputs[1], 3),
+            (kafka.dlq_topic.as_str(), 1),
+        ],
+    )
+    .await?;
     for (pipeline, output) in config.pipeline.iter_mut().zip(&outputs) {
         pipeline.input_topic = Some(topic.to_owned());
         pipeline.output_topic = Some(output.clone());
@@ -259,12 +268,17 @@ pub async fn run(
     rounds: usize,
     with_transactions: bool,
 ) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let mut config = Config::load(config_path)?;
     let engine = Engine::from_config(&config)?;
+    let kafka = config
+        .kafka
+        .as_mut()
+        .context("the config has no [kafka] section")?;
+    kafka.brokers = brokers.to_owned();
     let topic = format!("bench.raw.{}", std::process::id());
-    create_topics(brokers, &[(topic.as_str(), partitions)]).await?;
+    create_topics(kafka, &[(topic.as_str(), partitions)]).await?;
     let started = Instant::now();
-    produce_raw(&engine, brokers, &topic, events, 11, |_, _| {}, None).await?;
+    produce_raw(&engine, kafka, &topic, events, 11, |_, _| {}, None).await?;
     println!(
         "loaded {events} raw events into {topic} ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()

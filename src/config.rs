@@ -3,6 +3,10 @@
 //! Loading checks everything that can be checked without data: unknown keys, unreadable or
 //! invalid schemas, and every rule against its schema (see [`crate::plan`]). All rule errors
 //! of all pipelines are reported together, one offending path per line.
+//!
+//! String values may hold secret references (`${file:PATH}`, `${env:NAME}`), resolved before
+//! anything else is read ([`crate::secret_ref`]); secret librdkafka properties must be given that
+//! way, and the `Debug` form of [`KafkaConfig`] shows property names, never values.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,9 @@ pub struct Config {
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The files its `${file:…}` references named (the worker reconnects when one changes).
+    #[serde(skip)]
+    pub referenced_files: Vec<PathBuf>,
 }
 
 /// Phone parsing settings.
@@ -104,6 +111,14 @@ pub struct RegistryConfig {
     /// URLs); absent: the web's public roots. Relative to the config file.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: PEM file of the client certificate (chain) shown to the registry, with
+    /// `key_file`. Relative to the config file.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Mutual TLS: PEM file of the client certificate's private key (unencrypted; keep it
+    /// readable by the worker only). Relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Seconds allowed for one request.
     #[serde(default = "default_registry_timeout_secs")]
     pub timeout_secs: u64,
@@ -154,8 +169,9 @@ fn default_registry_backoff_secs() -> u64 {
     30
 }
 
-/// The stream worker's Kafka settings.
-#[derive(Debug, Clone, Deserialize)]
+/// The stream worker's Kafka settings. Its `Debug` form names properties without their values
+/// (any of them may be a password).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
@@ -200,6 +216,38 @@ pub struct KafkaConfig {
     /// librdkafka properties for the producer only (e.g. `compression.type`).
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("mode", &self.mode)
+            .field("transactional_id", &self.transactional_id)
+            .field("properties", &names(&self.properties))
+            .field("consumer_properties", &names(&self.consumer_properties))
+            .field("producer_properties", &names(&self.producer_properties))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KafkaConfig {
+    /// Property values may be passwords: wiped when a copy of the config goes.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for map in [
+            &mut self.properties,
+            &mut self.consumer_properties,
+            &mut self.producer_properties,
+        ] {
+            for value in map.values_mut() {
+                value.zeroize();
+            }
+        }
+    }
 }
 
 /// Key rotation policy. The worker warns (log line and `pseudonymizer_key_rotation_due`) when a
@@ -283,6 +331,11 @@ pub enum ConfigError {
     Rotation(&'static str),
     #[error("the [registry] section is not valid:\n  {}", .0.join("\n  "))]
     Registry(Vec<String>),
+    #[error("{path}: secret references:\n  {}", .problems.join("\n  "))]
+    SecretReference {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 impl Config {
@@ -298,12 +351,26 @@ impl Config {
     /// Parses and checks config text as if read from `path` (relative paths in it are made
     /// relative to that file's folder; nothing is read).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |message: String| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.message().to_owned(),
-        })?;
-        config.source = path.to_owned();
+            message,
+        };
+        // The text itself holds no secret (secrets are references), so its own syntax errors
+        // may quote it; once references are resolved, messages are scrubbed of their values.
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| syntax(e.message().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let resolved = crate::secret_ref::resolve(&mut table, base).map_err(|problems| {
+            ConfigError::SecretReference {
+                path: path.to_owned(),
+                problems,
+            }
+        })?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| syntax(resolved.redact(e.message())))?;
+        config.source = path.to_owned();
+        config.referenced_files = resolved.files.clone();
         config.keyring = base.join(&config.keyring);
         if let Some(audit) = &mut config.audit_log {
             *audit = base.join(&*audit);
@@ -328,6 +395,8 @@ impl Config {
         if let Some(registry) = &mut config.registry {
             registry.credentials_file = registry.credentials_file.as_ref().map(|f| base.join(f));
             registry.ca_file = registry.ca_file.as_ref().map(|f| base.join(f));
+            registry.cert_file = registry.cert_file.as_ref().map(|f| base.join(f));
+            registry.key_file = registry.key_file.as_ref().map(|f| base.join(f));
             registry.check()?;
         }
         Ok(config)
@@ -362,6 +431,9 @@ impl RegistryConfig {
                 problems.push("auth needs credentials_env or credentials_file".to_owned())
             }
             _ => {}
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push("mutual TLS needs both cert_file and key_file".to_owned());
         }
         if self.credentials_env.is_some() && self.credentials_file.is_some() {
             problems.push("give credentials_env or credentials_file, not both".to_owned());

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use apache_avro::types::Value;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
+use crate::connect;
 use crate::file::plain_json;
 use crate::keys::{KeySet, Keyring};
 use crate::metrics::Metrics;
@@ -46,10 +46,17 @@ pub async fn run(
     let topics = [(RAW, 3), (CALLS, 3), (MESSAGES, 3), (DLQ, 1)];
     // The mock cluster lives as long as this function. Its topics are made through its own
     // API: its admin API answers CreateTopics only after 60 s.
+    let mut config = Config::load(config_path)?;
     let (_cluster, brokers) = match brokers {
         Some(b) => {
-            // Already existing topics (a second run) are fine.
-            crate::bench::create_topics(&b, &topics).await?;
+            // Already existing topics (a second run) are fine. The config's [kafka] connection
+            // settings (TLS, SASL) apply, with these brokers.
+            let kafka = config
+                .kafka
+                .as_mut()
+                .context("the config has no [kafka] section")?;
+            kafka.brokers = b.clone();
+            crate::bench::create_topics(kafka, &topics).await?;
             (None, b)
         }
         None => {
@@ -68,7 +75,6 @@ pub async fn run(
         println!("brokers: {brokers}");
     }
 
-    let mut config = Config::load(config_path)?;
     let group = format!("pseudonymizer-demo-{}", std::process::id());
     {
         let kafka = config
@@ -76,6 +82,12 @@ pub async fn run(
             .as_mut()
             .context("the config has no [kafka] section")?;
         kafka.brokers = brokers.clone();
+        if in_process {
+            // The in-process cluster speaks plain Kafka only.
+            kafka.properties.clear();
+            kafka.consumer_properties.clear();
+            kafka.producer_properties.clear();
+        }
         kafka.group_id = group;
         kafka.dlq_topic = DLQ.into();
         kafka.metrics_listen = None;
@@ -110,7 +122,11 @@ pub async fn run(
         .build()?;
     let worker_config = config.clone();
     let handle = worker_runtime.spawn(async move { worker.run(&worker_config, stopped).await });
-    let result = feed_and_watch(&engine, &brokers, events, &metrics, &handle, in_process).await;
+    let kafka = config
+        .kafka
+        .as_ref()
+        .context("the config has no [kafka] section")?;
+    let result = feed_and_watch(&engine, kafka, events, &metrics, &handle, in_process).await;
     if let Ok(fed) = &result {
         println!(
             "all {} records accounted for; stopping the worker (drain, flush, commit)",
@@ -134,7 +150,7 @@ pub async fn run(
     };
 
     println!("reading the last call and message back from the analytics topics");
-    show_samples(&engine, &brokers, run.samples).await?;
+    show_samples(&engine, kafka, run.samples).await?;
     report(&run.figures, &stats, &metrics, in_process);
     Ok(())
 }
@@ -161,7 +177,7 @@ struct Fed {
 /// and waits until every record is accounted for; says why and fails if records stop moving.
 async fn feed_and_watch(
     engine: &Engine,
-    brokers: &str,
+    kafka: &KafkaConfig,
     events: usize,
     metrics: &Arc<Metrics>,
     worker: &tokio::task::JoinHandle<Result<worker::Stats, worker::WorkerError>>,
@@ -171,9 +187,7 @@ async fn feed_and_watch(
     let total = (events + poison.len()) as u64;
     let started = Instant::now();
     let (worker_cpu_0, process_cpu_0) = (threads_cpu_seconds(WORKER_THREAD), cpu_seconds());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let producer: FutureProducer = connect::producer_config(kafka, &[]).create()?;
     for payload in &poison {
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(RAW).payload(payload.as_slice());
         producer
@@ -190,7 +204,7 @@ async fn feed_and_watch(
     let outcome = {
         let feeding = crate::bench::produce_raw(
             engine,
-            brokers,
+            kafka,
             RAW,
             events,
             7,
@@ -354,17 +368,22 @@ impl Progress {
 }
 
 /// Shows a raw and a sanitized event of each type side by side.
-async fn show_samples(engine: &Engine, brokers: &str, samples: Vec<(String, Value)>) -> Result<()> {
+async fn show_samples(
+    engine: &Engine,
+    kafka: &KafkaConfig,
+    samples: Vec<(String, Value)>,
+) -> Result<()> {
     for (name, raw) in samples {
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set(
-                "group.id",
-                format!("pseudonymizer-demo-reader-{name}-{}", std::process::id()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()?;
+        let group = format!("pseudonymizer-demo-reader-{name}-{}", std::process::id());
+        let reader: BaseConsumer = connect::consumer_config(
+            kafka,
+            &[
+                ("group.id", &group),
+                ("auto.offset.reset", "earliest"),
+                ("enable.auto.commit", "false"),
+            ],
+        )
+        .create()?;
         let Value::Record(fields) = &raw else {
             continue;
         };

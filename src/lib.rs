@@ -18,6 +18,10 @@
 //!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
 //! - [`rules`]: actions and the per-path rules of one schema.
 //! - [`config`]: the TOML configuration file.
+//! - [`secret_ref`]: `${file:…}` and `${env:…}` references in the config, and which librdkafka
+//!   properties are secrets.
+//! - [`connect`]: the Kafka connection every client shares (TLS, SASL, properties) and the
+//!   reporting of connection failures.
 //! - [`plan`]: compiles rules against a writer schema into a transform program and the derived
 //!   output schema, reporting every offending path at once (the schema walk, value shapes and
 //!   region-field paths each in a file of their own).
@@ -41,6 +45,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod cryptopan;
 pub mod demo;
 pub mod envelope;
@@ -52,6 +57,7 @@ pub mod metrics;
 pub mod plan;
 pub mod registry;
 pub mod rules;
+pub mod secret_ref;
 pub mod token;
 pub mod transform;
 pub mod worker;

@@ -67,7 +67,13 @@ pub struct Metrics {
     pub registry_errors: IntCounter,
     /// Exactly-once mode: transactions by outcome (`committed`, `aborted`).
     pub transactions: IntCounterVec,
+    /// Connection failures reported by librdkafka, by kind (`authentication`, `tls`, …).
+    pub connection_errors: IntCounterVec,
+    /// 1 while the Kafka cluster cannot be reached or refuses the worker's credentials.
+    pub connection_failing: IntGauge,
     ready: AtomicBool,
+    connection_flag: AtomicBool,
+    serving: Mutex<Option<std::net::SocketAddr>>,
     stalled_flag: AtomicBool,
     registry_flag: AtomicBool,
     seal_keys: Mutex<Vec<Arc<SealKey>>>,
@@ -202,10 +208,21 @@ impl Metrics {
                 "Exactly-once mode: Kafka transactions by outcome (committed, aborted).",
                 &["outcome"],
             ),
+            connection_errors: counter(
+                "pseudonymizer_connection_errors_total",
+                "Kafka connection failures by kind (authentication, tls, sasl-mechanism, authorization, all-brokers-down, transport).",
+                &["kind"],
+            ),
+            connection_failing: plain_gauge(
+                "pseudonymizer_connection_failing",
+                "1 while the Kafka cluster cannot be reached or refuses the worker's credentials.",
+            ),
             registry,
             ready: AtomicBool::new(false),
             stalled_flag: AtomicBool::new(false),
             registry_flag: AtomicBool::new(false),
+            connection_flag: AtomicBool::new(false),
+            serving: Mutex::new(None),
             seal_keys: Mutex::new(Vec::new()),
             exported_seals: Mutex::new(HashMap::new()),
         };
@@ -235,12 +252,24 @@ impl Metrics {
         self.registry_unavailable.set(i64::from(unavailable));
     }
 
+    /// Marks the Kafka connection failing (`/readyz` 503 until the cluster answers) or not.
+    pub fn set_connection_failing(&self, failing: bool) {
+        self.connection_flag.store(failing, Ordering::Relaxed);
+        self.connection_failing.set(i64::from(failing));
+    }
+
+    /// Whether a connection failure was reported and the cluster has not answered since.
+    pub fn connection_is_failing(&self) -> bool {
+        self.connection_flag.load(Ordering::Relaxed)
+    }
+
     /// Whether `/readyz` answers 200: subscribed, not shutting down, not stalled, not waiting
-    /// for the registry.
+    /// for the registry, connected.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && !self.stalled_flag.load(Ordering::Relaxed)
             && !self.registry_flag.load(Ordering::Relaxed)
+            && !self.connection_flag.load(Ordering::Relaxed)
     }
 
     /// Sets the active key ids, and remembers the encryption key to export its envelope count.
@@ -319,6 +348,11 @@ impl Metrics {
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` from a background thread.
     /// Returns the bound address (useful with port 0).
     pub fn serve(self: &Arc<Self>, listen: &str) -> std::io::Result<std::net::SocketAddr> {
+        // Served once per process: a worker that reconnects (new secrets) keeps its endpoint.
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = *serving {
+            return Ok(addr);
+        }
         let server =
             tiny_http::Server::http(listen).map_err(|e| std::io::Error::other(e.to_string()))?;
         let addr = server
@@ -341,6 +375,7 @@ impl Metrics {
                         .respond(tiny_http::Response::from_string(body).with_status_code(status));
                 }
             })?;
+        *serving = Some(addr);
         Ok(addr)
     }
 }

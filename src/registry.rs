@@ -148,8 +148,8 @@ impl RegistryClient {
             .timeout_global(Some(Duration::from_secs(config.timeout_secs)))
             .http_status_as_error(false)
             .user_agent(concat!("pseudonymizer/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &config.ca_file {
-            builder = builder.tls_config(tls_with_ca(ca)?);
+        if config.ca_file.is_some() || config.cert_file.is_some() {
+            builder = builder.tls_config(tls_config(config)?);
         }
         Ok(RegistryClient {
             agent: builder.build().into(),
@@ -336,32 +336,52 @@ fn read_credentials(config: &RegistryConfig) -> Result<Option<Zeroizing<String>>
     Ok(Some(line))
 }
 
-/// TLS that trusts exactly the CA certificates of a PEM file.
-fn tls_with_ca(path: &Path) -> Result<ureq::tls::TlsConfig, RegistryError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| RegistryError::Setup(format!("ca_file {}: {e}", path.display())))?;
+/// The certificates of a PEM file (at least one).
+fn pem_certificates(
+    what: &str,
+    path: &Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, RegistryError> {
+    let setup =
+        |e: &dyn std::fmt::Display| RegistryError::Setup(format!("{what} {}: {e}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| setup(&e))?;
     let mut certificates = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => certificates.push(c),
             Ok(_) => {}
-            Err(e) => {
-                return Err(RegistryError::Setup(format!(
-                    "ca_file {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(setup(&e)),
         }
     }
     if certificates.is_empty() {
-        return Err(RegistryError::Setup(format!(
-            "ca_file {} holds no certificate",
-            path.display()
-        )));
+        return Err(setup(&"holds no certificate"));
     }
-    Ok(ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates)))
-        .build())
+    Ok(certificates)
+}
+
+/// TLS that trusts exactly the CA certificates of `ca_file` (or the web's public roots), and
+/// with `cert_file` and `key_file` shows a client certificate (mutual TLS).
+fn tls_config(config: &RegistryConfig) -> Result<ureq::tls::TlsConfig, RegistryError> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(ca) = &config.ca_file {
+        let roots = pem_certificates("ca_file", ca)?;
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)));
+    }
+    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+        let chain = pem_certificates("cert_file", cert)?;
+        // The key's bytes are wiped once parsed; the error names the file, never its content.
+        let pem = Zeroizing::new(
+            std::fs::read(key)
+                .map_err(|e| RegistryError::Setup(format!("key_file {}: {e}", key.display())))?,
+        );
+        let key = ureq::tls::PrivateKey::from_pem(&pem).map_err(|_| {
+            RegistryError::Setup(format!(
+                "key_file {} holds no unencrypted PEM private key",
+                key.display()
+            ))
+        })?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(tls.build())
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, ApacheKafka, Collected, Inputs, Topics};
+use common::process::{metric, sigterm, start, wait_exit, wait_ready};
 use common::Reaped;
 
 /// A killed member is noticed after 6 s (the broker's minimum session timeout), not 45.
@@ -63,62 +63,6 @@ fn exactly_once_config(
     let path = dir.join(format!("pipeline-{port}.toml"));
     std::fs::write(&path, text).unwrap();
     (path, format!("127.0.0.1:{port}").parse().unwrap())
-}
-
-/// Starts `pseudonymizer run`; its stderr goes to `log`.
-fn start(config: &Path, log: &Path) -> Reaped {
-    let child = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "pseudonymizer=info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Reaped(child)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker did not exit within {bound:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::net::TcpStream::connect(addr)
-        .is_ok_and(|_| kafka::http_get(addr, "/readyz").contains(" 200 "))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "worker at {addr} never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The sum of a counter of a worker's metrics page (all labels), by metric name prefix.
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    kafka::http_get(addr, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// Reads until every input event and every poison record has arrived, then until quiet, and

@@ -895,14 +895,36 @@ fn schema_register_and_check_use_the_registry() {
 /// A one-purpose HTTPS registry: answers every request with the v1 call schema, over TLS
 /// with a certificate for `localhost` made for this test. Returns its port.
 fn tls_registry(certified: &rcgen::CertifiedKey) -> u16 {
+    tls_registry_with(certified, None)
+}
+
+/// [`tls_registry`]; with `client_ca`, clients must show a certificate it signed (mutual TLS).
+fn tls_registry_with(
+    certified: &rcgen::CertifiedKey,
+    client_ca: Option<&rcgen::Certificate>,
+) -> u16 {
     use std::io::{Read, Write};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
     let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+        builder
             .with_single_cert(vec![certified.cert.der().clone()], key)
             .unwrap(),
     );
@@ -966,6 +988,61 @@ fn https_registries_are_trusted_through_the_configured_ca_file() {
     let error = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap_err();
     assert!(
         error.to_string().contains("holds no certificate"),
+        "{error}"
+    );
+}
+
+/// Mutual TLS: a registry that requires a client certificate gets the one of `cert_file` and
+/// `key_file`; without them the registry is unavailable; one without the other is refused.
+#[test]
+fn mutual_tls_registries_get_the_client_certificate() {
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["pseudonymizer".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let port = tls_registry_with(&server, Some(&ca));
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = dir.path().join("registry-ca.pem");
+    std::fs::write(&server_ca, server.cert.pem()).unwrap();
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert, client.pem()).unwrap();
+    std::fs::write(&key, client_key.serialize_pem()).unwrap();
+    let url = format!("https://localhost:{port}");
+    let trust = format!("ca_file = \"{}\"", server_ca.display());
+
+    let config = registry_config(
+        &url,
+        "",
+        &format!(
+            "{trust}\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let client = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap();
+    assert!(client.schema_by_id(1).unwrap().schema.contains("CallEvent"));
+
+    let config = registry_config(&url, "", &trust);
+    let client = RegistryClient::new(config.registry.as_ref().unwrap()).unwrap();
+    let error = client.schema_by_id(1).unwrap_err();
+    assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
+
+    let text = registry_config_text(
+        &url,
+        "",
+        &format!("{trust}\ncert_file = \"{}\"", cert.display()),
+    );
+    let error = Config::from_toml(&text, &common::repo().join("config/pipeline.toml")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("needs both cert_file and key_file"),
         "{error}"
     );
 }

@@ -112,7 +112,14 @@ pub enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Check a config (and its keyring) without processing anything.
-    Check(ConfigArgs),
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also connect to the Kafka cluster with the `[kafka]` settings (TLS, SASL) and look
+        /// up the input, output and dead-letter topics.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Transform an Avro container file of raw events into a sanitized one.
     Transform {
         #[command(flatten)]
@@ -238,6 +245,45 @@ pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
 
+/// `check --connect`: the cluster answers with the config's settings, and every topic the
+/// worker reads or writes exists.
+fn check_connection(
+    config: &Config,
+    kafka: &crate::config::KafkaConfig,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let mut topics: Vec<&str> = Vec::new();
+    for pipeline in &config.pipeline {
+        for topic in [&pipeline.input_topic, &pipeline.output_topic]
+            .into_iter()
+            .flatten()
+        {
+            if !topics.contains(&topic.as_str()) {
+                topics.push(topic);
+            }
+        }
+    }
+    topics.push(&kafka.dlq_topic);
+    let (brokers, report) =
+        crate::connect::probe(kafka, &topics, std::time::Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("[kafka] cannot connect to {}: {e}", kafka.brokers))?;
+    writeln!(out, "[kafka] connected: {brokers} brokers answered")?;
+    let mut missing = Vec::new();
+    for (topic, partitions) in report {
+        match partitions {
+            Some(n) => writeln!(out, "[kafka] topic {topic}: {n} partitions")?,
+            None => missing.push(topic),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "[kafka] topics missing (or not visible to this principal): {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     // apache-avro decodes the container files of `transform`, `show`, `decrypt` and `reseal`.
@@ -351,12 +397,20 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             Ok(())
         }
-        Command::Check(args) => {
+        Command::Check {
+            config: args,
+            connect,
+        } => {
             let (config, engine, keys) = load(&args)?;
             if let Some(kafka) = &config.kafka {
                 crate::worker::check_kafka(kafka)
                     .with_context(|| format!("config {}", args.config.display()))?;
                 writeln!(out, "[kafka]: ok")?;
+                if connect {
+                    check_connection(&config, kafka, &mut out)?;
+                }
+            } else if connect {
+                bail!("--connect: the config has no [kafka] section");
             }
             let active = engine.active_keys(&keys)?;
             for plan in engine.plans() {

@@ -1,6 +1,8 @@
 //! `pseudonymizer run`: logging set up, signal handlers installed before anything else, then
 //! the stream worker until SIGTERM or SIGINT.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 
 use super::{load_config, ConfigArgs};
@@ -8,8 +10,10 @@ use super::{load_config, ConfigArgs};
 pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: a log file or collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log_format {
         "json" => builder.json().init(),
@@ -34,7 +38,7 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         });
         Ok::<_, std::io::Error>(hangup)
     })?;
-    let (config, engine, keyring_path) = load_config(args)?;
+    let (mut config, engine, keyring_path) = load_config(args)?;
     let engine = std::sync::Arc::new(engine);
     let metrics = crate::metrics::Metrics::new();
     let (key_watch, keys) = crate::worker::keywatch::KeyWatch::start(
@@ -45,15 +49,98 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
     )
     .with_context(|| format!("keyring {}", keyring_path.display()))?;
     runtime.spawn(key_watch.run(hangup, stopped.clone()));
-    let stats = runtime.block_on(async {
-        let worker = crate::worker::Worker {
-            engine,
-            keys,
-            metrics,
-            treatment: crate::worker::Treatment::Sanitize,
+    loop {
+        // The worker runs until SIGTERM or SIGINT, or until a file its config references (a
+        // password, a certificate) changes: then it drains and commits as for a SIGTERM, and
+        // starts again with the config's connection settings read anew.
+        let (reconnect, reconnecting) = tokio::sync::watch::channel(false);
+        let watcher = runtime.spawn(watch_referenced_files(
+            config.referenced_files.clone(),
+            stopped.clone(),
+            reconnect,
+        ));
+        let stats = runtime.block_on(async {
+            let worker = crate::worker::Worker {
+                engine: engine.clone(),
+                keys: keys.clone(),
+                metrics: metrics.clone(),
+                treatment: crate::worker::Treatment::Sanitize,
+            };
+            worker.run(&config, reconnecting).await
+        })?;
+        watcher.abort();
+        if *stopped.borrow() {
+            tracing::info!(?stats, "exit");
+            return Ok(());
+        }
+        tracing::info!(
+            ?stats,
+            "clients stopped; reading the config's connection settings again"
+        );
+        let Some(fresh) = runtime.block_on(reload(args, stopped.clone())) else {
+            return Ok(());
         };
-        worker.run(&config, stopped).await
-    })?;
-    tracing::info!(?stats, "exit");
-    Ok(())
+        // Only the connection settings change in place; rules and keys are the running ones.
+        config.kafka = fresh.kafka.clone();
+        config.registry = fresh.registry.clone();
+        config.referenced_files = fresh.referenced_files.clone();
+    }
+}
+
+/// The config read anew, retried every 5 s while it is refused (a half-written secret, say);
+/// `None` if a shutdown came first.
+async fn reload(
+    args: &ConfigArgs,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Option<crate::config::Config> {
+    loop {
+        match crate::config::Config::load(&args.config) {
+            Ok(config) => return Some(config),
+            Err(e) => {
+                tracing::error!(error = %e, "the config cannot be read again; its clients stay stopped, retrying in 5 s");
+            }
+        }
+        tokio::select! {
+            _ = stopped.changed() => return None,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+        if *stopped.borrow() {
+            return None;
+        }
+    }
+}
+
+/// Sends on `reconnect` when SIGTERM comes (`stopped`) or when the content of one of `files`
+/// changes (checked every second, by digest: a secret's bytes are never kept here).
+async fn watch_referenced_files(
+    files: Vec<PathBuf>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    reconnect: tokio::sync::watch::Sender<bool>,
+) {
+    let digest = |path: &PathBuf| -> Option<[u8; 32]> {
+        use sha2::Digest as _;
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        Some(sha2::Sha256::digest(&bytes[..]).into())
+    };
+    let before: Vec<_> = files.iter().map(digest).collect();
+    loop {
+        if *stopped.borrow() {
+            let _ = reconnect.send(true);
+            return;
+        }
+        tokio::select! {
+            _ = stopped.changed() => continue,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Some(changed) = files
+            .iter()
+            .zip(&before)
+            .find(|(path, before)| digest(path) != **before)
+            .map(|(path, _)| path)
+        {
+            tracing::info!(file = %changed.display(), "a file the config references changed; reconnecting (drain, commit, new clients)");
+            let _ = reconnect.send(true);
+            return;
+        }
+    }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, Producer as _};
+
+use crate::connect::{ConnectionWatch, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::sync::watch;
@@ -51,9 +53,13 @@ pub async fn run(
 ) -> Result<Stats, WorkerError> {
     let kafka = &publisher.kafka;
     let (consumer_config, producer_config) = client_config(kafka);
-    let consumer: Arc<WorkerConsumer> =
-        Arc::new(consumer_config.create_with_context(WorkerContext::default())?);
-    let producer: FutureProducer = producer_config.create()?;
+    let consumer: Arc<WorkerConsumer> = Arc::new(
+        consumer_config.create_with_context(WorkerContext::new(&publisher.worker.metrics))?,
+    );
+    let producer: Producer = producer_config.create_with_context(ConnectionWatch::new(
+        "producer",
+        Some(publisher.worker.metrics.clone()),
+    ))?;
     publisher.subscribe(&consumer)?;
     let metrics = &publisher.worker.metrics;
     health::spawn(
@@ -158,7 +164,7 @@ pub async fn run(
 /// record over the producer's size limit, an unknown topic) stops the worker with the
 /// record's offset unstored.
 pub(super) async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     mut outgoing: Outgoing,
 ) -> Result<DeliveryFuture, WorkerError> {
     let mut headers = Some(std::mem::take(&mut outgoing.headers));

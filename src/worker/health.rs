@@ -22,19 +22,27 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::connect::ConnectionWatch;
 use crate::metrics::Metrics;
 
 /// How long a broker query of these checks may take.
 const BROKER_QUERY: Duration = Duration::from_secs(5);
 
 /// The worker's consumer context: counts rebalances, so that expected offsets from before one
-/// are forgotten.
-#[derive(Default)]
+/// are forgotten, and reports connection failures ([`ConnectionWatch`]).
 pub struct WorkerContext {
     rebalances: AtomicU64,
+    connection: ConnectionWatch,
 }
 
 impl WorkerContext {
+    pub fn new(metrics: &Arc<Metrics>) -> Self {
+        WorkerContext {
+            rebalances: AtomicU64::new(0),
+            connection: ConnectionWatch::new("consumer", Some(metrics.clone())),
+        }
+    }
+
     /// Rebalances (assignments and revocations) seen so far. Exactly-once mode aborts a
     /// transaction during which this changed (`transactional.rs`).
     pub fn rebalances(&self) -> u64 {
@@ -42,7 +50,11 @@ impl WorkerContext {
     }
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.report(&error, reason);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
@@ -113,6 +125,7 @@ pub fn spawn(consumer: &Arc<WorkerConsumer>, metrics: &Arc<Metrics>, stall_timeo
         let mut stall = StallDetector::new(stall_timeout);
         let mut last_lag_update: Option<Instant> = None;
         let updating = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(consumer) = consumer.upgrade() else {
@@ -124,13 +137,26 @@ pub fn spawn(consumer: &Arc<WorkerConsumer>, metrics: &Arc<Metrics>, stall_timeo
                 && !updating.swap(true, Ordering::AcqRel)
             {
                 last_lag_update = Some(Instant::now());
-                let (metrics, updating) = (metrics.clone(), updating.clone());
+                let (consumer, metrics, updating) =
+                    (consumer.clone(), metrics.clone(), updating.clone());
                 tokio::task::spawn_blocking(move || {
                     update_lag(&consumer, &metrics);
                     updating.store(false, Ordering::Release);
                 });
             }
             stall.check(&metrics);
+            // After a connection failure, ready again once the cluster answers (off the async
+            // threads: a metadata request waits for the broker).
+            if metrics.connection_is_failing() && !probing.swap(true, Ordering::AcqRel) {
+                let (metrics, probing) = (metrics.clone(), probing.clone());
+                tokio::task::spawn_blocking(move || {
+                    if consumer.fetch_metadata(None, BROKER_QUERY).is_ok() {
+                        metrics.set_connection_failing(false);
+                        tracing::info!("connected to the Kafka cluster again");
+                    }
+                    probing.store(false, Ordering::Release);
+                });
+            }
         }
     });
 }

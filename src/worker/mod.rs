@@ -171,14 +171,18 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     // Each property on its own first, so every bad one is named (librdkafka stops at the
     // first); a client without a group stays idle, so nothing connects.
     let alone = |consumer: bool, name: &str, value: &str| -> Option<String> {
+        // librdkafka checks a name and its value when it is set, before any client exists;
+        // what depends on other properties is checked below, with the whole settings.
         let mut config = ClientConfig::new();
         config.set(name, value);
-        let (client, made) = if consumer {
-            ("consumer", config.create::<BaseConsumer>().err())
-        } else {
-            ("producer", config.create::<BaseProducer>().err())
-        };
-        made.map(|e| format!("[kafka] {client} property {name:?} = {value:?}: {e}"))
+        let client = if consumer { "consumer" } else { "producer" };
+        let made = config.create_native_config().err();
+        made.map(|e| {
+            format!(
+                "[kafka] {client} property {name:?}: {}",
+                crate::connect::scrub(&e.to_string(), value)
+            )
+        })
     };
     // (A shared property is checked once: a name or value librdkafka refuses is refused by
     // either client.)
@@ -190,13 +194,23 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     }
     // Then the whole settings of each client, for what depends on several properties.
     if problems.is_empty() {
+        let scrub_all = |e: rdkafka::error::KafkaError| {
+            let all = kafka
+                .properties
+                .values()
+                .chain(kafka.consumer_properties.values())
+                .chain(kafka.producer_properties.values());
+            all.fold(e.to_string(), |message, value| {
+                crate::connect::scrub(&message, value)
+            })
+        };
         let (mut consumer, producer) = client_config(kafka);
         consumer.remove("group.id");
         if let Err(e) = consumer.create::<BaseConsumer>() {
-            problems.push(format!("[kafka] consumer settings: {e}"));
+            problems.push(format!("[kafka] consumer settings: {}", scrub_all(e)));
         }
         if let Err(e) = producer.create::<BaseProducer>() {
-            problems.push(format!("[kafka] producer settings: {e}"));
+            problems.push(format!("[kafka] producer settings: {}", scrub_all(e)));
         }
     }
     if problems.is_empty() {
@@ -206,48 +220,40 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     }
 }
 
-/// The librdkafka settings of the consumer and producer: ours, then the config's properties.
+/// The librdkafka settings of the worker's consumer and producer: the shared connection
+/// ([`crate::connect`]) with the worker's own settings, which the config's properties override.
 fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
-    let mut consumer = ClientConfig::new();
-    consumer
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", &kafka.group_id)
-        .set("auto.offset.reset", "earliest");
-    let mut producer = ClientConfig::new();
-    producer
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "300000");
+    let mut consumer: Vec<(&str, &str)> = vec![
+        ("group.id", &kafka.group_id),
+        ("auto.offset.reset", "earliest"),
+    ];
+    let mut producer: Vec<(&str, &str)> = vec![
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("message.timeout.ms", "300000"),
+    ];
     match kafka.mode {
-        DeliveryMode::AtLeastOnce => {
-            consumer
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.commit.interval.ms", "1000");
-        }
+        DeliveryMode::AtLeastOnce => consumer.extend([
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.commit.interval.ms", "1000"),
+        ]),
         DeliveryMode::ExactlyOnce => {
-            consumer
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed");
+            consumer.extend([
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+            ]);
             // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s).
-            producer.set("message.timeout.ms", "60000");
+            producer.push(("message.timeout.ms", "60000"));
             if let Some(id) = &kafka.transactional_id {
-                producer.set("transactional.id", id);
+                producer.push(("transactional.id", id));
             }
         }
     }
-    for (k, v) in &kafka.properties {
-        consumer.set(k, v);
-        producer.set(k, v);
-    }
-    for (k, v) in &kafka.consumer_properties {
-        consumer.set(k, v);
-    }
-    for (k, v) in &kafka.producer_properties {
-        producer.set(k, v);
-    }
-    (consumer, producer)
+    (
+        crate::connect::consumer_config(kafka, &consumer),
+        crate::connect::producer_config(kafka, &producer),
+    )
 }
 
 /// A record ready for the producer.

@@ -8,14 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 
 use super::{WorkerError, DLQ_FIELD_PATH, DLQ_KEY_PATH};
 use crate::config::{ConfigError, KafkaConfig};
+use crate::connect::{self, ConnectionWatch};
 use crate::keys::KeySet;
 
 /// What a replay did.
@@ -33,17 +33,22 @@ pub async fn replay(
     keys: &KeySet,
     idle: Duration,
 ) -> Result<Replayed, WorkerError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("{}.dlq-replay", kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("enable.idempotence", "true")
-        .create()?;
+    // The worker's own connection settings (TLS, SASL): a config that works for `run` works
+    // for the replay.
+    let group = format!("{}.dlq-replay", kafka.group_id);
+    let consumer: BaseConsumer<ConnectionWatch> = connect::consumer_config(
+        kafka,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )
+    .create_with_context(ConnectionWatch::new("replay consumer", None))?;
+    let producer: connect::Producer =
+        connect::producer_config(kafka, &[("enable.idempotence", "true")])
+            .create_with_context(ConnectionWatch::new("replay producer", None))?;
     consumer.subscribe(&[&kafka.dlq_topic])?;
     let mut done = Replayed::default();
     let mut deadline = Instant::now() + idle + Duration::from_secs(10);

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, Producer as _};
+
+use crate::connect::{ConnectionWatch, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -41,6 +43,9 @@ use super::{client_config, Publisher, Stats, WorkerError};
 pub const BATCH: usize = 500;
 /// A transaction is committed at least this often while records arrive.
 pub const BATCH_TIME: Duration = Duration::from_millis(100);
+/// Commits refused in a row after which the worker stops: a record the broker refuses every
+/// time (over its size limit, say) must stop the worker, not abort and retry forever.
+const REFUSED_IN_A_ROW: u32 = 3;
 
 /// The open transaction: what it produced and which input offsets it covers.
 struct Transaction {
@@ -57,9 +62,11 @@ struct Transaction {
 struct Clients<'a> {
     publisher: &'a Publisher,
     consumer: Arc<WorkerConsumer>,
-    producer: FutureProducer,
+    producer: Producer,
     timeout: Duration,
     transactional_id: String,
+    /// Commits refused since the last one that succeeded.
+    refused: std::cell::Cell<u32>,
 }
 
 pub async fn run(
@@ -72,10 +79,16 @@ pub async fn run(
     let (consumer_config, producer_config) = client_config(kafka);
     let clients = Clients {
         publisher,
-        consumer: Arc::new(consumer_config.create_with_context(WorkerContext::default())?),
-        producer: producer_config.create()?,
+        consumer: Arc::new(
+            consumer_config.create_with_context(WorkerContext::new(&publisher.worker.metrics))?,
+        ),
+        producer: producer_config.create_with_context(ConnectionWatch::new(
+            "producer",
+            Some(publisher.worker.metrics.clone()),
+        ))?,
         timeout: Duration::from_secs(kafka.shutdown_timeout_secs),
         transactional_id,
+        refused: std::cell::Cell::new(0),
     };
     // Fences any earlier producer with this id and aborts what it left open.
     clients
@@ -229,10 +242,20 @@ impl Clients<'_> {
             Err(e) if requires_abort(&e) => {
                 tracing::warn!(error = %e, "the broker refused the transaction's commit");
                 self.abort(txn, "the commit was refused")?;
+                self.refused.set(self.refused.get() + 1);
+                if self.refused.get() >= REFUSED_IN_A_ROW {
+                    return Err(WorkerError::Delivery {
+                        topic: String::new(),
+                        reason: format!(
+                            "{REFUSED_IN_A_ROW} transactions in a row were refused, the last with: {e}"
+                        ),
+                    });
+                }
                 return Ok(());
             }
             Err(e) => return Err(self.fatal(e)),
         }
+        self.refused.set(0);
         let metrics = &self.publisher.worker.metrics;
         metrics.transactions.with_label_values(&["committed"]).inc();
         metrics.in_flight.sub(txn.deliveries.len() as i64);

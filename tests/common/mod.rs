@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod process;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

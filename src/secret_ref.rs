@@ -1,0 +1,306 @@
+//! Secrets by reference: a string value of the config may hold `${file:PATH}` (the file's
+//! contents, trailing newline trimmed) or `${env:NAME}` (an environment variable), resolved
+//! when the config is loaded (at start, and when the worker reconnects after a referenced file
+//! changed). This is how passwords, key passwords and per-instance values
+//! (`transactional_id = "pseudonymizer-${env:POD_NAME}"`) reach the config without being
+//! written in it, as Kafka Connect's `${file:…}` config providers and Vector's `SECRET[…]` do.
+//!
+//! Properties that carry a secret ([`SECRET_PROPERTIES`]) must be given by reference: written
+//! inline they are refused, with an error that names the property and never the value.
+//! Resolved values are kept (zeroized on drop) so that any later error message can be scrubbed
+//! of them ([`Resolved::redact`]).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+/// librdkafka properties whose values are secrets: refused inline, never echoed.
+pub const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl_key",
+];
+
+/// The config tables whose keys are librdkafka properties.
+const PROPERTY_TABLES: &[&str] = &["properties", "consumer_properties", "producer_properties"];
+
+/// A secret file larger than this is refused (a secret is a few hundred bytes; this bounds
+/// what a wrong path, `/dev/zero` say, can make the loader read).
+const MAX_SECRET_FILE: u64 = 1 << 20;
+
+/// Whether `name` is a librdkafka property that carries a secret.
+pub fn is_secret_property(name: &str) -> bool {
+    SECRET_PROPERTIES.contains(&name)
+}
+
+/// What resolving a config's references produced.
+#[derive(Default)]
+pub struct Resolved {
+    /// Every resolved value, to scrub from error messages.
+    values: Vec<Zeroizing<String>>,
+    /// The files referenced, to watch for rotation.
+    pub files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("values", &format_args!("[{} hidden]", self.values.len()))
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl Resolved {
+    /// `message` with every resolved value replaced by `***`.
+    pub fn redact(&self, message: &str) -> String {
+        let mut message = message.to_owned();
+        for value in &self.values {
+            if !value.is_empty() {
+                message = message.replace(value.as_str(), "***");
+            }
+        }
+        message
+    }
+}
+
+/// Resolves every reference in `table` in place (relative file paths against `base`) and
+/// checks that secret properties are given by reference. Every problem is reported at once;
+/// no problem names a value.
+pub fn resolve(table: &mut toml::Table, base: &Path) -> Result<Resolved, Vec<String>> {
+    let mut problems = inline_secrets(table);
+    let mut resolved = Resolved::default();
+    walk(table, "", base, &mut resolved, &mut problems);
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Secret properties written inline, by name.
+fn inline_secrets(table: &toml::Table) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(toml::Value::Table(kafka)) = table.get("kafka") else {
+        return problems;
+    };
+    for section in PROPERTY_TABLES {
+        let Some(toml::Value::Table(properties)) = kafka.get(*section) else {
+            continue;
+        };
+        for (name, value) in properties {
+            let by_reference = value.as_str().is_some_and(|s| !references(s).is_empty());
+            if is_secret_property(name) && !by_reference {
+                problems.push(format!(
+                    "[kafka.{section}] {name:?} is written inline (its value is not shown); a \
+                     secret must be given as \"${{file:PATH}}\" or \"${{env:NAME}}\""
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn walk(
+    table: &mut toml::Table,
+    path: &str,
+    base: &Path,
+    resolved: &mut Resolved,
+    problems: &mut Vec<String>,
+) {
+    for (key, value) in table.iter_mut() {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        walk_value(value, &here, base, resolved, problems);
+    }
+}
+
+fn walk_value(
+    value: &mut toml::Value,
+    here: &str,
+    base: &Path,
+    resolved: &mut Resolved,
+    problems: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(text) => {
+            if references(text).is_empty() {
+                return;
+            }
+            match substitute(text, base, resolved) {
+                Ok(new) => *text = new,
+                Err(problem) => problems.push(format!("{here}: {problem}")),
+            }
+        }
+        toml::Value::Table(table) => walk(table, here, base, resolved, problems),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk_value(item, &format!("{here}[{i}]"), base, resolved, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A reference found in a string: its byte range and what it names.
+#[derive(Debug, PartialEq, Eq)]
+enum Reference<'a> {
+    File(&'a str),
+    Env(&'a str),
+}
+
+/// The references in `text`, with their byte ranges.
+fn references(text: &str) -> Vec<(std::ops::Range<usize>, Reference<'_>)> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(start) = text[from..].find("${").map(|i| from + i) {
+        let Some(end) = text[start..].find('}').map(|i| start + i) else {
+            break;
+        };
+        let inner = &text[start + 2..end];
+        let reference = if let Some(path) = inner.strip_prefix("file:") {
+            Some(Reference::File(path))
+        } else {
+            inner.strip_prefix("env:").map(Reference::Env)
+        };
+        if let Some(reference) = reference {
+            found.push((start..end + 1, reference));
+        }
+        from = end + 1;
+    }
+    found
+}
+
+/// `text` with its references replaced by what they name.
+fn substitute(text: &str, base: &Path, resolved: &mut Resolved) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (range, reference) in references(text) {
+        out.push_str(&text[last..range.start]);
+        let value = match reference {
+            Reference::Env(name) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Zeroizing::new(value),
+                Ok(_) => return Err(format!("environment variable {name} is empty")),
+                Err(_) => return Err(format!("environment variable {name} is not set")),
+            },
+            Reference::File(path) => {
+                let path = base.join(path);
+                let value = read_secret_file(&path)?;
+                resolved.files.push(path);
+                value
+            }
+        };
+        out.push_str(&value);
+        resolved.values.push(value);
+        last = range.end;
+    }
+    out.push_str(&text[last..]);
+    Ok(out)
+}
+
+/// A regular file's contents (UTF-8, at most [`MAX_SECRET_FILE`] bytes), one trailing newline
+/// trimmed.
+fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    let cannot = |why: &dyn std::fmt::Display| format!("cannot read {}: {why}", path.display());
+    // Follows symlinks: Kubernetes mounts secrets as links into a `..data` folder.
+    let metadata = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    if !metadata.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(cannot(&"larger than 1 MiB"));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| cannot(&"not UTF-8"))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(text);
+    if text.is_empty() {
+        return Err(cannot(&"the file is empty"));
+    }
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn file_and_env_references_resolve_anywhere_in_a_string() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret-pw\n").unwrap();
+        std::env::set_var("SECRET_REF_TEST_POD", "worker-7");
+        let mut t = table(
+            "[kafka]\ntransactional_id = \"pseudonymizer-${env:SECRET_REF_TEST_POD}\"\n\
+             [kafka.properties]\n\"sasl.password\" = \"${file:pw}\"\n\"sasl.username\" = \"u\"\n",
+        );
+        let resolved = resolve(&mut t, dir.path()).unwrap();
+        assert_eq!(
+            t["kafka"]["transactional_id"].as_str(),
+            Some("pseudonymizer-worker-7")
+        );
+        assert_eq!(
+            t["kafka"]["properties"]["sasl.password"].as_str(),
+            Some("s3cret-pw")
+        );
+        assert_eq!(resolved.files, vec![dir.path().join("pw")]);
+        assert_eq!(
+            resolved.redact("bad value s3cret-pw here"),
+            "bad value *** here"
+        );
+        assert!(!format!("{resolved:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_by_name_never_by_value() {
+        let mut t = table(
+            "[kafka.properties]\n\"sasl.password\" = \"canary-inline-1\"\n\
+             [kafka.producer_properties]\n\"ssl.key.password\" = \"canary-inline-2\"\n",
+        );
+        let problems = resolve(&mut t, Path::new(".")).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("\"sasl.password\" is written inline"));
+        assert!(problems[1].contains("[kafka.producer_properties] \"ssl.key.password\""));
+        assert!(!problems.concat().contains("canary-inline"));
+    }
+
+    #[test]
+    fn missing_sources_name_the_reference_not_a_value() {
+        std::env::remove_var("SECRET_REF_TEST_MISSING");
+        let mut t = table(
+            "[kafka.properties]\n\"sasl.password\" = \"${env:SECRET_REF_TEST_MISSING}\"\n\
+             \"ssl.key.password\" = \"${file:/nonexistent/pw}\"\n\"x\" = \"${file:/dev/zero}\"\n",
+        );
+        let problems = resolve(&mut t, Path::new(".")).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("SECRET_REF_TEST_MISSING is not set")));
+        assert!(problems.iter().any(|p| p.contains("/nonexistent/pw")));
+        assert!(problems.iter().any(|p| p.contains("not a regular file")));
+    }
+
+    #[test]
+    fn text_without_references_is_left_alone() {
+        assert!(references("plain ${not a ref} $ {env:X} ${env:").is_empty());
+        assert_eq!(
+            references("a${env:X}b${file:y}"),
+            vec![(1..9, Reference::Env("X")), (10..19, Reference::File("y"))]
+        );
+    }
+}
