@@ -414,3 +414,27 @@ async fn dlq_replay_runs_over_tls() {
         "the two poison records are back in the raw topic"
     );
 }
+
+/// What the binary's librdkafka is built with: OAUTHBEARER with the OIDC method (libcurl) and
+/// zstd compression are accepted by `check` (librdkafka refuses both when built without them).
+#[test]
+fn check_accepts_oidc_and_zstd_which_the_binary_is_built_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::unique("secured-oidc");
+    let oidc = "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"OAUTHBEARER\"\n\
+                \"sasl.oauthbearer.method\" = \"oidc\"\n\
+                \"sasl.oauthbearer.token.endpoint.url\" = \"https://login.example.com/token\"\n\
+                \"sasl.oauthbearer.client.id\" = \"pseudonymizer\"\n\
+                \"sasl.oauthbearer.client.secret\" = \"${env:SECURED_TEST_OIDC_SECRET}\"\n\
+                \"compression.type\" = \"zstd\"";
+    let (config, _) = secured_config(dir.path(), &topics, "127.0.0.1:9", oidc);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("SECURED_TEST_OIDC_SECRET", "not-a-real-secret")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("[kafka]: ok"), "{said}");
+}
