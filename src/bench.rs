@@ -6,9 +6,8 @@
 //! clients, same settings, same records; only the transform is skipped). Each measurement runs in
 //! its own child process, so its resident memory is the worker's alone; the parent prints
 //! events/s for both, their ratio, and the worker's peak and sampled RSS. With transactions
-//! (`--mode exactly-once`) each round adds the transform in exactly-once mode, committing a
-//! transaction every [`worker::transactional::BATCH`] records or
-//! [`worker::transactional::BATCH_TIME`].
+//! (`--mode exactly-once`) each round adds the transform in exactly-once mode, with the config's
+//! transaction size (`transaction_max_records`, `transaction_max_ms`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,8 +362,8 @@ pub async fn run(
         println!(
             "exactly-once (transactions of up to {} records or {} ms): sanitize {best_rate:.0} \
              events/s ({:.2} of at-least-once), {cpu:.1} µs CPU/event",
-            worker::transactional::BATCH,
-            worker::transactional::BATCH_TIME.as_millis(),
+            kafka.transaction_max_records,
+            kafka.transaction_max_ms,
             best_rate / sanitize
         );
     }

@@ -204,6 +204,13 @@ pub struct KafkaConfig {
     /// The producer's `transactional.id` in exactly-once mode; unique per worker process.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Exactly-once mode: a transaction is committed after this many records at most.
+    #[serde(default = "default_transaction_max_records")]
+    pub transaction_max_records: usize,
+    /// Exactly-once mode: a transaction is committed at most this many milliseconds after its
+    /// first record (the end-to-end latency `read_committed` readers see).
+    #[serde(default = "default_transaction_max_ms")]
+    pub transaction_max_ms: u64,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9464`); absent: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -297,6 +304,14 @@ fn default_max_in_flight() -> usize {
 }
 fn default_max_record_bytes() -> usize {
     1 << 20
+}
+
+fn default_transaction_max_records() -> usize {
+    10_000
+}
+
+fn default_transaction_max_ms() -> u64 {
+    100
 }
 
 fn default_stall_secs() -> u64 {

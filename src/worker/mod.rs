@@ -168,6 +168,11 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
     if kafka.mode == DeliveryMode::ExactlyOnce && kafka.transactional_id.is_none() {
         problems.push("[kafka] exactly-once mode needs transactional_id".into());
     }
+    if kafka.transaction_max_records == 0 || kafka.transaction_max_ms == 0 {
+        problems.push(
+            "[kafka] transaction_max_records and transaction_max_ms must be at least 1".into(),
+        );
+    }
     // Each property on its own first, so every bad one is named (librdkafka stops at the
     // first); a client without a group stays idle, so nothing connects.
     let alone = |consumer: bool, name: &str, value: &str| -> Option<String> {

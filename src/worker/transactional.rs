@@ -4,7 +4,9 @@
 //! analytics and dead-letter topics read with `isolation.level=read_committed`.
 //!
 //! - **Batches.** A transaction begins with the first record after the previous commit and is
-//!   committed after [`BATCH`] records or [`BATCH_TIME`], whichever comes first, and at shutdown.
+//!   committed after `transaction_max_records` records or `transaction_max_ms` (defaults 10,000
+//!   and 100 ms), whichever comes first, and at shutdown. A commit costs a few broker round
+//!   trips during which nothing else is processed, so throughput grows with the batch.
 //! - **Rebalances.** A transaction during which the consumer's assignment changed is aborted,
 //!   never committed: its partitions may already belong to another member, which resumes from
 //!   the last committed offsets. The partitions this worker still holds are rewound to where the
@@ -39,10 +41,6 @@ use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
 use super::{client_config, Publisher, Stats, WorkerError};
 
-/// Records per transaction at most.
-pub const BATCH: usize = 500;
-/// A transaction is committed at least this often while records arrive.
-pub const BATCH_TIME: Duration = Duration::from_millis(100);
 /// Commits refused in a row after which the worker stops: a record the broker refuses every
 /// time (over its size limit, say) must stop the worker, not abort and retry forever.
 const REFUSED_IN_A_ROW: u32 = 3;
@@ -64,6 +62,8 @@ struct Clients<'a> {
     consumer: Arc<WorkerConsumer>,
     producer: Producer,
     timeout: Duration,
+    /// How long a transaction stays open after its first record at most.
+    batch_time: Duration,
     transactional_id: String,
     /// Commits refused since the last one that succeeded.
     refused: std::cell::Cell<u32>,
@@ -87,6 +87,7 @@ pub async fn run(
             Some(publisher.worker.metrics.clone()),
         ))?,
         timeout: Duration::from_secs(kafka.shutdown_timeout_secs),
+        batch_time: Duration::from_millis(kafka.transaction_max_ms),
         transactional_id,
         refused: std::cell::Cell::new(0),
     };
@@ -170,7 +171,7 @@ pub async fn run(
             .entry(position)
             .and_modify(|(_, n)| *n = next)
             .or_insert((message.offset(), next));
-        if txn.deliveries.len() >= BATCH {
+        if txn.deliveries.len() >= kafka.transaction_max_records {
             clients.finish(open.take(), &mut stats)?;
         }
     }
@@ -206,7 +207,7 @@ impl Clients<'_> {
             .map_err(|e| self.fatal(e))?;
         Ok(Transaction {
             rebalances,
-            deadline: Instant::now() + BATCH_TIME,
+            deadline: Instant::now() + self.batch_time,
             deliveries: Vec::new(),
             offsets: HashMap::new(),
         })
