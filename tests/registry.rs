@@ -565,6 +565,7 @@ async fn a_producer_upgrade_mid_stream_is_published_or_dead_lettered_then_replay
     let (stop, worker, _) = spawn(&fixed);
     let replayed = pseudonymizer::worker::replay::replay(
         fixed.kafka.as_ref().unwrap(),
+        std::slice::from_ref(&topics.raw),
         &common::keyset(),
         Duration::from_secs(3),
     )

@@ -88,7 +88,15 @@ async fn end_to_end_against_tansu() {
             !sealed.windows(10).any(|w| w == b"plain text") && !finder.leaks(sealed),
             "DLQ holds raw bytes"
         );
-        originals.push(keyset.open(worker::DLQ_FIELD_PATH, sealed).unwrap());
+        // Sealed for the topic it came from: it opens only for that one.
+        originals.push(
+            keyset
+                .open(&worker::dlq_value_path(&topics.raw), sealed)
+                .unwrap(),
+        );
+        assert!(keyset
+            .open(&worker::dlq_value_path(&topics.calls), sealed)
+            .is_err());
     }
     let mut expected: Vec<String> = poison.iter().map(|(_, r)| r.to_string()).collect();
     reasons.sort();
@@ -145,4 +153,109 @@ async fn end_to_end_against_tansu() {
         "{} raw records were not committed",
         left.len()
     );
+}
+
+/// `dlq replay` trusts no header. A genuine dead letter copied with its `dlq.source-topic`
+/// pointed at an analytics topic (what someone with write access to the dead-letter topic only
+/// could do) is refused, and that topic receives nothing. A dead letter sealed before the
+/// source was bound (field path `dlq`) still replays, but only to an input topic. The genuine
+/// dead letters replay to their source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_refuses_dead_letters_pointed_at_another_topic() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("replay-bound");
+    topics.create(&brokers, 1).await;
+    let config = topics.config(&brokers);
+    let mut inputs = Inputs::default();
+    let poison = vec![b"plain text, not avro".to_vec(), vec![0, 0, 0]];
+    kafka::produce(&brokers, &topics.raw, 10, 61, &poison, &mut inputs).await;
+    let (stop, worker) = kafka::spawn_worker(&config, Metrics::new());
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(60), |c| {
+        c.ids.len() >= 10 && c.dead.len() >= 2
+    });
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let analytics = |brokers: &str| {
+        kafka::read_from_start(brokers, &topics.calls, 2).len()
+            + kafka::read_from_start(brokers, &topics.messages, 2).len()
+    };
+    let analytics_before = analytics(&brokers);
+    assert_eq!(analytics_before, 10);
+
+    // Forgeries, written straight to the dead-letter topic.
+    let headers_to = |source: &str, from: Option<&OwnedHeaders>| {
+        let mut headers = OwnedHeaders::new();
+        if let Some(from) = from {
+            for h in from.iter().filter(|h| h.key != "dlq.source-topic") {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        headers.insert(Header {
+            key: "dlq.source-topic",
+            value: Some(source),
+        })
+    };
+    let genuine = &got.dead[0];
+    let seal_key = common::active(&common::engine()).encryption.unwrap();
+    let legacy_payload = b"sealed before the source was bound".to_vec();
+    let mut legacy = Vec::new();
+    pseudonymizer::envelope::seal_into(&seal_key, "dlq", &legacy_payload, &mut legacy);
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (payload, headers) in [
+        (
+            genuine.payload().unwrap().to_vec(),
+            headers_to(&topics.calls, genuine.headers()),
+        ),
+        (legacy.clone(), headers_to(&topics.calls, None)),
+        (legacy.clone(), headers_to(&topics.raw, None)),
+    ] {
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topics.dlq)
+            .payload(payload.as_slice())
+            .headers(headers);
+        producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let replayed = worker::replay::replay(
+        config.kafka.as_ref().unwrap(),
+        std::slice::from_ref(&topics.raw),
+        &common::keyset(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (replayed.replayed, replayed.refused, replayed.unopened),
+        (3, 2, 0),
+        "the two genuine dead letters and the old-format one pointed at the raw topic replay; \
+         the two pointed at an analytics topic are refused"
+    );
+    assert_eq!(
+        analytics(&brokers),
+        analytics_before,
+        "the analytics topics received nothing"
+    );
+    let raw = kafka::read_from_start(&brokers, &topics.raw, 1);
+    assert_eq!(raw.len(), 10 + 2 + 3);
+    let replayed_payloads: Vec<&[u8]> = raw[12..].iter().filter_map(|m| m.payload()).collect();
+    assert!(replayed_payloads.contains(&legacy_payload.as_slice()));
+    for original in &poison {
+        assert!(replayed_payloads.contains(&original.as_slice()));
+    }
 }

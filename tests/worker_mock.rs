@@ -105,6 +105,7 @@ async fn dead_letters_replay_after_a_fix() {
     config.kafka.as_mut().unwrap().max_record_bytes = 1 << 20;
     let replayed = pseudonymizer::worker::replay::replay(
         config.kafka.as_ref().unwrap(),
+        std::slice::from_ref(&topics.raw),
         &common::keyset(),
         Duration::from_secs(2),
     )

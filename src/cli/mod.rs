@@ -384,16 +384,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 .kafka
                 .as_ref()
                 .context("the config has no [kafka] section")?;
+            // Dead letters go back only to the topics the pipelines read.
+            let mut inputs: Vec<String> = Vec::new();
+            for topic in config.pipeline.iter().filter_map(|p| p.input_topic.clone()) {
+                if !inputs.contains(&topic) {
+                    inputs.push(topic);
+                }
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             let done = runtime.block_on(crate::worker::replay::replay(
                 kafka,
+                &inputs,
                 &keys,
                 std::time::Duration::from_secs(idle_secs),
             ))?;
             writeln!(
                 out,
-                "replayed {} dead letters to their source topics; {} could not be opened",
-                done.replayed, done.unopened
+                "replayed {} dead letters to their source topics; {} could not be opened; {} refused (source not an input topic, or not the topic the dead letter was sealed for)",
+                done.replayed, done.unopened, done.refused
             )?;
             Ok(())
         }

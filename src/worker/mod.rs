@@ -40,11 +40,9 @@ use crate::transform::{ActiveKeys, Engine};
 use resolve::SchemaResolver;
 use route::{DeadLetter, Resolution, Router};
 
-/// Field path bound into the envelope of a dead-lettered record's original bytes.
-pub const DLQ_FIELD_PATH: &str = "dlq";
-/// Field path bound into the envelope of a dead-lettered record's original key (header
-/// `dlq.key`), so a replay can restore it without the key ever resting in clear.
-pub const DLQ_KEY_PATH: &str = "dlq.key";
+/// The field paths a dead letter's value and key (header `dlq.key`) are sealed under: they
+/// name the source topic, so a replay opens them only for the topic they came from.
+pub use replay::{dlq_key_path, dlq_value_path};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -422,7 +420,12 @@ impl Publisher {
             .expect("checked at start: an encryption key is active");
         let original = message.payload().unwrap_or_default();
         let mut sealed = Vec::with_capacity(envelope::sealed_len(seal_key, original.len()));
-        envelope::seal_into(seal_key, DLQ_FIELD_PATH, original, &mut sealed);
+        envelope::seal_into(
+            seal_key,
+            &dlq_value_path(message.topic()),
+            original,
+            &mut sealed,
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -431,7 +434,12 @@ impl Publisher {
         let mut headers = OwnedHeaders::new();
         if let Some(key) = message.key() {
             let mut sealed_key = Vec::with_capacity(envelope::sealed_len(seal_key, key.len()));
-            envelope::seal_into(seal_key, DLQ_KEY_PATH, key, &mut sealed_key);
+            envelope::seal_into(
+                seal_key,
+                &dlq_key_path(message.topic()),
+                key,
+                &mut sealed_key,
+            );
             headers = headers.insert(Header {
                 key: "dlq.key",
                 value: Some(&sealed_key),
