@@ -1,9 +1,19 @@
-//! The re-identification audit log: one JSON line per use of `decrypt` or `lookup`.
+//! The re-identification audit log: JSON lines, two per use of a command that opens envelopes
+//! or reverses tokens (`decrypt`, `lookup`, `reseal`, `dlq replay`).
 //!
 //! A line says when, who (the OS user id and name), which command, which key ids were used and
 //! how many values were handled; never a value, a token or a file's content. The log is opened
-//! before the command does anything (no log, no re-identification), created owner-only, and
-//! written with `O_APPEND` in one `write` per line, so concurrent users do not interleave.
+//! before the command does anything (no log, no re-identification), created owner-only.
+//!
+//! - **Write-ahead.** A command appends a `started` record, flushed to disk (`fsync`), before
+//!   the first plaintext or token leaves, and an outcome record (`ok` or `failed`) after. If the
+//!   `started` record cannot be written, nothing is printed and the command fails.
+//! - **Tamper-evident.** Each record carries its sequence number (`seq`, from 1) and the SHA-256
+//!   of the previous line (`prev`, hex; 64 zeros for the first), so an edited, removed or
+//!   reordered record breaks the chain: [`verify`] names the first such record. Appends take an
+//!   exclusive `flock` on the file, so concurrent users neither interleave nor fork the chain.
+//!   The last record is anchored by nothing after it: `audit verify` prints the chain's head
+//!   hash, which an operator (or a log shipper) records elsewhere.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -40,25 +50,32 @@ pub enum AuditError {
 /// One audit line.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous line, without its newline; 64 zeros for the first.
+    pub prev: String,
     /// RFC 3339, UTC.
     pub time: String,
     /// Real user id of the process.
     pub uid: u32,
     /// User name from the password database (falls back to `$USER`).
     pub user: String,
-    /// `decrypt` or `lookup`.
+    /// `decrypt`, `lookup`, `reseal` or `dlq replay`.
     pub command: &'a str,
     /// Key ids used (opened envelopes' keys, or the pseudonym keys tokens were made with).
     pub key_ids: Vec<String>,
-    /// Values handled: envelopes opened (`decrypt`) or values looked up (`lookup`).
+    /// Values handled: envelopes opened (`decrypt`), values looked up (`lookup`), envelopes
+    /// re-sealed (`reseal`) or dead letters replayed (`dlq replay`).
     pub values: u64,
-    /// `decrypt`: envelopes that could not be opened (destroyed or unknown keys).
+    /// `decrypt`: envelopes that could not be opened (destroyed or unknown keys); `dlq replay`:
+    /// dead letters not replayed (not opened, or refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unopened: Option<u64>,
     /// The input file, for `decrypt` (a path, not content).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
-    /// `ok`, or `failed` when the command stopped with an error part way.
+    /// `started` (written before any output), then `ok`, or `failed` when the command stopped
+    /// with an error part way.
     pub outcome: &'a str,
 }
 
@@ -85,6 +102,7 @@ impl AuditLog {
             })?;
         }
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -107,7 +125,16 @@ impl AuditLog {
         outcome: &str,
     ) -> Result<(), AuditError> {
         let (uid, user) = os_user();
+        let write_error = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        // One appender at a time, from reading the chain's head to the fsync of the new line.
+        let _lock = Flock::exclusive(&self.file).map_err(write_error)?;
+        let (seq, prev) = chain_head(&mut self.file).map_err(write_error)?;
         let record = Record {
+            seq,
+            prev,
             time: OffsetDateTime::now_utc()
                 .format(&Rfc3339)
                 .unwrap_or_default(),
@@ -125,11 +152,141 @@ impl AuditLog {
         self.file
             .write_all(&line)
             .and_then(|()| self.file.sync_data())
-            .map_err(|source| AuditError::Write {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(write_error)
     }
+}
+
+/// An exclusive `flock` on a file, released when dropped.
+struct Flock(std::os::fd::RawFd);
+
+impl Flock {
+    fn exclusive(file: &File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a file descriptor the caller's File owns and keeps open while the
+        // lock lives; no memory is passed.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Flock(fd))
+    }
+}
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::flock(self.0, libc::LOCK_UN) };
+    }
+}
+
+/// The hash of a line as the next record's `prev`.
+fn line_hash(line: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(line)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The next record's `seq` and `prev`: from the log's last line (records written before the
+/// chain existed count by position).
+fn chain_head(file: &mut File) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok((1, GENESIS.to_owned()));
+    }
+    // The last line lies in the last 64 KiB (a record is a few hundred bytes).
+    let from = len.saturating_sub(64 << 10);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let last = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None => body,
+    };
+    let seq = serde_json::from_slice::<serde_json::Value>(last)
+        .ok()
+        .and_then(|v| v["seq"].as_u64());
+    let seq = match seq {
+        Some(seq) => seq + 1,
+        None => {
+            // Records before the chain existed: count the lines.
+            file.seek(SeekFrom::Start(0))?;
+            let mut all = Vec::new();
+            file.read_to_end(&mut all)?;
+            all.iter().filter(|&&b| b == b'\n').count() as u64 + 1
+        }
+    };
+    Ok((seq, line_hash(last)))
+}
+
+/// What [`verify`] found in an intact log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Records in the log.
+    pub records: u64,
+    /// Of which written before the chain existed (no `seq`), all at its start.
+    pub unchained: u64,
+    /// SHA-256 of the last line: record it elsewhere to anchor the chain's end.
+    pub head: String,
+}
+
+/// Checks the chain of the log at `path`; the error names the first record that was edited,
+/// removed or moved (by its position, 1-based), never its content.
+pub fn verify(path: &Path) -> Result<Verified, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut previous: Option<&[u8]> = None;
+    let mut records = 0u64;
+    let mut unchained = 0u64;
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    let lines: Vec<&[u8]> = if body.is_empty() {
+        Vec::new()
+    } else {
+        body.split(|&b| b == b'\n').collect()
+    };
+    for (index, line) in lines.into_iter().enumerate() {
+        let n = index as u64 + 1;
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|_| format!("record {n} is not an audit record (edited or truncated)"))?;
+        records = n;
+        let (Some(seq), Some(prev)) = (value["seq"].as_u64(), value["prev"].as_str()) else {
+            if unchained + 1 == n {
+                unchained = n;
+                previous = Some(line);
+                continue;
+            }
+            return Err(format!(
+                "record {n} has no chain fields (edited, or inserted)"
+            ));
+        };
+        if seq != n {
+            return Err(format!(
+                "record {n} says it is record {seq}: a record before it was removed, or records \
+                 were reordered"
+            ));
+        }
+        let expected = previous.map_or_else(|| GENESIS.to_owned(), line_hash);
+        if prev != expected {
+            return Err(if n == 1 {
+                "record 1 does not start the chain (records were removed from the start)".into()
+            } else {
+                format!(
+                    "record {} was edited, removed or moved (record {n} does not chain to it)",
+                    n - 1
+                )
+            });
+        }
+        previous = Some(line);
+    }
+    Ok(Verified {
+        records,
+        unchained,
+        head: previous.map_or_else(|| GENESIS.to_owned(), line_hash),
+    })
 }
 
 /// The real uid and its user name. The uid comes from the kernel; the name from the password

@@ -397,6 +397,7 @@ async fn dlq_replay_runs_over_tls() {
     sigterm(&worker);
     assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
 
+    let audit = dir.path().join("audit.log");
     let (ok, said) = cli(&[
         "dlq",
         "replay",
@@ -404,9 +405,24 @@ async fn dlq_replay_runs_over_tls() {
         config.to_str().unwrap(),
         "--idle-secs",
         "3",
+        "--audit-log",
+        audit.to_str().unwrap(),
     ]);
     assert!(ok, "{said}");
     assert!(said.contains("replayed 2 dead letters"), "{said}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        records.len(),
+        2,
+        "replay is audited: started, then its outcome"
+    );
+    assert_eq!(records[0]["command"], "dlq replay");
+    assert_eq!(records[0]["outcome"], "started");
+    assert_eq!(records[1]["values"].as_u64(), Some(2));
     let raw = kafka::read_from_start(&kafka.brokers, &topics.raw, 2);
     assert_eq!(
         raw.len(),

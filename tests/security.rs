@@ -357,16 +357,24 @@ fn re_identification_is_audited_and_refused_without_a_log() {
         &[("PSEUDONYMIZER_AUDIT_LOG", audit.as_path())],
     );
 
-    let lines = audit_lines(&audit);
-    assert_eq!(lines.len(), 3, "one line per use");
+    let all = audit_lines(&audit);
+    assert_eq!(
+        all.len(),
+        6,
+        "two records per use: started, then the outcome"
+    );
     let uid = std::fs::metadata(&ring).unwrap();
     use std::os::unix::fs::MetadataExt;
-    for line in &lines {
+    for (n, line) in all.iter().enumerate() {
         assert_eq!(line["uid"].as_u64(), Some(u64::from(uid.uid())));
         assert!(!line["user"].as_str().unwrap().is_empty());
         assert!(line["time"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(line["outcome"], "ok");
+        assert_eq!(line["seq"].as_u64(), Some(n as u64 + 1));
+        let want = if n % 2 == 0 { "started" } else { "ok" };
+        assert_eq!(line["outcome"], want, "record {}", n + 1);
+        assert_eq!(line["command"], all[n - n % 2]["command"]);
     }
+    let lines: Vec<Json> = all.into_iter().skip(1).step_by(2).collect();
     assert_eq!(lines[0]["command"], "decrypt");
     assert_eq!(lines[0]["key_ids"], serde_json::json!(["e-test-1"]));
     assert_eq!(
@@ -388,7 +396,8 @@ fn re_identification_is_audited_and_refused_without_a_log() {
             }
         }
     }
-    for line in found.lines() {
+    // (stdout and stderr: the warning about values on the command line is not JSON)
+    for line in found.lines().filter(|l| l.starts_with('{')) {
         let token: Json = serde_json::from_str(line).unwrap();
         assert!(
             !text.contains(token["token"].as_str().unwrap()),
@@ -461,8 +470,20 @@ fn reseal_retires_a_key_and_destroying_it_shreds_what_was_not_resealed() {
             s(&old),
             "--output",
             s(&resealed),
+            "--audit-log",
+            s(&audit),
         ],
         &[],
+    );
+    let records = audit_lines(&audit);
+    assert_eq!(
+        (&records[0]["command"], &records[0]["outcome"]),
+        (&serde_json::json!("reseal"), &serde_json::json!("started"))
+    );
+    assert_eq!(records[1]["outcome"], "ok");
+    assert!(
+        records[1]["values"].as_u64().unwrap() > 0,
+        "envelopes resealed are counted"
     );
     assert!(said.contains("under e-new"), "{said}");
     let ids = body_key_ids(&resealed);
@@ -535,6 +556,8 @@ fn reseal_retires_a_key_and_destroying_it_shreds_what_was_not_resealed() {
             s(&old),
             "--output",
             s(&partial),
+            "--audit-log",
+            s(&dir.path().join("audit.log")),
         ],
         &[],
     );
@@ -671,4 +694,150 @@ fn debug_and_errors_never_show_a_secret() {
             &[short.to_owned(), secret_b64[0].to_owned()],
         );
     }
+}
+
+/// The audit is written ahead: with a log that cannot be written (`/dev/full`), `decrypt`
+/// prints nothing and fails; a `decrypt` killed after its first output line has left its
+/// `started` record on disk.
+#[test]
+fn the_audit_record_is_on_disk_before_any_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = common::write_keyring(dir.path());
+    let (_, sanitized) = sanitized_messages(dir.path(), &ring, "messages", 5);
+    let config = common::repo().join("config/pipeline.toml");
+    let args = |audit: &Path| {
+        [
+            "decrypt".to_owned(),
+            "--config".into(),
+            s(&config).into(),
+            "--keyring".into(),
+            s(&ring).into(),
+            "--input".into(),
+            s(&sanitized).into(),
+            "--audit-log".into(),
+            s(audit).into(),
+        ]
+    };
+    let full = run(
+        &args(Path::new("/dev/full"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(
+        !full.status.success(),
+        "decrypt must fail when the audit cannot be written"
+    );
+    assert!(
+        full.stdout.is_empty(),
+        "decrypt printed before its audit record was written"
+    );
+
+    let audit = dir.path().join("audit.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(args(&audit))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "a decrypted event: {first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let records = audit_lines(&audit);
+    assert_eq!(records[0]["command"], "decrypt");
+    assert_eq!(records[0]["outcome"], "started");
+    assert_eq!(records[0]["key_ids"], serde_json::json!(["e-test-1"]));
+}
+
+/// `lookup` reads values from standard input; every use appends its records; `audit verify`
+/// accepts the intact chain and names the first edited, removed or reordered record.
+#[test]
+fn the_audit_chain_shows_edits_removals_and_reordering() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = common::write_keyring(dir.path());
+    let audit = dir.path().join("audit.log");
+    for number in ["+6281234567890", "+6281234567891", "+6281234567892"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+            .args(["lookup", "--keyring", s(&ring), "--audit-log", s(&audit)])
+            .args(["--class", "phone", "--values-from", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{number}\n").as_bytes(),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", said(&out));
+        assert!(
+            !said(&out).contains("warning"),
+            "no warning for values from stdin"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(number));
+    }
+    // On the command line: works, with a warning.
+    let out = run(
+        &[
+            "lookup",
+            "--keyring",
+            s(&ring),
+            "--audit-log",
+            s(&audit),
+            "--class",
+            "phone",
+            "+6281234567893",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(
+        said(&out).contains("warning: values on the command line"),
+        "{}",
+        said(&out)
+    );
+
+    let verify = |path: &Path| run(&["audit", "verify", "--audit-log", s(path)], &[]);
+    let intact = verify(&audit);
+    assert!(intact.status.success(), "{}", said(&intact));
+    assert!(
+        said(&intact).contains("8 records, chain intact"),
+        "{}",
+        said(&intact)
+    );
+
+    let lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let tampered = dir.path().join("tampered.log");
+    let check = |lines: &[String], want: &str| {
+        std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+        let out = verify(&tampered);
+        assert!(!out.status.success(), "tampering not seen: {want}");
+        assert!(said(&out).contains(want), "want {want:?}: {}", said(&out));
+    };
+    // Record 3 edited (one value count changed).
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace("\"values\":1", "\"values\":2");
+    assert_ne!(edited[2], lines[2]);
+    check(&edited, "record 3 was edited");
+    // Record 4 removed.
+    let mut removed = lines.clone();
+    removed.remove(3);
+    check(&removed, "record 4 says it is record 5");
+    // Records 5 and 6 swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(4, 5);
+    check(&swapped, "record 5 says it is record 6");
 }

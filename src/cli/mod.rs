@@ -111,6 +111,9 @@ pub enum Command {
     /// Dead-letter topic tools.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The re-identification audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check a config (and its keyring) without processing anything.
     Check {
         #[command(flatten)]
@@ -142,8 +145,12 @@ pub enum Command {
         /// Default region for phone numbers without a country code.
         #[arg(long, default_value = "ID")]
         region: String,
-        /// The values, e.g. phone numbers of a data subject.
-        #[arg(required = true)]
+        /// Read the values from this file, one per line (`-`: standard input), so that they
+        /// stay out of the process list and the shell history.
+        #[arg(long)]
+        values_from: Option<PathBuf>,
+        /// The values on the command line (visible in `ps` and kept in shell history: a
+        /// warning is printed; prefer --values-from).
         values: Vec<String>,
     },
     /// Print a sanitized file's events as JSON lines with envelopes opened (audited).
@@ -165,6 +172,9 @@ pub enum Command {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
+        /// Overrides the config's `audit_log` (reseal opens envelopes: audited).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
     },
     /// Print the first events of an Avro container file as JSON lines (bytes as base64).
     Show {
@@ -197,6 +207,16 @@ pub struct ConfigArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the log's hash chain; names the first edited, removed or reordered record and
+    /// exits non-zero, or prints the record count and the chain's head hash.
+    Verify {
+        #[arg(long)]
+        audit_log: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Open every dead letter and produce its original bytes to its source topic again.
     Replay {
@@ -205,6 +225,9 @@ pub enum DlqCommand {
         /// Stop after this many seconds without a new dead letter.
         #[arg(long, default_value_t = 5)]
         idle_secs: u64,
+        /// Overrides the config's `audit_log` (replay opens envelopes: audited).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
     },
 }
 
@@ -282,6 +305,42 @@ fn check_connection(
         );
     }
     Ok(())
+}
+
+/// `lookup`'s values: from a file or standard input, one per line; or from the command line,
+/// with a warning (they stay in `ps` and the shell's history).
+fn lookup_values(from: Option<&std::path::Path>, args: Vec<String>) -> Result<Vec<String>> {
+    let values = match from {
+        Some(path) => {
+            if !args.is_empty() {
+                bail!("give the values with --values-from or on the command line, not both");
+            }
+            let text = if path == std::path::Path::new("-") {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+            };
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+        None => {
+            if !args.is_empty() {
+                eprintln!(
+                    "warning: values on the command line stay in the process list and the \
+                     shell's history; use --values-from FILE (or - for standard input)"
+                );
+            }
+            args
+        }
+    };
+    if values.is_empty() {
+        bail!("no values to look up");
+    }
+    Ok(values)
 }
 
 /// Runs one command.
@@ -378,8 +437,29 @@ pub fn run(cli: Cli) -> Result<()> {
             writeln!(out, "{}", serde_json::to_string(&measurement)?)?;
             Ok(())
         }
-        Command::Dlq(DlqCommand::Replay { config, idle_secs }) => {
+        Command::Audit(AuditCommand::Verify { audit_log }) => {
+            match crate::audit::verify(&audit_log) {
+                Ok(v) => {
+                    writeln!(
+                        out,
+                        "{}: {} records, chain intact ({} from before the chain); head sha256 {}",
+                        audit_log.display(),
+                        v.records,
+                        v.unchained,
+                        v.head
+                    )?;
+                    Ok(())
+                }
+                Err(problem) => bail!("{}: {problem}", audit_log.display()),
+            }
+        }
+        Command::Dlq(DlqCommand::Replay {
+            config,
+            idle_secs,
+            audit_log,
+        }) => {
             let (config, _, keys) = load(&config)?;
+            let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
             let kafka = config
                 .kafka
                 .as_ref()
@@ -391,13 +471,21 @@ pub fn run(cli: Cli) -> Result<()> {
                     inputs.push(topic);
                 }
             }
+            let key_ids = keys.encryption_key_ids();
+            audit.append("dlq replay", key_ids.clone(), 0, None, None, "started")?;
             let runtime = tokio::runtime::Runtime::new()?;
-            let done = runtime.block_on(crate::worker::replay::replay(
+            let result = runtime.block_on(crate::worker::replay::replay(
                 kafka,
                 &inputs,
                 &keys,
                 std::time::Duration::from_secs(idle_secs),
-            ))?;
+            ));
+            let (opened, unopened, outcome) = match &result {
+                Ok(done) => (done.replayed, done.unopened + done.refused, "ok"),
+                Err(_) => (0, 0, "failed"),
+            };
+            audit.append("dlq replay", key_ids, opened, Some(unopened), None, outcome)?;
+            let done = result?;
             writeln!(
                 out,
                 "replayed {} dead letters to their source topics; {} could not be opened; {} refused (source not an input topic, or not the topic the dead letter was sealed for)",
@@ -462,9 +550,11 @@ pub fn run(cli: Cli) -> Result<()> {
             audit_log,
             class,
             region,
+            values_from,
             values,
         } => {
             let mut audit = AuditLog::open(audit_log.as_deref(), None)?;
+            let values = lookup_values(values_from.as_deref(), values)?;
             let class = match TokenClass::parse(&class) {
                 Some(
                     c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id),
@@ -477,12 +567,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("no pseudonym key with a secret in {}", keyring.display());
             }
             // Audited before anything is printed: no log line, no tokens.
-            let key_ids = keys
+            let key_ids: Vec<String> = keys
                 .pseudonym_keys()
                 .iter()
                 .map(|k| k.id().to_owned())
                 .collect();
-            audit.append("lookup", key_ids, values.len() as u64, None, None, "ok")?;
+            let count = values.len() as u64;
+            audit.append("lookup", key_ids.clone(), count, None, None, "started")?;
             // One JSON line per (value, key). The value is named by its position on the
             // command line, not repeated, so captured output never pairs a value with its token.
             for (n, value) in values.iter().enumerate() {
@@ -493,6 +584,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     writeln!(out, "{line}")?;
                 }
             }
+            audit.append("lookup", key_ids, count, None, None, "ok")?;
             Ok(())
         }
         Command::Decrypt {
@@ -502,6 +594,9 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let (config, engine, keys) = load(&config)?;
             let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
+            // Write-ahead: on disk before the first plaintext leaves, or nothing is printed.
+            let key_ids: Vec<String> = keys.encryption_key_ids();
+            audit.append("decrypt", key_ids, 0, None, Some(&input), "started")?;
             let mut report = file::DecryptReport::default();
             let result = file::decrypt_file(&engine, &keys, &input, &mut out, &mut report);
             let outcome = if result.is_ok() { "ok" } else { "failed" };
@@ -524,12 +619,20 @@ pub fn run(cli: Cli) -> Result<()> {
             config,
             input,
             output,
+            audit_log,
         } => {
-            let (_, _, keys) = load(&config)?;
-            let (_, engine, _) = load_config(&config)?;
+            let (loaded, engine, keys) = load(&config)?;
+            let mut audit = AuditLog::open(audit_log.as_deref(), loaded.audit_log.as_deref())?;
             let active = keys.encryption()?.clone();
-            let report = file::reseal_file(&engine, &keys, &active, &input, &output)
-                .with_context(|| format!("resealing {}", input.display()))?;
+            let key_ids = keys.encryption_key_ids();
+            audit.append("reseal", key_ids.clone(), 0, None, Some(&input), "started")?;
+            let result = file::reseal_file(&engine, &keys, &active, &input, &output);
+            let (resealed, outcome) = match &result {
+                Ok(report) => (report.resealed, "ok"),
+                Err(_) => (0, "failed"),
+            };
+            audit.append("reseal", key_ids, resealed, None, Some(&input), outcome)?;
+            let report = result.with_context(|| format!("resealing {}", input.display()))?;
             writeln!(
                 out,
                 "resealed {} envelopes under {} ({} were already under it) in {} events; wrote {}",

@@ -165,6 +165,14 @@ impl KeySet {
         &self.all_pseudonym
     }
 
+    /// The ids of every encryption key that still has a secret (what a `decrypt` may open
+    /// with), sorted.
+    pub fn encryption_key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.all_seal.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// The encryption key with this id, if it still has a secret.
     pub fn seal_key(&self, id: &str) -> Option<&Arc<SealKey>> {
         self.all_seal.get(id)
