@@ -26,5 +26,7 @@ $bin show --input out/message.sanitized.avro --count 1
 echo "--- decrypted (authorized re-identification only) ---"
 $bin decrypt --config config/pipeline.toml --input out/message.sanitized.avro > out/message.decrypted.jsonl
 head -n 1 out/message.decrypted.jsonl
-echo "--- the audit log line that decrypt appended (var/audit.log) ---"
-tail -n 1 var/audit.log
+echo "--- the audit records decrypt appended (var/audit.log): started before any output, then the outcome ---"
+tail -n 2 var/audit.log
+echo "--- the audit log's hash chain ---"
+$bin audit verify --audit-log var/audit.log
