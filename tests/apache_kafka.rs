@@ -378,3 +378,78 @@ async fn crash_hand_over_within_the_session_timeout() {
     );
     kafka::verify_outputs(&got, &topics, &inputs);
 }
+
+/// The worker partitions its output as the Java clients do (murmur2 of the key): every
+/// sanitized record lands in the partition Kafka's own Java producer picks for the same key on
+/// a topic of the same size, so analytics can join co-partitioned topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_partitions_match_the_java_clients() {
+    let _serial = serial().await;
+    let s = setup("partitioner", 3, 400, 34).await;
+    let config = s.topics.config(&s.kafka.brokers);
+    let (stop, worker) = kafka::spawn_worker(&config, pseudonymizer::metrics::Metrics::new());
+    let reader = kafka::reader(&s.kafka.brokers, &s.topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &s.topics, Duration::from_secs(120), |c| {
+        c.ids.len() >= 400
+    });
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    use rdkafka::Message;
+    let ours: Vec<(i32, String)> = got
+        .outputs
+        .iter()
+        .filter(|m| m.topic() == s.topics.calls)
+        .map(|m| {
+            (
+                m.partition(),
+                String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ours.len(), 200);
+    assert!(
+        ours.iter().any(|(p, _)| *p == 0) && ours.iter().any(|(p, _)| *p == 1),
+        "both partitions used"
+    );
+    // The same keys through the Java producer, into a topic of the same size (2 partitions).
+    let java_topic = format!("java-{}", s.topics.calls);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &s.kafka.brokers)
+            .create()
+            .unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                &java_topic,
+                2,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let keys: Vec<String> = ours.iter().map(|(_, k)| k.clone()).collect();
+    s.kafka.java_produce_keys(&java_topic, &keys);
+    let java: std::collections::HashMap<String, i32> = s
+        .kafka
+        .java_partitions(&java_topic)
+        .into_iter()
+        .map(|(p, k)| (k, p))
+        .collect();
+    assert_eq!(
+        java.len(),
+        keys.iter().collect::<std::collections::HashSet<_>>().len()
+    );
+    for (partition, key) in &ours {
+        assert_eq!(
+            java.get(key),
+            Some(partition),
+            "a key in a different partition than the Java producer puts it"
+        );
+    }
+}

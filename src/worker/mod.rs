@@ -233,6 +233,10 @@ fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     let mut producer: Vec<(&str, &str)> = vec![
         ("enable.idempotence", "true"),
         ("acks", "all"),
+        // The Java clients' partitioner (murmur2 of the key), not librdkafka's CRC32: a key
+        // lands where a Kafka Streams, ksqlDB or Connect producer would put it, so analytics can
+        // join a sanitized topic co-partitioned with their own.
+        ("partitioner", "murmur2_random"),
         ("message.timeout.ms", "300000"),
     ];
     match kafka.mode {

@@ -77,6 +77,73 @@ pub fn apache_kafka() -> ApacheKafka {
 }
 
 impl ApacheKafka {
+    fn java(&self, main: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("java");
+        command
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(self.libs.join("*"))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.log
+                    .with_file_name("log4j2-client.properties")
+                    .display()
+            ))
+            .arg(main);
+        command
+    }
+
+    /// Produces one record per key to `topic` with Kafka's own Java producer
+    /// (`kafka-console-producer`, the Java clients' default partitioner).
+    pub fn java_produce_keys(&self, topic: &str, keys: &[String]) {
+        use std::io::Write;
+        let mut child = self
+            .java("org.apache.kafka.tools.ConsoleProducer")
+            .args(["--bootstrap-server", &self.brokers, "--topic", topic])
+            .args([
+                "--property",
+                "parse.key=true",
+                "--property",
+                "key.separator=|",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("java runs");
+        let mut stdin = child.stdin.take().unwrap();
+        for key in keys {
+            writeln!(stdin, "{key}|v").unwrap();
+        }
+        drop(stdin);
+        assert!(
+            child.wait().unwrap().success(),
+            "the Java console producer failed"
+        );
+    }
+
+    /// (partition, key) of every record of `topic`, as Kafka's own Java consumer reads them.
+    pub fn java_partitions(&self, topic: &str) -> Vec<(i32, String)> {
+        let output = self
+            .java("org.apache.kafka.tools.consumer.ConsoleConsumer")
+            .args(["--bootstrap-server", &self.brokers, "--topic", topic])
+            .args(["--from-beginning", "--timeout-ms", "8000"])
+            .args(["--formatter-property", "print.partition=true"])
+            .args(["--formatter-property", "print.key=true"])
+            .args(["--formatter-property", "print.value=false"])
+            .output()
+            .expect("java runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (partition, key) = line.split_once('\t')?;
+                Some((
+                    partition.strip_prefix("Partition:")?.parse().ok()?,
+                    key.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
     /// Records of the topics matching `include` (a regex) that Kafka's own Java consumer
     /// (`kafka-console-consumer`) reads from the start with `isolation` (`read_committed` or
     /// `read_uncommitted`), until nothing arrives for 8 s: Java-client interop.
