@@ -3,7 +3,10 @@
 //! - `reference`: decode to apache-avro `Value`, rewrite, encode;
 //! - `crypto_floor`: only the HMACs and AES-GCM seals the same event needs;
 //! - `call_wire_numbers`: calls whose numbers come in the shapes seen on the wire, each taking
-//!   libphonenumber's full parse, against their crypto floor; and one full parse alone.
+//!   libphonenumber's full parse, against their crypto floor; and one full parse alone;
+//! - `envelope`: one 160-byte body sealed and opened as version 2 (XAES-256-GCM; sealed under
+//!   the process's current data key, and with the data key derived per envelope) against spec
+//!   v1's AES-256-GCM.
 //!
 //! Run: `cargo bench --bench transform`. Compare ratios within one run.
 
@@ -208,9 +211,55 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The envelope versions side by side on the typical message body.
+fn envelopes(c: &mut Criterion) {
+    let keyset = keys();
+    let key = keyset.encryption().unwrap().clone();
+    let body = [b'x'; 160];
+    let mut group = c.benchmark_group("envelope");
+    group.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(512);
+    let mut counter = 0u64;
+    group.bench_function("v1_aes_256_gcm_seal", |b| {
+        b.iter(|| {
+            counter += 1;
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&counter.to_le_bytes());
+            out.clear();
+            envelope::seal_v1_with_nonce(&key, "body", &nonce, black_box(&body), &mut out);
+        })
+    });
+    group.bench_function("v2_xaes_256_gcm_seal", |b| {
+        b.iter(|| {
+            out.clear();
+            envelope::seal_into(&key, "body", black_box(&body), &mut out);
+        })
+    });
+    group.bench_function("v2_seal_deriving_per_envelope", |b| {
+        b.iter(|| {
+            counter += 1;
+            let mut nonce = [0u8; 24];
+            nonce[..8].copy_from_slice(&counter.to_le_bytes());
+            out.clear();
+            envelope::seal_with_nonce(&key, "body", &nonce, black_box(&body), &mut out);
+        })
+    });
+    let mut v1 = Vec::new();
+    envelope::seal_v1_with_nonce(&key, "body", &[1; 12], &body, &mut v1);
+    let mut v2 = Vec::new();
+    envelope::seal_into(&key, "body", &body, &mut v2);
+    group.bench_function("v1_open", |b| {
+        b.iter(|| envelope::open_with(&key, "body", black_box(&v1)).unwrap())
+    });
+    group.bench_function("v2_open", |b| {
+        b.iter(|| envelope::open_with(&key, "body", black_box(&v2)).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench
+    targets = bench, envelopes
 }
 criterion_main!(benches);

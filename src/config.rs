@@ -84,6 +84,11 @@ pub struct PipelineConfig {
     /// carries a subscriber number gets the same token as its field; absent: no key.
     #[serde(default)]
     pub key_class: Option<String>,
+    /// The pseudonymisation domain of this pipeline's tokens and Crypto-PAn images
+    /// (docs/formats.md §3): pipelines in different domains give unlinkable pseudonyms of the
+    /// same value. Absent: the default domain, spec v1's tokens.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// The schema registry client's settings. Credentials are never in the config text: they are
@@ -268,8 +273,9 @@ pub struct RotationConfig {
     /// Maximum age of a pseudonym key, in days. Off by default: a new pseudonym key starts a new
     /// token epoch, and tokens of different epochs do not join.
     pub pseudonym_max_age_days: Option<u32>,
-    /// Maximum envelopes per encryption key, as counted by this process. At most 2^32 (spec §4).
-    pub max_envelopes_per_key: u64,
+    /// Retired: version-2 envelopes (XAES-256-GCM, docs/formats.md §4) have no per-key seal
+    /// bound to count towards. Still accepted, so older configs load; ignored with a warning.
+    pub max_envelopes_per_key: Option<u64>,
     /// The fraction of a limit at which the warning starts.
     pub warn_fraction: f64,
     /// Seconds between policy checks.
@@ -281,7 +287,7 @@ impl Default for RotationConfig {
         RotationConfig {
             encryption_max_age_days: Some(90),
             pseudonym_max_age_days: None,
-            max_envelopes_per_key: 1 << 30,
+            max_envelopes_per_key: None,
             warn_fraction: 0.8,
             check_interval_secs: 60,
         }
@@ -391,10 +397,11 @@ impl Config {
             *audit = base.join(&*audit);
         }
         let rotation = &config.rotation;
-        if rotation.max_envelopes_per_key == 0 || rotation.max_envelopes_per_key > 1 << 32 {
-            return Err(ConfigError::Rotation(
-                "max_envelopes_per_key must be between 1 and 2^32 (spec §4's random-nonce limit)",
-            ));
+        if rotation.max_envelopes_per_key.is_some() {
+            tracing::warn!(
+                config = %path.display(),
+                "[rotation] max_envelopes_per_key is retired and ignored: envelopes are XAES-256-GCM (docs/formats.md §4), with no per-key bound to count towards"
+            );
         }
         if !(rotation.warn_fraction > 0.0 && rotation.warn_fraction <= 1.0) {
             return Err(ConfigError::Rotation("warn_fraction must be in (0, 1]"));

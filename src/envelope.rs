@@ -1,29 +1,52 @@
-//! The AES-256-GCM envelope of spec §4.
+//! The envelope of `encrypt` (spec §4 and docs/formats.md §4): sealed with XAES-256-GCM
+//! (version 2), and still opened in spec v1's AES-256-GCM form (version 1).
 //!
 //! ```text
-//! header   = 0x01 || u8(len(key_id)) || key_id
-//! envelope = header || nonce(12) || ciphertext || tag(16)
+//! header   = version || u8(len(key_id)) || key_id
+//! v2:  envelope = header || nonce(24) || ciphertext || tag(16)     XAES-256-GCM
+//! v1:  envelope = header || nonce(12) || ciphertext || tag(16)     AES-256-GCM (opened only)
 //! aad      = header || field_path
 //! ```
 //!
 //! Binding the field path into the AAD means an envelope moved to another field fails to open;
 //! binding the header means the key id cannot be swapped. The event itself is not bound.
-
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Nonce, Tag};
-#[cfg(not(fuzzing))]
-use rand::RngCore;
+//!
+//! Why version 2: AES-256-GCM with random 96-bit nonces allows only 2^32 seals per key (NIST SP
+//! 800-38D), a bound no process can keep fleet-wide without coordination. XAES-256-GCM (C2SP)
+//! takes 192-bit nonces: the first 12 bytes (the *salt*) derive a fresh AES-256-GCM data key
+//! from the working key, the last 12 are that data key's GCM nonce. A sealing process draws a
+//! random salt, seals at most [`DATA_KEY_SEALS`] envelopes under its data key with random
+//! inner nonces, then draws another salt: the derivation is paid once per data key, not per
+//! envelope, and a reader needs nothing but standard XAES-256-GCM. docs/security.md gives the
+//! bound this keeps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use aes_gcm::{Aes256Gcm, KeyInit};
+use aes::cipher::BlockEncrypt;
+use aes::Aes256;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+#[cfg(not(fuzzing))]
+use rand::RngCore;
+use zeroize::{Zeroize, Zeroizing};
 
-/// The envelope's version byte.
-pub const VERSION: u8 = 0x01;
-/// Nonce length in bytes.
-pub const NONCE_LEN: usize = 12;
+/// The version byte of the envelopes this program seals: XAES-256-GCM.
+pub const VERSION: u8 = 0x02;
+/// The version byte of spec v1's AES-256-GCM envelopes (opened, no longer sealed).
+pub const VERSION_V1: u8 = 0x01;
+/// Nonce length of a version-2 envelope: salt (12) then GCM nonce (12).
+pub const NONCE_LEN: usize = 24;
+/// Salt length: the first half of an XAES-256-GCM nonce, which picks the data key.
+pub const SALT_LEN: usize = 12;
+/// Nonce length of a version-1 envelope.
+pub const NONCE_LEN_V1: usize = 12;
+/// GCM nonce length (the second half of a version-2 nonce).
+const GCM_NONCE_LEN: usize = 12;
 /// Tag length in bytes.
 pub const TAG_LEN: usize = 16;
+/// Envelopes a process seals under one data key (one salt) before it draws another.
+pub const DATA_KEY_SEALS: u64 = 1 << 16;
 
 /// Why an envelope did not open. Never carries plaintext or key bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,47 +63,86 @@ pub enum OpenError {
     Authentication,
 }
 
-/// The AES-256-GCM key of envelopes, with the header it writes and a count of what it sealed.
+/// The 32-byte working keys of one envelope key: spec v1's AES-256-GCM key and the
+/// XAES-256-GCM key of version 2 (derived with their own HKDF `info`s by `keys`).
+pub struct WorkingKeys<'a> {
+    pub aes_256_gcm: &'a [u8; 32],
+    pub xaes_256_gcm: &'a [u8; 32],
+}
+
+/// The key of envelopes: seals version 2, opens versions 1 and 2, counts what it sealed.
 /// Made from already-derived key bytes; `keys` derives them from keyring secrets
 /// (`SealKey::new`), so this module depends on nothing of `keys`.
 pub struct SealKey {
     id: String,
     header: Vec<u8>,
-    cipher: Aes256Gcm,
+    header_v1: Vec<u8>,
+    v1: Aes256Gcm,
+    xaes: Xaes,
+    /// The data key new envelopes are sealed under, made on the first seal.
+    data_key: Mutex<Option<DataKeySlot>>,
+    data_key_seals: u64,
+    data_keys_made: AtomicU64,
     sealed: AtomicU64,
 }
 
+/// One data key and how many more envelopes it may seal.
+struct DataKeySlot {
+    key: Arc<DataKey>,
+    remaining: u64,
+}
+
+/// An AES-256-GCM data key and the salt that derived it.
+struct DataKey {
+    salt: [u8; SALT_LEN],
+    cipher: Aes256Gcm,
+}
+
 impl SealKey {
-    /// A key from 32 derived bytes.
-    pub(crate) fn from_key(id: &str, key: &[u8; 32]) -> Self {
+    /// A key from its derived working keys.
+    pub(crate) fn from_keys(id: &str, keys: WorkingKeys<'_>) -> Self {
         SealKey {
             id: id.to_owned(),
-            header: header(id),
-            cipher: Aes256Gcm::new_from_slice(key).expect("32-byte AES-256 key"),
+            header: header_of(VERSION, id),
+            header_v1: header_of(VERSION_V1, id),
+            v1: Aes256Gcm::new_from_slice(keys.aes_256_gcm).expect("32-byte AES-256 key"),
+            xaes: Xaes::new(keys.xaes_256_gcm),
+            data_key: Mutex::new(None),
+            data_key_seals: DATA_KEY_SEALS,
+            data_keys_made: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
         }
     }
+
+    /// The same key, renewing its data key every `seals` envelopes instead of
+    /// [`DATA_KEY_SEALS`] (tests show renewal with small counts).
+    pub fn with_data_key_seals(mut self, seals: u64) -> Self {
+        self.data_key_seals = seals.max(1);
+        self
+    }
+
     /// The key id written in every envelope header.
     pub fn id(&self) -> &str {
         &self.id
     }
 
-    /// `0x01 || u8(len(id)) || id`.
+    /// The header new envelopes carry: `0x02 || u8(len(id)) || id`.
     pub fn header(&self) -> &[u8] {
         &self.header
     }
 
-    pub(crate) fn cipher(&self) -> &Aes256Gcm {
-        &self.cipher
-    }
-
-    /// How many envelopes this process has sealed under this key (spec §4's 2^32 budget).
+    /// How many envelopes this process has sealed under this key.
     pub fn sealed_count(&self) -> u64 {
         self.sealed.load(Ordering::Relaxed)
     }
 
+    /// How many data keys (salts) this process has drawn under this key.
+    pub fn data_keys_made(&self) -> u64 {
+        self.data_keys_made.load(Ordering::Relaxed)
+    }
+
     /// Continues the envelope count of `previous`, the same key as loaded before a keyring
-    /// reload, so the count (and the rotation policy on it) does not restart at zero.
+    /// reload, so the count does not restart at zero.
     pub fn continue_count(&self, previous: &SealKey) {
         if previous.id == self.id {
             self.sealed
@@ -88,8 +150,29 @@ impl SealKey {
         }
     }
 
-    pub(crate) fn count_seal(&self) {
-        self.sealed.fetch_add(1, Ordering::Relaxed);
+    /// The data key for the next envelope: the current one, or a fresh one from a new salt
+    /// once the current one has sealed its share.
+    fn next_data_key(&self) -> Arc<DataKey> {
+        let mut slot = self.data_key.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(current) if current.remaining > 0 => {
+                current.remaining -= 1;
+                current.key.clone()
+            }
+            _ => {
+                let salt = fresh_salt();
+                let key = Arc::new(DataKey {
+                    salt,
+                    cipher: self.xaes.data_key(&salt),
+                });
+                self.data_keys_made.fetch_add(1, Ordering::Relaxed);
+                *slot = Some(DataKeySlot {
+                    key: key.clone(),
+                    remaining: self.data_key_seals - 1,
+                });
+                key
+            }
+        }
     }
 }
 
@@ -99,13 +182,62 @@ impl std::fmt::Debug for SealKey {
     }
 }
 
-/// The header for key `id`. Ids are at most 32 bytes (spec §1), so the length fits a byte.
-pub fn header(id: &str) -> Vec<u8> {
+/// The XAES-256-GCM key (C2SP XAES-256-GCM): AES-256 under the working key, and the CMAC
+/// subkey K1 that masks the derivation's inputs.
+struct Xaes {
+    aes: Aes256,
+    k1: Zeroizing<[u8; 16]>,
+}
+
+impl Xaes {
+    fn new(key: &[u8; 32]) -> Self {
+        let aes = Aes256::new(key.into());
+        // L = AES-256_K(0^128); K1 = L doubled in GF(2^128), as CMAC (NIST SP 800-38B) does.
+        let mut l = [0u8; 16].into();
+        aes.encrypt_block(&mut l);
+        let mut value = u128::from_be_bytes(l.into());
+        l.zeroize();
+        let doubled = (value << 1) ^ ((value >> 127) * 0x87);
+        value.zeroize();
+        Xaes {
+            aes,
+            k1: Zeroizing::new(doubled.to_be_bytes()),
+        }
+    }
+
+    /// The AES-256-GCM data key of a salt:
+    /// `AES-256_K(0x00 01 'X' 00 || salt ^ K1) || AES-256_K(0x00 02 'X' 00 || salt ^ K1)`.
+    fn data_key(&self, salt: &[u8; SALT_LEN]) -> Aes256Gcm {
+        let mut key = Zeroizing::new([0u8; 32]);
+        for (half, counter) in key.chunks_exact_mut(16).zip([1u8, 2]) {
+            let mut block = [0u8; 16];
+            block[..4].copy_from_slice(&[0, counter, b'X', 0]);
+            block[4..].copy_from_slice(salt);
+            for (b, k) in block.iter_mut().zip(self.k1.iter()) {
+                *b ^= k;
+            }
+            let mut block = block.into();
+            self.aes.encrypt_block(&mut block);
+            half.copy_from_slice(&block);
+            block.zeroize();
+        }
+        Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte AES-256 key")
+    }
+}
+
+/// The header of `version` for key `id`. Ids are at most 32 bytes (spec §1), so the length
+/// fits a byte.
+fn header_of(version: u8, id: &str) -> Vec<u8> {
     let mut header = Vec::with_capacity(2 + id.len());
-    header.push(VERSION);
+    header.push(version);
     header.push(id.len() as u8);
     header.extend_from_slice(id.as_bytes());
     header
+}
+
+/// The header new envelopes of key `id` carry.
+pub fn header(id: &str) -> Vec<u8> {
+    header_of(VERSION, id)
 }
 
 /// Length of the envelope of a plaintext of `len` bytes under `key`.
@@ -113,10 +245,105 @@ pub fn sealed_len(key: &SealKey, len: usize) -> usize {
     key.header().len() + NONCE_LEN + len + TAG_LEN
 }
 
-/// Appends the envelope of `plaintext` to `out`, with a fresh nonce from the OS CSPRNG.
+/// Appends the version-2 envelope of `plaintext` to `out`: the key's current data key, and a
+/// fresh GCM nonce from the OS CSPRNG.
 pub fn seal_into(key: &SealKey, field_path: &str, plaintext: &[u8], out: &mut Vec<u8>) {
+    let data_key = key.next_data_key();
     let nonce = next_nonce();
-    seal_with_nonce(key, field_path, &nonce, plaintext, out);
+    seal_under(key, &data_key, &nonce, field_path, plaintext, out);
+}
+
+/// [`seal_into`] with a given 24-byte nonce: for test vectors only, never for output.
+pub fn seal_with_nonce(
+    key: &SealKey,
+    field_path: &str,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let (salt, gcm_nonce) = nonce.split_at(SALT_LEN);
+    let salt: [u8; SALT_LEN] = salt.try_into().expect("12-byte salt");
+    let data_key = DataKey {
+        salt,
+        cipher: key.xaes.data_key(&salt),
+    };
+    let gcm_nonce: [u8; GCM_NONCE_LEN] = gcm_nonce.try_into().expect("12-byte nonce");
+    seal_under(key, &data_key, &gcm_nonce, field_path, plaintext, out);
+}
+
+/// A version-1 (spec v1, AES-256-GCM) envelope with a given nonce. Nothing seals version 1 any
+/// more: this makes old-format envelopes for tests and for the benchmark's baseline.
+pub fn seal_v1_with_nonce(
+    key: &SealKey,
+    field_path: &str,
+    nonce: &[u8; NONCE_LEN_V1],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&key.header_v1);
+    out.extend_from_slice(nonce);
+    encrypt_tail(&key.v1, &key.header_v1, nonce, field_path, plaintext, out);
+}
+
+fn seal_under(
+    key: &SealKey,
+    data_key: &DataKey,
+    gcm_nonce: &[u8; GCM_NONCE_LEN],
+    field_path: &str,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(key.header());
+    out.extend_from_slice(&data_key.salt);
+    out.extend_from_slice(gcm_nonce);
+    encrypt_tail(
+        &data_key.cipher,
+        key.header(),
+        gcm_nonce,
+        field_path,
+        plaintext,
+        out,
+    );
+    key.sealed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Appends `ciphertext || tag` of `plaintext` to `out` (which already holds header and nonce).
+fn encrypt_tail(
+    cipher: &Aes256Gcm,
+    header: &[u8],
+    nonce: &[u8; GCM_NONCE_LEN],
+    field_path: &str,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let aad = Aad::new(header, field_path);
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad.as_slice(), &mut out[start..])
+        .expect("plaintext within AES-GCM's length limit");
+    out.extend_from_slice(&tag);
+}
+
+/// Under the fuzzer only: fixed salts and nonces, so the fast and reference paths give
+/// comparable bytes. (`cfg(fuzzing)` is set by `cargo fuzz` alone; no build of the product
+/// has it.)
+#[cfg(fuzzing)]
+fn fresh_salt() -> [u8; SALT_LEN] {
+    [0; SALT_LEN]
+}
+
+#[cfg(fuzzing)]
+fn next_nonce() -> [u8; GCM_NONCE_LEN] {
+    [0; GCM_NONCE_LEN]
+}
+
+/// A salt from the OS CSPRNG (once per data key: no pool).
+#[cfg(not(fuzzing))]
+fn fresh_salt() -> [u8; SALT_LEN] {
+    let mut salt = [0u8; SALT_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    salt
 }
 
 /// Nonces handed out per refill of a thread's pool.
@@ -129,86 +356,83 @@ thread_local! {
     // per envelope. Every nonce is still fresh OS randomness, used once and never reused: a
     // byte range is consumed as it is handed out. (The process never forks, which is the one
     // way a user-space pool could hand the same bytes out twice.)
-    static NONCE_POOL: std::cell::RefCell<([u8; NONCE_LEN * NONCES_PER_REFILL], usize)> =
-        const { std::cell::RefCell::new(([0; NONCE_LEN * NONCES_PER_REFILL], NONCES_PER_REFILL)) };
-}
-
-/// Under the fuzzer only: a fixed nonce, so the fast and reference paths give comparable bytes.
-/// (`cfg(fuzzing)` is set by `cargo fuzz` alone; no build of the product has it.)
-#[cfg(fuzzing)]
-fn next_nonce() -> [u8; NONCE_LEN] {
-    [0; NONCE_LEN]
+    static NONCE_POOL: std::cell::RefCell<([u8; GCM_NONCE_LEN * NONCES_PER_REFILL], usize)> =
+        const { std::cell::RefCell::new(([0; GCM_NONCE_LEN * NONCES_PER_REFILL], NONCES_PER_REFILL)) };
 }
 
 /// The next 12 bytes of OS CSPRNG output for this thread.
 #[cfg(not(fuzzing))]
-fn next_nonce() -> [u8; NONCE_LEN] {
+fn next_nonce() -> [u8; GCM_NONCE_LEN] {
     NONCE_POOL.with(|pool| {
         let (bytes, used) = &mut *pool.borrow_mut();
         if *used == NONCES_PER_REFILL {
             rand::rngs::OsRng.fill_bytes(bytes);
             *used = 0;
         }
-        let start = *used * NONCE_LEN;
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&bytes[start..start + NONCE_LEN]);
+        let start = *used * GCM_NONCE_LEN;
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        nonce.copy_from_slice(&bytes[start..start + GCM_NONCE_LEN]);
         // Wipe what was handed out so the pool never holds a used nonce.
-        bytes[start..start + NONCE_LEN].fill(0);
+        bytes[start..start + GCM_NONCE_LEN].fill(0);
         *used += 1;
         nonce
     })
 }
 
-/// [`seal_into`] with a given nonce: for test vectors only, never for output.
-pub fn seal_with_nonce(
-    key: &SealKey,
-    field_path: &str,
-    nonce: &[u8; NONCE_LEN],
-    plaintext: &[u8],
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(key.header());
-    out.extend_from_slice(nonce);
-    let start = out.len();
-    out.extend_from_slice(plaintext);
-    let aad = Aad::new(key.header(), field_path);
-    let tag = key
-        .cipher()
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad.as_slice(), &mut out[start..])
-        .expect("plaintext within AES-GCM's length limit");
-    out.extend_from_slice(&tag);
-    key.count_seal();
-}
-
-/// The key id an envelope names, without opening it.
-pub fn key_id(envelope: &[u8]) -> Result<&str, OpenError> {
+/// The version and key id an envelope names, without opening it.
+fn parse_header(envelope: &[u8]) -> Result<(u8, &str), OpenError> {
     let (&version, rest) = envelope.split_first().ok_or(OpenError::Malformed)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_V1 {
         return Err(OpenError::Version(version));
     }
     let (&len, rest) = rest.split_first().ok_or(OpenError::Malformed)?;
     let id = rest.get(..len as usize).ok_or(OpenError::Malformed)?;
-    std::str::from_utf8(id).map_err(|_| OpenError::Malformed)
+    let id = std::str::from_utf8(id).map_err(|_| OpenError::Malformed)?;
+    Ok((version, id))
 }
 
-/// Opens an envelope with one given key (which must be the key its header names).
+/// The key id an envelope names, without opening it.
+pub fn key_id(envelope: &[u8]) -> Result<&str, OpenError> {
+    parse_header(envelope).map(|(_, id)| id)
+}
+
+/// The version byte of an envelope (1 or 2), without opening it.
+pub fn version(envelope: &[u8]) -> Result<u8, OpenError> {
+    parse_header(envelope).map(|(version, _)| version)
+}
+
+/// Opens an envelope of either version with one given key (which must be the key its header
+/// names).
 pub fn open_with(key: &SealKey, field_path: &str, envelope: &[u8]) -> Result<Vec<u8>, OpenError> {
-    let id = key_id(envelope)?;
+    let (version, id) = parse_header(envelope)?;
     if id != key.id() {
         return Err(OpenError::UnknownKey(id.to_owned()));
     }
     let header_len = 2 + id.len();
-    if envelope.len() < header_len + NONCE_LEN + TAG_LEN {
+    let nonce_len = if version == VERSION {
+        NONCE_LEN
+    } else {
+        NONCE_LEN_V1
+    };
+    if envelope.len() < header_len + nonce_len + TAG_LEN {
         return Err(OpenError::Malformed);
     }
     let (header, rest) = envelope.split_at(header_len);
-    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (nonce, rest) = rest.split_at(nonce_len);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let data_key;
+    let (cipher, gcm_nonce) = if version == VERSION {
+        let (salt, gcm_nonce) = nonce.split_at(SALT_LEN);
+        data_key = key.xaes.data_key(salt.try_into().expect("12-byte salt"));
+        (&data_key, gcm_nonce)
+    } else {
+        (&key.v1, nonce)
+    };
     let mut plaintext = ciphertext.to_vec();
     let aad = Aad::new(header, field_path);
-    key.cipher()
+    cipher
         .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
+            Nonce::from_slice(gcm_nonce),
             aad.as_slice(),
             &mut plaintext,
             Tag::from_slice(tag),
@@ -216,7 +440,6 @@ pub fn open_with(key: &SealKey, field_path: &str, envelope: &[u8]) -> Result<Vec
         .map_err(|_| OpenError::Authentication)?;
     Ok(plaintext)
 }
-
 /// `header || field_path`, on the stack for the usual short paths.
 struct Aad {
     inline: [u8; 128],

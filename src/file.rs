@@ -434,7 +434,11 @@ impl Resealer<'_> {
                     .collect(),
             ),
             Value::Bytes(bytes) if sealed => {
-                if envelope::key_id(&bytes) == Ok(self.active.id()) {
+                // Already under the active key and in the current version: nothing to do.
+                // A version-1 envelope under the active key is resealed (upgraded) too.
+                if envelope::key_id(&bytes) == Ok(self.active.id())
+                    && envelope::version(&bytes) == Ok(envelope::VERSION)
+                {
                     self.report.current += 1;
                     return Value::Bytes(bytes);
                 }

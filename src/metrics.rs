@@ -54,7 +54,7 @@ pub struct Metrics {
     pub envelopes_sealed: IntCounterVec,
     /// Keyring reloads, by result (`applied`, `refused`).
     pub key_reloads: IntCounterVec,
-    /// Key rotation warnings raised, by key id and reason (`age`, `envelopes`, `nonce-limit`).
+    /// Key rotation warnings raised, by key id and reason (`age`).
     pub key_warnings: IntGaugeVec,
     /// Schema ids resolved through the registry, by outcome (`route` or a dead-letter reason).
     pub schema_ids_resolved: IntCounterVec,

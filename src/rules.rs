@@ -4,13 +4,14 @@
 //! options: for `ip-truncate` the prefix kept per family
 //! (`{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`), for `phone` a field of
 //! the same record that holds the region to read national numbers with
-//! (`{ action = "phone", region_field = "location.country" }`).
+//! (`{ action = "phone", region_field = "location.country" }`), for `id` the role of the
+//! identifier (`{ action = "id", class = "cell" }`: token class `id.cell`, docs/formats.md §3).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::token::TokenClass;
+use crate::token::{SubClass, TokenClass};
 
 /// What to do with one leaf field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub enum Action {
     Keep,
     /// Remove the field from the output schema and the output.
     Drop,
-    /// Replace with a token of this class (`phone`, `ip`, `email`, `id`; spec §3).
+    /// Replace with a token of this class (`phone`, `ip`, `email`, `id`, `id.<role>`; spec §3).
     Token(TokenClass),
     /// Replace an IP with its Crypto-PAn image (spec §3, prefix-preserving mode).
     IpPrefix,
@@ -93,7 +94,8 @@ pub enum RuleSpec {
     /// `"keep"`, `"phone"`, …
     Name(String),
     /// `{ action = "ip-truncate", ipv4_prefix = 24, ipv6_prefix = 48 }`,
-    /// `{ action = "phone", region_field = "location.country" }`
+    /// `{ action = "phone", region_field = "location.country" }`,
+    /// `{ action = "id", class = "cell" }`
     Table {
         action: String,
         #[serde(default)]
@@ -102,21 +104,33 @@ pub enum RuleSpec {
         ipv6_prefix: Option<u8>,
         #[serde(default)]
         region_field: Option<String>,
+        /// The role of an `id` (its sub-class).
+        #[serde(default)]
+        class: Option<String>,
     },
 }
 
 impl RuleSpec {
     /// The action, or a sentence saying why the spec is not one.
     pub fn action(&self) -> Result<Action, String> {
-        let (name, v4, v6) = match self {
-            RuleSpec::Name(name) => (name.as_str(), None, None),
+        let (name, v4, v6, sub_class) = match self {
+            RuleSpec::Name(name) => (name.as_str(), None, None, None),
             RuleSpec::Table {
                 action,
                 ipv4_prefix,
                 ipv6_prefix,
+                class,
                 ..
-            } => (action.as_str(), *ipv4_prefix, *ipv6_prefix),
+            } => (
+                action.as_str(),
+                *ipv4_prefix,
+                *ipv6_prefix,
+                class.as_deref(),
+            ),
         };
+        if name != "id" && sub_class.is_some() {
+            return Err(format!("class only applies to id, not {name:?}"));
+        }
         if name != "ip-truncate" && (v4.is_some() || v6.is_some()) {
             return Err(format!(
                 "prefix lengths only apply to ip-truncate, not {name:?}"
@@ -131,7 +145,10 @@ impl RuleSpec {
             "phone" => Action::Token(TokenClass::Phone),
             "ip" => Action::Token(TokenClass::Ip),
             "email" => Action::Token(TokenClass::Email),
-            "id" => Action::Token(TokenClass::Id),
+            "id" => match sub_class {
+                None => Action::Token(TokenClass::Id),
+                Some(sub) => Action::Token(TokenClass::IdOf(SubClass::new(sub)?)),
+            },
             "ip-prefix" => Action::IpPrefix,
             "encrypt" => Action::Encrypt,
             "ip-truncate" => {

@@ -38,11 +38,14 @@ pub enum TokenClass {
     Email,
     /// An identifier, exactly as given.
     Id,
+    /// An identifier of a named role (`id.cell`, `id.device`; docs/formats.md §3): equal
+    /// strings in different roles give unrelated tokens.
+    IdOf(SubClass),
 }
 
 impl TokenClass {
     /// The ASCII class name that enters the MAC.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             TokenClass::Phone => "phone",
             TokenClass::PhoneRaw => "phone-raw",
@@ -50,10 +53,11 @@ impl TokenClass {
             TokenClass::IpRaw => "ip-raw",
             TokenClass::Email => "email",
             TokenClass::Id => "id",
+            TokenClass::IdOf(sub) => sub.label(),
         }
     }
 
-    /// Parses a class name as the CLI spells it.
+    /// Parses a class name as the CLI spells it (`id.cell` for an `id` sub-class).
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "phone" => TokenClass::Phone,
@@ -62,8 +66,63 @@ impl TokenClass {
             "ip-raw" => TokenClass::IpRaw,
             "email" => TokenClass::Email,
             "id" => TokenClass::Id,
-            _ => return None,
+            other => TokenClass::IdOf(SubClass::new(other.strip_prefix("id.")?).ok()?),
         })
+    }
+
+    /// Whether a rule or a key may ask for this class (the `-raw` classes only come back from
+    /// canonicalization).
+    pub fn is_requestable(&self) -> bool {
+        !matches!(self, TokenClass::PhoneRaw | TokenClass::IpRaw)
+    }
+}
+
+/// Longest sub-class name.
+pub const SUBCLASS_MAX: usize = 32;
+
+/// The role of an `id` token: its class name is `"id." || name`. Held inline, so a class stays
+/// `Copy` and a token costs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubClass {
+    label: [u8; 3 + SUBCLASS_MAX],
+    len: u8,
+}
+
+impl SubClass {
+    /// A sub-class of 1–32 characters of `a-z 0-9 _ -`, or a sentence saying why not.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let valid = (1..=SUBCLASS_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(format!(
+                "sub-class {name:?} must be 1-{SUBCLASS_MAX} characters of a-z, 0-9, _ and -"
+            ));
+        }
+        let mut label = [0u8; 3 + SUBCLASS_MAX];
+        label[..3].copy_from_slice(b"id.");
+        label[3..3 + name.len()].copy_from_slice(name.as_bytes());
+        Ok(SubClass {
+            label,
+            len: (3 + name.len()) as u8,
+        })
+    }
+
+    /// `id.` and the name: what enters the MAC.
+    pub fn label(&self) -> &str {
+        std::str::from_utf8(&self.label[..self.len as usize]).expect("ASCII by construction")
+    }
+
+    /// The name alone (`cell`).
+    pub fn name(&self) -> &str {
+        &self.label()[3..]
+    }
+}
+
+impl std::fmt::Debug for SubClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubClass({})", self.label())
     }
 }
 
@@ -421,7 +480,7 @@ pub fn canonical<'a>(
         },
         TokenClass::Email => (TokenClass::Email, canonical_email(value)),
         TokenClass::PhoneRaw | TokenClass::IpRaw => (class, Cow::Borrowed(value.trim())),
-        TokenClass::Id => (TokenClass::Id, Cow::Borrowed(value)),
+        TokenClass::Id | TokenClass::IdOf(_) => (class, Cow::Borrowed(value)),
     }
 }
 

@@ -93,7 +93,7 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "shutdown_timeout_secs = 30",
         &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\""),
-    ) + "\n[rotation]\nmax_envelopes_per_key = 300\ncheck_interval_secs = 1\n";
+    ) + "\n[rotation]\nencryption_max_age_days = 1\nwarn_fraction = 0.00001\ncheck_interval_secs = 1\n";
     std::fs::write(&config, text).unwrap();
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
@@ -201,7 +201,7 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
     assert_eq!(
         metric(
             &page,
-            "pseudonymizer_key_rotation_due{key_id=\"e-test-2\",reason=\"envelopes\"}"
+            "pseudonymizer_key_rotation_due{key_id=\"e-test-2\",reason=\"age\"}"
         ),
         Some(1.0),
         "{page}"

@@ -139,9 +139,17 @@ pub enum Command {
         /// Audit log to append to (else $PSEUDONYMIZER_AUDIT_LOG); lookup refuses without one.
         #[arg(long)]
         audit_log: Option<PathBuf>,
-        /// Token class: phone, ip, email or id.
+        /// Token class: phone, ip, email, id, or id.<role> (an id sub-class, as a rule's
+        /// `{ action = "id", class = "<role>" }` makes).
         #[arg(long)]
         class: String,
+        /// The role of an id (same as --class id.<role>).
+        #[arg(long)]
+        sub_class: Option<String>,
+        /// The pseudonymisation domain of the pipeline whose tokens are looked up (its
+        /// `domain`); absent: the default domain.
+        #[arg(long)]
+        domain: Option<String>,
         /// Default region for phone numbers without a country code.
         #[arg(long, default_value = "ID")]
         region: String,
@@ -163,8 +171,9 @@ pub enum Command {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
-    /// Re-encrypt every envelope of a sanitized file under the active encryption key (to retire
-    /// an old key); tokens and every other field are copied unchanged.
+    /// Re-encrypt every envelope of a sanitized file under the active encryption key and in
+    /// the current envelope version (to retire an old key, or to upgrade version-1 envelopes);
+    /// tokens and every other field are copied unchanged.
     Reseal {
         #[command(flatten)]
         config: ConfigArgs,
@@ -549,28 +558,46 @@ pub fn run(cli: Cli) -> Result<()> {
             keyring,
             audit_log,
             class,
+            sub_class,
+            domain,
             region,
             values_from,
             values,
         } => {
             let mut audit = AuditLog::open(audit_log.as_deref(), None)?;
             let values = lookup_values(values_from.as_deref(), values)?;
-            let class = match TokenClass::parse(&class) {
-                Some(
-                    c @ (TokenClass::Phone | TokenClass::Ip | TokenClass::Email | TokenClass::Id),
-                ) => c,
-                _ => bail!("--class must be phone, ip, email or id"),
+            let class = match (TokenClass::parse(&class), sub_class) {
+                (Some(TokenClass::Id), Some(sub)) => {
+                    TokenClass::IdOf(token::SubClass::new(&sub).map_err(anyhow::Error::msg)?)
+                }
+                (_, Some(_)) => bail!("--sub-class goes with --class id"),
+                (Some(c), None) if c.is_requestable() => c,
+                _ => bail!("--class must be phone, ip, email, id or id.<role>"),
             };
+            if let Some(domain) = &domain {
+                crate::keys::check_domain(domain).map_err(anyhow::Error::msg)?;
+            }
             let phone = PhoneCanon::new(&region)?;
             let keys = KeySet::from_keyring(&Keyring::load(&keyring)?);
             if keys.pseudonym_keys().is_empty() {
                 bail!("no pseudonym key with a secret in {}", keyring.display());
             }
-            // Audited before anything is printed: no log line, no tokens.
-            let key_ids: Vec<String> = keys
+            let in_domain: Vec<_> = keys
                 .pseudonym_keys()
                 .iter()
-                .map(|k| k.id().to_owned())
+                .map(|k| match &domain {
+                    Some(d) => std::sync::Arc::new(k.in_domain(d)),
+                    None => k.clone(),
+                })
+                .collect();
+            // Audited before anything is printed: no log line, no tokens. A domain is named
+            // with the key ids it applies to (`p-…/domain:fraud`).
+            let key_ids: Vec<String> = in_domain
+                .iter()
+                .map(|k| match k.domain() {
+                    Some(d) => format!("{}/domain:{d}", k.id()),
+                    None => k.id().to_owned(),
+                })
                 .collect();
             let count = values.len() as u64;
             audit.append("lookup", key_ids.clone(), count, None, None, "started")?;
@@ -578,7 +605,7 @@ pub fn run(cli: Cli) -> Result<()> {
             // command line, not repeated, so captured output never pairs a value with its token.
             for (n, value) in values.iter().enumerate() {
                 let (class, canonical) = token::canonical(class, value, &phone);
-                for key in keys.pseudonym_keys() {
+                for key in &in_domain {
                     let token = token::token(key, class, canonical.as_bytes());
                     let line = serde_json::json!({"arg": n + 1, "class": class.as_str(), "key_id": key.id(), "token": token.as_str()});
                     writeln!(out, "{line}")?;

@@ -30,6 +30,8 @@ pub const KEK_FILE_ENV: &str = "PSEUDONYMIZER_KEK_FILE";
 pub const SEALED_FORMAT: &str = "pseudonymizer-keyring-sealed/v1";
 
 const INFO_KEK: &[u8] = b"pseudonymizer/v1/keyring-kek";
+/// The KEK's XAES-256-GCM key: keyrings sealed from now on are version-2 envelopes.
+const INFO_KEK_V2: &[u8] = b"pseudonymizer/v2/keyring-kek";
 const INFO_KEK_ID: &[u8] = b"pseudonymizer/v1/kek-id";
 const FIELD_PATH: &str = "keyring";
 
@@ -83,7 +85,7 @@ impl Kek {
             "kek-{:02x}{:02x}{:02x}{:02x}",
             fingerprint[0], fingerprint[1], fingerprint[2], fingerprint[3]
         );
-        let key = SealKey::derived(&id, secret, INFO_KEK);
+        let key = SealKey::derived(&id, secret, INFO_KEK, INFO_KEK_V2);
         Kek { id, key }
     }
 

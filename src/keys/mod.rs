@@ -30,8 +30,10 @@ use crate::envelope::{self, OpenError};
 pub const INFO_HMAC: &[u8] = b"pseudonymizer/v1/hmac-sha256";
 /// HKDF info for the Crypto-PAn key (spec §2).
 pub const INFO_CRYPTOPAN: &[u8] = b"pseudonymizer/v1/cryptopan";
-/// HKDF info for the AES-256-GCM key (spec §2).
+/// HKDF info for the AES-256-GCM key (spec §2), which opens version-1 envelopes.
 pub const INFO_AES_GCM: &[u8] = b"pseudonymizer/v1/aes-256-gcm";
+/// HKDF info for the XAES-256-GCM key of version-2 envelopes (docs/formats.md §4).
+pub const INFO_XAES_GCM: &[u8] = b"pseudonymizer/v2/xaes-256-gcm";
 
 /// `HKDF-SHA256(ikm = secret, salt = none, info, L = 32)`.
 pub fn derive(secret: &Secret, info: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -42,25 +44,77 @@ pub fn derive(secret: &Secret, info: &[u8]) -> Zeroizing<[u8; 32]> {
     okm
 }
 
-/// Working keys of one pseudonym secret: the token HMAC and the Crypto-PAn cipher.
+/// The HKDF info of a pseudonymisation domain's working keys (docs/formats.md §2):
+/// `"pseudonymizer/v2/domain/" || domain || "/hmac-sha256"` (or `"/cryptopan"`).
+pub fn domain_info(domain: &str, working_key: &str) -> Vec<u8> {
+    format!("pseudonymizer/v2/domain/{domain}/{working_key}").into_bytes()
+}
+
+/// Longest pseudonymisation domain name.
+pub const DOMAIN_MAX: usize = 64;
+
+/// Checks a pseudonymisation domain name: 1–64 characters of `a-z 0-9 . _ -`.
+pub fn check_domain(name: &str) -> Result<(), String> {
+    let valid = (1..=DOMAIN_MAX).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "domain {name:?} must be 1-{DOMAIN_MAX} characters of a-z, 0-9, '.', '_' and '-'"
+        ))
+    }
+}
+
+/// Working keys of one pseudonym secret: the token HMAC and the Crypto-PAn cipher, in the
+/// default pseudonymisation domain or in a named one.
 pub struct PseudonymKey {
     id: String,
     // HMAC with the key already absorbed: cloning it skips re-hashing the key pads per token.
     hmac: Hmac<Sha256>,
     cryptopan: CryptoPan,
+    /// The domain these working keys belong to (`None`: the default, spec v1's keys).
+    domain: Option<String>,
+    /// Kept (zeroized on drop) to derive the keys of a named domain.
+    secret: Secret,
 }
 
 impl PseudonymKey {
-    /// Derives the working keys of a pseudonym secret.
+    /// Derives the working keys of a pseudonym secret (spec §2, the default domain).
     pub fn new(id: &str, secret: &Secret) -> Self {
-        let hmac_key = derive(secret, INFO_HMAC);
-        let pan_key = derive(secret, INFO_CRYPTOPAN);
+        PseudonymKey::derived(id, secret, None)
+    }
+
+    /// The working keys of the same secret in pseudonymisation domain `domain`: tokens and
+    /// Crypto-PAn images unrelated to every other domain's (docs/formats.md §3). `domain` must
+    /// pass [`check_domain`]; the config checks it at load.
+    pub fn in_domain(&self, domain: &str) -> Self {
+        PseudonymKey::derived(&self.id, &self.secret, Some(domain))
+    }
+
+    fn derived(id: &str, secret: &Secret, domain: Option<&str>) -> Self {
+        let (hmac_key, pan_key) = match domain {
+            None => (derive(secret, INFO_HMAC), derive(secret, INFO_CRYPTOPAN)),
+            Some(domain) => (
+                derive(secret, &domain_info(domain, "hmac-sha256")),
+                derive(secret, &domain_info(domain, "cryptopan")),
+            ),
+        };
         PseudonymKey {
             id: id.to_owned(),
             hmac: <Hmac<Sha256> as Mac>::new_from_slice(hmac_key.as_ref())
                 .expect("HMAC accepts any key length"),
             cryptopan: CryptoPan::new(&pan_key),
+            domain: domain.map(str::to_owned),
+            secret: secret.clone(),
         }
+    }
+
+    /// The pseudonymisation domain, `None` for the default.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
     }
 
     /// The key id that prefixes every token.
@@ -89,15 +143,22 @@ impl std::fmt::Debug for PseudonymKey {
 /// ([`crate::envelope::SealKey`]); deriving it from a keyring secret belongs here, with the
 /// other derivations.
 impl SealKey {
-    /// Derives the AES-256-GCM key of an encryption secret.
+    /// Derives the envelope keys of an encryption secret (AES-256-GCM for version 1,
+    /// XAES-256-GCM for version 2).
     pub fn new(id: &str, secret: &Secret) -> Self {
-        SealKey::derived(id, secret, INFO_AES_GCM)
+        SealKey::derived(id, secret, INFO_AES_GCM, INFO_XAES_GCM)
     }
 
-    /// An AES-256-GCM key derived with another HKDF `info` (the keyring's KEK uses its own, so
-    /// a KEK and a data key can never be the same AES key).
-    pub(crate) fn derived(id: &str, secret: &Secret, info: &[u8]) -> Self {
-        SealKey::from_key(id, &derive(secret, info))
+    /// Envelope keys derived with other HKDF `info`s (the keyring's KEK uses its own, so a KEK
+    /// and a data key can never be the same AES key).
+    pub(crate) fn derived(id: &str, secret: &Secret, info_v1: &[u8], info_v2: &[u8]) -> Self {
+        SealKey::from_keys(
+            id,
+            envelope::WorkingKeys {
+                aes_256_gcm: &derive(secret, info_v1),
+                xaes_256_gcm: &derive(secret, info_v2),
+            },
+        )
     }
 }
 

@@ -229,6 +229,9 @@ pub struct Plan {
     pub needs_encryption: bool,
     /// Rules that name no field of this schema (only with [`UnusedRules::Allow`]).
     pub unused_rules: Vec<String>,
+    /// The pipeline's pseudonymisation domain (`None`: the default). Set by the engine, not
+    /// by the compiler: it is configuration of the pipeline, not of the rules.
+    pub domain: Option<String>,
 }
 
 /// What to do with a rule that names no field of the schema being compiled.
@@ -326,5 +329,6 @@ pub fn compile_with(
         needs_pseudonym,
         needs_encryption,
         unused_rules,
+        domain: None,
     })
 }

@@ -9,6 +9,7 @@ use super::binary::{write_bytes, write_long, Cursor};
 use super::leaf::pseudonymize;
 use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
+use crate::keys::PseudonymKey;
 use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
 use crate::rules::Action;
 use crate::token::PhoneCanon;
@@ -29,6 +30,7 @@ pub fn transform(
     let walker = Walker {
         phone,
         keys,
+        pseudonym: keys.pseudonym_in(plan.domain.as_deref()),
         regions: &regions,
     };
     walker.step(&plan.step, &mut cursor, out)?;
@@ -59,6 +61,8 @@ fn find_region<'i>(source: &RegionSource, input: &'i [u8]) -> Option<&'i str> {
 struct Walker<'a> {
     phone: &'a PhoneCanon,
     keys: &'a ActiveKeys,
+    /// The active pseudonym key in the plan's domain.
+    pseudonym: Option<&'a PseudonymKey>,
     regions: &'a Regions,
 }
 
@@ -137,7 +141,7 @@ impl Walker<'_> {
             Some(i) => self.regions[i],
             None => self.phone.region(),
         };
-        let pseudonym = pseudonymize(leaf.action, text, self.phone, region, self.keys)?;
+        let pseudonym = pseudonymize(leaf.action, text, self.phone, region, self.pseudonym)?;
         write_bytes(out, pseudonym.as_str().as_bytes());
         Ok(())
     }

@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use super::{ActiveKeys, ErrorKind};
+use super::ErrorKind;
+use crate::keys::PseudonymKey;
 use crate::rules::Action;
 use crate::token::{self, ip_text, parse_ip, token, truncate_ip, PhoneCanon, TokenClass};
 use rlibphonenumber::Region;
@@ -30,9 +31,9 @@ pub fn pseudonymize(
     value: &str,
     phone: &PhoneCanon,
     region: Region,
-    keys: &ActiveKeys,
+    key: Option<&PseudonymKey>,
 ) -> Result<Pseudonym, ErrorKind> {
-    let key = keys.pseudonym.as_deref().ok_or(ErrorKind::NoPseudonymKey)?;
+    let key = key.ok_or(ErrorKind::NoPseudonymKey)?;
     let raw_ip =
         |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
     Ok(match action {

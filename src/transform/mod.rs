@@ -77,11 +77,36 @@ impl TransformError {
 /// when its rules name none; then nothing is allocated).
 pub type Regions = Vec<rlibphonenumber::Region>;
 
-/// The keys new output is made with: the active key of each purpose the rules use.
+/// The keys new output is made with: the active key of each purpose the rules use, and the
+/// active pseudonym key's working keys in every pseudonymisation domain a pipeline names.
 #[derive(Debug, Clone)]
 pub struct ActiveKeys {
     pub pseudonym: Option<Arc<PseudonymKey>>,
     pub encryption: Option<Arc<SealKey>>,
+    pub domains: Vec<Arc<PseudonymKey>>,
+}
+
+impl ActiveKeys {
+    /// Keys without named domains.
+    pub fn new(pseudonym: Option<Arc<PseudonymKey>>, encryption: Option<Arc<SealKey>>) -> Self {
+        ActiveKeys {
+            pseudonym,
+            encryption,
+            domains: Vec::new(),
+        }
+    }
+
+    /// The active pseudonym key in `domain` (`None`: the default domain).
+    pub fn pseudonym_in(&self, domain: Option<&str>) -> Option<&PseudonymKey> {
+        match domain {
+            None => self.pseudonym.as_deref(),
+            Some(name) => self
+                .domains
+                .iter()
+                .find(|k| k.domain() == Some(name))
+                .map(|k| &**k),
+        }
+    }
 }
 
 /// Everything one configuration needs to transform events.
@@ -117,8 +142,14 @@ impl Engine {
             let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
             let tag = |e: String| format!("[{}] {e}", pipeline.name);
             errors.extend(spec_errors.into_iter().map(tag));
+            if let Some(domain) = &pipeline.domain {
+                if let Err(why) = crate::keys::check_domain(domain) {
+                    errors.push(tag(why));
+                }
+            }
             match plan::compile_with(&schema, &rules, unused) {
-                Ok(plan) => {
+                Ok(mut plan) => {
+                    plan.domain = pipeline.domain.clone();
                     for path in &plan.unused_rules {
                         tracing::warn!(pipeline = %pipeline.name, rule = %path, schema = %pipeline.input_schema.display(), "a rule names no field of the local schema (allowed with a registry: another version may have it)");
                     }
@@ -167,17 +198,27 @@ impl Engine {
     pub fn active_keys(&self, keys: &KeySet) -> Result<ActiveKeys, KeyringError> {
         let needs_pseudonym = self.plans.iter().any(|p| p.needs_pseudonym);
         let needs_encryption = self.plans.iter().any(|p| p.needs_encryption);
+        let pseudonym = if needs_pseudonym {
+            Some(keys.pseudonym()?.clone())
+        } else {
+            keys.pseudonym().ok().cloned()
+        };
+        let mut domains: Vec<Arc<PseudonymKey>> = Vec::new();
+        if let Some(key) = &pseudonym {
+            for domain in self.plans.iter().filter_map(|p| p.domain.as_deref()) {
+                if !domains.iter().any(|k| k.domain() == Some(domain)) {
+                    domains.push(Arc::new(key.in_domain(domain)));
+                }
+            }
+        }
         Ok(ActiveKeys {
-            pseudonym: if needs_pseudonym {
-                Some(keys.pseudonym()?.clone())
-            } else {
-                keys.pseudonym().ok().cloned()
-            },
+            pseudonym,
             encryption: if needs_encryption {
                 Some(keys.encryption()?.clone())
             } else {
                 keys.encryption().ok().cloned()
             },
+            domains,
         })
     }
 

@@ -9,6 +9,7 @@ use apache_avro::{from_avro_datum, to_avro_datum};
 use super::leaf::pseudonymize;
 use super::{ActiveKeys, ErrorKind, TransformError};
 use crate::envelope;
+use crate::keys::PseudonymKey;
 use crate::plan::Plan;
 use crate::rules::{Action, Rules};
 use crate::token::PhoneCanon;
@@ -35,6 +36,7 @@ pub fn transform(
         rules: &plan.rules,
         phone,
         keys,
+        pseudonym: keys.pseudonym_in(plan.domain.as_deref()),
         regions: &plan
             .regions
             .iter()
@@ -73,6 +75,8 @@ struct Rewriter<'a> {
     rules: &'a Rules,
     phone: &'a PhoneCanon,
     keys: &'a ActiveKeys,
+    /// The active pseudonym key in the plan's domain.
+    pseudonym: Option<&'a PseudonymKey>,
     /// Region field path → the region it gave this record.
     regions: &'a [(&'a str, rlibphonenumber::Region)],
 }
@@ -129,10 +133,16 @@ impl Rewriter<'_> {
                 Value::Bytes(self.seal(&bytes, path)?)
             }
             Value::String(text) => Value::String(
-                pseudonymize(action, &text, self.phone, self.region_for(path), self.keys)
-                    .map_err(fail)?
-                    .as_str()
-                    .to_owned(),
+                pseudonymize(
+                    action,
+                    &text,
+                    self.phone,
+                    self.region_for(path),
+                    self.pseudonym,
+                )
+                .map_err(fail)?
+                .as_str()
+                .to_owned(),
             ),
             _ => return Err(fail(ErrorKind::SchemaMismatch)),
         })

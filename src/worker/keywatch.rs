@@ -152,13 +152,13 @@ impl KeyWatch {
         let now = OffsetDateTime::now_utc();
         let mut facts = Vec::new();
         if let Some(key) = &active.pseudonym {
-            facts.push((key.id().to_owned(), Purpose::Pseudonym, 0));
+            facts.push((key.id().to_owned(), Purpose::Pseudonym));
         }
         if let Some(key) = &active.encryption {
-            facts.push((key.id().to_owned(), Purpose::Encryption, key.sealed_count()));
+            facts.push((key.id().to_owned(), Purpose::Encryption));
         }
         self.metrics.key_warnings.reset();
-        for (id, purpose, sealed) in facts {
+        for (id, purpose) in facts {
             let Some(&created_at) = self.created.get(&id) else {
                 continue;
             };
@@ -166,7 +166,6 @@ impl KeyWatch {
                 id: &id,
                 purpose,
                 created_at,
-                sealed,
             };
             for due in policy::check(&self.policy, &key, now) {
                 self.metrics

@@ -157,15 +157,10 @@ impl Router {
             let key_class = match pipeline.key_class.as_deref() {
                 None => None,
                 Some(name) => match TokenClass::parse(name) {
-                    Some(
-                        c @ (TokenClass::Phone
-                        | TokenClass::Ip
-                        | TokenClass::Email
-                        | TokenClass::Id),
-                    ) => Some(c),
+                    Some(c) if c.is_requestable() => Some(c),
                     _ => {
                         errors.push(format!(
-                            "[{}] key_class {name:?} is not phone, ip, email or id",
+                            "[{}] key_class {name:?} is not phone, ip, email, id or id.<role>",
                             pipeline.name
                         ));
                         None
@@ -329,7 +324,9 @@ impl Router {
         let key = match (route.key_class, key) {
             (Some(class), Some(key)) => {
                 let text = String::from_utf8_lossy(key);
-                let pkey = keys.pseudonym.as_deref().ok_or(DeadLetter::CorruptAvro)?;
+                let pkey = keys
+                    .pseudonym_in(route.plan.domain.as_deref())
+                    .ok_or(DeadLetter::CorruptAvro)?;
                 // A phone key is read like the phone fields: with the record's own region
                 // where its rules name one (the first region field, by path), else the default.
                 let (class, canonical) = match (class, regions.first()) {

@@ -13,6 +13,12 @@ use pseudonymizer::config::Config;
 use pseudonymizer::keys::{KeyEntry, KeySet, KeyState, Keyring, Purpose, Secret};
 use pseudonymizer::transform::{ActiveKeys, Engine};
 
+/// The Python that runs the independent vector scripts: `$PSEUDONYMIZER_PYTHON` (scripts/test.sh
+/// sets it to the project's own environment, with `cryptography`), else `python3`.
+pub fn python() -> String {
+    std::env::var("PSEUDONYMIZER_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Computes the vectors of the formats added after spec v1 (docs/formats.md), independently of
+the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains and `id`
+sub-classes.
+
+Uses only Python's standard library and the `cryptography` package (HKDF, AES-ECB for the
+XAES-256-GCM key derivation, AES-GCM). XAES-256-GCM is written here from its specification
+(C2SP, https://c2sp.org/XAES-256-GCM) and checked against that specification's own two test
+vectors before anything is printed. Its output, vectors_v2.json beside it, is checked in;
+tests/vectors.rs checks the Rust code against it:
+
+    python3 tests/vectors/make_vectors_v2.py > tests/vectors/vectors_v2.json
+
+Run with a JSON file of envelopes as argument (`open FILE`), it opens them instead and prints
+their plaintexts: tests/vectors.rs uses that to show envelopes made by the Rust code open here.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import sys
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PSEUDONYM_ID = "p-test-1"
+PSEUDONYM_SECRET = bytes(range(32))
+ENCRYPTION_ID = "e-test-1"
+ENCRYPTION_SECRET = bytes(range(32, 64))
+
+
+def hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def aes_block(key: bytes, block: bytes) -> bytes:
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return enc.update(block) + enc.finalize()
+
+
+def xaes_data_key(key: bytes, salt: bytes) -> bytes:
+    """C2SP XAES-256-GCM: K1 is the CMAC subkey of L = AES(K, 0^128); the data key is
+    AES(K, [0,1,'X',0] || N[:12] xor K1) || AES(K, [0,2,'X',0] || N[:12] xor K1)."""
+    l = int.from_bytes(aes_block(key, bytes(16)), "big")
+    k1 = ((l << 1) & ((1 << 128) - 1)) ^ (0x87 if l >> 127 else 0)
+    k1 = k1.to_bytes(16, "big")
+    m1 = bytes(a ^ b for a, b in zip(b"\x00\x01X\x00" + salt, k1))
+    m2 = bytes(a ^ b for a, b in zip(b"\x00\x02X\x00" + salt, k1))
+    return aes_block(key, m1) + aes_block(key, m2)
+
+
+def xaes_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    return AESGCM(xaes_data_key(key, nonce[:12])).encrypt(nonce[12:], plaintext, aad)
+
+
+def xaes_open(key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+    return AESGCM(xaes_data_key(key, nonce[:12])).decrypt(nonce[12:], sealed, aad)
+
+
+# The specification's own vectors: if this implementation disagrees, print nothing.
+C2SP = [
+    (b"\x01" * 32, b"ABCDEFGHIJKLMNOPQRSTUVWX", b"XAES-256-GCM", b"",
+     "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271"),
+    (b"\x03" * 32, b"ABCDEFGHIJKLMNOPQRSTUVWX", b"XAES-256-GCM", b"c2sp.org/XAES-256-GCM",
+     "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d"),
+]
+for key, nonce, plaintext, aad, expected in C2SP:
+    assert xaes_seal(key, nonce, plaintext, aad).hex() == expected, "C2SP vector"
+
+XAES_KEY = hkdf(ENCRYPTION_SECRET, b"pseudonymizer/v2/xaes-256-gcm")
+
+
+def envelope(key_id: str, nonce: bytes, field_path: str, plaintext: bytes) -> bytes:
+    header = bytes([2, len(key_id)]) + key_id.encode()
+    return header + nonce + xaes_seal(XAES_KEY, nonce, plaintext, header + field_path.encode())
+
+
+def open_envelope(env: bytes, field_path: str) -> bytes:
+    assert env[0] == 2, "version 2"
+    h_len = 2 + env[1]
+    nonce, body = env[h_len:h_len + 24], env[h_len + 24:]
+    return xaes_open(XAES_KEY, nonce, body, env[:h_len] + field_path.encode())
+
+
+def domain_keys(domain):
+    if domain is None:
+        return (hkdf(PSEUDONYM_SECRET, b"pseudonymizer/v1/hmac-sha256"),
+                hkdf(PSEUDONYM_SECRET, b"pseudonymizer/v1/cryptopan"))
+    prefix = b"pseudonymizer/v2/domain/" + domain.encode()
+    return (hkdf(PSEUDONYM_SECRET, prefix + b"/hmac-sha256"),
+            hkdf(PSEUDONYM_SECRET, prefix + b"/cryptopan"))
+
+
+def token(domain, cls: str, canonical: str) -> str:
+    mac = hmac.new(domain_keys(domain)[0], cls.encode() + b"\x00" + canonical.encode(),
+                   hashlib.sha256).digest()
+    return PSEUDONYM_ID + ":" + base64.urlsafe_b64encode(mac[:16]).decode().rstrip("=")
+
+
+def cryptopan_v4(domain, text: str) -> str:
+    """Crypto-PAn as in spec §3 (the paper's reference code), IPv4 only."""
+    key = domain_keys(domain)[1]
+    pad = aes_block(key[:16], key[16:])
+    addr = int.from_bytes(bytes(int(p) for p in text.split(".")), "big")
+    pad_int = int.from_bytes(pad, "big")
+    result = 0
+    for i in range(32):
+        # The first i bits of the address, then the pad's remaining bits.
+        if i == 0:
+            block_int = pad_int
+        else:
+            mask = ((1 << 128) - 1) ^ ((1 << (128 - i)) - 1)
+            block_int = ((addr << 96) & mask) | (pad_int & ~mask & ((1 << 128) - 1))
+        out = aes_block(key[:16], block_int.to_bytes(16, "big"))
+        bit = out[0] >> 7
+        result |= bit << (31 - i)
+    anon = addr ^ result
+    return ".".join(str(b) for b in anon.to_bytes(4, "big"))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "open":
+    cases = json.load(open(sys.argv[2]))
+    print(json.dumps([
+        b64(open_envelope(base64.b64decode(c["envelope_b64"]), c["field_path"])) for c in cases
+    ]))
+    sys.exit(0)
+
+ENVELOPE_CASES = [
+    ("body", bytes(range(24)), "Halo 👋, ketemu jam 7?".encode()),
+    ("body", bytes(range(100, 124)), b""),
+    ("attachments.url", b"\xff" * 24, b"https://example.invalid/a/b?c=d"),
+    ("dlq:comms.raw", bytes(24), bytes(range(256)) * 3),
+]
+
+# (domain, class, canonical): tokens of the same canonical value in no domain (today's
+# tokens), in two domains, and under `id` sub-classes.
+TOKEN_CASES = [
+    (None, "phone", "+6281234567890"),
+    ("analytics-emea", "phone", "+6281234567890"),
+    ("fraud", "phone", "+6281234567890"),
+    (None, "id", "cell-4711"),
+    (None, "id.cell", "cell-4711"),
+    (None, "id.device", "cell-4711"),
+    ("fraud", "id.cell", "cell-4711"),
+    ("fraud", "email", "someone@example.com"),
+]
+
+print(json.dumps({
+    "pseudonym_key": {"id": PSEUDONYM_ID, "secret_b64": b64(PSEUDONYM_SECRET)},
+    "encryption_key": {"id": ENCRYPTION_ID, "secret_b64": b64(ENCRYPTION_SECRET)},
+    "xaes_256_gcm_key_hex": XAES_KEY.hex(),
+    "envelopes": [
+        {
+            "field_path": path,
+            "nonce_hex": nonce.hex(),
+            "plaintext_b64": b64(plaintext),
+            "envelope_b64": b64(envelope(ENCRYPTION_ID, nonce, path, plaintext)),
+        }
+        for path, nonce, plaintext in ENVELOPE_CASES
+    ],
+    "domain_keys_hex": {
+        d: {"hmac": domain_keys(d)[0].hex(), "cryptopan": domain_keys(d)[1].hex()}
+        for d in ["analytics-emea", "fraud"]
+    },
+    "tokens": [
+        {"domain": d, "class": c, "canonical": v, "token": token(d, c, v)}
+        for d, c, v in TOKEN_CASES
+    ],
+    "cryptopan": [
+        {"domain": d, "input": ip, "output": cryptopan_v4(d, ip)}
+        for d in [None, "fraud"] for ip in ["192.0.2.1", "198.51.100.77"]
+    ],
+}, indent=1, ensure_ascii=False))
