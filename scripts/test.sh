@@ -3,7 +3,9 @@
 # loopback ports, runs every test, then each fuzz target for 30 s, and stops them.
 #   - Tansu 0.6 (scripts/tansu.sh): the fast broker of most end-to-end tests;
 #   - Apache Kafka 4.4 (scripts/kafka.sh): what only Kafka has (transactions, TLS, mTLS,
-#     SCRAM, session-timeout hand-over), tests/apache_kafka.rs. README, "Tests".
+#     SCRAM, session-timeout hand-over), tests/apache_kafka.rs;
+#   - moto's AWS KMS emulator (scripts/kms.sh), whose Python environment also runs the
+#     independent vector scripts (tests/vectors.rs). README, "Tests".
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -- NAME    # extra arguments go to `cargo test` (and skip the fuzzing)
@@ -16,7 +18,7 @@ PSEUDONYMIZER_TANSU_BIN=$(scripts/tansu.sh bin)
 export PSEUDONYMIZER_TANSU_BIN
 PSEUDONYMIZER_TEST_BROKERS=$(scripts/tansu.sh start)
 export PSEUDONYMIZER_TEST_BROKERS
-trap 'scripts/tansu.sh stop; scripts/kafka.sh stop' EXIT
+trap 'scripts/tansu.sh stop; scripts/kafka.sh stop; scripts/kms.sh stop' EXIT
 echo "tansu listening on $PSEUDONYMIZER_TEST_BROKERS"
 
 # Apache Kafka: its listeners and test CA come as PSEUDONYMIZER_KAFKA_* variables.
@@ -26,6 +28,14 @@ set -a
 . "$kafka_env"
 set +a
 echo "kafka listening on $PSEUDONYMIZER_KAFKA_BROKERS (plaintext), $PSEUDONYMIZER_KAFKA_SSL_BROKERS (TLS), $PSEUDONYMIZER_KAFKA_MTLS_BROKERS (mTLS), $PSEUDONYMIZER_KAFKA_SASL_BROKERS (SASL_SSL SCRAM-SHA-512); started in ${PSEUDONYMIZER_KAFKA_START_SECS} s"
+
+# The KMS emulator: PSEUDONYMIZER_KMS_ENDPOINT, and the Python environment it lives in.
+kms_env=$(scripts/kms.sh start)
+set -a
+# shellcheck disable=SC1090
+. "$kms_env"
+set +a
+echo "KMS emulator (moto) on $PSEUDONYMIZER_KMS_ENDPOINT"
 
 # Unit and integration tests (the crate has no doctests). The summary line adds up every test
 # binary's result.

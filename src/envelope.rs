@@ -17,11 +17,12 @@
 //! from the working key, the last 12 are that data key's GCM nonce. A sealing process draws a
 //! random salt, seals at most [`DATA_KEY_SEALS`] envelopes under its data key with random
 //! inner nonces, then draws another salt: the derivation is paid once per data key, not per
-//! envelope, and a reader needs nothing but standard XAES-256-GCM. docs/security.md gives the
-//! bound this keeps.
+//! envelope, and a reader needs nothing but standard XAES-256-GCM. Each thread keeps its own
+//! data key per envelope key (no lock on the hot path). docs/security.md gives the bound this
+//! keeps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
 
 use aes::cipher::BlockEncrypt;
 use aes::Aes256;
@@ -79,17 +80,29 @@ pub struct SealKey {
     header_v1: Vec<u8>,
     v1: Aes256Gcm,
     xaes: Xaes,
-    /// The data key new envelopes are sealed under, made on the first seal.
-    data_key: Mutex<Option<DataKeySlot>>,
+    /// Names this key in the threads' data key caches (unique in the process).
+    uid: u64,
     data_key_seals: u64,
     data_keys_made: AtomicU64,
     sealed: AtomicU64,
 }
 
-/// One data key and how many more envelopes it may seal.
+/// One thread's data key for one envelope key, and how many more envelopes it may seal.
 struct DataKeySlot {
-    key: Arc<DataKey>,
+    key_uid: u64,
+    key: DataKey,
     remaining: u64,
+}
+
+/// Data key caches kept per thread, at most this many envelope keys each (the active one, and
+/// the one before a reload).
+const CACHED_KEYS: usize = 4;
+
+/// Source of [`SealKey`] uids.
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static DATA_KEYS: RefCell<Vec<DataKeySlot>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An AES-256-GCM data key and the salt that derived it.
@@ -107,7 +120,7 @@ impl SealKey {
             header_v1: header_of(VERSION_V1, id),
             v1: Aes256Gcm::new_from_slice(keys.aes_256_gcm).expect("32-byte AES-256 key"),
             xaes: Xaes::new(keys.xaes_256_gcm),
-            data_key: Mutex::new(None),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             data_key_seals: DATA_KEY_SEALS,
             data_keys_made: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
@@ -150,29 +163,42 @@ impl SealKey {
         }
     }
 
-    /// The data key for the next envelope: the current one, or a fresh one from a new salt
-    /// once the current one has sealed its share.
-    fn next_data_key(&self) -> Arc<DataKey> {
-        let mut slot = self.data_key.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_mut() {
-            Some(current) if current.remaining > 0 => {
-                current.remaining -= 1;
-                current.key.clone()
-            }
-            _ => {
-                let salt = fresh_salt();
-                let key = Arc::new(DataKey {
-                    salt,
-                    cipher: self.xaes.data_key(&salt),
-                });
-                self.data_keys_made.fetch_add(1, Ordering::Relaxed);
-                *slot = Some(DataKeySlot {
-                    key: key.clone(),
-                    remaining: self.data_key_seals - 1,
-                });
-                key
-            }
-        }
+    /// Runs `seal` with this thread's data key for this key: the current one, or a fresh one
+    /// from a new salt once the current one has sealed its share.
+    fn with_data_key<R>(&self, seal: impl FnOnce(&DataKey) -> R) -> R {
+        DATA_KEYS.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let index = match slots.iter().position(|s| s.key_uid == self.uid) {
+                Some(i) if slots[i].remaining > 0 => i,
+                found => {
+                    let salt = fresh_salt();
+                    let slot = DataKeySlot {
+                        key_uid: self.uid,
+                        key: DataKey {
+                            salt,
+                            cipher: self.xaes.data_key(&salt),
+                        },
+                        remaining: self.data_key_seals,
+                    };
+                    self.data_keys_made.fetch_add(1, Ordering::Relaxed);
+                    match found {
+                        Some(i) => {
+                            slots[i] = slot;
+                            i
+                        }
+                        None => {
+                            if slots.len() == CACHED_KEYS {
+                                slots.remove(0);
+                            }
+                            slots.push(slot);
+                            slots.len() - 1
+                        }
+                    }
+                }
+            };
+            slots[index].remaining -= 1;
+            seal(&slots[index].key)
+        })
     }
 }
 
@@ -248,9 +274,8 @@ pub fn sealed_len(key: &SealKey, len: usize) -> usize {
 /// Appends the version-2 envelope of `plaintext` to `out`: the key's current data key, and a
 /// fresh GCM nonce from the OS CSPRNG.
 pub fn seal_into(key: &SealKey, field_path: &str, plaintext: &[u8], out: &mut Vec<u8>) {
-    let data_key = key.next_data_key();
     let nonce = next_nonce();
-    seal_under(key, &data_key, &nonce, field_path, plaintext, out);
+    key.with_data_key(|data_key| seal_under(key, data_key, &nonce, field_path, plaintext, out));
 }
 
 /// [`seal_into`] with a given 24-byte nonce: for test vectors only, never for output.

@@ -11,6 +11,8 @@
 //! - [`keys`]: the keyring file (spec §1), optionally sealed under a key-encryption key, its
 //!   zeroized secrets, the working keys derived from them with HKDF (spec §2), and the
 //!   rotation policy.
+//! - [`kms`]: keys rooted in a key management service: the KMS interface, AWS KMS through the
+//!   AWS SDK, and the keyring file whose secrets are each wrapped by the KMS.
 //! - [`token`]: canonical forms (E.164 phones as Google's libphonenumber reads them, RFC 5952
 //!   IPs, e-mail) and the HMAC token (spec §3).
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
@@ -26,6 +28,8 @@
 //!   output schema, reporting every offending path at once (the schema walk, value shapes and
 //!   region-field paths each in a file of their own).
 //! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
+//! - [`hardening`]: what a process holding keys does first: core dumps off, the KEK out of
+//!   its environment.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
 //! - [`hostile`]: the checks the fuzz targets run on arbitrary bytes (and `cargo test` replays).
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
@@ -51,8 +55,10 @@ pub mod demo;
 pub mod envelope;
 pub mod file;
 pub mod generate;
+pub mod hardening;
 pub mod hostile;
 pub mod keys;
+pub mod kms;
 pub mod metrics;
 pub mod plan;
 pub mod registry;

@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // First, before any thread exists: no core dumps, no KEK left in the environment.
+    let hardened = pseudonymizer::hardening::harden();
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "{}",
@@ -10,6 +12,7 @@ fn main() -> std::process::ExitCode {
         );
     }));
     let cli = pseudonymizer::cli::Cli::parse();
+    pseudonymizer::cli::set_hardening(hardened);
     match pseudonymizer::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

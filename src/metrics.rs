@@ -54,6 +54,9 @@ pub struct Metrics {
     pub envelopes_sealed: IntCounterVec,
     /// Keyring reloads, by result (`applied`, `refused`).
     pub key_reloads: IntCounterVec,
+    /// KMS calls made by this process, by operation (`wrap`, `unwrap`) and result (`ok`,
+    /// `failed`): one unwrap per key per keyring load, none per record.
+    pub kms_calls: IntCounterVec,
     /// Key rotation warnings raised, by key id and reason (`age`).
     pub key_warnings: IntGaugeVec,
     /// Schema ids resolved through the registry, by outcome (`route` or a dead-letter reason).
@@ -78,6 +81,7 @@ pub struct Metrics {
     registry_flag: AtomicBool,
     seal_keys: Mutex<Vec<Arc<SealKey>>>,
     exported_seals: Mutex<HashMap<String, u64>>,
+    exported_kms: Mutex<crate::kms::Calls>,
 }
 
 impl Metrics {
@@ -175,6 +179,11 @@ impl Metrics {
                 "Envelopes sealed by this process.",
                 &["key_id"],
             ),
+            kms_calls: counter(
+                "pseudonymizer_kms_calls_total",
+                "KMS calls made by this process.",
+                &["operation", "result"],
+            ),
             key_reloads: counter(
                 "pseudonymizer_keyring_reloads_total",
                 "Keyring reloads.",
@@ -225,6 +234,7 @@ impl Metrics {
             serving: Mutex::new(None),
             seal_keys: Mutex::new(Vec::new()),
             exported_seals: Mutex::new(HashMap::new()),
+            exported_kms: Mutex::new(crate::kms::Calls::default()),
         };
         Arc::new(metrics)
     }
@@ -292,8 +302,25 @@ impl Metrics {
         self.refresh();
     }
 
-    /// Brings the per-key envelope counters up to date.
+    /// Brings the per-key envelope counters and the KMS call counters up to date.
     fn refresh(&self) {
+        let now = crate::kms::calls();
+        let mut guard = self.exported_kms.lock().unwrap_or_else(|e| e.into_inner());
+        let kms = &mut *guard;
+        for (operation, result, now, before) in [
+            ("wrap", "ok", now.wrap_ok, &mut kms.wrap_ok),
+            ("wrap", "failed", now.wrap_failed, &mut kms.wrap_failed),
+            ("unwrap", "ok", now.unwrap_ok, &mut kms.unwrap_ok),
+            ("unwrap", "failed", now.unwrap_failed, &mut kms.unwrap_failed),
+        ] {
+            if now > *before {
+                self.kms_calls
+                    .with_label_values(&[operation, result])
+                    .inc_by(now - *before);
+                *before = now;
+            }
+        }
+        drop(guard);
         let keys = self.seal_keys.lock().unwrap_or_else(|e| e.into_inner());
         let mut exported = self
             .exported_seals

@@ -1,5 +1,7 @@
-//! `pseudonymizer keys …`: create, rotate, list, destroy, seal and unseal keyrings. Secrets
-//! never reach the output; `list` prints ids, purposes and states.
+//! `pseudonymizer keys …`: create, rotate, list, destroy, seal and unseal keyrings, clear,
+//! sealed under a KEK, or wrapped by a KMS (`--kms URI`). Secrets never reach the output;
+//! `list` prints ids, purposes and states. On a KMS keyring, `rotate`, `destroy` and `list`
+//! unwrap nothing, and no command writes a clear secret unless asked to (`unseal`).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -7,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use crate::keys::{Kek, Keyring, Purpose, Secret};
+use crate::keys::{Kek, Keyring, Need, Purpose, Secret};
+use crate::kms::keyring::{is_wrapped, WrappedKeyring};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -16,18 +19,34 @@ pub enum KeysCommand {
         #[arg(long)]
         keyring: PathBuf,
         /// Seal the file under the KEK from $PSEUDONYMIZER_KEK or $PSEUDONYMIZER_KEK_FILE.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kms")]
         sealed: bool,
+        /// Wrap each secret with this KMS key instead (aws-kms://<key ARN>).
+        #[arg(long)]
+        kms: Option<String>,
     },
     /// Write a new random key-encryption key (base64) to a new owner-only file.
     NewKek {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Seal a clear keyring under the KEK from the environment.
+    /// Seal a clear keyring under the KEK from the environment, or wrap a clear or sealed one
+    /// with a KMS key (`--kms`; the clear keyring exists in memory only).
     Seal {
         #[arg(long)]
         keyring: PathBuf,
+        /// Wrap each secret with this KMS key (aws-kms://<key ARN>).
+        #[arg(long)]
+        kms: Option<String>,
+    },
+    /// Wrap a KMS keyring's secrets with another KMS key (KMS key rotation): unwrapped and
+    /// wrapped again in memory, written atomically; never a clear keyring on disk.
+    Rewrap {
+        #[arg(long)]
+        keyring: PathBuf,
+        /// The new KMS key (aws-kms://<key ARN>).
+        #[arg(long)]
+        kms: String,
     },
     /// Write a sealed keyring back in clear (needs its KEK in the environment).
     Unseal {
@@ -68,7 +87,11 @@ fn parse_purpose(s: &str) -> Result<Purpose, String> {
 
 pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result<()> {
     match command {
-        KeysCommand::Init { keyring, sealed } => {
+        KeysCommand::Init {
+            keyring,
+            sealed,
+            kms,
+        } => {
             Keyring::refuse_existing(&keyring)?;
             let mut ring = Keyring::generate();
             if sealed {
@@ -76,6 +99,12 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             }
             if let Some(dir) = keyring.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
+            }
+            if let Some(uri) = kms {
+                let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
+                wrapped.save(&keyring)?;
+                writeln!(out, "created {} wrapped by {uri} with keys:", keyring.display())?;
+                return list_wrapped(&wrapped, out);
             }
             ring.save(&keyring)?;
             writeln!(out, "created {} with keys:", keyring.display())?;
@@ -103,7 +132,46 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             )?;
             Ok(())
         }
-        KeysCommand::Seal { keyring } => {
+        KeysCommand::Seal {
+            keyring,
+            kms: Some(uri),
+        } => {
+            if let Some(wrapped) = read_wrapped(&keyring)? {
+                bail!(
+                    "{} is already wrapped by {}; `keys rewrap --kms` moves it to another KMS key",
+                    keyring.display(),
+                    wrapped.kms
+                );
+            }
+            let ring = Keyring::load(&keyring)?;
+            let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
+            wrapped.save(&keyring)?;
+            writeln!(out, "wrapped every secret of {} with {uri}", keyring.display())?;
+            Ok(())
+        }
+        KeysCommand::Rewrap { keyring, kms } => {
+            let Some(wrapped) = read_wrapped(&keyring)? else {
+                bail!(
+                    "{} is not wrapped by a KMS; `keys seal --kms` wraps it",
+                    keyring.display()
+                );
+            };
+            let from = crate::kms::open(&wrapped.kms)?;
+            let to = crate::kms::open(&kms)?;
+            let rewrapped = wrapped.rewrap(from.as_ref(), to.as_ref())?;
+            rewrapped.save(&keyring)?;
+            writeln!(
+                out,
+                "rewrapped every secret of {} from {} to {kms}",
+                keyring.display(),
+                wrapped.kms
+            )?;
+            Ok(())
+        }
+        KeysCommand::Seal {
+            keyring,
+            kms: None,
+        } => {
             let mut ring = Keyring::load(&keyring)?;
             if let Some(kek) = ring.kek() {
                 bail!("{} is already sealed under {}", keyring.display(), kek.id());
@@ -116,8 +184,8 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             Ok(())
         }
         KeysCommand::Unseal { keyring } => {
-            let mut ring = Keyring::load(&keyring)?;
-            if ring.kek().is_none() {
+            let mut ring = Keyring::load_for(&keyring, Need::ALL)?;
+            if ring.kek().is_none() && read_wrapped(&keyring)?.is_none() {
                 bail!("{} is not sealed", keyring.display());
             }
             ring.set_kek(None);
@@ -130,14 +198,30 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             purpose,
             id,
         } => {
+            if let Some(mut wrapped) = read_wrapped(&keyring)? {
+                let kms = crate::kms::open(&wrapped.kms)?;
+                let id = wrapped.rotate(kms.as_ref(), purpose, id)?;
+                wrapped.save(&keyring)?;
+                writeln!(out, "new active {} key {id}", purpose.as_str())?;
+                return Ok(());
+            }
             let mut ring = Keyring::load(&keyring)?;
             let id = ring.rotate(purpose, id)?;
             ring.save(&keyring)?;
             writeln!(out, "new active {} key {id}", purpose.as_str())?;
             Ok(())
         }
-        KeysCommand::List { keyring } => list(&Keyring::load(&keyring)?, out),
+        KeysCommand::List { keyring } => match read_wrapped(&keyring)? {
+            Some(wrapped) => list_wrapped(&wrapped, out),
+            None => list(&Keyring::load(&keyring)?, out),
+        },
         KeysCommand::Destroy { keyring, id } => {
+            if let Some(mut wrapped) = read_wrapped(&keyring)? {
+                wrapped.destroy(&id)?;
+                wrapped.save(&keyring)?;
+                writeln!(out, "destroyed the wrapped secret of key {id}")?;
+                return Ok(());
+            }
             let mut ring = Keyring::load(&keyring)?;
             ring.destroy(&id)?;
             ring.save(&keyring)?;
@@ -155,6 +239,39 @@ fn kek_from_env() -> Result<Kek> {
             crate::keys::KEK_FILE_ENV
         )
     })
+}
+
+/// The keyring file as a KMS-wrapped keyring, if it is one (nothing unwrapped).
+fn read_wrapped(path: &std::path::Path) -> Result<Option<WrappedKeyring>> {
+    let text = Keyring::read_owner_only(path)?;
+    if !is_wrapped(&text) {
+        return Ok(None);
+    }
+    Ok(Some(WrappedKeyring::from_text(&text)?))
+}
+
+fn list_wrapped(ring: &WrappedKeyring, out: &mut dyn std::io::Write) -> Result<()> {
+    writeln!(
+        out,
+        "wrapped by {} (keyring {}); each secret on its own",
+        ring.kms, ring.keyring_id
+    )?;
+    writeln!(
+        out,
+        "{:<32}  {:<10}  {:<9}  created_at",
+        "id", "purpose", "state"
+    )?;
+    for e in ring.entries() {
+        writeln!(
+            out,
+            "{:<32}  {:<10}  {:<9}  {}",
+            e.id,
+            e.purpose.as_str(),
+            e.state.as_str(),
+            e.created_at
+        )?;
+    }
+    Ok(())
 }
 
 fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {

@@ -19,7 +19,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::file;
 use crate::generate::Kind;
-use crate::keys::{KeySet, Keyring};
+use crate::keys::{KeySet, Keyring, Need};
 use crate::token::{self, PhoneCanon, TokenClass};
 use crate::transform::Engine;
 
@@ -270,10 +270,12 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
     Ok((config, engine, keyring_path))
 }
 
-/// Loads a config, compiles its rules, and loads its keyring (or the override).
-pub fn load(args: &ConfigArgs) -> Result<(Config, Engine, KeySet)> {
+/// Loads a config, compiles its rules, and loads from its keyring (or the override) the
+/// secrets the command `need`s, and no others.
+pub fn load(args: &ConfigArgs, need: Need) -> Result<(Config, Engine, KeySet)> {
     let (config, engine, keyring_path) = load_config(args)?;
-    let keyring = Keyring::load(&keyring_path)?;
+    let keyring = Keyring::load_for(&keyring_path, need)
+        .with_context(|| format!("keyring {}", keyring_path.display()))?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
 
@@ -353,6 +355,14 @@ fn lookup_values(from: Option<&std::path::Path>, args: Vec<String>) -> Result<Ve
 }
 
 /// Runs one command.
+/// What `main` did to harden the process (the worker logs it once its log is set up).
+static HARDENING: std::sync::OnceLock<crate::hardening::Hardened> = std::sync::OnceLock::new();
+
+/// Records what [`crate::hardening::harden`] did, for the worker's start-up log line.
+pub fn set_hardening(hardened: crate::hardening::Hardened) {
+    let _ = HARDENING.set(hardened);
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     // apache-avro decodes the container files of `transform`, `show`, `decrypt` and `reseal`.
     // Its allocation bound (default 512 MiB) limits a length or an array's item count, and it
@@ -467,7 +477,7 @@ pub fn run(cli: Cli) -> Result<()> {
             idle_secs,
             audit_log,
         }) => {
-            let (config, _, keys) = load(&config)?;
+            let (config, _, keys) = load(&config, Need::ENVELOPES)?;
             let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
             let kafka = config
                 .kafka
@@ -506,7 +516,7 @@ pub fn run(cli: Cli) -> Result<()> {
             config: args,
             connect,
         } => {
-            let (config, engine, keys) = load(&args)?;
+            let (config, engine, keys) = load(&args, Need::NEW_OUTPUT)?;
             if let Some(kafka) = &config.kafka {
                 crate::worker::check_kafka(kafka)
                     .with_context(|| format!("config {}", args.config.display()))?;
@@ -540,7 +550,7 @@ pub fn run(cli: Cli) -> Result<()> {
             input,
             output,
         } => {
-            let (_, engine, keys) = load(&config)?;
+            let (_, engine, keys) = load(&config, Need::NEW_OUTPUT)?;
             let active = engine.active_keys(&keys)?;
             let started = std::time::Instant::now();
             let count = file::transform_file(&engine, &active, &input, &output)
@@ -578,7 +588,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 crate::keys::check_domain(domain).map_err(anyhow::Error::msg)?;
             }
             let phone = PhoneCanon::new(&region)?;
-            let keys = KeySet::from_keyring(&Keyring::load(&keyring)?);
+            let keys = KeySet::from_keyring(&Keyring::load_for(&keyring, Need::TOKENS)?);
             if keys.pseudonym_keys().is_empty() {
                 bail!("no pseudonym key with a secret in {}", keyring.display());
             }
@@ -619,7 +629,7 @@ pub fn run(cli: Cli) -> Result<()> {
             input,
             audit_log,
         } => {
-            let (config, engine, keys) = load(&config)?;
+            let (config, engine, keys) = load(&config, Need::ENVELOPES)?;
             let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
             // Write-ahead: on disk before the first plaintext leaves, or nothing is printed.
             let key_ids: Vec<String> = keys.encryption_key_ids();
@@ -648,7 +658,7 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             audit_log,
         } => {
-            let (loaded, engine, keys) = load(&config)?;
+            let (loaded, engine, keys) = load(&config, Need::ENVELOPES)?;
             let mut audit = AuditLog::open(audit_log.as_deref(), loaded.audit_log.as_deref())?;
             let active = keys.encryption()?.clone();
             let key_ids = keys.encryption_key_ids();

@@ -20,6 +20,21 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         "text" => builder.init(),
         other => bail!("--log-format must be text or json, not {other:?}"),
     }
+    if let Some(hardened) = super::HARDENING.get() {
+        if hardened.core_limit_zero && hardened.not_dumpable {
+            tracing::info!(
+                kek_taken_from_environment = hardened.kek_scrubbed,
+                "core dumps off (RLIMIT_CORE 0, not dumpable)"
+            );
+        } else {
+            tracing::warn!(
+                core_limit_zero = hardened.core_limit_zero,
+                not_dumpable = hardened.not_dumpable,
+                "core dumps are possible: a core file would hold every key in memory ({} is set, or the kernel refused)",
+                crate::hardening::ALLOW_CORE_DUMPS_ENV
+            );
+        }
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     // Signal handlers first: a SIGTERM during start-up is a clean shutdown too, and a SIGHUP
     // must never fall through to its default action (terminate).
@@ -41,13 +56,22 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
     let (mut config, engine, keyring_path) = load_config(args)?;
     let engine = std::sync::Arc::new(engine);
     let metrics = crate::metrics::Metrics::new();
-    let (key_watch, keys) = crate::worker::keywatch::KeyWatch::start(
-        keyring_path.clone(),
-        engine.clone(),
-        config.rotation.clone(),
-        metrics.clone(),
-    )
-    .with_context(|| format!("keyring {}", keyring_path.display()))?;
+    // Health endpoints first, so that a start held up by the KMS is visible (`/readyz` 503).
+    if let Some(listen) = config.kafka.as_ref().and_then(|k| k.metrics_listen.as_ref()) {
+        metrics
+            .serve(listen)
+            .with_context(|| format!("metrics_listen {listen}"))?;
+    }
+    let Some((key_watch, keys)) = runtime.block_on(start_keys(
+        &keyring_path,
+        &engine,
+        &config,
+        &metrics,
+        stopped.clone(),
+    ))?
+    else {
+        return Ok(());
+    };
     runtime.spawn(key_watch.run(hangup, stopped.clone()));
     loop {
         // The worker runs until SIGTERM or SIGINT, or until a file its config references (a
@@ -84,6 +108,52 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         config.kafka = fresh.kafka.clone();
         config.registry = fresh.registry.clone();
         config.referenced_files = fresh.referenced_files.clone();
+    }
+}
+
+/// The keyring's first load. A KMS that cannot be reached (or answers with a transient
+/// failure) is retried with backoff (2 s doubling to a minute), logged at error level each
+/// time, while `/readyz` says 503; any other failure ends the start. `None` if a shutdown came
+/// first.
+async fn start_keys(
+    keyring_path: &std::path::Path,
+    engine: &std::sync::Arc<crate::transform::Engine>,
+    config: &crate::config::Config,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    Option<(
+        crate::worker::keywatch::KeyWatch,
+        tokio::sync::watch::Receiver<std::sync::Arc<crate::transform::ActiveKeys>>,
+    )>,
+> {
+    let mut wait = std::time::Duration::from_secs(2);
+    loop {
+        let attempt = crate::worker::keywatch::KeyWatch::start(
+            keyring_path.to_owned(),
+            engine.clone(),
+            config.rotation.clone(),
+            metrics.clone(),
+        );
+        match attempt {
+            Ok(started) => return Ok(Some(started)),
+            Err(error) if error.is_transient() => {
+                tracing::error!(
+                    keyring = %keyring_path.display(),
+                    %error,
+                    retry_in_secs = wait.as_secs(),
+                    "cannot load the keyring: the KMS is unavailable; not ready, retrying"
+                );
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("keyring {}", keyring_path.display()))
+            }
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(60));
     }
 }
 

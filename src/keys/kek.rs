@@ -57,6 +57,16 @@ pub enum KekError {
     Syntax(String),
 }
 
+/// The KEK text taken out of the environment at start (`hardening`), zeroized when replaced.
+static STASHED_KEK: std::sync::Mutex<Option<Zeroizing<String>>> = std::sync::Mutex::new(None);
+
+/// Keeps the text of `PSEUDONYMIZER_KEK` in memory, so that the variable can be scrubbed from
+/// the process's environment (`/proc/PID/environ`) and the KEK still be read at every load.
+pub fn stash_kek(text: &str) {
+    *STASHED_KEK.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(Zeroizing::new(text.trim().to_owned()));
+}
+
 /// A key-encryption key. `Debug` shows its fingerprint id only.
 pub struct Kek {
     id: String,
@@ -89,9 +99,19 @@ impl Kek {
         Kek { id, key }
     }
 
-    /// The KEK from `PSEUDONYMIZER_KEK` or the file named by `PSEUDONYMIZER_KEK_FILE`;
-    /// `None` when neither is set.
+    /// The KEK from `PSEUDONYMIZER_KEK` (as taken out of the environment at start by
+    /// `hardening`, or still in it) or the file named by `PSEUDONYMIZER_KEK_FILE`; `None` when
+    /// neither is set.
     pub fn from_env() -> Result<Option<Self>, KekError> {
+        let stashed = STASHED_KEK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(text) = stashed {
+            let secret =
+                Secret::from_b64(&text).ok_or_else(|| KekError::Malformed(KEK_ENV.to_owned()))?;
+            return Ok(Some(Kek::from_secret(&secret)));
+        }
         if let Some(text) = std::env::var_os(KEK_ENV) {
             let text = Zeroizing::new(text.to_string_lossy().trim().to_owned());
             let secret =

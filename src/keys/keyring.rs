@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::Need;
 use super::kek::{self, Kek, KekError};
 use super::Secret;
 
@@ -139,6 +140,34 @@ pub enum KeyringError {
     AlreadyDestroyed(String),
     #[error("{0}")]
     Kek(#[from] KekError),
+    #[error("{0}")]
+    Kms(#[from] crate::kms::KmsError),
+    #[error("key {id:?}: {error}{}", entry_hint(.error))]
+    KmsEntry {
+        id: String,
+        error: crate::kms::KmsError,
+    },
+}
+
+/// What a refused unwrap most often means, said next to it.
+fn entry_hint(error: &crate::kms::KmsError) -> &'static str {
+    match error {
+        crate::kms::KmsError::Refused { .. } => {
+            " (the wrong KMS key, no permission, or a wrapped secret moved from another entry or keyring: it is bound to its own)"
+        }
+        _ => "",
+    }
+}
+
+impl KeyringError {
+    /// Whether waiting and loading again may succeed: a KMS that is unreachable or answers
+    /// with a transient failure. Everything else (a malformed file, a refused unwrap) stays.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyringError::Kms(e) | KeyringError::KmsEntry { error: e, .. } => e.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// The keyring: every key the program knows, in file order, and how it rests on disk.
@@ -242,9 +271,38 @@ impl Keyring {
         Keyring::from_entries(entries)
     }
 
-    /// Reads and validates a keyring file, refusing one that group or others can read. A sealed
-    /// file is opened with the KEK from the environment ([`Kek::from_env`]).
+    /// Reads and validates a keyring file with every secret, refusing one that group or others
+    /// can read. A sealed file is opened with the KEK from the environment ([`Kek::from_env`]);
+    /// a KMS-wrapped one with the KMS it names.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        Keyring::load_for(path, Need::ALL)
+    }
+
+    /// [`Keyring::load`], keeping only the secrets `need` asks for (and destroyed entries, as
+    /// records). A KMS-wrapped file unwraps only those, one KMS call each; a clear or
+    /// KEK-sealed file is read whole and the rest dropped from memory at once.
+    pub fn load_for(path: &Path, need: Need) -> Result<Self, KeyringError> {
+        let text = Keyring::read_owner_only(path)?;
+        if crate::kms::keyring::is_wrapped(&text) {
+            let wrapped = crate::kms::keyring::WrappedKeyring::from_text(&text)?;
+            let kms = crate::kms::open(&wrapped.kms)?;
+            return wrapped.unwrap(kms.as_ref(), need);
+        }
+        let mut ring = if kek::is_sealed(&text) {
+            let kek = Kek::from_env()?.ok_or_else(|| KekError::Missing(path.to_owned()))?;
+            Keyring::from_sealed(&text, kek)?
+        } else {
+            Keyring::from_json(&text)?
+        };
+        if need != Need::ALL {
+            ring.entries
+                .retain(|e| e.state == KeyState::Destroyed || need.wants(e.purpose, e.state));
+        }
+        Ok(ring)
+    }
+
+    /// The text of a keyring file, refusing one that group or others can read.
+    pub(crate) fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, KeyringError> {
         let meta = fs::metadata(path).map_err(|source| KeyringError::Read {
             path: path.to_owned(),
             source,
@@ -263,11 +321,7 @@ impl Keyring {
                     source,
                 })?,
             );
-        if !kek::is_sealed(&text) {
-            return Keyring::from_json(&text);
-        }
-        let kek = Kek::from_env()?.ok_or_else(|| KekError::Missing(path.to_owned()))?;
-        Keyring::from_sealed(&text, kek)
+        Ok(text)
     }
 
     /// Opens the text of a sealed keyring file with its key-encryption key and parses it.
@@ -433,7 +487,7 @@ fn syntax_category(e: &serde_json::Error) -> String {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id
             .bytes()
@@ -446,6 +500,11 @@ fn now_rfc3339() -> String {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     now.format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// A new active key made now (for the KMS keyring's `rotate`).
+pub(crate) fn new_active_entry(purpose: Purpose) -> KeyEntry {
+    new_entry(purpose, &now_rfc3339())
 }
 
 /// A new active key with an id like `p-20261125-3fa9c2` (purpose letter, date, random suffix).

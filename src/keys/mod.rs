@@ -18,13 +18,69 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-pub use kek::{Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
+pub use kek::{stash_kek, Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
+pub(crate) use keyring::{new_active_entry, valid_id};
 pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FORMAT};
 pub use secret::{Secret, SECRET_LEN};
 
 use crate::cryptopan::CryptoPan;
 pub use crate::envelope::SealKey;
 use crate::envelope::{self, OpenError};
+
+/// How much of one purpose's keys a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// None of them.
+    Nothing,
+    /// The active key only (new output).
+    Active,
+    /// Every key with a secret (opening old envelopes, finding old tokens).
+    All,
+}
+
+/// Which secrets a command loads: least privilege between what a process does and what it
+/// can open. A KMS-wrapped keyring unwraps exactly these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub pseudonym: Scope,
+    pub encryption: Scope,
+}
+
+impl Need {
+    /// Every secret (the `keys` commands, tests).
+    pub const ALL: Need = Need {
+        pseudonym: Scope::All,
+        encryption: Scope::All,
+    };
+    /// New output only: the worker, `transform`, `check`.
+    pub const NEW_OUTPUT: Need = Need {
+        pseudonym: Scope::Active,
+        encryption: Scope::Active,
+    };
+    /// Tokens of every epoch: `lookup`.
+    pub const TOKENS: Need = Need {
+        pseudonym: Scope::All,
+        encryption: Scope::Nothing,
+    };
+    /// Envelopes of every key: `decrypt`, `reseal`, `dlq replay`.
+    pub const ENVELOPES: Need = Need {
+        pseudonym: Scope::Nothing,
+        encryption: Scope::All,
+    };
+
+    /// Whether a key of `purpose` in `state` is needed.
+    pub fn wants(&self, purpose: Purpose, state: KeyState) -> bool {
+        let scope = match purpose {
+            Purpose::Pseudonym => self.pseudonym,
+            Purpose::Encryption => self.encryption,
+        };
+        match scope {
+            Scope::Nothing => false,
+            Scope::Active => state == KeyState::Active,
+            Scope::All => state != KeyState::Destroyed,
+        }
+    }
+}
 
 /// HKDF info for the token HMAC key (spec §2).
 pub const INFO_HMAC: &[u8] = b"pseudonymizer/v1/hmac-sha256";

@@ -34,12 +34,18 @@ impl Secret {
         Some(Secret(bytes))
     }
 
+    /// Exactly 32 bytes (a KMS's unwrapped secret); `None` for any other length.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes: [u8; SECRET_LEN] = bytes.try_into().ok()?;
+        Some(Secret(bytes))
+    }
+
     /// Standard base64, for the keyring writer only.
     pub(crate) fn to_b64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.0))
     }
 
-    /// The raw bytes, for key derivation only.
+    /// The raw bytes, for key derivation and KMS wrapping only.
     pub(crate) fn expose(&self) -> &[u8; SECRET_LEN] {
         &self.0
     }

@@ -35,6 +35,13 @@ pub enum ReloadError {
     NoEncryptionKey,
 }
 
+impl ReloadError {
+    /// Whether loading again later may succeed (the KMS was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReloadError::Keyring(e) if e.is_transient())
+    }
+}
+
 /// The reload and policy task of one worker.
 pub struct KeyWatch {
     path: PathBuf,
@@ -48,6 +55,9 @@ pub struct KeyWatch {
     seen: [u8; 32],
     /// (key id, reason) warnings already logged, so a due key is logged once, not every check.
     warned: HashSet<(String, &'static str)>,
+    /// After a reload the KMS could not serve: when to try the same file again, and the wait
+    /// after that (doubling, at most a minute), so an unreachable KMS is not called every second.
+    retry: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl KeyWatch {
@@ -70,6 +80,7 @@ impl KeyWatch {
             created: HashMap::new(),
             seen,
             warned: HashSet::new(),
+            retry: None,
         };
         watch.created = created_times(&keyring);
         Ok((watch, receiver))
@@ -95,6 +106,9 @@ impl KeyWatch {
                     if file_hash(&self.path) != self.seen {
                         tracing::info!(keyring = %self.path.display(), "keyring file changed: reloading");
                         self.reload();
+                    } else if self.retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at) {
+                        tracing::info!(keyring = %self.path.display(), "retrying the keyring load the KMS could not serve");
+                        self.reload();
                     }
                 }
                 _ = check.tick() => self.check_policy(),
@@ -105,6 +119,7 @@ impl KeyWatch {
     /// Loads, checks and applies the keyring, or refuses it and keeps the current keys.
     pub fn reload(&mut self) {
         self.seen = file_hash(&self.path);
+        let backoff = self.retry.take().map(|(_, wait)| wait);
         let before = self.sender.borrow().clone();
         match load(&self.path, &self.engine) {
             Ok((keyring, active)) => {
@@ -135,6 +150,12 @@ impl KeyWatch {
                     .key_reloads
                     .with_label_values(&["refused"])
                     .inc();
+                if error.is_transient() {
+                    let wait = backoff.map_or(Duration::from_secs(2), |w| {
+                        (w * 2).min(Duration::from_secs(60))
+                    });
+                    self.retry = Some((tokio::time::Instant::now() + wait, wait));
+                }
                 tracing::error!(
                     keyring = %self.path.display(),
                     %error,
@@ -187,7 +208,8 @@ impl KeyWatch {
 
 /// Loads a keyring and the active keys the engine needs, exactly as at start.
 pub fn load(path: &std::path::Path, engine: &Engine) -> Result<(Keyring, ActiveKeys), ReloadError> {
-    let keyring = Keyring::load(path)?;
+    // New output only: the active key of each purpose, one KMS call each for a KMS keyring.
+    let keyring = Keyring::load_for(path, crate::keys::Need::NEW_OUTPUT)?;
     let active = engine.active_keys(&KeySet::from_keyring(&keyring))?;
     if active.encryption.is_none() {
         return Err(ReloadError::NoEncryptionKey);

@@ -1,0 +1,278 @@
+//! The KMS-wrapped keyring file: the keyring's entries, each secret wrapped on its own by the
+//! KMS key the file names.
+//!
+//! ```json
+//! {
+//!   "format": "pseudonymizer-keyring-kms/v1",
+//!   "kms": "aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/…",
+//!   "keyring_id": "kr-5f0c9a1e27b4d3c8",
+//!   "keys": [
+//!     { "id": "p-20261130-1436da", "purpose": "pseudonym", "state": "active",
+//!       "created_at": "2026-11-30T09:11:04Z", "wrapped_secret": "<b64 of the KMS ciphertext>" }
+//!   ]
+//! }
+//! ```
+//!
+//! Each secret is wrapped with the encryption context of its entry ([`super::entry_context`]:
+//! keyring id, key id, purpose), so a wrapped secret copied into another entry or another
+//! keyring does not unwrap. Nothing here ever writes a clear secret: `rotate` wraps the new
+//! secret before it is stored, `destroy` drops a wrapped one, `rewrap` unwraps in memory and
+//! wraps under the new KMS key, and every write is atomic (temporary file, fsync, rename).
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::{entry_context, Kms, KmsError};
+use crate::keys::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
+
+/// The `format` of a KMS-wrapped keyring file.
+pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v1";
+
+/// A KMS-wrapped keyring: metadata in clear, secrets wrapped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedKeyring {
+    format: String,
+    /// The URI of the KMS key every secret is wrapped under.
+    pub kms: String,
+    /// Random, made at `init`/`seal`: binds each wrapped secret to this keyring.
+    pub keyring_id: String,
+    keys: Vec<WrappedEntry>,
+}
+
+/// One entry: as in the clear keyring, with the wrapped secret in place of the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedEntry {
+    pub id: String,
+    pub purpose: Purpose,
+    pub state: KeyState,
+    pub created_at: String,
+    /// b64 of the KMS ciphertext; absent exactly when the key is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wrapped_secret: Option<String>,
+}
+
+/// Whether keyring file text is the KMS-wrapped form (looks only at `format`).
+pub fn is_wrapped(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format: String,
+    }
+    serde_json::from_str::<FormatOnly>(text).is_ok_and(|f| f.format == KMS_FORMAT)
+}
+
+impl WrappedKeyring {
+    /// Parses a wrapped keyring's text (no KMS call).
+    pub fn from_text(text: &str) -> Result<Self, KeyringError> {
+        let ring: WrappedKeyring = serde_json::from_str(text)
+            .map_err(|e| KeyringError::Syntax(format!("KMS keyring: {e}")))?;
+        if ring.format != KMS_FORMAT {
+            return Err(KeyringError::Format(ring.format));
+        }
+        for entry in &ring.keys {
+            match (entry.state, &entry.wrapped_secret) {
+                (KeyState::Destroyed, Some(_)) => {
+                    return Err(KeyringError::DestroyedWithSecret(entry.id.clone()))
+                }
+                (KeyState::Active | KeyState::Retired, None) => {
+                    return Err(KeyringError::MissingSecret(entry.id.clone()))
+                }
+                _ => {}
+            }
+        }
+        Ok(ring)
+    }
+
+    /// Reads a wrapped keyring file (owner-only, as every keyring file).
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let text = Keyring::read_owner_only(path)?;
+        WrappedKeyring::from_text(&text)
+    }
+
+    /// Wraps every secret of a clear keyring under `kms` (one KMS call per live key). Used by
+    /// `keys init --kms` and `keys seal --kms`; the clear keyring exists in memory only.
+    pub fn wrap(ring: &Keyring, kms: &dyn Kms) -> Result<Self, KeyringError> {
+        let keyring_id = new_keyring_id();
+        let keys = ring
+            .entries()
+            .iter()
+            .map(|entry| wrap_entry(kms, &keyring_id, entry))
+            .collect::<Result<_, _>>()?;
+        Ok(WrappedKeyring {
+            format: KMS_FORMAT.to_owned(),
+            kms: kms.uri().to_owned(),
+            keyring_id,
+            keys,
+        })
+    }
+
+    /// The entries, in file order (ids, purposes, states; never a secret).
+    pub fn entries(&self) -> &[WrappedEntry] {
+        &self.keys
+    }
+
+    /// Unwraps what `need` asks for, one KMS call per key, and returns the clear keyring of
+    /// those keys (destroyed entries kept as records; other live keys left out).
+    pub fn unwrap(&self, kms: &dyn Kms, need: Need) -> Result<Keyring, KeyringError> {
+        let mut entries = Vec::new();
+        for entry in &self.keys {
+            if entry.state != KeyState::Destroyed && !need.wants(entry.purpose, entry.state) {
+                continue;
+            }
+            let secret = match &entry.wrapped_secret {
+                None => None,
+                Some(b64) => Some(self.unwrap_secret(kms, entry, b64)?),
+            };
+            entries.push(KeyEntry {
+                id: entry.id.clone(),
+                purpose: entry.purpose,
+                state: entry.state,
+                created_at: entry.created_at.clone(),
+                secret,
+            });
+        }
+        Keyring::from_entries(entries)
+    }
+
+    fn unwrap_secret(
+        &self,
+        kms: &dyn Kms,
+        entry: &WrappedEntry,
+        b64: &str,
+    ) -> Result<Secret, KeyringError> {
+        let fail = |error: KmsError| KeyringError::KmsEntry {
+            id: entry.id.clone(),
+            error,
+        };
+        let wrapped = STANDARD
+            .decode(b64)
+            .map_err(|_| KeyringError::BadSecret(entry.id.clone()))?;
+        let context = entry_context(&self.keyring_id, &entry.id, entry.purpose.as_str());
+        let clear = kms.unwrap(&wrapped, &context).map_err(fail)?;
+        Secret::from_bytes(&clear).ok_or_else(|| KeyringError::BadSecret(entry.id.clone()))
+    }
+
+    /// Adds a new active key of `purpose` (its secret wrapped before it is stored) and retires
+    /// the previously active one: one KMS call, nothing unwrapped. Returns the new id.
+    pub fn rotate(
+        &mut self,
+        kms: &dyn Kms,
+        purpose: Purpose,
+        id: Option<String>,
+    ) -> Result<String, KeyringError> {
+        let mut entry = crate::keys::new_active_entry(purpose);
+        if let Some(id) = id {
+            entry.id = id;
+        }
+        if !crate::keys::valid_id(&entry.id) {
+            return Err(KeyringError::BadId(entry.id));
+        }
+        if self.keys.iter().any(|e| e.id == entry.id) {
+            return Err(KeyringError::DuplicateId(entry.id));
+        }
+        let wrapped = wrap_entry(kms, &self.keyring_id, &entry)?;
+        for old in &mut self.keys {
+            if old.purpose == purpose && old.state == KeyState::Active {
+                old.state = KeyState::Retired;
+            }
+        }
+        self.keys.push(wrapped);
+        Ok(entry.id)
+    }
+
+    /// Drops a key's wrapped secret, keeping its entry (crypto-shredding; no KMS call).
+    pub fn destroy(&mut self, id: &str) -> Result<(), KeyringError> {
+        let entry = self
+            .keys
+            .iter_mut()
+            .find(|e| e.id == id)
+            .ok_or_else(|| KeyringError::UnknownId(id.to_owned()))?;
+        if entry.state == KeyState::Destroyed {
+            return Err(KeyringError::AlreadyDestroyed(id.to_owned()));
+        }
+        entry.state = KeyState::Destroyed;
+        entry.wrapped_secret = None;
+        Ok(())
+    }
+
+    /// The same keyring with every secret wrapped under `to` instead (KEK rotation): each live
+    /// secret is unwrapped with `from` and wrapped with `to` in memory, never written clear.
+    pub fn rewrap(&self, from: &dyn Kms, to: &dyn Kms) -> Result<Self, KeyringError> {
+        let clear = self.unwrap(from, Need::ALL)?;
+        // The keyring stays the same keyring: its id is kept, so entries stay bound to it.
+        Ok(WrappedKeyring {
+            format: KMS_FORMAT.to_owned(),
+            kms: to.uri().to_owned(),
+            keyring_id: self.keyring_id.clone(),
+            keys: clear
+                .entries()
+                .iter()
+                .map(|entry| wrap_entry(to, &self.keyring_id, entry))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Writes the file with mode 0600, atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let mut text = serde_json::to_string_pretty(self).expect("wrapped keyring serializes");
+        text.push('\n');
+        let write_err = |source| KeyringError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(write_err)?;
+        fs::rename(&tmp, path).map_err(write_err)?;
+        Ok(())
+    }
+}
+
+/// An entry with its secret wrapped (`None` stays `None`: destroyed).
+fn wrap_entry(
+    kms: &dyn Kms,
+    keyring_id: &str,
+    entry: &KeyEntry,
+) -> Result<WrappedEntry, KeyringError> {
+    let wrapped_secret = match &entry.secret {
+        None => None,
+        Some(secret) => {
+            let context = entry_context(keyring_id, &entry.id, entry.purpose.as_str());
+            let wrapped = kms
+                .wrap(secret.expose(), &context)
+                .map_err(|error| KeyringError::KmsEntry {
+                    id: entry.id.clone(),
+                    error,
+                })?;
+            Some(STANDARD.encode(wrapped))
+        }
+    };
+    Ok(WrappedEntry {
+        id: entry.id.clone(),
+        purpose: entry.purpose,
+        state: entry.state,
+        created_at: entry.created_at.clone(),
+        wrapped_secret,
+    })
+}
+
+/// `kr-` and 16 random hex digits.
+fn new_keyring_id() -> String {
+    use rand::RngCore;
+    format!("kr-{:016x}", rand::rngs::OsRng.next_u64())
+}
