@@ -21,8 +21,8 @@
 //! data key per envelope key (no lock on the hot path). docs/security.md gives the bound this
 //! keeps.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aes::cipher::BlockEncrypt;
 use aes::Aes256;

@@ -311,7 +311,12 @@ impl Metrics {
             ("wrap", "ok", now.wrap_ok, &mut kms.wrap_ok),
             ("wrap", "failed", now.wrap_failed, &mut kms.wrap_failed),
             ("unwrap", "ok", now.unwrap_ok, &mut kms.unwrap_ok),
-            ("unwrap", "failed", now.unwrap_failed, &mut kms.unwrap_failed),
+            (
+                "unwrap",
+                "failed",
+                now.unwrap_failed,
+                &mut kms.unwrap_failed,
+            ),
         ] {
             if now > *before {
                 self.kms_calls

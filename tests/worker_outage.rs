@@ -11,14 +11,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, Collected, Inputs, Topics};
+use common::proxy::Proxy;
 use pseudonymizer::metrics::Metrics;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// A broker of this test's own, stopped on drop.
 struct Broker(Child);
@@ -77,60 +75,6 @@ fn start_tansu(listen: SocketAddr, advertised: SocketAddr) -> Broker {
         std::thread::sleep(Duration::from_millis(100));
     }
     Broker(child)
-}
-
-/// A TCP proxy that can be cut: `up = false` closes every open connection and refuses new
-/// ones until `up` is true again.
-struct Proxy {
-    up: watch::Sender<bool>,
-    connections: Arc<AtomicUsize>,
-    cut_connections: Arc<AtomicUsize>,
-}
-
-impl Proxy {
-    async fn start(listen: SocketAddr, target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(listen).await.unwrap();
-        let (up, up_rx) = watch::channel(true);
-        let connections = Arc::new(AtomicUsize::new(0));
-        let cut_connections = Arc::new(AtomicUsize::new(0));
-        let (accepted, cut) = (connections.clone(), cut_connections.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !*up_rx.borrow() {
-                    drop(client); // refused while down
-                    continue;
-                }
-                accepted.fetch_add(1, Ordering::Relaxed);
-                let mut up = up_rx.clone();
-                let cut = cut.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let cut_off = async {
-                        let _ = up.wait_for(|up| !*up).await;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_off => { cut.fetch_add(1, Ordering::Relaxed); }
-                    }
-                    // Dropping both sockets closes them: the client sees the broker vanish.
-                });
-            }
-        });
-        Proxy {
-            up,
-            connections,
-            cut_connections,
-        }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

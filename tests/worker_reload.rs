@@ -29,18 +29,7 @@ fn signal(child: &Child, name: &str) {
 
 /// Waits until the worker's log holds `needle` at least `times` times.
 fn wait_log(log: &Path, needle: &str, times: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.matches(needle).count() >= times {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?} {times} times:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::process::wait_log(log, needle, times, Duration::from_secs(30))
 }
 
 /// Replaces a file's content in one step (temporary file, then rename), as a deploy tool would:

@@ -103,7 +103,11 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             if let Some(uri) = kms {
                 let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
                 wrapped.save(&keyring)?;
-                writeln!(out, "created {} wrapped by {uri} with keys:", keyring.display())?;
+                writeln!(
+                    out,
+                    "created {} wrapped by {uri} with keys:",
+                    keyring.display()
+                )?;
                 return list_wrapped(&wrapped, out);
             }
             ring.save(&keyring)?;
@@ -146,7 +150,11 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             let ring = Keyring::load(&keyring)?;
             let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
             wrapped.save(&keyring)?;
-            writeln!(out, "wrapped every secret of {} with {uri}", keyring.display())?;
+            writeln!(
+                out,
+                "wrapped every secret of {} with {uri}",
+                keyring.display()
+            )?;
             Ok(())
         }
         KeysCommand::Rewrap { keyring, kms } => {
@@ -168,10 +176,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             )?;
             Ok(())
         }
-        KeysCommand::Seal {
-            keyring,
-            kms: None,
-        } => {
+        KeysCommand::Seal { keyring, kms: None } => {
             let mut ring = Keyring::load(&keyring)?;
             if let Some(kek) = ring.kek() {
                 bail!("{} is already sealed under {}", keyring.display(), kek.id());

@@ -57,7 +57,11 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
     let engine = std::sync::Arc::new(engine);
     let metrics = crate::metrics::Metrics::new();
     // Health endpoints first, so that a start held up by the KMS is visible (`/readyz` 503).
-    if let Some(listen) = config.kafka.as_ref().and_then(|k| k.metrics_listen.as_ref()) {
+    if let Some(listen) = config
+        .kafka
+        .as_ref()
+        .and_then(|k| k.metrics_listen.as_ref())
+    {
         metrics
             .serve(listen)
             .with_context(|| format!("metrics_listen {listen}"))?;

@@ -16,8 +16,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::Need;
 use super::kek::{self, Kek, KekError};
+use super::Need;
 use super::Secret;
 
 /// The value of the keyring's `format` field.

@@ -253,12 +253,12 @@ fn wrap_entry(
         None => None,
         Some(secret) => {
             let context = entry_context(keyring_id, &entry.id, entry.purpose.as_str());
-            let wrapped = kms
-                .wrap(secret.expose(), &context)
-                .map_err(|error| KeyringError::KmsEntry {
-                    id: entry.id.clone(),
-                    error,
-                })?;
+            let wrapped =
+                kms.wrap(secret.expose(), &context)
+                    .map_err(|error| KeyringError::KmsEntry {
+                        id: entry.id.clone(),
+                        error,
+                    })?;
             Some(STANDARD.encode(wrapped))
         }
     };

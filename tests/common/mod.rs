@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

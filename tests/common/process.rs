@@ -90,3 +90,19 @@ pub fn cli(args: &[&str]) -> (bool, String) {
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
+
+/// Waits (at most `bound`) until the log holds `needle` at least `times` times; its text.
+pub fn wait_log(log: &Path, needle: &str, times: usize, bound: Duration) -> String {
+    let deadline = Instant::now() + bound;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?} {times} times:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
