@@ -3,32 +3,25 @@
 # use: moto's server mode, which serves AWS KMS (CreateKey, Encrypt, Decrypt, encryption
 # contexts enforced) over HTTP on loopback.
 #
-#   scripts/kms.sh install     make the virtual environment (moto[server], cryptography)
+#   scripts/kms.sh install     make the project's Python environment (scripts/python-env.sh)
 #   scripts/kms.sh start       start moto on a free loopback port; prints the path of an env
 #                              file with PSEUDONYMIZER_KMS_ENDPOINT, PSEUDONYMIZER_MOTO_SERVER
 #                              and PSEUDONYMIZER_PYTHON (the environment's python)
 #   scripts/kms.sh stop        stop it
 #   scripts/kms.sh python      install, then print the environment's python
 #
-# The environment lives in ${PSEUDONYMIZER_CACHE:-$HOME/.cache/pseudonymizer}/venv-<versions>,
-# outside the checkout, so a second run reuses it (about 50 s the first time).
+# The environment (moto[server], cryptography, …: scripts/python-requirements.txt) lives in
+# ${PSEUDONYMIZER_CACHE:-$HOME/.cache/pseudonymizer}, outside the checkout, so a second run
+# reuses it.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-MOTO_VERSION=5.2.5
-CRYPTOGRAPHY_VERSION=50.0.2
 CACHE=${PSEUDONYMIZER_CACHE:-$HOME/.cache/pseudonymizer}
-VENV="$CACHE/venv-moto$MOTO_VERSION-cryptography$CRYPTOGRAPHY_VERSION"
 RUN_DIR=${KMS_RUN_DIR:-$CACHE/run/kms}
+VENV=""
 
 install() {
-  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import moto, cryptography' 2>/dev/null; then
-    return 0
-  fi
-  echo "installing moto[server] $MOTO_VERSION and cryptography $CRYPTOGRAPHY_VERSION into $VENV (first time only)" >&2
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "moto[server]==$MOTO_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION" >&2
+  VENV=$(scripts/python-env.sh)
 }
 
 free_port() {

@@ -37,6 +37,14 @@ set -a
 set +a
 echo "KMS emulator (moto) on $PSEUDONYMIZER_KMS_ENDPOINT"
 
+# The deploy pack's tools: podman, mmdebstrap and its Debian base, promtool, kustomize and
+# kubernetes-validate (tests/deploy.rs).
+deploy_env=$(scripts/deploy-tools.sh install)
+set -a
+# shellcheck disable=SC1090
+. "$deploy_env"
+set +a
+
 # Unit and integration tests (the crate has no doctests). The summary line adds up every test
 # binary's result.
 log=$(mktemp)

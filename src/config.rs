@@ -194,9 +194,15 @@ pub struct KafkaConfig {
     /// Input headers copied to the output; all others are dropped.
     #[serde(default)]
     pub header_allowlist: Vec<String>,
-    /// Seconds allowed for a graceful shutdown after SIGTERM or SIGINT.
+    /// Seconds allowed for a graceful shutdown after SIGTERM or SIGINT. Keep it below the
+    /// platform's grace period (Kubernetes: `terminationGracePeriodSeconds`, 30 s by default).
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Where a consumer group without committed offsets starts: `earliest` (default: every
+    /// record still in the raw topics, nothing skipped) or `latest` (only records that arrive
+    /// after the first start). docs/deploy.md, "The first deploy".
+    #[serde(default)]
+    pub auto_offset_reset: OffsetReset,
     /// Seconds without progress, while assigned partitions have records to read, after which
     /// the worker reports a stall: `/readyz` 503, an error line naming the partitions, and
     /// `pseudonymizer_stalls_total`.
@@ -294,6 +300,27 @@ impl Default for RotationConfig {
     }
 }
 
+/// Where a consumer group without committed offsets starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetReset {
+    /// The oldest record the broker still has.
+    #[default]
+    Earliest,
+    /// The next record to arrive.
+    Latest,
+}
+
+impl OffsetReset {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
 /// The worker's delivery guarantee.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -324,8 +351,10 @@ fn default_stall_secs() -> u64 {
     60
 }
 
+/// 20 s: under Kubernetes' default grace period (30 s) with a margin, so a pod killed with
+/// the defaults still drains; deploy/kubernetes sets 45 s.
 fn default_shutdown_secs() -> u64 {
-    30
+    20
 }
 
 /// Why a configuration was refused.

@@ -73,6 +73,16 @@ pub fn scrub(message: &str, value: &str) -> String {
     }
 }
 
+/// Every kind [`failure_kind`] gives but `other` (which is logged, not counted).
+pub const ERROR_KINDS: [&str; 6] = [
+    "authentication",
+    "sasl-mechanism",
+    "authorization",
+    "tls",
+    "all-brokers-down",
+    "transport",
+];
+
 /// Kinds of connection failure, as counted in `pseudonymizer_connection_errors_total{kind}`.
 pub fn failure_kind(code: RDKafkaErrorCode, reason: &str) -> &'static str {
     use RDKafkaErrorCode as C;

@@ -20,6 +20,8 @@
 //!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
 //! - [`rules`]: actions and the per-path rules of one schema.
 //! - [`config`]: the TOML configuration file.
+//! - [`secret_file`]: which modes a secret file may have (owner-only, or group-read as
+//!   Kubernetes Secret volumes are).
 //! - [`secret_ref`]: `${file:…}` and `${env:…}` references in the config, and which librdkafka
 //!   properties are secrets.
 //! - [`connect`]: the Kafka connection every client shares (TLS, SASL, properties) and the
@@ -63,6 +65,7 @@ pub mod metrics;
 pub mod plan;
 pub mod registry;
 pub mod rules;
+pub mod secret_file;
 pub mod secret_ref;
 pub mod token;
 pub mod transform;

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub envelopes_sealed: IntCounterVec,
     /// Keyring reloads, by result (`applied`, `refused`).
     pub key_reloads: IntCounterVec,
+    /// Consumer group rebalances (assignments and revocations) this worker went through.
+    pub rebalances: IntCounter,
+    /// Offset commits the broker refused or that failed (automatic and at shutdown).
+    pub commit_failures: IntCounter,
     /// KMS calls made by this process, by operation (`wrap`, `unwrap`) and result (`ok`,
     /// `failed`): one unwrap per key per keyring load, none per record.
     pub kms_calls: IntCounterVec,
@@ -85,9 +89,30 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric in a fresh registry, with `pseudonymizer_build_info` and the
+    /// process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+    /// `process_open_fds`, …).
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "pseudonymizer_build_info",
+                "1, labelled with the version and the phone metadata that decides canonical forms.",
+            ),
+            &["version", "phone_metadata"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::token::PHONE_METADATA])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -179,6 +204,14 @@ impl Metrics {
                 "Envelopes sealed by this process.",
                 &["key_id"],
             ),
+            rebalances: plain_counter(
+                "pseudonymizer_rebalances_total",
+                "Consumer group rebalances (assignments and revocations).",
+            ),
+            commit_failures: plain_counter(
+                "pseudonymizer_commit_failures_total",
+                "Offset commits that failed.",
+            ),
             kms_calls: counter(
                 "pseudonymizer_kms_calls_total",
                 "KMS calls made by this process.",
@@ -236,7 +269,33 @@ impl Metrics {
             exported_seals: Mutex::new(HashMap::new()),
             exported_kms: Mutex::new(crate::kms::Calls::default()),
         };
+        metrics.zero_known_labels();
         Arc::new(metrics)
+    }
+
+    /// Exports 0 for every label value known in advance, so that alert rules and dashboards
+    /// find each series from the start (a vector with no child is not exported at all).
+    fn zero_known_labels(&self) {
+        for reason in crate::worker::route::DeadLetter::ALL {
+            self.dead_lettered.with_label_values(&[reason.code()]);
+        }
+        for result in ["applied", "refused"] {
+            self.key_reloads.with_label_values(&[result]);
+        }
+        for (operation, result) in [
+            ("wrap", "ok"),
+            ("wrap", "failed"),
+            ("unwrap", "ok"),
+            ("unwrap", "failed"),
+        ] {
+            self.kms_calls.with_label_values(&[operation, result]);
+        }
+        for kind in crate::connect::ERROR_KINDS {
+            self.connection_errors.with_label_values(&[kind]);
+        }
+        for outcome in ["committed", "aborted"] {
+            self.transactions.with_label_values(&[outcome]);
+        }
     }
 
     /// Exports a counter kept elsewhere (the engine's phone region fallbacks). A second

@@ -57,8 +57,8 @@ fn exactly_once_config(
         None => String::new(),
     };
     let text = std::fs::read_to_string(base).unwrap().replace(
-        "shutdown_timeout_secs = 30",
-        &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\"\n{mode}"),
+        "shutdown_timeout_secs = 20",
+        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\"\n{mode}"),
     );
     let path = dir.join(format!("pipeline-{port}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -302,8 +302,11 @@ fn keyring_errors() {
     }
 }
 
+/// Owner-only passes; group read passes only for a group this process is in (Kubernetes
+/// Secret volumes with fsGroup: 0440); others' access, group write and a foreign group fail.
 #[test]
-fn group_readable_keyring_is_refused() {
+fn keyring_modes_owner_only_or_group_read_by_own_group() {
+    use pseudonymizer::secret_file::ModeProblem;
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_keyring(dir.path());
     assert_eq!(
@@ -311,12 +314,36 @@ fn group_readable_keyring_is_refused() {
         0o600
     );
     assert!(Keyring::load(&path).is_ok());
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let error = Keyring::load(&path).unwrap_err();
+    let own_gid = unsafe { libc::getegid() };
+    let set = |mode: u32, gid: u32| {
+        std::os::unix::fs::chown(&path, None, Some(gid)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        Keyring::load(&path)
+    };
     assert!(
-        matches!(error, KeyringError::Permissions { mode: 0o640, .. }),
-        "{error}"
+        set(0o440, own_gid).is_ok(),
+        "group read by the process's own group"
     );
+    assert!(set(0o640, own_gid).is_ok());
+    let refused = |result: Result<Keyring, KeyringError>| match result {
+        Err(KeyringError::Permissions { problem, .. }) => problem,
+        other => panic!("not refused for its mode: {other:?}"),
+    };
+    assert_eq!(refused(set(0o644, own_gid)), ModeProblem::Others(0o644));
+    assert_eq!(
+        refused(set(0o660, own_gid)),
+        ModeProblem::GroupWritable(0o660)
+    );
+    let foreign = 54_321;
+    assert_eq!(
+        refused(set(0o440, foreign)),
+        ModeProblem::ForeignGroup {
+            mode: 0o440,
+            gid: foreign
+        }
+    );
+    let error = set(0o440, foreign).unwrap_err().to_string();
+    assert!(error.contains("chmod 600"), "{error}");
 }
 
 #[test]

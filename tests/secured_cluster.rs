@@ -44,8 +44,8 @@ fn secured_config(
             &format!("[kafka.properties]\n{properties}\n"),
         )
         .replace(
-            "shutdown_timeout_secs = 30",
-            &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\""),
+            "shutdown_timeout_secs = 20",
+            &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
         );
     let path = dir.join(format!("secured-{port}.toml"));
     std::fs::write(&path, text).unwrap();

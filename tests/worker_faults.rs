@@ -177,8 +177,8 @@ fn with_metrics(dir: &std::path::Path, config: &std::path::Path) -> (PathBuf, So
         .unwrap()
         .port();
     let text = std::fs::read_to_string(config).unwrap().replace(
-        "shutdown_timeout_secs = 30",
-        &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\""),
+        "shutdown_timeout_secs = 20",
+        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
     );
     let path = dir.join(format!("pipeline-{port}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -80,8 +80,8 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
         .unwrap()
         .port();
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_timeout_secs = 30",
-        &format!("shutdown_timeout_secs = 30\nmetrics_listen = \"127.0.0.1:{port}\""),
+        "shutdown_timeout_secs = 20",
+        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
     ) + "\n[rotation]\nencryption_max_age_days = 1\nwarn_fraction = 0.00001\ncheck_interval_secs = 1\n";
     std::fs::write(&config, text).unwrap();
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -47,8 +47,11 @@ pub enum KekError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key-encryption key file {path} is readable by group or others (mode {mode:o})")]
-    Permissions { path: PathBuf, mode: u32 },
+    #[error("key-encryption key file {path} is refused: {problem}")]
+    Permissions {
+        path: PathBuf,
+        problem: crate::secret_file::ModeProblem,
+    },
     #[error("the keyring is sealed under {sealed}, but the key-encryption key given is {given}")]
     WrongKek { sealed: String, given: String },
     #[error("the sealed keyring does not authenticate (corrupt or tampered)")]
@@ -124,18 +127,16 @@ impl Kek {
         }
     }
 
-    /// Reads a KEK file (base64, owner-only).
+    /// Reads a KEK file (base64; owner-only, or group-read by a group of this process's).
     pub fn from_file(path: &Path) -> Result<Self, KekError> {
-        use std::os::unix::fs::PermissionsExt;
         let read = |source| KekError::Read {
             path: path.to_owned(),
             source,
         };
-        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if let Err(problem) = crate::secret_file::check(path).map_err(read)? {
             return Err(KekError::Permissions {
                 path: path.to_owned(),
-                mode,
+                problem,
             });
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);

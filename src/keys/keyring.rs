@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -104,10 +104,11 @@ pub enum KeyringError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "keyring {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
-    )]
-    Permissions { path: PathBuf, mode: u32 },
+    #[error("keyring {path} is refused: {problem}; run `chmod 600 {path}` (or 0440 under a group this process is in, as Kubernetes Secret volumes with fsGroup are)")]
+    Permissions {
+        path: PathBuf,
+        problem: crate::secret_file::ModeProblem,
+    },
     #[error("keyring {path} already exists; refusing to overwrite it")]
     Exists { path: PathBuf },
     #[error("keyring is not valid: {0}")]
@@ -301,17 +302,17 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// The text of a keyring file, refusing one that group or others can read.
+    /// The text of a keyring file, refusing a mode [`crate::secret_file`] refuses (others'
+    /// access, group write, group read by a group this process is not in).
     pub(crate) fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, KeyringError> {
-        let meta = fs::metadata(path).map_err(|source| KeyringError::Read {
+        let checked = crate::secret_file::check(path).map_err(|source| KeyringError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if let Err(problem) = checked {
             return Err(KeyringError::Permissions {
                 path: path.to_owned(),
-                mode,
+                problem,
             });
         }
         let text =

@@ -60,6 +60,9 @@ pub async fn run(
         "producer",
         Some(publisher.worker.metrics.clone()),
     ))?;
+    if !publisher.wait_for_topics(&consumer, &mut shutdown).await {
+        return Ok(Stats::default());
+    }
     publisher.subscribe(&consumer)?;
     let metrics = &publisher.worker.metrics;
     health::spawn(

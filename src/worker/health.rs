@@ -33,6 +33,7 @@ const BROKER_QUERY: Duration = Duration::from_secs(5);
 pub struct WorkerContext {
     rebalances: AtomicU64,
     connection: ConnectionWatch,
+    metrics: Arc<Metrics>,
 }
 
 impl WorkerContext {
@@ -40,6 +41,7 @@ impl WorkerContext {
         WorkerContext {
             rebalances: AtomicU64::new(0),
             connection: ConnectionWatch::new("consumer", Some(metrics.clone())),
+            metrics: metrics.clone(),
         }
     }
 
@@ -59,6 +61,21 @@ impl ClientContext for WorkerContext {
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::AcqRel);
+        self.metrics.rebalances.inc();
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) => {}
+            // Nothing was stored since the last commit: not a failure.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(error) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(%error, "an offset commit failed; the next one carries the same offsets");
+            }
+        }
     }
 }
 
@@ -85,6 +102,10 @@ fn update_lag(consumer: &WorkerConsumer, metrics: &Metrics) {
                 .consumer_lag
                 .with_label_values(&[element.topic(), &partition])
                 .set(0);
+            // Exported from the assignment on, as 0 until records are lost.
+            metrics
+                .records_skipped
+                .with_label_values(&[element.topic(), &partition]);
         }
     }
     let mut assigned = Vec::new();

@@ -180,6 +180,11 @@ impl KeyWatch {
         }
         self.metrics.key_warnings.reset();
         for (id, purpose) in facts {
+            // 0 until due, so the series exists for alerts from the start.
+            self.metrics
+                .key_warnings
+                .with_label_values(&[&id, "age"])
+                .set(0);
             let Some(&created_at) = self.created.get(&id) else {
                 continue;
             };

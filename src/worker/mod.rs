@@ -228,7 +228,11 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
 fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     let mut consumer: Vec<(&str, &str)> = vec![
         ("group.id", &kafka.group_id),
-        ("auto.offset.reset", "earliest"),
+        ("auto.offset.reset", kafka.auto_offset_reset.as_str()),
+        // Bounded memory (docs/deploy.md, "Sizing"): at most 16 MiB of prefetched records and
+        // 8 MiB per fetch response, instead of librdkafka's 64 MiB and 50 MiB.
+        ("queued.max.messages.kbytes", "16384"),
+        ("fetch.max.bytes", "8388608"),
     ];
     let mut producer: Vec<(&str, &str)> = vec![
         ("enable.idempotence", "true"),
@@ -238,6 +242,9 @@ fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
         // join a sanitized topic co-partitioned with their own.
         ("partitioner", "murmur2_random"),
         ("message.timeout.ms", "300000"),
+        // Bounded memory: at most 32 MiB of records waiting to be sent, instead of librdkafka's
+        // 1 GiB; a full queue holds the worker back (backpressure), it loses nothing.
+        ("queue.buffering.max.kbytes", "32768"),
     ];
     match kafka.mode {
         DeliveryMode::AtLeastOnce => consumer.extend([
@@ -507,6 +514,56 @@ impl Publisher {
                     .with_label_values(&[reason.code()])
                     .inc();
             }
+        }
+    }
+
+    /// Waits until every topic the worker reads or writes exists: managed clusters do not
+    /// create topics on first use. A missing one is logged at error level by name, `/readyz`
+    /// stays 503, and the check is repeated (5 s, doubling to a minute) rather than exiting
+    /// into a crash loop. Returns `false` if a shutdown came first. A cluster that cannot be
+    /// reached is not waited for here: the connection reporting covers it.
+    async fn wait_for_topics(
+        &self,
+        consumer: &Arc<health::WorkerConsumer>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut wanted = self.router.input_topics.clone();
+        wanted.extend(self.router.output_topics());
+        wanted.push(self.kafka.dlq_topic.clone());
+        let mut wait = Duration::from_secs(5);
+        loop {
+            let probe = consumer.clone();
+            let metadata = tokio::task::spawn_blocking(move || {
+                probe.fetch_metadata(None, Duration::from_secs(10))
+            })
+            .await;
+            let Ok(Ok(metadata)) = metadata else {
+                return true;
+            };
+            let existing: Vec<&str> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.name())
+                .collect();
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|t| !existing.contains(&t.as_str()))
+                .collect();
+            if missing.is_empty() {
+                return true;
+            }
+            self.metrics().set_ready(false);
+            tracing::error!(
+                ?missing,
+                retry_in_secs = wait.as_secs(),
+                "topics the worker reads or writes do not exist: create them first (docs/deploy.md, \"Topics and ACLs\"); not ready, retrying"
+            );
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(60));
         }
     }
 

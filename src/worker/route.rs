@@ -41,6 +41,18 @@ pub enum DeadLetter {
 }
 
 impl DeadLetter {
+    /// Every reason, for metrics exported from the start.
+    pub const ALL: [DeadLetter; 8] = [
+        DeadLetter::BadMagic,
+        DeadLetter::UnknownSchema,
+        DeadLetter::CorruptAvro,
+        DeadLetter::Oversize,
+        DeadLetter::Empty,
+        DeadLetter::UnclassifiedField,
+        DeadLetter::BadSchema,
+        DeadLetter::OutputSchemaRefused,
+    ];
+
     /// The `reason` header value.
     pub fn code(self) -> &'static str {
         match self {
@@ -120,6 +132,19 @@ pub struct Router {
     registry: bool,
     max_record_bytes: usize,
     pub input_topics: Vec<String>,
+}
+
+impl Router {
+    /// Every analytics topic the pipelines write to, in config order, without repeats.
+    pub fn output_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        for pipeline in &self.pipelines {
+            if !topics.contains(&pipeline.output_topic) {
+                topics.push(pipeline.output_topic.clone());
+            }
+        }
+        topics
+    }
 }
 
 /// A sanitized record ready to publish.

@@ -96,6 +96,12 @@ pub async fn run(
         .producer
         .init_transactions(clients.timeout)
         .map_err(|e| clients.fatal(e))?;
+    if !publisher
+        .wait_for_topics(&clients.consumer, &mut shutdown)
+        .await
+    {
+        return Ok(Stats::default());
+    }
     publisher.subscribe(&clients.consumer)?;
     let metrics = &publisher.worker.metrics;
     health::spawn(

@@ -240,7 +240,7 @@ impl Topics {
         kafka.group_id = self.group.clone();
         kafka.dlq_topic = self.dlq.clone();
         kafka.max_in_flight = 500;
-        kafka.shutdown_timeout_secs = 30;
+        kafka.shutdown_timeout_secs = 20;
         config.pipeline[0].input_topic = Some(self.raw.clone());
         config.pipeline[0].output_topic = Some(self.calls.clone());
         config.pipeline[1].input_topic = Some(self.raw.clone());
