@@ -315,6 +315,11 @@ impl Metrics {
         self.stalled.set(i64::from(stalled));
     }
 
+    /// Whether the worker waits for an unreachable registry.
+    pub fn waits_for_registry(&self) -> bool {
+        self.registry_flag.load(Ordering::Relaxed)
+    }
+
     /// Marks the worker waiting for an unreachable registry (`/readyz` 503) or not.
     pub fn set_registry_unavailable(&self, unavailable: bool) {
         self.registry_flag.store(unavailable, Ordering::Relaxed);

@@ -176,6 +176,38 @@ impl RegistryClient {
         Ok(registered(answer, None))
     }
 
+    /// The id of `schema` under `subject` if it is registered there (`POST /subjects/{subject}`);
+    /// `None` when the subject or the schema is not found.
+    pub fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError> {
+        let path = format!("/subjects/{}", encode_path(subject));
+        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
+        match self.request("POST", &path, Some(&body)) {
+            Ok(answer) => Ok(Some(parse::<IdAnswer>(&answer)?.id)),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(codes::SUBJECT_NOT_FOUND | codes::SCHEMA_NOT_FOUND)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The version numbers of a subject, oldest first (`GET /subjects/{subject}/versions`).
+    pub fn versions(&self, subject: &str) -> Result<Vec<i64>, RegistryError> {
+        let path = format!("/subjects/{}/versions", encode_path(subject));
+        parse(&self.request("GET", &path, None)?)
+    }
+
+    /// One version of a subject (`GET /subjects/{subject}/versions/{version}`).
+    pub fn version(&self, subject: &str, version: i64) -> Result<RegisteredSchema, RegistryError> {
+        let path = format!("/subjects/{}/versions/{version}", encode_path(subject));
+        let answer: SchemaAnswer = parse(&self.request("GET", &path, None)?)?;
+        Ok(registered(answer, None))
+    }
+
     /// Registers an Avro schema under a subject; answers its id (the existing id when the
     /// subject already has it).
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {

@@ -568,6 +568,7 @@ async fn a_producer_upgrade_mid_stream_is_published_or_dead_lettered_then_replay
         std::slice::from_ref(&topics.raw),
         &common::keyset(),
         Duration::from_secs(3),
+        None,
     )
     .await
     .unwrap();
@@ -668,6 +669,195 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
     assert!(got.iter().all(|m| m.topic() == topics.calls));
     assert_eq!(got.len(), 100);
     assert_eq!(verify_calls(&registry, &got, &by_id).len(), 100);
+}
+
+/// Produces each record to `partition` of `topic`, in order.
+async fn produce_to(brokers: &str, topic: &str, partition: i32, records: &[(Vec<u8>, String)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for (payload, key) in records {
+        let record = FutureRecord::to(topic)
+            .payload(payload)
+            .key(key)
+            .partition(partition);
+        producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("raw record delivered");
+    }
+}
+
+async fn published_at_least(metrics: &Metrics, count: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while metrics.counts().published < count {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} published, {count} wanted",
+            metrics.counts().published
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// At-least-once mode: while the registry is down (connections refused), and then while it
+/// answers 503, a record of a new version on partition 0 holds only partition 0. Records of
+/// resolved versions on partitions 1 and 2 are published meanwhile; partition 0 publishes, in
+/// order, once the registry answers; nothing is dead-lettered, nothing lost, and the wait is
+/// not reported as a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_holds_only_the_partition_that_waits() {
+    let logs = common::Logs::capture();
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("registry-held-partition");
+    topics.create(&brokers, 3).await;
+    let mut registry = TestRegistry::start();
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+    let v3 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi", "imei"]));
+    let mut config = registry_config(&registry.url(), "imsi = \"id\"\nimei = \"id\"", "");
+    on_topics(&mut config, &brokers, &topics);
+    config.kafka.as_mut().unwrap().stall_timeout_secs = 2;
+    let (stop, worker, metrics) = spawn(&config);
+    let pairs = |calls: &[RawCall], key: Option<&str>| -> Vec<(Vec<u8>, String)> {
+        calls
+            .iter()
+            .map(|c| (c.payload.clone(), key.unwrap_or(&c.key).to_owned()))
+            .collect()
+    };
+    // v1 resolved before anything else.
+    let warm = raw_calls(v1, &[], 6, 20);
+    for (partition, chunk) in warm.chunks(2).enumerate() {
+        produce_to(&brokers, &topics.raw, partition as i32, &pairs(chunk, None)).await;
+    }
+    published_at_least(&metrics, 6, Duration::from_secs(60), "warm-up").await;
+
+    let mut by_id: HashMap<String, &RawCall> =
+        warm.iter().map(|c| (c.event_id.clone(), c)).collect();
+    let mut held_order = Vec::new();
+    let rounds = [
+        ("connections refused", v2, &["imsi"][..], 30u64),
+        ("503", v3, &["imsi", "imei"][..], 40),
+    ];
+    let mut all_calls = Vec::new();
+    for (round, (outage, id, added, seed)) in rounds.iter().enumerate() {
+        let before = metrics.counts().published;
+        match round {
+            0 => registry.down(),
+            _ => registry.answer_503(true),
+        }
+        // Partition 0: a record of the new version, then resolved ones behind it (one key, so
+        // their outputs share a partition and their order can be read back).
+        let held_key = format!("held-{round}");
+        let new_version = raw_calls(*id, added, 1, *seed);
+        let behind = raw_calls(v1, &[], 10, seed + 1);
+        let mut held: Vec<RawCall> = new_version;
+        held.extend(behind);
+        produce_to(&brokers, &topics.raw, 0, &pairs(&held, Some(&held_key))).await;
+        // Partitions 1 and 2: resolved versions only.
+        let others = raw_calls(v1, &[], 20, seed + 2);
+        produce_to(&brokers, &topics.raw, 1, &pairs(&others[..10], None)).await;
+        produce_to(&brokers, &topics.raw, 2, &pairs(&others[10..], None)).await;
+        published_at_least(
+            &metrics,
+            before + 20,
+            Duration::from_secs(60),
+            &format!("{outage}: the other partitions"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let counts = metrics.counts();
+        assert_eq!(
+            (counts.published, counts.dead_lettered),
+            (before + 20, 0),
+            "{outage}: only partitions 1 and 2 are published while the registry is away"
+        );
+        assert!(
+            !metrics.is_ready(),
+            "{outage}: /readyz 503 while records wait"
+        );
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains("pseudonymizer_registry_unavailable 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("pseudonymizer_stalls_total 0"),
+            "a held partition is not a stall: {:?}",
+            logs.lines_with(&["stalled"])
+        );
+
+        match round {
+            0 => registry.up(),
+            _ => registry.answer_503(false),
+        }
+        published_at_least(
+            &metrics,
+            before + 31,
+            Duration::from_secs(60),
+            &format!("{outage}: the held partition after the registry came back"),
+        )
+        .await;
+        assert!(metrics.is_ready());
+        held_order.push(held.iter().map(|c| c.event_id.clone()).collect::<Vec<_>>());
+        all_calls.push(held);
+        all_calls.push(others);
+    }
+    for calls in &all_calls {
+        for call in calls {
+            by_id.insert(call.event_id.clone(), call);
+        }
+    }
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert!(stats.dead_lettered.is_empty(), "{:?}", stats.dead_lettered);
+    assert!(
+        !logs
+            .lines_with(&["schema registry answers again"])
+            .is_empty(),
+        "an INFO line says the registry is back"
+    );
+
+    let consumer = reader(
+        &brokers,
+        &[&topics.calls, &topics.dlq],
+        &format!("{}-reader", topics.group),
+    );
+    let got = tokio::task::spawn_blocking(move || collect(&consumer, 68, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(got.iter().all(|m| m.topic() == topics.calls));
+    assert_eq!(got.len(), 6 + 2 * 31, "every record once");
+    assert_eq!(verify_calls(&registry, &got, &by_id).len(), got.len());
+    // The held partition's records come out in their input order (one key: one output
+    // partition, read in order).
+    let in_order: Vec<String> = got
+        .iter()
+        .map(|m| {
+            let payload = m.payload().unwrap();
+            let id = u32::from_be_bytes(payload[1..5].try_into().unwrap());
+            let schema = Schema::parse_str(&registry.schema(id).unwrap()).unwrap();
+            text(common::field(
+                &common::decode(&schema, &payload[5..]),
+                "event_id",
+            ))
+            .unwrap()
+        })
+        .collect();
+    for order in &held_order {
+        let published: Vec<&String> = in_order.iter().filter(|id| order.contains(id)).collect();
+        assert_eq!(
+            published,
+            order.iter().collect::<Vec<_>>(),
+            "held records published in order"
+        );
+    }
 }
 
 /// The same outage in exactly-once mode, against Apache Kafka (Tansu has no transactions),
@@ -852,7 +1042,7 @@ fn schema_register_and_check_use_the_registry() {
     let (ok, said) = cli(dir.path(), &text, &["check"]);
     assert!(ok, "{said}");
     assert!(
-        said.contains("subject comms.v1.CallEvent has no versions yet"),
+        said.contains("subject comms.v1.CallEvent has no version of comms.v1.CallEvent yet"),
         "{said}"
     );
 
@@ -876,7 +1066,9 @@ fn schema_register_and_check_use_the_registry() {
     let (ok, said) = cli(dir.path(), &text, &["check"]);
     assert!(ok, "{said}");
     assert!(
-        said.contains(&format!("version 2 (id {v2}): every field has a rule")),
+        said.contains(&format!(
+            "version 2 (id {v2}, comms.v1.CallEvent): every field has a rule"
+        )),
         "{said}"
     );
 
@@ -891,6 +1083,92 @@ fn schema_register_and_check_use_the_registry() {
         "{said}"
     );
     assert!(said.contains("imei: has no rule"), "{said}");
+}
+
+/// The shipped layout: both pipelines read `comms.raw`, so under the `topic` strategy one
+/// subject (`comms.raw-value`) holds versions of both records. `check` compiles each pipeline
+/// against the latest version of its own record, as the worker matches them, and prints rules
+/// that name no field of it.
+#[test]
+fn check_reads_a_shared_raw_topic_as_the_worker_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let text = registry_config_text(&registry.url(), "imsi = \"id\"", "").replace(
+        "subject_strategy = \"record\"",
+        "subject_strategy = \"topic\"",
+    );
+    let call_v1 = registry.register("comms.raw-value", &call_schema(&[]));
+    let message_v1 = registry.register("comms.raw-value", &message_schema());
+    let (ok, said) = cli(dir.path(), &text, &["check"]);
+    assert!(ok, "no false unclassified fields: {said}");
+    assert!(
+        said.contains(&format!(
+            "calls: subject comms.raw-value version 1 (id {call_v1}, comms.v1.CallEvent): every field has a rule"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "messages: subject comms.raw-value version 2 (id {message_v1}, comms.v1.MessageEvent)"
+        )),
+        "{said}"
+    );
+    // The rule for imsi names no field of the version read: said, not fatal.
+    assert!(
+        said.contains("calls: rule \"imsi\" names no field of version 1"),
+        "{said}"
+    );
+
+    // A call version with a field that has no rule becomes the latest: check names it.
+    registry.register("comms.raw-value", &call_schema(&["imsi", "imei"]));
+    let (ok, said) = cli(dir.path(), &text, &["check"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("calls: subject comms.raw-value version 3"),
+        "{said}"
+    );
+    assert!(said.contains("imei: has no rule"), "{said}");
+    assert!(
+        !said.contains("messages: subject comms.raw-value version 3"),
+        "{said}"
+    );
+}
+
+/// With a registry, a pinned output_schema_id is verified at start: not registered, or the id
+/// of another schema, and the worker refuses to start, saying what to do.
+#[test]
+fn a_pinned_output_schema_id_is_verified_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let pinned = registry_config_text(&registry.url(), "", "").replacen(
+        "key_class = \"phone\"\n",
+        "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 101\n",
+        1,
+    );
+    let (ok, said) = cli(dir.path(), &pinned, &["run"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("output_schema_id 101 is pinned, but the derived schema is not registered under comms.sanitized.v1.CallEvent"),
+        "{said}"
+    );
+    assert!(said.contains("pseudonymizer schema register"), "{said}");
+
+    // Registered now, under another id than the pin: the error names the right one.
+    let (ok, said) = cli(dir.path(), &pinned, &["schema", "register"]);
+    assert!(ok, "{said}");
+    let registered = *registry
+        .versions("comms.sanitized.v1.CallEvent")
+        .first()
+        .unwrap();
+    assert_ne!(registered, 101);
+    let (ok, said) = cli(dir.path(), &pinned, &["run"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "registered under comms.sanitized.v1.CallEvent as id {registered}: pin {registered}"
+        )),
+        "{said}"
+    );
 }
 
 /// A one-purpose HTTPS registry: answers every request with the v1 call schema, over TLS

@@ -405,6 +405,8 @@ async fn dlq_replay_runs_over_tls() {
         config.to_str().unwrap(),
         "--idle-secs",
         "3",
+        "--reason",
+        "bad-magic",
         "--audit-log",
         audit.to_str().unwrap(),
     ]);

@@ -203,6 +203,12 @@ async fn replay_refuses_dead_letters_pointed_at_another_topic() {
             value: Some(source),
         })
     };
+    let with_reason = |headers: OwnedHeaders| {
+        headers.insert(Header {
+            key: "dlq.reason",
+            value: Some("bad-magic"),
+        })
+    };
     let genuine = &got.dead[0];
     let seal_key = common::active(&common::engine()).encryption.unwrap();
     let legacy_payload = b"sealed before the source was bound".to_vec();
@@ -217,8 +223,8 @@ async fn replay_refuses_dead_letters_pointed_at_another_topic() {
             genuine.payload().unwrap().to_vec(),
             headers_to(&topics.calls, genuine.headers()),
         ),
-        (legacy.clone(), headers_to(&topics.calls, None)),
-        (legacy.clone(), headers_to(&topics.raw, None)),
+        (legacy.clone(), with_reason(headers_to(&topics.calls, None))),
+        (legacy.clone(), with_reason(headers_to(&topics.raw, None))),
     ] {
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topics.dlq)
             .payload(payload.as_slice())
@@ -232,11 +238,13 @@ async fn replay_refuses_dead_letters_pointed_at_another_topic() {
             .unwrap();
     }
 
+    // The poison is bad-magic, which a replay keeps unless asked for by reason.
     let replayed = worker::replay::replay(
         config.kafka.as_ref().unwrap(),
         std::slice::from_ref(&topics.raw),
         &common::keyset(),
         Duration::from_secs(3),
+        Some(&["bad-magic".to_owned()]),
     )
     .await
     .unwrap();
@@ -258,4 +266,81 @@ async fn replay_refuses_dead_letters_pointed_at_another_topic() {
     for original in &poison {
         assert!(replayed_payloads.contains(&original.as_slice()));
     }
+}
+
+/// `dlq replay` sends back by default only what a fix can cure: a record of an unknown schema
+/// id goes back to the raw topic; bad-magic poison stays in the dead-letter topic, counted as
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_by_default_sends_back_only_what_a_fix_can_cure() {
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("replay-reasons");
+    topics.create(&brokers, 1).await;
+    let unknown_schema = pseudonymizer::worker::route::frame(99, b"\x02ab");
+    let poison = vec![b"plain text, not avro".to_vec(), unknown_schema.clone()];
+    let mut inputs = Inputs::default();
+    kafka::produce(&brokers, &topics.raw, 4, 71, &poison, &mut inputs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = kafka::write_config(dir.path(), &topics, &brokers, "");
+    let config = pseudonymizer::config::Config::load(&config_path).unwrap();
+    let (stop, worker) = kafka::spawn_worker(&config, pseudonymizer::metrics::Metrics::new());
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(60), |c| {
+        c.ids.len() >= 4 && c.dead.len() >= 2
+    });
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let reasons: std::collections::BTreeSet<String> = got
+        .dead
+        .iter()
+        .filter_map(|m| {
+            m.headers()?
+                .iter()
+                .find(|h| h.key == "dlq.reason")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    assert_eq!(
+        reasons.into_iter().collect::<Vec<_>>(),
+        ["bad-magic", "unknown-schema-id"]
+    );
+
+    let audit = dir.path().join("audit.log");
+    let (ok, said) = common::process::cli(&[
+        "dlq",
+        "replay",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--idle-secs",
+        "3",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    assert!(ok, "{said}");
+    assert!(said.contains("replayed 1 dead letters"), "{said}");
+    assert!(said.contains("1 kept"), "{said}");
+    let raw = kafka::read_from_start(&brokers, &topics.raw, 1);
+    assert_eq!(
+        raw.len(),
+        4 + 2 + 1,
+        "only the curable dead letter came back"
+    );
+    assert_eq!(
+        raw.last().unwrap().payload().unwrap(),
+        unknown_schema.as_slice()
+    );
+    // An unknown reason is refused before anything is read.
+    let (ok, said) = common::process::cli(&[
+        "dlq",
+        "replay",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--reason",
+        "no-such-reason",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    assert!(!ok && said.contains("not a dead-letter reason"), "{said}");
 }

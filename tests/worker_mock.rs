@@ -108,6 +108,7 @@ async fn dead_letters_replay_after_a_fix() {
         std::slice::from_ref(&topics.raw),
         &common::keyset(),
         Duration::from_secs(2),
+        None,
     )
     .await
     .unwrap();

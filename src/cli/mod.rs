@@ -237,6 +237,11 @@ pub enum DlqCommand {
         /// Overrides the config's `audit_log` (replay opens envelopes: audited).
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Replay only dead letters of this reason (repeatable). Default: the reasons a fix
+        /// can cure (unclassified-field, bad-schema, output-schema-refused, unknown-schema-id,
+        /// oversize); poison (bad-magic, corrupt-avro, empty) stays.
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
     },
 }
 
@@ -476,7 +481,19 @@ pub fn run(cli: Cli) -> Result<()> {
             config,
             idle_secs,
             audit_log,
+            reasons,
         }) => {
+            let known: Vec<&str> = crate::worker::route::DeadLetter::ALL
+                .iter()
+                .map(|r| r.code())
+                .collect();
+            if let Some(bad) = reasons.iter().find(|r| !known.contains(&r.as_str())) {
+                bail!(
+                    "--reason {bad:?} is not a dead-letter reason ({})",
+                    known.join(", ")
+                );
+            }
+            let reasons = (!reasons.is_empty()).then_some(reasons);
             let (config, _, keys) = load(&config, Need::ENVELOPES)?;
             let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
             let kafka = config
@@ -498,6 +515,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &inputs,
                 &keys,
                 std::time::Duration::from_secs(idle_secs),
+                reasons.as_deref(),
             ));
             let (opened, unopened, outcome) = match &result {
                 Ok(done) => (done.replayed, done.unopened + done.refused, "ok"),
@@ -507,8 +525,15 @@ pub fn run(cli: Cli) -> Result<()> {
             let done = result?;
             writeln!(
                 out,
-                "replayed {} dead letters to their source topics; {} could not be opened; {} refused (source not an input topic, or not the topic the dead letter was sealed for)",
-                done.replayed, done.unopened, done.refused
+                "replayed {} dead letters to their source topics; {} could not be opened; {} refused (source not an input topic, or not the topic the dead letter was sealed for); {} kept (reasons not replayed: {})",
+                done.replayed,
+                done.unopened,
+                done.refused,
+                done.kept,
+                match &reasons {
+                    None => "poison: bad-magic, corrupt-avro, empty".to_owned(),
+                    Some(chosen) => format!("all but {}", chosen.join(", ")),
+                }
             )?;
             Ok(())
         }

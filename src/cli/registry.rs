@@ -56,8 +56,43 @@ fn compile(pipeline: &PipelineConfig, schema: &RegisteredSchema) -> Result<Plan,
     plan::compile_with(&writer, &rules, UnusedRules::Allow)
 }
 
-/// `check`'s registry part: every pipeline's rules against the latest version of its input
-/// subject. Fails if a field has no rule (the worker would dead-letter that version).
+/// The latest version of `subject` whose writer schema is the record `record` (a subject
+/// shared by several records, as `topic` naming gives a topic that carries several, holds
+/// versions of each; the worker matches pipelines by record name, and so does this).
+fn latest_of_record(
+    client: &RegistryClient,
+    subject: &str,
+    record: &str,
+) -> Result<Option<RegisteredSchema>> {
+    let versions = match client.versions(subject) {
+        Ok(versions) => versions,
+        Err(e) if e.code() == Some(codes::SUBJECT_NOT_FOUND) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("subject {subject}")),
+    };
+    for version in versions.into_iter().rev() {
+        let schema = client
+            .version(subject, version)
+            .with_context(|| format!("subject {subject} version {version}"))?;
+        let name = crate::registry::parse_schema(&schema.schema)
+            .ok()
+            .and_then(|s| match s {
+                Schema::Record(r) => Some(r.name.fullname(None)),
+                _ => None,
+            });
+        if name.as_deref() == Some(record) {
+            return Ok(Some(RegisteredSchema {
+                version: Some(version),
+                ..schema
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// `check`'s registry part: every pipeline's rules against the latest version of its record
+/// in its input subject, read as the worker reads it (by record name: a shared raw topic's
+/// subject holds versions of several records). Fails if a field has no rule (the worker
+/// would dead-letter that version); prints every rule that names no field of it.
 pub(super) fn check(config: &Config, engine: &Engine, out: &mut impl Write) -> Result<()> {
     let Some(registry) = &config.registry else {
         return Ok(());
@@ -68,38 +103,36 @@ pub(super) fn check(config: &Config, engine: &Engine, out: &mut impl Write) -> R
         let Some(subject) = input_subject(registry, pipeline, local) else {
             continue;
         };
-        let Some(latest) = latest(&client, &subject)? else {
+        let Some(latest) = latest_of_record(&client, &subject, &local.input_name)? else {
             writeln!(
                 out,
-                "[registry] {}: subject {subject} has no versions yet",
-                pipeline.name
+                "[registry] {}: subject {subject} has no version of {} yet",
+                pipeline.name, local.input_name
             )?;
             continue;
         };
+        let version = latest.version.unwrap_or_default();
         match compile(pipeline, &latest) {
-            Ok(plan) if plan.input_name != local.input_name => {
-                failed.push(pipeline.name.clone());
+            Ok(plan) => {
                 writeln!(
                     out,
-                    "[registry] {}: subject {subject}'s latest schema is {}, not {}",
-                    pipeline.name, plan.input_name, local.input_name
+                    "[registry] {}: subject {subject} version {version} (id {}, {}): every field has a rule",
+                    pipeline.name, latest.id, local.input_name
                 )?;
+                for rule in &plan.unused_rules {
+                    writeln!(
+                        out,
+                        "[registry] {}: rule {rule:?} names no field of version {version} (a typo, or a field of another version)",
+                        pipeline.name
+                    )?;
+                }
             }
-            Ok(_) => writeln!(
-                out,
-                "[registry] {}: subject {subject} version {} (id {}): every field has a rule",
-                pipeline.name,
-                latest.version.unwrap_or_default(),
-                latest.id
-            )?,
             Err(problems) => {
                 failed.push(pipeline.name.clone());
                 writeln!(
                     out,
-                    "[registry] {}: subject {subject} version {} (id {}) would be dead-lettered as unclassified-field:",
-                    pipeline.name,
-                    latest.version.unwrap_or_default(),
-                    latest.id
+                    "[registry] {}: subject {subject} version {version} (id {}) would be dead-lettered as unclassified-field:",
+                    pipeline.name, latest.id
                 )?;
                 for problem in problems {
                     writeln!(out, "  {problem}")?;

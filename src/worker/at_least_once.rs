@@ -5,8 +5,15 @@
 //! offsets every second and at shutdown). `max_in_flight` bounds the queues: when full, the
 //! worker awaits the oldest delivery instead of fetching more. A failed delivery stops the
 //! worker without storing its offset, so the record is processed again after a restart.
+//!
+//! With a schema registry that cannot be reached, a record of a schema id seen for the first
+//! time holds only its own partition: the partition is paused (records of it fetched before
+//! the pause are dropped unprocessed), the others go on, and the id is asked again in the
+//! background; once it resolves, the partition is sought back to the held record and resumed.
+//! Nothing past the held record is stored, so a shutdown or a rebalance meanwhile leaves it
+//! to be read again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +24,7 @@ use rdkafka::producer::{DeliveryFuture, Producer as _};
 
 use crate::connect::{ConnectionWatch, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
@@ -38,6 +45,83 @@ struct InFlight {
     /// Set when the delivery was awaited (backpressure) before its turn to be stored.
     done: Option<DeliveryOutcome>,
     kind: Result<usize, DeadLetter>,
+}
+
+/// Partitions held while a record of theirs waits for its schema id.
+#[derive(Default)]
+struct Held {
+    /// (topic, partition) → the held record's offset and the schema id it waits for.
+    partitions: HashMap<(String, i32), (i64, u32)>,
+    /// Schema ids being asked in the background.
+    waiting: HashSet<u32>,
+    /// The consumer's rebalance count when the first partition was held.
+    rebalances: u64,
+}
+
+impl Held {
+    /// Pauses `partition` at the record at `offset`, which waits for schema id `id`.
+    fn hold(&mut self, consumer: &WorkerConsumer, partition: (String, i32), offset: i64, id: u32) {
+        if self.partitions.is_empty() {
+            self.rebalances = consumer.context().rebalances();
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&partition.0, partition.1);
+        if let Err(error) = consumer.pause(&list) {
+            tracing::warn!(%error, topic = %partition.0, partition = partition.1, "pausing a held partition failed; its later records are dropped until it resumes");
+        }
+        tracing::info!(topic = %partition.0, partition = partition.1, offset, schema_id = id, "partition held until the registry resolves this schema id");
+        self.partitions.insert(partition, (offset, id));
+    }
+
+    /// Resumes every partition held for `id`, from its held record.
+    fn resume(&mut self, consumer: &WorkerConsumer, id: u32) {
+        self.waiting.remove(&id);
+        let resumed: Vec<((String, i32), i64)> = self
+            .partitions
+            .iter()
+            .filter(|(_, (_, waits_for))| *waits_for == id)
+            .map(|(p, (offset, _))| (p.clone(), *offset))
+            .collect();
+        for ((topic, partition), offset) in resumed {
+            self.partitions.remove(&(topic.clone(), partition));
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(%error, %topic, partition, offset, "seeking back to a held record failed; it is read again after the next rebalance or restart");
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            if let Err(error) = consumer.resume(&list) {
+                tracing::warn!(%error, %topic, partition, "resuming a held partition failed");
+            }
+            tracing::info!(%topic, partition, offset, schema_id = id, "held partition resumed from its held record");
+        }
+    }
+
+    /// A rebalance gives held partitions to their next owner, which reads them from the last
+    /// commit: nothing is held across it. A partition this worker kept (a cooperative
+    /// assignor keeps positions) is sought back to its held record first, so the records
+    /// dropped while it was held are read again, never skipped.
+    fn forget_after_rebalance(&mut self, consumer: &WorkerConsumer) {
+        if self.partitions.is_empty() || consumer.context().rebalances() == self.rebalances {
+            return;
+        }
+        for ((topic, partition), (offset, _)) in self.partitions.drain() {
+            // Fails harmlessly for a partition no longer assigned.
+            let _ = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            );
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            let _ = consumer.resume(&list);
+        }
+    }
 }
 
 /// Input partition → its deliveries in input order.
@@ -74,6 +158,8 @@ pub async fn run(
 
     let mut stats = Stats::default();
     let mut queues = Queues::default();
+    let mut held = Held::default();
+    let (resolved_tx, mut resolved_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut out = Vec::with_capacity(4096);
     loop {
         queues
@@ -84,8 +170,16 @@ pub async fn run(
                 .settle(&consumer, publisher, &mut stats, true)
                 .await?;
         }
+        held.forget_after_rebalance(&consumer);
         let message = tokio::select! {
             _ = shutdown.changed() => break,
+            Some((id, failures)) = resolved_rx.recv() => {
+                held.resume(&consumer, id);
+                if held.waiting.is_empty() {
+                    super::registry_back(metrics, id, failures);
+                }
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             m = consumer.recv() => m,
         };
@@ -96,6 +190,22 @@ pub async fn run(
                 continue;
             }
         };
+        let here = (message.topic().to_owned(), message.partition());
+        if held.partitions.contains_key(&here) {
+            // Fetched before its partition was paused: read again after the resume.
+            continue;
+        }
+        if let Some(id) = publisher.unresolved_id(message.payload()) {
+            if !held.waiting.contains(&id) && publisher.try_resolve(id).await {
+                // Resolved at the first attempt: on as usual.
+            } else {
+                held.hold(&consumer, here, message.offset(), id);
+                if held.waiting.insert(id) {
+                    publisher.resolve_in_background(id, resolved_tx.clone(), shutdown.clone());
+                }
+                continue;
+            }
+        }
         stats.consumed += 1;
         skips.observe(
             &consumer,
@@ -104,9 +214,6 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
-        if !publisher.resolve(message.payload(), &mut shutdown).await {
-            break;
-        }
         let outgoing = publisher.prepare(&message, &mut out);
         let (topic, partition, offset) = (
             message.topic().to_owned(),

@@ -201,6 +201,12 @@ impl StallDetector {
     }
 
     fn check(&mut self, metrics: &Metrics) {
+        // Records held for an unreachable schema registry are not a stall: that wait has its
+        // own signal (pseudonymizer_registry_unavailable, /readyz 503).
+        if metrics.waits_for_registry() {
+            self.last_moved = Instant::now();
+            return;
+        }
         let progress = metrics.progress();
         if progress != self.last {
             self.last = progress;
@@ -212,13 +218,15 @@ impl StallDetector {
             }
             return;
         }
-        if self.stalled || self.last_moved.elapsed() < self.timeout {
-            return;
-        }
         let waiting = waiting_partitions(metrics);
         let in_flight = metrics.in_flight.get();
         if waiting.is_empty() && in_flight == 0 {
-            // Idle, not stalled: nothing to read.
+            // Idle, not stalled: nothing to read. Idle time does not count towards a stall:
+            // the clock starts when records wait.
+            self.last_moved = Instant::now();
+            return;
+        }
+        if self.stalled || self.last_moved.elapsed() < self.timeout {
             return;
         }
         // Records in flight but no lag measured yet (the broker went away right at the

@@ -121,6 +121,9 @@ impl Worker {
             })),
             None => None,
         };
+        if let (Some(resolver), Some(registry)) = (&resolver, &config.registry) {
+            verify_pinned_ids(config, registry, &self.engine, &resolver.client)?;
+        }
         let max_backoff = config
             .registry
             .as_ref()
@@ -323,46 +326,103 @@ impl Publisher {
     /// With a registry, makes sure the router knows the schema id of `value` before it is
     /// prepared: asks the registry, and while it cannot be reached waits with backoff (the
     /// record is held, `/readyz` is 503). Returns false if `shutdown` came first; the record
-    /// is then left unprocessed and its offset unstored.
+    /// is then left unprocessed and its offset unstored. (Exactly-once mode waits here; the
+    /// at-least-once loop holds only the waiting record's partition, with [`Publisher::try_resolve`]
+    /// and [`Publisher::resolve_in_background`].)
     async fn resolve(&self, value: Option<&[u8]>, shutdown: &mut watch::Receiver<bool>) -> bool {
         let (Some(resolver), Some(id)) = (&self.resolver, self.router.unresolved(value)) else {
             return true;
         };
         let metrics = &self.worker.metrics;
         let mut backoff = Duration::from_millis(250);
+        let mut failures = 0u32;
         loop {
-            let (resolver, router, task_metrics) =
-                (resolver.clone(), self.router.clone(), metrics.clone());
-            let answer =
-                tokio::task::spawn_blocking(move || resolver.resolve(&router, &task_metrics, id))
-                    .await;
-            let outcome = match answer {
-                Ok(outcome) => outcome.map_err(|e| e.to_string()),
-                // A schema that makes a parser or the compiler panic must not hold the worker
-                // forever: its records are dead-lettered like any unreadable schema.
-                Err(e) if e.is_panic() => {
-                    tracing::error!(schema_id = id, "resolving this schema id panicked; its records are dead-lettered as bad-schema");
-                    Ok(Resolution::Refused(DeadLetter::BadSchema))
-                }
-                Err(e) => Err(format!("the registry request failed: {e}")),
-            };
-            let error = match outcome {
-                Ok(resolution) => {
-                    self.router.insert(id, resolution);
-                    metrics.set_registry_unavailable(false);
+            match resolve_attempt(resolver, &self.router, metrics, id).await {
+                Ok(()) => {
+                    registry_back(metrics, id, failures);
                     return true;
                 }
-                Err(error) => error,
-            };
-            metrics.registry_errors.inc();
-            metrics.set_registry_unavailable(true);
-            tracing::warn!(schema_id = id, error = %error, retry_in_ms = backoff.as_millis() as u64, "schema registry unavailable; holding the record (nothing is dead-lettered for this)");
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(schema_id = id, error = %error, retry_in_ms = backoff.as_millis() as u64, "schema registry unavailable; holding the record (nothing is dead-lettered for this)");
+                }
+            }
             tokio::select! {
                 _ = shutdown.changed() => return false,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(self.max_backoff);
         }
+    }
+
+    /// The schema id of `value` if the registry must be asked about it first.
+    fn unresolved_id(&self, value: Option<&[u8]>) -> Option<u32> {
+        self.resolver.as_ref()?;
+        self.router.unresolved(value)
+    }
+
+    /// One attempt to resolve schema id `id`, waited for at most [`FIRST_ATTEMPT`]; `false`
+    /// when the registry could not be reached in that time (the caller holds the record's
+    /// partition and resolves the id in the background; an attempt still running finishes
+    /// there, and its answer is kept). A registry that times out never holds the other
+    /// partitions for longer than that.
+    async fn try_resolve(&self, id: u32) -> bool {
+        let Some(resolver) = &self.resolver else {
+            return true;
+        };
+        let metrics = &self.worker.metrics;
+        let attempt = resolve_attempt(resolver, &self.router, metrics, id);
+        match tokio::time::timeout(FIRST_ATTEMPT, attempt).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(schema_id = id, error = %error, "schema registry unavailable; holding this record's partition (the others go on; nothing is dead-lettered for this)");
+                false
+            }
+            Err(_) => {
+                metrics.set_registry_unavailable(true);
+                tracing::warn!(schema_id = id, waited_ms = FIRST_ATTEMPT.as_millis() as u64, "schema registry slow to answer; holding this record's partition (the others go on)");
+                false
+            }
+        }
+    }
+
+    /// Keeps asking the registry about `id` with backoff until it answers (then sends `id` on
+    /// `resolved`) or a shutdown comes.
+    fn resolve_in_background(
+        &self,
+        id: u32,
+        resolved: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(resolver) = self.resolver.clone() else {
+            return;
+        };
+        let (router, metrics, max_backoff) = (
+            self.router.clone(),
+            self.worker.metrics.clone(),
+            self.max_backoff,
+        );
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            let mut failures = 1u32;
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                match resolve_attempt(&resolver, &router, &metrics, id).await {
+                    Ok(()) => {
+                        let _ = resolved.send((id, failures));
+                        return;
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(schema_id = id, error = %error, retry_in_ms = backoff.as_millis() as u64, "schema registry still unavailable; its records' partition stays held");
+                    }
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        });
     }
 
     /// Builds the outgoing record of one consumed message, with one snapshot of the keys.
@@ -586,6 +646,101 @@ impl Publisher {
         self.metrics().set_ready(true);
         tracing::info!(group = %self.kafka.group_id, ?topics, mode = ?self.kafka.mode, pseudonym_key = keys.pseudonym.as_ref().map(|k| k.id()), encryption_key = keys.encryption.as_ref().map(|k| k.id()), "worker subscribed");
         Ok(())
+    }
+}
+
+/// How long the consume loop waits for the first answer about a new schema id before it holds
+/// that record's partition and lets the others go on.
+const FIRST_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// One request to resolve schema id `id` (off the async threads); on an answer the router
+/// knows the id. A registry that cannot be reached is counted and flagged (`/readyz` 503).
+async fn resolve_attempt(
+    resolver: &Arc<SchemaResolver>,
+    router: &Arc<Router>,
+    metrics: &Arc<Metrics>,
+    id: u32,
+) -> Result<(), String> {
+    let (resolver, task_router, task_metrics) = (resolver.clone(), router.clone(), metrics.clone());
+    let answer =
+        tokio::task::spawn_blocking(move || resolver.resolve(&task_router, &task_metrics, id))
+            .await;
+    let outcome = match answer {
+        Ok(outcome) => outcome.map_err(|e| e.to_string()),
+        // A schema that makes a parser or the compiler panic must not hold the worker
+        // forever: its records are dead-lettered like any unreadable schema.
+        Err(e) if e.is_panic() => {
+            tracing::error!(
+                schema_id = id,
+                "resolving this schema id panicked; its records are dead-lettered as bad-schema"
+            );
+            Ok(Resolution::Refused(DeadLetter::BadSchema))
+        }
+        Err(e) => Err(format!("the registry request failed: {e}")),
+    };
+    match outcome {
+        Ok(resolution) => {
+            router.insert(id, resolution);
+            Ok(())
+        }
+        Err(error) => {
+            metrics.registry_errors.inc();
+            metrics.set_registry_unavailable(true);
+            Err(error)
+        }
+    }
+}
+
+/// Says that the registry answers again after `failures` failed attempts for `id`, and clears
+/// the unavailable flag.
+fn registry_back(metrics: &Metrics, id: u32, failures: u32) {
+    metrics.set_registry_unavailable(false);
+    if failures > 0 {
+        tracing::info!(
+            schema_id = id,
+            failed_attempts = failures,
+            "schema registry answers again; the held records go on"
+        );
+    }
+}
+
+/// With a registry, a pinned `output_schema_id` must be the id of the pipeline's derived schema
+/// under its output subject; otherwise sanitized records would name a schema that readers
+/// cannot find, or a different one. Refuses the start with what to do. (A registry that cannot
+/// be reached is not waited for here: the start fails and says so.)
+fn verify_pinned_ids(
+    config: &Config,
+    registry: &crate::config::RegistryConfig,
+    engine: &Engine,
+    client: &RegistryClient,
+) -> Result<(), WorkerError> {
+    let mut problems = Vec::new();
+    for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+        let (Some(pinned), Some(topic)) = (pipeline.output_schema_id, &pipeline.output_topic)
+        else {
+            continue;
+        };
+        let output_name = match &plan.output {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            _ => continue,
+        };
+        let subject = registry.subject_strategy.subject(topic, &output_name);
+        match client.lookup(&subject, &plan.output_json.to_string())? {
+            Some(id) if id == pinned => {}
+            Some(id) => problems.push(format!(
+                "[{}] output_schema_id {pinned} is pinned, but the derived schema is registered under {subject} as id {id}: pin {id}, or remove output_schema_id and the worker registers and uses the right id",
+                pipeline.name
+            )),
+            None => problems.push(format!(
+                "[{}] output_schema_id {pinned} is pinned, but the derived schema is not registered under {subject}: run `pseudonymizer schema register`, or remove output_schema_id and the worker registers it itself",
+                pipeline.name
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(WorkerError::Config(ConfigError::Rules(problems)))
     }
 }
 

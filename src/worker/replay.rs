@@ -2,8 +2,11 @@
 //!
 //! Each dead letter's envelope is opened with the keyring and the original value is produced
 //! again to its source topic (header `dlq.source-topic`), where the worker picks it up like any
-//! raw record. Progress is committed under the consumer group `<group_id>.dlq-replay`, so a
-//! replay resumes where it stopped and never replays a record twice after a clean finish.
+//! raw record. Only dead letters whose reason a fix can cure are replayed by default
+//! ([`CURABLE`]); poison (bad framing, corrupt Avro, tombstones) stays, counted. Progress is
+//! committed under the consumer group `<group_id>.dlq-replay` (with `--reason`, one group per
+//! choice of reasons: `<group_id>.dlq-replay.<reason>+<reason>`), so a replay resumes where it
+//! stopped and never replays a record twice after a clean finish.
 //!
 //! The header is not trusted on its own: anyone who can write to the dead-letter topic can
 //! set it. The worker seals a dead letter's value and key with field paths that name the
@@ -43,6 +46,30 @@ pub fn dlq_key_path(source_topic: &str) -> String {
 const LEGACY_VALUE_PATH: &str = "dlq";
 const LEGACY_KEY_PATH: &str = "dlq.key";
 
+/// The reasons a fix can cure (a rule added, a schema registered or made compatible, a
+/// pipeline added, `max_record_bytes` raised): replayed by default. The others are poison
+/// that no config change makes readable: `bad-magic`, `corrupt-avro`, `empty`.
+pub const CURABLE: [&str; 5] = [
+    "unclassified-field",
+    "bad-schema",
+    "output-schema-refused",
+    "unknown-schema-id",
+    "oversize",
+];
+
+/// The replay's consumer group for a choice of reasons (`None`: the default, [`CURABLE`]).
+pub fn replay_group(group_id: &str, reasons: Option<&[String]>) -> String {
+    match reasons {
+        None => format!("{group_id}.dlq-replay"),
+        Some(reasons) => {
+            let mut sorted: Vec<&str> = reasons.iter().map(String::as_str).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            format!("{group_id}.dlq-replay.{}", sorted.join("+"))
+        }
+    }
+}
+
 /// What a replay did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Replayed {
@@ -54,6 +81,8 @@ pub struct Replayed {
     /// Dead letters refused: no or unreadable source header, a source that is not an input
     /// topic of the config, or a sealed payload bound to another topic; left in place.
     pub refused: u64,
+    /// Dead letters of a reason not chosen (poison, by default): not opened, left in place.
+    pub kept: u64,
 }
 
 /// Why a dead letter is not replayed.
@@ -62,17 +91,22 @@ enum Skip {
     Refused(String),
 }
 
-/// Replays every dead letter present now to `input_topics` only; stops after `idle` without a
-/// new one.
+/// Replays every dead letter present now whose reason is one of `reasons` (`None`:
+/// [`CURABLE`]) to `input_topics` only; stops after `idle` without a new one.
 pub async fn replay(
     kafka: &KafkaConfig,
     input_topics: &[String],
     keys: &KeySet,
     idle: Duration,
+    reasons: Option<&[String]>,
 ) -> Result<Replayed, WorkerError> {
     // The worker's own connection settings (TLS, SASL): a config that works for `run` works
     // for the replay.
-    let group = format!("{}.dlq-replay", kafka.group_id);
+    let group = replay_group(&kafka.group_id, reasons);
+    let chosen = |reason: &str| match reasons {
+        None => CURABLE.contains(&reason),
+        Some(reasons) => reasons.iter().any(|r| r == reason),
+    };
     let consumer: BaseConsumer<ConnectionWatch> = connect::consumer_config(
         kafka,
         &[
@@ -95,6 +129,26 @@ pub async fn replay(
         };
         let message = message?;
         deadline = Instant::now() + idle;
+        let reason = message
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "dlq.reason")
+                    .and_then(|h| h.value)
+            })
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("");
+        if !chosen(reason) {
+            tracing::info!(
+                offset = message.offset(),
+                partition = message.partition(),
+                reason,
+                "dead letter kept: its reason is not being replayed"
+            );
+            done.kept += 1;
+            consumer.store_offset_from_message(&message)?;
+            continue;
+        }
         match open(&message, input_topics, keys) {
             Ok((source, original, key)) => {
                 let mut record: FutureRecord<'_, [u8], [u8]> =

@@ -10,9 +10,14 @@
 //!   the same schema (by Avro canonical form) under any subject gets the same id; a schema
 //!   that does not parse is 422 with 42201; a subject set to refuse new versions answers 409
 //!   (what a compatibility check failure answers);
-//! - `GET /subjects/{subject}/versions/latest` → `{"subject", "version", "id", "schema"}`, or
-//!   404 with 40401.
+//! - `GET /subjects/{subject}/versions/latest` and `…/versions/{n}` → `{"subject", "version",
+//!   "id", "schema"}`, or 404 with 40401 (no subject) / 40402 (no such version);
+//! - `GET /subjects/{subject}/versions` → `[1, 2, …]`, or 404 with 40401;
+//! - `POST /subjects/{subject}` with `{"schema": "..."}` (is it registered there?) →
+//!   `{"subject", "version", "id", "schema"}`, or 404 with 40401 / 40403.
 //!
+//! [`TestRegistry::answer_503`] makes it answer every request 503, as a registry behind a load
+//! balancer does when no instance can serve.
 //! [`TestRegistry::down`] closes the listening socket (connections are refused) until
 //! [`TestRegistry::up`] listens again on the same port.
 #![allow(dead_code)]
@@ -46,6 +51,8 @@ struct State {
     fetches: HashMap<u32, usize>,
     /// The `Authorization` header every request must carry, if any.
     authorization: Option<String>,
+    /// Answer every request 503 (a registry up but unable to serve, behind a load balancer).
+    unavailable: bool,
 }
 
 /// A schema registry on loopback for one test.
@@ -113,6 +120,11 @@ impl TestRegistry {
     /// Serves `body` (status 200) for `GET /schemas/ids/{id}`.
     pub fn answer_raw(&self, id: u32, body: &str) {
         self.state().raw_answers.insert(id, body.to_owned());
+    }
+
+    /// Answers every request 503 (`true`) or serves again (`false`).
+    pub fn answer_503(&self, on: bool) {
+        self.state().unavailable = on;
     }
 
     /// Makes a subject answer 409 to any new version.
@@ -188,6 +200,9 @@ fn error(status: u16, code: i64, message: &str) -> (u16, String) {
 /// One request → (status, body).
 fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, String) {
     let mut state = state.lock().unwrap();
+    if state.unavailable {
+        return error(503, 50301, "Service Unavailable");
+    }
     if let Some(wanted) = &state.authorization {
         let given = request
             .headers()
@@ -242,13 +257,31 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                 Err(refusal) => refusal,
             }
         }
-        ("GET", ["subjects", subject, "versions", "latest"]) => {
+        ("GET", ["subjects", subject, "versions"]) => {
             let subject = decode(subject);
-            match state
-                .subjects
-                .get(&subject)
-                .and_then(|v| v.last().map(|id| (v.len(), *id)))
-            {
+            match state.subjects.get(&subject) {
+                Some(ids) => (200, json!((1..=ids.len()).collect::<Vec<_>>()).to_string()),
+                None => error(404, 40401, &format!("Subject '{subject}' not found.")),
+            }
+        }
+        ("POST", ["subjects", subject]) => {
+            let subject = decode(subject);
+            let mut body = String::new();
+            let _ = request.as_reader().read_to_string(&mut body);
+            let schema = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|r| r.get("schema").and_then(|s| s.as_str()).map(str::to_owned));
+            let Some(ids) = state.subjects.get(&subject) else {
+                return error(404, 40401, &format!("Subject '{subject}' not found."));
+            };
+            let canonical = schema
+                .as_deref()
+                .and_then(|s| Schema::parse_str(s).ok())
+                .map(|s| s.canonical_form());
+            let found = canonical
+                .and_then(|c| state.by_canonical.get(&c).copied())
+                .and_then(|id| ids.iter().position(|&i| i == id).map(|v| (v + 1, id)));
+            match found {
                 Some((version, id)) => (
                     200,
                     json!({
@@ -259,7 +292,33 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                     })
                     .to_string(),
                 ),
-                None => error(404, 40401, &format!("Subject '{subject}' not found.")),
+                None => error(404, 40403, "Schema not found"),
+            }
+        }
+        ("GET", ["subjects", subject, "versions", version]) => {
+            let subject = decode(subject);
+            let Some(ids) = state.subjects.get(&subject) else {
+                return error(404, 40401, &format!("Subject '{subject}' not found."));
+            };
+            let chosen = match *version {
+                "latest" => ids.last().map(|id| (ids.len(), *id)),
+                n => n
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| ids.get(n.wrapping_sub(1)).map(|id| (n, *id))),
+            };
+            match chosen {
+                Some((version, id)) => (
+                    200,
+                    json!({
+                        "subject": subject,
+                        "version": version,
+                        "id": id,
+                        "schema": state.stored(id).map(|(text, _)| text.as_str()),
+                    })
+                    .to_string(),
+                ),
+                None => error(404, 40402, &format!("Version {version} not found.")),
             }
         }
         _ => error(404, 404, "HTTP 404 Not Found"),
