@@ -1,4 +1,4 @@
-//! Which file modes a secret file (the keyring, a KEK file) may have.
+//! Which file modes a secret file (the keyring, a KEK file) may have, and how one is written.
 //!
 //! Owner-only (`0600`, `0400`) always passes. Kubernetes mounts Secrets root-owned and, with a
 //! pod `fsGroup`, group-readable (`0440`) under that group: refusing every group bit would
@@ -47,6 +47,24 @@ pub fn check_mode(mode: u32, file_gid: u32, groups: &[u32]) -> Result<(), ModePr
         });
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file beside it, fsync,
+/// rename. A reader sees the old file or the new one, never a part (the worker reloads
+/// keyrings while they are replaced).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// This process's gid and supplementary groups.

@@ -291,6 +291,16 @@ fn credentials_come_from_the_environment_or_a_file_and_never_show() {
 
 /// Produces framed events in order (one record per batch: the worker resumes after a restart).
 async fn produce(brokers: &str, topic: &str, records: &[(Vec<u8>, String)]) {
+    produce_to(brokers, topic, None, records).await
+}
+
+/// Produces each record to `topic` (to `partition` when given, else by key), in order.
+async fn produce_to(
+    brokers: &str,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[(Vec<u8>, String)],
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
@@ -299,7 +309,10 @@ async fn produce(brokers: &str, topic: &str, records: &[(Vec<u8>, String)]) {
         .unwrap();
     let mut deliveries = Vec::new();
     for (payload, key) in records {
-        let record = FutureRecord::to(topic).payload(payload).key(key);
+        let mut record = FutureRecord::to(topic).payload(payload).key(key);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for d in deliveries {
@@ -671,29 +684,6 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
     assert_eq!(verify_calls(&registry, &got, &by_id).len(), 100);
 }
 
-/// Produces each record to `partition` of `topic`, in order.
-async fn produce_to(brokers: &str, topic: &str, partition: i32, records: &[(Vec<u8>, String)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
-    for (payload, key) in records {
-        let record = FutureRecord::to(topic)
-            .payload(payload)
-            .key(key)
-            .partition(partition);
-        producer
-            .send_result(record)
-            .map_err(|(e, _)| e)
-            .unwrap()
-            .await
-            .unwrap()
-            .expect("raw record delivered");
-    }
-}
-
 async fn published_at_least(metrics: &Metrics, count: u64, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
     while metrics.counts().published < count {
@@ -734,7 +724,13 @@ async fn a_registry_outage_holds_only_the_partition_that_waits() {
     // v1 resolved before anything else.
     let warm = raw_calls(v1, &[], 6, 20);
     for (partition, chunk) in warm.chunks(2).enumerate() {
-        produce_to(&brokers, &topics.raw, partition as i32, &pairs(chunk, None)).await;
+        produce_to(
+            &brokers,
+            &topics.raw,
+            Some(partition as i32),
+            &pairs(chunk, None),
+        )
+        .await;
     }
     published_at_least(&metrics, 6, Duration::from_secs(60), "warm-up").await;
 
@@ -759,11 +755,17 @@ async fn a_registry_outage_holds_only_the_partition_that_waits() {
         let behind = raw_calls(v1, &[], 10, seed + 1);
         let mut held: Vec<RawCall> = new_version;
         held.extend(behind);
-        produce_to(&brokers, &topics.raw, 0, &pairs(&held, Some(&held_key))).await;
+        produce_to(
+            &brokers,
+            &topics.raw,
+            Some(0),
+            &pairs(&held, Some(&held_key)),
+        )
+        .await;
         // Partitions 1 and 2: resolved versions only.
         let others = raw_calls(v1, &[], 20, seed + 2);
-        produce_to(&brokers, &topics.raw, 1, &pairs(&others[..10], None)).await;
-        produce_to(&brokers, &topics.raw, 2, &pairs(&others[10..], None)).await;
+        produce_to(&brokers, &topics.raw, Some(1), &pairs(&others[..10], None)).await;
+        produce_to(&brokers, &topics.raw, Some(2), &pairs(&others[10..], None)).await;
         published_at_least(
             &metrics,
             before + 20,

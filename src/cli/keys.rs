@@ -261,41 +261,42 @@ fn list_wrapped(ring: &WrappedKeyring, out: &mut dyn std::io::Write) -> Result<(
         "wrapped by {} (keyring {}); each secret on its own",
         ring.kms, ring.keyring_id
     )?;
-    writeln!(
-        out,
-        "{:<32}  {:<10}  {:<9}  created_at",
-        "id", "purpose", "state"
-    )?;
-    for e in ring.entries() {
-        writeln!(
-            out,
-            "{:<32}  {:<10}  {:<9}  {}",
-            e.id,
-            e.purpose.as_str(),
-            e.state.as_str(),
-            e.created_at
-        )?;
-    }
-    Ok(())
+    let rows = ring
+        .entries()
+        .iter()
+        .map(|e| (e.id.as_str(), e.purpose, e.state, e.created_at.as_str()));
+    table(rows, out)
 }
 
 fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
     if let Some(kek) = ring.kek() {
         writeln!(out, "sealed under key-encryption key {}", kek.id())?;
     }
+    let rows = ring
+        .entries()
+        .iter()
+        .map(|e| (e.id.as_str(), e.purpose, e.state, e.created_at.as_str()));
+    table(rows, out)
+}
+
+/// Ids, purposes, states and creation times, one key a line (never a secret).
+fn table<'a>(
+    rows: impl Iterator<Item = (&'a str, Purpose, crate::keys::KeyState, &'a str)>,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     writeln!(
         out,
         "{:<32}  {:<10}  {:<9}  created_at",
         "id", "purpose", "state"
     )?;
-    for e in ring.entries() {
+    for (id, purpose, state, created_at) in rows {
         writeln!(
             out,
             "{:<32}  {:<10}  {:<9}  {}",
-            e.id,
-            e.purpose.as_str(),
-            e.state.as_str(),
-            e.created_at
+            id,
+            purpose.as_str(),
+            state.as_str(),
+            created_at
         )?;
     }
     Ok(())

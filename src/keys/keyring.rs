@@ -7,8 +7,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -368,22 +366,12 @@ impl Keyring {
         if let Some(kek) = &self.kek {
             text = Zeroizing::new(kek.seal(text.as_bytes()));
         }
-        let write_err = |source| KeyringError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let tmp = path.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err)?;
-        file.write_all(text.as_bytes()).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        fs::rename(&tmp, path).map_err(write_err)?;
-        Ok(())
+        crate::secret_file::write_atomically(path, text.as_bytes()).map_err(|source| {
+            KeyringError::Write {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 
     /// A new keyring with one active key of each purpose.

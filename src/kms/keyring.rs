@@ -19,9 +19,6 @@
 //! secret before it is stored, `destroy` drops a wrapped one, `rewrap` unwraps in memory and
 //! wraps under the new KMS key, and every write is atomic (temporary file, fsync, rename).
 
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
@@ -223,23 +220,12 @@ impl WrappedKeyring {
     pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
         let mut text = serde_json::to_string_pretty(self).expect("wrapped keyring serializes");
         text.push('\n');
-        let write_err = |source| KeyringError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let tmp = path.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err)?;
-        file.write_all(text.as_bytes()).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(write_err)?;
-        fs::rename(&tmp, path).map_err(write_err)?;
-        Ok(())
+        crate::secret_file::write_atomically(path, text.as_bytes()).map_err(|source| {
+            KeyringError::Write {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 }
 
