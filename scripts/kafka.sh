@@ -51,6 +51,16 @@ java_run() {
     -cp "$LIBS/*" "$main" "$@"
 }
 
+# java_run in place of the (background) shell that calls it, so that `$!` is the JVM's pid
+# and `stop` kills the broker itself, not a shell whose JVM would live on.
+java_exec() {
+  local main=$1
+  shift
+  exec java -Xms128m -Xmx"$HEAP" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" \
+    -cp "$LIBS/*" "$main" "$@"
+}
+
 # A test CA, the broker's certificate (for 127.0.0.1 and localhost) and a client certificate,
 # all PEM; the broker reads PEM key stores directly (ssl.keystore.type=PEM).
 make_certificates() {
@@ -133,6 +143,9 @@ metadata_answers() {
 start() {
   install
   stop
+  # A broker left running on this directory by an earlier run (its pid file lost) would write
+  # into the fresh data directory: stop any.
+  pkill -f -- "$RUN_DIR/server.properties" 2>/dev/null && sleep 2 || true
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR/data"
   local plain ssl mtls sasl controller
@@ -146,7 +159,7 @@ start() {
   cluster_id=$(java_run kafka.tools.StorageTool random-uuid)
   java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN_DIR/server.properties" \
     --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$password]" >>"$RUN_DIR/format.log" 2>&1
-  java_run kafka.Kafka "$RUN_DIR/server.properties" >"$RUN_DIR/kafka.out" 2>&1 &
+  java_exec kafka.Kafka "$RUN_DIR/server.properties" >"$RUN_DIR/kafka.out" 2>&1 &
   echo $! >"$RUN_DIR/kafka.pid"
 
   # Client settings for the readiness check, one file per listener.
