@@ -2,8 +2,10 @@
 //! - `fast`: the production path (binary walk);
 //! - `reference`: decode to apache-avro `Value`, rewrite, encode;
 //! - `crypto_floor`: only the HMACs and AES-GCM seals the same event needs;
-//! - `call_wire_numbers`: calls whose numbers come in the shapes seen on the wire, each taking
-//!   libphonenumber's full parse, against their crypto floor; and one full parse alone;
+//! - `call_wire_numbers`: calls whose numbers come in the shapes seen on the wire, against
+//!   their crypto floor;
+//! - `phone`: one wire-shaped number through the phone fast path alone, libphonenumber's full
+//!   parse alone, and both as the worker reads it (fast path, else memory, else full parse);
 //! - `envelope`: one 160-byte body sealed and opened as version 2 (XAES-256-GCM; sealed under
 //!   the process's current data key, and with the data key derived per envelope) against spec
 //!   v1's AES-256-GCM.
@@ -149,7 +151,7 @@ fn bench(c: &mut Criterion) {
 
     // Calls whose two numbers come in the shapes the generator puts on the wire (national with
     // separators, `+62 21 …`, `+65 9…`, junk), 256 of them in turn so that the per-thread
-    // memory of recent numbers does not answer: every number takes the full parse.
+    // memory of recent numbers does not answer for the few the fast path declines.
     let mut generator = pseudonymizer::generate::Generator::new(5);
     let plan = engine.plan("comms.v1.CallEvent").unwrap().clone();
     let mut inputs = Vec::new();
@@ -201,11 +203,30 @@ fn bench(c: &mut Criterion) {
             floor(&active, black_box(&tokens), black_box(call_seals), &mut out)
         })
     });
+    group.finish();
+
+    // One number at a time, the same wire shapes: the fast path alone (declining `*31#`-like
+    // codes), the full parse alone, and both as the worker reads a number.
     let numbers: Vec<String> = (0..256).map(|_| generator.phone()).collect();
-    group.bench_function("phone_parse_only", |b| {
+    let region = engine.phone().region();
+    let mut group = c.benchmark_group("phone");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fast_path", |b| {
+        b.iter(|| {
+            next = (next + 1) % numbers.len();
+            pseudonymizer::phone::fast::canonical(region, black_box(numbers[next].trim()))
+        })
+    });
+    group.bench_function("full_parse", |b| {
         b.iter(|| {
             next = (next + 1) % numbers.len();
             engine.phone().canonical_slow(black_box(&numbers[next]))
+        })
+    });
+    group.bench_function("as_the_worker_reads", |b| {
+        b.iter(|| {
+            next = (next + 1) % numbers.len();
+            engine.phone().canonical(black_box(&numbers[next]))
         })
     });
     group.finish();

@@ -372,7 +372,7 @@ pub enum ConfigError {
     #[error("two pipelines read the schema {0}")]
     DuplicateSchema(String),
     #[error("{0}")]
-    PhoneRegion(#[from] crate::token::UnknownRegion),
+    PhoneRegion(#[from] crate::phone::UnknownRegion),
     #[error("the rules do not fit the schemas:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
     #[error("the [kafka] section is not valid:\n  {}", .0.join("\n  "))]

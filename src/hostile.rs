@@ -219,3 +219,29 @@ pub fn route(setup: &Setup, data: &[u8]) {
         &mut out,
     );
 }
+
+/// A phone field's value and a region: the first byte picks the region (of every region the
+/// parser knows), the rest is the value (lossy UTF-8). Wherever the fast path answers, its
+/// answer is the full parse's (src/phone/fast.rs).
+pub fn phone_fast(_: &Setup, data: &[u8]) {
+    static REGIONS: std::sync::LazyLock<Vec<rlibphonenumber::Region>> =
+        std::sync::LazyLock::new(|| {
+            crate::phone::phone_regions()
+                .iter()
+                .filter_map(|r| crate::phone::phone_region(r))
+                .collect()
+        });
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let region = REGIONS[usize::from(pick) % REGIONS.len()];
+    let text = String::from_utf8_lossy(rest);
+    let trimmed = text.trim();
+    if let Some(fast) = crate::phone::fast::canonical(region, trimmed) {
+        assert_eq!(
+            fast,
+            crate::phone::parse_e164(region, trimmed),
+            "fast path and full parse disagree"
+        );
+    }
+}

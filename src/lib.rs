@@ -13,8 +13,10 @@
 //!   rotation policy.
 //! - [`kms`]: keys rooted in a key management service: the KMS interface, AWS KMS through the
 //!   AWS SDK, and the keyring file whose secrets are each wrapped by the KMS.
-//! - [`token`]: canonical forms (E.164 phones as Google's libphonenumber reads them, RFC 5952
-//!   IPs, e-mail) and the HMAC token (spec §3).
+//! - [`phone`]: phone numbers to E.164 as Google's libphonenumber reads them: a fast path for
+//!   the common shapes on the parser's own metadata, the thread's recent answers, the full parse.
+//! - [`token`]: canonical forms (phones through [`phone`], RFC 5952 IPs, e-mail) and the HMAC
+//!   token (spec §3).
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
 //! - [`envelope`]: the AES-256-GCM envelope (spec §4) and its key type; depends on nothing
 //!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
@@ -62,6 +64,7 @@ pub mod hostile;
 pub mod keys;
 pub mod kms;
 pub mod metrics;
+pub mod phone;
 pub mod plan;
 pub mod registry;
 pub mod rules;

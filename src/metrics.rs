@@ -103,7 +103,7 @@ impl Metrics {
         )
         .expect("valid metric");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::token::PHONE_METADATA])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::phone::PHONE_METADATA])
             .set(1);
         registry
             .register(Box::new(build_info))

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Canonicalization is the part other languages must reproduce: phone numbers become E.164 as
-//! Google's libphonenumber parses and formats them ([`PHONE_METADATA`] names the metadata),
+//! Google's libphonenumber parses and formats them ([`crate::phone`]),
 //! IPs their RFC 5952 / dotted text, e-mail addresses are
 //! trimmed and lower-cased, ids are taken as they are. Values that do not parse as a phone
 //! number or IP become `phone-raw` / `ip-raw` tokens of the trimmed input, so nothing raw is
@@ -15,12 +15,11 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr};
 
+use crate::keys::PseudonymKey;
+use crate::phone::PhoneCanon;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::Mac;
-use rlibphonenumber::{PhoneNumberFormat, Region, PHONE_NUMBER_UTIL};
-
-use crate::keys::PseudonymKey;
 
 /// The class of a token: part of the MAC input, so equal strings of different classes give
 /// unrelated tokens.
@@ -171,218 +170,6 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     out
 }
 
-/// The phone metadata the canonical forms come from (spec §3): Google's libphonenumber
-/// metadata as shipped by the pinned `rlibphonenumber` release. Upgrading it is a deliberate,
-/// documented change: the tokens of every number whose canonical form changes change with it.
-pub const PHONE_METADATA: &str = "libphonenumber metadata 9.0.42 (rlibphonenumber 2.2.15)";
-
-/// A region the phone parser knows: ISO 3166 alpha-2, either case, surrounding blanks
-/// ignored (`ID`, `us`). `None` for anything else, including the non-geographic `001`.
-pub fn phone_region(code: &str) -> Option<Region> {
-    let code = code.trim();
-    if code.len() != 2 {
-        return None;
-    }
-    let region = Region::from_code(code).ok()?;
-    PHONE_NUMBER_UTIL.get_country_code_for_region(region)?;
-    Some(region)
-}
-
-/// Every region the phone parser knows (ISO 3166 alpha-2 codes), sorted.
-pub fn phone_regions() -> Vec<String> {
-    let mut regions: Vec<String> = PHONE_NUMBER_UTIL
-        .get_supported_regions()
-        .filter(|r| *r != Region::World)
-        .map(|r| r.to_string())
-        .collect();
-    regions.sort();
-    regions
-}
-
-/// Phone number canonicalization: libphonenumber's parse with a default region, then its
-/// E.164 format.
-pub struct PhoneCanon {
-    region: Region,
-    /// Records whose region field held something that is not a region (read with the
-    /// default region instead); exported as `pseudonymizer_phone_region_fallbacks_total`.
-    fallbacks: prometheus::IntCounter,
-}
-
-/// Why a phone region is refused.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a region the phone parser knows (ISO 3166 alpha-2, e.g. ID)")]
-pub struct UnknownRegion(pub String);
-
-impl PhoneCanon {
-    /// Canonicalization for numbers written without a country code in `region` (e.g. `ID`).
-    pub fn new(region: &str) -> Result<Self, UnknownRegion> {
-        let region = phone_region(region).ok_or_else(|| UnknownRegion(region.to_owned()))?;
-        let fallbacks = prometheus::IntCounter::new(
-            "pseudonymizer_phone_region_fallbacks_total",
-            "Records whose phone region field held something that is not a region (read with the default region).",
-        )
-        .expect("a valid metric");
-        Ok(PhoneCanon { region, fallbacks })
-    }
-
-    /// The default region.
-    pub fn region(&self) -> Region {
-        self.region
-    }
-
-    /// The region to read a record's phone numbers with, from its region field's text: the
-    /// default region when the field is null, missing or blank, and when it holds something
-    /// that is not a region (then counted in [`PhoneCanon::region_fallbacks`]).
-    pub fn record_region(&self, text: Option<&str>) -> Region {
-        match text.map(str::trim).filter(|t| !t.is_empty()) {
-            None => self.region,
-            Some(text) => phone_region(text).unwrap_or_else(|| {
-                self.fallbacks.inc();
-                self.region
-            }),
-        }
-    }
-
-    /// The count of region fields that held something that is not a region.
-    pub fn region_fallbacks(&self) -> &prometheus::IntCounter {
-        &self.fallbacks
-    }
-
-    /// The class and canonical form of a phone field's value, read with the default region.
-    pub fn canonical<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
-        self.canonical_in(self.region, value)
-    }
-
-    /// The class and canonical form of a phone field's value, read with `region` (a record's
-    /// own region, see `region_field`).
-    pub fn canonical_in<'a>(&self, region: Region, value: &'a str) -> (TokenClass, Cow<'a, str>) {
-        let trimmed = value.trim();
-        // An event often names one number twice (the caller field and the record key): the
-        // last few answers of this thread are kept.
-        RECENT_PHONES.with(|recent| {
-            let mut recent = recent.borrow_mut();
-            if let Some(hit) = recent.find(region, trimmed) {
-                return hit;
-            }
-            let (class, canonical) = parse_e164(region, trimmed);
-            recent.remember(region, trimmed, class, &canonical);
-            (class, canonical)
-        })
-    }
-
-    /// The full parse, without the per-thread memory (for tests and benches).
-    pub fn canonical_slow<'a>(&self, value: &'a str) -> (TokenClass, Cow<'a, str>) {
-        parse_e164(self.region, value.trim())
-    }
-}
-
-/// libphonenumber's parse with `region` as the default region, then its E.164 format; a value
-/// it refuses is `phone-raw`, trimmed.
-fn parse_e164(region: Region, trimmed: &str) -> (TokenClass, Cow<'_, str>) {
-    match PHONE_NUMBER_UTIL.parse(trimmed, Some(region)) {
-        Ok(number) => (
-            TokenClass::Phone,
-            Cow::Owned(number.format_as(PhoneNumberFormat::E164).into_owned()),
-        ),
-        Err(_) => (TokenClass::PhoneRaw, Cow::Borrowed(trimmed)),
-    }
-}
-
-thread_local! {
-    static RECENT_PHONES: std::cell::RefCell<RecentPhones> = Default::default();
-}
-
-/// The last [`RecentPhones::SIZE`] parser answers of one thread, held inline (no allocation:
-/// a miss costs a copy of a few bytes, not the parse). The raw numbers in it are zeroized when
-/// overwritten and when the thread ends, like every other copy of a raw value the worker holds
-/// while a record is in flight. Inputs longer than [`RecentPhone::INPUT`] bytes are not kept.
-#[derive(Default)]
-struct RecentPhones {
-    entries: Vec<RecentPhone>,
-    next: usize,
-}
-
-struct RecentPhone {
-    region: Region,
-    class: TokenClass,
-    input: [u8; RecentPhone::INPUT],
-    input_len: usize,
-    /// The E.164 form (empty for `phone-raw`, whose canonical form is the input).
-    canonical: [u8; RecentPhone::CANONICAL],
-    canonical_len: usize,
-}
-
-impl RecentPhone {
-    const INPUT: usize = 48;
-    /// `+`, a country code and at most 17 national digits.
-    const CANONICAL: usize = 24;
-
-    fn input(&self) -> &[u8] {
-        &self.input[..self.input_len]
-    }
-}
-
-impl Drop for RecentPhone {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.input.zeroize();
-        self.canonical.zeroize();
-    }
-}
-
-impl RecentPhones {
-    const SIZE: usize = 8;
-
-    fn find<'a>(&self, region: Region, input: &'a str) -> Option<(TokenClass, Cow<'a, str>)> {
-        let entry = self
-            .entries
-            .iter()
-            .find(|e| e.region == region && e.input() == input.as_bytes())?;
-        Some(match entry.class {
-            TokenClass::Phone => {
-                let canonical =
-                    std::str::from_utf8(&entry.canonical[..entry.canonical_len]).ok()?;
-                (TokenClass::Phone, Cow::Owned(canonical.to_owned()))
-            }
-            class => (class, Cow::Borrowed(input)),
-        })
-    }
-
-    fn remember(&mut self, region: Region, input: &str, class: TokenClass, canonical: &str) {
-        let canonical = if class == TokenClass::Phone {
-            canonical.as_bytes()
-        } else {
-            b""
-        };
-        if input.len() > RecentPhone::INPUT || canonical.len() > RecentPhone::CANONICAL {
-            return;
-        }
-        let mut entry = RecentPhone {
-            region,
-            class,
-            input: [0; RecentPhone::INPUT],
-            input_len: input.len(),
-            canonical: [0; RecentPhone::CANONICAL],
-            canonical_len: canonical.len(),
-        };
-        entry.input[..input.len()].copy_from_slice(input.as_bytes());
-        entry.canonical[..canonical.len()].copy_from_slice(canonical);
-        if self.entries.len() < Self::SIZE {
-            self.entries.push(entry);
-        } else {
-            // The entry replaced is dropped, so zeroized.
-            self.entries[self.next] = entry;
-        }
-        self.next = (self.next + 1) % Self::SIZE;
-    }
-}
-
-impl std::fmt::Debug for PhoneCanon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PhoneCanon({})", self.region)
-    }
-}
-
 /// Text of a canonical IP, on the stack (the longest IPv6 text is 39 bytes).
 pub struct IpText {
     bytes: [u8; 48],
@@ -487,69 +274,6 @@ pub fn canonical<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remembered_answers_are_the_parsers_and_kept_per_region() {
-        let (id, us) = (
-            PhoneCanon::new("ID").unwrap(),
-            PhoneCanon::new("US").unwrap(),
-        );
-        // 24 (input, region) pairs, three times over: three times what the memory holds, so
-        // answers are found, evicted and parsed again, regions interleaved.
-        let inputs: Vec<String> = (0..12).map(|i| format!("0812-3456-{i:04}")).collect();
-        for round in 0..3 {
-            for input in &inputs {
-                for canon in [&id, &us] {
-                    let answer = canon.canonical(input);
-                    assert_eq!(answer, canon.canonical_slow(input), "round {round}");
-                    assert_eq!(answer, canon.canonical(input), "remembered, round {round}");
-                }
-            }
-        }
-        assert_ne!(
-            id.canonical(&inputs[0]),
-            us.canonical(&inputs[0]),
-            "the regions answer differently here"
-        );
-    }
-
-    #[test]
-    fn answers_too_long_to_remember_and_raw_answers_are_still_the_parsers() {
-        let canon = PhoneCanon::new("ID").unwrap();
-        let long = format!("+62 812-3456-7890 ext. {}", "9".repeat(40));
-        for input in [long.as_str(), "anonymous", " *31# "] {
-            for _ in 0..2 {
-                assert_eq!(
-                    canon.canonical(input),
-                    canon.canonical_slow(input),
-                    "{input}"
-                );
-            }
-        }
-        assert_eq!(
-            canon.canonical(" *31# "),
-            (TokenClass::PhoneRaw, Cow::Borrowed("*31#"))
-        );
-    }
-
-    #[test]
-    fn phone_formats_canonicalize_to_e164() {
-        let canon = PhoneCanon::new("ID").unwrap();
-        for input in [
-            "+62 812-3456-7890",
-            "0812 3456 7890",
-            "(0812) 34567890",
-            " +6281234567890 ",
-        ] {
-            assert_eq!(
-                canon.canonical(input),
-                (TokenClass::Phone, Cow::Borrowed("+6281234567890")),
-                "{input}"
-            );
-        }
-        assert_eq!(canon.canonical("anonymous").0, TokenClass::PhoneRaw);
-        assert_eq!(canon.canonical(" anonymous ").1, "anonymous");
-    }
 
     #[test]
     fn ips_canonicalize() {

@@ -223,7 +223,7 @@ fn version_names_the_phone_metadata() {
         format!(
             "pseudonymizer {} (phone canonical forms: {})",
             env!("CARGO_PKG_VERSION"),
-            pseudonymizer::token::PHONE_METADATA
+            pseudonymizer::phone::PHONE_METADATA
         )
     );
 }

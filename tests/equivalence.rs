@@ -9,9 +9,9 @@ use apache_avro::types::Value;
 use proptest::prelude::*;
 use pseudonymizer::generate::{Generator, Kind};
 use pseudonymizer::keys::KeySet;
+use pseudonymizer::phone::PhoneCanon;
 use pseudonymizer::plan::Plan;
 use pseudonymizer::rules::Action;
-use pseudonymizer::token::PhoneCanon;
 use pseudonymizer::transform::Engine;
 
 fn phone_like() -> impl Strategy<Value = String> {
@@ -138,7 +138,7 @@ proptest! {
         also in 0usize..400,
     ) {
         // Two regions interleaved: the memory must key its answers by region too.
-        let regions = pseudonymizer::token::phone_regions();
+        let regions = pseudonymizer::phone::phone_regions();
         let first = PhoneCanon::new(&regions[region % regions.len()]).unwrap();
         let second = PhoneCanon::new(&regions[also % regions.len()]).unwrap();
         let input = format!("{pad}{number}{pad}");
@@ -150,7 +150,7 @@ proptest! {
 
 #[test]
 fn remembered_phone_answers_agree_in_every_supported_region() {
-    let regions = pseudonymizer::token::phone_regions();
+    let regions = pseudonymizer::phone::phone_regions();
     assert!(
         regions.len() > 240,
         "libphonenumber knows {} regions",

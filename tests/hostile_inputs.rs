@@ -37,13 +37,14 @@ static COUNTING: Counting = Counting;
 
 type Check = fn(&Setup, &[u8]);
 
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("transform_differential", hostile::transform),
     ("envelope_open", hostile::envelope_open),
     ("keyring_parse", hostile::keyring),
     ("config_parse", hostile::config),
     ("route", hostile::route),
     ("schema_compile", hostile::schema),
+    ("phone_fast", hostile::phone_fast),
 ];
 
 #[test]

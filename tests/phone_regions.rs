@@ -8,9 +8,10 @@ mod common;
 use apache_avro::types::Value;
 use proptest::prelude::*;
 use pseudonymizer::generate::{Generator, Kind};
+use pseudonymizer::phone::PhoneCanon;
 use pseudonymizer::plan;
 use pseudonymizer::rules::{RuleSpec, Rules};
-use pseudonymizer::token::{self, PhoneCanon, TokenClass};
+use pseudonymizer::token::{self, TokenClass};
 use pseudonymizer::transform::Engine;
 
 /// A rule as the config writes it.
@@ -177,7 +178,7 @@ proptest! {
     #[test]
     fn both_paths_read_numbers_in_any_region_text(
         country in prop_oneof![
-            proptest::sample::select(pseudonymizer::token::phone_regions()),
+            proptest::sample::select(pseudonymizer::phone::phone_regions()),
             "[A-Za-z]{2}",
             any::<String>(),
         ],
@@ -185,7 +186,7 @@ proptest! {
     ) {
         let engine = regional_engine();
         let got = caller_token(&engine, call(&number, Some(&country)));
-        let region = pseudonymizer::token::phone_region(&country)
+        let region = pseudonymizer::phone::phone_region(&country)
             .map_or("ID".to_owned(), |r| r.to_string());
         let phone = PhoneCanon::new(&region).unwrap();
         let (class, canonical) = phone.canonical(&number);

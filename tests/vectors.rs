@@ -11,7 +11,8 @@ use pseudonymizer::envelope;
 use pseudonymizer::keys::{
     derive, PseudonymKey, SealKey, Secret, INFO_AES_GCM, INFO_CRYPTOPAN, INFO_HMAC,
 };
-use pseudonymizer::token::{self, parse_ip, PhoneCanon, TokenClass};
+use pseudonymizer::phone::PhoneCanon;
+use pseudonymizer::token::{self, parse_ip, TokenClass};
 use serde_json::Value as Json;
 
 fn vectors() -> Json {
@@ -131,7 +132,8 @@ fn envelopes_match_vectors_and_open() {
 /// Every phone case of tests/vectors/make_phone_vectors.py: the reference (Python's
 /// `phonenumbers`, a faithful port of Google's libphonenumber) read each input with a default
 /// region; the Rust canonicalization must give the same class and canonical form, through the
-/// full parse and through the per-thread memory alike.
+/// full parse, as the worker reads it (fast path, memory, full parse) and through the fast path
+/// wherever it answers.
 #[test]
 fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
     let text =
@@ -142,6 +144,7 @@ fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
     let mut shapes = std::collections::BTreeSet::new();
     let mut regions = std::collections::BTreeSet::new();
     let mut wrong = Vec::new();
+    let mut fast_answers = 0;
     for case in cases {
         let region = case["region"].as_str().unwrap();
         let input = case["input"].as_str().unwrap();
@@ -152,10 +155,17 @@ fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
             case["class"].as_str().unwrap(),
             case["canonical"].as_str().unwrap(),
         );
+        let fast = pseudonymizer::phone::fast::canonical(canon.region(), input.trim());
+        if fast.is_some() {
+            fast_answers += 1;
+        }
         for (path, (class, canonical)) in [
             ("full parse", canon.canonical_slow(input)),
-            ("remembered", canon.canonical(input)),
-        ] {
+            ("as the worker reads it", canon.canonical(input)),
+        ]
+        .into_iter()
+        .chain(fast.map(|answer| ("fast path", answer)))
+        {
             if (class.as_str(), canonical.as_ref()) != expected {
                 wrong.push(format!(
                     "{region} {:?} {input:?} ({path}): got {} {canonical:?}, reference {} {:?}",
@@ -171,12 +181,18 @@ fn phone_canonical_forms_match_the_reference_in_every_region_and_shape() {
     }
     assert!(
         wrong.is_empty(),
-        "{} of {} cases differ from the reference:\n{}",
+        "{} answers to {} cases differ from the reference:\n{}",
         wrong.len(),
-        cases.len() * 2,
+        cases.len(),
         wrong.join("\n")
     );
     assert!(regions.len() >= 12, "regions covered: {regions:?}");
+    // The vectors are written in many shapes, the fast ones among them.
+    assert!(
+        fast_answers * 5 >= cases.len(),
+        "the fast path answered {fast_answers} of {} cases",
+        cases.len()
+    );
     for shape in [
         "e164",
         "international",

@@ -15,7 +15,8 @@ use apache_avro::types::Value;
 use common::kafka::{self, http_get, Collected, Inputs, Topics};
 use pseudonymizer::envelope;
 use pseudonymizer::keys::{KeySet, Keyring, Purpose};
-use pseudonymizer::token::{self, PhoneCanon, TokenClass};
+use pseudonymizer::phone::PhoneCanon;
+use pseudonymizer::token::{self, TokenClass};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 

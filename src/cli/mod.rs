@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::file;
 use crate::generate::Kind;
 use crate::keys::{KeySet, Keyring, Need};
-use crate::token::{self, PhoneCanon, TokenClass};
+use crate::phone::PhoneCanon;
+use crate::token::{self, TokenClass};
 use crate::transform::Engine;
 
 /// `--version`: the crate version and the phone metadata that canonical forms (and so phone
@@ -29,7 +30,7 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{} (phone canonical forms: {})",
         env!("CARGO_PKG_VERSION"),
-        token::PHONE_METADATA
+        crate::phone::PHONE_METADATA
     )
 });
 

@@ -10,9 +10,9 @@ use super::leaf::pseudonymize;
 use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
+use crate::phone::PhoneCanon;
 use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
 use crate::rules::Action;
-use crate::token::PhoneCanon;
 
 pub fn transform(
     plan: &Plan,

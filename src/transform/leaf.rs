@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use super::ErrorKind;
 use crate::keys::PseudonymKey;
+use crate::phone::PhoneCanon;
 use crate::rules::Action;
-use crate::token::{self, ip_text, parse_ip, token, truncate_ip, PhoneCanon, TokenClass};
+use crate::token::{self, ip_text, parse_ip, token, truncate_ip, TokenClass};
 use rlibphonenumber::Region;
 
 /// A rewritten string value: a token or an IP's text, held on the stack.

@@ -22,9 +22,9 @@ use apache_avro::Schema;
 
 use crate::config::{Config, ConfigError};
 use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey};
+use crate::phone::PhoneCanon;
 use crate::plan::{self, Plan};
 use crate::rules::Rules;
-use crate::token::PhoneCanon;
 
 pub use binary::{write_bytes, write_long, Cursor};
 pub use leaf::pseudonymize;

@@ -10,9 +10,9 @@ use super::leaf::pseudonymize;
 use super::{ActiveKeys, ErrorKind, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
+use crate::phone::PhoneCanon;
 use crate::plan::Plan;
 use crate::rules::{Action, Rules};
-use crate::token::PhoneCanon;
 
 pub fn transform(
     plan: &Plan,

@@ -1,0 +1,347 @@
+//! The fast path: libphonenumber's parse, step for step, for the shapes most numbers come in,
+//! and nothing else.
+//!
+//! It answers for an ASCII value that is either
+//! - `+` then digits, or
+//! - digits alone (a national number, read in the record's or the default region),
+//!
+//! with spaces, hyphens, dots and parentheses anywhere between them, and for an ASCII value
+//! with no digit and no `+` at all (never a number: `phone-raw`). For those shapes the parser's
+//! generic steps (possible-number extraction, extensions, alpha characters, `tel:` URIs) change
+//! nothing, and what is left is the part that depends on the metadata, done here with the
+//! parser's own patterns ([`super::metadata`]):
+//!
+//! 1. with `+`: the country calling code (one to three digits, the first code that exists);
+//!    without: decline if the region's international prefix or its own calling code could
+//!    start the digits (the parser would take them as such);
+//! 2. the national prefix: stripped exactly where the parser strips it (the pattern for
+//!    parsing matches, the result is still a possible number for the territory); where the
+//!    match would be rewritten by a transform rule, decline;
+//! 3. `+`, the calling code and the national digits.
+//!
+//! Anything else, including every error case and any doubt, is [`None`]: the full parse
+//! answers. tests/phone_fast.rs holds every answer given here to the full parse's, in every
+//! region.
+
+use std::borrow::Cow;
+use std::sync::{LazyLock, OnceLock};
+
+use regex::Regex;
+use rlibphonenumber::Region;
+
+use super::metadata::{CALLING_CODES, REGION_COUNT, TERRITORIES};
+use crate::token::TokenClass;
+
+/// One territory's metadata, as libphonenumber's metadata states it (the generated
+/// [`super::metadata`]); patterns are compiled on first use.
+#[derive(Debug)]
+pub struct Territory {
+    /// Region code (`ID`), or `001` for a non-geographic calling code.
+    pub id: &'static str,
+    pub country_code: u16,
+    /// The pattern of the international (IDD) prefix dialled from this territory.
+    pub international_prefix: Option<&'static str>,
+    /// The pattern of a national prefix (and carrier code) at the start of a national number.
+    pub national_prefix_for_parsing: Option<&'static str>,
+    /// What a national prefix match is rewritten to, in Rust regex replacement syntax.
+    pub national_prefix_transform_rule: Option<&'static str>,
+    /// Every national significant number of the territory matches this pattern.
+    pub general_pattern: &'static str,
+    /// Lengths of a national significant number.
+    pub possible_lengths: &'static [u8],
+    /// Lengths that can only be dialled locally (not possible numbers on their own).
+    pub local_only_lengths: &'static [u8],
+}
+
+/// Digits a value may hold to be answered here: more is never a number the parser accepts
+/// (a national significant number has at most 17 digits, a calling code 3).
+const MAX_DIGITS: usize = 20;
+/// Longest national significant number (libphonenumber's `MAX_LENGTH_FOR_NSN`).
+const MAX_NATIONAL: usize = 17;
+/// Shortest national significant number (`MIN_LENGTH_FOR_NSN`).
+const MIN_NATIONAL: usize = 2;
+/// Most leading zeros of a national number the fast path writes itself.
+const MAX_LEADING_ZEROS: usize = 10;
+
+/// The canonical form of `trimmed` (a phone field's value without surrounding white space)
+/// read in `region`, when the fast path is sure of the full parse's answer; [`None`] otherwise.
+pub fn canonical(region: Region, trimmed: &str) -> Option<(TokenClass, Cow<'_, str>)> {
+    let bytes = trimmed.as_bytes();
+    if !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii() && !b.is_ascii_digit() && *b != b'+')
+    {
+        // The parser looks for the first digit or `+`; there is none.
+        return Some((TokenClass::PhoneRaw, Cow::Borrowed(trimmed)));
+    }
+    let digits = Digits::read(bytes)?;
+    let canonical = if digits.plus {
+        international(digits.as_str())?
+    } else {
+        let territory = territory_of(region)?;
+        national(territory, digits.as_str())?
+    };
+    Some((TokenClass::Phone, Cow::Owned(canonical)))
+}
+
+/// The digits of a value in one of the fast shapes.
+struct Digits {
+    plus: bool,
+    buf: [u8; MAX_DIGITS],
+    len: usize,
+}
+
+impl Digits {
+    /// `None` unless the value is an optional leading `+`, then ASCII digits with spaces,
+    /// hyphens, dots and parentheses between, at least four digits and at most [`MAX_DIGITS`].
+    fn read(bytes: &[u8]) -> Option<Digits> {
+        let plus = bytes.first() == Some(&b'+');
+        let mut digits = Digits {
+            plus,
+            buf: [0; MAX_DIGITS],
+            len: 0,
+        };
+        for &b in &bytes[usize::from(plus)..] {
+            match b {
+                b'0'..=b'9' => {
+                    *digits.buf.get_mut(digits.len)? = b;
+                    digits.len += 1;
+                }
+                b' ' | b'-' | b'.' | b'(' | b')' => {}
+                _ => return None,
+            }
+        }
+        (digits.len >= 4).then_some(digits)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII digits")
+    }
+}
+
+impl Drop for Digits {
+    fn drop(&mut self) {
+        // A raw number, like every other copy the worker holds while a record is in flight.
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
+}
+
+/// `+` and digits: the calling code, then the national number in the code's main territory.
+fn international(digits: &str) -> Option<String> {
+    if digits.starts_with('0') {
+        return None;
+    }
+    let (code, territory) = (1..=3).find_map(|len| {
+        let code: u16 = digits.get(..len)?.parse().ok()?;
+        let at = CALLING_CODES
+            .binary_search_by_key(&code, |(c, _)| *c)
+            .ok()?;
+        Some((len, &TERRITORIES[usize::from(CALLING_CODES[at].1)]))
+    })?;
+    let national = strip_national_prefix(territory, &digits[code..])?;
+    e164(territory, national)
+}
+
+/// Digits without `+`: a national number of `territory` (the record's or default region).
+fn national(territory: &'static Territory, digits: &str) -> Option<String> {
+    let compiled = compiled(territory)?;
+    // The parser would read these as an international prefix, or as the region's own calling
+    // code written without `+`: both are its business.
+    if compiled
+        .international_prefix
+        .as_ref()
+        .is_some_and(|idd| idd.is_match(digits))
+    {
+        return None;
+    }
+    let mut code = itoa::Buffer::new();
+    if digits.starts_with(code.format(territory.country_code)) {
+        return None;
+    }
+    let national = strip_national_prefix(territory, digits)?;
+    e164(territory, national)
+}
+
+/// libphonenumber's `maybeStripNationalPrefixAndCarrierCode` followed by the parser's length
+/// test of the result: the national number the parser keeps. `None` where a transform rule
+/// would rewrite the number.
+fn strip_national_prefix<'a>(territory: &'static Territory, number: &'a str) -> Option<&'a str> {
+    let compiled = compiled(territory)?;
+    if number.len() < MIN_NATIONAL {
+        return None;
+    }
+    let Some(prefix) = &compiled.national_prefix else {
+        return Some(number);
+    };
+    let Some(found) = prefix.find(number) else {
+        return Some(number);
+    };
+    if found.is_empty() {
+        // An empty match strips nothing (and captures nothing a transform rule could use).
+        return Some(number);
+    }
+    if territory.national_prefix_transform_rule.is_some() {
+        // The parser rewrites the number when a group captured; which one it reads differs
+        // between libphonenumber's ports, so the full parse decides.
+        return None;
+    }
+    let stripped = &number[found.end()..];
+    // The parser keeps the prefix when the number was possible as written and is not without it.
+    if compiled.general.is_match(number) && !compiled.general.is_match(stripped) {
+        return Some(number);
+    }
+    // … and when what is left is too short to dial on its own.
+    Some(if compiled.strip_keeps_length(stripped.len()) {
+        stripped
+    } else {
+        number
+    })
+}
+
+/// `+`, the calling code and the national number, if the parser accepts its length.
+fn e164(territory: &Territory, national: &str) -> Option<String> {
+    if !(MIN_NATIONAL..=MAX_NATIONAL).contains(&national.len()) {
+        return None;
+    }
+    // The parser keeps leading zeros as a count beside the number, and rlibphonenumber writes
+    // at most 10 of them back (found by the fuzz target): more is its business.
+    if national.bytes().take_while(|b| *b == b'0').count() > MAX_LEADING_ZEROS {
+        return None;
+    }
+    let mut code = itoa::Buffer::new();
+    let code = code.format(territory.country_code);
+    let mut out = String::with_capacity(1 + code.len() + national.len());
+    out.push('+');
+    out.push_str(code);
+    out.push_str(national);
+    Some(out)
+}
+
+/// The metadata of a region, by binary search of the generated table.
+fn territory_of(region: Region) -> Option<&'static Territory> {
+    let code = region.as_region_str();
+    TERRITORIES[..REGION_COUNT]
+        .binary_search_by(|t| t.id.cmp(code.as_str()))
+        .ok()
+        .map(|at| &TERRITORIES[at])
+}
+
+/// A territory's patterns, compiled as the parser uses them: prefixes anchored at the start,
+/// the general pattern at both ends.
+struct Compiled {
+    international_prefix: Option<Regex>,
+    national_prefix: Option<Regex>,
+    general: Regex,
+    /// Bit n set: a possible length.
+    possible: u64,
+    /// Bit n set: a local-only length.
+    local_only: u64,
+}
+
+impl Compiled {
+    fn new(territory: &Territory) -> Option<Compiled> {
+        let anchored = |pattern: &str| Regex::new(&format!("^(?:{pattern})"));
+        let mask = |lengths: &[u8]| lengths.iter().fold(0u64, |m, &l| m | 1 << l);
+        Some(Compiled {
+            international_prefix: territory
+                .international_prefix
+                .map(anchored)
+                .transpose()
+                .ok()?,
+            national_prefix: territory
+                .national_prefix_for_parsing
+                .map(anchored)
+                .transpose()
+                .ok()?,
+            general: Regex::new(&format!("^(?:{})$", territory.general_pattern)).ok()?,
+            possible: mask(territory.possible_lengths),
+            local_only: mask(territory.local_only_lengths),
+        })
+    }
+
+    /// libphonenumber's `testNumberLength` (type unknown): whether the parser keeps a number
+    /// of `len` digits left after stripping a national prefix (possible, or too long; not too
+    /// short, local-only or of no possible length).
+    fn strip_keeps_length(&self, len: usize) -> bool {
+        let bit = 1u64.checked_shl(len as u32).unwrap_or(0);
+        if self.possible == 0 || self.local_only & bit != 0 {
+            return false;
+        }
+        let min = self.possible.trailing_zeros() as usize;
+        let max = 63 - self.possible.leading_zeros() as usize;
+        if len < min {
+            return false;
+        }
+        len > max || len == min || self.possible & bit != 0
+    }
+}
+
+/// One slot per territory, filled on first use. A pattern that does not compile leaves the
+/// slot empty, and the fast path declines that territory's numbers.
+static COMPILED: LazyLock<Vec<OnceLock<Option<Compiled>>>> =
+    LazyLock::new(|| TERRITORIES.iter().map(|_| OnceLock::new()).collect());
+
+fn compiled(territory: &'static Territory) -> Option<&'static Compiled> {
+    let at = (territory as *const Territory as usize - TERRITORIES.as_ptr() as usize)
+        / std::mem::size_of::<Territory>();
+    COMPILED[at]
+        .get_or_init(|| Compiled::new(territory))
+        .as_ref()
+}
+
+/// Compiles every territory's patterns now (a worker does at start, so the first records do
+/// not pay for it); returns the ids of territories whose patterns do not compile.
+pub fn compile_all() -> Vec<&'static str> {
+    TERRITORIES
+        .iter()
+        .filter(|t| compiled(t).is_none())
+        .map(|t| t.id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(region: &str, value: &str) -> Option<(TokenClass, String)> {
+        let region = Region::from_code(region).unwrap();
+        canonical(region, value).map(|(class, text)| (class, text.into_owned()))
+    }
+
+    #[test]
+    fn common_shapes_are_answered() {
+        let phone = |s: &str| Some((TokenClass::Phone, s.to_owned()));
+        assert_eq!(answer("ID", "+6281234567890"), phone("+6281234567890"));
+        assert_eq!(answer("ID", "+62 21 1234 5678"), phone("+622112345678"));
+        assert_eq!(answer("ID", "0812-3456-7890"), phone("+6281234567890"));
+        assert_eq!(answer("ID", "(021) 1234-5678"), phone("+622112345678"));
+        assert_eq!(answer("US", "(415) 555-0123"), phone("+14155550123"));
+        assert_eq!(answer("ID", "+1 415 555 0123"), phone("+14155550123"));
+        assert_eq!(
+            answer("ID", "anonymous"),
+            Some((TokenClass::PhoneRaw, "anonymous".to_owned()))
+        );
+    }
+
+    #[test]
+    fn doubtful_shapes_are_declined() {
+        for value in [
+            "",
+            "*31#",
+            "+62 812 ext 5",
+            "０８１２３４５６７８９０",
+            "+0123456",
+            "00862112345678", // the international prefix, dialled from ID
+            "6281234567890",  // ID's own calling code without `+`
+            "123",            // too few digits to be sure
+        ] {
+            assert_eq!(answer("ID", value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn every_territory_compiles() {
+        assert_eq!(compile_all(), Vec::<&str>::new());
+    }
+}
