@@ -151,7 +151,7 @@ fn national(territory: &'static Territory, digits: &str) -> Option<String> {
     if compiled
         .international_prefix
         .as_ref()
-        .is_some_and(|idd| idd.is_match(digits))
+        .is_some_and(|idd| idd.match_len(digits).is_some())
     {
         return None;
     }
@@ -174,10 +174,10 @@ fn strip_national_prefix<'a>(territory: &'static Territory, number: &'a str) -> 
     let Some(prefix) = &compiled.national_prefix else {
         return Some(number);
     };
-    let Some(found) = prefix.find(number) else {
+    let Some(found) = prefix.match_len(number) else {
         return Some(number);
     };
-    if found.is_empty() {
+    if found == 0 {
         // An empty match strips nothing (and captures nothing a transform rule could use).
         return Some(number);
     }
@@ -186,7 +186,7 @@ fn strip_national_prefix<'a>(territory: &'static Territory, number: &'a str) -> 
         // between libphonenumber's ports, so the full parse decides.
         return None;
     }
-    let stripped = &number[found.end()..];
+    let stripped = &number[found..];
     // The parser keeps the prefix when the number was possible as written and is not without it.
     if compiled.general.is_match(number) && !compiled.general.is_match(stripped) {
         return Some(number);
@@ -227,11 +227,38 @@ fn territory_of(region: Region) -> Option<&'static Territory> {
         .map(|at| &TERRITORIES[at])
 }
 
+/// A prefix pattern, matched at the start of a number as the parser matches it.
+enum Prefix {
+    /// A pattern of digits alone (`0`, `00`, `011`: most of them), compared as text.
+    Digits(&'static str),
+    /// Anything else, compiled (anchored at the start).
+    Pattern(Regex),
+}
+
+impl Prefix {
+    fn new(pattern: &'static str) -> Result<Prefix, regex::Error> {
+        Ok(if pattern.bytes().all(|b| b.is_ascii_digit()) {
+            Prefix::Digits(pattern)
+        } else {
+            Prefix::Pattern(Regex::new(&format!("^(?:{pattern})"))?)
+        })
+    }
+
+    /// The length of the prefix match at the start of `number` (the leftmost-first match, as
+    /// the parser's engine finds it), or `None`.
+    fn match_len(&self, number: &str) -> Option<usize> {
+        match self {
+            Prefix::Digits(digits) => number.starts_with(digits).then_some(digits.len()),
+            Prefix::Pattern(regex) => regex.find(number).map(|m| m.end()),
+        }
+    }
+}
+
 /// A territory's patterns, compiled as the parser uses them: prefixes anchored at the start,
 /// the general pattern at both ends.
 struct Compiled {
-    international_prefix: Option<Regex>,
-    national_prefix: Option<Regex>,
+    international_prefix: Option<Prefix>,
+    national_prefix: Option<Prefix>,
     general: Regex,
     /// Bit n set: a possible length.
     possible: u64,
@@ -241,17 +268,16 @@ struct Compiled {
 
 impl Compiled {
     fn new(territory: &Territory) -> Option<Compiled> {
-        let anchored = |pattern: &str| Regex::new(&format!("^(?:{pattern})"));
         let mask = |lengths: &[u8]| lengths.iter().fold(0u64, |m, &l| m | 1 << l);
         Some(Compiled {
             international_prefix: territory
                 .international_prefix
-                .map(anchored)
+                .map(Prefix::new)
                 .transpose()
                 .ok()?,
             national_prefix: territory
                 .national_prefix_for_parsing
-                .map(anchored)
+                .map(Prefix::new)
                 .transpose()
                 .ok()?,
             general: Regex::new(&format!("^(?:{})$", territory.general_pattern)).ok()?,
