@@ -129,18 +129,21 @@ impl Drop for Digits {
 
 /// `+` and digits: the calling code, then the national number in the code's main territory.
 fn international(digits: &str) -> Option<String> {
-    if digits.starts_with('0') {
+    let bytes = digits.as_bytes();
+    // The parser's `extractCountryCode`: no code starts with 0; the first of one, two and
+    // three digits that is a code is the code (codes are prefix-free).
+    if bytes.first() == Some(&b'0') {
         return None;
     }
-    let (code, territory) = (1..=3).find_map(|len| {
-        let code: u16 = digits.get(..len)?.parse().ok()?;
-        let at = CALLING_CODES
-            .binary_search_by_key(&code, |(c, _)| *c)
-            .ok()?;
-        Some((len, &TERRITORIES[usize::from(CALLING_CODES[at].1)]))
-    })?;
-    let national = strip_national_prefix(territory, &digits[code..])?;
-    e164(territory, national)
+    let mut code = 0usize;
+    for len in 1..=3 {
+        code = code * 10 + usize::from(bytes.get(len - 1)? - b'0');
+        if let Some(territory) = INDEX.by_code.get(code).and_then(|&at| INDEX.territory(at)) {
+            let national = strip_national_prefix(territory, &digits[len..])?;
+            return e164(territory, national);
+        }
+    }
+    None
 }
 
 /// Digits without `+`: a national number of `territory` (the record's or default region).
@@ -218,14 +221,55 @@ fn e164(territory: &Territory, national: &str) -> Option<String> {
     Some(out)
 }
 
-/// The metadata of a region, by binary search of the generated table.
+/// The metadata of a region.
 fn territory_of(region: Region) -> Option<&'static Territory> {
     let code = region.as_region_str();
-    TERRITORIES[..REGION_COUNT]
-        .binary_search_by(|t| t.id.cmp(code.as_str()))
-        .ok()
-        .map(|at| &TERRITORIES[at])
+    match code.as_bytes() {
+        &[a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+            INDEX.territory(INDEX.by_region[usize::from(a - b'A') * 26 + usize::from(b - b'A')])
+        }
+        _ => None,
+    }
 }
+
+/// Look-ups into [`TERRITORIES`] by region and by calling code, and each territory's compiled
+/// patterns, made once.
+struct Index {
+    /// Territory index by region letters (`(first - 'A') * 26 + (second - 'A')`), or [`NONE`].
+    by_region: [u16; 26 * 26],
+    /// The main territory of each calling code (0-999), or [`NONE`].
+    by_code: [u16; 1000],
+    /// One slot per territory, filled on first use. A pattern that does not compile leaves
+    /// the slot empty, and the fast path declines that territory's numbers.
+    compiled: Vec<OnceLock<Option<Compiled>>>,
+}
+
+const NONE: u16 = u16::MAX;
+
+impl Index {
+    fn new() -> Index {
+        let mut index = Index {
+            by_region: [NONE; 26 * 26],
+            by_code: [NONE; 1000],
+            compiled: TERRITORIES.iter().map(|_| OnceLock::new()).collect(),
+        };
+        for (at, territory) in TERRITORIES[..REGION_COUNT].iter().enumerate() {
+            if let &[a, b] = territory.id.as_bytes() {
+                index.by_region[usize::from(a - b'A') * 26 + usize::from(b - b'A')] = at as u16;
+            }
+        }
+        for &(code, at) in CALLING_CODES {
+            index.by_code[usize::from(code)] = at;
+        }
+        index
+    }
+
+    fn territory(&self, at: u16) -> Option<&'static Territory> {
+        TERRITORIES.get(usize::from(at))
+    }
+}
+
+static INDEX: LazyLock<Index> = LazyLock::new(Index::new);
 
 /// A prefix pattern, matched at the start of a number as the parser matches it.
 enum Prefix {
@@ -303,15 +347,11 @@ impl Compiled {
     }
 }
 
-/// One slot per territory, filled on first use. A pattern that does not compile leaves the
-/// slot empty, and the fast path declines that territory's numbers.
-static COMPILED: LazyLock<Vec<OnceLock<Option<Compiled>>>> =
-    LazyLock::new(|| TERRITORIES.iter().map(|_| OnceLock::new()).collect());
-
 fn compiled(territory: &'static Territory) -> Option<&'static Compiled> {
+    // `territory` is an element of TERRITORIES: its index is its offset.
     let at = (territory as *const Territory as usize - TERRITORIES.as_ptr() as usize)
         / std::mem::size_of::<Territory>();
-    COMPILED[at]
+    INDEX.compiled[at]
         .get_or_init(|| Compiled::new(territory))
         .as_ref()
 }
