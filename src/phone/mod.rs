@@ -1,12 +1,12 @@
 //! Phone numbers to their canonical form (spec §3): E.164 as Google's libphonenumber parses
 //! and formats them with a default region, or `phone-raw` (the trimmed input) where it refuses.
 //!
-//! After the thread's memory of its last few answers ([`recent`]), two ways to the same answer,
-//! the cheap one first:
+//! Three ways to the same answer, cheapest first:
 //! - [`fast`]: the common shapes (`+` and digits; national digits with spaces, hyphens, dots
 //!   and parentheses) read with libphonenumber's own metadata ([`metadata`], generated from
 //!   the same release), answering only where it follows the parser step for step and declining
 //!   everything else;
+//! - the thread's memory of its last few full-parse answers ([`recent`]);
 //! - the full parse (`rlibphonenumber`, libphonenumber ported to Rust).
 //!
 //! Property tests over every region (tests/phone_fast.rs) and a fuzz target hold the fast path
@@ -112,15 +112,17 @@ impl PhoneCanon {
     /// own region, see `region_field`).
     pub fn canonical_in<'a>(&self, region: Region, value: &'a str) -> (TokenClass, Cow<'a, str>) {
         let trimmed = value.trim();
-        // An event often names one number twice (the caller field and the record key): the
-        // thread's last few answers come first, whichever path gave them.
+        // The fast path costs less than a look-up in the memory (measured: about 90 against
+        // 190 ns per wire-shaped number), so only what it declines is remembered.
+        if let Some(answer) = fast::canonical(region, trimmed) {
+            return answer;
+        }
         RECENT_PHONES.with(|recent| {
             let mut recent = recent.borrow_mut();
             if let Some(hit) = recent.find(region, trimmed) {
                 return hit;
             }
-            let (class, canonical) =
-                fast::canonical(region, trimmed).unwrap_or_else(|| parse_e164(region, trimmed));
+            let (class, canonical) = parse_e164(region, trimmed);
             recent.remember(region, trimmed, class, &canonical);
             (class, canonical)
         })

@@ -1,5 +1,5 @@
-//! The last few answers of one thread: an event often names one number twice (the caller
-//! field and the record key), and a number the fast path declines is then parsed only once.
+//! The last few full-parse answers of one thread: an event often names one number twice (the
+//! caller field and the record key), so a number the fast path declines is parsed only once.
 
 use std::borrow::Cow;
 
