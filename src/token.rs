@@ -139,7 +139,13 @@ impl Token {
     /// The token text.
     pub fn as_str(&self) -> &str {
         // Built only from a validated key id (ASCII), ':' and base64url.
-        std::str::from_utf8(&self.bytes[..self.len]).expect("tokens are ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("tokens are ASCII")
+    }
+
+    /// The token text's bytes, without the UTF-8 check `as_str` makes (what the hot path
+    /// writes out).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -179,7 +185,12 @@ pub struct IpText {
 impl IpText {
     /// The address text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).expect("IP text is ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("IP text is ASCII")
+    }
+
+    /// The address text's bytes, without the UTF-8 check `as_str` makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

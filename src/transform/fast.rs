@@ -122,9 +122,13 @@ impl Walker<'_> {
     #[inline]
     fn leaf(&self, leaf: &Leaf, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
         let value = cur.bytes()?;
-        if leaf.input == LeafInput::String && std::str::from_utf8(value).is_err() {
-            return Err(ErrorKind::InvalidUtf8);
-        }
+        // A string leaf is checked once, here, whatever its action.
+        let text = match leaf.input {
+            LeafInput::String => {
+                Some(std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?)
+            }
+            LeafInput::Bytes => None,
+        };
         if leaf.action == Action::Encrypt {
             let key = self
                 .keys
@@ -135,14 +139,17 @@ impl Walker<'_> {
             envelope::seal_into(key, &leaf.path, value, out);
             return Ok(());
         }
-        // Checked just above for string leaves; only strings reach a pseudonymizing action.
-        let text = std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?;
+        // Only strings reach a pseudonymizing action (the plan compiles no other).
+        let text = match text {
+            Some(text) => text,
+            None => std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?,
+        };
         let region = match leaf.region {
             Some(i) => self.regions[i],
             None => self.phone.region(),
         };
         let pseudonym = pseudonymize(leaf.action, text, self.phone, region, self.pseudonym)?;
-        write_bytes(out, pseudonym.as_str().as_bytes());
+        write_bytes(out, pseudonym.as_bytes());
         Ok(())
     }
 }

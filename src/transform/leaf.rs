@@ -23,6 +23,14 @@ impl Pseudonym {
             Pseudonym::Ip(ip) => ip.as_str(),
         }
     }
+
+    /// The text's bytes (ASCII), without a UTF-8 check: what the binary walk writes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Pseudonym::Token(t) => t.as_bytes(),
+            Pseudonym::Ip(ip) => ip.as_bytes(),
+        }
+    }
 }
 
 /// The output of a string-yielding action (every action but keep, drop and encrypt).
@@ -44,9 +52,7 @@ pub fn pseudonymize(
             Some(IpAddr::V4(_)) if !value.trim().contains(':') => {
                 Pseudonym::Token(token(key, TokenClass::Ip, value.trim().as_bytes()))
             }
-            Some(ip) => {
-                Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_str().as_bytes()))
-            }
+            Some(ip) => Pseudonym::Token(token(key, TokenClass::Ip, ip_text(ip).as_bytes())),
             None => raw_ip(value),
         },
         Action::Token(TokenClass::Phone) => {
