@@ -356,8 +356,9 @@ fn compiled(territory: &'static Territory) -> Option<&'static Compiled> {
         .as_ref()
 }
 
-/// Compiles every territory's patterns now (a worker does at start, so the first records do
-/// not pay for it); returns the ids of territories whose patterns do not compile.
+/// Compiles every territory's patterns now and returns the ids of territories whose patterns
+/// do not compile (the tests expect none). The worker compiles lazily: a territory's first
+/// number pays for compiling its patterns.
 pub fn compile_all() -> Vec<&'static str> {
     TERRITORIES
         .iter()
