@@ -139,7 +139,7 @@ fn international(digits: &str) -> Option<String> {
     for len in 1..=3 {
         code = code * 10 + usize::from(bytes.get(len - 1)? - b'0');
         if let Some(territory) = INDEX.by_code.get(code).and_then(|&at| INDEX.territory(at)) {
-            let national = strip_national_prefix(territory, &digits[len..])?;
+            let national = strip_national_prefix(territory, compiled(territory)?, &digits[len..])?;
             return e164(territory, national);
         }
     }
@@ -162,15 +162,18 @@ fn national(territory: &'static Territory, digits: &str) -> Option<String> {
     if digits.starts_with(code.format(territory.country_code)) {
         return None;
     }
-    let national = strip_national_prefix(territory, digits)?;
+    let national = strip_national_prefix(territory, compiled, digits)?;
     e164(territory, national)
 }
 
 /// libphonenumber's `maybeStripNationalPrefixAndCarrierCode` followed by the parser's length
 /// test of the result: the national number the parser keeps. `None` where a transform rule
 /// would rewrite the number.
-fn strip_national_prefix<'a>(territory: &'static Territory, number: &'a str) -> Option<&'a str> {
-    let compiled = compiled(territory)?;
+fn strip_national_prefix<'a>(
+    territory: &Territory,
+    compiled: &Compiled,
+    number: &'a str,
+) -> Option<&'a str> {
     if number.len() < MIN_NATIONAL {
         return None;
     }
