@@ -12,6 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean test build writes about ~SIZE~ (target/ and fuzz/target/). Incremental state would
+# add as much again and buys nothing for a one-shot run; a developer's own `cargo test` keeps it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "disk: $((free_kib / 1024 / 1024)) GiB free where the build writes"
+if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
+  echo "warning: less than 12 GiB free; a clean build of the tests and fuzzers may not fit" >&2
+fi
+
 scripts/tansu.sh install
 # The outage test starts a broker of its own behind a proxy it can cut.
 PSEUDONYMIZER_TANSU_BIN=$(scripts/tansu.sh bin)
