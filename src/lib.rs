@@ -15,8 +15,9 @@
 //!   AWS SDK, and the keyring file whose secrets are each wrapped by the KMS.
 //! - [`phone`]: phone numbers to E.164 as Google's libphonenumber reads them: a fast path for
 //!   the common shapes on the parser's own metadata, the thread's recent answers, the full parse.
-//! - [`token`]: canonical forms (phones through [`phone`], RFC 5952 IPs, e-mail) and the HMAC
-//!   token (spec §3).
+//! - [`token`]: canonical forms (phones through [`phone`], IPs through [`ip`], e-mail) and the
+//!   HMAC token (spec §3).
+//! - [`ip`]: IP addresses parsed, written as dotted or RFC 5952 text, and truncated.
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
 //! - [`envelope`]: the AES-256-GCM envelope (spec §4) and its key type; depends on nothing
 //!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
@@ -61,6 +62,7 @@ pub mod file;
 pub mod generate;
 pub mod hardening;
 pub mod hostile;
+pub mod ip;
 pub mod keys;
 pub mod kms;
 pub mod metrics;

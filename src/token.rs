@@ -6,15 +6,14 @@
 //!
 //! Canonicalization is the part other languages must reproduce: phone numbers become E.164 as
 //! Google's libphonenumber parses and formats them ([`crate::phone`]),
-//! IPs their RFC 5952 / dotted text, e-mail addresses are
+//! IPs their RFC 5952 / dotted text ([`crate::ip`]), e-mail addresses are
 //! trimmed and lower-cased, ids are taken as they are. Values that do not parse as a phone
 //! number or IP become `phone-raw` / `ip-raw` tokens of the trimmed input, so nothing raw is
 //! ever written out.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv6Addr};
 
+use crate::ip::{ip_text, parse_ip};
 use crate::keys::PseudonymKey;
 use crate::phone::PhoneCanon;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -176,83 +175,6 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     out
 }
 
-/// Text of a canonical IP, on the stack (the longest IPv6 text is 39 bytes).
-pub struct IpText {
-    bytes: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    /// The address text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(self.as_bytes()).expect("IP text is ASCII")
-    }
-
-    /// The address text's bytes, without the UTF-8 check `as_str` makes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl std::fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Parses an IP the way spec §3 canonicalizes it: surrounding white space trimmed, an
-/// IPv4-mapped IPv6 address taken as its IPv4 address. `None` when it is not an IP.
-pub fn parse_ip(value: &str) -> Option<IpAddr> {
-    let ip: IpAddr = value.trim().parse().ok()?;
-    Some(match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    })
-}
-
-/// Canonical text of an address: dotted decimal, or RFC 5952 (Rust's `Display` for IPv6 is
-/// RFC 5952: lower case, longest zero run compressed, a single zero group not compressed).
-pub fn ip_text(ip: IpAddr) -> IpText {
-    let mut text = IpText {
-        bytes: [0; 48],
-        len: 0,
-    };
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    };
-    write!(text, "{ip}").expect("48 bytes hold any IP text");
-    text
-}
-
-/// Zeroes the host bits of an address: keeps `v4_prefix` / `v6_prefix` leading bits.
-pub fn truncate_ip(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(v4_prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(v6_prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
-
 /// Canonical e-mail: trimmed and lower-cased (borrowed when already so).
 pub fn canonical_email(value: &str) -> Cow<'_, str> {
     let trimmed = value.trim();
@@ -279,28 +201,5 @@ pub fn canonical<'a>(
         TokenClass::Email => (TokenClass::Email, canonical_email(value)),
         TokenClass::PhoneRaw | TokenClass::IpRaw => (class, Cow::Borrowed(value.trim())),
         TokenClass::Id | TokenClass::IdOf(_) => (class, Cow::Borrowed(value)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ips_canonicalize() {
-        let text = |s: &str| ip_text(parse_ip(s).unwrap()).as_str().to_owned();
-        assert_eq!(text("2001:DB8:0:0:0:0:0:1"), "2001:db8::1");
-        assert_eq!(text("2001:db8:0:1:1:1:1:1"), "2001:db8:0:1:1:1:1:1");
-        assert_eq!(text("::ffff:192.0.2.1"), "192.0.2.1");
-        assert_eq!(text(" 10.0.0.1 "), "10.0.0.1");
-        assert!(parse_ip("10.0.0.256").is_none());
-        assert_eq!(
-            truncate_ip(parse_ip("192.0.2.77").unwrap(), 24, 48).to_string(),
-            "192.0.2.0"
-        );
-        assert_eq!(
-            truncate_ip(parse_ip("2001:db8:aa:bb::1").unwrap(), 24, 48).to_string(),
-            "2001:db8:aa::"
-        );
     }
 }

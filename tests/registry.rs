@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use common::kafka::{self, text, Topics};
+use common::kafka::{self, published_at_least, text, Topics};
 use common::registry::TestRegistry;
 use pseudonymizer::config::Config;
 use pseudonymizer::generate::{Generator, Kind};
@@ -630,11 +630,7 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
             .collect()
     };
     produce(&brokers, &topics.raw, &pairs(&before)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.counts().published < 50 {
-        assert!(Instant::now() < deadline, "v1 records not published");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    published_at_least(&metrics, 50, Duration::from_secs(60), "v1 records").await;
     assert!(metrics.is_ready());
 
     // The registry goes away; the producer upgrades to v2, whose schema the worker must fetch.
@@ -655,14 +651,13 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
     assert!(!rendered.contains("pseudonymizer_registry_errors_total 0"));
 
     registry.up();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.counts().published < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "v2 records not published after the registry came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    published_at_least(
+        &metrics,
+        100,
+        Duration::from_secs(60),
+        "v2 records after the registry came back",
+    )
+    .await;
     assert!(metrics.is_ready());
     assert!(metrics
         .render()
@@ -682,18 +677,6 @@ async fn a_registry_outage_holds_records_and_dead_letters_none() {
     assert!(got.iter().all(|m| m.topic() == topics.calls));
     assert_eq!(got.len(), 100);
     assert_eq!(verify_calls(&registry, &got, &by_id).len(), 100);
-}
-
-async fn published_at_least(metrics: &Metrics, count: u64, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while metrics.counts().published < count {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} published, {count} wanted",
-            metrics.counts().published
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// At-least-once mode: while the registry is down (connections refused), and then while it
@@ -922,14 +905,7 @@ async fn a_registry_outage_in_exactly_once_mode_outlasts_the_transaction_timeout
 
     // v1's schema id is resolved while the registry is up.
     produce(&brokers, &topics.raw, &pairs(&warm_up)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.counts().published < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the first v1 record not published"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    published_at_least(&metrics, 1, Duration::from_secs(60), "the first v1 record").await;
     // The registry goes away; 50 v1 records and then v2 records arrive together, so v2's wait
     // begins with v1 records in the open transaction: they are committed before the wait.
     registry.down();
@@ -960,14 +936,13 @@ async fn a_registry_outage_in_exactly_once_mode_outlasts_the_transaction_timeout
     assert_eq!((counts.published, counts.dead_lettered), (51, 0));
 
     registry.up();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.counts().published < 101 {
-        assert!(
-            Instant::now() < deadline,
-            "v2 records not published after the registry came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    published_at_least(
+        &metrics,
+        101,
+        Duration::from_secs(60),
+        "v2 records after the registry came back",
+    )
+    .await;
     stop.send(true).unwrap();
     let stats = worker.await.unwrap().unwrap();
     assert!(stats.dead_lettered.is_empty(), "{:?}", stats.dead_lettered);

@@ -8,11 +8,12 @@ mod common;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pseudonymizer::envelope;
+use pseudonymizer::ip::parse_ip;
 use pseudonymizer::keys::{
     derive, PseudonymKey, SealKey, Secret, INFO_AES_GCM, INFO_CRYPTOPAN, INFO_HMAC,
 };
 use pseudonymizer::phone::PhoneCanon;
-use pseudonymizer::token::{self, parse_ip, TokenClass};
+use pseudonymizer::token::{self, TokenClass};
 use serde_json::Value as Json;
 
 fn vectors() -> Json {

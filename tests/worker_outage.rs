@@ -128,14 +128,13 @@ async fn broker_outage_mid_stream_loses_nothing() {
     // The outage starts once the worker itself has published 1,000 records (its counter,
     // read every millisecond): waiting for a reader to see them instead let a fast worker
     // finish all 6,000 first, and an outage with nothing left to do is no stall.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metrics.counts().published < 1000 {
-        assert!(
-            Instant::now() < deadline,
-            "1,000 records published within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    kafka::published_at_least(
+        &metrics,
+        1000,
+        Duration::from_secs(120),
+        "before the outage",
+    )
+    .await;
 
     // The outage: every connection closed, new ones refused, for 10 s.
     proxy.set_up(false);

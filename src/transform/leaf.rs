@@ -4,16 +4,17 @@
 use std::net::IpAddr;
 
 use super::ErrorKind;
+use crate::ip::{ip_text, parse_ip, truncate_ip, IpText};
 use crate::keys::PseudonymKey;
 use crate::phone::PhoneCanon;
 use crate::rules::Action;
-use crate::token::{self, ip_text, parse_ip, token, truncate_ip, TokenClass};
+use crate::token::{self, token, TokenClass};
 use rlibphonenumber::Region;
 
 /// A rewritten string value: a token or an IP's text, held on the stack.
 pub enum Pseudonym {
     Token(token::Token),
-    Ip(token::IpText),
+    Ip(IpText),
 }
 
 impl Pseudonym {

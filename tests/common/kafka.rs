@@ -402,6 +402,20 @@ pub fn spawn_worker(
     (stop, handle)
 }
 
+/// Waits until the worker's own published counter reaches `count` (read every millisecond, so
+/// a test can act mid-stream); fails with `what` after `within`.
+pub async fn published_at_least(metrics: &Metrics, count: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while metrics.counts().published < count {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} published within {within:?}, {count} wanted",
+            metrics.counts().published
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A consumer of the analytics and dead-letter topics from their start.
 pub fn reader(brokers: &str, topics: &Topics, read_committed: bool) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
