@@ -82,7 +82,7 @@ pub fn canonical(region: Region, trimmed: &str) -> Option<(TokenClass, Cow<'_, s
         let territory = territory_of(region)?;
         national(territory, digits.as_str())?
     };
-    Some((TokenClass::Phone, Cow::Owned(canonical)))
+    Some((TokenClass::Phone, canonical.text(trimmed)))
 }
 
 /// The digits of a value in one of the fast shapes.
@@ -128,7 +128,7 @@ impl Drop for Digits {
 }
 
 /// `+` and digits: the calling code, then the national number in the code's main territory.
-fn international(digits: &str) -> Option<String> {
+fn international(digits: &str) -> Option<E164<'_>> {
     let bytes = digits.as_bytes();
     // The parser's `extractCountryCode`: no code starts with 0; the first of one, two and
     // three digits that is a code is the code (codes are prefix-free).
@@ -147,7 +147,7 @@ fn international(digits: &str) -> Option<String> {
 }
 
 /// Digits without `+`: a national number of `territory` (the record's or default region).
-fn national(territory: &'static Territory, digits: &str) -> Option<String> {
+fn national<'d>(territory: &'static Territory, digits: &'d str) -> Option<E164<'d>> {
     let compiled = compiled(territory)?;
     // The parser would read these as an international prefix, or as the region's own calling
     // code written without `+`: both are its business.
@@ -205,8 +205,35 @@ fn strip_national_prefix<'a>(
     })
 }
 
-/// `+`, the calling code and the national number, if the parser accepts its length.
-fn e164(territory: &Territory, national: &str) -> Option<String> {
+/// A canonical number in its two parts: the calling code and the national number.
+struct E164<'d> {
+    country_code: u16,
+    national: &'d str,
+}
+
+impl E164<'_> {
+    /// `+`, the calling code and the national number: borrowed from the input when the input
+    /// is already exactly that (most numbers on the wire), so nothing is allocated.
+    fn text<'i>(&self, input: &'i str) -> Cow<'i, str> {
+        let mut code = itoa::Buffer::new();
+        let code = code.format(self.country_code);
+        let already = input.len() == 1 + code.len() + self.national.len()
+            && input.as_bytes()[0] == b'+'
+            && input[1..].starts_with(code)
+            && input.ends_with(self.national);
+        if already {
+            return Cow::Borrowed(input);
+        }
+        let mut out = String::with_capacity(1 + code.len() + self.national.len());
+        out.push('+');
+        out.push_str(code);
+        out.push_str(self.national);
+        Cow::Owned(out)
+    }
+}
+
+/// The canonical number, if the parser accepts the national number's length.
+fn e164<'d>(territory: &Territory, national: &'d str) -> Option<E164<'d>> {
     if !(MIN_NATIONAL..=MAX_NATIONAL).contains(&national.len()) {
         return None;
     }
@@ -215,13 +242,10 @@ fn e164(territory: &Territory, national: &str) -> Option<String> {
     if national.bytes().take_while(|b| *b == b'0').count() > MAX_LEADING_ZEROS {
         return None;
     }
-    let mut code = itoa::Buffer::new();
-    let code = code.format(territory.country_code);
-    let mut out = String::with_capacity(1 + code.len() + national.len());
-    out.push('+');
-    out.push_str(code);
-    out.push_str(national);
-    Some(out)
+    Some(E164 {
+        country_code: territory.country_code,
+        national,
+    })
 }
 
 /// The metadata of a region.
@@ -391,6 +415,23 @@ mod tests {
         assert_eq!(
             answer("ID", "anonymous"),
             Some((TokenClass::PhoneRaw, "anonymous".to_owned()))
+        );
+    }
+
+    #[test]
+    fn numbers_already_canonical_are_borrowed_not_copied() {
+        let region = super::super::phone_region("ID").unwrap();
+        let borrowed = |s: &str| matches!(canonical(region, s), Some((_, Cow::Borrowed(_))));
+        assert!(borrowed("+6281234567890"));
+        assert!(borrowed("+14155550123"));
+        // Same digits, other text: a new string.
+        assert!(!borrowed("+62 812 3456 7890"));
+        assert!(!borrowed("081234567890"));
+        // A `+` number whose national prefix the parser strips is not its own canonical form.
+        let ru = canonical(region, "+788001234567").map(|(_, text)| text);
+        assert!(
+            matches!(&ru, Some(Cow::Owned(t)) if t == "+78001234567"),
+            "{ru:?}"
         );
     }
 
