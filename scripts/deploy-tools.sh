@@ -36,23 +36,52 @@ install_kustomize() {
   local bin="$CACHE/kustomize-$KUSTOMIZE_VERSION/kustomize"
   if ! [ -x "$bin" ]; then
     echo "building kustomize $KUSTOMIZE_VERSION from the Go module proxy (first time only)" >&2
-    mkdir -p "$(dirname "$bin")"
-    GOBIN="$(dirname "$bin")" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >&2
+    # Built into a temporary directory and moved into place only once it runs: an interrupted
+    # or failed build leaves nothing that a later run would take for a kustomize.
+    local staging="$CACHE/kustomize-$KUSTOMIZE_VERSION.partial"
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    GOBIN="$staging" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >&2
+    "$staging/kustomize" version >/dev/null
+    rm -rf "$(dirname "$bin")"
+    mv "$staging" "$(dirname "$bin")"
   fi
   echo "$bin"
 }
 
 # A minimal Debian base of the same release as the production base (debian:bookworm-slim),
 # with what the binary links (libc, libgcc, zlib) and CA certificates.
+#
+# mmdebstrap picks its output format from the target's name, and for a name it does not know
+# (`….tar.tmp`, say) it writes a directory: the temporary name ends in `.tar` so that it
+# writes a tarball, and the tarball is read back (`tar -t`, with /etc/os-release in it) before
+# it is moved into place. A cached base that is not such a tarball is made again.
+base_tar_is_good() {
+  # grep without -q reads the whole listing: an early exit would give tar a SIGPIPE, which
+  # pipefail reports as a failure.
+  [ -f "$1" ] && tar -tf "$1" 2>/dev/null | grep -x '\./etc/os-release\|etc/os-release' >/dev/null
+}
+
 install_base() {
+  if [ -e "$BASE_TAR" ] && ! base_tar_is_good "$BASE_TAR"; then
+    echo "the cached base $BASE_TAR is not a readable tarball; making it again" >&2
+    rm -rf "$BASE_TAR"
+  fi
   if ! [ -f "$BASE_TAR" ]; then
     echo "making a $DEBIAN_RELEASE base with mmdebstrap (first time only, about 40 s)" >&2
     mkdir -p "$(dirname "$BASE_TAR")"
+    local staging="$BASE_TAR.partial.tar"
+    rm -rf "$staging"
     mmdebstrap --variant=minbase --include=ca-certificates,zlib1g --mode=root \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' \
-      "$DEBIAN_RELEASE" "$BASE_TAR.tmp" >&2
-    mv "$BASE_TAR.tmp" "$BASE_TAR"
+      "$DEBIAN_RELEASE" "$staging" >&2
+    if ! base_tar_is_good "$staging"; then
+      echo "mmdebstrap did not write a tarball with /etc/os-release at $staging" >&2
+      rm -rf "$staging"
+      exit 1
+    fi
+    mv "$staging" "$BASE_TAR"
   fi
 }
 

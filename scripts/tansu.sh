@@ -2,7 +2,7 @@
 # Installs (once, cached) and starts Tansu, the Kafka-compatible broker the tests and the
 # demo's --brokers mode talk to.
 #
-#   scripts/tansu.sh install        build tansu into the cache (about 8 minutes the first time)
+#   scripts/tansu.sh install        build tansu into the cache (about 11 minutes the first time)
 #   scripts/tansu.sh start          start it on a free loopback port; prints HOST:PORT
 #   scripts/tansu.sh stop           stop the broker started by `start`
 #
@@ -20,10 +20,17 @@ install() {
   if [ -x "$BIN" ]; then
     return 0
   fi
-  mkdir -p "$ROOT"
-  echo "installing tansu $TANSU_VERSION into $ROOT (first time only, about 8 minutes)" >&2
+  echo "installing tansu $TANSU_VERSION into $ROOT (first time only, about 11 minutes)" >&2
+  # Installed under a temporary root and moved into place only once the binary runs: an
+  # interrupted build leaves nothing a later run would take for a broker.
+  local staging="$ROOT.partial"
+  rm -rf "$staging"
+  mkdir -p "$staging"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
-    --root "$ROOT" --target-dir "$CACHE/tansu-build" >&2
+    --root "$staging" --target-dir "$CACHE/tansu-build" >&2
+  "$staging/bin/tansu" --help >/dev/null
+  rm -rf "$ROOT"
+  mv "$staging" "$ROOT"
   rm -rf "$CACHE/tansu-build"
 }
 
