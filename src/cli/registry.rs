@@ -93,7 +93,7 @@ fn latest_of_record(
 /// in its input subject, read as the worker reads it (by record name: a shared raw topic's
 /// subject holds versions of several records). Fails if a field has no rule (the worker
 /// would dead-letter that version); prints every rule that names no field of it.
-pub(super) fn check(config: &Config, engine: &Engine, out: &mut impl Write) -> Result<()> {
+pub(super) fn check(config: &Config, engine: &Engine, out: &mut dyn Write) -> Result<()> {
     let Some(registry) = &config.registry else {
         return Ok(());
     };
@@ -151,7 +151,7 @@ pub(super) fn check(config: &Config, engine: &Engine, out: &mut impl Write) -> R
 
 /// `schema register`: registers the derived schema of each pipeline's local schema, and of
 /// the latest version of its input subject, under its output subject; prints subjects and ids.
-pub(super) fn register(config: &Config, engine: &Engine, out: &mut impl Write) -> Result<()> {
+pub(super) fn register(config: &Config, engine: &Engine, out: &mut dyn Write) -> Result<()> {
     let Some(registry) = &config.registry else {
         bail!("the config has no [registry] section");
     };

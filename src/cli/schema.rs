@@ -1,0 +1,69 @@
+//! `pseudonymizer schema …`: the output schemas derived from each input schema and its rules,
+//! written to files or registered in the schema registry.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use super::registry;
+use crate::config::Config;
+use crate::transform::Engine;
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Write the output schema derived from each input schema and its rules.
+    Derive {
+        /// The config whose pipelines to derive.
+        #[arg(long)]
+        config: PathBuf,
+        /// The directory to write `<full name>.avsc` files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register each pipeline's derived schema in the `[registry]` (for the local schema and
+    /// the latest version of its input subject); print subjects and ids.
+    Register {
+        /// The config whose pipelines to register.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> {
+    match command {
+        SchemaCommand::Derive { config, out: dir } => {
+            let config = Config::load(&config)?;
+            let engine = Engine::from_config(&config)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for plan in engine.plans() {
+                let path = dir.join(output_schema_file(plan));
+                std::fs::write(&path, output_schema_text(plan))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                writeln!(out, "wrote {}", path.display())?;
+            }
+            Ok(())
+        }
+        SchemaCommand::Register { config } => {
+            let config = Config::load(&config)?;
+            let engine = Engine::from_config(&config)?;
+            registry::register(&config, &engine, out)
+        }
+    }
+}
+
+/// File name of a plan's derived schema: its full name and `.avsc`.
+pub fn output_schema_file(plan: &crate::plan::Plan) -> String {
+    match &plan.output {
+        apache_avro::Schema::Record(r) => format!("{}.avsc", r.name.fullname(None)),
+        _ => "output.avsc".to_owned(),
+    }
+}
+
+/// The derived schema as written to disk: pretty JSON and a final newline.
+pub fn output_schema_text(plan: &crate::plan::Plan) -> String {
+    let mut text = serde_json::to_string_pretty(&plan.output_json).expect("JSON value serializes");
+    text.push('\n');
+    text
+}
