@@ -37,6 +37,8 @@
 //!   its environment.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.
 //! - [`hostile`]: the checks the fuzz targets run on arbitrary bytes (and `cargo test` replays).
+//! - [`fsio`]: files in and out for every command: bounded reads of regular files only, and
+//!   outputs written to a temporary beside the target and renamed over it, or not at all.
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
 //! - [`registry`]: the Confluent-compatible schema registry client (writer schemas by id,
 //!   registering derived schemas).
@@ -59,6 +61,7 @@ pub mod cryptopan;
 pub mod demo;
 pub mod envelope;
 pub mod file;
+pub mod fsio;
 pub mod generate;
 pub mod hardening;
 pub mod hostile;

@@ -49,22 +49,16 @@ pub fn check_mode(mode: u32, file_gid: u32, groups: &[u32]) -> Result<(), ModePr
     Ok(())
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file beside it, fsync,
-/// rename. A reader sees the old file or the new one, never a part (the worker reloads
-/// keyrings while they are replaced).
+/// Writes `bytes` to `path` with mode 0600, atomically ([`crate::fsio::AtomicFile`]): a new
+/// temporary file of its own beside the target, fsync, rename. A reader sees the old file or
+/// the new one, never a part (the worker reloads keyrings while they are replaced); a keyring
+/// given as a symbolic link is written at the link's target, so that no copy of the old
+/// secrets survives there.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::fsio::write_atomically(path, "keyring", 0o600, bytes).map_err(|e| match e {
+        crate::fsio::FileError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
 }
 
 /// This process's gid and supplementary groups.
