@@ -278,7 +278,7 @@ pub async fn run(
     create_topics(kafka, &[(topic.as_str(), partitions)]).await?;
     let started = Instant::now();
     produce_raw(&engine, kafka, &topic, events, 11, |_, _| {}, None).await?;
-    println!(
+    crate::say!(
         "loaded {events} raw events into {topic} ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -310,7 +310,7 @@ pub async fn run(
             let m: Measurement = serde_json::from_slice(&output.stdout)
                 .context("reading the measurement of a child process")?;
             let label = format!("{treatment} {mode}");
-            println!(
+            crate::say!(
                 "round {round} {label:<27} {:>9.0} events/s  ({:.1} s, {:.1} µs CPU/event, peak RSS {} MiB)",
                 m.events_per_sec,
                 m.seconds,
@@ -330,7 +330,7 @@ pub async fn run(
             .fold(0.0, f64::max)
     };
     let (sanitize, pass) = (best("Sanitize"), best("PassThrough"));
-    println!(
+    crate::say!(
         "\nbest of {rounds}: sanitize {sanitize:.0} events/s, pass-through {pass:.0} events/s, \
          ratio {:.2}",
         sanitize / pass
@@ -342,7 +342,7 @@ pub async fn run(
             .map(|m| m.cpu_us_per_event)
             .fold(f64::INFINITY, f64::min)
     };
-    println!(
+    crate::say!(
         "worker CPU per event: sanitize {:.1} µs, pass-through {:.1} µs (the transform adds {:.1} µs)",
         least_cpu("Sanitize"),
         least_cpu("PassThrough"),
@@ -359,7 +359,7 @@ pub async fn run(
             .iter()
             .map(|m| m.cpu_us_per_event)
             .fold(f64::INFINITY, f64::min);
-        println!(
+        crate::say!(
             "exactly-once (transactions of up to {} records or {} ms): sanitize {best_rate:.0} \
              events/s ({:.2} of at-least-once), {cpu:.1} µs CPU/event",
             kafka.transaction_max_records,
@@ -369,7 +369,7 @@ pub async fn run(
     }
     for m in results.iter().filter(|m| m.treatment == "Sanitize") {
         let mib: Vec<u64> = m.rss_kib.iter().map(|k| k / 1024).collect();
-        println!(
+        crate::say!(
             "sanitize worker RSS over {} events: peak {} MiB; sampled each second (MiB): {mib:?}",
             m.events,
             m.peak_rss_kib / 1024

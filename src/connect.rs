@@ -73,17 +73,8 @@ pub fn scrub(message: &str, value: &str) -> String {
     }
 }
 
-/// Every kind [`failure_kind`] gives but `other` (which is logged, not counted).
-pub const ERROR_KINDS: [&str; 6] = [
-    "authentication",
-    "sasl-mechanism",
-    "authorization",
-    "tls",
-    "all-brokers-down",
-    "transport",
-];
-
-/// Kinds of connection failure, as counted in `pseudonymizer_connection_errors_total{kind}`.
+/// Kinds of connection failure, as counted in `pseudonymizer_connection_errors_total{kind}`:
+/// one of [`crate::metrics::CONNECTION_ERROR_KINDS`], or `other` (logged, not counted).
 pub fn failure_kind(code: RDKafkaErrorCode, reason: &str) -> &'static str {
     use RDKafkaErrorCode as C;
     match code {

@@ -70,9 +70,9 @@ pub async fn run(
     };
     let in_process = _cluster.is_some();
     if in_process {
-        println!("brokers: {brokers} (librdkafka's in-process test cluster)");
+        crate::say!("brokers: {brokers} (librdkafka's in-process test cluster)");
     } else {
-        println!("brokers: {brokers}");
+        crate::say!("brokers: {brokers}");
     }
 
     let group = format!("pseudonymizer-demo-{}", std::process::id());
@@ -99,7 +99,7 @@ pub async fn run(
     let engine = Arc::new(Engine::from_config(&config)?);
     let keys = KeySet::from_keyring(&Keyring::generate());
     let active = engine.active_keys(&keys)?;
-    println!(
+    crate::say!(
         "throwaway keys: pseudonym {}, encryption {}",
         active.pseudonym.as_ref().map_or("-", |k| k.id()),
         active.encryption.as_ref().map_or("-", |k| k.id())
@@ -128,7 +128,7 @@ pub async fn run(
         .context("the config has no [kafka] section")?;
     let result = feed_and_watch(&engine, kafka, events, &metrics, &handle, in_process).await;
     if let Ok(fed) = &result {
-        println!(
+        crate::say!(
             "all {} records accounted for; stopping the worker (drain, flush, commit)",
             fed.figures.records
         );
@@ -149,7 +149,7 @@ pub async fn run(
         return Ok(());
     };
 
-    println!("reading the last call and message back from the analytics topics");
+    crate::say!("reading the last call and message back from the analytics topics");
     show_samples(&engine, kafka, run.samples).await?;
     report(&run.figures, &stats, &metrics, in_process);
     Ok(())
@@ -352,7 +352,7 @@ impl Progress {
                         bar.set_position(done);
                         bar.set_message(line);
                     }
-                    None => println!("progress: {done}/{total} accounted for: {line}"),
+                    None => crate::say!("progress: {done}/{total} accounted for: {line}"),
                 }
             }
         });
@@ -431,17 +431,17 @@ async fn show_samples(
                 }
             }
         }
-        println!("\n=== {name} ===");
+        crate::say!("\n=== {name} ===");
         let raw_json = plain_json(raw);
         let out_json = sanitized.map(plain_json).unwrap_or_default();
-        println!("{:<20} {:<48} sanitized", "field", "raw");
+        crate::say!("{:<20} {:<48} sanitized", "field", "raw");
         if let (Some(raw_map), Some(out_map)) = (raw_json.as_object(), out_json.as_object()) {
             for (field, raw_value) in raw_map {
                 let out_value = out_map
                     .get(field)
                     .map(|v| v.to_string())
                     .unwrap_or_else(|| "(dropped)".into());
-                println!(
+                crate::say!(
                     "{field:<20} {:<48} {}",
                     clip(&raw_value.to_string(), 46),
                     clip(&out_value, 60)
@@ -455,12 +455,14 @@ async fn show_samples(
 /// The closing figures: wall clock, the worker's CPU, the transform alone.
 fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_process: bool) {
     let dead: u64 = stats.dead_lettered.values().sum();
-    println!(
+    crate::say!(
         "\nworker: {} records in, {} published, {dead} dead-lettered ({:?}), none lost",
-        stats.consumed, stats.published, stats.dead_lettered
+        stats.consumed,
+        stats.published,
+        stats.dead_lettered
     );
     let records = figures.records as f64;
-    println!(
+    crate::say!(
         "wall clock: {:.1} s, {:.0} records/s{}",
         figures.seconds,
         records / figures.seconds.max(1e-9),
@@ -471,7 +473,7 @@ fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_proces
             ""
         }
     );
-    println!(
+    crate::say!(
         "CPU per record: worker threads {:.1} µs; whole process {:.1} µs{}",
         figures.worker_cpu * 1e6 / records,
         figures.process_cpu * 1e6 / records,
@@ -483,7 +485,7 @@ fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_proces
     );
     let transform = metrics.transform_seconds.get_sample_sum() * 1e6
         / (metrics.transform_seconds.get_sample_count().max(1) as f64);
-    println!(
+    crate::say!(
         "transform alone: {transform:.1} µs per record, {:.0} records/s on one core{}",
         1e6 / transform.max(1e-9),
         if in_process {
@@ -492,7 +494,7 @@ fn report(figures: &Figures, stats: &worker::Stats, metrics: &Metrics, in_proces
             ""
         }
     );
-    println!("figures against a real broker: scripts/bench.sh (README, Performance)");
+    crate::say!("figures against a real broker: scripts/bench.sh (README, Performance)");
 }
 
 /// User + system CPU seconds of this process so far.

@@ -15,6 +15,8 @@
 //!   AWS SDK, and the keyring file whose secrets are each wrapped by the KMS.
 //! - [`phone`]: phone numbers to E.164 as Google's libphonenumber reads them: a fast path for
 //!   the common shapes on the parser's own metadata, the thread's recent answers, the full parse.
+//! - [`class`]: token classes (phone, ip, email, id, id.<role>, the -raw classes), below both
+//!   [`phone`] and [`token`].
 //! - [`token`]: canonical forms (phones through [`phone`], IPs through [`ip`], e-mail) and the
 //!   HMAC token (spec §3).
 //! - [`ip`]: IP addresses parsed, written as dotted or RFC 5952 text, and truncated.
@@ -54,6 +56,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod class;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -1,12 +1,23 @@
 //! The `pseudonymizer` binary: parses the command line and reports errors with their context.
+//!
+//! Exit codes (README, "Exit codes"): 0 success; 1 any failure, standard output or error
+//! closed by its reader included; 2 a usage error (clap's); 101 an internal error (a panic, its
+//! message withheld when it may carry data).
+
+use std::io::Write as _;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     // First, before any thread exists: no core dumps, no KEK left in the environment.
     let hardened = pseudonymizer::hardening::harden();
+    // A standard descriptor closed by the caller (`>&-`) is already open on /dev/null: std
+    // does that before `main`, so no file the command opens takes its number. A reader that
+    // goes away (a closed pipe) makes writes fail: that is exit 1, and never a panic.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!(
+        // Never a second panic from a closed stderr (that would abort).
+        let _ = writeln!(
+            std::io::stderr(),
             "{}",
             pseudonymizer::cli::panic_report(info.payload(), info.location())
         );
@@ -16,7 +27,8 @@ fn main() -> std::process::ExitCode {
     match pseudonymizer::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A closed stderr cannot be told; the exit code still says it.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }

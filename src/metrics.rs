@@ -14,6 +14,18 @@ use prometheus::{
 
 use crate::keys::SealKey;
 
+/// Every kind of connection failure [`crate::connect::failure_kind`] gives but `other` (which
+/// is logged, not counted). The metrics own the list, so that every label exists from the
+/// start at 0; `connect` reports into them (metrics is the lower module of the two).
+pub const CONNECTION_ERROR_KINDS: [&str; 6] = [
+    "authentication",
+    "sasl-mechanism",
+    "authorization",
+    "tls",
+    "all-brokers-down",
+    "transport",
+];
+
 /// Record counts summed over their labels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -290,7 +302,7 @@ impl Metrics {
         ] {
             self.kms_calls.with_label_values(&[operation, result]);
         }
-        for kind in crate::connect::ERROR_KINDS {
+        for kind in CONNECTION_ERROR_KINDS {
             self.connection_errors.with_label_values(&[kind]);
         }
         for outcome in ["committed", "aborted"] {

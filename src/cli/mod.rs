@@ -44,9 +44,32 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// What `--help` ends with: the environment the program reads and its exit codes.
+const AFTER_HELP: &str = "\
+Environment:
+  PSEUDONYMIZER_KEK            key-encryption key (base64) of a sealed keyring; taken out of
+                               the environment at start
+  PSEUDONYMIZER_KEK_FILE       file holding that KEK instead (owner-only)
+  PSEUDONYMIZER_AUDIT_LOG      audit log of lookup (and decrypt when the config names none)
+  PSEUDONYMIZER_ALLOW_CORE_DUMPS=1  leave core dumps on (they would hold every key)
+  RUST_LOG                     log filter of run and demo (e.g. info, pseudonymizer=debug)
+  AWS_* (AWS SDK's chain)      credentials and region for aws-kms:// keyrings
+
+Exit codes:
+  0    success
+  1    failure: any error, a check that found problems, an envelope that did not
+       authenticate, a closed standard output or error
+  2    usage error (unknown command or flag, bad flag value)
+  101  internal error (a bug; the message is withheld if it may carry data)";
+
 /// Pseudonymizes and encrypts call and message metadata events.
 #[derive(Debug, Parser)]
-#[command(name = "pseudonymizer", version = VERSION.as_str(), about)]
+#[command(
+    name = "pseudonymizer",
+    version = VERSION.as_str(),
+    about,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -74,9 +97,10 @@ pub enum Command {
         /// Config whose rules and schemas to use.
         #[arg(long, default_value = "config/pipeline.toml")]
         config: PathBuf,
-        /// A real cluster instead of the in-process one.
+        /// A real cluster instead of the in-process one (host:port, comma-separated).
         #[arg(long)]
         brokers: Option<String>,
+        /// How many synthetic events to produce and sanitize.
         #[arg(long, default_value_t = 100_000)]
         events: usize,
     },
@@ -85,15 +109,19 @@ pub enum Command {
     /// With `--mode exactly-once`, each round also runs the transform in exactly-once mode
     /// (needs a broker with transactions).
     Bench {
+        /// Config whose rules and schemas to use.
         #[arg(long, default_value = "config/pipeline.toml")]
         config: PathBuf,
+        /// The broker to measure against (host:port, comma-separated).
         #[arg(long)]
         brokers: String,
+        /// Events per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
         /// Partitions of the raw topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// Rounds of (sanitize, pass-through) measurements; the report gives the median.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
         /// at-least-once (sanitize and pass-through) or exactly-once (the same, plus sanitize
@@ -104,12 +132,16 @@ pub enum Command {
     /// One measurement of `bench` (run by it in a child process); prints a JSON line.
     #[command(hide = true)]
     BenchWorker {
+        /// Config whose rules and schemas to use.
         #[arg(long)]
         config: PathBuf,
+        /// The broker (host:port).
         #[arg(long)]
         brokers: String,
+        /// The raw topic to read.
         #[arg(long)]
         topic: String,
+        /// Events to read before the measurement ends.
         #[arg(long)]
         events: u64,
         /// sanitize or pass-through.
@@ -146,6 +178,7 @@ pub enum Command {
 /// `--config` and the `--keyring` that overrides the config's keyring.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
+    /// The TOML config (README, "Configuration"; docs/operations.md has every setting).
     #[arg(long)]
     pub config: PathBuf,
     /// Overrides the config's `keyring`.
@@ -231,6 +264,29 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 pub use schema::{output_schema_file, output_schema_text};
+
+/// Prints a line to standard output for the commands that print as they go (`demo`,
+/// `bench`), ending the process with exit 1 when standard output is gone (a closed pipe):
+/// nobody reads the rest, and `println!` would panic.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(1);
+        }
+    }};
+}
+
+/// Prints a note to standard error, never panicking when it is closed (the exit code still
+/// tells a script what happened).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// The line printed for a panic: where it happened, and its message only when the message is a
 /// string literal (`&'static str`). A formatted message could carry a value from the data, so

@@ -30,7 +30,7 @@ use regex::Regex;
 use rlibphonenumber::Region;
 
 use super::metadata::{CALLING_CODES, REGION_COUNT, TERRITORIES};
-use crate::token::TokenClass;
+use crate::class::TokenClass;
 
 /// One territory's metadata, as libphonenumber's metadata states it (the generated
 /// [`super::metadata`]); patterns are compiled on first use.

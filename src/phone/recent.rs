@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use rlibphonenumber::Region;
 
-use crate::token::TokenClass;
+use crate::class::TokenClass;
 
 thread_local! {
     pub(super) static RECENT_PHONES: std::cell::RefCell<RecentPhones> = Default::default();
