@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use apache_avro::types::Value;
@@ -34,10 +34,17 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    File(#[from] crate::fsio::FileError),
     #[error("{path}: not an Avro object container file, or its header is corrupt")]
     Header { path: PathBuf },
     #[error("writer schema {0} has no rules in the config")]
     NoRules(String),
+    #[error("{path}: its writer schema does not fit the rules, nothing written:\n  {}", .problems.join("\n  "))]
+    Rules {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("event {index}: cannot be decoded (truncated or corrupt Avro, or invalid UTF-8)")]
     Decode { index: u64 },
     #[error("event {index}: {source}")]
@@ -52,22 +59,35 @@ pub enum FileError {
     },
 }
 
+/// Opens an input container: a regular file only (a FIFO or device is refused without
+/// blocking; symbolic links followed). Containers have no size limit: they are streamed.
 fn open(path: &Path) -> Result<BufReader<File>, FileError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| FileError::Open {
-            path: path.to_owned(),
-            source,
-        })
+    Ok(BufReader::new(crate::fsio::open_regular(
+        path,
+        "input",
+        u64::MAX,
+    )?))
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>, FileError> {
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|source| FileError::Open {
+/// Reads a container's header. A hostile writer schema (an invalid name, say) can make
+/// apache-avro's parser panic: that is a bad header, never a crash.
+fn container(path: &Path) -> Result<Reader<'static, BufReader<File>>, FileError> {
+    let file = open(path)?;
+    let header = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Reader::new(file)));
+    match header {
+        Ok(Ok(reader)) => Ok(reader),
+        _ => Err(FileError::Header {
             path: path.to_owned(),
-            source,
-        })
+        }),
+    }
+}
+
+/// Starts an output: a temporary beside `output`, renamed over it only when everything was
+/// written ([`crate::fsio::AtomicFile`]); mode 0600, since sanitized data is still personal
+/// data (pseudonymised, GDPR Recital 26). `input` and `output` must not be the same file.
+fn create(input: &Path, output: &Path) -> Result<crate::fsio::AtomicFile, FileError> {
+    crate::fsio::refuse_same_file(input, output)?;
+    Ok(crate::fsio::AtomicFile::create(output, "output", 0o600)?)
 }
 
 fn write_err(e: impl std::fmt::Display) -> FileError {
@@ -82,16 +102,35 @@ pub fn transform_file(
     input: &Path,
     output: &Path,
 ) -> Result<u64, FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
-        path: input.to_owned(),
-    })?;
+    let reader = container(input)?;
     let writer_schema = reader.writer_schema().clone();
     let name = match &writer_schema {
         apache_avro::Schema::Record(r) => r.name.fullname(None),
         _ => "(not a record)".to_owned(),
     };
-    let plan = engine.plan(&name).ok_or(FileError::NoRules(name))?.clone();
-    let mut writer = Writer::with_codec(&plan.output, create(output)?, Codec::Null);
+    let configured = engine.plan(&name).ok_or(FileError::NoRules(name))?.clone();
+    // The container carries its own writer schema: the rules are compiled against it, as the
+    // registry path compiles them against a fetched one. A file written with another version
+    // of the record (a field renamed, reordered, added, removed) is never read by the
+    // config's schema: every field without a rule, rule without a field, or type that does
+    // not fit is refused, before anything is written.
+    // Compared by Parsing Canonical Form (names, order, types): apache-avro's `==` on
+    // records does not tell field orders apart.
+    let plan = if configured.input.canonical_form() == writer_schema.canonical_form() {
+        configured
+    } else {
+        let mut plan =
+            crate::plan::compile(&writer_schema, &configured.rules).map_err(|problems| {
+                FileError::Rules {
+                    path: input.to_owned(),
+                    problems,
+                }
+            })?;
+        plan.domain = configured.domain.clone();
+        std::sync::Arc::new(plan)
+    };
+    let mut file = create(input, output)?;
+    let mut writer = Writer::with_codec(&plan.output, &mut file, Codec::Null);
     if let Some(key) = &keys.pseudonym {
         writer
             .add_user_metadata(META_PSEUDONYM_KEY.into(), key.id())
@@ -124,13 +163,15 @@ pub fn transform_file(
         .map_err(write_err)?
         .flush()
         .map_err(write_err)?;
+    file.commit()?;
     Ok(count)
 }
 
 /// Writes `count` synthetic events of `kind` to a container file.
 pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result<(), FileError> {
     let schema = kind.schema();
-    let mut writer = Writer::with_codec(&schema, create(output)?, Codec::Null);
+    let mut file = crate::fsio::AtomicFile::create(output, "output", 0o600)?;
+    let mut writer = Writer::with_codec(&schema, &mut file, Codec::Null);
     let mut generator = Generator::new(seed);
     for _ in 0..count {
         writer.append(generator.event(kind)).map_err(write_err)?;
@@ -140,6 +181,7 @@ pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result
         .map_err(write_err)?
         .flush()
         .map_err(write_err)?;
+    file.commit()?;
     Ok(())
 }
 
@@ -154,9 +196,7 @@ pub fn decrypt_file(
     out: &mut dyn Write,
     report: &mut DecryptReport,
 ) -> Result<(), FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
-        path: input.to_owned(),
-    })?;
+    let reader = container(input)?;
     let name = match reader.writer_schema() {
         apache_avro::Schema::Record(r) => r.name.name.clone(),
         _ => String::new(),
@@ -308,9 +348,7 @@ pub fn plain_json(value: Value) -> Json {
 
 /// Reads the first `limit` events of a container file as JSON (`show`, tests).
 pub fn read_json(input: &Path, limit: usize) -> Result<Vec<Json>, FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
-        path: input.to_owned(),
-    })?;
+    let reader = container(input)?;
     reader
         .take(limit)
         .enumerate()
@@ -334,8 +372,9 @@ pub struct ResealReport {
 
 /// Copies a sanitized file, re-encrypting every envelope that is not under `active` with
 /// `active`, field paths unchanged; tokens and every other field are copied as they are. An
-/// envelope that cannot be opened (destroyed or unknown key, tampered) stops the copy and the
-/// partial output is removed, so a reseal never silently drops data.
+/// envelope that cannot be opened (destroyed or unknown key, tampered) stops the copy and
+/// nothing is written (the output appears only once complete), so a reseal never silently
+/// drops data.
 pub fn reseal_file(
     engine: &Engine,
     keys: &KeySet,
@@ -343,11 +382,8 @@ pub fn reseal_file(
     input: &Path,
     output: &Path,
 ) -> Result<ResealReport, FileError> {
-    let result = reseal_inner(engine, keys, active, input, output);
-    if result.is_err() {
-        let _ = std::fs::remove_file(output);
-    }
-    result
+    // On failure the output's temporary is removed and a file that was there stays as it was.
+    reseal_inner(engine, keys, active, input, output)
 }
 
 fn reseal_inner(
@@ -357,9 +393,7 @@ fn reseal_inner(
     input: &Path,
     output: &Path,
 ) -> Result<ResealReport, FileError> {
-    let reader = Reader::new(open(input)?).map_err(|_| FileError::Header {
-        path: input.to_owned(),
-    })?;
+    let reader = container(input)?;
     let schema = reader.writer_schema().clone();
     let name = match &schema {
         apache_avro::Schema::Record(r) => r.name.name.clone(),
@@ -367,7 +401,8 @@ fn reseal_inner(
     };
     let plan = sanitized_plan(engine, &name)?;
     let metadata = reader.user_metadata().clone();
-    let mut writer = Writer::with_codec(&schema, create(output)?, Codec::Null);
+    let mut file = create(input, output)?;
+    let mut writer = Writer::with_codec(&schema, &mut file, Codec::Null);
     for (key, value) in metadata {
         if key != META_ENCRYPTION_KEY {
             writer
@@ -404,6 +439,7 @@ fn reseal_inner(
         .map_err(write_err)?
         .flush()
         .map_err(write_err)?;
+    file.commit()?;
     Ok(resealer.report)
 }
 
