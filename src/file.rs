@@ -29,11 +29,6 @@ pub const META_ENCRYPTION_KEY: &str = "pseudonymizer.encryption_key";
 /// Why a file could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     File(#[from] crate::fsio::FileError),
     #[error("{path}: not an Avro object container file, or its header is corrupt")]
