@@ -190,7 +190,9 @@ pub struct ConfigArgs {
 fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
     let config =
         Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    // No value read through a `${file:…}` reference in the message (a region, a rule, a path).
     let engine = Engine::from_config(&config)
+        .map_err(|e| config.redact_error(&e))
         .with_context(|| format!("config {}", args.config.display()))?;
     let keyring_path = args
         .keyring
@@ -204,7 +206,8 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
 pub fn load(args: &ConfigArgs, need: Need) -> Result<(Config, Engine, KeySet)> {
     let (config, engine, keyring_path) = load_config(args)?;
     let keyring = Keyring::load_for(&keyring_path, need)
-        .with_context(|| format!("keyring {}", keyring_path.display()))?;
+        .with_context(|| format!("keyring {}", keyring_path.display()))
+        .map_err(|e| config.redact_error(&e))?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
 
