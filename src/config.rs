@@ -437,7 +437,7 @@ impl ConfigError {
 /// without rules gives thousands; the first ones show what is wrong).
 pub const MAX_LISTED: usize = 50;
 /// A problem line longer than this is cut (a field path, a dependency's message).
-pub const MAX_LINE: usize = 300;
+pub const MAX_LINE: usize = 400;
 /// A config value quoted in a message is cut after this many characters.
 pub const QUOTE_CHARS: usize = 40;
 
@@ -516,6 +516,23 @@ pub fn shorten(message: &str, max: usize) -> String {
         out.push('…');
     }
     out
+}
+
+/// An error and its sources as one message ("a: b: c"), leaving out a source whose text the
+/// message already holds (many errors print their source in their own message too, and the
+/// same OS error twice is noise).
+pub fn chain_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
 }
 
 /// Line and column (both from 1, columns in characters) of byte offset `at` of `text`.
@@ -603,10 +620,10 @@ impl Config {
         self.resolved.redact(message)
     }
 
-    /// Any error, as one message (its whole chain) with every value read through a reference
-    /// taken out.
-    pub fn redact_error(&self, error: &dyn std::fmt::Display) -> ConfigError {
-        ConfigError::Redacted(self.redact(&format!("{error:#}")))
+    /// Any error, as one message (its whole chain, [`chain_message`]) with every value read
+    /// through a reference taken out.
+    pub fn redact_error(&self, error: &(dyn std::error::Error + 'static)) -> ConfigError {
+        ConfigError::Redacted(self.redact(&chain_message(error)))
     }
 
     /// Parses and checks config text as if read from `path` (relative paths in it are made

@@ -21,7 +21,7 @@ use crate::token::{SubClass, TokenClass};
 pub const ACTION_NAMES: &str = "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt";
 
 /// What a rule may be, for messages.
-pub const RULE_FORMS: &str = "a rule is an action name (\"keep\", \"drop\", \"phone\", \"ip\", \"email\", \"id\", \"ip-prefix\", \"ip-truncate\", \"encrypt\") or a table { action = \"…\" } with options: ipv4_prefix and ipv6_prefix (ip-truncate), region_field (phone), class (id)";
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field for phone; class for id)";
 
 /// What to do with one leaf field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl RuleSpec {
         let table = match value {
             toml::Value::String(name) => return Ok(RuleSpec::Name(name.clone())),
             toml::Value::Table(table) => table,
-            other => return Err(format!("{RULE_FORMS}, not {}", type_name(other))),
+            other => return Err(format!("{} is not a rule; {RULE_FORMS}", type_name(other))),
         };
         let text = |key: &str| -> Result<Option<String>, String> {
             match table.get(key) {

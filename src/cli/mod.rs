@@ -207,7 +207,7 @@ pub fn load(args: &ConfigArgs, need: Need) -> Result<(Config, Engine, KeySet)> {
     let (config, engine, keyring_path) = load_config(args)?;
     let keyring = Keyring::load_for(&keyring_path, need)
         .with_context(|| format!("keyring {}", keyring_path.display()))
-        .map_err(|e| config.redact_error(&e))?;
+        .map_err(|e| config.redact_error(e.as_ref()))?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
 

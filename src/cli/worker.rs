@@ -156,7 +156,7 @@ async fn start_keys(
             Err(error) => {
                 let error = anyhow::Error::new(error)
                     .context(format!("keyring {}", keyring_path.display()));
-                return Err(config.redact_error(&error).into());
+                return Err(config.redact_error(error.as_ref()).into());
             }
         }
         tokio::select! {
