@@ -555,7 +555,7 @@ thread_local! {
 /// Runs `f`, turning a panic into `None`. The process's panic hook stays silent for such a
 /// panic: it is an error the caller reports (one message), not an internal error. (The hook
 /// is wrapped once, on first use; other threads' panics still reach it.)
-fn catch_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
     QUIET_HOOK.call_once(|| {
         let previous = std::panic::take_hook();

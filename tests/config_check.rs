@@ -490,3 +490,127 @@ fn check_format_json_is_a_document_scripts_can_read() {
         "{json}"
     );
 }
+
+/// `explain` on the shipped config: every leaf field of the shipped input schemas with its
+/// rule, a phone sample turned into a token, the output fields; JSON that parses.
+#[test]
+fn explain_shows_every_field_its_rule_and_what_a_sample_becomes() {
+    let setup = Setup::new();
+    let config = setup.write("pipeline.toml", &setup.shipped);
+    let out = run(&["explain", "--config", s(&config), "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tokens_shown"], true, "{json}");
+    let shipped: toml::Table = toml::from_str(&setup.shipped).unwrap();
+    let pipelines = json["pipelines"].as_array().unwrap();
+    assert_eq!(pipelines.len(), 2);
+    for (pipeline, configured) in pipelines
+        .iter()
+        .zip(shipped["pipeline"].as_array().unwrap())
+    {
+        let rules = configured["rules"].as_table().unwrap();
+        let fields = pipeline["fields"].as_array().unwrap();
+        // Every rule of the shipped config is a leaf field of its schema (check refuses
+        // otherwise), so the fields listed are exactly the rules' paths, with their actions.
+        assert_eq!(fields.len(), rules.len(), "{pipeline}");
+        for field in fields {
+            let path = field["path"].as_str().unwrap();
+            assert_eq!(
+                rules[path].as_str(),
+                field["rule"].as_str(),
+                "{path}: {field}"
+            );
+        }
+        assert!(!pipeline["output_fields"].as_array().unwrap().is_empty());
+    }
+    let caller = pipelines[0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "caller")
+        .unwrap();
+    assert_eq!(caller["sample"], "\"+6281234567890\"");
+    let token = caller["becomes"].as_str().unwrap();
+    assert!(token.starts_with("\"p-test-1:"), "{token}");
+    assert!(!token.contains("6281234567890"), "{token}");
+
+    // The text form names the fields and their rules too.
+    let out = run(&["explain", "--config", s(&config)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("\"+6281234567890\" → \"p-test-1:"), "{text}");
+    assert!(text.contains("recording_url"), "{text}");
+    assert!(
+        text.contains("output schema comms.sanitized.v1.CallEvent"),
+        "{text}"
+    );
+}
+
+/// Without a keyring explain says so and shows the actions; with `--input` it prints no raw
+/// value of the file, only sanitized values and types.
+#[test]
+fn explain_without_keys_and_on_a_file() {
+    let setup = Setup::new();
+    let config = setup.write("pipeline.toml", &setup.shipped);
+    let absent = setup.path("absent.json");
+    let out = run(&["explain", "--config", s(&config), "--keyring", s(&absent)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("no tokens shown (actions only)"), "{text}");
+    assert!(text.contains("(a phone token; not shown)"), "{text}");
+
+    let raw = setup.path("calls.avro");
+    let made = run(&[
+        "generate",
+        "--schema",
+        "call",
+        "--count",
+        "3",
+        "--seed",
+        "7",
+        "--output",
+        s(&raw),
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let events = pseudonymizer::file::read_json(&raw, 1).unwrap();
+    let out = run(&["explain", "--config", s(&config), "--input", s(&raw)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("pipeline calls"), "{text}");
+    assert!(!text.contains("pipeline messages"), "{text}");
+    for field in ["caller", "callee", "call_id", "caller_ip"] {
+        let raw_value = events[0][field].as_str().unwrap();
+        assert!(!text.contains(raw_value), "{field} raw value shown: {text}");
+    }
+    assert!(text.contains("→ \"p-test-1:"), "{text}");
+}
+
+/// Every flag of `check`, `run`, `explain`, `schema` and `dlq` says what it does in `--help`.
+#[test]
+fn every_flag_has_help_text() {
+    for command in [
+        &["check"][..],
+        &["run"],
+        &["explain"],
+        &["schema", "derive"],
+        &["schema", "register"],
+        &["dlq", "replay"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("-h");
+        let out = run(&args);
+        assert!(out.status.success(), "{command:?}");
+        let help = stdout(&out);
+        let options = help.split("Options:").nth(1).unwrap();
+        let options = options.split("\n\n").next().unwrap();
+        for line in options.lines().filter(|l| l.trim_start().starts_with('-')) {
+            // `  -x, --flag <VALUE>  Text`: the text follows two spaces after the flag.
+            let flag = line.trim_start();
+            let text = flag.split_once("  ").map(|(_, t)| t.trim()).unwrap_or("");
+            assert!(
+                !text.is_empty() && !text.starts_with('['),
+                "{command:?}: no help for {flag:?}"
+            );
+        }
+    }
+}

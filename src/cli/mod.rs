@@ -15,6 +15,7 @@ mod audit;
 mod bench;
 mod check;
 mod dlq;
+mod explain;
 mod files;
 mod keys;
 mod lookup;
@@ -159,6 +160,8 @@ pub enum Command {
     Audit(AuditCommand),
     /// Check a config (and its keyring) without processing anything.
     Check(check::CheckArgs),
+    /// Show each pipeline's fields, rules and what sample values become; writes nothing.
+    Explain(explain::ExplainArgs),
     /// Transform an Avro container file of raw events into a sanitized one.
     Transform(files::TransformArgs),
     /// Print the tokens of values under every pseudonym key that still has a secret (audited).
@@ -257,6 +260,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(command) => audit::audit(command, &mut out),
         Command::Dlq(command) => dlq::dlq(command, &mut out),
         Command::Check(args) => check::check(args, &mut out),
+        Command::Explain(args) => explain::explain(args, &mut out),
         Command::Transform(args) => files::transform(args, &mut out),
         Command::Lookup(args) => lookup::lookup(args, &mut out),
         Command::Decrypt(args) => files::decrypt(args, &mut out),
