@@ -247,7 +247,7 @@ impl RuleSpec {
                 None => Action::Token(TokenClass::Id),
                 Some(sub) => Action::Token(TokenClass::IdOf(SubClass::new(sub).map_err(|_| {
                     format!(
-                        "class {} must be 1-{} characters of a-z, 0-9, _ and -",
+                        "sub-class {} must be 1-{} characters of a-z, 0-9, _ and -",
                         quote(sub),
                         crate::class::SUBCLASS_MAX
                     )

@@ -87,7 +87,7 @@ fn holds_record(schema: &Schema, names: &Names, depth: usize) -> bool {
 }
 
 /// A type as a short text: `string`, `long (timestamp-millis)`, `null | string`, ….
-fn type_name(schema: &Schema, names: &Names, depth: usize) -> String {
+fn type_name(schema: &Schema, depth: usize) -> String {
     if depth > MAX_DEPTH {
         return "…".to_owned();
     }
@@ -100,12 +100,12 @@ fn type_name(schema: &Schema, names: &Names, depth: usize) -> String {
         Schema::Double => "double".into(),
         Schema::Bytes => "bytes".into(),
         Schema::String => "string".into(),
-        Schema::Array(a) => format!("array of {}", type_name(&a.items, names, depth + 1)),
-        Schema::Map(m) => format!("map of {}", type_name(&m.types, names, depth + 1)),
+        Schema::Array(a) => format!("array of {}", type_name(&a.items, depth + 1)),
+        Schema::Map(m) => format!("map of {}", type_name(&m.types, depth + 1)),
         Schema::Union(u) => u
             .variants()
             .iter()
-            .map(|v| type_name(v, names, depth + 1))
+            .map(|v| type_name(v, depth + 1))
             .collect::<Vec<_>>()
             .join(" | "),
         Schema::Record(r) => format!("record {}", r.name.fullname(None)),
@@ -148,7 +148,7 @@ fn schema_leaves(
     }
     if !path.is_empty() && !holds_record(schema, names, depth) {
         if !out.iter().any(|(p, _)| p == path) {
-            out.push((path.to_owned(), type_name(schema, names, 0)));
+            out.push((path.to_owned(), type_name(schema, 0)));
         }
         return;
     }
@@ -293,7 +293,7 @@ fn sample(
         other => {
             return Err(format!(
                 "no sample is made for type {}",
-                type_name(other, names, 0)
+                type_name(other, 0)
             ))
         }
     })
