@@ -416,18 +416,17 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// The problems this error stands for, one line each (for `check --format json`).
+    /// Every problem this error stands for, one line each, each cut at [`MAX_LINE`] (for
+    /// `check`, which lists at most [`MAX_LISTED`] of them).
     pub fn problems(&self) -> Vec<String> {
         match self {
             ConfigError::Rules(problems)
             | ConfigError::Kafka(problems)
             | ConfigError::Registry(problems)
             | ConfigError::SecretReference { problems, .. }
-            | ConfigError::Invalid { problems, .. } => problems
-                .iter()
-                .take(MAX_LISTED)
-                .map(|p| shorten(p, MAX_LINE))
-                .collect(),
+            | ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(|p| shorten(p, MAX_LINE)).collect()
+            }
             other => vec![shorten(&other.to_string(), MAX_LINE)],
         }
     }

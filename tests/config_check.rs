@@ -614,3 +614,39 @@ fn every_flag_has_help_text() {
         }
     }
 }
+
+/// A schema of thousands of long-named fields without rules: the error lists the first
+/// problems, each cut short, and says how many more there are.
+#[test]
+fn a_wide_schema_gives_a_short_error() {
+    let setup = Setup::new();
+    let fields: Vec<String> = (0..5000)
+        .map(|i| {
+            format!(
+                r#"{{"name": "f{i}_{}", "type": "string"}}"#,
+                "x".repeat(300)
+            )
+        })
+        .collect();
+    let schema = setup.write(
+        "wide.avsc",
+        &format!(
+            r#"{{"type": "record", "name": "comms.v1.CallEvent", "fields": [{}]}}"#,
+            fields.join(",")
+        ),
+    );
+    let text = setup.with(
+        &format!(
+            "\"{}/comms.v1.CallEvent.avsc\"",
+            common::repo().join("schemas").display()
+        ),
+        &format!("{:?}", schema.display().to_string()),
+    );
+    let out = setup.check(&text);
+    refused(&out, "has no rule");
+    // 5000 fields without a rule, and the 19 calls rules that name no field of it.
+    refused(&out, "is refused (5019 problems)");
+    refused(&out, "… and 4969 more");
+    let err = stderr(&out);
+    assert!(err.len() < 30_000, "{} bytes of error", err.len());
+}

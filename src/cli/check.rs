@@ -195,7 +195,10 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
             let document = json!({
                 "ok": problems.is_empty(),
                 "config": config_args.config.display().to_string(),
-                "problems": problems,
+                // At most MAX_LISTED: a schema of thousands of fields without rules must not
+                // make a document of megabytes; the count says how many there are.
+                "problems": problems.iter().take(crate::config::MAX_LISTED).collect::<Vec<_>>(),
+                "problem_count": problems.len(),
                 "pipelines": loaded.engine.as_ref().map(|engine| engine
                     .plans()
                     .iter()
