@@ -8,12 +8,15 @@
 //! anything else is read ([`crate::secret_ref`]); secret librdkafka properties must be given that
 //! way, and the `Debug` form of [`KafkaConfig`] shows property names, never values.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::rules::RuleSpec;
+use crate::secret_ref::Resolved;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +49,10 @@ pub struct Config {
     /// The files its `${file:…}` references named (the worker reconnects when one changes).
     #[serde(skip)]
     pub referenced_files: Vec<PathBuf>,
+    /// The values its references resolved to, so that no message ever shows one
+    /// ([`Config::redact`]).
+    #[serde(skip)]
+    pub resolved: Arc<Resolved>,
 }
 
 /// Phone parsing settings.
@@ -65,6 +72,7 @@ pub struct PipelineConfig {
     /// The writer schema (`.avsc`) of the raw events. Relative to the config file.
     pub input_schema: PathBuf,
     /// Field path to action, one per leaf field of the input schema.
+    #[serde(deserialize_with = "crate::rules::deserialize_rules")]
     pub rules: BTreeMap<String, RuleSpec>,
     /// Stream worker: the topic the raw events arrive on (several pipelines may share one).
     #[serde(default)]
@@ -357,58 +365,277 @@ fn default_shutdown_secs() -> u64 {
     20
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. Every message names the file or the setting, quotes config
+/// values short ([`quote`]) and never shows a value read through a reference.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// (The OS error is chained as the source; `{:#}` prints it once.)
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid config: {message}")]
-    Syntax { path: PathBuf, message: String },
+    /// A config or schema file that is not a readable regular file within its size limit.
+    /// (The file error's own text already holds the OS error: it is not chained again.)
+    #[error("{0}")]
+    File(crate::fsio::FileError),
+    #[error("{path}{}: {message}", at.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default())]
+    Syntax {
+        path: PathBuf,
+        /// Line and column (from 1) of the offending text, when known.
+        at: Option<(usize, usize)>,
+        message: String,
+    },
     #[error("schema {path} is not valid Avro: {message}")]
     Schema { path: PathBuf, message: String },
     #[error("two pipelines read the schema {0}")]
     DuplicateSchema(String),
     #[error("{0}")]
     PhoneRegion(#[from] crate::phone::UnknownRegion),
-    #[error("the rules do not fit the schemas:\n  {}", .0.join("\n  "))]
+    #[error("the rules do not fit the schemas:{}", list(.0))]
     Rules(Vec<String>),
-    #[error("the [kafka] section is not valid:\n  {}", .0.join("\n  "))]
+    #[error("the [kafka] section is not valid:{}", list(.0))]
     Kafka(Vec<String>),
-    #[error("[rotation] {0}")]
-    Rotation(&'static str),
-    #[error("the [registry] section is not valid:\n  {}", .0.join("\n  "))]
+    #[error("the [registry] section is not valid:{}", list(.0))]
     Registry(Vec<String>),
-    #[error("{path}: secret references:\n  {}", .problems.join("\n  "))]
+    #[error("{path}: secret references:{}", list(.problems))]
     SecretReference {
         path: PathBuf,
         problems: Vec<String>,
     },
+    /// What loading and [`crate::worker::validate`] found: every problem at once.
+    #[error("{path} is refused ({}):{}", count(.problems), list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    /// Another error's message with every value read through a reference taken out
+    /// ([`Config::redact_error`]).
+    #[error("{0}")]
+    Redacted(String),
+}
+
+impl ConfigError {
+    /// Every problem this error stands for, one line each, each cut at [`MAX_LINE`] (for
+    /// `check`, which lists at most [`MAX_LISTED`] of them).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Rules(problems)
+            | ConfigError::Kafka(problems)
+            | ConfigError::Registry(problems)
+            | ConfigError::SecretReference { problems, .. }
+            | ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(|p| shorten(p, MAX_LINE)).collect()
+            }
+            other => vec![shorten(&other.to_string(), MAX_LINE)],
+        }
+    }
+}
+
+/// At most this many problems are listed in one message (a schema of thousands of fields
+/// without rules gives thousands; the first ones show what is wrong).
+pub const MAX_LISTED: usize = 50;
+/// A problem line longer than this is cut (a field path, a dependency's message).
+pub const MAX_LINE: usize = 400;
+/// A config value quoted in a message is cut after this many characters.
+pub const QUOTE_CHARS: usize = 40;
+
+/// "1 problem", "3 problems".
+fn count(problems: &[String]) -> String {
+    match problems.len() {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    }
+}
+
+/// The problems as indented lines: at most [`MAX_LISTED`], each at most [`MAX_LINE`].
+fn list(problems: &[String]) -> String {
+    let mut out = String::new();
+    for problem in problems.iter().take(MAX_LISTED) {
+        out.push_str("\n  ");
+        out.push_str(&shorten(problem, MAX_LINE));
+    }
+    if problems.len() > MAX_LISTED {
+        out.push_str(&format!("\n  … and {} more", problems.len() - MAX_LISTED));
+    }
+    out
+}
+
+/// A config value for a message: Rust-quoted, cut after [`QUOTE_CHARS`] characters with "…".
+/// (A rule or topic may be any length; a message must stay readable and never carry a
+/// 100 kB value.)
+pub fn quote(value: &str) -> String {
+    if value.chars().count() <= QUOTE_CHARS {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(QUOTE_CHARS).collect();
+        format!("{head:?}…")
+    }
+}
+
+/// A message from a dependency (serde, toml, apache-avro) made safe to print: every quoted
+/// run (`"…"` or `` `…` ``) longer than [`QUOTE_CHARS`] is cut, and the whole is cut at `max`
+/// characters. Such messages may quote the offending value, of any length.
+pub fn shorten(message: &str, max: usize) -> String {
+    let mut out = String::with_capacity(message.len().min(max + 8));
+    let mut written = 0usize;
+    let mut open: Option<(char, usize)> = None;
+    for c in message.chars() {
+        if written >= max {
+            out.push('…');
+            return out;
+        }
+        match open {
+            Some((quote, n)) if c == quote => {
+                open = None;
+                if n > QUOTE_CHARS {
+                    out.push('…');
+                    written += 1;
+                }
+                out.push(c);
+                written += 1;
+            }
+            Some((quote, n)) => {
+                if n < QUOTE_CHARS {
+                    out.push(c);
+                    written += 1;
+                }
+                open = Some((quote, n + 1));
+            }
+            None => {
+                if c == '"' || c == '`' {
+                    open = Some((c, 0));
+                }
+                out.push(c);
+                written += 1;
+            }
+        }
+    }
+    if matches!(open, Some((_, n)) if n > QUOTE_CHARS) {
+        out.push('…');
+    }
+    out
+}
+
+/// An error and its sources as one message ("a: b: c"), leaving out a source whose text the
+/// message already holds (many errors print their source in their own message too, and the
+/// same OS error twice is noise).
+pub fn chain_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
+}
+
+/// Line and column (both from 1, columns in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+thread_local! {
+    /// Set while this thread runs a parser whose panic is caught and reported as an error.
+    static PANIC_CAUGHT_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `None`. The process's panic hook stays silent for such a
+/// panic: it is an error the caller reports (one message), not an internal error. (The hook
+/// is wrapped once, on first use; other threads' panics still reach it.)
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANIC_CAUGHT_HERE.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PANIC_CAUGHT_HERE.with(|c| c.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    PANIC_CAUGHT_HERE.with(|c| c.set(false));
+    outcome.ok()
+}
+
+/// Parses an Avro schema's JSON text. apache-avro 0.21 panics, instead of returning an error,
+/// on some invalid names (an enum symbol or alias outside Avro's name grammar; avro-rs issues
+/// 496 and 547): the panic is caught and reported as an invalid schema. Every schema the
+/// crate parses from a file or a registry goes through here. The message is cut short (the
+/// parser may quote the whole schema).
+pub fn parse_schema(text: &str) -> Result<apache_avro::Schema, String> {
+    match catch_quietly(|| apache_avro::Schema::parse_str(text)) {
+        Some(Ok(schema)) => Ok(schema),
+        Some(Err(e)) => Err(shorten(&e.to_string(), MAX_LINE)),
+        None => Err("the Avro schema parser panicked on it (an invalid name)".to_owned()),
+    }
+}
+
+/// [`parse_schema`] for a schema already read as JSON (a derived output schema).
+pub fn parse_schema_json(json: &serde_json::Value) -> Result<apache_avro::Schema, String> {
+    match catch_quietly(|| apache_avro::Schema::parse(json)) {
+        Some(Ok(schema)) => Ok(schema),
+        Some(Err(e)) => Err(shorten(&e.to_string(), MAX_LINE)),
+        None => Err("the Avro schema parser panicked on it (an invalid name)".to_owned()),
+    }
+}
+
+/// Reads and parses a pipeline's schema file: a regular file of at most
+/// [`crate::fsio::SCHEMA_LIMIT`] bytes, valid Avro.
+pub fn read_schema(path: &Path) -> Result<apache_avro::Schema, ConfigError> {
+    let text = crate::fsio::read_text(path, "schema", crate::fsio::SCHEMA_LIMIT)
+        .map_err(ConfigError::File)?;
+    parse_schema(&text).map_err(|message| ConfigError::Schema {
+        path: path.to_owned(),
+        message,
+    })
 }
 
 impl Config {
-    /// Reads a config file; relative paths in it are made relative to its folder.
+    /// Reads a config file (a regular file of at most [`crate::fsio::CONFIG_LIMIT`] bytes: a
+    /// FIFO or device is refused without waiting on it); relative paths in it are made
+    /// relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::fsio::read_text(path, "config", crate::fsio::CONFIG_LIMIT)
+            .map_err(ConfigError::File)?;
         Config::from_toml(&text, path)
+    }
+
+    /// `message` with every value read through a reference replaced by "the value of
+    /// ${file:…}" (naming its reference).
+    pub fn redact(&self, message: &str) -> String {
+        self.resolved.redact(message)
+    }
+
+    /// Any error, as one message (its whole chain, [`chain_message`]) with every value read
+    /// through a reference taken out.
+    pub fn redact_error(&self, error: &(dyn std::error::Error + 'static)) -> ConfigError {
+        ConfigError::Redacted(self.redact(&chain_message(error)))
     }
 
     /// Parses and checks config text as if read from `path` (relative paths in it are made
     /// relative to that file's folder; nothing is read).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let syntax = |message: String| ConfigError::Syntax {
-            path: path.to_owned(),
-            message,
-        };
         // The text itself holds no secret (secrets are references), so its own syntax errors
-        // may quote it; once references are resolved, messages are scrubbed of their values.
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| syntax(e.message().to_owned()))?;
+        // may quote it (short); once references are resolved, messages are scrubbed of their
+        // values.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            at: e.span().map(|s| line_column(text, s.start)),
+            message: shorten(e.message().trim(), MAX_LINE),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolved = crate::secret_ref::resolve(&mut table, base).map_err(|problems| {
             ConfigError::SecretReference {
@@ -416,29 +643,38 @@ impl Config {
                 problems,
             }
         })?;
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| syntax(resolved.redact(e.message())))?;
+        let mut config: Config = match toml::Value::Table(table).try_into() {
+            Ok(config) => config,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                // The resolved tree has no positions: the text read again gives the place,
+                // when the error is the same there (a value read through a reference may
+                // make it differ; then no place is given rather than a wrong one).
+                let at = match toml::from_str::<Config>(text) {
+                    Err(again) if again.message() == e.message() => {
+                        again.span().map(|s| line_column(text, s.start))
+                    }
+                    _ => None,
+                };
+                return Err(ConfigError::Syntax {
+                    path: path.to_owned(),
+                    at,
+                    message: shorten(&resolved.redact(e.message().trim()), MAX_LINE),
+                });
+            }
+        };
         config.source = path.to_owned();
         config.referenced_files = resolved.files.clone();
+        config.resolved = Arc::new(resolved);
         config.keyring = base.join(&config.keyring);
         if let Some(audit) = &mut config.audit_log {
             *audit = base.join(&*audit);
         }
-        let rotation = &config.rotation;
-        if rotation.max_envelopes_per_key.is_some() {
+        if config.rotation.max_envelopes_per_key.is_some() {
             tracing::warn!(
                 config = %path.display(),
                 "[rotation] max_envelopes_per_key is retired and ignored: envelopes are XAES-256-GCM (docs/formats.md §4), with no per-key bound to count towards"
             );
-        }
-        if !(rotation.warn_fraction > 0.0 && rotation.warn_fraction <= 1.0) {
-            return Err(ConfigError::Rotation("warn_fraction must be in (0, 1]"));
-        }
-        if rotation.check_interval_secs == 0 {
-            return Err(ConfigError::Rotation(
-                "check_interval_secs must be at least 1",
-            ));
         }
         for pipeline in &mut config.pipeline {
             pipeline.input_schema = base.join(&pipeline.input_schema);
@@ -448,57 +684,149 @@ impl Config {
             registry.ca_file = registry.ca_file.as_ref().map(|f| base.join(f));
             registry.cert_file = registry.cert_file.as_ref().map(|f| base.join(f));
             registry.key_file = registry.key_file.as_ref().map(|f| base.join(f));
-            registry.check()?;
+        }
+        let mut problems = config.rotation.problems();
+        if let Some(registry) = &config.registry {
+            problems.extend(registry.problems());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: problems.iter().map(|p| config.redact(p)).collect(),
+            });
         }
         Ok(config)
     }
 }
 
+/// Every numeric setting's accepted range (docs/operations.md lists them), checked by loading
+/// (`[rotation]`, `[registry]`) or by [`crate::worker::validate`] (`[kafka]`, schema ids).
+/// Past them a value is a mistake, and some would overflow (a timeout added to the clock).
+pub mod ranges {
+    use std::ops::RangeInclusive;
+    /// `[kafka] max_in_flight`.
+    pub const MAX_IN_FLIGHT: RangeInclusive<u64> = 1..=1_000_000;
+    /// `[kafka] max_record_bytes`: at least the 5-byte wire header and a byte; at most 1 GiB.
+    pub const MAX_RECORD_BYTES: RangeInclusive<u64> = 6..=(1 << 30);
+    /// `[kafka] shutdown_timeout_secs`: up to an hour.
+    pub const SHUTDOWN_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
+    /// `[kafka] stall_timeout_secs`: up to a day.
+    pub const STALL_TIMEOUT_SECS: RangeInclusive<u64> = 1..=86_400;
+    /// `[kafka] transaction_max_records`.
+    pub const TRANSACTION_MAX_RECORDS: RangeInclusive<u64> = 1..=1_000_000;
+    /// `[kafka] transaction_max_ms`: well under the producer's transaction timeout (60 s).
+    pub const TRANSACTION_MAX_MS: RangeInclusive<u64> = 1..=30_000;
+    /// `input_schema_id`, `output_schema_id`: Confluent ids are positive 32-bit signed.
+    pub const SCHEMA_ID: RangeInclusive<u64> = 1..=(i32::MAX as u64);
+    /// `[rotation] encryption_max_age_days`, `pseudonym_max_age_days`: up to 100 years.
+    pub const MAX_AGE_DAYS: RangeInclusive<u64> = 1..=36_500;
+    /// `[rotation] check_interval_secs`: up to a day.
+    pub const CHECK_INTERVAL_SECS: RangeInclusive<u64> = 1..=86_400;
+    /// `[registry] timeout_secs`: up to 5 minutes.
+    pub const REGISTRY_TIMEOUT_SECS: RangeInclusive<u64> = 1..=300;
+    /// `[registry] max_backoff_secs`: up to an hour.
+    pub const REGISTRY_BACKOFF_SECS: RangeInclusive<u64> = 1..=3600;
+}
+
+/// "`[section] name = V` is out of range: it must be from A to B", if `value` is outside
+/// `range`.
+pub fn out_of_range(
+    section: &str,
+    name: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Option<String> {
+    (!range.contains(&value)).then(|| {
+        format!(
+            "{section} {name} = {value} is out of range: it must be from {} to {}",
+            range.start(),
+            range.end()
+        )
+    })
+}
+
+impl RotationConfig {
+    /// Every problem of the rotation policy.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.warn_fraction > 0.0 && self.warn_fraction <= 1.0) {
+            problems.push(format!(
+                "[rotation] warn_fraction = {} is out of range: it must be in (0, 1]",
+                self.warn_fraction
+            ));
+        }
+        problems.extend(out_of_range(
+            "[rotation]",
+            "check_interval_secs",
+            self.check_interval_secs,
+            ranges::CHECK_INTERVAL_SECS,
+        ));
+        for (name, days) in [
+            ("encryption_max_age_days", self.encryption_max_age_days),
+            ("pseudonym_max_age_days", self.pseudonym_max_age_days),
+        ] {
+            if let Some(days) = days {
+                problems.extend(out_of_range(
+                    "[rotation]",
+                    name,
+                    days.into(),
+                    ranges::MAX_AGE_DAYS,
+                ));
+            }
+        }
+        problems
+    }
+}
+
 impl RegistryConfig {
-    /// Checks what can be checked without the registry; every problem at once.
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Every problem that can be found without the registry.
+    fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.urls.is_empty() {
-            problems.push("urls is empty".to_owned());
+            problems.push("[registry] urls is empty".to_owned());
         }
-        for url in &self.urls {
+        for (i, url) in self.urls.iter().enumerate() {
             // Only the scheme and host are shown: a URL with credentials in it is refused
             // without repeating them.
             let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
             if scheme != "http" && scheme != "https" {
-                problems.push(format!("url {url:?} is not http:// or https://"));
+                problems.push(format!(
+                    "[registry] urls[{i}] is not http:// or https:// (its value is not shown: a URL may hold credentials)"
+                ));
             } else if rest.split('/').next().unwrap_or_default().contains('@') {
                 problems.push(format!(
-                    "a {scheme} url holds credentials; use credentials_env or credentials_file"
+                    "[registry] a {scheme} url holds credentials; use credentials_env or credentials_file"
                 ));
             }
         }
         let has_credentials = self.credentials_env.is_some() || self.credentials_file.is_some();
         match self.auth {
             RegistryAuth::None if has_credentials => {
-                problems.push("credentials are given but auth is \"none\"".to_owned())
+                problems.push("[registry] credentials are given but auth is \"none\"".to_owned())
             }
-            RegistryAuth::Basic | RegistryAuth::Bearer if !has_credentials => {
-                problems.push("auth needs credentials_env or credentials_file".to_owned())
-            }
+            RegistryAuth::Basic | RegistryAuth::Bearer if !has_credentials => problems
+                .push("[registry] auth needs credentials_env or credentials_file".to_owned()),
             _ => {}
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            problems.push("mutual TLS needs both cert_file and key_file".to_owned());
+            problems.push("[registry] mutual TLS needs both cert_file and key_file".to_owned());
         }
         if self.credentials_env.is_some() && self.credentials_file.is_some() {
-            problems.push("give credentials_env or credentials_file, not both".to_owned());
+            problems
+                .push("[registry] give credentials_env or credentials_file, not both".to_owned());
         }
-        if self.timeout_secs == 0 {
-            problems.push("timeout_secs must be at least 1".to_owned());
-        }
-        if self.max_backoff_secs == 0 {
-            problems.push("max_backoff_secs must be at least 1".to_owned());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Registry(problems))
-        }
+        problems.extend(out_of_range(
+            "[registry]",
+            "timeout_secs",
+            self.timeout_secs,
+            ranges::REGISTRY_TIMEOUT_SECS,
+        ));
+        problems.extend(out_of_range(
+            "[registry]",
+            "max_backoff_secs",
+            self.max_backoff_secs,
+            ranges::REGISTRY_BACKOFF_SECS,
+        ));
+        problems
     }
 }

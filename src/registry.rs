@@ -310,11 +310,8 @@ impl RegistryClient {
 /// and 547, fixed in 0.22): such a panic is caught here and reported as an invalid schema, so
 /// a hostile schema costs its own records (dead-lettered), never the worker.
 pub fn parse_schema(text: &str) -> Result<apache_avro::Schema, String> {
-    match std::panic::catch_unwind(|| apache_avro::Schema::parse_str(text)) {
-        Ok(Ok(schema)) => Ok(schema),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the Avro schema parser panicked on it (an invalid name)".to_owned()),
-    }
+    // The one parser entry point (config.rs): the panic caught, the message cut short.
+    crate::config::parse_schema(text)
 }
 
 fn registered(answer: SchemaAnswer, id: Option<u32>) -> RegisteredSchema {
@@ -353,9 +350,12 @@ fn read_credentials(config: &RegistryConfig) -> Result<Option<Zeroizing<String>>
                 .map_err(|_| RegistryError::Setup(format!("credentials_env: ${var} is not set")))?,
         )
     } else if let Some(file) = &config.credentials_file {
-        Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
-            RegistryError::Setup(format!("credentials_file {}: {e}", file.display()))
-        })?)
+        // Bounded and regular files only: a wrong path (a FIFO, /dev/zero) cannot hang or
+        // fill memory.
+        Zeroizing::new(
+            crate::fsio::read_text(file, "credentials_file", crate::fsio::SECRET_LIMIT)
+                .map_err(|e| RegistryError::Setup(e.to_string()))?,
+        )
     } else {
         return Ok(None);
     };

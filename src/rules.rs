@@ -6,12 +6,22 @@
 //! the same record that holds the region to read national numbers with
 //! (`{ action = "phone", region_field = "location.country" }`), for `id` the role of the
 //! identifier (`{ action = "id", class = "cell" }`: token class `id.cell`, docs/formats.md §3).
+//!
+//! A rule that is neither is refused naming its path and the forms a rule may take
+//! ([`deserialize_rules`]); values are quoted short ([`crate::config::quote`]).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use crate::config::quote;
 use crate::token::{SubClass, TokenClass};
+
+/// The actions a rule may name, for messages.
+pub const ACTION_NAMES: &str = "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt";
+
+/// What a rule may be, for messages.
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field for phone; class for id)";
 
 /// What to do with one leaf field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +98,7 @@ impl Action {
 }
 
 /// An action as written in TOML.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RuleSpec {
     /// `"keep"`, `"phone"`, …
     Name(String),
@@ -98,16 +107,101 @@ pub enum RuleSpec {
     /// `{ action = "id", class = "cell" }`
     Table {
         action: String,
-        #[serde(default)]
         ipv4_prefix: Option<u8>,
-        #[serde(default)]
         ipv6_prefix: Option<u8>,
-        #[serde(default)]
         region_field: Option<String>,
         /// The role of an `id` (its sub-class).
-        #[serde(default)]
         class: Option<String>,
     },
+}
+
+impl<'de> Deserialize<'de> for RuleSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        RuleSpec::from_toml(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads `[pipeline.rules]` one rule at a time, so that a rule of no accepted form is refused
+/// naming its path (`[pipeline.rules] "device.x": …`) and the forms a rule may take.
+pub fn deserialize_rules<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, RuleSpec>, D::Error> {
+    let raw = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+    let mut rules = BTreeMap::new();
+    for (path, value) in raw {
+        let spec = RuleSpec::from_toml(&value).map_err(|why| {
+            serde::de::Error::custom(format!("[pipeline.rules] {}: {why}", quote(&path)))
+        })?;
+        rules.insert(path, spec);
+    }
+    Ok(rules)
+}
+
+/// The TOML type of a value, for messages.
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+impl RuleSpec {
+    /// A rule as TOML holds it, or a sentence saying why it is not one (never the value).
+    pub fn from_toml(value: &toml::Value) -> Result<RuleSpec, String> {
+        let table = match value {
+            toml::Value::String(name) => return Ok(RuleSpec::Name(name.clone())),
+            toml::Value::Table(table) => table,
+            other => return Err(format!("{} is not a rule; {RULE_FORMS}", type_name(other))),
+        };
+        let text = |key: &str| -> Result<Option<String>, String> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(format!("{key} must be a string, not {}", type_name(other))),
+            }
+        };
+        let prefix = |key: &str| -> Result<Option<u8>, String> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Integer(n)) => u8::try_from(*n)
+                    .map(Some)
+                    .map_err(|_| format!("{key} = {n} is not a prefix length (0 to 128)")),
+                Some(other) => Err(format!(
+                    "{key} must be an integer, not {}",
+                    type_name(other)
+                )),
+            }
+        };
+        const OPTIONS: [&str; 5] = [
+            "action",
+            "ipv4_prefix",
+            "ipv6_prefix",
+            "region_field",
+            "class",
+        ];
+        if let Some(unknown) = table.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown option {} in a rule table; {RULE_FORMS}",
+                quote(unknown)
+            ));
+        }
+        let Some(action) = text("action")? else {
+            return Err(format!("a rule table needs action; {RULE_FORMS}"));
+        };
+        Ok(RuleSpec::Table {
+            action,
+            ipv4_prefix: prefix("ipv4_prefix")?,
+            ipv6_prefix: prefix("ipv6_prefix")?,
+            region_field: text("region_field")?,
+            class: text("class")?,
+        })
+    }
 }
 
 impl RuleSpec {
@@ -129,15 +223,19 @@ impl RuleSpec {
             ),
         };
         if name != "id" && sub_class.is_some() {
-            return Err(format!("class only applies to id, not {name:?}"));
+            return Err(format!("class only applies to id, not {}", quote(name)));
         }
         if name != "ip-truncate" && (v4.is_some() || v6.is_some()) {
             return Err(format!(
-                "prefix lengths only apply to ip-truncate, not {name:?}"
+                "prefix lengths only apply to ip-truncate, not {}",
+                quote(name)
             ));
         }
         if name != "phone" && self.region_field().is_some() {
-            return Err(format!("region_field only applies to phone, not {name:?}"));
+            return Err(format!(
+                "region_field only applies to phone, not {}",
+                quote(name)
+            ));
         }
         Ok(match name {
             "keep" => Action::Keep,
@@ -147,7 +245,13 @@ impl RuleSpec {
             "email" => Action::Token(TokenClass::Email),
             "id" => match sub_class {
                 None => Action::Token(TokenClass::Id),
-                Some(sub) => Action::Token(TokenClass::IdOf(SubClass::new(sub)?)),
+                Some(sub) => Action::Token(TokenClass::IdOf(SubClass::new(sub).map_err(|_| {
+                    format!(
+                        "sub-class {} must be 1-{} characters of a-z, 0-9, _ and -",
+                        quote(sub),
+                        crate::class::SUBCLASS_MAX
+                    )
+                })?)),
             },
             "ip-prefix" => Action::IpPrefix,
             "encrypt" => Action::Encrypt,
@@ -155,15 +259,13 @@ impl RuleSpec {
                 let v4 = v4.unwrap_or(DEFAULT_TRUNCATE_V4);
                 let v6 = v6.unwrap_or(DEFAULT_TRUNCATE_V6);
                 if v4 > 32 || v6 > 128 {
-                    return Err(format!("ip-truncate prefixes /{v4} and /{v6} exceed 32 / 128"));
+                    return Err(format!(
+                        "ip-truncate prefixes /{v4} and /{v6} exceed 32 / 128"
+                    ));
                 }
                 Action::IpTruncate { v4, v6 }
             }
-            other => {
-                return Err(format!(
-                    "unknown action {other:?} (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt)"
-                ))
-            }
+            other => return Err(format!("unknown action {} ({ACTION_NAMES})", quote(other))),
         })
     }
 }

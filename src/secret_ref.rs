@@ -8,9 +8,10 @@
 //! Properties that carry a secret ([`SECRET_PROPERTIES`]) must be given by reference: written
 //! inline they are refused, with an error that names the property and never the value.
 //! Resolved values are kept (zeroized on drop) so that any later error message can be scrubbed
-//! of them ([`Resolved::redact`]).
+//! of them ([`Resolved::redact`]): a value read through a reference is never printed, wherever
+//! it was used (a region, a rule, a path), and the message says "the value of ${file:…}"
+//! instead.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -28,10 +29,6 @@ pub const SECRET_PROPERTIES: &[&str] = &[
 /// The config tables whose keys are librdkafka properties.
 const PROPERTY_TABLES: &[&str] = &["properties", "consumer_properties", "producer_properties"];
 
-/// A secret file larger than this is refused (a secret is a few hundred bytes; this bounds
-/// what a wrong path, `/dev/zero` say, can make the loader read).
-const MAX_SECRET_FILE: u64 = 1 << 20;
-
 /// Whether `name` is a librdkafka property that carries a secret.
 pub fn is_secret_property(name: &str) -> bool {
     SECRET_PROPERTIES.contains(&name)
@@ -40,8 +37,9 @@ pub fn is_secret_property(name: &str) -> bool {
 /// What resolving a config's references produced.
 #[derive(Default)]
 pub struct Resolved {
-    /// Every resolved value, to scrub from error messages.
-    values: Vec<Zeroizing<String>>,
+    /// Every resolved value with the reference it came from (`${file:pw}`), to scrub from
+    /// error messages.
+    values: Vec<(Zeroizing<String>, String)>,
     /// The files referenced, to watch for rotation.
     pub files: Vec<PathBuf>,
 }
@@ -56,13 +54,24 @@ impl std::fmt::Debug for Resolved {
 }
 
 impl Resolved {
-    /// `message` with every resolved value replaced by `***`.
+    /// `message` with every resolved value replaced by "the value of ${…}" (its reference).
+    /// Longer values first, so that a value inside another is not left half. A value is also
+    /// looked for as Rust's `{:?}` writes it (escaped), as messages often quote that way.
     pub fn redact(&self, message: &str) -> String {
+        let mut values: Vec<&(Zeroizing<String>, String)> = self.values.iter().collect();
+        values.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
         let mut message = message.to_owned();
-        for value in &self.values {
-            if !value.is_empty() {
-                message = message.replace(value.as_str(), "***");
+        for (value, reference) in values {
+            if value.is_empty() {
+                continue;
             }
+            let instead = format!("the value of {reference}");
+            let escaped = Zeroizing::new(format!("{:?}", value.as_str()));
+            let escaped = &escaped[1..escaped.len() - 1];
+            if escaped != value.as_str() {
+                message = message.replace(escaped, &instead);
+            }
+            message = message.replace(value.as_str(), &instead);
         }
         message
     }
@@ -184,6 +193,7 @@ fn substitute(text: &str, base: &Path, resolved: &mut Resolved) -> Result<String
     let mut last = 0;
     for (range, reference) in references(text) {
         out.push_str(&text[last..range.start]);
+        let written = text[range.clone()].to_owned();
         let value = match reference {
             Reference::Env(name) => match std::env::var(name) {
                 Ok(value) if !value.is_empty() => Zeroizing::new(value),
@@ -198,36 +208,29 @@ fn substitute(text: &str, base: &Path, resolved: &mut Resolved) -> Result<String
             }
         };
         out.push_str(&value);
-        resolved.values.push(value);
+        resolved.values.push((value, written));
         last = range.end;
     }
     out.push_str(&text[last..]);
     Ok(out)
 }
 
-/// A regular file's contents (UTF-8, at most [`MAX_SECRET_FILE`] bytes), one trailing newline
-/// trimmed.
+/// A regular file's contents (UTF-8, at most [`crate::fsio::SECRET_LIMIT`] bytes, read
+/// without waiting on a FIFO), one trailing newline trimmed.
 fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, String> {
-    let cannot = |why: &dyn std::fmt::Display| format!("cannot read {}: {why}", path.display());
     // Follows symlinks: Kubernetes mounts secrets as links into a `..data` folder.
-    let metadata = std::fs::metadata(path).map_err(|e| cannot(&e))?;
-    if !metadata.is_file() {
-        return Err(cannot(&"not a regular file"));
-    }
-    let mut bytes = Zeroizing::new(Vec::new());
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes))
-        .map_err(|e| cannot(&e))?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(cannot(&"larger than 1 MiB"));
-    }
-    let text = std::str::from_utf8(&bytes).map_err(|_| cannot(&"not UTF-8"))?;
+    let bytes = Zeroizing::new(
+        crate::fsio::read_bounded(path, "secret file", crate::fsio::SECRET_LIMIT)
+            .map_err(|e| e.to_string())?,
+    );
+    let cannot = |why: &str| format!("secret file {}: {why}", path.display());
+    let text = std::str::from_utf8(&bytes).map_err(|_| cannot("not UTF-8"))?;
     let text = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
         .unwrap_or(text);
     if text.is_empty() {
-        return Err(cannot(&"the file is empty"));
+        return Err(cannot("the file is empty"));
     }
     Ok(Zeroizing::new(text.to_owned()))
 }
@@ -261,7 +264,7 @@ mod tests {
         assert_eq!(resolved.files, vec![dir.path().join("pw")]);
         assert_eq!(
             resolved.redact("bad value s3cret-pw here"),
-            "bad value *** here"
+            "bad value the value of ${file:pw} here"
         );
         assert!(!format!("{resolved:?}").contains("s3cret"));
     }

@@ -1,14 +1,33 @@
 //! `pseudonymizer check`: a config, its keyring, its rules and (with `--connect`) its cluster
 //! checked without processing anything.
+//!
+//! `check` is the gate before a rollout, so it refuses exactly what `run` refuses: the
+//! worker's settings go through [`crate::worker::validate`], the function `run` calls before
+//! it consumes. Every problem found is reported at once (loading, rules, keyring, worker
+//! settings), each naming its setting, none showing a value read through a reference. Exit 0:
+//! `run` would start with this config; exit 1: it would not, and the problems say why.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
 
-use super::{load, registry, ConfigArgs};
+use super::{registry, ConfigArgs};
 use crate::config::{Config, KafkaConfig};
-use crate::keys::Need;
+use crate::keys::{KeySet, Keyring, Need};
+use crate::transform::{ActiveKeys, Engine};
+
+/// How `check` and `explain` print their report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON document on standard output, for scripts.
+    Json,
+}
 
 /// `check`: a config (and its keyring) checked without processing anything.
 #[derive(Debug, Args)]
@@ -16,44 +35,209 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Also connect to the Kafka cluster with the `[kafka]` settings (TLS, SASL) and look
-    /// up the input, output and dead-letter topics.
+    /// up the input, output and dead-letter topics. Without it nothing connects to Kafka.
     #[arg(long)]
     pub connect: bool,
+    /// `text` (lines), or `json`: one document `{ "ok": bool, "problems": [...], ... }`.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// A config loaded as far as it goes: what loaded, and every problem met on the way.
+pub(super) struct Loaded {
+    pub config: Option<Config>,
+    pub engine: Option<Engine>,
+    /// The keyring used (the config's, or `--keyring`).
+    pub keyring_path: Option<PathBuf>,
+    pub keys: Option<KeySet>,
+    pub active: Option<ActiveKeys>,
+    pub problems: Vec<String>,
+}
+
+/// Loads the config, compiles its rules and loads its keyring's active keys, going on past
+/// each failure that does not stop the next step, so that every problem is found in one run.
+/// Messages never show a value read through a reference.
+pub(super) fn load_all(args: &ConfigArgs) -> Loaded {
+    let mut loaded = Loaded {
+        config: None,
+        engine: None,
+        keyring_path: None,
+        keys: None,
+        active: None,
+        problems: Vec::new(),
+    };
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            loaded.problems = e.problems();
+            return loaded;
+        }
+    };
+    match Engine::from_config(&config) {
+        Ok(engine) => loaded.engine = Some(engine),
+        Err(e) => loaded
+            .problems
+            .extend(e.problems().iter().map(|p| config.redact(p))),
+    }
+    let keyring_path = args
+        .keyring
+        .clone()
+        .unwrap_or_else(|| config.keyring.clone());
+    match Keyring::load_for(&keyring_path, Need::NEW_OUTPUT) {
+        Ok(keyring) => loaded.keys = Some(KeySet::from_keyring(&keyring)),
+        Err(e) => loaded
+            .problems
+            .push(config.redact(&keyring_message(&keyring_path, &e))),
+    }
+    if let (Some(engine), Some(keys)) = (&loaded.engine, &loaded.keys) {
+        match engine.active_keys(keys) {
+            Ok(active) => loaded.active = Some(active),
+            Err(e) => loaded
+                .problems
+                .push(config.redact(&keyring_message(&keyring_path, &e))),
+        }
+    }
+    loaded.keyring_path = Some(keyring_path);
+    loaded.config = Some(config);
+    loaded
+}
+
+/// A keyring error as one message naming the keyring once.
+fn keyring_message(path: &std::path::Path, error: &(dyn std::error::Error + 'static)) -> String {
+    let message = crate::config::chain_message(error);
+    let shown = path.display().to_string();
+    if message.contains(&shown) {
+        message
+    } else {
+        format!("keyring {shown}: {message}")
+    }
 }
 
 pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let CheckArgs {
-        config: args,
+        config: config_args,
         connect,
+        format,
     } = args;
-    let (config, engine, keys) = load(&args, Need::NEW_OUTPUT)?;
-    if let Some(kafka) = &config.kafka {
-        crate::worker::check_kafka(kafka)
-            .with_context(|| format!("config {}", args.config.display()))?;
-        writeln!(out, "[kafka]: ok")?;
-        if connect {
-            check_connection(&config, kafka, out)?;
+    let mut loaded = load_all(&config_args);
+    let mut lines: Vec<String> = Vec::new();
+    let mut connected = false;
+    if let Some(config) = &loaded.config {
+        // The worker's settings, by the function `run` calls (keys: when they loaded; a
+        // keyring that did not load is a problem already).
+        match &config.kafka {
+            Some(_) => {
+                if let Err(e) = crate::worker::validate(config, loaded.active.as_ref()) {
+                    loaded.problems.extend(e.problems());
+                }
+            }
+            None => lines
+                .push("[kafka]: none (file mode only: `run` needs a [kafka] section)".to_owned()),
         }
-    } else if connect {
-        bail!("--connect: the config has no [kafka] section");
     }
-    let active = engine.active_keys(&keys)?;
-    for plan in engine.plans() {
-        writeln!(
-            out,
-            "{}: {} rules, ok",
-            plan.input_name,
-            plan.rules.iter().count()
-        )?;
+    if loaded.problems.is_empty() {
+        if let (Some(config), Some(engine), Some(active)) =
+            (&loaded.config, &loaded.engine, &loaded.active)
+        {
+            if config.kafka.is_some() {
+                lines.push("[kafka]: ok".to_owned());
+            }
+            for plan in engine.plans() {
+                lines.push(format!(
+                    "{}: {} rules, ok",
+                    plan.input_name,
+                    plan.rules.iter().count()
+                ));
+            }
+            let id = |k: Option<&str>| k.unwrap_or("none").to_owned();
+            lines.push(format!(
+                "active keys: pseudonym {}, encryption {}",
+                id(active.pseudonym.as_deref().map(|k| k.id())),
+                id(active.encryption.as_deref().map(|k| k.id()))
+            ));
+            // The registry part (it asks the registry, as `run` does at start).
+            let mut said = Vec::new();
+            if let Err(e) = registry::check(config, engine, &mut said) {
+                loaded
+                    .problems
+                    .push(config.redact(&crate::config::chain_message(e.as_ref())));
+            }
+            lines.extend(String::from_utf8_lossy(&said).lines().map(str::to_owned));
+            match (&config.kafka, connect) {
+                (Some(kafka), true) if loaded.problems.is_empty() => {
+                    let mut said = Vec::new();
+                    match check_connection(config, kafka, &mut said) {
+                        Ok(()) => connected = true,
+                        Err(e) => loaded
+                            .problems
+                            .push(config.redact(&crate::config::chain_message(e.as_ref()))),
+                    }
+                    lines.extend(String::from_utf8_lossy(&said).lines().map(str::to_owned));
+                }
+                (None, true) => loaded
+                    .problems
+                    .push("--connect: the config has no [kafka] section".to_owned()),
+                (Some(_), false) => {
+                    lines.push("not connected: run with --connect to reach the cluster".to_owned())
+                }
+                _ => {}
+            }
+        }
     }
-    let id = |k: Option<&str>| k.unwrap_or("none").to_owned();
-    writeln!(
-        out,
-        "active keys: pseudonym {}, encryption {}",
-        id(active.pseudonym.as_deref().map(|k| k.id())),
-        id(active.encryption.as_deref().map(|k| k.id()))
-    )?;
-    registry::check(&config, &engine, out)
+    let problems = &loaded.problems;
+    match format {
+        Format::Text => {
+            for line in &lines {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Format::Json => {
+            let document = json!({
+                "ok": problems.is_empty(),
+                "config": config_args.config.display().to_string(),
+                // At most MAX_LISTED: a schema of thousands of fields without rules must not
+                // make a document of megabytes; the count says how many there are.
+                "problems": problems.iter().take(crate::config::MAX_LISTED).collect::<Vec<_>>(),
+                "problem_count": problems.len(),
+                "pipelines": loaded.engine.as_ref().map(|engine| engine
+                    .plans()
+                    .iter()
+                    .map(|plan| json!({
+                        "schema": plan.input_name,
+                        "rules": plan.rules.iter().count(),
+                    }))
+                    .collect::<Vec<_>>()),
+                "keys": loaded.active.as_ref().map(|active| json!({
+                    "pseudonym": active.pseudonym.as_deref().map(|k| k.id()),
+                    "encryption": active.encryption.as_deref().map(|k| k.id()),
+                })),
+                "connected": connected,
+                "said": lines,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
+        }
+    }
+    if !problems.is_empty() {
+        let shown: Vec<String> = problems
+            .iter()
+            .take(crate::config::MAX_LISTED)
+            .map(|p| crate::config::shorten(p, crate::config::MAX_LINE))
+            .collect();
+        let more = problems.len().saturating_sub(shown.len());
+        bail!(
+            "config {} is refused ({} problem{}):\n  {}{}",
+            config_args.config.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            shown.join("\n  "),
+            if more > 0 {
+                format!("\n  … and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `check --connect`: the cluster answers with the config's settings, and every topic the

@@ -15,6 +15,7 @@ mod audit;
 mod bench;
 mod check;
 mod dlq;
+mod explain;
 mod files;
 mod keys;
 mod lookup;
@@ -159,6 +160,8 @@ pub enum Command {
     Audit(AuditCommand),
     /// Check a config (and its keyring) without processing anything.
     Check(check::CheckArgs),
+    /// Show each pipeline's fields, rules and what sample values become; writes nothing.
+    Explain(explain::ExplainArgs),
     /// Transform an Avro container file of raw events into a sanitized one.
     Transform(files::TransformArgs),
     /// Print the tokens of values under every pseudonym key that still has a secret (audited).
@@ -190,7 +193,9 @@ pub struct ConfigArgs {
 fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
     let config =
         Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
+    // No value read through a `${file:…}` reference in the message (a region, a rule, a path).
     let engine = Engine::from_config(&config)
+        .map_err(|e| config.redact_error(&e))
         .with_context(|| format!("config {}", args.config.display()))?;
     let keyring_path = args
         .keyring
@@ -204,7 +209,8 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Engine, PathBuf)> {
 pub fn load(args: &ConfigArgs, need: Need) -> Result<(Config, Engine, KeySet)> {
     let (config, engine, keyring_path) = load_config(args)?;
     let keyring = Keyring::load_for(&keyring_path, need)
-        .with_context(|| format!("keyring {}", keyring_path.display()))?;
+        .with_context(|| format!("keyring {}", keyring_path.display()))
+        .map_err(|e| config.redact_error(e.as_ref()))?;
     Ok((config, engine, KeySet::from_keyring(&keyring)))
 }
 
@@ -254,6 +260,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(command) => audit::audit(command, &mut out),
         Command::Dlq(command) => dlq::dlq(command, &mut out),
         Command::Check(args) => check::check(args, &mut out),
+        Command::Explain(args) => explain::explain(args, &mut out),
         Command::Transform(args) => files::transform(args, &mut out),
         Command::Lookup(args) => lookup::lookup(args, &mut out),
         Command::Decrypt(args) => files::decrypt(args, &mut out),

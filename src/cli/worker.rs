@@ -54,6 +54,10 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         Ok::<_, std::io::Error>(hangup)
     })?;
     let (mut config, engine, keyring_path) = load_config(args)?;
+    // The config as `check` validates it, before anything binds, waits for a KMS or connects:
+    // a config `check` refuses never starts (the keys are checked again once loaded).
+    crate::worker::validate(&config, None)
+        .with_context(|| format!("config {}", args.config.display()))?;
     let engine = std::sync::Arc::new(engine);
     let metrics = crate::metrics::Metrics::new();
     // Health endpoints first, so that a start held up by the KMS is visible (`/readyz` 503).
@@ -143,14 +147,16 @@ async fn start_keys(
             Ok(started) => return Ok(Some(started)),
             Err(error) if error.is_transient() => {
                 tracing::error!(
-                    keyring = %keyring_path.display(),
+                    keyring = %config.redact(&keyring_path.display().to_string()),
                     %error,
                     retry_in_secs = wait.as_secs(),
                     "cannot load the keyring: the KMS is unavailable; not ready, retrying"
                 );
             }
             Err(error) => {
-                return Err(error).with_context(|| format!("keyring {}", keyring_path.display()))
+                let error = anyhow::Error::new(error)
+                    .context(format!("keyring {}", keyring_path.display()));
+                return Err(config.redact_error(error.as_ref()).into());
             }
         }
         tokio::select! {

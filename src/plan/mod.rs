@@ -315,7 +315,7 @@ pub fn compile_with(
     if !walker.errors.is_empty() {
         return Err(walker.errors);
     }
-    let output = Schema::parse(&output_json)
+    let output = crate::config::parse_schema_json(&output_json)
         .map_err(|e| vec![format!("derived output schema is not valid Avro: {e}")])?;
     let (needs_pseudonym, needs_encryption) = step.needs();
     Ok(Plan {

@@ -18,8 +18,6 @@ mod reference;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use apache_avro::Schema;
-
 use crate::config::{Config, ConfigError};
 use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey};
 use crate::phone::PhoneCanon;
@@ -130,15 +128,8 @@ impl Engine {
         let mut plans = Vec::new();
         let mut errors = Vec::new();
         for pipeline in &config.pipeline {
-            let path = &pipeline.input_schema;
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let schema = Schema::parse_str(&text).map_err(|e| ConfigError::Schema {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            // Bounded, regular files only, and a parser panic caught (config.rs).
+            let schema = crate::config::read_schema(&pipeline.input_schema)?;
             let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
             let tag = |e: String| format!("[{}] {e}", pipeline.name);
             errors.extend(spec_errors.into_iter().map(tag));

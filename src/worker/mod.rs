@@ -53,8 +53,6 @@ pub enum WorkerError {
     Config(#[from] ConfigError),
     #[error("a record could not be delivered to {topic}: {reason}; its offset was not committed")]
     Delivery { topic: String, reason: String },
-    #[error("no active encryption key: the dead-letter topic needs one")]
-    NoEncryptionKey,
     #[error("fenced: another worker started with transactional_id {0:?}; this one stops (its open transaction is aborted, nothing it did not commit is visible)")]
     Fenced(String),
     #[error("shutdown took longer than {0:?}")]
@@ -99,15 +97,15 @@ impl Worker {
         config: &Config,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Stats, WorkerError> {
+        // Everything `check` checks, by the same function: nothing is consumed from a
+        // config it would refuse.
+        let keys = self.keys.borrow().clone();
+        validate(config, Some(&*keys))?;
         let kafka = config
             .kafka
             .clone()
             .ok_or_else(|| ConfigError::Rules(vec!["[kafka] section is missing".into()]))?;
-        check_kafka(&kafka)?;
         let router = Router::from_config(config, &self.engine)?;
-        if self.keys.borrow().encryption.is_none() {
-            return Err(WorkerError::NoEncryptionKey);
-        }
         self.metrics
             .export_counter(self.engine.phone().region_fallbacks());
         if let Some(listen) = &kafka.metrics_listen {
@@ -144,10 +142,78 @@ impl Worker {
     }
 }
 
-/// Checks the `[kafka]` section without reaching a broker: the fields the worker needs, and
-/// every librdkafka property (librdkafka checks names and values when a client is made; no
-/// connection is attempted for that). Every problem is reported at once.
+/// The one validation of a config for the stream worker: what `run` refuses before it
+/// consumes anything, and exactly what `pseudonymizer check` reports (both call this). Needs
+/// no network: the `[kafka]` section ([`kafka_problems`]: fields, numeric ranges, every
+/// librdkafka property), the pipelines' stream settings ([`route::problems`]: topics, key
+/// classes, schema ids, a dead-letter topic that is also an input topic), the metrics
+/// address's form, and with `keys` the active encryption key that dead letters are sealed
+/// with. Binding the metrics port and asking the registry stay with `run`. Every problem at
+/// once, with no value read through a reference in any of them.
+pub fn validate(config: &Config, keys: Option<&ActiveKeys>) -> Result<(), ConfigError> {
+    let mut problems = route::problems(config);
+    if let Some(kafka) = &config.kafka {
+        problems.extend(kafka_problems(kafka));
+    }
+    if let Some(keys) = keys {
+        if keys.encryption.is_none() {
+            problems.push(
+                "the keyring has no active encryption key, and the dead-letter topic needs one (each dead letter is sealed): add one with `pseudonymizer keys rotate --purpose encryption`"
+                    .to_owned(),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            path: config.source.clone(),
+            problems: problems.iter().map(|p| config.redact(p)).collect(),
+        })
+    }
+}
+
+/// Whether `listen` is `host:port` (`0.0.0.0:9464`, `[::]:9464`, `localhost:9464`) with a port
+/// from 0 to 65535. The name is not resolved here (that needs the network; `run` binds it).
+fn listen_address_problem(listen: &str) -> Option<String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return None;
+    }
+    let bad = || {
+        Some(format!(
+            "[kafka] metrics_listen {} is not host:port with a port from 0 to 65535 (e.g. \"0.0.0.0:9464\")",
+            crate::config::quote(listen)
+        ))
+    };
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return bad();
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !host_ok || port.parse::<u16>().is_err() {
+        return bad();
+    }
+    None
+}
+
+/// Checks the `[kafka]` section without reaching a broker (part of [`validate`]).
 pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
+    let problems = kafka_problems(kafka);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Kafka(problems))
+    }
+}
+
+/// The problems of the `[kafka]` section: the fields the worker needs, every numeric setting's
+/// range (docs/operations.md), the metrics address, and every librdkafka property (librdkafka
+/// checks names and values when a client is made; no connection is attempted for that).
+fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
+    use crate::config::{out_of_range, ranges};
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::producer::BaseProducer;
     let mut problems = Vec::new();
@@ -160,19 +226,52 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
             problems.push(format!("[kafka] {name} is empty"));
         }
     }
-    if kafka.max_in_flight == 0 {
-        problems.push("[kafka] max_in_flight must be at least 1".into());
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    for (name, value, range) in [
+        (
+            "max_in_flight",
+            as_u64(kafka.max_in_flight),
+            ranges::MAX_IN_FLIGHT,
+        ),
+        (
+            "max_record_bytes",
+            as_u64(kafka.max_record_bytes),
+            ranges::MAX_RECORD_BYTES,
+        ),
+        (
+            "shutdown_timeout_secs",
+            kafka.shutdown_timeout_secs,
+            ranges::SHUTDOWN_TIMEOUT_SECS,
+        ),
+        (
+            "stall_timeout_secs",
+            kafka.stall_timeout_secs,
+            ranges::STALL_TIMEOUT_SECS,
+        ),
+        (
+            "transaction_max_records",
+            as_u64(kafka.transaction_max_records),
+            ranges::TRANSACTION_MAX_RECORDS,
+        ),
+        (
+            "transaction_max_ms",
+            kafka.transaction_max_ms,
+            ranges::TRANSACTION_MAX_MS,
+        ),
+    ] {
+        problems.extend(out_of_range("[kafka]", name, value, range));
     }
-    if kafka.stall_timeout_secs == 0 {
-        problems.push("[kafka] stall_timeout_secs must be at least 1".into());
+    match (&kafka.transactional_id, kafka.mode) {
+        (Some(id), _) if id.trim().is_empty() => {
+            problems.push("[kafka] transactional_id is empty".into())
+        }
+        (None, DeliveryMode::ExactlyOnce) => {
+            problems.push("[kafka] exactly-once mode needs transactional_id".into())
+        }
+        _ => {}
     }
-    if kafka.mode == DeliveryMode::ExactlyOnce && kafka.transactional_id.is_none() {
-        problems.push("[kafka] exactly-once mode needs transactional_id".into());
-    }
-    if kafka.transaction_max_records == 0 || kafka.transaction_max_ms == 0 {
-        problems.push(
-            "[kafka] transaction_max_records and transaction_max_ms must be at least 1".into(),
-        );
+    if let Some(listen) = &kafka.metrics_listen {
+        problems.extend(listen_address_problem(listen));
     }
     // Each property on its own first, so every bad one is named (librdkafka stops at the
     // first); a client without a group stays idle, so nothing connects.
@@ -219,11 +318,7 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
             problems.push(format!("[kafka] producer settings: {}", scrub_all(e)));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError::Kafka(problems))
-    }
+    problems
 }
 
 /// The librdkafka settings of the worker's consumer and producer: the shared connection

@@ -155,51 +155,149 @@ pub struct Output {
     pub key: Option<String>,
 }
 
+/// A pipeline as messages name it: `[calls]` (a long name cut short).
+fn pipeline_tag(name: &str) -> String {
+    if name.chars().count() <= crate::config::QUOTE_CHARS {
+        format!("[{name}]")
+    } else {
+        format!(
+            "[{}…]",
+            name.chars()
+                .take(crate::config::QUOTE_CHARS)
+                .collect::<String>()
+        )
+    }
+}
+
+/// The token class a pipeline's `key_class` names, if it is one a key may have.
+fn key_class(name: &str) -> Option<TokenClass> {
+    TokenClass::parse(name).filter(|c| c.is_requestable())
+}
+
+/// Every problem of the pipelines' stream settings (part of [`crate::worker::validate`], and
+/// what [`Router::from_config`] refuses): topics, key classes, schema ids, and topics that
+/// would make a loop. Every problem at once; values quoted short.
+pub fn problems(config: &Config) -> Vec<String> {
+    use crate::config::{out_of_range, quote, ranges};
+    let mut problems = Vec::new();
+    let Some(kafka) = config.kafka.as_ref() else {
+        return vec!["[kafka] section is missing: the stream worker needs it".to_owned()];
+    };
+    let registry = config.registry.is_some();
+    let inputs: Vec<(&str, &str)> = config
+        .pipeline
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.input_topic.as_deref()?)))
+        .collect();
+    let mut input_ids: HashMap<u32, &str> = HashMap::new();
+    for pipeline in &config.pipeline {
+        let tag = pipeline_tag(&pipeline.name);
+        let (Some(input_topic), Some(output_topic)) =
+            (&pipeline.input_topic, &pipeline.output_topic)
+        else {
+            problems.push(format!(
+                "{tag} input_topic and output_topic are required by the stream worker"
+            ));
+            continue;
+        };
+        for (name, topic) in [("input_topic", input_topic), ("output_topic", output_topic)] {
+            if topic.trim().is_empty() {
+                problems.push(format!("{tag} {name} is empty"));
+            }
+        }
+        if let Some(name) = pipeline.key_class.as_deref() {
+            if key_class(name).is_none() {
+                problems.push(format!(
+                    "{tag} key_class {} is not phone, ip, email, id or id.<role>",
+                    quote(name)
+                ));
+            }
+        }
+        if output_topic == input_topic {
+            problems.push(format!(
+                "{tag} output_topic {} is also its input_topic: sanitized records would be read again as raw ones",
+                quote(output_topic)
+            ));
+        }
+        if *output_topic == kafka.dlq_topic {
+            problems.push(format!(
+                "{tag} output_topic {} is also the dead-letter topic (dlq_topic): sanitized records and dead letters must not mix",
+                quote(output_topic)
+            ));
+        }
+        for (other, other_input) in &inputs {
+            if output_topic == other_input && output_topic != input_topic {
+                problems.push(format!(
+                    "{tag} output_topic {} is the input_topic of {}: sanitized records would be read again as raw ones",
+                    quote(output_topic),
+                    pipeline_tag(other)
+                ));
+            }
+        }
+        if *input_topic == kafka.dlq_topic {
+            problems.push(format!(
+                "[kafka] dlq_topic {} is also the input_topic of {tag}: the worker would read its own dead letters and dead-letter them again (a loop)",
+                quote(&kafka.dlq_topic)
+            ));
+        }
+        for (name, id) in [
+            ("input_schema_id", pipeline.input_schema_id),
+            ("output_schema_id", pipeline.output_schema_id),
+        ] {
+            if let Some(id) = id {
+                problems.extend(out_of_range(&tag, name, id.into(), ranges::SCHEMA_ID));
+            }
+        }
+        match (pipeline.input_schema_id, pipeline.output_schema_id) {
+            (Some(input_id), Some(_)) => {
+                if let Some(first) = input_ids.insert(input_id, &pipeline.name) {
+                    problems.push(format!(
+                        "{tag} input_schema_id {input_id} is also the input_schema_id of {}: one schema id routes to one pipeline",
+                        pipeline_tag(first)
+                    ));
+                }
+            }
+            (None, None) if registry => {}
+            _ if registry => problems.push(format!(
+                "{tag} give both input_schema_id and output_schema_id to pin an id, or neither"
+            )),
+            _ => problems.push(format!(
+                "{tag} input_schema_id and output_schema_id are required by the stream worker without a [registry]"
+            )),
+        }
+    }
+    problems
+}
+
 impl Router {
-    /// Builds the routes from the config, checking every stream setting. Without a registry
-    /// every pipeline needs its static schema ids; with one they are optional (given, they pin
-    /// that id to the pipeline).
+    /// Builds the routes from the config. Refuses what [`problems`] finds (every stream
+    /// setting); without a registry every pipeline needs its static schema ids, with one they
+    /// are optional (given, they pin that id to the pipeline).
     pub fn from_config(config: &Config, engine: &Engine) -> Result<Self, ConfigError> {
-        let kafka = config
-            .kafka
-            .as_ref()
-            .ok_or_else(|| ConfigError::Rules(vec!["[kafka] section is missing".to_owned()]))?;
+        let errors = problems(config);
+        if !errors.is_empty() {
+            return Err(ConfigError::Rules(
+                errors.iter().map(|e| config.redact(e)).collect(),
+            ));
+        }
+        let Some(kafka) = config.kafka.as_ref() else {
+            return Err(ConfigError::Rules(vec![
+                "[kafka] section is missing".to_owned()
+            ]));
+        };
         let registry = config.registry.is_some();
         let mut routes = HashMap::new();
         let mut pipelines = Vec::new();
         let mut topics = Vec::new();
-        let mut errors = Vec::new();
         for (index, (pipeline, plan)) in config.pipeline.iter().zip(engine.plans()).enumerate() {
+            // Present and valid: `problems` refused the config otherwise.
             let (Some(input_topic), Some(output_topic)) =
                 (&pipeline.input_topic, &pipeline.output_topic)
             else {
-                errors.push(format!(
-                    "[{}] input_topic and output_topic are required by the stream worker",
-                    pipeline.name
-                ));
                 continue;
-            };
-            let key_class = match pipeline.key_class.as_deref() {
-                None => None,
-                Some(name) => match TokenClass::parse(name) {
-                    Some(c) if c.is_requestable() => Some(c),
-                    _ => {
-                        errors.push(format!(
-                            "[{}] key_class {name:?} is not phone, ip, email, id or id.<role>",
-                            pipeline.name
-                        ));
-                        None
-                    }
-                },
             };
             if !topics.contains(input_topic) {
                 topics.push(input_topic.clone());
-            }
-            if output_topic == input_topic || *output_topic == kafka.dlq_topic {
-                errors.push(format!(
-                    "[{}] output_topic must differ from input and dead-letter topics",
-                    pipeline.name
-                ));
             }
             let (rules, _) = Rules::from_specs(&pipeline.rules);
             let spec = Pipeline {
@@ -208,35 +306,15 @@ impl Router {
                 record_name: plan.input_name.clone(),
                 rules,
                 output_topic: output_topic.clone(),
-                key_class,
+                key_class: pipeline.key_class.as_deref().and_then(key_class),
             };
-            match (pipeline.input_schema_id, pipeline.output_schema_id) {
-                (Some(input_id), Some(output_id)) => {
-                    let route = Route::new(&spec, plan.clone(), output_id);
-                    if routes
-                        .insert(input_id, Resolution::Route(Arc::new(route)))
-                        .is_some()
-                    {
-                        errors.push(format!(
-                            "[{}] input_schema_id {input_id} is used by two pipelines",
-                            pipeline.name
-                        ));
-                    }
-                }
-                (None, None) if registry => {}
-                _ if registry => errors.push(format!(
-                    "[{}] give both input_schema_id and output_schema_id to pin an id, or neither",
-                    pipeline.name
-                )),
-                _ => errors.push(format!(
-                    "[{}] input_schema_id and output_schema_id are required by the stream worker without a [registry]",
-                    pipeline.name
-                )),
+            if let (Some(input_id), Some(output_id)) =
+                (pipeline.input_schema_id, pipeline.output_schema_id)
+            {
+                let route = Route::new(&spec, plan.clone(), output_id);
+                routes.insert(input_id, Resolution::Route(Arc::new(route)));
             }
             pipelines.push(spec);
-        }
-        if !errors.is_empty() {
-            return Err(ConfigError::Rules(errors));
         }
         Ok(Router {
             pipelines,
