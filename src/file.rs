@@ -103,27 +103,18 @@ pub fn transform_file(
         apache_avro::Schema::Record(r) => r.name.fullname(None),
         _ => "(not a record)".to_owned(),
     };
-    let configured = engine.plan(&name).ok_or(FileError::NoRules(name))?.clone();
+    let configured = engine.plan(&name).ok_or(FileError::NoRules(name))?;
     // The container carries its own writer schema: the rules are compiled against it, as the
     // registry path compiles them against a fetched one. A file written with another version
     // of the record (a field renamed, reordered, added, removed) is never read by the
     // config's schema: every field without a rule, rule without a field, or type that does
     // not fit is refused, before anything is written.
-    // Compared by Parsing Canonical Form (names, order, types): apache-avro's `==` on
-    // records does not tell field orders apart.
-    let plan = if configured.input.canonical_form() == writer_schema.canonical_form() {
-        configured
-    } else {
-        let mut plan =
-            crate::plan::compile(&writer_schema, &configured.rules).map_err(|problems| {
-                FileError::Rules {
-                    path: input.to_owned(),
-                    problems,
-                }
-            })?;
-        plan.domain = configured.domain.clone();
-        std::sync::Arc::new(plan)
-    };
+    let plan = configured
+        .for_writer(&writer_schema, crate::plan::UnusedRules::Refuse)
+        .map_err(|problems| FileError::Rules {
+            path: input.to_owned(),
+            problems,
+        })?;
     let mut file = create(input, output)?;
     let mut writer = Writer::with_codec(&plan.output, &mut file, Codec::Null);
     if let Some(key) = &keys.pseudonym {

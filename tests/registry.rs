@@ -1302,3 +1302,120 @@ fn mutual_tls_registries_get_the_client_certificate() {
         "{error}"
     );
 }
+
+/// The caller token of one sanitized call event.
+fn caller_token(schema: &Schema, datum: &[u8]) -> String {
+    let Value::Record(fields) = common::decode(schema, datum) else {
+        panic!("a sanitized call is a record");
+    };
+    let caller = fields
+        .into_iter()
+        .find(|(name, _)| name == "caller")
+        .unwrap()
+        .1;
+    match caller {
+        Value::String(token) => token,
+        Value::Union(_, inner) => match *inner {
+            Value::String(token) => token,
+            other => panic!("caller is {other:?}"),
+        },
+        other => panic!("caller is {other:?}"),
+    }
+}
+
+#[test]
+fn a_pipeline_domain_holds_for_every_writer_version_the_registry_serves() {
+    // Before: the rules compiled against a fetched writer version lost the pipeline's
+    // domain, and its tokens were the default domain's, linkable across teams.
+    let mut registry = TestRegistry::start();
+    let text = registry_config_text(&registry.url(), "imsi = \"id\"", "").replacen(
+        "name = \"calls\"",
+        "name = \"calls\"\ndomain = \"team-calls\"",
+        1,
+    );
+    let shipped = common::repo().join("config/pipeline.toml");
+    let config = Config::from_toml(&text, &shipped).unwrap();
+    let engine = Engine::from_config(&config).unwrap();
+    let router = Router::from_config(&config, &engine).unwrap();
+    let metrics = Metrics::new();
+    let resolver = resolver(&config);
+    let keys = common::active(&engine);
+    let v1 = registry.register("comms.v1.CallEvent", &call_schema(&[]));
+    let v2 = registry.register("comms.v1.CallEvent", &call_schema(&["imsi"]));
+
+    // The configured plan's token of one event's caller: the domain's.
+    let event = Generator::new(11).event(Kind::Call);
+    let v1_schema = Schema::parse_str(&call_schema(&[])).unwrap();
+    let configured = engine.plan("comms.v1.CallEvent").unwrap();
+    assert_eq!(configured.domain.as_deref(), Some("team-calls"));
+    let mut expected = Vec::new();
+    engine
+        .transform(
+            configured,
+            &keys,
+            &common::encode(&v1_schema, event.clone()),
+            &mut expected,
+        )
+        .unwrap();
+    let expected = caller_token(&configured.output, &expected);
+    let default_domain = {
+        let plain = Config::from_toml(
+            &registry_config_text(&registry.url(), "imsi = \"id\"", ""),
+            &shipped,
+        )
+        .unwrap();
+        let plain = Engine::from_config(&plain).unwrap();
+        let plan = plain.plan("comms.v1.CallEvent").unwrap();
+        let mut out = Vec::new();
+        plain
+            .transform(
+                plan,
+                &common::active(&plain),
+                &common::encode(&v1_schema, event.clone()),
+                &mut out,
+            )
+            .unwrap();
+        caller_token(&plan.output, &out)
+    };
+    assert_ne!(expected, default_domain, "the domain gives its own tokens");
+
+    // The same event through each writer version the registry serves: the domain's token.
+    let Value::Record(mut fields) = event else {
+        unreachable!()
+    };
+    fields.push((
+        "imsi".into(),
+        Value::Union(1, Box::new(Value::String("510109876543210".into()))),
+    ));
+    let v2_schema = Schema::parse_str(&call_schema(&["imsi"])).unwrap();
+    let versions = [
+        (
+            v1,
+            common::encode(
+                &v1_schema,
+                Value::Record(fields[..fields.len() - 1].to_vec()),
+            ),
+        ),
+        (v2, common::encode(&v2_schema, Value::Record(fields))),
+    ];
+    for (id, datum) in versions {
+        let Resolution::Route(route) = resolver.resolve(&router, &metrics, id).unwrap() else {
+            panic!("version {id} should be routed");
+        };
+        assert_eq!(
+            route.plan.domain.as_deref(),
+            Some("team-calls"),
+            "version {id}"
+        );
+        router.insert(id, Resolution::Route(route.clone()));
+        let mut out = Vec::new();
+        router
+            .process(&engine, &keys, None, Some(&frame(id, &datum)), &mut out)
+            .unwrap();
+        assert_eq!(
+            caller_token(&route.plan.output, &out[5..]),
+            expected,
+            "version {id}"
+        );
+    }
+}

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use apache_avro::schema::Name;
@@ -397,7 +398,7 @@ fn first_event(path: &std::path::Path) -> Result<(Schema, Value)> {
 /// Explains one pipeline with an event (made up, or read) of writer schema `writer`.
 fn explain_pipeline(
     name: &str,
-    plan: &Plan,
+    plan: &Arc<Plan>,
     engine: &Engine,
     active: Option<&ActiveKeys>,
     event: Option<(Schema, Value)>,
@@ -406,27 +407,21 @@ fn explain_pipeline(
     let from_file = event.is_some();
     let mut note = None;
     // With a file: its own writer schema, compiled against the rules as file mode does.
-    let (plan, event): (std::borrow::Cow<'_, Plan>, Result<Value, String>) = match event {
-        Some((writer, value)) if writer.canonical_form() != plan.input.canonical_form() => {
-            match crate::plan::compile(&writer, &plan.rules) {
-                Ok(mut own) => {
-                    own.domain = plan.domain.clone();
-                    (std::borrow::Cow::Owned(own), Ok(value))
-                }
-                Err(problems) => {
-                    note = Some(format!(
-                        "the file's writer schema does not fit the rules: {}",
-                        problems.join("; ")
-                    ));
-                    (std::borrow::Cow::Borrowed(plan), Err(String::new()))
-                }
+    let (plan, event): (Arc<Plan>, Result<Value, String>) = match event {
+        Some((writer, value)) => match plan.for_writer(&writer, crate::plan::UnusedRules::Refuse) {
+            Ok(own) => (own, Ok(value)),
+            Err(problems) => {
+                note = Some(format!(
+                    "the file's writer schema does not fit the rules: {}",
+                    problems.join("; ")
+                ));
+                (plan.clone(), Err(String::new()))
             }
-        }
-        Some((_, value)) => (std::borrow::Cow::Borrowed(plan), Ok(value)),
+        },
         None => {
             let names = names_of(&plan.input);
             let made = sample(&plan.input, &names, &plan.rules, "", 0);
-            (std::borrow::Cow::Borrowed(plan), made)
+            (plan.clone(), made)
         }
     };
     let names = names_of(&plan.input);

@@ -9,7 +9,8 @@
 //! [`OUTPUT_NAMESPACE`], drops `drop` fields, turns transformed strings into strings and
 //! encrypted strings/bytes into bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use serde_json::Value as Json;
@@ -232,6 +233,108 @@ pub struct Plan {
     /// The pipeline's pseudonymisation domain (`None`: the default). Set by the engine, not
     /// by the compiler: it is configuration of the pipeline, not of the rules.
     pub domain: Option<String>,
+}
+
+impl Plan {
+    /// This plan's rules (and pipeline settings, such as its domain) for events written with
+    /// `writer`: the plan itself when `writer` is its input schema, else the rules compiled
+    /// against `writer`. Every path that reads events by a schema they carry goes through
+    /// here: the registry path (a fetched writer version) and file mode (a container's own
+    /// header), so what the pipeline is configured with is never lost on the way.
+    /// Schemas are compared by Parsing Canonical Form (names, order, types): apache-avro's
+    /// `==` on records does not tell field orders apart.
+    pub fn for_writer(
+        self: &Arc<Self>,
+        writer: &Schema,
+        unused: UnusedRules,
+    ) -> Result<Arc<Plan>, Vec<String>> {
+        if writer.canonical_form() == self.input.canonical_form() {
+            return Ok(self.clone());
+        }
+        let mut plan = compile_with(writer, &self.rules, unused)?;
+        plan.domain = self.domain.clone();
+        Ok(Arc::new(plan))
+    }
+
+    /// The full name of the derived output record (`comms.sanitized.v1.CallEvent`).
+    pub fn output_name(&self) -> String {
+        match &self.output {
+            Schema::Record(r) => r.name.fullname(None),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether a sanitized container written with `writer` is this plan's output: the same
+    /// fields at the same paths with the same types, in any order (the readers of sanitized
+    /// files go by field name). `Err` names every path that differs. A raw file, a file of
+    /// another config, or one edited after the fact is refused here, before it is read.
+    pub fn check_sanitized(&self, writer: &Schema) -> Result<(), Vec<String>> {
+        if writer.canonical_form() == self.output.canonical_form() {
+            return Ok(());
+        }
+        let expected = leaf_types(&self.output);
+        let found = leaf_types(writer);
+        let mut problems = Vec::new();
+        for (path, kind) in &found {
+            match expected.get(path) {
+                None => problems.push(format!(
+                    "{path}: in the file, not a field of the sanitized schema"
+                )),
+                Some(want) if want != kind => problems.push(format!(
+                    "{path}: {} in the file, {} in the sanitized schema",
+                    crate::config::shorten(kind, 80),
+                    crate::config::shorten(want, 80)
+                )),
+                Some(_) => {}
+            }
+        }
+        for path in expected.keys().filter(|p| !found.contains_key(*p)) {
+            problems.push(format!("{path}: in the sanitized schema, not in the file"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(problems)
+    }
+}
+
+/// Every leaf of a record schema by dotted path (nested records, also inside unions, are
+/// walked; anything else is a leaf), with the Parsing Canonical Form of its type.
+pub fn leaf_types(schema: &Schema) -> BTreeMap<String, String> {
+    fn walk(schema: &Schema, path: &str, out: &mut BTreeMap<String, String>) {
+        match schema {
+            Schema::Record(record) => {
+                for field in &record.fields {
+                    let path = if path.is_empty() {
+                        field.name.clone()
+                    } else {
+                        format!("{path}.{}", field.name)
+                    };
+                    walk(&field.schema, &path, out);
+                }
+            }
+            Schema::Union(union)
+                if union
+                    .variants()
+                    .iter()
+                    .any(|v| matches!(v, Schema::Record(_))) =>
+            {
+                // The union as a whole is a leaf too, so a branch added or removed is seen.
+                out.insert(format!("{path} (union)"), schema.canonical_form());
+                for variant in union.variants() {
+                    if matches!(variant, Schema::Record(_)) {
+                        walk(variant, path, out);
+                    }
+                }
+            }
+            other => {
+                out.insert(path.to_owned(), other.canonical_form());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(schema, "", &mut out);
+    out
 }
 
 /// What to do with a rule that names no field of the schema being compiled.

@@ -15,7 +15,7 @@ use apache_avro::Schema;
 use super::route::{DeadLetter, Resolution, Route, Router};
 use crate::config::SubjectStrategy;
 use crate::metrics::Metrics;
-use crate::plan::{self, UnusedRules};
+use crate::plan::UnusedRules;
 use crate::registry::{codes, RegistryClient, RegistryError};
 
 /// Resolves new schema ids through the registry.
@@ -78,7 +78,7 @@ impl SchemaResolver {
                 &format!("no pipeline reads {record_name}"),
             ));
         };
-        let plan = match plan::compile_with(&writer, &pipeline.rules, UnusedRules::Allow) {
+        let plan = match pipeline.configured.for_writer(&writer, UnusedRules::Allow) {
             Ok(plan) => plan,
             Err(problems) => {
                 report_unclassified(metrics, id, &pipeline.name, &record_name, &problems);
@@ -112,9 +112,7 @@ impl SchemaResolver {
             "new writer schema version compiled; derived schema registered"
         );
         Ok(Resolution::Route(Arc::new(Route::new(
-            pipeline,
-            Arc::new(plan),
-            output_id,
+            pipeline, plan, output_id,
         ))))
     }
 

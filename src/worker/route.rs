@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, ConfigError};
 use crate::plan::Plan;
-use crate::rules::Rules;
 use crate::token::{self, TokenClass};
 use crate::transform::{ActiveKeys, Engine};
 
@@ -76,8 +75,9 @@ pub struct Pipeline {
     pub name: String,
     /// The writer schema's full record name (`comms.v1.CallEvent`), from `input_schema`.
     pub record_name: String,
-    /// The rules, to compile against each new writer version.
-    pub rules: Rules,
+    /// The plan of the config's `input_schema`: its rules and domain are what each new
+    /// writer version is compiled with ([`Plan::for_writer`]).
+    pub configured: Arc<Plan>,
     pub output_topic: String,
     pub key_class: Option<TokenClass>,
 }
@@ -299,12 +299,11 @@ impl Router {
             if !topics.contains(input_topic) {
                 topics.push(input_topic.clone());
             }
-            let (rules, _) = Rules::from_specs(&pipeline.rules);
             let spec = Pipeline {
                 index,
                 name: pipeline.name.clone(),
                 record_name: plan.input_name.clone(),
-                rules,
+                configured: plan.clone(),
                 output_topic: output_topic.clone(),
                 key_class: pipeline.key_class.as_deref().and_then(key_class),
             };
