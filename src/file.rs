@@ -35,6 +35,21 @@ pub enum FileError {
     Header { path: PathBuf },
     #[error("writer schema {0} has no rules in the config")]
     NoRules(String),
+    #[error("{path}: a raw file of {record} (a pipeline's input schema), not a sanitized one: it holds no envelope (decrypt and reseal read what transform wrote)")]
+    Raw { path: PathBuf, record: String },
+    #[error("{path}: no field of its sanitized schema {record} is sealed: it holds no envelope")]
+    NothingSealed { path: PathBuf, record: String },
+    #[error("{path}: not a sanitized file of this config, nothing read:\n  {}", .problems.join("\n  "))]
+    NotSanitized {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("event {index}, field `{path}`: {source} (nothing more printed; --keep-going marks such envelopes and goes on)")]
+    Open {
+        index: u64,
+        path: String,
+        source: OpenError,
+    },
     #[error("{path}: its writer schema does not fit the rules, nothing written:\n  {}", .problems.join("\n  "))]
     Rules {
         path: PathBuf,
@@ -172,34 +187,40 @@ pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result
 }
 
 /// Reads a sanitized file and writes one JSON line per event to `out`, with every envelope
-/// opened where its key is available. Returns (events, envelopes opened, envelopes not opened).
-/// Reads a sanitized file and writes one JSON line per event to `out`, with every envelope
-/// opened where its key is available. On error, `report` holds what was done before it.
+/// opened where its key is available. An envelope under a destroyed key is marked
+/// `{"unopened": "key destroyed"}` (erased on purpose: not a failure). One that does not open
+/// for any other reason (tampered, wrong key, a key not in the keyring) stops the run before
+/// its event is printed, or with `keep_going` is marked and counted in `report.failed`.
+/// On error, `report` holds what was done before it.
 pub fn decrypt_file(
     engine: &Engine,
     keys: &KeySet,
     input: &Path,
+    keep_going: bool,
     out: &mut dyn Write,
     report: &mut DecryptReport,
 ) -> Result<(), FileError> {
     let reader = container(input)?;
-    let name = match reader.writer_schema() {
-        apache_avro::Schema::Record(r) => r.name.name.clone(),
-        _ => String::new(),
-    };
-    // A sanitized file's schema is a derived one; find the plan that derives it.
-    let plan = sanitized_plan(engine, &name)?;
+    let plan = sanitized_plan(engine, input, reader.writer_schema())?;
     let mut opener = Opener {
         plan: &plan,
         keys,
+        keep_going,
+        failure: None,
         report: std::mem::take(report),
     };
     let result = (|| {
         for (index, value) in reader.enumerate() {
-            let value = value.map_err(|_| FileError::Decode {
-                index: index as u64,
-            })?;
+            let index = index as u64;
+            let value = value.map_err(|_| FileError::Decode { index })?;
             let json = opener.json(value, "", false);
+            if let Some((path, source)) = opener.failure.take() {
+                return Err(FileError::Open {
+                    index,
+                    path,
+                    source,
+                });
+            }
             serde_json::to_writer(&mut *out, &json).map_err(write_err)?;
             out.write_all(b"\n").map_err(write_err)?;
             opener.report.events += 1;
@@ -210,14 +231,43 @@ pub fn decrypt_file(
     result
 }
 
-/// The plan whose derived output schema is named `name` (a sanitized file's writer schema).
-fn sanitized_plan(engine: &Engine, name: &str) -> Result<std::sync::Arc<Plan>, FileError> {
-    engine
+/// The plan a sanitized container written with `writer` is the output of. Refused, before
+/// anything is read: a raw file (its writer schema is a pipeline's input), a schema no
+/// pipeline derives, one whose fields differ from the derived schema's (every path named),
+/// and a pipeline that seals nothing (there is no envelope to open).
+fn sanitized_plan(
+    engine: &Engine,
+    input: &Path,
+    writer: &apache_avro::Schema,
+) -> Result<std::sync::Arc<Plan>, FileError> {
+    let record = match writer {
+        apache_avro::Schema::Record(r) => r.name.fullname(None),
+        _ => "(not a record)".to_owned(),
+    };
+    if engine.plan(&record).is_some() {
+        return Err(FileError::Raw {
+            path: input.to_owned(),
+            record,
+        });
+    }
+    let plan = engine
         .plans()
         .iter()
-        .find(|p| matches!(&p.output, apache_avro::Schema::Record(r) if r.name.name == name))
+        .find(|p| p.output_name() == record)
         .cloned()
-        .ok_or_else(|| FileError::NoRules(name.to_owned()))
+        .ok_or_else(|| FileError::NoRules(record.clone()))?;
+    plan.check_sanitized(writer)
+        .map_err(|problems| FileError::NotSanitized {
+            path: input.to_owned(),
+            problems,
+        })?;
+    if !plan.needs_encryption {
+        return Err(FileError::NothingSealed {
+            path: input.to_owned(),
+            record,
+        });
+    }
+    Ok(plan)
 }
 
 /// What `decrypt` did: counts and the key ids of the envelopes it opened (for the audit log).
@@ -225,14 +275,28 @@ fn sanitized_plan(engine: &Engine, name: &str) -> Result<std::sync::Arc<Plan>, F
 pub struct DecryptReport {
     pub events: u64,
     pub opened: u64,
-    pub unopened: u64,
+    /// Envelopes under a destroyed key: erased on purpose, never opened again.
+    pub destroyed: u64,
+    /// Envelopes that did not open for another reason (tampered, wrong key, unknown key);
+    /// only counted with `keep_going`, else the first one stops the run.
+    pub failed: u64,
     pub key_ids: BTreeSet<String>,
+}
+
+impl DecryptReport {
+    /// Envelopes not opened, for whatever reason.
+    pub fn unopened(&self) -> u64 {
+        self.destroyed + self.failed
+    }
 }
 
 /// Walks a sanitized event as JSON, opening every envelope whose key is available.
 struct Opener<'a> {
     plan: &'a Plan,
     keys: &'a KeySet,
+    keep_going: bool,
+    /// The first envelope of the current event that failed (without `keep_going`).
+    failure: Option<(String, OpenError)>,
     report: DecryptReport,
 }
 
@@ -266,11 +330,20 @@ impl Opener<'_> {
                     }
                 }
                 Err(error) => {
-                    self.report.unopened += 1;
                     let key_id = envelope::key_id(&bytes).unwrap_or("?");
                     let reason = match error {
-                        OpenError::KeyDestroyed(_) => "key destroyed".to_owned(),
-                        other => other.to_string(),
+                        OpenError::KeyDestroyed(_) => {
+                            self.report.destroyed += 1;
+                            "key destroyed".to_owned()
+                        }
+                        other => {
+                            self.report.failed += 1;
+                            let reason = other.to_string();
+                            if !self.keep_going {
+                                self.failure.get_or_insert((path.to_owned(), other));
+                            }
+                            reason
+                        }
                     };
                     json!({"unopened": reason, "key_id": key_id})
                 }
@@ -381,11 +454,7 @@ fn reseal_inner(
 ) -> Result<ResealReport, FileError> {
     let reader = container(input)?;
     let schema = reader.writer_schema().clone();
-    let name = match &schema {
-        apache_avro::Schema::Record(r) => r.name.name.clone(),
-        _ => String::new(),
-    };
-    let plan = sanitized_plan(engine, &name)?;
+    let plan = sanitized_plan(engine, input, &schema)?;
     let metadata = reader.user_metadata().clone();
     let mut file = create(input, output)?;
     let mut writer = Writer::with_codec(&schema, &mut file, Codec::Null);
@@ -456,15 +525,18 @@ impl Resealer<'_> {
                     .collect(),
             ),
             Value::Bytes(bytes) if sealed => {
-                // Already under the active key and in the current version: nothing to do.
-                // A version-1 envelope under the active key is resealed (upgraded) too.
-                if envelope::key_id(&bytes) == Ok(self.active.id())
-                    && envelope::version(&bytes) == Ok(envelope::VERSION)
-                {
-                    self.report.current += 1;
-                    return Value::Bytes(bytes);
-                }
+                // Every envelope is opened, the ones already under the active key too: a
+                // tampered envelope is never copied on. One under the active key and in the
+                // current version is then kept as it was; a version-1 envelope under the
+                // active key is resealed (upgraded).
+                let current = envelope::key_id(&bytes) == Ok(self.active.id())
+                    && envelope::version(&bytes) == Ok(envelope::VERSION);
                 match self.keys.open(path, &bytes) {
+                    Ok(plaintext) if current => {
+                        drop(zeroize::Zeroizing::new(plaintext));
+                        self.report.current += 1;
+                        Value::Bytes(bytes)
+                    }
                     Ok(plaintext) => {
                         let plaintext = zeroize::Zeroizing::new(plaintext);
                         let mut out =

@@ -531,6 +531,14 @@ fn reseal_retires_a_key_and_destroying_it_shreds_what_was_not_resealed() {
         "every old body reports its key destroyed"
     );
     assert!(summary.contains("0 envelopes opened"), "{summary}");
+    // Reported apart from envelopes that fail to open, and no failure: exit 0 (`decrypt`).
+    assert!(
+        summary.contains(&format!(
+            "({} under destroyed keys, 0 did not open)",
+            destroyed as u64 + attachments(&raw_events)
+        )),
+        "{summary}"
+    );
     for (raw, shredded) in raw_events.iter().zip(&shredded) {
         assert_eq!(
             raw["event_id"], shredded["event_id"],

@@ -38,6 +38,12 @@ pub struct DecryptArgs {
     /// Overrides the config's `audit_log`.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Go on past envelopes that do not open (tampered, wrong key, a key not in the keyring):
+    /// each is printed as `{"unopened": WHY, "key_id": ID}` and counted, and the exit code
+    /// is 0. Without it the first one ends the command with exit 1 before its event is
+    /// printed. Envelopes under destroyed keys never stop it (erased on purpose).
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 /// `reseal`: every envelope of a sanitized file under the active encryption key.
@@ -105,6 +111,7 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
         config,
         input,
         audit_log,
+        keep_going,
     } = args;
     let (config, engine, keys) = load(&config, Need::ENVELOPES)?;
     let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
@@ -112,21 +119,38 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
     let key_ids: Vec<String> = keys.encryption_key_ids();
     audit.append("decrypt", key_ids, 0, None, Some(&input), "started")?;
     let mut report = file::DecryptReport::default();
-    let result = file::decrypt_file(&engine, &keys, &input, out, &mut report);
+    let result = file::decrypt_file(&engine, &keys, &input, keep_going, out, &mut report);
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     audit.append(
         "decrypt",
         report.key_ids.iter().cloned().collect(),
         report.opened,
-        Some(report.unopened),
+        Some(report.unopened()),
         Some(&input),
         outcome,
     )?;
     result.with_context(|| format!("decrypting {}", input.display()))?;
-    eprintln!(
-        "{} events, {} envelopes opened, {} not opened",
-        report.events, report.opened, report.unopened
+    crate::note!(
+        "{} events, {} envelopes opened, {} not opened ({} under destroyed keys, {} did not open)",
+        report.events,
+        report.opened,
+        report.unopened(),
+        report.destroyed,
+        report.failed
     );
+    if report.opened + report.unopened() == 0 {
+        crate::note!(
+            "{} holds no envelope ({} events, every sealed field empty)",
+            input.display(),
+            report.events
+        );
+    }
+    if report.failed > 0 {
+        crate::note!(
+            "warning: {} envelopes did not open (tampered, wrong key, or a key not in the keyring); marked \"unopened\" in the output (--keep-going)",
+            report.failed
+        );
+    }
     Ok(())
 }
 
