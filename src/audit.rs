@@ -20,7 +20,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -101,16 +101,34 @@ impl AuditLog {
                 source,
             })?;
         }
+        // Not through a symbolic link (O_NOFOLLOW: whoever can plant a link must not choose
+        // where records go, or make them vanish into /dev/null), and a regular file only (a
+        // FIFO is opened without blocking, then refused).
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .map_err(|source| AuditError::Open {
                 path: path.clone(),
-                source,
+                source: if source.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::other("it is a symbolic link; give the path of the file itself")
+                } else {
+                    source
+                },
             })?;
+        let meta = file.metadata().map_err(|source| AuditError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.file_type().is_file() {
+            return Err(AuditError::Open {
+                path: path.clone(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
         Ok(AuditLog { path, file })
     }
 
@@ -144,7 +162,7 @@ impl AuditLog {
             key_ids,
             values,
             unopened,
-            input: input.map(|p| p.display().to_string()),
+            input: input.map(record_path),
             outcome,
         };
         let mut line = serde_json::to_vec(&record).expect("audit record serializes");
@@ -154,6 +172,20 @@ impl AuditLog {
             .and_then(|()| self.file.sync_data())
             .map_err(write_error)
     }
+}
+
+/// Paths in records are kept short, so every record stays far below the 64 KiB in which the
+/// next append looks for the last one: a path of more than [`PATH_MAX_CHARS`] characters is
+/// recorded as its first 200, `…`, and the SHA-256 (hex) of the whole path.
+const PATH_MAX_CHARS: usize = 1024;
+
+fn record_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.chars().count() <= PATH_MAX_CHARS {
+        return text;
+    }
+    let head: String = text.chars().take(200).collect();
+    format!("{head}…sha256:{}", line_hash(text.as_bytes()))
 }
 
 /// An exclusive `flock` on a file, released when dropped.
@@ -208,10 +240,19 @@ fn chain_head(file: &mut File) -> std::io::Result<(u64, String)> {
         Some(i) => &body[i + 1..],
         None => body,
     };
-    let seq = serde_json::from_slice::<serde_json::Value>(last)
-        .ok()
-        .and_then(|v| v["seq"].as_u64());
-    let seq = match seq {
+    // A log that does not end with an audit record (edited, cut, or not an audit log) is not
+    // chained to: the command stops, and `audit verify` says what is wrong.
+    let not_a_record = || {
+        std::io::Error::other(
+            "its last line is not an audit record (edited, truncated, or not an audit log); \
+             check it with `pseudonymizer audit verify`",
+        )
+    };
+    if from > 0 && !body[..].contains(&b'\n') {
+        return Err(not_a_record());
+    }
+    let record = StoredRecord::parse(last).ok_or_else(not_a_record)?;
+    let seq = match record.seq {
         Some(seq) => seq + 1,
         None => {
             // Records before the chain existed: count the lines.
@@ -222,6 +263,44 @@ fn chain_head(file: &mut File) -> std::io::Result<(u64, String)> {
         }
     };
     Ok((seq, line_hash(last)))
+}
+
+/// A line as read back: every field a [`Record`] writes, of its type, and nothing else (a
+/// line of `{}` or of some other JSON is not a record). `seq` and `prev` are absent only in
+/// records written before the chain existed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read to check their presence and types
+struct StoredRecord {
+    seq: Option<u64>,
+    prev: Option<String>,
+    time: String,
+    uid: u32,
+    user: String,
+    command: String,
+    key_ids: Vec<String>,
+    values: u64,
+    unopened: Option<u64>,
+    input: Option<String>,
+    outcome: String,
+}
+
+impl StoredRecord {
+    fn parse(line: &[u8]) -> Option<StoredRecord> {
+        let record: StoredRecord = serde_json::from_slice(line).ok()?;
+        let known_command =
+            ["decrypt", "lookup", "reseal", "dlq replay"].contains(&&*record.command);
+        let known_outcome = ["started", "ok", "failed"].contains(&&*record.outcome);
+        let hex =
+            |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let chain_ok = match (&record.seq, &record.prev) {
+            (Some(seq), Some(prev)) => *seq >= 1 && hex(prev),
+            (None, None) => true,
+            _ => false,
+        };
+        let time_ok = OffsetDateTime::parse(&record.time, &Rfc3339).is_ok();
+        (known_command && known_outcome && chain_ok && time_ok).then_some(record)
+    }
 }
 
 /// What [`verify`] found in an intact log.
@@ -238,7 +317,8 @@ pub struct Verified {
 /// Checks the chain of the log at `path`; the error names the first record that was edited,
 /// removed or moved (by its position, 1-based), never its content.
 pub fn verify(path: &Path) -> Result<Verified, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = crate::fsio::read_bounded(path, "audit log", crate::fsio::AUDIT_LOG_LIMIT)
+        .map_err(|e| e.to_string())?;
     let mut previous: Option<&[u8]> = None;
     let mut records = 0u64;
     let mut unchained = 0u64;
@@ -250,10 +330,11 @@ pub fn verify(path: &Path) -> Result<Verified, String> {
     };
     for (index, line) in lines.into_iter().enumerate() {
         let n = index as u64 + 1;
-        let value: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|_| format!("record {n} is not an audit record (edited or truncated)"))?;
+        let record = StoredRecord::parse(line).ok_or_else(|| {
+            format!("record {n} is not an audit record (edited, truncated, or not an audit log)")
+        })?;
         records = n;
-        let (Some(seq), Some(prev)) = (value["seq"].as_u64(), value["prev"].as_str()) else {
+        let (Some(seq), Some(prev)) = (record.seq, record.prev.as_deref()) else {
             if unchained + 1 == n {
                 unchained = n;
                 previous = Some(line);

@@ -849,3 +849,113 @@ fn the_audit_chain_shows_edits_removals_and_reordering() {
     swapped.swap(4, 5);
     check(&swapped, "record 5 says it is record 6");
 }
+
+/// `audit verify` calls only audit records a chain: a file of `{}` lines, other JSON, a
+/// record with a field added or of the wrong type are refused; a FIFO is refused without
+/// hanging. Commands refuse an audit log given as a symbolic link (its records could be sent
+/// anywhere), and a long input path still gives a record the next one chains to.
+#[test]
+fn only_audit_records_make_an_intact_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |path: &Path| run(&["audit", "verify", "--audit-log", s(path)], &[]);
+    let file = dir.path().join("not-audit.log");
+    let genesis = "0".repeat(64);
+    let good = format!(
+        r#"{{"seq":1,"prev":"{genesis}","time":"2026-12-04T00:00:00Z","uid":1000,"user":"ana","command":"lookup","key_ids":["p-test-1"],"values":1,"outcome":"started"}}"#
+    );
+    for (text, name) in [
+        ("{}\n{}\n".to_owned(), "empty objects"),
+        ("[1,2]\n".to_owned(), "an array"),
+        (
+            r#"{"seq":1,"prev":"x"}"#.to_owned() + "\n",
+            "chain fields only",
+        ),
+        (
+            good.replace("\"values\":1", "\"values\":\"1\"") + "\n",
+            "a wrong type",
+        ),
+        (
+            good.replace("\"outcome\"", "\"extra\":1,\"outcome\"") + "\n",
+            "an extra field",
+        ),
+        (
+            good.replace("lookup", "rm -rf") + "\n",
+            "an unknown command",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = verify(&file);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", said(&out));
+        assert!(
+            said(&out).contains("record 1 is not an audit record"),
+            "{name}: {}",
+            said(&out)
+        );
+    }
+    std::fs::write(&file, good.clone() + "\n").unwrap();
+    let out = verify(&file);
+    assert!(out.status.success(), "{}", said(&out));
+
+    let fifo = dir.path().join("fifo.log");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let out = verify(&fifo);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(said(&out).contains("FIFO"), "{}", said(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // A symbolic link as the audit log: refused, nothing written at its target.
+    let ring = common::write_keyring(dir.path());
+    let target = dir.path().join("elsewhere.log");
+    std::fs::write(&target, "").unwrap();
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let lookup = |audit: &Path, extra: &[&str]| {
+        run(
+            &[
+                &["lookup", "--keyring", s(&ring), "--audit-log", s(audit)][..],
+                &["--class", "phone", "+6281234567890"],
+                extra,
+            ]
+            .concat(),
+            &[],
+        )
+    };
+    let out = lookup(&link, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(said(&out).contains("symbolic link"), "{}", said(&out));
+    assert_eq!(std::fs::read(&target).unwrap(), b"");
+
+    // A decrypt of an input path far over 64 KiB, then another use: the chain holds.
+    let audit = dir.path().join("audit.log");
+    let config = common::repo().join("config/pipeline.toml");
+    let long = format!("{}/{}", dir.path().display(), "a/".repeat(40_000));
+    let out = run(
+        &[
+            "decrypt",
+            "--config",
+            s(&config),
+            "--keyring",
+            s(&ring),
+            "--audit-log",
+            s(&audit),
+            "--input",
+            &long,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "the input does not exist");
+    assert!(lookup(&audit, &[]).status.success());
+    let out = verify(&audit);
+    assert!(out.status.success(), "{}", said(&out));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.lines().all(|l| l.len() < 4096), "records are short");
+    assert!(
+        text.contains("…sha256:"),
+        "the long path is recorded shortened: {text}"
+    );
+}
