@@ -136,7 +136,17 @@ fn clear_nonblocking(file: &File) {
 /// Reads a regular file of at most `limit` bytes whole. The limit holds even if the file
 /// grows while it is read.
 pub fn read_bounded(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, FileError> {
-    let file = open_regular(path, what, limit)?;
+    read_opened(open_regular(path, what, limit)?, path, what, limit)
+}
+
+/// Reads a file [`open_regular`] opened, at most `limit` bytes (a caller that checks the open
+/// file's metadata first, as secret files' modes are, reads through this).
+pub fn read_opened(
+    file: File,
+    path: &Path,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, FileError> {
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -154,7 +164,12 @@ pub fn read_bounded(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u
 
 /// [`read_bounded`] for text files.
 pub fn read_text(path: &Path, what: &'static str, limit: u64) -> Result<String, FileError> {
-    String::from_utf8(read_bounded(path, what, limit)?).map_err(|_| FileError::NotText {
+    text_of(read_bounded(path, what, limit)?, path, what)
+}
+
+/// The bytes of a file as text, or [`FileError::NotText`].
+pub fn text_of(bytes: Vec<u8>, path: &Path, what: &'static str) -> Result<String, FileError> {
+    String::from_utf8(bytes).map_err(|_| FileError::NotText {
         what,
         path: path.to_owned(),
     })

@@ -8,11 +8,11 @@
 //!
 //! # Layout
 //!
-//! - [`keys`]: the keyring file (spec §1), optionally sealed under a key-encryption key, its
-//!   zeroized secrets, the working keys derived from them with HKDF (spec §2), and the
-//!   rotation policy.
-//! - [`kms`]: keys rooted in a key management service: the KMS interface, AWS KMS through the
-//!   AWS SDK, and the keyring file whose secrets are each wrapped by the KMS.
+//! - [`keys`]: the keyring file (spec §1), optionally sealed under a key-encryption key or
+//!   with each secret wrapped by a KMS key, its zeroized secrets, the working keys derived
+//!   from them with HKDF (spec §2), and the rotation policy.
+//! - [`kms`]: key management services, below [`keys`]: the two-call KMS interface (wrap and
+//!   unwrap under an encryption context) and AWS KMS through the AWS SDK.
 //! - [`phone`]: phone numbers to E.164 as Google's libphonenumber reads them: a fast path for
 //!   the common shapes on the parser's own metadata, the thread's recent answers, the full parse.
 //! - [`class`]: token classes (phone, ip, email, id, id.<role>, the -raw classes), below both

@@ -21,10 +21,10 @@ pub enum ModeProblem {
     ForeignGroup { mode: u32, gid: u32 },
 }
 
-/// Checks the mode of the file `path` names (symbolic links followed, as kubelet's `..data`
-/// links are). Errors reading the file's metadata are the caller's to report.
-pub fn check(path: &Path) -> std::io::Result<Result<(), ModeProblem>> {
-    let meta = std::fs::metadata(path)?;
+/// Checks the mode of a file already open, so that nothing can replace it between the check
+/// and the read (opened through symbolic links, as kubelet's `..data` links are).
+pub fn check_file(file: &std::fs::File) -> std::io::Result<Result<(), ModeProblem>> {
+    let meta = file.metadata()?;
     Ok(check_mode(
         meta.mode() & 0o777,
         meta.gid(),

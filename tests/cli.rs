@@ -64,7 +64,17 @@ fn keys_lifecycle_and_list_never_prints_secrets() {
         "{list}"
     );
     assert!(list.contains("retired"), "{list}");
-    ok(&["keys", "destroy", "--keyring", s(&ring), "--id", "e-second"]);
+    let active = run(&["keys", "destroy", "--keyring", s(&ring), "--id", "e-second"]);
+    assert!(!active.status.success(), "the active key needs --force");
+    ok(&[
+        "keys",
+        "destroy",
+        "--keyring",
+        s(&ring),
+        "--id",
+        "e-second",
+        "--force",
+    ]);
     let list = ok(&["keys", "list", "--keyring", s(&ring)]);
     assert!(list.contains("destroyed"), "{list}");
 

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use crate::keys::{Kek, Keyring, Need, Purpose, Secret};
-use crate::kms::keyring::{is_wrapped, WrappedKeyring};
+use super::check::Format;
+use crate::keys::{is_wrapped, Kek, Keyring, Need, Purpose, Secret, WrappedKeyring};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a keyring with one active key of each purpose (refuses to overwrite).
     Init {
+        /// The keyring file to create (mode 0600; its directory is created if missing).
         #[arg(long)]
         keyring: PathBuf,
         /// Seal the file under the KEK from $PSEUDONYMIZER_KEK or $PSEUDONYMIZER_KEK_FILE.
@@ -27,12 +28,14 @@ pub enum KeysCommand {
     },
     /// Write a new random key-encryption key (base64) to a new owner-only file.
     NewKek {
+        /// The file to create (mode 0600; refused if it exists).
         #[arg(long)]
         out: PathBuf,
     },
     /// Seal a clear keyring under the KEK from the environment, or wrap a clear or sealed one
     /// with a KMS key (`--kms`; the clear keyring exists in memory only).
     Seal {
+        /// The keyring file, rewritten in place (atomically).
         #[arg(long)]
         keyring: PathBuf,
         /// Wrap each secret with this KMS key (aws-kms://<key ARN>).
@@ -42,6 +45,7 @@ pub enum KeysCommand {
     /// Wrap a KMS keyring's secrets with another KMS key (KMS key rotation): unwrapped and
     /// wrapped again in memory, written atomically; never a clear keyring on disk.
     Rewrap {
+        /// The KMS-wrapped keyring file, rewritten in place (atomically).
         #[arg(long)]
         keyring: PathBuf,
         /// The new KMS key (aws-kms://<key ARN>).
@@ -50,30 +54,44 @@ pub enum KeysCommand {
     },
     /// Write a sealed keyring back in clear (needs its KEK in the environment).
     Unseal {
+        /// The sealed or KMS-wrapped keyring file, rewritten in clear (atomically).
         #[arg(long)]
         keyring: PathBuf,
     },
     /// Add a new active key of a purpose and retire the old one.
     Rotate {
+        /// The keyring file, rewritten in place (atomically).
         #[arg(long)]
         keyring: PathBuf,
+        /// Which key to rotate: pseudonym (tokens) or encryption (envelopes).
         #[arg(long, value_parser = parse_purpose)]
         purpose: Purpose,
-        /// Id of the new key (default: generated).
+        /// Id of the new key, 1 to 32 of A-Z a-z 0-9 . _ - (default: generated).
         #[arg(long)]
         id: Option<String>,
     },
-    /// List keys (never secrets).
+    /// List keys: ids, purposes, states and creation times (never secrets).
     List {
+        /// The keyring file (clear, sealed or KMS-wrapped; nothing is unwrapped).
         #[arg(long)]
         keyring: PathBuf,
+        /// `text` (a table), or `json`: one document `{ "protection": ..., "keys": [...] }`.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
-    /// Remove a key's secret, keeping its entry (crypto-shredding).
+    /// Remove a retired key's secret, keeping its entry (crypto-shredding). What it sealed no
+    /// longer opens and its tokens can no longer be looked up.
     Destroy {
+        /// The keyring file, rewritten in place (atomically).
         #[arg(long)]
         keyring: PathBuf,
+        /// The id of the key to destroy (`keys list` shows them).
         #[arg(long)]
         id: String,
+        /// Destroy the key even if it is the active key of its purpose. The keyring then has
+        /// no key for new output of that purpose until a `keys rotate`.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -108,11 +126,11 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                     "created {} wrapped by {uri} with keys:",
                     keyring.display()
                 )?;
-                return list_wrapped(&wrapped, out);
+                return Listing::of_wrapped(&wrapped).print(out);
             }
             ring.save(&keyring)?;
             writeln!(out, "created {} with keys:", keyring.display())?;
-            list(&ring, out)
+            Listing::of(&ring).print(out)
         }
         KeysCommand::NewKek { out: path } => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -216,24 +234,56 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             writeln!(out, "new active {} key {id}", purpose.as_str())?;
             Ok(())
         }
-        KeysCommand::List { keyring } => match read_wrapped(&keyring)? {
-            Some(wrapped) => list_wrapped(&wrapped, out),
-            None => list(&Keyring::load(&keyring)?, out),
-        },
-        KeysCommand::Destroy { keyring, id } => {
+        KeysCommand::List { keyring, format } => {
+            let listing = match read_wrapped(&keyring)? {
+                Some(wrapped) => Listing::of_wrapped(&wrapped),
+                None => Listing::of(&Keyring::load(&keyring)?),
+            };
+            match format {
+                Format::Text => listing.print(out),
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &listing.to_json())?;
+                    writeln!(out)?;
+                    Ok(())
+                }
+            }
+        }
+        KeysCommand::Destroy { keyring, id, force } => {
             if let Some(mut wrapped) = read_wrapped(&keyring)? {
-                wrapped.destroy(&id)?;
+                let was_active = is_active(wrapped.entries().iter().map(|e| (&e.id, e.state)), &id);
+                wrapped.destroy(&id, force)?;
                 wrapped.save(&keyring)?;
                 writeln!(out, "destroyed the wrapped secret of key {id}")?;
-                return Ok(());
+                return warn_no_active(was_active, out);
             }
             let mut ring = Keyring::load(&keyring)?;
-            ring.destroy(&id)?;
+            let was_active = is_active(ring.entries().iter().map(|e| (&e.id, e.state)), &id);
+            ring.destroy(&id, force)?;
             ring.save(&keyring)?;
             writeln!(out, "destroyed the secret of key {id}")?;
-            Ok(())
+            warn_no_active(was_active, out)
         }
     }
+}
+
+/// Whether key `id` is among `entries` as the active key of its purpose.
+fn is_active<'a>(
+    mut entries: impl Iterator<Item = (&'a String, crate::keys::KeyState)>,
+    id: &str,
+) -> bool {
+    entries.any(|(e, state)| e == id && state == crate::keys::KeyState::Active)
+}
+
+/// After a forced destruction of an active key: what the keyring can no longer do.
+fn warn_no_active(was_active: bool, out: &mut dyn std::io::Write) -> Result<()> {
+    if was_active {
+        writeln!(
+            out,
+            "the keyring has no active key of that purpose now: `keys rotate` makes one before \
+             the worker, `check` or `transform` can use it"
+        )?;
+    }
+    Ok(())
 }
 
 fn kek_from_env() -> Result<Kek> {
@@ -255,49 +305,106 @@ fn read_wrapped(path: &std::path::Path) -> Result<Option<WrappedKeyring>> {
     Ok(Some(WrappedKeyring::from_text(&text)?))
 }
 
-fn list_wrapped(ring: &WrappedKeyring, out: &mut dyn std::io::Write) -> Result<()> {
-    writeln!(
-        out,
-        "wrapped by {} (keyring {}); each secret on its own",
-        ring.kms, ring.keyring_id
-    )?;
-    let rows = ring
-        .entries()
-        .iter()
-        .map(|e| (e.id.as_str(), e.purpose, e.state, e.created_at.as_str()));
-    table(rows, out)
+/// How a keyring file protects its secrets, as `keys list` shows it.
+enum Protection {
+    Clear,
+    /// Sealed whole under the key-encryption key of this id.
+    Sealed { kek_id: String },
+    /// Each secret wrapped by this KMS key, bound to this keyring id.
+    Kms { uri: String, keyring_id: String },
 }
 
-fn list(ring: &Keyring, out: &mut dyn std::io::Write) -> Result<()> {
-    if let Some(kek) = ring.kek() {
-        writeln!(out, "sealed under key-encryption key {}", kek.id())?;
+/// What `keys list` shows of a keyring: its protection and each key's metadata.
+struct Listing {
+    protection: Protection,
+    keys: Vec<(String, Purpose, crate::keys::KeyState, String)>,
+}
+
+impl Listing {
+    fn of(ring: &Keyring) -> Listing {
+        Listing {
+            protection: match ring.kek() {
+                Some(kek) => Protection::Sealed {
+                    kek_id: kek.id().to_owned(),
+                },
+                None => Protection::Clear,
+            },
+            keys: ring
+                .entries()
+                .iter()
+                .map(|e| (e.id.clone(), e.purpose, e.state, e.created_at.clone()))
+                .collect(),
+        }
     }
-    let rows = ring
-        .entries()
-        .iter()
-        .map(|e| (e.id.as_str(), e.purpose, e.state, e.created_at.as_str()));
-    table(rows, out)
-}
 
-/// Ids, purposes, states and creation times, one key a line (never a secret).
-fn table<'a>(
-    rows: impl Iterator<Item = (&'a str, Purpose, crate::keys::KeyState, &'a str)>,
-    out: &mut dyn std::io::Write,
-) -> Result<()> {
-    writeln!(
-        out,
-        "{:<32}  {:<10}  {:<9}  created_at",
-        "id", "purpose", "state"
-    )?;
-    for (id, purpose, state, created_at) in rows {
+    fn of_wrapped(ring: &WrappedKeyring) -> Listing {
+        Listing {
+            protection: Protection::Kms {
+                uri: ring.kms.clone(),
+                keyring_id: ring.keyring_id.clone(),
+            },
+            keys: ring
+                .entries()
+                .iter()
+                .map(|e| (e.id.clone(), e.purpose, e.state, e.created_at.clone()))
+                .collect(),
+        }
+    }
+
+    /// A header line for a sealed or wrapped keyring, then ids, purposes, states and
+    /// creation times, one key a line.
+    fn print(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        match &self.protection {
+            Protection::Clear => {}
+            Protection::Sealed { kek_id } => {
+                writeln!(out, "sealed under key-encryption key {kek_id}")?
+            }
+            Protection::Kms { uri, keyring_id } => writeln!(
+                out,
+                "wrapped by {uri} (keyring {keyring_id}); each secret on its own"
+            )?,
+        }
         writeln!(
             out,
-            "{:<32}  {:<10}  {:<9}  {}",
-            id,
-            purpose.as_str(),
-            state.as_str(),
-            created_at
+            "{:<32}  {:<10}  {:<9}  created_at",
+            "id", "purpose", "state"
         )?;
+        for (id, purpose, state, created_at) in &self.keys {
+            writeln!(
+                out,
+                "{:<32}  {:<10}  {:<9}  {}",
+                id,
+                purpose.as_str(),
+                state.as_str(),
+                created_at
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// `{ "protection": "clear" | "sealed" | "kms", "kek_id" (sealed), "kms" and
+    /// "keyring_id" (kms), "keys": [{ id, purpose, state, created_at }] }`.
+    fn to_json(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|(id, purpose, state, created_at)| {
+                serde_json::json!({
+                    "id": id,
+                    "purpose": purpose.as_str(),
+                    "state": state.as_str(),
+                    "created_at": created_at,
+                })
+            })
+            .collect();
+        match &self.protection {
+            Protection::Clear => serde_json::json!({ "protection": "clear", "keys": keys }),
+            Protection::Sealed { kek_id } => {
+                serde_json::json!({ "protection": "sealed", "kek_id": kek_id, "keys": keys })
+            }
+            Protection::Kms { uri, keyring_id } => serde_json::json!({
+                "protection": "kms", "kms": uri, "keyring_id": keyring_id, "keys": keys
+            }),
+        }
+    }
 }

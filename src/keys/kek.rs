@@ -58,6 +58,8 @@ pub enum KekError {
     Tampered,
     #[error("the sealed keyring file is not valid: {0}")]
     Syntax(String),
+    #[error("{0}")]
+    File(#[from] crate::fsio::FileError),
 }
 
 /// The KEK text taken out of the environment at start (`hardening`), zeroized when replaced.
@@ -127,19 +129,24 @@ impl Kek {
         }
     }
 
-    /// Reads a KEK file (base64; owner-only, or group-read by a group of this process's).
+    /// Reads a KEK file (base64; a regular file of at most [`crate::fsio::SECRET_LIMIT`]
+    /// bytes, owner-only or group-read by a group of this process's).
     pub fn from_file(path: &Path) -> Result<Self, KekError> {
         let read = |source| KekError::Read {
             path: path.to_owned(),
             source,
         };
-        if let Err(problem) = crate::secret_file::check(path).map_err(read)? {
+        use crate::fsio::{open_regular, read_opened, text_of, SECRET_LIMIT};
+        let what = "key-encryption key file";
+        let file = open_regular(path, what, SECRET_LIMIT)?;
+        if let Err(problem) = crate::secret_file::check_file(&file).map_err(read)? {
             return Err(KekError::Permissions {
                 path: path.to_owned(),
                 problem,
             });
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);
+        let bytes = Zeroizing::new(read_opened(file, path, what, SECRET_LIMIT)?);
+        let text = Zeroizing::new(text_of(bytes.to_vec(), path, what)?);
         let secret = Secret::from_b64(text.trim())
             .ok_or_else(|| KekError::Malformed(path.display().to_string()))?;
         Ok(Kek::from_secret(&secret))

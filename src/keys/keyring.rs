@@ -6,7 +6,6 @@
 //! and two active keys of one purpose. None of these errors ever carries secret bytes.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +106,13 @@ pub enum KeyringError {
         path: PathBuf,
         problem: crate::secret_file::ModeProblem,
     },
+    #[error("{path} is not a keyring (it names none of the keyring formats) and could not be one: {problem}; check the --keyring path")]
+    NotAKeyring {
+        path: PathBuf,
+        problem: crate::secret_file::ModeProblem,
+    },
+    #[error("{0}")]
+    File(#[from] crate::fsio::FileError),
     #[error("keyring {path} already exists; refusing to overwrite it")]
     Exists { path: PathBuf },
     #[error("keyring is not valid: {0}")]
@@ -137,6 +143,8 @@ pub enum KeyringError {
     UnknownId(String),
     #[error("key {0:?} is already destroyed")]
     AlreadyDestroyed(String),
+    #[error("key {id:?} is the active {purpose} key: destroying it leaves no {purpose} key for new output, and `run`, `check` and `transform` then refuse the keyring; rotate first (`keys rotate --purpose {purpose}`), then destroy the retired key, or pass --force")]
+    DestroyActive { id: String, purpose: &'static str },
     #[error("{0}")]
     Kek(#[from] KekError),
     #[error("{0}")]
@@ -282,8 +290,8 @@ impl Keyring {
     /// KEK-sealed file is read whole and the rest dropped from memory at once.
     pub fn load_for(path: &Path, need: Need) -> Result<Self, KeyringError> {
         let text = Keyring::read_owner_only(path)?;
-        if crate::kms::keyring::is_wrapped(&text) {
-            let wrapped = crate::kms::keyring::WrappedKeyring::from_text(&text)?;
+        if super::wrapped::is_wrapped(&text) {
+            let wrapped = super::wrapped::WrappedKeyring::from_text(&text)?;
             let kms = crate::kms::open(&wrapped.kms)?;
             return wrapped.unwrap(kms.as_ref(), need);
         }
@@ -300,26 +308,32 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// The text of a keyring file, refusing a mode [`crate::secret_file`] refuses (others'
-    /// access, group write, group read by a group this process is not in).
+    /// The text of a keyring file: a regular file of at most [`crate::fsio::KEYRING_LIMIT`]
+    /// bytes, refusing a mode [`crate::secret_file`] refuses (others' access, group write,
+    /// group read by a group this process is not in). A file with such a mode that is not a
+    /// keyring at all (`--keyring /etc/passwd`) is called that, without advice to chmod it.
     pub(crate) fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, KeyringError> {
-        let checked = crate::secret_file::check(path).map_err(|source| KeyringError::Read {
+        use crate::fsio::{open_regular, read_opened, text_of, KEYRING_LIMIT};
+        let file = open_regular(path, "keyring", KEYRING_LIMIT)?;
+        let mode = crate::secret_file::check_file(&file).map_err(|source| KeyringError::Read {
             path: path.to_owned(),
             source,
         })?;
-        if let Err(problem) = checked {
-            return Err(KeyringError::Permissions {
-                path: path.to_owned(),
-                problem,
+        let bytes = Zeroizing::new(read_opened(file, path, "keyring", KEYRING_LIMIT)?);
+        let text = Zeroizing::new(text_of(bytes.to_vec(), path, "keyring")?);
+        if let Err(problem) = mode {
+            return Err(if keyring_format(&text) {
+                KeyringError::Permissions {
+                    path: path.to_owned(),
+                    problem,
+                }
+            } else {
+                KeyringError::NotAKeyring {
+                    path: path.to_owned(),
+                    problem,
+                }
             });
         }
-        let text =
-            Zeroizing::new(
-                fs::read_to_string(path).map_err(|source| KeyringError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?,
-            );
         Ok(text)
     }
 
@@ -428,16 +442,15 @@ impl Keyring {
         Ok(id)
     }
 
-    /// Removes the secret of key `id`, keeping its entry as a record (crypto-shredding).
-    pub fn destroy(&mut self, id: &str) -> Result<(), KeyringError> {
+    /// Removes the secret of key `id`, keeping its entry as a record (crypto-shredding). The
+    /// active key of a purpose is refused unless `force`: without it no new output can be made.
+    pub fn destroy(&mut self, id: &str, force: bool) -> Result<(), KeyringError> {
         let entry = self
             .entries
             .iter_mut()
             .find(|e| e.id == id)
             .ok_or_else(|| KeyringError::UnknownId(id.to_owned()))?;
-        if entry.state == KeyState::Destroyed {
-            return Err(KeyringError::AlreadyDestroyed(id.to_owned()));
-        }
+        refuse_destroy(id, entry.purpose, entry.state, force)?;
         entry.state = KeyState::Destroyed;
         entry.secret = None; // dropping the Secret zeroizes it
         Ok(())
@@ -452,6 +465,35 @@ impl Keyring {
         }
         Ok(())
     }
+}
+
+/// Whether a key in `state` may be destroyed: not twice, and an active one only when forced.
+/// Shared by the clear and the KMS-wrapped keyring.
+pub(crate) fn refuse_destroy(
+    id: &str,
+    purpose: Purpose,
+    state: KeyState,
+    force: bool,
+) -> Result<(), KeyringError> {
+    match state {
+        KeyState::Destroyed => Err(KeyringError::AlreadyDestroyed(id.to_owned())),
+        KeyState::Active if !force => Err(KeyringError::DestroyActive {
+            id: id.to_owned(),
+            purpose: purpose.as_str(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether file text names one of the three keyring formats (clear, KEK-sealed, KMS-wrapped).
+fn keyring_format(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct FormatOnly {
+        format: String,
+    }
+    serde_json::from_str::<FormatOnly>(text).is_ok_and(|f| {
+        [KEYRING_FORMAT, super::SEALED_FORMAT, super::KMS_FORMAT].contains(&f.format.as_str())
+    })
 }
 
 fn syntax_category(e: &serde_json::Error) -> String {

@@ -9,6 +9,7 @@ mod kek;
 mod keyring;
 pub mod policy;
 mod secret;
+mod wrapped;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use kek::{stash_kek, Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
 pub(crate) use keyring::{new_active_entry, valid_id};
 pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FORMAT};
 pub use secret::{Secret, SECRET_LEN};
+pub use wrapped::{is_wrapped, WrappedEntry, WrappedKeyring, KMS_FORMAT};
 
 use crate::cryptopan::CryptoPan;
 pub use crate::envelope::SealKey;

@@ -5,13 +5,13 @@
 //! 32 bytes with an *encryption context*, a set of name–value pairs the KMS binds to the
 //! ciphertext and checks on unwrap. [`aws`] implements it with the AWS SDK for Rust; Vault
 //! Transit, Google Cloud KMS and Azure Key Vault map onto the same two calls
-//! (docs/security.md, "Other KMSs"). [`keyring`] is the file that holds the wrapped secrets.
+//! (docs/security.md, "Other KMSs"). The file that holds the wrapped secrets is
+//! `keys::wrapped`, above this module: the KMS client knows nothing of keyrings.
 //!
 //! Every call is counted ([`calls`]), so the worker can show that it makes one KMS call per
 //! key per load and none per record.
 
 pub mod aws;
-pub mod keyring;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

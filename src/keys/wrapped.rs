@@ -13,7 +13,7 @@
 //! }
 //! ```
 //!
-//! Each secret is wrapped with the encryption context of its entry ([`super::entry_context`]:
+//! Each secret is wrapped with the encryption context of its entry ([`crate::kms::entry_context`]:
 //! keyring id, key id, purpose), so a wrapped secret copied into another entry or another
 //! keyring does not unwrap. Nothing here ever writes a clear secret: `rotate` wraps the new
 //! secret before it is stored, `destroy` drops a wrapped one, `rewrap` unwraps in memory and
@@ -25,8 +25,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{entry_context, Kms, KmsError};
-use crate::keys::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
+use crate::kms::{entry_context, Kms, KmsError};
+use super::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
 
 /// The `format` of a KMS-wrapped keyring file.
 pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v1";
@@ -164,11 +164,11 @@ impl WrappedKeyring {
         purpose: Purpose,
         id: Option<String>,
     ) -> Result<String, KeyringError> {
-        let mut entry = crate::keys::new_active_entry(purpose);
+        let mut entry = super::new_active_entry(purpose);
         if let Some(id) = id {
             entry.id = id;
         }
-        if !crate::keys::valid_id(&entry.id) {
+        if !super::valid_id(&entry.id) {
             return Err(KeyringError::BadId(entry.id));
         }
         if self.keys.iter().any(|e| e.id == entry.id) {
@@ -184,16 +184,15 @@ impl WrappedKeyring {
         Ok(entry.id)
     }
 
-    /// Drops a key's wrapped secret, keeping its entry (crypto-shredding; no KMS call).
-    pub fn destroy(&mut self, id: &str) -> Result<(), KeyringError> {
+    /// Drops a key's wrapped secret, keeping its entry (crypto-shredding; no KMS call). The
+    /// active key of a purpose is refused unless `force`, as in [`Keyring::destroy`].
+    pub fn destroy(&mut self, id: &str, force: bool) -> Result<(), KeyringError> {
         let entry = self
             .keys
             .iter_mut()
             .find(|e| e.id == id)
             .ok_or_else(|| KeyringError::UnknownId(id.to_owned()))?;
-        if entry.state == KeyState::Destroyed {
-            return Err(KeyringError::AlreadyDestroyed(id.to_owned()));
-        }
+        super::keyring::refuse_destroy(id, entry.purpose, entry.state, force)?;
         entry.state = KeyState::Destroyed;
         entry.wrapped_secret = None;
         Ok(())
@@ -261,4 +260,38 @@ fn wrap_entry(
 fn new_keyring_id() -> String {
     use rand::RngCore;
     format!("kr-{:016x}", rand::rngs::OsRng.next_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wrapped keyring with an active and a retired pseudonym key (no KMS needed: `destroy`
+    /// makes no KMS call).
+    fn ring() -> WrappedKeyring {
+        WrappedKeyring::from_text(&format!(
+            r#"{{"format":"{KMS_FORMAT}","kms":"aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/k",
+                "keyring_id":"kr-1","keys":[
+                {{"id":"p-old","purpose":"pseudonym","state":"retired","created_at":"2026-01-01T00:00:00Z","wrapped_secret":"AAAA"}},
+                {{"id":"p-new","purpose":"pseudonym","state":"active","created_at":"2026-02-01T00:00:00Z","wrapped_secret":"BBBB"}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_active_wrapped_key_is_destroyed_only_when_forced() {
+        let mut ring = ring();
+        ring.destroy("p-old", false).unwrap();
+        assert!(matches!(
+            ring.destroy("p-new", false),
+            Err(KeyringError::DestroyActive { .. })
+        ));
+        assert!(ring.keys[1].wrapped_secret.is_some(), "nothing dropped");
+        ring.destroy("p-new", true).unwrap();
+        assert!(ring.keys.iter().all(|e| e.wrapped_secret.is_none()));
+        assert!(matches!(
+            ring.destroy("p-new", true),
+            Err(KeyringError::AlreadyDestroyed(_))
+        ));
+    }
 }

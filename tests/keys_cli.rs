@@ -1,0 +1,263 @@
+//! The key commands fail closed: the active key of a purpose is destroyed only when forced,
+//! keyrings and KEK files are read bounded (a FIFO refused at once, a huge file unread), a file
+//! that is not a keyring is called that (no advice to chmod a system file), and `keys list`
+//! speaks JSON for scripts, never a secret.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pseudonymizer");
+
+fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("PSEUDONYMIZER_KEK")
+        .env_remove("PSEUDONYMIZER_KEK_FILE");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    // No command here may block: a FIFO keyring must be refused, not waited on.
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn refused(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn init(dir: &Path) -> PathBuf {
+    let ring = dir.join("keyring.json");
+    ok(&["keys", "init", "--keyring", s(&ring)]);
+    ring
+}
+
+fn list_json(ring: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["keys", "list", "--keyring", s(ring), "--format", "json"]))
+        .unwrap()
+}
+
+/// The id of the key of `purpose` in `state`.
+fn key_id(list: &serde_json::Value, purpose: &str, state: &str) -> String {
+    list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["purpose"] == purpose && k["state"] == state)
+        .unwrap_or_else(|| panic!("no {state} {purpose} key in {list}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_active_key_is_destroyed_only_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = init(dir.path());
+    let active = key_id(&list_json(&ring), "encryption", "active");
+    let before = std::fs::read(&ring).unwrap();
+
+    let said = refused(&run(&[
+        "keys",
+        "destroy",
+        "--keyring",
+        s(&ring),
+        "--id",
+        &active,
+    ]));
+    assert!(
+        said.contains("active encryption key") && said.contains("rotate first"),
+        "{said}"
+    );
+    assert!(said.contains("--force"), "{said}");
+    assert_eq!(std::fs::read(&ring).unwrap(), before, "nothing written");
+
+    // Rotated first, the old key is retired and goes without --force.
+    ok(&[
+        "keys",
+        "rotate",
+        "--keyring",
+        s(&ring),
+        "--purpose",
+        "encryption",
+    ]);
+    let said = ok(&["keys", "destroy", "--keyring", s(&ring), "--id", &active]);
+    assert!(!said.contains("no active key"), "{said}");
+    let list = list_json(&ring);
+    assert_eq!(key_id(&list, "encryption", "destroyed"), active);
+
+    // Forced, the active key goes too, with a word on what the keyring can no longer do.
+    let newer = key_id(&list, "encryption", "active");
+    let said = ok(&[
+        "keys",
+        "destroy",
+        "--keyring",
+        s(&ring),
+        "--id",
+        &newer,
+        "--force",
+    ]);
+    assert!(said.contains("no active key of that purpose"), "{said}");
+    let list = list_json(&ring);
+    assert!(
+        !list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["purpose"] == "encryption" && k["state"] == "active"),
+        "{list}"
+    );
+    let said = refused(&run(&[
+        "keys",
+        "destroy",
+        "--keyring",
+        s(&ring),
+        "--id",
+        &newer,
+        "--force",
+    ]));
+    assert!(said.contains("already destroyed"), "{said}");
+}
+
+#[test]
+fn keys_list_json_names_every_key_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = init(dir.path());
+    let list = list_json(&ring);
+    assert_eq!(list["protection"], "clear");
+    let keys = list["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{list}");
+    for key in keys {
+        let mut fields: Vec<&str> = key.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["created_at", "id", "purpose", "state"], "{key}");
+    }
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    let text = list.to_string();
+    for key in file["keys"].as_array().unwrap() {
+        let secret = key["secret"].as_str().unwrap();
+        assert!(!text.contains(&secret[..12]), "list printed a secret");
+    }
+
+    // A sealed keyring says under which KEK.
+    let kek = dir.path().join("kek");
+    ok(&["keys", "new-kek", "--out", s(&kek)]);
+    let sealed = dir.path().join("sealed.json");
+    let out = run_env(
+        &["keys", "init", "--keyring", s(&sealed), "--sealed"],
+        &[("PSEUDONYMIZER_KEK_FILE", &kek)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_env(
+        &["keys", "list", "--keyring", s(&sealed), "--format", "json"],
+        &[("PSEUDONYMIZER_KEK_FILE", &kek)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["protection"], "sealed");
+    assert!(list["kek_id"].as_str().is_some_and(|id| !id.is_empty()), "{list}");
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_file_that_is_not_a_keyring_gets_no_chmod_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    // Like /etc/passwd: readable by everyone, and not a keyring.
+    let system = dir.path().join("passwd");
+    std::fs::write(&system, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = refused(&run(&["keys", "list", "--keyring", s(&system)]));
+    assert!(said.contains("is not a keyring"), "{said}");
+    assert!(!said.contains("chmod"), "{said}");
+    assert!(!said.contains("root:x"), "no content shown: {said}");
+
+    // A real keyring others can read is told how to fix it.
+    let ring = init(dir.path());
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = refused(&run(&["keys", "list", "--keyring", s(&ring)]));
+    assert!(said.contains("chmod 600"), "{said}");
+}
+
+#[test]
+fn keyrings_and_kek_files_are_read_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    for command in ["list", "rotate", "destroy"] {
+        let mut args = vec!["keys", command, "--keyring", s(&fifo)];
+        match command {
+            "rotate" => args.extend(["--purpose", "pseudonym"]),
+            "destroy" => args.extend(["--id", "p-1"]),
+            _ => {}
+        }
+        let said = refused(&run(&args));
+        assert!(said.contains("not a regular file") && said.contains("FIFO"), "{said}");
+    }
+
+    // A sparse keyring of 5 MiB is refused by its size, not read.
+    let huge = dir.path().join("huge.json");
+    let file = std::fs::File::create(&huge).unwrap();
+    file.set_len(5 << 20).unwrap();
+    std::fs::set_permissions(&huge, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let said = refused(&run(&["keys", "list", "--keyring", s(&huge)]));
+    assert!(said.contains("more than the limit"), "{said}");
+
+    // The KEK file, through the environment: a FIFO and an oversized file alike.
+    let sealed = dir.path().join("sealed.json");
+    let said = refused(&run_env(
+        &["keys", "init", "--keyring", s(&sealed), "--sealed"],
+        &[("PSEUDONYMIZER_KEK_FILE", &fifo)],
+    ));
+    assert!(said.contains("key-encryption key file") && said.contains("FIFO"), "{said}");
+    let said = refused(&run_env(
+        &["keys", "init", "--keyring", s(&sealed), "--sealed"],
+        &[("PSEUDONYMIZER_KEK_FILE", &huge)],
+    ));
+    assert!(said.contains("more than the limit"), "{said}");
+    assert!(!sealed.exists(), "no keyring written without a KEK");
+}
