@@ -71,8 +71,15 @@ fn init(dir: &Path) -> PathBuf {
 }
 
 fn list_json(ring: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(&["keys", "list", "--keyring", s(ring), "--format", "json"]))
-        .unwrap()
+    serde_json::from_str(&ok(&[
+        "keys",
+        "list",
+        "--keyring",
+        s(ring),
+        "--format",
+        "json",
+    ]))
+    .unwrap()
 }
 
 /// The id of the key of `purpose` in `state`.
@@ -166,12 +173,16 @@ fn keys_list_json_names_every_key_and_no_secret() {
     let keys = list["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{list}");
     for key in keys {
-        let mut fields: Vec<&str> = key.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut fields: Vec<&str> = key
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         fields.sort_unstable();
         assert_eq!(fields, ["created_at", "id", "purpose", "state"], "{key}");
     }
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
     let text = list.to_string();
     for key in file["keys"].as_array().unwrap() {
         let secret = key["secret"].as_str().unwrap();
@@ -186,15 +197,26 @@ fn keys_list_json_names_every_key_and_no_secret() {
         &["keys", "init", "--keyring", s(&sealed), "--sealed"],
         &[("PSEUDONYMIZER_KEK_FILE", &kek)],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run_env(
         &["keys", "list", "--keyring", s(&sealed), "--format", "json"],
         &[("PSEUDONYMIZER_KEK_FILE", &kek)],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["protection"], "sealed");
-    assert!(list["kek_id"].as_str().is_some_and(|id| !id.is_empty()), "{list}");
+    assert!(
+        list["kek_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{list}"
+    );
     assert_eq!(list["keys"].as_array().unwrap().len(), 2);
 }
 
@@ -236,7 +258,10 @@ fn keyrings_and_kek_files_are_read_bounded() {
             _ => {}
         }
         let said = refused(&run(&args));
-        assert!(said.contains("not a regular file") && said.contains("FIFO"), "{said}");
+        assert!(
+            said.contains("not a regular file") && said.contains("FIFO"),
+            "{said}"
+        );
     }
 
     // A sparse keyring of 5 MiB is refused by its size, not read.
@@ -253,7 +278,10 @@ fn keyrings_and_kek_files_are_read_bounded() {
         &["keys", "init", "--keyring", s(&sealed), "--sealed"],
         &[("PSEUDONYMIZER_KEK_FILE", &fifo)],
     ));
-    assert!(said.contains("key-encryption key file") && said.contains("FIFO"), "{said}");
+    assert!(
+        said.contains("key-encryption key file") && said.contains("FIFO"),
+        "{said}"
+    );
     let said = refused(&run_env(
         &["keys", "init", "--keyring", s(&sealed), "--sealed"],
         &[("PSEUDONYMIZER_KEK_FILE", &huge)],

@@ -309,9 +309,14 @@ fn read_wrapped(path: &std::path::Path) -> Result<Option<WrappedKeyring>> {
 enum Protection {
     Clear,
     /// Sealed whole under the key-encryption key of this id.
-    Sealed { kek_id: String },
+    Sealed {
+        kek_id: String,
+    },
     /// Each secret wrapped by this KMS key, bound to this keyring id.
-    Kms { uri: String, keyring_id: String },
+    Kms {
+        uri: String,
+        keyring_id: String,
+    },
 }
 
 /// What `keys list` shows of a keyring: its protection and each key's metadata.

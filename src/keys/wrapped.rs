@@ -25,8 +25,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::kms::{entry_context, Kms, KmsError};
 use super::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
+use crate::kms::{entry_context, Kms, KmsError};
 
 /// The `format` of a KMS-wrapped keyring file.
 pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v1";
