@@ -1,5 +1,6 @@
 //! The re-identification audit log: JSON lines, two per use of a command that opens envelopes
-//! or reverses tokens (`decrypt`, `lookup`, `reseal`, `dlq replay`).
+//! or reverses tokens (`decrypt`, `lookup`, `reseal`, `dlq replay`), or makes tokens of a
+//! file of values (`transform`: tokens of guessed values are a `lookup`).
 //!
 //! A line says when, who (the OS user id and name), which command, which key ids were used and
 //! how many values were handled; never a value, a token or a file's content. The log is opened
@@ -58,20 +59,21 @@ pub struct Record<'a> {
     pub time: String,
     /// Real user id of the process.
     pub uid: u32,
-    /// User name from the password database (falls back to `$USER`).
+    /// User name from the password database, or `uid N` when it has none (never `$USER`).
     pub user: String,
-    /// `decrypt`, `lookup`, `reseal` or `dlq replay`.
+    /// `decrypt`, `lookup`, `reseal`, `dlq replay` or `transform`.
     pub command: &'a str,
     /// Key ids used (opened envelopes' keys, or the pseudonym keys tokens were made with).
     pub key_ids: Vec<String>,
     /// Values handled: envelopes opened (`decrypt`), values looked up (`lookup`), envelopes
-    /// re-sealed (`reseal`) or dead letters replayed (`dlq replay`).
+    /// re-sealed (`reseal`), dead letters replayed (`dlq replay`) or tokens written
+    /// (`transform`).
     pub values: u64,
     /// `decrypt`: envelopes that could not be opened (destroyed or unknown keys); `dlq replay`:
     /// dead letters not replayed (not opened, or refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unopened: Option<u64>,
-    /// The input file, for `decrypt` (a path, not content).
+    /// The input file, for `decrypt` and `transform` (a path, not content).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
     /// `started` (written before any output), then `ok`, or `failed` when the command stopped
@@ -289,7 +291,7 @@ impl StoredRecord {
     fn parse(line: &[u8]) -> Option<StoredRecord> {
         let record: StoredRecord = serde_json::from_slice(line).ok()?;
         let known_command =
-            ["decrypt", "lookup", "reseal", "dlq replay"].contains(&&*record.command);
+            ["decrypt", "lookup", "reseal", "dlq replay", "transform"].contains(&&*record.command);
         let known_outcome = ["started", "ok", "failed"].contains(&&*record.outcome);
         let hex =
             |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
@@ -303,89 +305,145 @@ impl StoredRecord {
     }
 }
 
-/// What [`verify`] found in an intact log.
+/// What [`verify`] found: the count of records, every break in the chain, and the head.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// Records in the log.
+    /// Lines that are audit records.
     pub records: u64,
     /// Of which written before the chain existed (no `seq`), all at its start.
     pub unchained: u64,
-    /// SHA-256 of the last line: record it elsewhere to anchor the chain's end.
+    /// Every break found, in file order, each naming a line by its position (1-based), never
+    /// its content. Empty: the chain is intact.
+    pub breaks: Vec<String>,
+    /// SHA-256 of the last line read, whatever it holds (64 zeros for an empty log): record it
+    /// elsewhere to anchor the chain's end, and compare it with the last one recorded.
     pub head: String,
 }
 
-/// Checks the chain of the log at `path`; the error names the first record that was edited,
-/// removed or moved (by its position, 1-based), never its content.
+/// Checks the whole chain of the log at `path`. Verification does not stop at the first
+/// break: after one, it goes on from the line that broke, so an edit or removal further on is
+/// still reported (a break must not hide what follows it). `Err` only when the file cannot be
+/// read at all.
 pub fn verify(path: &Path) -> Result<Verified, String> {
     let text = crate::fsio::read_bounded(path, "audit log", crate::fsio::AUDIT_LOG_LIMIT)
         .map_err(|e| e.to_string())?;
-    let mut previous: Option<&[u8]> = None;
-    let mut records = 0u64;
-    let mut unchained = 0u64;
     let body = text.strip_suffix(b"\n").unwrap_or(&text);
     let lines: Vec<&[u8]> = if body.is_empty() {
         Vec::new()
     } else {
         body.split(|&b| b == b'\n').collect()
     };
-    for (index, line) in lines.into_iter().enumerate() {
+    let mut breaks = Vec::new();
+    let mut records = 0u64;
+    let mut unchained = 0u64;
+    // The line before, whatever it was, and whether it was already reported.
+    let mut previous: Option<&[u8]> = None;
+    let mut previous_broke = false;
+    // The `seq` the next record must carry, once the chain has begun.
+    let mut next_seq: Option<u64> = None;
+    for (index, line) in lines.iter().enumerate() {
         let n = index as u64 + 1;
-        let record = StoredRecord::parse(line).ok_or_else(|| {
-            format!("record {n} is not an audit record (edited, truncated, or not an audit log)")
-        })?;
-        records = n;
+        let Some(record) = StoredRecord::parse(line) else {
+            breaks.push(format!(
+                "record {n} is not an audit record (edited, truncated, inserted, or not an \
+                 audit log)"
+            ));
+            // Taken as standing in for one record, so the next one's `seq` is still checked.
+            next_seq = next_seq.map(|seq| seq + 1);
+            previous = Some(line);
+            previous_broke = true;
+            continue;
+        };
+        records += 1;
         let (Some(seq), Some(prev)) = (record.seq, record.prev.as_deref()) else {
             if unchained + 1 == n {
                 unchained = n;
-                previous = Some(line);
-                continue;
+            } else {
+                breaks.push(format!(
+                    "record {n} has no chain fields (edited, or inserted)"
+                ));
             }
-            return Err(format!(
-                "record {n} has no chain fields (edited, or inserted)"
-            ));
+            previous = Some(line);
+            previous_broke = false;
+            continue;
         };
-        if seq != n {
-            return Err(format!(
+        let expected_seq = next_seq.unwrap_or(unchained + 1);
+        if seq != expected_seq {
+            breaks.push(format!(
                 "record {n} says it is record {seq}: a record before it was removed, or records \
                  were reordered"
             ));
-        }
-        let expected = previous.map_or_else(|| GENESIS.to_owned(), line_hash);
-        if prev != expected {
-            return Err(if n == 1 {
-                "record 1 does not start the chain (records were removed from the start)".into()
+            previous_broke = true;
+        } else if !previous_broke {
+            let expected_prev = previous.map_or_else(|| GENESIS.to_owned(), line_hash);
+            if prev != expected_prev {
+                breaks.push(if n == 1 {
+                    "record 1 does not start the chain (records were removed from the start)".into()
+                } else {
+                    format!(
+                        "record {} was edited, removed or moved (record {n} does not chain to it)",
+                        n - 1
+                    )
+                });
+                previous_broke = true;
             } else {
-                format!(
-                    "record {} was edited, removed or moved (record {n} does not chain to it)",
-                    n - 1
-                )
-            });
+                previous_broke = false;
+            }
+        } else {
+            // The line before was reported already; this one starts the count again.
+            previous_broke = false;
         }
+        // A record out of place moves the expected count on only forward, so one moved record
+        // does not make every later one look out of place.
+        next_seq = Some(expected_seq.max(seq) + 1);
         previous = Some(line);
     }
     Ok(Verified {
         records,
         unchained,
+        breaks,
         head: previous.map_or_else(|| GENESIS.to_owned(), line_hash),
     })
 }
 
-/// The real uid and its user name. The uid comes from the kernel; the name from the password
-/// database when it has one, else from `$USER` (which the user controls, hence the uid too).
+/// The real uid and its user name. Both come from what the user does not control: the uid
+/// from the kernel, the name from the password database; a uid it does not list (as 65532 in
+/// the image) is recorded as the uid alone (`uid 65532`), never as `$USER`, which anyone sets.
 fn os_user() -> (u32, String) {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
-    let name = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let id = fields.nth(1)?;
-                (id.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-            })
-        })
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".to_owned());
-    (uid, name)
+    (
+        uid,
+        passwd_name(uid).unwrap_or_else(|| format!("uid {uid}")),
+    )
+}
+
+/// The name of `uid` in the password database (getpwuid_r: /etc/passwd and whatever NSS
+/// sources the system names).
+fn passwd_name(uid: u32) -> Option<String> {
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is plain data that getpwuid_r fills; buffer outlives the call and its
+    // length is passed; result is read only after a zero return.
+    unsafe {
+        let mut entry: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let status = libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        );
+        if status != 0 || result.is_null() || entry.pw_name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(entry.pw_name).to_str().ok()?;
+        // A name is recorded as it is only when it looks like one (no JSON or line tricks).
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'));
+        plain.then(|| name.to_owned())
+    }
 }

@@ -27,6 +27,17 @@ pub enum TokenClass {
 }
 
 impl TokenClass {
+    /// The class of a value that cannot be read as this class's kind of value (a phone
+    /// class's value the parser rejects, an IP class's value that is no address): the raw
+    /// classes. E-mail and identifier classes are their own (their canonical forms never fail).
+    pub fn unparsed(self) -> TokenClass {
+        match self {
+            TokenClass::Phone | TokenClass::PhoneRaw => TokenClass::PhoneRaw,
+            TokenClass::Ip | TokenClass::IpRaw => TokenClass::IpRaw,
+            other => other,
+        }
+    }
+
     /// The ASCII class name that enters the MAC.
     pub fn as_str(&self) -> &str {
         match self {

@@ -377,7 +377,7 @@ pub enum ConfigError {
     },
     /// A config or schema file that is not a readable regular file within its size limit.
     /// (The file error's own text already holds the OS error: it is not chained again.)
-    #[error("{0}")]
+    #[error(transparent)]
     File(crate::fsio::FileError),
     #[error("{path}{}: {message}", at.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default())]
     Syntax {
@@ -390,7 +390,7 @@ pub enum ConfigError {
     Schema { path: PathBuf, message: String },
     #[error("two pipelines read the schema {0}")]
     DuplicateSchema(String),
-    #[error("{0}")]
+    #[error(transparent)]
     PhoneRegion(#[from] crate::phone::UnknownRegion),
     #[error("the rules do not fit the schemas:{}", list(.0))]
     Rules(Vec<String>),

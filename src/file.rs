@@ -104,6 +104,32 @@ fn write_err(e: impl std::fmt::Display) -> FileError {
     FileError::Write(e.to_string())
 }
 
+/// What [`transform_file`] did: events written, and the tokens among their values (what the
+/// audit record of `transform` counts: each is a guessable value's pseudonym, as `lookup`'s are).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transformed {
+    pub events: u64,
+    pub tokens: u64,
+}
+
+/// The tokens (`key_id:` and 22 base64url characters, spec §3) in a sanitized value.
+fn tokens_in(value: &apache_avro::types::Value, prefix: &str) -> u64 {
+    use apache_avro::types::Value;
+    match value {
+        Value::String(text) => u64::from(text.strip_prefix(prefix).is_some_and(|mac| {
+            mac.len() == 22
+                && mac
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })),
+        Value::Record(fields) => fields.iter().map(|(_, v)| tokens_in(v, prefix)).sum(),
+        Value::Array(items) => items.iter().map(|v| tokens_in(v, prefix)).sum(),
+        Value::Map(items) => items.values().map(|v| tokens_in(v, prefix)).sum(),
+        Value::Union(_, inner) => tokens_in(inner, prefix),
+        _ => 0,
+    }
+}
+
 /// Transforms every event of `input` into `output`, written with the derived output schema.
 /// Returns the number of events.
 pub fn transform_file(
@@ -111,7 +137,7 @@ pub fn transform_file(
     keys: &ActiveKeys,
     input: &Path,
     output: &Path,
-) -> Result<u64, FileError> {
+) -> Result<Transformed, FileError> {
     let reader = container(input)?;
     let writer_schema = reader.writer_schema().clone();
     let name = match &writer_schema {
@@ -142,7 +168,8 @@ pub fn transform_file(
             .add_user_metadata(META_ENCRYPTION_KEY.into(), key.id())
             .map_err(write_err)?;
     }
-    let mut count = 0u64;
+    let mut count = Transformed::default();
+    let token_prefix = keys.pseudonym.as_ref().map(|key| format!("{}:", key.id()));
     let mut out = Vec::with_capacity(1024);
     for (index, value) in reader.enumerate() {
         let index = index as u64;
@@ -157,7 +184,10 @@ pub fn transform_file(
         let sanitized =
             from_avro_datum(&plan.output, &mut out.as_slice(), None).map_err(write_err)?;
         writer.append_value_ref(&sanitized).map_err(write_err)?;
-        count += 1;
+        count.events += 1;
+        if let Some(prefix) = &token_prefix {
+            count.tokens += tokens_in(&sanitized, prefix);
+        }
     }
     writer
         .into_inner()

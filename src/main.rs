@@ -28,7 +28,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // A closed stderr cannot be told; the exit code still says it.
-            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                pseudonymizer::cli::error_report(&error)
+            );
             std::process::ExitCode::FAILURE
         }
     }

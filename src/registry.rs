@@ -84,6 +84,25 @@ pub struct RegisteredSchema {
     pub version: Option<i64>,
 }
 
+/// A registry URL as messages show it: scheme, host and port only. Whatever a URL holds besides
+/// (a user and password before an `@`, a path, a query) is left out, whatever the scheme's
+/// case: the config refuses credentials in a URL, and this is the second lock.
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => (url[..at].to_ascii_lowercase(), &url[at + 3..]),
+        None => return "(a registry url)".to_owned(),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let scheme: String = scheme
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let host: String = host.chars().take(80).collect();
+    format!("{scheme}://{host}")
+}
+
 /// A connection to the registry, shared by every thread.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -95,7 +114,10 @@ pub struct RegistryClient {
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryClient")
-            .field("urls", &self.urls)
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| shown_url(u)).collect::<Vec<_>>(),
+            )
             .field("authorization", &self.authorization.as_ref().map(|_| ".."))
             .finish()
     }
@@ -225,8 +247,10 @@ impl RegistryClient {
         body: Option<&str>,
     ) -> Result<String, RegistryError> {
         let mut last = RegistryError::Unavailable("no url".into());
-        for base in self.urls.iter() {
-            let url = format!("{base}{path}");
+        for base_url in self.urls.iter() {
+            let url = format!("{base_url}{path}");
+            // What messages say of the URL: never its credentials, whatever its case.
+            let base = shown_url(base_url);
             let result = match body {
                 None => self.with_headers(self.agent.get(&url)).call(),
                 Some(body) => self.with_headers_body(self.agent.post(&url)).send(body),
@@ -351,11 +375,15 @@ fn read_credentials(config: &RegistryConfig) -> Result<Option<Zeroizing<String>>
         )
     } else if let Some(file) = &config.credentials_file {
         // Bounded and regular files only: a wrong path (a FIFO, /dev/zero) cannot hang or
-        // fill memory.
-        Zeroizing::new(
-            crate::fsio::read_text(file, "credentials_file", crate::fsio::SECRET_LIMIT)
-                .map_err(|e| RegistryError::Setup(e.to_string()))?,
-        )
+        // fill memory. A secret file: its mode is held to the one rule of every secret file.
+        let bytes = crate::secret_file::read(file, "credentials_file", crate::fsio::SECRET_LIMIT)
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+        Zeroizing::new(std::str::from_utf8(&bytes).map(str::to_owned).map_err(|_| {
+            RegistryError::Setup(format!(
+                "credentials_file {} is not UTF-8 text",
+                file.display()
+            ))
+        })?)
     } else {
         return Ok(None);
     };
@@ -424,6 +452,24 @@ mod tests {
     fn subjects_are_percent_encoded_in_paths() {
         assert_eq!(encode_path("comms.raw-value"), "comms.raw-value");
         assert_eq!(encode_path("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials_whatever_their_case() {
+        for url in [
+            "http://alice:s3cret@registry:8081",
+            "HTTP://alice:s3cret@registry:8081/",
+            "HttpS://alice:s3cret@registry:8081/apis?x=1",
+            "https://a@b:s3cret@registry:8081#frag",
+        ] {
+            let shown = shown_url(url);
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("alice"),
+                "{shown}"
+            );
+            assert!(shown.ends_with("://registry:8081"), "{shown}");
+        }
+        assert_eq!(shown_url("no scheme s3cret"), "(a registry url)");
     }
 
     #[test]

@@ -16,14 +16,30 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-/// librdkafka properties whose values are secrets: refused inline, never echoed.
+/// librdkafka properties whose values are secrets: refused inline, never echoed. These are the
+/// properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in its `rdkafka_conf.c`, whose
+/// values it redacts from its own logs) but for those in [`SENSITIVE_NOT_SECRET`]; a test
+/// holds the two lists to the librdkafka this crate is built with.
 pub const SECRET_PROPERTIES: &[&str] = &[
     "sasl.password",
+    "sasl.oauthbearer.config",
     "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
     "ssl.key.password",
     "ssl.key.pem",
     "ssl.keystore.password",
     "ssl_key",
+];
+
+/// Properties librdkafka marks sensitive whose values are not secrets, so they may be written
+/// inline: two paths to a file that holds the secret (the file is the secret, not its name), a
+/// public CA certificate, and the SASL user name (an identity; its password is the secret).
+pub const SENSITIVE_NOT_SECRET: &[&str] = &[
+    "ssl.key.location",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "ssl.ca.pem",
+    "sasl.username",
 ];
 
 /// The config tables whose keys are librdkafka properties.
@@ -215,14 +231,13 @@ fn substitute(text: &str, base: &Path, resolved: &mut Resolved) -> Result<String
     Ok(out)
 }
 
-/// A regular file's contents (UTF-8, at most [`crate::fsio::SECRET_LIMIT`] bytes, read
-/// without waiting on a FIFO), one trailing newline trimmed.
+/// A secret file's contents (UTF-8, at most [`crate::fsio::SECRET_LIMIT`] bytes, read
+/// without waiting on a FIFO, its mode held to [`crate::secret_file`]'s rule), one trailing
+/// newline trimmed.
 fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, String> {
     // Follows symlinks: Kubernetes mounts secrets as links into a `..data` folder.
-    let bytes = Zeroizing::new(
-        crate::fsio::read_bounded(path, "secret file", crate::fsio::SECRET_LIMIT)
-            .map_err(|e| e.to_string())?,
-    );
+    let bytes = crate::secret_file::read(path, "secret file", crate::fsio::SECRET_LIMIT)
+        .map_err(|e| e.to_string())?;
     let cannot = |why: &str| format!("secret file {}: {why}", path.display());
     let text = std::str::from_utf8(&bytes).map_err(|_| cannot("not UTF-8"))?;
     let text = text
@@ -247,6 +262,12 @@ mod tests {
     fn file_and_env_references_resolve_anywhere_in_a_string() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret-pw\n").unwrap();
+        // Owner-only, as every secret file must be.
+        std::fs::set_permissions(
+            dir.path().join("pw"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::env::set_var("SECRET_REF_TEST_POD", "worker-7");
         let mut t = table(
             "[kafka]\ntransactional_id = \"pseudonymizer-${env:SECRET_REF_TEST_POD}\"\n\
@@ -267,6 +288,69 @@ mod tests {
             "bad value the value of ${file:pw} here"
         );
         assert!(!format!("{resolved:?}").contains("s3cret"));
+    }
+
+    /// The properties librdkafka marks sensitive, read from the source of the librdkafka this
+    /// crate builds: rdkafka-sys's vendored `rdkafka_conf.c`, at the version Cargo.lock pins,
+    /// in Cargo's registry sources (which a build has unpacked).
+    fn librdkafka_sensitive_properties() -> Vec<String> {
+        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lock = std::fs::read_to_string(manifest_dir.join("Cargo.lock")).unwrap();
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"rdkafka-sys\""))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .expect("rdkafka-sys in Cargo.lock")
+            .trim_matches('"')
+            .to_owned();
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cargo"));
+        let conf = std::fs::read_dir(cargo_home.join("registry/src"))
+            .unwrap()
+            .map(|index| {
+                index
+                    .unwrap()
+                    .path()
+                    .join(format!("rdkafka-sys-{version}/librdkafka/src/rdkafka_conf.c"))
+            })
+            .find(|path| path.is_file())
+            .expect("rdkafka-sys's sources in Cargo's registry");
+        let source = std::fs::read_to_string(&conf).unwrap();
+        // A property's entry: `{_RK_GLOBAL | _RK_SENSITIVE, "name", …` (the name may be on
+        // the next line).
+        let entry = regex::Regex::new(r#"\{[^{}"]*_RK_SENSITIVE[^{}"]*"([^"]+)""#).unwrap();
+        let mut names: Vec<String> = entry
+            .captures_iter(&source)
+            .map(|c| c[1].to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn every_property_librdkafka_marks_sensitive_is_classified_and_secrets_refused_inline() {
+        let sensitive = librdkafka_sensitive_properties();
+        assert!(sensitive.len() >= 10, "{sensitive:?}");
+        let mut ours: Vec<String> = SECRET_PROPERTIES
+            .iter()
+            .chain(SENSITIVE_NOT_SECRET)
+            .map(|s| s.to_string())
+            .collect();
+        ours.sort();
+        // A librdkafka upgrade that marks a new property sensitive fails here until it is
+        // classified (and one that unmarks a property, until it is dropped).
+        assert_eq!(ours, sensitive);
+        for name in SECRET_PROPERTIES {
+            let mut t = table(&format!(
+                "[kafka.consumer_properties]\n{name:?} = \"canary-inline\"\n"
+            ));
+            let problems = resolve(&mut t, Path::new(".")).unwrap_err();
+            assert_eq!(problems.len(), 1, "{name}: {problems:?}");
+            assert!(problems[0].contains(&format!("{name:?} is written inline")));
+            assert!(!problems[0].contains("canary-inline"));
+        }
     }
 
     #[test]

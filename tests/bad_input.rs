@@ -302,10 +302,11 @@ fn keyring_errors() {
     }
 }
 
-/// Owner-only passes; group read passes only for a group this process is in (Kubernetes
-/// Secret volumes with fsGroup: 0440); others' access, group write and a foreign group fail.
+/// Owner-only passes; group read passes only for the group PSEUDONYMIZER_SECRET_GROUP names
+/// (the pod's fsGroup, as the manifests set it), never merely because this process is in the
+/// file's group; others' access and group write fail whatever is named.
 #[test]
-fn keyring_modes_owner_only_or_group_read_by_own_group() {
+fn keyring_modes_owner_only_or_group_read_by_the_named_group() {
     use pseudonymizer::secret_file::ModeProblem;
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_keyring(dir.path());
@@ -314,35 +315,58 @@ fn keyring_modes_owner_only_or_group_read_by_own_group() {
         0o600
     );
     assert!(Keyring::load(&path).is_ok());
+    // SAFETY: getegid has no preconditions.
     let own_gid = unsafe { libc::getegid() };
-    let set = |mode: u32, gid: u32| {
-        std::os::unix::fs::chown(&path, None, Some(gid)).unwrap();
+    let set = |mode: u32| {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        Keyring::load(&path)
     };
-    assert!(
-        set(0o440, own_gid).is_ok(),
-        "group read by the process's own group"
-    );
-    assert!(set(0o640, own_gid).is_ok());
+    // `keys list` as a child, with the group named or not (never set in this process).
+    let list = |group: Option<u32>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"));
+        command
+            .args(["keys", "list", "--keyring"])
+            .arg(&path)
+            .env_remove("PSEUDONYMIZER_SECRET_GROUP");
+        if let Some(gid) = group {
+            command.env("PSEUDONYMIZER_SECRET_GROUP", gid.to_string());
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     let refused = |result: Result<Keyring, KeyringError>| match result {
         Err(KeyringError::Permissions { problem, .. }) => problem,
         other => panic!("not refused for its mode: {other:?}"),
     };
-    assert_eq!(refused(set(0o644, own_gid)), ModeProblem::Others(0o644));
+    set(0o440);
+    // In the group, but no group named: refused (before, accepted).
     assert_eq!(
-        refused(set(0o660, own_gid)),
-        ModeProblem::GroupWritable(0o660)
-    );
-    let foreign = 54_321;
-    assert_eq!(
-        refused(set(0o440, foreign)),
-        ModeProblem::ForeignGroup {
+        refused(Keyring::load(&path)),
+        ModeProblem::GroupNotNamed {
             mode: 0o440,
-            gid: foreign
+            gid: own_gid
         }
     );
-    let error = set(0o440, foreign).unwrap_err().to_string();
+    let (ok, said) = list(None);
+    assert!(!ok && said.contains("PSEUDONYMIZER_SECRET_GROUP"), "{said}");
+    let (ok, said) = list(Some(own_gid));
+    assert!(ok, "the named group may read: {said}");
+    let (ok, said) = list(Some(54_321));
+    assert!(!ok && said.contains("names group 54321"), "{said}");
+    set(0o640);
+    assert!(list(Some(own_gid)).0);
+    set(0o644);
+    assert_eq!(refused(Keyring::load(&path)), ModeProblem::Others(0o644));
+    assert!(!list(Some(own_gid)).0);
+    set(0o660);
+    assert_eq!(
+        refused(Keyring::load(&path)),
+        ModeProblem::GroupWritable(0o660)
+    );
+    assert!(!list(Some(own_gid)).0);
+    let error = Keyring::load(&path).unwrap_err().to_string();
     assert!(error.contains("chmod 600"), "{error}");
 }
 

@@ -362,11 +362,52 @@ fn a_schema_file_that_is_a_fifo_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// One mode rule for every secret file: a `${file:…}` target readable by others is refused
+/// (before, any mode was read), and group read passes only for the group that
+/// PSEUDONYMIZER_SECRET_GROUP names, never merely because the process is in it.
+#[test]
+fn secret_file_references_are_held_to_the_secret_file_mode_rule() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = Setup::new();
+    let region = setup.path("region");
+    std::fs::write(&region, "ID\n").unwrap();
+    let text = setup.with(
+        "default_region = \"ID\"",
+        "default_region = \"${file:region}\"",
+    );
+    let config = setup.write("pipeline.toml", &text);
+    let check = |mode: u32, group: Option<String>| {
+        std::fs::set_permissions(&region, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"));
+        command.args(["check", "--config", s(&config)]);
+        command.env_remove("PSEUDONYMIZER_SECRET_GROUP");
+        if let Some(group) = group {
+            command.env("PSEUDONYMIZER_SECRET_GROUP", group);
+        }
+        command.output().unwrap()
+    };
+    let out = check(0o666, None);
+    refused(&out, "others have access (mode 666)");
+    refused(&out, "chmod 600");
+    refused(&check(0o644, None), "others have access (mode 644)");
+    refused(&check(0o620, None), "its group can write it");
+    // SAFETY: getegid has no preconditions.
+    let own = unsafe { libc::getegid() }.to_string();
+    let out = check(0o640, None);
+    refused(&out, "no group is named by PSEUDONYMIZER_SECRET_GROUP");
+    refused(&check(0o640, Some("54321".into())), "names group 54321");
+    refused(&check(0o640, Some("staff".into())), "is not a numeric group id");
+    let out = check(0o640, Some(own));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = check(0o600, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn a_value_read_through_a_reference_is_never_printed() {
     let setup = Setup::new();
     let canary = "CANARYREGION7Q";
-    std::fs::write(setup.path("region"), format!("{canary}\n")).unwrap();
+    common::write_secret(&setup.path("region"), format!("{canary}\n"));
     let out = setup.check(&setup.with(
         "default_region = \"ID\"",
         "default_region = \"${file:region}\"",
@@ -376,8 +417,8 @@ fn a_value_read_through_a_reference_is_never_printed() {
     assert!(!err.contains(canary), "{err}");
 
     // Through a rule, and through a schema path.
-    std::fs::write(setup.path("rule"), "CANARYRULE3Z").unwrap();
-    std::fs::write(setup.path("schema-path"), "/nonexistent/CANARYPATH5X.avsc").unwrap();
+    common::write_secret(&setup.path("rule"), "CANARYRULE3Z");
+    common::write_secret(&setup.path("schema-path"), "/nonexistent/CANARYPATH5X.avsc");
     let text = setup
         .with("codec = \"keep\"", "codec = \"${file:rule}\"")
         .replacen(
@@ -585,7 +626,7 @@ fn explain_without_keys_and_on_a_file() {
     assert!(text.contains("→ \"p-test-1:"), "{text}");
 }
 
-/// Every flag of `check`, `run`, `explain`, `schema` and `dlq` says what it does in `--help`.
+/// Every flag of every command says what it does in `--help`.
 #[test]
 fn every_flag_has_help_text() {
     for command in [
@@ -595,6 +636,23 @@ fn every_flag_has_help_text() {
         &["schema", "derive"],
         &["schema", "register"],
         &["dlq", "replay"],
+        &["demo"],
+        &["bench"],
+        &["generate"],
+        &["transform"],
+        &["show"],
+        &["lookup"],
+        &["decrypt"],
+        &["reseal"],
+        &["audit", "verify"],
+        &["keys", "init"],
+        &["keys", "new-kek"],
+        &["keys", "seal"],
+        &["keys", "rewrap"],
+        &["keys", "unseal"],
+        &["keys", "rotate"],
+        &["keys", "list"],
+        &["keys", "destroy"],
     ] {
         let mut args = command.to_vec();
         args.push("-h");

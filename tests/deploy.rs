@@ -95,6 +95,8 @@ fn manifests_render_and_validate_against_kubernetes_1_31() {
         "path: /healthz",
         "path: /readyz",
         "fsGroup: 65532",
+        "name: PSEUDONYMIZER_SECRET_GROUP",
+        "value: \"65532\"",
         "automountServiceAccountToken: false",
     ] {
         assert!(rendered.contains(needle), "{needle} not in the manifests");
@@ -312,6 +314,8 @@ fn start_as_image_user(config: &Path, log: &Path) -> Reaped {
         Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
             .args(["run", "--config", s(config)])
             .env("RUST_LOG", "pseudonymizer=info")
+            // As the manifests set it: the pod's fsGroup may read secret files.
+            .env("PSEUDONYMIZER_SECRET_GROUP", IMAGE_UID.to_string())
             .uid(IMAGE_UID)
             .gid(IMAGE_UID)
             .stdout(Stdio::null())

@@ -233,7 +233,7 @@ fn credentials_come_from_the_environment_or_a_file_and_never_show() {
     // From a file: accepted.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("registry.credentials");
-    std::fs::write(&file, format!("analytics:{secret}\n")).unwrap();
+    common::write_secret(&file, format!("analytics:{secret}\n"));
     let config = registry_config(
         &registry.url(),
         "",

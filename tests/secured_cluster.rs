@@ -222,7 +222,7 @@ async fn a_wrong_password_is_reported_then_the_fixed_file_lets_records_flow() {
     let (topics, inputs) = loaded(&kafka, "secured-password", 400, &poison).await;
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("kafka-password");
-    std::fs::write(&password, format!("{CANARY_PASSWORD}\n")).unwrap();
+    common::write_secret(&password, format!("{CANARY_PASSWORD}\n"));
     let properties = format!(
         "{}\n\"debug\" = \"security,broker,conf\"",
         scram(&kafka, &password)
@@ -251,7 +251,7 @@ async fn a_wrong_password_is_reported_then_the_fixed_file_lets_records_flow() {
     // The fixed password, written atomically as Kubernetes updates a mounted Secret.
     let right = std::fs::read_to_string(kafka.tls_dir.join("scram.password")).unwrap();
     let staging = dir.path().join("kafka-password.new");
-    std::fs::write(&staging, right).unwrap();
+    common::write_secret(&staging, right);
     std::fs::rename(&staging, &password).unwrap();
     let reader = kafka::reader(&kafka.brokers, &topics, false);
     let mut got = Collected::default();
@@ -345,7 +345,7 @@ fn check_names_secret_properties_and_never_their_values() {
 
     // A bad value of a referenced secret: the error names the property, not the value.
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, CANARY_KEY_PASSWORD).unwrap();
+    common::write_secret(&secret, CANARY_KEY_PASSWORD);
     let bad_value = format!("\"security.protocol\" = \"${{file:{}}}\"", secret.display());
     let (config, _) = secured_config(dir.path(), &topics, "127.0.0.1:9", &bad_value);
     let (ok, said) = cli(&["check", "--config", config.to_str().unwrap()]);

@@ -848,6 +848,153 @@ fn the_audit_chain_shows_edits_removals_and_reordering() {
     let mut swapped = lines.clone();
     swapped.swap(4, 5);
     check(&swapped, "record 5 says it is record 6");
+    // A break does not hide what follows it: a line of garbage at 2, record 5 edited and
+    // record 7 removed are all reported, and the head hash is printed in any case.
+    let mut several = lines.clone();
+    several[1] = "{}".to_owned();
+    several[4] = several[4].replace("\"values\":1", "\"values\":9");
+    several.remove(6);
+    std::fs::write(&tampered, several.join("\n") + "\n").unwrap();
+    let out = verify(&tampered);
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "break: record 2 is not an audit record",
+        "break: record 5 was edited",
+        "break: record 7 says it is record 8",
+        "chain broken (3 breaks)",
+        "the chain is broken in 3 places",
+    ] {
+        assert!(text.contains(want), "want {want:?}: {text}");
+    }
+    let head = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(several.last().unwrap().as_bytes());
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(text.contains(&format!("head sha256 {head}")), "{text}");
+    assert_eq!(text.matches("break:").count(), 3, "{text}");
+}
+
+/// `transform` of a file with a keyring is audited like `lookup`: a `started` record before
+/// any token is written and an outcome record with the count of tokens; without an audit log
+/// it refuses, and writes nothing.
+#[test]
+fn transform_is_audited_like_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = common::write_keyring(dir.path());
+    let config = common::repo().join("config/pipeline.toml");
+    let raw = dir.path().join("raw.avro");
+    let out = run(
+        &[
+            "generate",
+            "--schema",
+            "call",
+            "--count",
+            "20",
+            "--output",
+            s(&raw),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    let audit = dir.path().join("audit.log");
+    let sanitized = dir.path().join("sanitized.avro");
+    let transform = |extra: &[&str]| {
+        run(
+            &[
+                &[
+                    "transform",
+                    "--config",
+                    s(&config),
+                    "--keyring",
+                    s(&ring),
+                    "--input",
+                    s(&raw),
+                    "--output",
+                    s(&sanitized),
+                ][..],
+                extra,
+            ]
+            .concat(),
+            &[],
+        )
+    };
+    let out = transform(&["--audit-log", s(&audit)]);
+    assert!(out.status.success(), "{}", said(&out));
+    let records: Vec<Json> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["command"], "transform");
+    assert_eq!(records[0]["outcome"], "started");
+    assert_eq!(records[1]["outcome"], "ok");
+    assert_eq!(records[1]["key_ids"][0], "p-test-1");
+    // Every call has at least its two phone numbers tokenized.
+    let tokens = records[1]["values"].as_u64().unwrap();
+    assert!(tokens >= 40, "{tokens} tokens counted");
+    assert!(
+        said(&out).contains(&format!("({tokens} tokens)")),
+        "{}",
+        said(&out)
+    );
+    assert!(run(&["audit", "verify", "--audit-log", s(&audit)], &[])
+        .status
+        .success());
+}
+
+/// The audit record's user is the passwd name of the real uid, or the uid alone when the
+/// password database has none: never `$USER`, which the caller sets.
+#[test]
+fn the_audit_user_is_never_taken_from_the_environment() {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test runs a command under another uid, which needs root (CI runs as root)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uid = 64_999; // in no password database here
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+    let ring = common::write_keyring(dir.path());
+    std::os::unix::fs::chown(&ring, Some(uid), Some(uid)).unwrap();
+    let audit = dir.path().join("audit.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["lookup", "--keyring", s(&ring), "--audit-log", s(&audit)])
+        .args(["--class", "phone", "+6281234567890"])
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let first: Json = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["uid"], uid);
+    assert_eq!(first["user"], format!("uid {uid}"), "{text}");
+    // And as root, the password database's name, whatever $USER says.
+    let root_audit = dir.path().join("root-audit.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args([
+            "lookup",
+            "--keyring",
+            s(&ring),
+            "--audit-log",
+            s(&root_audit),
+        ])
+        .args(["--class", "phone", "+6281234567890"])
+        .env("USER", "mallory")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    let text = std::fs::read_to_string(&root_audit).unwrap();
+    let first: Json = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["user"], "root", "{text}");
 }
 
 /// `audit verify` calls only audit records a chain: a file of `{}` lines, other JSON, a

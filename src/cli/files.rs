@@ -14,7 +14,8 @@ use crate::file;
 use crate::generate::Kind;
 use crate::keys::Need;
 
-/// `transform`: an Avro container file of raw events into a sanitized one.
+/// `transform`: an Avro container file of raw events into a sanitized one (audited: a file of
+/// guessed values through `transform` gives their tokens, as `lookup` does).
 #[derive(Debug, Args)]
 pub struct TransformArgs {
     #[command(flatten)]
@@ -25,6 +26,10 @@ pub struct TransformArgs {
     /// The sanitized Avro container file to write.
     #[arg(long)]
     pub output: PathBuf,
+    /// Overrides the config's `audit_log` (else $PSEUDONYMIZER_AUDIT_LOG); transform refuses
+    /// without one.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// `decrypt`: a sanitized file's events as JSON lines with envelopes opened (audited).
@@ -91,15 +96,41 @@ pub struct GenerateArgs {
 }
 
 pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> {
-    let (_, engine, keys) = load(&args.config, Need::NEW_OUTPUT)?;
+    let (config, engine, keys) = load(&args.config, Need::NEW_OUTPUT)?;
     let active = engine.active_keys(&keys)?;
+    // Audited like `lookup`: a `started` record on disk before any token is written, an
+    // outcome record with the count of tokens after.
+    let mut audit = AuditLog::open(args.audit_log.as_deref(), config.audit_log.as_deref())?;
+    let key_ids: Vec<String> = active.pseudonym.iter().map(|k| k.id().to_owned()).collect();
+    audit.append(
+        "transform",
+        key_ids.clone(),
+        0,
+        None,
+        Some(&args.input),
+        "started",
+    )?;
     let started = std::time::Instant::now();
-    let count = file::transform_file(&engine, &active, &args.input, &args.output)
-        .with_context(|| format!("transforming {}", args.input.display()))?;
+    let result = file::transform_file(&engine, &active, &args.input, &args.output);
+    let (tokens, outcome) = match &result {
+        Ok(done) => (done.tokens, "ok"),
+        Err(_) => (0, "failed"),
+    };
+    audit.append(
+        "transform",
+        key_ids,
+        tokens,
+        None,
+        Some(&args.input),
+        outcome,
+    )?;
+    let done = result.with_context(|| format!("transforming {}", args.input.display()))?;
     let secs = started.elapsed().as_secs_f64();
     writeln!(
         out,
-        "transformed {count} events from {} to {} in {secs:.2} s",
+        "transformed {} events ({} tokens) from {} to {} in {secs:.2} s",
+        done.events,
+        done.tokens,
         args.input.display(),
         args.output.display()
     )?;

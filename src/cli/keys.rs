@@ -141,10 +141,19 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
-            let mut text = secret.to_b64();
-            text.push('\n');
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
+            // Written in two parts: pushing the newline onto the zeroized text could move it
+            // and leave a copy behind.
+            let written = file
+                .write_all(secret.to_b64().as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.sync_all());
+            if let Err(error) = written {
+                // This command created the file a moment ago (create_new): a partial KEK file
+                // is worse than none, so it goes.
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(error).with_context(|| format!("writing {}", path.display()));
+            }
             let kek = Kek::from_secret(&secret);
             writeln!(
                 out,

@@ -52,6 +52,8 @@ Environment:
                                the environment at start
   PSEUDONYMIZER_KEK_FILE       file holding that KEK instead (owner-only)
   PSEUDONYMIZER_AUDIT_LOG      audit log of lookup (and decrypt when the config names none)
+  PSEUDONYMIZER_SECRET_GROUP   the one group (a gid: the pod's fsGroup) that may read secret
+                               files; unset, they must be owner-only
   PSEUDONYMIZER_ALLOW_CORE_DUMPS=1  leave core dumps on (they would hold every key)
   RUST_LOG                     log filter of run and demo (e.g. info, pseudonymizer=debug)
   AWS_* (AWS SDK's chain)      credentials and region for aws-kms:// keyrings
@@ -295,6 +297,30 @@ macro_rules! note {
     }};
 }
 
+/// The message printed for an error: its context and causes, outermost first, each said once.
+/// Errors from different layers often repeat each other (an I/O error whose text a context
+/// already quotes, or a context that a typed error's own message names again), and a reader
+/// should see one sentence, not the same OS error twice.
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.iter().any(|said| said.contains(&text)) {
+            // Already said by an outer message.
+            continue;
+        }
+        // A cause that repeats its context in full and adds to it says it all.
+        if parts
+            .last()
+            .is_some_and(|last| text.contains(last.as_str()))
+        {
+            parts.pop();
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
 /// The line printed for a panic: where it happened, and its message only when the message is a
 /// string literal (`&'static str`). A formatted message could carry a value from the data, so
 /// it is withheld (fail closed).
@@ -324,5 +350,36 @@ mod tests {
         let literal = std::panic::catch_unwind(|| panic!("a static message")).unwrap_err();
         let line = super::panic_report(literal.as_ref(), None);
         assert!(line.contains("a static message"), "{line}");
+    }
+
+    #[test]
+    fn error_reports_say_each_cause_once() {
+        use anyhow::Context as _;
+        let os = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        // A context that quotes its cause: the cause is not said again.
+        let quoted = Err::<(), _>(os())
+            .with_context(|| format!("input x.avro: {}", os()))
+            .unwrap_err();
+        assert_eq!(
+            super::error_report(&quoted),
+            format!("input x.avro: {}", os())
+        );
+        // A cause that repeats its context and adds to it: the context gives way.
+        let repeated = Err::<(), _>(anyhow::anyhow!("keyring /k: {}", os()))
+            .context("keyring /k")
+            .unwrap_err();
+        assert_eq!(
+            super::error_report(&repeated),
+            format!("keyring /k: {}", os())
+        );
+        // Distinct layers are all kept, outermost first.
+        let layered = Err::<(), _>(os())
+            .context("reading the schema")
+            .context("config c.toml")
+            .unwrap_err();
+        assert_eq!(
+            super::error_report(&layered),
+            format!("config c.toml: reading the schema: {}", os())
+        );
     }
 }

@@ -39,8 +39,14 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for plan in engine.plans() {
                 let path = dir.join(output_schema_file(plan));
-                std::fs::write(&path, output_schema_text(plan))
-                    .with_context(|| format!("writing {}", path.display()))?;
+                // Through a temporary beside it, renamed into place: a failed write leaves any
+                // schema already there as it was. Schemas hold no data: readable by all.
+                crate::fsio::write_atomically(
+                    &path,
+                    "derived schema",
+                    0o644,
+                    output_schema_text(plan).as_bytes(),
+                )?;
                 writeln!(out, "wrote {}", path.display())?;
             }
             Ok(())

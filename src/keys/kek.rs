@@ -58,7 +58,7 @@ pub enum KekError {
     Tampered,
     #[error("the sealed keyring file is not valid: {0}")]
     Syntax(String),
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] crate::fsio::FileError),
 }
 
@@ -130,7 +130,7 @@ impl Kek {
     }
 
     /// Reads a KEK file (base64; a regular file of at most [`crate::fsio::SECRET_LIMIT`]
-    /// bytes, owner-only or group-read by a group of this process's).
+    /// bytes, owner-only or group-read by the group [`crate::secret_file`] names).
     pub fn from_file(path: &Path) -> Result<Self, KekError> {
         let read = |source| KekError::Read {
             path: path.to_owned(),

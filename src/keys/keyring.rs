@@ -101,7 +101,7 @@ pub enum KeyringError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("keyring {path} is refused: {problem}; run `chmod 600 {path}` (or 0440 under a group this process is in, as Kubernetes Secret volumes with fsGroup are)")]
+    #[error("keyring {path} is refused: {problem}; run `chmod 600 {path}` (or 0440 under the group named by PSEUDONYMIZER_SECRET_GROUP, as Kubernetes Secret volumes with fsGroup are)")]
     Permissions {
         path: PathBuf,
         problem: crate::secret_file::ModeProblem,
@@ -111,7 +111,7 @@ pub enum KeyringError {
         path: PathBuf,
         problem: crate::secret_file::ModeProblem,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] crate::fsio::FileError),
     #[error("keyring {path} already exists; refusing to overwrite it")]
     Exists { path: PathBuf },
@@ -145,9 +145,9 @@ pub enum KeyringError {
     AlreadyDestroyed(String),
     #[error("key {id:?} is the active {purpose} key: destroying it leaves no {purpose} key for new output, and `run`, `check` and `transform` then refuse the keyring; rotate first (`keys rotate --purpose {purpose}`), then destroy the retired key, or pass --force")]
     DestroyActive { id: String, purpose: &'static str },
-    #[error("{0}")]
+    #[error(transparent)]
     Kek(#[from] KekError),
-    #[error("{0}")]
+    #[error(transparent)]
     Kms(#[from] crate::kms::KmsError),
     #[error("key {id:?}: {error}{}", entry_hint(.error))]
     KmsEntry {
@@ -310,7 +310,7 @@ impl Keyring {
 
     /// The text of a keyring file: a regular file of at most [`crate::fsio::KEYRING_LIMIT`]
     /// bytes, refusing a mode [`crate::secret_file`] refuses (others' access, group write,
-    /// group read by a group this process is not in). A file with such a mode that is not a
+    /// group read by a group the deployment does not name). A file with such a mode that is not a
     /// keyring at all (`--keyring /etc/passwd`) is called that, without advice to chmod it.
     pub(crate) fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, KeyringError> {
         use crate::fsio::{open_regular, read_opened, text_of, KEYRING_LIMIT};

@@ -59,7 +59,7 @@ pub enum WorkerError {
     ShutdownTimeout(Duration),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
 }
 

@@ -425,23 +425,16 @@ impl Router {
             .map_err(|_| DeadLetter::CorruptAvro)?;
         let key = match (route.key_class, key) {
             (Some(class), Some(key)) => {
-                let text = String::from_utf8_lossy(key);
                 let pkey = keys
                     .pseudonym_in(route.plan.domain.as_deref())
                     .ok_or(DeadLetter::CorruptAvro)?;
-                // A phone key is read like the phone fields: with the record's own region
-                // where its rules name one (the first region field, by path), else the default.
-                let (class, canonical) = match (class, regions.first()) {
-                    (TokenClass::Phone, Some(&region)) => {
-                        engine.phone().canonical_in(region, &text)
-                    }
-                    _ => token::canonical(class, &text, engine.phone()),
-                };
-                Some(
-                    token::token(pkey, class, canonical.as_bytes())
-                        .as_str()
-                        .to_owned(),
-                )
+                Some(key_token(
+                    pkey,
+                    class,
+                    key,
+                    regions.first().copied(),
+                    engine.phone(),
+                ))
             }
             _ => None,
         };
@@ -451,6 +444,34 @@ impl Router {
             key,
         })
     }
+}
+
+/// The token of a record key (docs/formats.md, "Record keys"). A key that is UTF-8 text is
+/// read like a field of its class; a phone key with the record's own region where its rules
+/// name one (the first region field, by path), else the default. A key that is not UTF-8 is
+/// tokenized from its bytes as they are, in its class's raw class (`phone-raw`, `ip-raw`; the
+/// others unchanged): every canonical form of text is UTF-8, so such a key never shares a
+/// token with a text key, and two different byte strings never share one either (before,
+/// both went through a lossy conversion that made distinct keys one).
+pub fn key_token(
+    pkey: &crate::keys::PseudonymKey,
+    class: TokenClass,
+    key: &[u8],
+    region: Option<rlibphonenumber::Region>,
+    phone: &crate::phone::PhoneCanon,
+) -> String {
+    let Ok(text) = std::str::from_utf8(key) else {
+        return token::token(pkey, class.unparsed(), key)
+            .as_str()
+            .to_owned();
+    };
+    let (class, canonical) = match (class, region) {
+        (TokenClass::Phone, Some(region)) => phone.canonical_in(region, text),
+        _ => token::canonical(class, text, phone),
+    };
+    token::token(pkey, class, canonical.as_bytes())
+        .as_str()
+        .to_owned()
 }
 
 /// Frames Avro datum bytes in the Confluent wire format.

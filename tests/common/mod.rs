@@ -97,6 +97,14 @@ pub fn set_field(record: &mut Value, name: &str, value: Value) {
 }
 
 /// Writes a keyring with mode 0600 into `dir`.
+/// Writes a secret file (a `${file:…}` target, a credentials file) owner-only, as every secret
+/// file must be (src/secret_file.rs).
+pub fn write_secret(path: &Path, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn write_keyring(dir: &Path) -> PathBuf {
     let path = dir.join("keyring.json");
     test_keyring().save(&path).unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Computes the vectors of the formats added after spec v1 (docs/formats.md), independently of
-the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains and `id`
-sub-classes.
+the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains, `id`
+sub-classes, and the tokens of record keys that are not UTF-8.
 
 Uses only Python's standard library and the `cryptography` package (HKDF, AES-ECB for the
 XAES-256-GCM key derivation, AES-GCM). XAES-256-GCM is written here from its specification
@@ -93,8 +93,10 @@ def domain_keys(domain):
             hkdf(PSEUDONYM_SECRET, prefix + b"/cryptopan"))
 
 
-def token(domain, cls: str, canonical: str) -> str:
-    mac = hmac.new(domain_keys(domain)[0], cls.encode() + b"\x00" + canonical.encode(),
+def token(domain, cls: str, canonical) -> str:
+    if isinstance(canonical, str):
+        canonical = canonical.encode()
+    mac = hmac.new(domain_keys(domain)[0], cls.encode() + b"\x00" + canonical,
                    hashlib.sha256).digest()
     return PSEUDONYM_ID + ":" + base64.urlsafe_b64encode(mac[:16]).decode().rstrip("=")
 
@@ -118,6 +120,39 @@ def cryptopan_v4(domain, text: str) -> str:
         result |= bit << (31 - i)
     anon = addr ^ result
     return ".".join(str(b) for b in anon.to_bytes(4, "big"))
+
+
+# The raw class of a class whose values may fail to read (docs/formats.md, "Record keys").
+RAW_CLASS = {"phone": "phone-raw", "ip": "ip-raw"}
+
+
+def key_token(cls: str, key: bytes) -> tuple:
+    """A record key's MAC class and token. Text keys are read like a field of their class
+    (only the classes whose canonical form needs no phone metadata are computed here); a key
+    that is not UTF-8 enters the MAC as its bytes, in its class's raw class."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        used = RAW_CLASS.get(cls, cls)
+        return used, token(None, used, key)
+    if cls == "email":
+        return cls, token(None, cls, text.strip().lower())
+    assert cls == "id" or cls.startswith("id."), cls
+    return cls, token(None, cls, text)
+
+
+# (key_class, key bytes): keys that are not UTF-8, and the text a lossy conversion would have
+# made of the first (U+FFFD in place of the 0xff byte), which now has a token of its own.
+KEY_CASES = [
+    ("id", b"device-\xff\x01"),
+    ("id", "device-\ufffd\x01".encode()),
+    ("id", b"device-\xfe\x01"),
+    ("id.device", b"device-\xff\x01"),
+    ("phone", b"+62812\xff34567890"),
+    ("ip", b"\xc0\x00\x02\x01"),
+    ("email", b"Someone@Example.com\xff"),
+    ("email", b" Someone@Example.COM "),
+]
 
 
 def b64(data: bytes) -> str:
@@ -171,6 +206,11 @@ print(json.dumps({
     "tokens": [
         {"domain": d, "class": c, "canonical": v, "token": token(d, c, v)}
         for d, c, v in TOKEN_CASES
+    ],
+    "record_keys": [
+        {"key_class": c, "key_hex": k.hex(), "mac_class": key_token(c, k)[0],
+         "token": key_token(c, k)[1]}
+        for c, k in KEY_CASES
     ],
     "cryptopan": [
         {"domain": d, "input": ip, "output": cryptopan_v4(d, ip)}
