@@ -378,12 +378,16 @@ fn read_credentials(config: &RegistryConfig) -> Result<Option<Zeroizing<String>>
         // fill memory. A secret file: its mode is held to the one rule of every secret file.
         let bytes = crate::secret_file::read(file, "credentials_file", crate::fsio::SECRET_LIMIT)
             .map_err(|e| RegistryError::Setup(e.to_string()))?;
-        Zeroizing::new(std::str::from_utf8(&bytes).map(str::to_owned).map_err(|_| {
-            RegistryError::Setup(format!(
-                "credentials_file {} is not UTF-8 text",
-                file.display()
-            ))
-        })?)
+        Zeroizing::new(
+            std::str::from_utf8(&bytes)
+                .map(str::to_owned)
+                .map_err(|_| {
+                    RegistryError::Setup(format!(
+                        "credentials_file {} is not UTF-8 text",
+                        file.display()
+                    ))
+                })?,
+        )
     } else {
         return Ok(None);
     };

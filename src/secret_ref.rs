@@ -309,10 +309,9 @@ mod tests {
         let conf = std::fs::read_dir(cargo_home.join("registry/src"))
             .unwrap()
             .map(|index| {
-                index
-                    .unwrap()
-                    .path()
-                    .join(format!("rdkafka-sys-{version}/librdkafka/src/rdkafka_conf.c"))
+                index.unwrap().path().join(format!(
+                    "rdkafka-sys-{version}/librdkafka/src/rdkafka_conf.c"
+                ))
             })
             .find(|path| path.is_file())
             .expect("rdkafka-sys's sources in Cargo's registry");

@@ -396,7 +396,10 @@ fn secret_file_references_are_held_to_the_secret_file_mode_rule() {
     let out = check(0o640, None);
     refused(&out, "no group is named by PSEUDONYMIZER_SECRET_GROUP");
     refused(&check(0o640, Some("54321".into())), "names group 54321");
-    refused(&check(0o640, Some("staff".into())), "is not a numeric group id");
+    refused(
+        &check(0o640, Some("staff".into())),
+        "is not a numeric group id",
+    );
     let out = check(0o640, Some(own));
     assert!(out.status.success(), "{}", stderr(&out));
     let out = check(0o600, None);
