@@ -36,11 +36,25 @@ pub enum ModeProblem {
     BadGroupSetting { mode: u32 },
 }
 
-/// The group [`SECRET_GROUP_ENV`] names: none when unset, `Err` when it is not a gid.
-pub fn named_group() -> Result<Option<u32>, ()> {
+/// What [`SECRET_GROUP_ENV`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedGroup {
+    /// Not set: no group may read a secret file.
+    Unset,
+    /// The one group that may read a secret file (the pod's `fsGroup`).
+    Gid(u32),
+    /// Set, but not a numeric group id: no group may read one, and the error says why.
+    NotAGid,
+}
+
+/// The group [`SECRET_GROUP_ENV`] names.
+pub fn named_group() -> NamedGroup {
     match std::env::var(SECRET_GROUP_ENV) {
-        Err(_) => Ok(None),
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| ()),
+        Err(_) => NamedGroup::Unset,
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_or(NamedGroup::NotAGid, NamedGroup::Gid),
     }
 }
 
@@ -50,9 +64,9 @@ pub fn check_file(file: &std::fs::File) -> std::io::Result<Result<(), ModeProble
     let meta = file.metadata()?;
     let mode = meta.mode() & 0o777;
     Ok(match named_group() {
-        Ok(named) => check_mode(mode, meta.gid(), named),
-        Err(()) if mode & 0o077 == 0o040 => Err(ModeProblem::BadGroupSetting { mode }),
-        Err(()) => check_mode(mode, meta.gid(), None),
+        NamedGroup::Gid(gid) => check_mode(mode, meta.gid(), Some(gid)),
+        NamedGroup::NotAGid if mode & 0o077 == 0o040 => Err(ModeProblem::BadGroupSetting { mode }),
+        NamedGroup::NotAGid | NamedGroup::Unset => check_mode(mode, meta.gid(), None),
     })
 }
 

@@ -270,9 +270,18 @@ fn keyring_errors() {
             GOOD_KEYRING.replace("\"keys\"", "\"extra\":1,\"keys\""),
             |e| matches!(e, KeyringError::Syntax(m) if m.contains("unknown field")),
         ),
-        (GOOD_KEYRING.replace("v1", "v2"), |e| {
+        (GOOD_KEYRING.replace("v1", "v9"), |e| {
             matches!(e, KeyringError::Format(_))
         }),
+        // Version 2 must say its generation; version 1 has none.
+        (
+            GOOD_KEYRING.replace("v1", "v2"),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("generation")),
+        ),
+        (
+            GOOD_KEYRING.replace("\"keys\"", "\"generation\":3,\"keys\""),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("generation")),
+        ),
         (GOOD_KEYRING.replace("\"p-1\"", "\"p 1\""), |e| {
             matches!(e, KeyringError::BadId(_))
         }),

@@ -295,7 +295,7 @@ impl SecretVolume {
         std::fs::create_dir(&data).unwrap();
         open_to_all(&data);
         let file = data.join("keyring.json");
-        ring.save(&file).unwrap();
+        ring.clone().save(&file).unwrap();
         std::os::unix::fs::chown(&file, Some(0), Some(IMAGE_UID)).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
         let link = self.dir.join("..data_tmp");

@@ -481,12 +481,9 @@ fn decrypt_and_reseal_read_a_sanitized_file_by_its_own_schema() {
 
     // Renamed (the sealed URL now under a name with no rule), added, removed, retyped:
     // refused before anything is printed, every path named.
-    let cases: [(
-        &str,
-        Box<dyn Fn(&mut Vec<serde_json::Value>)>,
-        Box<dyn Fn(usize, &mut Vec<(String, Value)>)>,
-        &[&str],
-    ); 3] = [
+    type EditSchema = Box<dyn Fn(&mut Vec<serde_json::Value>)>;
+    type EditRecord = Box<dyn Fn(usize, &mut Vec<(String, Value)>)>;
+    let cases: [(&str, EditSchema, EditRecord, &[&str]); 3] = [
         (
             "renamed.avro",
             Box::new(|f| {

@@ -326,6 +326,119 @@ fn wrapped_secrets_swapped_between_entries_are_refused_naming_the_entry() {
     assert!(said.contains("moved from another entry"), "{said}");
 }
 
+/// The metadata a KMS keyring keeps in clear is authenticated by its manifest: a state edited
+/// in the file (the destroyed key's entry made active again, the active one retired) or a
+/// generation changed is refused; a version-1 file (no manifest) still loads and is written
+/// as version 2 by the next command.
+#[test]
+fn edited_states_of_a_kms_keyring_are_refused_and_v1_files_are_upgraded() {
+    let kms = test_kms();
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keyring.json");
+    ok(
+        &kms,
+        &["keys", "init", "--keyring", s(&ring), "--kms", &key],
+    );
+    let first: Json = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    assert_eq!(first["format"], "pseudonymizer-keyring-kms/v2");
+    assert_eq!(first["generation"], 1);
+    let pseudonym = first["keys"][0]["id"].as_str().unwrap().to_owned();
+    ok(
+        &kms,
+        &[
+            "keys",
+            "rotate",
+            "--keyring",
+            s(&ring),
+            "--purpose",
+            "pseudonym",
+            "--id",
+            "p-kms-2",
+        ],
+    );
+    let rotated: Json = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    assert_eq!(rotated["generation"], 2);
+    let config = common::repo().join("config/pipeline.toml");
+    let check = |path: &Path| {
+        pseudonymizer(&kms.endpoint)
+            .args(["check", "--config", s(&config), "--keyring", s(path)])
+            .output()
+            .unwrap()
+    };
+    assert!(check(&ring).status.success(), "{}", said(&check(&ring)));
+    // The retired key made active again, the new one retired: the secrets are untouched.
+    let mut edited = rotated.clone();
+    for entry in edited["keys"].as_array_mut().unwrap() {
+        if entry["id"] == pseudonym.as_str() {
+            entry["state"] = "active".into();
+        } else if entry["id"] == "p-kms-2" {
+            entry["state"] = "retired".into();
+        }
+    }
+    let tampered = dir.path().join("tampered.json");
+    common::write_secret(&tampered, serde_json::to_string(&edited).unwrap());
+    let out = check(&tampered);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        said(&out).contains("manifest does not match"),
+        "{}",
+        said(&out)
+    );
+    // An operator's next write does not sign the edit anew: rotate and destroy refuse it and
+    // leave the file as it was.
+    let before = std::fs::read(&tampered).unwrap();
+    for args in [
+        vec![
+            "keys",
+            "rotate",
+            "--keyring",
+            s(&tampered),
+            "--purpose",
+            "encryption",
+        ],
+        vec![
+            "keys",
+            "destroy",
+            "--keyring",
+            s(&tampered),
+            "--id",
+            "p-kms-2",
+        ],
+    ] {
+        let out = pseudonymizer(&kms.endpoint).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", said(&out));
+        assert!(
+            said(&out).contains("manifest does not match"),
+            "{}",
+            said(&out)
+        );
+        assert_eq!(std::fs::read(&tampered).unwrap(), before, "{args:?}");
+    }
+    // A generation raised by hand (to pass for newer than a worker's): refused too.
+    let mut newer = rotated.clone();
+    newer["generation"] = 99.into();
+    common::write_secret(&tampered, serde_json::to_string(&newer).unwrap());
+    assert!(said(&check(&tampered)).contains("manifest does not match"));
+    // Version 1: no generation, no manifest. It loads, and the next write upgrades it.
+    let mut v1 = rotated.clone();
+    v1["format"] = "pseudonymizer-keyring-kms/v1".into();
+    v1.as_object_mut().unwrap().remove("generation");
+    v1.as_object_mut().unwrap().remove("manifest");
+    let old = dir.path().join("v1.json");
+    common::write_secret(&old, serde_json::to_string(&v1).unwrap());
+    assert!(check(&old).status.success(), "{}", said(&check(&old)));
+    ok(
+        &kms,
+        &["keys", "destroy", "--keyring", s(&old), "--id", &pseudonym],
+    );
+    let upgraded: Json = serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
+    assert_eq!(upgraded["format"], "pseudonymizer-keyring-kms/v2");
+    assert_eq!(upgraded["generation"], 1);
+    assert!(upgraded["manifest"].is_string());
+    assert!(check(&old).status.success(), "{}", said(&check(&old)));
+}
+
 #[test]
 fn a_kms_keyring_gives_the_tokens_and_envelopes_of_the_same_keys_under_a_file_kek() {
     let kms = test_kms();
@@ -467,15 +580,15 @@ async fn worker_on_a_kms_keyring_rides_out_kms_outages_at_start_and_at_reload() 
         c.ids.len() >= 200
     });
     kafka::verify_outputs(&got, &topics, &inputs);
-    // One KMS unwrap per key per load: the active pseudonym and encryption keys. None per
-    // record.
+    // One KMS unwrap per key per load (the active pseudonym and encryption keys) and one for
+    // the keyring's manifest. None per record.
     let unwraps = |result: &str| {
         metric(
             metrics_addr,
             &format!("pseudonymizer_kms_calls_total{{operation=\"unwrap\",result=\"{result}\"}}"),
         )
     };
-    assert_eq!(unwraps("ok"), 2);
+    assert_eq!(unwraps("ok"), 3);
     assert!(unwraps("failed") >= 1);
 
     // 3. The KMS goes away again, and the keyring changes: the reload fails, the worker keeps
@@ -515,7 +628,11 @@ async fn worker_on_a_kms_keyring_rides_out_kms_outages_at_start_and_at_reload() 
     // 4. The KMS is back: the worker retries on its own (backoff), and the new key applies.
     proxy.set_up(true);
     wait_log(&log, "keyring reloaded", 1, Duration::from_secs(60));
-    assert_eq!(unwraps("ok"), 4, "two more unwraps for the reload");
+    assert_eq!(
+        unwraps("ok"),
+        6,
+        "three more unwraps for the reload (two keys, the manifest)"
+    );
     sigterm(&worker.0);
     assert!(wait_exit(&mut worker.0, Duration::from_secs(40)).success());
 }

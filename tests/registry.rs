@@ -1327,7 +1327,7 @@ fn caller_token(schema: &Schema, datum: &[u8]) -> String {
 fn a_pipeline_domain_holds_for_every_writer_version_the_registry_serves() {
     // Before: the rules compiled against a fetched writer version lost the pipeline's
     // domain, and its tokens were the default domain's, linkable across teams.
-    let mut registry = TestRegistry::start();
+    let registry = TestRegistry::start();
     let text = registry_config_text(&registry.url(), "imsi = \"id\"", "").replacen(
         "name = \"calls\"",
         "name = \"calls\"\ndomain = \"team-calls\"",

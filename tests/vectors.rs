@@ -367,3 +367,17 @@ fn record_key_tokens_match_python_vectors_and_non_utf8_keys_stay_distinct() {
     }
     assert_eq!(tokens.len(), cases.len(), "every key its own token");
 }
+
+/// A KMS-wrapped keyring's manifest (docs/formats.md, "KMS-wrapped keyring") as Python
+/// computes it: the digest the file's `manifest` wraps, from the same document.
+#[test]
+fn kms_manifest_digest_matches_python_vector() {
+    use sha2::Digest as _;
+    let v = vectors_v2();
+    let case = &v["kms_manifest"];
+    let ring =
+        pseudonymizer::keys::WrappedKeyring::from_text(&case["keyring"].to_string()).unwrap();
+    let digest = sha2::Sha256::digest(ring.manifest_text().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, case["sha256"].as_str().unwrap());
+}

@@ -306,3 +306,190 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
         }
     }
 }
+
+/// The binary, for the `keys` commands an operator (or an attacker with the file) runs.
+fn keys_cli(args: &[&str], kek: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(args)
+        .env_remove("PSEUDONYMIZER_KEK")
+        .env("PSEUDONYMIZER_KEK_FILE", kek)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?}: {said}");
+    said
+}
+
+/// A reload never lowers protection and never goes back in time. A worker on a KEK-sealed
+/// keyring is given, in turn: a clear keyring with the same ids and secrets of an attacker's
+/// choosing (someone who can replace the file but holds no KEK); after `keys rotate` and
+/// `keys destroy`, the old sealed file copied back (which made the destroyed key active
+/// again); and a sealed file, made with the KEK, that makes the retired key active again. Each
+/// is refused, logged and counted, and new output keeps the current keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_never_lowers_protection_nor_goes_back_in_time() {
+    use pseudonymizer::keys::{KeyEntry, KeyState, Secret};
+    let brokers = kafka::tansu();
+    let topics = Topics::unique("reload-floor");
+    topics.create(&brokers, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka::write_config(dir.path(), &topics, &brokers, "");
+    let ring_path = dir.path().join("keyring.json");
+    let ring = ring_path.to_str().unwrap();
+    let kek = dir.path().join("kek");
+    keys_cli(&["keys", "new-kek", "--out", kek.to_str().unwrap()], &kek);
+    keys_cli(&["keys", "seal", "--keyring", ring], &kek);
+    let first_sealed = std::fs::read(&ring_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "shutdown_timeout_secs = 20",
+        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = dir.path().join("worker.log");
+    let mut worker = common::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env_remove("PSEUDONYMIZER_KEK")
+            .env("PSEUDONYMIZER_KEK_FILE", &kek)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_log(&log, "worker subscribed", 1);
+
+    // 1. Downgrade: a clear keyring, same ids, the attacker's secrets.
+    let attacker = Keyring::from_entries(
+        [
+            ("p-test-1", Purpose::Pseudonym),
+            ("e-test-1", Purpose::Encryption),
+        ]
+        .into_iter()
+        .map(|(id, purpose)| KeyEntry {
+            id: id.to_owned(),
+            purpose,
+            state: KeyState::Active,
+            created_at: "2026-12-01T00:00:00Z".to_owned(),
+            secret: Some(Secret::generate()),
+        })
+        .collect(),
+    )
+    .unwrap();
+    let forged = dir.path().join("forged.json");
+    attacker.clone().save(&forged).unwrap();
+    replace_file(&ring_path, &std::fs::read(&forged).unwrap());
+    let said = wait_log(&log, "keyring REFUSED", 1);
+    assert!(said.contains("never lowers protection"), "{said}");
+
+    // 2. Rollback: rotate and destroy with the KEK, then the first sealed file copied back.
+    replace_file(&ring_path, &first_sealed);
+    wait_log(&log, "keyring reloaded", 1);
+    keys_cli(
+        &[
+            "keys",
+            "rotate",
+            "--keyring",
+            ring,
+            "--purpose",
+            "encryption",
+            "--id",
+            "e-test-2",
+        ],
+        &kek,
+    );
+    wait_log(&log, "keyring reloaded", 2);
+    keys_cli(
+        &["keys", "destroy", "--keyring", ring, "--id", "e-test-1"],
+        &kek,
+    );
+    wait_log(&log, "keyring reloaded", 3);
+    let latest = std::fs::read(&ring_path).unwrap();
+    replace_file(&ring_path, &first_sealed);
+    let said = wait_log(&log, "keyring REFUSED", 2);
+    assert!(said.contains("rollback"), "{said}");
+    // The latest file back: the same generation is no rollback.
+    replace_file(&ring_path, &latest);
+    wait_log(&log, "keyring reloaded", 4);
+
+    // 3. Revival: a sealed file of a later generation (made with the KEK) in which the retired
+    // pseudonym key is active again.
+    keys_cli(
+        &[
+            "keys",
+            "rotate",
+            "--keyring",
+            ring,
+            "--purpose",
+            "pseudonym",
+            "--id",
+            "p-test-2",
+        ],
+        &kek,
+    );
+    wait_log(&log, "keyring reloaded", 5);
+    let open_kek = || pseudonymizer::keys::Kek::from_file(&kek).unwrap();
+    let current =
+        Keyring::from_sealed(&std::fs::read_to_string(&ring_path).unwrap(), open_kek()).unwrap();
+    let mut entries: Vec<KeyEntry> = current.entries().to_vec();
+    for entry in &mut entries {
+        entry.state = match entry.id.as_str() {
+            "p-test-1" => KeyState::Active,
+            "p-test-2" => KeyState::Retired,
+            _ => entry.state,
+        };
+    }
+    let mut revived = Keyring::from_entries(entries).unwrap();
+    revived.set_kek(Some(open_kek()));
+    // A generation above the current one, so that only the revival is wrong.
+    for _ in 0..=current.generation() {
+        revived.save(&forged).unwrap();
+    }
+    assert!(revived.generation() > current.generation());
+    replace_file(&ring_path, &std::fs::read(&forged).unwrap());
+    let said = wait_log(&log, "keyring REFUSED", 3);
+    assert!(said.contains("seen retired or destroyed"), "{said}");
+
+    // New output still uses the current keys; three refusals counted.
+    let page = http_get(metrics_addr, "/metrics");
+    assert_eq!(
+        metric(
+            &page,
+            "pseudonymizer_keyring_reloads_total{result=\"refused\"}"
+        ),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "pseudonymizer_active_key{key_id=\"p-test-2\",purpose=\"pseudonym\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "pseudonymizer_active_key{key_id=\"e-test-2\",purpose=\"encryption\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    signal(&worker, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "worker did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -119,8 +119,9 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 std::fs::create_dir_all(dir)?;
             }
             if let Some(uri) = kms {
-                let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
-                wrapped.save(&keyring)?;
+                let kms = crate::kms::open(&uri)?;
+                let mut wrapped = WrappedKeyring::wrap(&ring, kms.as_ref())?;
+                wrapped.save(&keyring, kms.as_ref())?;
                 writeln!(
                     out,
                     "created {} wrapped by {uri} with keys:",
@@ -175,8 +176,9 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 );
             }
             let ring = Keyring::load(&keyring)?;
-            let wrapped = WrappedKeyring::wrap(&ring, crate::kms::open(&uri)?.as_ref())?;
-            wrapped.save(&keyring)?;
+            let kms = crate::kms::open(&uri)?;
+            let mut wrapped = WrappedKeyring::wrap(&ring, kms.as_ref())?;
+            wrapped.save(&keyring, kms.as_ref())?;
             writeln!(
                 out,
                 "wrapped every secret of {} with {uri}",
@@ -193,8 +195,8 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             };
             let from = crate::kms::open(&wrapped.kms)?;
             let to = crate::kms::open(&kms)?;
-            let rewrapped = wrapped.rewrap(from.as_ref(), to.as_ref())?;
-            rewrapped.save(&keyring)?;
+            let mut rewrapped = wrapped.rewrap(from.as_ref(), to.as_ref())?;
+            rewrapped.save(&keyring, to.as_ref())?;
             writeln!(
                 out,
                 "rewrapped every secret of {} from {} to {kms}",
@@ -232,8 +234,9 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
         } => {
             if let Some(mut wrapped) = read_wrapped(&keyring)? {
                 let kms = crate::kms::open(&wrapped.kms)?;
+                wrapped.check_manifest(kms.as_ref())?;
                 let id = wrapped.rotate(kms.as_ref(), purpose, id)?;
-                wrapped.save(&keyring)?;
+                wrapped.save(&keyring, kms.as_ref())?;
                 writeln!(out, "new active {} key {id}", purpose.as_str())?;
                 return Ok(());
             }
@@ -260,8 +263,12 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
         KeysCommand::Destroy { keyring, id, force } => {
             if let Some(mut wrapped) = read_wrapped(&keyring)? {
                 let was_active = is_active(wrapped.entries().iter().map(|e| (&e.id, e.state)), &id);
+                // The manifest is checked, then rewritten (one KMS call each): an edited file
+                // is refused rather than signed anew, and the new state is authenticated.
+                let kms = crate::kms::open(&wrapped.kms)?;
+                wrapped.check_manifest(kms.as_ref())?;
                 wrapped.destroy(&id, force)?;
-                wrapped.save(&keyring)?;
+                wrapped.save(&keyring, kms.as_ref())?;
                 writeln!(out, "destroyed the wrapped secret of key {id}")?;
                 return warn_no_active(was_active, out);
             }
@@ -331,6 +338,7 @@ enum Protection {
 /// What `keys list` shows of a keyring: its protection and each key's metadata.
 struct Listing {
     protection: Protection,
+    generation: u64,
     keys: Vec<(String, Purpose, crate::keys::KeyState, String)>,
 }
 
@@ -343,6 +351,7 @@ impl Listing {
                 },
                 None => Protection::Clear,
             },
+            generation: ring.generation(),
             keys: ring
                 .entries()
                 .iter()
@@ -357,6 +366,7 @@ impl Listing {
                 uri: ring.kms.clone(),
                 keyring_id: ring.keyring_id.clone(),
             },
+            generation: ring.generation(),
             keys: ring
                 .entries()
                 .iter()
@@ -378,6 +388,7 @@ impl Listing {
                 "wrapped by {uri} (keyring {keyring_id}); each secret on its own"
             )?,
         }
+        writeln!(out, "generation {}", self.generation)?;
         writeln!(
             out,
             "{:<32}  {:<10}  {:<9}  created_at",
@@ -397,7 +408,7 @@ impl Listing {
     }
 
     /// `{ "protection": "clear" | "sealed" | "kms", "kek_id" (sealed), "kms" and
-    /// "keyring_id" (kms), "keys": [{ id, purpose, state, created_at }] }`.
+    /// "keyring_id" (kms), "generation", "keys": [{ id, purpose, state, created_at }] }`.
     fn to_json(&self) -> serde_json::Value {
         let keys: Vec<serde_json::Value> = self
             .keys
@@ -411,13 +422,17 @@ impl Listing {
                 })
             })
             .collect();
+        let generation = self.generation;
         match &self.protection {
-            Protection::Clear => serde_json::json!({ "protection": "clear", "keys": keys }),
-            Protection::Sealed { kek_id } => {
-                serde_json::json!({ "protection": "sealed", "kek_id": kek_id, "keys": keys })
-            }
+            Protection::Clear => serde_json::json!({
+                "protection": "clear", "generation": generation, "keys": keys
+            }),
+            Protection::Sealed { kek_id } => serde_json::json!({
+                "protection": "sealed", "kek_id": kek_id, "generation": generation, "keys": keys
+            }),
             Protection::Kms { uri, keyring_id } => serde_json::json!({
-                "protection": "kms", "kms": uri, "keyring_id": keyring_id, "keys": keys
+                "protection": "kms", "kms": uri, "keyring_id": keyring_id,
+                "generation": generation, "keys": keys
             }),
         }
     }

@@ -17,8 +17,34 @@ use super::kek::{self, Kek, KekError};
 use super::Need;
 use super::Secret;
 
-/// The value of the keyring's `format` field.
-pub const KEYRING_FORMAT: &str = "pseudonymizer-keyring/v1";
+/// The value of the keyring's `format` field, as written: version 2 carries a `generation`.
+pub const KEYRING_FORMAT: &str = "pseudonymizer-keyring/v2";
+/// Version 1 (spec v1): no generation. Read as generation 0, written as version 2.
+pub const KEYRING_FORMAT_V1: &str = "pseudonymizer-keyring/v1";
+
+/// How a keyring rests on disk, weakest first: a worker never reloads a keyring less protected
+/// than the one it started with ([`Protection`] orders them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protection {
+    /// Secrets in clear JSON.
+    #[default]
+    Clear,
+    /// Sealed under a key-encryption key (`PSEUDONYMIZER_KEK`).
+    Sealed,
+    /// Every secret wrapped by a KMS key.
+    Kms,
+}
+
+impl Protection {
+    /// The spelling used in messages and `keys list --format json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Clear => "clear",
+            Protection::Sealed => "sealed",
+            Protection::Kms => "kms",
+        }
+    }
+}
 
 /// What a key is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,7 +143,7 @@ pub enum KeyringError {
     Exists { path: PathBuf },
     #[error("keyring is not valid: {0}")]
     Syntax(String),
-    #[error("keyring format is {0:?}, expected \"pseudonymizer-keyring/v1\"")]
+    #[error("keyring format is {0:?}, expected \"pseudonymizer-keyring/v2\" (or v1)")]
     Format(String),
     #[error("key id {0:?} is not 1 to 32 characters of A-Z a-z 0-9 . _ -")]
     BadId(String),
@@ -149,6 +175,8 @@ pub enum KeyringError {
     Kek(#[from] KekError),
     #[error(transparent)]
     Kms(#[from] crate::kms::KmsError),
+    #[error("the KMS keyring's manifest does not match its contents (an entry, its state or the generation was edited, or the manifest was moved from another file): refused")]
+    ManifestMismatch,
     #[error("key {id:?}: {error}{}", entry_hint(.error))]
     KmsEntry {
         id: String,
@@ -183,6 +211,14 @@ pub struct Keyring {
     entries: Vec<KeyEntry>,
     /// `Some` when the file is sealed under a key-encryption key; `save` keeps that form.
     kek: Option<std::sync::Arc<Kek>>,
+    /// Grows by one with every write (0: a version-1 file). Authenticated with the rest of
+    /// the file when it is sealed or KMS-wrapped, so a file copied back from before is known.
+    pub(crate) generation: u64,
+    /// How the file was protected (set by the loaders; a KMS-wrapped file unwraps to this).
+    pub(crate) protection: Protection,
+    /// Every key id the file lists as retired or destroyed, including those whose secrets a
+    /// [`Need`] left out: a worker never takes one of them back as active.
+    pub(crate) ended: Vec<String>,
 }
 
 // The on-disk form. Kept private so that only `Keyring::save` serializes secrets.
@@ -190,6 +226,9 @@ pub struct Keyring {
 #[serde(deny_unknown_fields)]
 struct FileForm {
     format: String,
+    /// Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     keys: Vec<FileEntry>,
 }
 
@@ -240,7 +279,14 @@ impl Keyring {
                 });
             }
         }
-        Ok(Keyring { entries, kek: None })
+        let ended = ended_ids(entries.iter().map(|e| (&e.id, e.state)));
+        Ok(Keyring {
+            entries,
+            kek: None,
+            generation: 0,
+            protection: Protection::Clear,
+            ended,
+        })
     }
 
     /// Parses keyring JSON (no permission check; see [`Keyring::load`]).
@@ -255,9 +301,21 @@ impl Keyring {
                 e.column()
             ))
         })?;
-        if form.format != KEYRING_FORMAT {
-            return Err(KeyringError::Format(form.format));
-        }
+        let generation = match (form.format.as_str(), form.generation) {
+            (KEYRING_FORMAT, Some(generation)) => generation,
+            (KEYRING_FORMAT, None) => {
+                return Err(KeyringError::Syntax(
+                    "missing field `generation` (format v2)".to_owned(),
+                ))
+            }
+            (KEYRING_FORMAT_V1, None) => 0,
+            (KEYRING_FORMAT_V1, Some(_)) => {
+                return Err(KeyringError::Syntax(
+                    "unknown field `generation` (format v1 has none)".to_owned(),
+                ))
+            }
+            _ => return Err(KeyringError::Format(form.format)),
+        };
         let mut entries = Vec::with_capacity(form.keys.len());
         for key in form.keys {
             let secret = match &key.secret {
@@ -275,7 +333,9 @@ impl Keyring {
                 secret,
             });
         }
-        Keyring::from_entries(entries)
+        let mut ring = Keyring::from_entries(entries)?;
+        ring.generation = generation;
+        Ok(ring)
     }
 
     /// Reads and validates a keyring file with every secret, refusing one that group or others
@@ -302,6 +362,7 @@ impl Keyring {
             Keyring::from_json(&text)?
         };
         if need != Need::ALL {
+            // `ended` still lists every retired and destroyed id of the file.
             ring.entries
                 .retain(|e| e.state == KeyState::Destroyed || need.wants(e.purpose, e.state));
         }
@@ -344,6 +405,7 @@ impl Keyring {
             .map_err(|_| KeyringError::Syntax("sealed keyring is not UTF-8".to_owned()))?;
         let mut ring = Keyring::from_json(clear)?;
         ring.kek = Some(std::sync::Arc::new(kek));
+        ring.protection = Protection::Sealed;
         Ok(ring)
     }
 
@@ -354,13 +416,36 @@ impl Keyring {
 
     /// Seals the file under `kek` from the next [`Keyring::save`] on (`None`: write it clear).
     pub fn set_kek(&mut self, kek: Option<Kek>) {
+        self.protection = if kek.is_some() {
+            Protection::Sealed
+        } else {
+            Protection::Clear
+        };
         self.kek = kek.map(std::sync::Arc::new);
     }
 
-    /// Writes the keyring with mode 0600, atomically (temporary file, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+    /// The file's generation: 0 for a version-1 file, then one more with every write.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How the file was (or will be written) protected.
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Every key id the file lists as retired or destroyed.
+    pub fn ended_ids(&self) -> &[String] {
+        &self.ended
+    }
+
+    /// Writes the keyring with mode 0600, atomically (temporary file, fsync, rename), as the
+    /// next generation (format version 2, which a version-1 file is upgraded to).
+    pub fn save(&mut self, path: &Path) -> Result<(), KeyringError> {
+        self.generation += 1;
         let form = FileForm {
             format: KEYRING_FORMAT.to_owned(),
+            generation: Some(self.generation),
             keys: self
                 .entries
                 .iter()
@@ -396,7 +481,7 @@ impl Keyring {
                 new_entry(Purpose::Pseudonym, &now),
                 new_entry(Purpose::Encryption, &now),
             ],
-            kek: None,
+            ..Keyring::default()
         }
     }
 
@@ -435,6 +520,7 @@ impl Keyring {
         for old in &mut self.entries {
             if old.purpose == purpose && old.state == KeyState::Active {
                 old.state = KeyState::Retired;
+                self.ended.push(old.id.clone());
             }
         }
         let id = entry.id.clone();
@@ -453,6 +539,9 @@ impl Keyring {
         refuse_destroy(id, entry.purpose, entry.state, force)?;
         entry.state = KeyState::Destroyed;
         entry.secret = None; // dropping the Secret zeroizes it
+        if !self.ended.iter().any(|e| e == id) {
+            self.ended.push(id.to_owned());
+        }
         Ok(())
     }
 
@@ -465,6 +554,14 @@ impl Keyring {
         }
         Ok(())
     }
+}
+
+/// The ids of entries that are retired or destroyed.
+pub(crate) fn ended_ids<'a>(entries: impl Iterator<Item = (&'a String, KeyState)>) -> Vec<String> {
+    entries
+        .filter(|(_, state)| *state != KeyState::Active)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// Whether a key in `state` may be destroyed: not twice, and an active one only when forced.
@@ -492,7 +589,14 @@ fn keyring_format(text: &str) -> bool {
         format: String,
     }
     serde_json::from_str::<FormatOnly>(text).is_ok_and(|f| {
-        [KEYRING_FORMAT, super::SEALED_FORMAT, super::KMS_FORMAT].contains(&f.format.as_str())
+        [
+            KEYRING_FORMAT,
+            KEYRING_FORMAT_V1,
+            super::SEALED_FORMAT,
+            super::KMS_FORMAT,
+            super::wrapped::KMS_FORMAT_V1,
+        ]
+        .contains(&f.format.as_str())
     })
 }
 

@@ -21,9 +21,12 @@ use zeroize::Zeroizing;
 
 pub use kek::{stash_kek, Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
 pub(crate) use keyring::{new_active_entry, valid_id};
-pub use keyring::{KeyEntry, KeyState, Keyring, KeyringError, Purpose, KEYRING_FORMAT};
+pub use keyring::{
+    KeyEntry, KeyState, Keyring, KeyringError, Protection, Purpose, KEYRING_FORMAT,
+    KEYRING_FORMAT_V1,
+};
 pub use secret::{Secret, SECRET_LEN};
-pub use wrapped::{is_wrapped, WrappedEntry, WrappedKeyring, KMS_FORMAT};
+pub use wrapped::{is_wrapped, WrappedEntry, WrappedKeyring, KMS_FORMAT, KMS_FORMAT_V1};
 
 use crate::cryptopan::CryptoPan;
 pub use crate::envelope::SealKey;

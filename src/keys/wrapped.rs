@@ -3,9 +3,11 @@
 //!
 //! ```json
 //! {
-//!   "format": "pseudonymizer-keyring-kms/v1",
+//!   "format": "pseudonymizer-keyring-kms/v2",
 //!   "kms": "aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/…",
 //!   "keyring_id": "kr-5f0c9a1e27b4d3c8",
+//!   "generation": 7,
+//!   "manifest": "<b64 of the KMS ciphertext of the metadata's SHA-256>",
 //!   "keys": [
 //!     { "id": "p-20261130-1436da", "purpose": "pseudonym", "state": "active",
 //!       "created_at": "2026-11-30T09:11:04Z", "wrapped_secret": "<b64 of the KMS ciphertext>" }
@@ -18,6 +20,15 @@
 //! keyring does not unwrap. Nothing here ever writes a clear secret: `rotate` wraps the new
 //! secret before it is stored, `destroy` drops a wrapped one, `rewrap` unwraps in memory and
 //! wraps under the new KMS key, and every write is atomic (temporary file, fsync, rename).
+//!
+//! Version 2 authenticates what is in clear too: the `manifest` is the SHA-256 of the file's
+//! metadata (format, KMS, keyring id, generation, and every entry's id, purpose, state,
+//! creation time and wrapped secret; [`WrappedKeyring::manifest_text`]) wrapped by the KMS, so
+//! an edited state (a destroyed key made active) or a file copied back from an earlier
+//! generation does not pass for the current one: the edit breaks the digest, and the old
+//! generation is below what a worker has seen. Writing one takes `kms:Encrypt`, which a worker
+//! never needs. Version-1 files (no generation, no manifest) load as generation 0 and are
+//! written as version 2.
 
 use std::path::Path;
 
@@ -28,8 +39,10 @@ use serde::{Deserialize, Serialize};
 use super::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
 use crate::kms::{entry_context, Kms, KmsError};
 
-/// The `format` of a KMS-wrapped keyring file.
-pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v1";
+/// The `format` of a KMS-wrapped keyring file, as written.
+pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v2";
+/// Version 1: no generation and no manifest (metadata not authenticated).
+pub const KMS_FORMAT_V1: &str = "pseudonymizer-keyring-kms/v1";
 
 /// A KMS-wrapped keyring: metadata in clear, secrets wrapped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +53,12 @@ pub struct WrappedKeyring {
     pub kms: String,
     /// Random, made at `init`/`seal`: binds each wrapped secret to this keyring.
     pub keyring_id: String,
+    /// Version 2: one more with every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    /// Version 2: b64 of the KMS ciphertext of the SHA-256 of [`WrappedKeyring::manifest_text`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<String>,
     keys: Vec<WrappedEntry>,
 }
 
@@ -62,7 +81,8 @@ pub fn is_wrapped(text: &str) -> bool {
     struct FormatOnly {
         format: String,
     }
-    serde_json::from_str::<FormatOnly>(text).is_ok_and(|f| f.format == KMS_FORMAT)
+    serde_json::from_str::<FormatOnly>(text)
+        .is_ok_and(|f| f.format == KMS_FORMAT || f.format == KMS_FORMAT_V1)
 }
 
 impl WrappedKeyring {
@@ -70,8 +90,19 @@ impl WrappedKeyring {
     pub fn from_text(text: &str) -> Result<Self, KeyringError> {
         let ring: WrappedKeyring = serde_json::from_str(text)
             .map_err(|e| KeyringError::Syntax(format!("KMS keyring: {e}")))?;
-        if ring.format != KMS_FORMAT {
-            return Err(KeyringError::Format(ring.format));
+        match (ring.format.as_str(), &ring.generation, &ring.manifest) {
+            (KMS_FORMAT, Some(_), Some(_)) | (KMS_FORMAT_V1, None, None) => {}
+            (KMS_FORMAT, _, _) => {
+                return Err(KeyringError::Syntax(
+                    "KMS keyring v2: `generation` and `manifest` are required".to_owned(),
+                ))
+            }
+            (KMS_FORMAT_V1, _, _) => {
+                return Err(KeyringError::Syntax(
+                    "KMS keyring v1 has no `generation` or `manifest`".to_owned(),
+                ))
+            }
+            _ => return Err(KeyringError::Format(ring.format)),
         }
         for entry in &ring.keys {
             match (entry.state, &entry.wrapped_secret) {
@@ -106,8 +137,77 @@ impl WrappedKeyring {
             format: KMS_FORMAT.to_owned(),
             kms: kms.uri().to_owned(),
             keyring_id,
+            generation: Some(ring.generation()),
+            manifest: None,
             keys,
         })
+    }
+
+    /// The file's generation (0 for a version-1 file).
+    pub fn generation(&self) -> u64 {
+        self.generation.unwrap_or(0)
+    }
+
+    /// The text whose SHA-256 the manifest wraps (docs/formats.md, "KMS-wrapped keyring"):
+    /// one line each for the format, the KMS, the keyring id and the generation, then one per
+    /// entry in file order, fields separated by one space (none of them can hold one).
+    pub fn manifest_text(&self) -> String {
+        let mut text = format!(
+            "{KMS_FORMAT}\nkms {}\nkeyring {}\ngeneration {}\n",
+            self.kms,
+            self.keyring_id,
+            self.generation()
+        );
+        for e in &self.keys {
+            text.push_str(&format!(
+                "key {} {} {} {} {}\n",
+                e.id,
+                e.purpose.as_str(),
+                e.state.as_str(),
+                e.created_at,
+                e.wrapped_secret.as_deref().unwrap_or("-")
+            ));
+        }
+        text
+    }
+
+    /// The encryption context the manifest is wrapped with.
+    fn manifest_context(&self) -> crate::kms::Context {
+        [
+            ("pseudonymizer:keyring", self.keyring_id.clone()),
+            ("pseudonymizer:purpose", "manifest".to_owned()),
+            ("pseudonymizer:generation", self.generation().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn manifest_digest(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.manifest_text().as_bytes()).into()
+    }
+
+    /// Checks a version-2 file's manifest with the KMS (one `Decrypt`): the metadata in clear
+    /// is the one the last writer wrote. A version-1 file has none to check. `rotate` and
+    /// `destroy` call it before they write, so that an edited file is never signed anew.
+    pub fn check_manifest(&self, kms: &dyn Kms) -> Result<(), KeyringError> {
+        let Some(b64) = &self.manifest else {
+            return Ok(());
+        };
+        let wrapped = STANDARD
+            .decode(b64)
+            .map_err(|_| KeyringError::ManifestMismatch)?;
+        let digest =
+            kms.unwrap(&wrapped, &self.manifest_context())
+                .map_err(|error| match error {
+                    KmsError::Refused { .. } => KeyringError::ManifestMismatch,
+                    other => KeyringError::Kms(other),
+                })?;
+        if digest.as_slice() != self.manifest_digest() {
+            return Err(KeyringError::ManifestMismatch);
+        }
+        Ok(())
     }
 
     /// The entries, in file order (ids, purposes, states; never a secret).
@@ -115,7 +215,8 @@ impl WrappedKeyring {
         &self.keys
     }
 
-    /// Unwraps what `need` asks for, one KMS call per key, and returns the clear keyring of
+    /// Unwraps what `need` asks for, one KMS call per key and one for a version-2 manifest,
+    /// and returns the clear keyring of
     /// those keys (destroyed entries kept as records; other live keys left out).
     pub fn unwrap(&self, kms: &dyn Kms, need: Need) -> Result<Keyring, KeyringError> {
         let mut entries = Vec::new();
@@ -135,7 +236,14 @@ impl WrappedKeyring {
                 secret,
             });
         }
-        Keyring::from_entries(entries)
+        // After the entries, so that a secret moved between entries is named as such; then the
+        // manifest, which an edited state, id or generation does not pass.
+        self.check_manifest(kms)?;
+        let mut ring = Keyring::from_entries(entries)?;
+        ring.generation = self.generation();
+        ring.protection = super::Protection::Kms;
+        ring.ended = super::keyring::ended_ids(self.keys.iter().map(|e| (&e.id, e.state)));
+        Ok(ring)
     }
 
     fn unwrap_secret(
@@ -207,6 +315,8 @@ impl WrappedKeyring {
             format: KMS_FORMAT.to_owned(),
             kms: to.uri().to_owned(),
             keyring_id: self.keyring_id.clone(),
+            generation: self.generation,
+            manifest: None,
             keys: clear
                 .entries()
                 .iter()
@@ -215,8 +325,15 @@ impl WrappedKeyring {
         })
     }
 
-    /// Writes the file with mode 0600, atomically (temporary file, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+    /// Writes the file as the next generation (format version 2) with its manifest wrapped by
+    /// `kms` (one call), mode 0600, atomically (temporary file, fsync, rename).
+    pub fn save(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
+        self.format = KMS_FORMAT.to_owned();
+        self.generation = Some(self.generation() + 1);
+        let wrapped = kms
+            .wrap(&self.manifest_digest(), &self.manifest_context())
+            .map_err(KeyringError::Kms)?;
+        self.manifest = Some(STANDARD.encode(wrapped));
         let mut text = serde_json::to_string_pretty(self).expect("wrapped keyring serializes");
         text.push('\n');
         crate::secret_file::write_atomically(path, text.as_bytes()).map_err(|source| {
@@ -270,7 +387,7 @@ mod tests {
     /// makes no KMS call).
     fn ring() -> WrappedKeyring {
         WrappedKeyring::from_text(&format!(
-            r#"{{"format":"{KMS_FORMAT}","kms":"aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/k",
+            r#"{{"format":"{KMS_FORMAT_V1}","kms":"aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/k",
                 "keyring_id":"kr-1","keys":[
                 {{"id":"p-old","purpose":"pseudonym","state":"retired","created_at":"2026-01-01T00:00:00Z","wrapped_secret":"AAAA"}},
                 {{"id":"p-new","purpose":"pseudonym","state":"active","created_at":"2026-02-01T00:00:00Z","wrapped_secret":"BBBB"}}]}}"#

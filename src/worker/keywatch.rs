@@ -7,6 +7,13 @@
 //! `pseudonymizer_keyring_reloads_total{result="refused"}`), and the worker keeps the keys it
 //! has. The worker snapshots the keys once per record, so every record is made with one key set.
 //!
+//! A reload never lowers protection and never goes back in time: a keyring less protected than
+//! the one the worker started with (clear after sealed, sealed after KMS), one of an earlier
+//! generation, and one whose active key this worker has seen retired or destroyed are refused
+//! like a broken one. Sealed and KMS keyrings authenticate their generation and states (the
+//! KEK seals the whole file; the KMS wraps a manifest of it), so whoever can replace the file
+//! without the KEK or the KMS can neither forge nor roll it back (docs/security.md).
+//!
 //! The same task checks the rotation policy ([`crate::keys::policy`]) of the active keys every
 //! `check_interval_secs` and after each reload.
 
@@ -22,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::config::RotationConfig;
 use crate::keys::policy::{self, KeyFacts};
-use crate::keys::{KeySet, Keyring, KeyringError, Purpose};
+use crate::keys::{KeySet, Keyring, KeyringError, Protection, Purpose};
 use crate::metrics::Metrics;
 use crate::transform::{ActiveKeys, Engine};
 
@@ -33,6 +40,15 @@ pub enum ReloadError {
     Keyring(#[from] KeyringError),
     #[error("no active encryption key: the dead-letter topic needs one")]
     NoEncryptionKey,
+    #[error("the keyring is {got} but this worker started on a {had} one: a reload never lowers protection (restart the worker to change it)")]
+    Downgrade {
+        had: &'static str,
+        got: &'static str,
+    },
+    #[error("the keyring is generation {got}, older than generation {had} already loaded: a copy from before (rollback)")]
+    Rollback { had: u64, got: u64 },
+    #[error("the keyring makes {purpose} key {id:?} active, which this worker has seen retired or destroyed")]
+    Revived { id: String, purpose: &'static str },
 }
 
 impl ReloadError {
@@ -58,6 +74,81 @@ pub struct KeyWatch {
     /// After a reload the KMS could not serve: when to try the same file again, and the wait
     /// after that (doubling, at most a minute), so an unreachable KMS is not called every second.
     retry: Option<(tokio::time::Instant, Duration)>,
+    /// What no reload may go below or back to (see the module's comment).
+    floor: ReloadFloor,
+}
+
+/// The protection, generation and ended keys a reloaded keyring is held to.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadFloor {
+    protection: Protection,
+    generation: u64,
+    /// Ids this worker has seen retired or destroyed, or replaced as active.
+    ended: HashSet<String>,
+}
+
+impl ReloadFloor {
+    /// The floor a worker starts with: the keyring it started on.
+    pub fn of(keyring: &Keyring) -> Self {
+        ReloadFloor {
+            protection: keyring.protection(),
+            generation: keyring.generation(),
+            ended: keyring.ended_ids().iter().cloned().collect(),
+        }
+    }
+
+    /// Whether `keyring` (with `active`, its keys for new output) may replace the current one.
+    pub fn admit(&self, keyring: &Keyring, active: &ActiveKeys) -> Result<(), ReloadError> {
+        if keyring.protection() < self.protection {
+            return Err(ReloadError::Downgrade {
+                had: self.protection.as_str(),
+                got: keyring.protection().as_str(),
+            });
+        }
+        if keyring.generation() < self.generation {
+            return Err(ReloadError::Rollback {
+                had: self.generation,
+                got: keyring.generation(),
+            });
+        }
+        let pseudonym = active
+            .pseudonym
+            .as_ref()
+            .map(|k| (k.id(), Purpose::Pseudonym));
+        let encryption = active
+            .encryption
+            .as_ref()
+            .map(|k| (k.id(), Purpose::Encryption));
+        for (id, purpose) in pseudonym.into_iter().chain(encryption) {
+            if self.ended.contains(id) {
+                return Err(ReloadError::Revived {
+                    id: id.to_owned(),
+                    purpose: purpose.as_str(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises the floor to an applied keyring; `before` are the keys it replaces.
+    pub fn raise(&mut self, keyring: &Keyring, before: &ActiveKeys, after: &ActiveKeys) {
+        self.protection = self.protection.max(keyring.protection());
+        self.generation = self.generation.max(keyring.generation());
+        self.ended.extend(keyring.ended_ids().iter().cloned());
+        fn replaced<'a>(old: Option<&'a str>, new: Option<&str>) -> Option<&'a str> {
+            old.filter(|o| Some(*o) != new)
+        }
+        let pseudonym = replaced(
+            before.pseudonym.as_ref().map(|k| k.id()),
+            after.pseudonym.as_ref().map(|k| k.id()),
+        );
+        let encryption = replaced(
+            before.encryption.as_ref().map(|k| k.id()),
+            after.encryption.as_ref().map(|k| k.id()),
+        );
+        self.ended
+            .extend(pseudonym.into_iter().chain(encryption).map(str::to_owned));
+    }
 }
 
 impl KeyWatch {
@@ -81,6 +172,7 @@ impl KeyWatch {
             seen,
             warned: HashSet::new(),
             retry: None,
+            floor: ReloadFloor::of(&keyring),
         };
         watch.created = created_times(&keyring);
         Ok((watch, receiver))
@@ -121,8 +213,13 @@ impl KeyWatch {
         self.seen = file_hash(&self.path);
         let backoff = self.retry.take().map(|(_, wait)| wait);
         let before = self.sender.borrow().clone();
-        match load(&self.path, &self.engine) {
+        let loaded = load(&self.path, &self.engine).and_then(|(keyring, active)| {
+            self.floor.admit(&keyring, &active)?;
+            Ok((keyring, active))
+        });
+        match loaded {
             Ok((keyring, active)) => {
+                self.floor.raise(&keyring, &before, &active);
                 if let (Some(old), Some(new)) = (&before.encryption, &active.encryption) {
                     new.continue_count(old);
                 }

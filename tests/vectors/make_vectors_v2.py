@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Computes the vectors of the formats added after spec v1 (docs/formats.md), independently of
 the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains, `id`
-sub-classes, and the tokens of record keys that are not UTF-8.
+sub-classes, the tokens of record keys that are not UTF-8, and the manifest digest of a
+KMS-wrapped keyring.
 
 Uses only Python's standard library and the `cryptography` package (HKDF, AES-ECB for the
 XAES-256-GCM key derivation, AES-GCM). XAES-256-GCM is written here from its specification
@@ -143,6 +144,36 @@ def key_token(cls: str, key: bytes) -> tuple:
 
 # (key_class, key bytes): keys that are not UTF-8, and the text a lossy conversion would have
 # made of the first (U+FFFD in place of the 0xff byte), which now has a token of its own.
+def kms_manifest_sha256(doc: dict) -> str:
+    """SHA-256 of a KMS-wrapped keyring's manifest text (docs/formats.md, "KMS-wrapped
+    keyring"), hex: what the file's `manifest` wraps."""
+    lines = [doc["format"], "kms " + doc["kms"], "keyring " + doc["keyring_id"],
+             "generation %d" % doc["generation"]]
+    for e in doc["keys"]:
+        lines.append(" ".join(["key", e["id"], e["purpose"], e["state"], e["created_at"],
+                               e.get("wrapped_secret", "-")]))
+    return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+
+
+KMS_KEYRING = {
+    "format": "pseudonymizer-keyring-kms/v2",
+    "kms": "aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "keyring_id": "kr-5f0c9a1e27b4d3c8",
+    "generation": 4,
+    "manifest": "AAAA",
+    "keys": [
+        {"id": "p-20261130-1436da", "purpose": "pseudonym", "state": "retired",
+         "created_at": "2026-11-30T09:11:04Z", "wrapped_secret": "AQIDBA=="},
+        {"id": "p-20261204-77aa01", "purpose": "pseudonym", "state": "active",
+         "created_at": "2026-12-04T08:00:00Z", "wrapped_secret": "BQYHCA=="},
+        {"id": "e-20261130-468fbc", "purpose": "encryption", "state": "destroyed",
+         "created_at": "2026-11-30T09:11:04Z"},
+        {"id": "e-20261204-90cc12", "purpose": "encryption", "state": "active",
+         "created_at": "2026-12-04T08:00:00Z", "wrapped_secret": "CQoLDA=="},
+    ],
+}
+
+
 KEY_CASES = [
     ("id", b"device-\xff\x01"),
     ("id", "device-\ufffd\x01".encode()),
@@ -212,6 +243,7 @@ print(json.dumps({
          "token": key_token(c, k)[1]}
         for c, k in KEY_CASES
     ],
+    "kms_manifest": {"keyring": KMS_KEYRING, "sha256": kms_manifest_sha256(KMS_KEYRING)},
     "cryptopan": [
         {"domain": d, "input": ip, "output": cryptopan_v4(d, ip)}
         for d in [None, "fraud"] for ip in ["192.0.2.1", "198.51.100.77"]
