@@ -48,7 +48,9 @@
 //!   through the registry), the at-least-once and exactly-once loops,
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
 //!   deleted before they were read).
-//! - [`metrics`]: Prometheus metrics and the health endpoints.
+//! - [`metrics`]: Prometheus metrics and what the health endpoints say.
+//! - [`endpoint`]: the HTTP server of `/metrics`, `/healthz`, `/readyz`, bounded against
+//!   hostile clients.
 //! - [`demo`]: the README's main command, on an in-process cluster.
 //! - [`bench`]: the end-to-end throughput benchmark (transform vs pass-through) on a broker.
 //! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
@@ -62,6 +64,7 @@ pub mod config;
 pub mod connect;
 pub mod cryptopan;
 pub mod demo;
+pub mod endpoint;
 pub mod envelope;
 pub mod file;
 pub mod fsio;

@@ -1,4 +1,4 @@
-//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! Prometheus metrics, and what `/healthz` and `/readyz` say (served by [`crate::endpoint`]).
 //!
 //! Labels carry topic names, partitions, pipeline names, dead-letter reasons and key ids:
 //! never a value, a token or a secret.
@@ -453,37 +453,8 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` from a background thread.
-    /// Returns the bound address (useful with port 0).
-    pub fn serve(self: &Arc<Self>, listen: &str) -> std::io::Result<std::net::SocketAddr> {
-        // Served once per process: a worker that reconnects (new secrets) keeps its endpoint.
-        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(addr) = *serving {
-            return Ok(addr);
-        }
-        let server =
-            tiny_http::Server::http(listen).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("metrics listener has no IP address"))?;
-        let metrics = self.clone();
-        std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    let (status, body) = match request.url() {
-                        "/metrics" => (200, metrics.render()),
-                        "/healthz" => (200, "ok\n".to_owned()),
-                        "/readyz" if metrics.is_ready() => (200, "ready\n".to_owned()),
-                        "/readyz" => (503, "not ready\n".to_owned()),
-                        _ => (404, "not found\n".to_owned()),
-                    };
-                    let _ = request
-                        .respond(tiny_http::Response::from_string(body).with_status_code(status));
-                }
-            })?;
-        *serving = Some(addr);
-        Ok(addr)
+    /// Where this process's endpoint listens, once [`crate::endpoint::serve`] started it.
+    pub(crate) fn serving(&self) -> std::sync::MutexGuard<'_, Option<std::net::SocketAddr>> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

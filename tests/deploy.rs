@@ -79,6 +79,7 @@ fn manifests_render_and_validate_against_kubernetes_1_31() {
         "service/pseudonymizer",
         "statefulset/pseudonymizer",
         "poddisruptionbudget/pseudonymizer",
+        "networkpolicy/pseudonymizer",
     ] {
         assert!(
             said.contains(&format!("passed for resource {resource}")),
@@ -101,6 +102,43 @@ fn manifests_render_and_validate_against_kubernetes_1_31() {
     ] {
         assert!(rendered.contains(needle), "{needle} not in the manifests");
     }
+    // The NetworkPolicy: both directions governed; the metrics port open to the monitoring
+    // namespace only; egress to DNS, the brokers, the registry and the KMS.
+    let policy = rendered
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: NetworkPolicy"))
+        .expect("a NetworkPolicy in the manifests");
+    // The `ingress:` block: its line and the more indented lines after it.
+    let ingress: String = {
+        let mut lines = policy.lines().skip_while(|l| l.trim() != "ingress:");
+        let head = lines.next().expect("an ingress block");
+        let indent = head.len() - head.trim_start().len();
+        lines
+            .take_while(|l| {
+                l.len() - l.trim_start().len() > indent || l.trim_start().starts_with("- ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for needle in [
+        "- Ingress",
+        "- Egress",
+        "app.kubernetes.io/name: pseudonymizer",
+        "k8s-app: kube-dns",
+        "port: 53",
+        "kubernetes.io/metadata.name: kafka",
+        "port: 9093",
+        "port: 8081",
+        "port: 443",
+    ] {
+        assert!(policy.contains(needle), "{needle} not in the NetworkPolicy");
+    }
+    assert!(
+        ingress.contains("kubernetes.io/metadata.name: monitoring")
+            && ingress.contains("port: 9464")
+            && ingress.matches("- from:").count() == 1,
+        "ingress: {ingress}"
+    );
     // The grace period is above the shutdown bound, with a margin.
     let config_text =
         std::fs::read_to_string(repo.join("deploy/kubernetes/config/pipeline.toml")).unwrap();

@@ -1,7 +1,7 @@
 //! The key commands fail closed: the active key of a purpose is destroyed only when forced,
 //! keyrings and KEK files are read bounded (a FIFO refused at once, a huge file unread), a file
 //! that is not a keyring is called that (no advice to chmod a system file), and `keys list`
-//! speaks JSON for scripts, never a secret.
+//! speaks JSON for scripts, never a secret; `keys export` writes a worker's part of a keyring.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -288,4 +288,174 @@ fn keyrings_and_kek_files_are_read_bounded() {
     ));
     assert!(said.contains("more than the limit"), "{said}");
     assert!(!sealed.exists(), "no keyring written without a KEK");
+}
+
+/// `keys export --for worker` writes a new file with only the two active keys (the worker's
+/// Secret), at the source's generation and protection; it never writes over a file, the source
+/// above all, and `--for lookup` keeps every pseudonym key and no encryption key.
+#[test]
+fn export_for_a_worker_ships_only_the_active_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = init(dir.path());
+    let first = list_json(&ring);
+    let old_pseudonym = key_id(&first, "pseudonym", "active");
+    let old_encryption = key_id(&first, "encryption", "active");
+    for purpose in ["pseudonym", "encryption"] {
+        ok(&[
+            "keys",
+            "rotate",
+            "--keyring",
+            s(&ring),
+            "--purpose",
+            purpose,
+        ]);
+    }
+    ok(&[
+        "keys",
+        "destroy",
+        "--keyring",
+        s(&ring),
+        "--id",
+        &old_encryption,
+    ]);
+    let full = list_json(&ring);
+    let source = std::fs::read(&ring).unwrap();
+
+    let worker = dir.path().join("worker.json");
+    let said = ok(&[
+        "keys",
+        "export",
+        "--keyring",
+        s(&ring),
+        "--for",
+        "worker",
+        "--out",
+        s(&worker),
+    ]);
+    assert!(said.contains("for worker"), "{said}");
+    let exported = list_json(&worker);
+    assert_eq!(exported["protection"], "clear");
+    assert_eq!(exported["generation"], full["generation"]);
+    let states: Vec<(String, String)> = exported["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().into(),
+                k["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        !states.iter().any(|(id, _)| *id == old_pseudonym),
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|(_, state)| state == "active").count(),
+        2,
+        "{states:?}"
+    );
+    assert!(states.contains(&(old_encryption.clone(), "destroyed".into())));
+    let text = std::fs::read_to_string(&worker).unwrap();
+    assert!(!text.contains(&old_pseudonym));
+    assert_eq!(
+        std::fs::metadata(&worker).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The export works for what a worker does.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pipeline.toml");
+    ok(&["check", "--config", s(&config), "--keyring", s(&worker)]);
+
+    // For lookup: every pseudonym key, no encryption key.
+    let lookup = dir.path().join("lookup.json");
+    ok(&[
+        "keys",
+        "export",
+        "--keyring",
+        s(&ring),
+        "--for",
+        "lookup",
+        "--out",
+        s(&lookup),
+    ]);
+    let listed = list_json(&lookup);
+    let keys = listed["keys"].as_array().unwrap();
+    assert!(keys
+        .iter()
+        .filter(|k| k["state"] != "destroyed")
+        .all(|k| k["purpose"] == "pseudonym"));
+    assert!(keys.iter().any(|k| k["id"] == old_pseudonym.as_str()));
+
+    // Never over an existing file: not the source, not a link to it, not another file.
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&ring, &link).unwrap();
+    for out in [&ring, &link, &worker] {
+        let before = std::fs::read(out).unwrap();
+        let said = refused(&run(&[
+            "keys",
+            "export",
+            "--keyring",
+            s(&ring),
+            "--for",
+            "worker",
+            "--out",
+            s(out),
+        ]));
+        assert!(said.contains("exists"), "{said}");
+        assert_eq!(std::fs::read(out).unwrap(), before);
+    }
+    assert_eq!(
+        std::fs::read(&ring).unwrap(),
+        source,
+        "the source is only read"
+    );
+
+    // A sealed keyring's export is sealed under the same KEK.
+    let kek = dir.path().join("kek.b64");
+    ok(&["keys", "new-kek", "--out", s(&kek)]);
+    let sealed = dir.path().join("sealed.json");
+    std::fs::copy(&ring, &sealed).unwrap();
+    let with_kek = [("PSEUDONYMIZER_KEK_FILE", kek.as_path())];
+    assert!(
+        run_env(&["keys", "seal", "--keyring", s(&sealed)], &with_kek)
+            .status
+            .success()
+    );
+    let sealed_worker = dir.path().join("sealed-worker.json");
+    let out = run_env(
+        &[
+            "keys",
+            "export",
+            "--keyring",
+            s(&sealed),
+            "--for",
+            "worker",
+            "--out",
+            s(&sealed_worker),
+        ],
+        &with_kek,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(&sealed_worker)
+        .unwrap()
+        .contains("\"secret\""));
+    let listed = run_env(
+        &[
+            "keys",
+            "list",
+            "--keyring",
+            s(&sealed_worker),
+            "--format",
+            "json",
+        ],
+        &with_kek,
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["protection"], "sealed");
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 3, "{listed}");
 }

@@ -718,3 +718,103 @@ async fn a_worker_leaves_no_kek_in_its_environment_and_dumps_no_core() {
     sigterm(&debugging.0);
     assert!(wait_exit(&mut debugging.0, Duration::from_secs(40)).success());
 }
+
+/// `keys export --for worker` of a KMS keyring: only the active entries, still wrapped (no
+/// clear secret ever), at the source's generation with a manifest of its own that every
+/// reader checks; an edited source is refused rather than exported.
+#[test]
+fn a_kms_keyring_exports_a_workers_part_with_its_own_manifest() {
+    let kms = test_kms();
+    let key = kms.create_key();
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keyring.json");
+    ok(
+        &kms,
+        &["keys", "init", "--keyring", s(&ring), "--kms", &key],
+    );
+    let first: Json = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    let old = first["keys"][0]["id"].as_str().unwrap().to_owned();
+    ok(
+        &kms,
+        &[
+            "keys",
+            "rotate",
+            "--keyring",
+            s(&ring),
+            "--purpose",
+            "pseudonym",
+        ],
+    );
+    let full: Json = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    let worker = dir.path().join("worker.json");
+    ok(
+        &kms,
+        &[
+            "keys",
+            "export",
+            "--keyring",
+            s(&ring),
+            "--for",
+            "worker",
+            "--out",
+            s(&worker),
+        ],
+    );
+    let exported: Json = serde_json::from_slice(&std::fs::read(&worker).unwrap()).unwrap();
+    assert_eq!(exported["format"], "pseudonymizer-keyring-kms/v2");
+    assert_eq!(exported["generation"], full["generation"]);
+    assert_eq!(exported["keyring_id"], full["keyring_id"]);
+    assert_ne!(exported["manifest"], full["manifest"]);
+    let ids: Vec<&str> = exported["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&old.as_str()));
+    assert!(exported["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["state"] == "active" && k.get("secret").is_none()));
+    let config = common::repo().join("config/pipeline.toml");
+    ok(
+        &kms,
+        &["check", "--config", s(&config), "--keyring", s(&worker)],
+    );
+    // The retired key put back into the export does not pass: the manifest binds the entries.
+    let mut widened = exported.clone();
+    widened["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(full["keys"][0].clone());
+    let tampered = dir.path().join("widened.json");
+    common::write_secret(&tampered, serde_json::to_string(&widened).unwrap());
+    let out = pseudonymizer(&kms.endpoint)
+        .args(["check", "--config", s(&config), "--keyring", s(&tampered)])
+        .output()
+        .unwrap();
+    assert!(
+        said(&out).contains("manifest does not match"),
+        "{}",
+        said(&out)
+    );
+    // An edited source is refused, and nothing is written.
+    let again = dir.path().join("again.json");
+    let out = pseudonymizer(&kms.endpoint)
+        .args([
+            "keys",
+            "export",
+            "--keyring",
+            s(&tampered),
+            "--for",
+            "worker",
+            "--out",
+            s(&again),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(!again.exists());
+}

@@ -42,7 +42,7 @@ async fn end_to_end_against_tansu() {
     kafka::produce(&brokers, &topics.raw, EVENTS, 2026, &extra, &mut inputs).await;
 
     let metrics = Metrics::new();
-    let addr = metrics.serve("127.0.0.1:0").unwrap();
+    let addr = pseudonymizer::endpoint::serve(&metrics, "127.0.0.1:0").unwrap();
     assert!(
         http_get(addr, "/readyz").starts_with("HTTP/1.1 503")
             || http_get(addr, "/readyz").starts_with("HTTP/1.0 503")

@@ -79,6 +79,21 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Write, as a new file, only the keys one kind of process needs (the keyring a worker's
+    /// Secret ships): same protection and generation, every other key left out.
+    Export {
+        /// The full keyring (the security team's copy; only read).
+        #[arg(long)]
+        keyring: PathBuf,
+        /// Who the copy is for: `worker` (also `check` and `transform`: the two active keys),
+        /// `lookup` (every pseudonym key), or `decrypt` (also `reseal` and `dlq replay`: every
+        /// encryption key). Destroyed entries are kept, without secrets.
+        #[arg(long = "for", value_enum)]
+        for_: ExportFor,
+        /// The file to create (mode 0600; refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove a retired key's secret, keeping its entry (crypto-shredding). What it sealed no
     /// longer opens and its tokens can no longer be looked up.
     Destroy {
@@ -93,6 +108,32 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The processes `keys export` writes a keyring for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ExportFor {
+    Worker,
+    Lookup,
+    Decrypt,
+}
+
+impl ExportFor {
+    fn name(self) -> &'static str {
+        match self {
+            ExportFor::Worker => "worker",
+            ExportFor::Lookup => "lookup",
+            ExportFor::Decrypt => "decrypt",
+        }
+    }
+
+    fn need(self) -> Need {
+        match self {
+            ExportFor::Worker => Need::NEW_OUTPUT,
+            ExportFor::Lookup => Need::TOKENS,
+            ExportFor::Decrypt => Need::ENVELOPES,
+        }
+    }
 }
 
 fn parse_purpose(s: &str) -> Result<Purpose, String> {
@@ -260,6 +301,36 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 }
             }
         }
+        KeysCommand::Export {
+            keyring,
+            for_,
+            out: path,
+        } => {
+            // Never over an existing file, a link included: above all not the source itself.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(crate::keys::KeyringError::Exists { path }.into());
+            }
+            let need = for_.need();
+            let kept: Vec<String> = if let Some(wrapped) = read_wrapped(&keyring)? {
+                let kms = crate::kms::open(&wrapped.kms)?;
+                wrapped.check_manifest(kms.as_ref())?;
+                let mut subset = wrapped.subset(need);
+                subset.write_copy(&path, kms.as_ref())?;
+                live_ids(subset.entries().iter().map(|e| (&e.id, e.state)))
+            } else {
+                let subset = Keyring::load_for(&keyring, need)?;
+                subset.write_copy(&path)?;
+                live_ids(subset.entries().iter().map(|e| (&e.id, e.state)))
+            };
+            writeln!(
+                out,
+                "wrote {} for {} with keys: {}",
+                path.display(),
+                for_.name(),
+                kept.join(", ")
+            )?;
+            Ok(())
+        }
         KeysCommand::Destroy { keyring, id, force } => {
             if let Some(mut wrapped) = read_wrapped(&keyring)? {
                 let was_active = is_active(wrapped.entries().iter().map(|e| (&e.id, e.state)), &id);
@@ -313,6 +384,14 @@ fn kek_from_env() -> Result<Kek> {
 }
 
 /// The keyring file as a KMS-wrapped keyring, if it is one (nothing unwrapped).
+/// The ids of entries that still have a secret.
+fn live_ids<'a>(entries: impl Iterator<Item = (&'a String, crate::keys::KeyState)>) -> Vec<String> {
+    entries
+        .filter(|(_, state)| *state != crate::keys::KeyState::Destroyed)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 fn read_wrapped(path: &std::path::Path) -> Result<Option<WrappedKeyring>> {
     let text = Keyring::read_owner_only(path)?;
     if !is_wrapped(&text) {

@@ -66,8 +66,7 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         .as_ref()
         .and_then(|k| k.metrics_listen.as_ref())
     {
-        metrics
-            .serve(listen)
+        crate::endpoint::serve(&metrics, listen)
             .with_context(|| format!("metrics_listen {listen}"))?;
     }
     let Some((key_watch, keys)) = runtime.block_on(start_keys(

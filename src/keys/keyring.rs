@@ -443,6 +443,13 @@ impl Keyring {
     /// next generation (format version 2, which a version-1 file is upgraded to).
     pub fn save(&mut self, path: &Path) -> Result<(), KeyringError> {
         self.generation += 1;
+        self.write_copy(path)
+    }
+
+    /// Writes the keyring as it is, at its current generation: a copy of a file, not a change
+    /// to it (`keys export` writes the part a process needs this way, so that the copy's
+    /// generation follows its source's). Same protection, mode 0600, atomically.
+    pub fn write_copy(&self, path: &Path) -> Result<(), KeyringError> {
         let form = FileForm {
             format: KEYRING_FORMAT.to_owned(),
             generation: Some(self.generation),

@@ -328,8 +328,30 @@ impl WrappedKeyring {
     /// Writes the file as the next generation (format version 2) with its manifest wrapped by
     /// `kms` (one call), mode 0600, atomically (temporary file, fsync, rename).
     pub fn save(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
-        self.format = KMS_FORMAT.to_owned();
         self.generation = Some(self.generation() + 1);
+        self.write_copy(path, kms)
+    }
+
+    /// The entries `need` asks for (destroyed ones kept as records), nothing unwrapped: what
+    /// `keys export` writes for a process that should hold no more.
+    pub fn subset(&self, need: Need) -> WrappedKeyring {
+        WrappedKeyring {
+            keys: self
+                .keys
+                .iter()
+                .filter(|e| e.state == KeyState::Destroyed || need.wants(e.purpose, e.state))
+                .cloned()
+                .collect(),
+            manifest: None,
+            ..self.clone()
+        }
+    }
+
+    /// Writes the file at its current generation with a new manifest (one KMS call): a copy,
+    /// such as a [`WrappedKeyring::subset`], not a change. Mode 0600, atomically.
+    pub fn write_copy(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
+        self.format = KMS_FORMAT.to_owned();
+        self.generation = Some(self.generation());
         let wrapped = kms
             .wrap(&self.manifest_digest(), &self.manifest_context())
             .map_err(KeyringError::Kms)?;

@@ -109,7 +109,8 @@ impl Worker {
         self.metrics
             .export_counter(self.engine.phone().region_fallbacks());
         if let Some(listen) = &kafka.metrics_listen {
-            let addr = self.metrics.serve(listen).map_err(WorkerError::Metrics)?;
+            let addr =
+                crate::endpoint::serve(&self.metrics, listen).map_err(WorkerError::Metrics)?;
             tracing::info!(%addr, "metrics listening");
         }
         let resolver = match &config.registry {
