@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use common::kafka::{self, Collected, Inputs, Topics};
-use common::process::{free_port, metric, sigterm, wait_exit, wait_log, wait_ready};
+use common::process::{metric, sigterm, wait_exit, wait_log, wait_ready};
 use common::Reaped;
 use pseudonymizer::keys::{Keyring, Purpose};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -247,13 +247,8 @@ fn metric_names(text: &str) -> HashSet<String> {
 /// A worker of the shipped config on fresh topics, with its metrics on a free port.
 async fn worker_config(dir: &Path, topics: &Topics, brokers: &str) -> (PathBuf, SocketAddr) {
     let config = kafka::write_config(dir, topics, brokers, "");
-    let port = free_port();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_timeout_secs = 20",
-        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
-    (config, format!("127.0.0.1:{port}").parse().unwrap())
+    let addr = common::process::serve_metrics(&config);
+    (config, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, Topics};
-use common::process::{free_port, wait_ready};
+use common::process::wait_ready;
 
 /// How much the worker's RSS may grow under the attacks: the endpoint's own bound is under
 /// 2 MiB; the rest is allowance for the allocator and the worker's own work meanwhile.
@@ -154,13 +154,7 @@ async fn the_health_port_stays_up_and_bounded_under_hostile_clients() {
     topics.create(&brokers, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let config = kafka::write_config(dir.path(), &topics, &brokers, "");
-    let port = free_port();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_timeout_secs = 20",
-        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = common::process::serve_metrics(&config);
     let worker = common::process::start(&config, &dir.path().join("worker.log"));
     let pid = worker.0.id();
     wait_ready(addr);

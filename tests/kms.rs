@@ -532,13 +532,7 @@ async fn worker_on_a_kms_keyring_rides_out_kms_outages_at_start_and_at_reload() 
     topics.create(&brokers, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let config = kafka::write_config(dir.path(), &topics, &brokers, "");
-    let port = free_port();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "shutdown_timeout_secs = 20",
-        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let metrics_addr = common::process::serve_metrics(&config);
     // The test keyring (p-test-1, e-test-1), wrapped by the KMS: the same keys as ever.
     let ring = dir.path().join("keyring.json");
     ok(

@@ -71,6 +71,18 @@ pub fn metric(addr: SocketAddr, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Serves the metrics of the worker that runs `config` (a config written by
+/// `kafka::write_config`) on a free loopback port, edited in place; returns the address.
+pub fn serve_metrics(config: &Path) -> SocketAddr {
+    let port = free_port();
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "shutdown_timeout_secs = 20",
+        &format!("shutdown_timeout_secs = 20\nmetrics_listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(config, text).unwrap();
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
 /// A free loopback port (for a worker's metrics).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
