@@ -442,7 +442,7 @@ impl Keyring {
     /// Writes the keyring with mode 0600, atomically (temporary file, fsync, rename), as the
     /// next generation (format version 2, which a version-1 file is upgraded to).
     pub fn save(&mut self, path: &Path) -> Result<(), KeyringError> {
-        self.generation += 1;
+        self.generation = next_generation(self.generation)?;
         self.write_copy(path)
     }
 
@@ -563,6 +563,17 @@ impl Keyring {
     }
 }
 
+/// The generation after `generation`; a file already at the largest one cannot be written
+/// again (a worker would take a wrapped-around 0 for a rollback).
+pub(crate) fn next_generation(generation: u64) -> Result<u64, KeyringError> {
+    generation.checked_add(1).ok_or_else(|| {
+        KeyringError::Syntax(format!(
+            "generation {generation} is the largest there is, so the file cannot be written \
+             again (no program counts this far: it was set by hand)"
+        ))
+    })
+}
+
 /// The ids of entries that are retired or destroyed.
 pub(crate) fn ended_ids<'a>(entries: impl Iterator<Item = (&'a String, KeyState)>) -> Vec<String> {
     entries
@@ -668,5 +679,22 @@ fn new_entry(purpose: Purpose, created_at: &str) -> KeyEntry {
         state: KeyState::Active,
         created_at: created_at.to_owned(),
         secret: Some(Secret::generate()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_generation_is_never_wrapped_around() {
+        assert_eq!(next_generation(0).unwrap(), 1);
+        let error = next_generation(u64::MAX).unwrap_err().to_string();
+        assert!(error.contains("cannot be written again"), "{error}");
+        let mut ring = Keyring::generate();
+        ring.generation = u64::MAX;
+        let dir = std::env::temp_dir().join(format!("pz-gen-{}", std::process::id()));
+        assert!(ring.save(&dir.join("keyring.json")).is_err());
+        assert_eq!(ring.generation(), u64::MAX);
     }
 }

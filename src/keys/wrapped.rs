@@ -328,7 +328,7 @@ impl WrappedKeyring {
     /// Writes the file as the next generation (format version 2) with its manifest wrapped by
     /// `kms` (one call), mode 0600, atomically (temporary file, fsync, rename).
     pub fn save(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
-        self.generation = Some(self.generation() + 1);
+        self.generation = Some(super::keyring::next_generation(self.generation())?);
         self.write_copy(path, kms)
     }
 
