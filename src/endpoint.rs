@@ -8,6 +8,7 @@
 //! | what | bound |
 //! | --- | --- |
 //! | connections at once | [`MAX_CONNECTIONS`]; one more closes the oldest, so a new probe is served |
+//! | handshakes waiting to be accepted | [`LISTEN_BACKLOG`] (the kernel's `somaxconn` caps it) |
 //! | a request's head | [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] (431 above), read within [`HEAD_READ_TIMEOUT`] |
 //! | a request's body | never read: a request with one gets its answer and the connection is closed |
 //! | requests on one connection | [`MAX_REQUESTS_PER_CONNECTION`], the last answered with `connection: close` |
@@ -60,12 +61,14 @@ pub fn serve(metrics: &Arc<Metrics>, listen: &str) -> std::io::Result<SocketAddr
     if let Some(addr) = *serving {
         return Ok(addr);
     }
-    let listener = std::net::TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        bind(listen)?
+    };
+    let addr = listener.local_addr()?;
     let endpoint = Arc::new(Endpoint {
         metrics: metrics.clone(),
         page: Mutex::new(None),
@@ -75,6 +78,25 @@ pub fn serve(metrics: &Arc<Metrics>, listen: &str) -> std::io::Result<SocketAddr
         .spawn(move || runtime.block_on(accept_loop(listener, endpoint)))?;
     *serving = Some(addr);
     Ok(addr)
+}
+
+/// How many finished handshakes may wait for `accept` (the kernel caps it at `somaxconn`):
+/// std's 128 let a connection flood push a probe's SYN out.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `listen` (`host:port`, the first address it resolves to) with [`LISTEN_BACKLOG`].
+fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let addr = listen.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "resolves to no address")
+    })?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What every connection shares: the metrics, and the last page rendered.
@@ -183,14 +205,7 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, endpoint: Arc<Endpoint>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "the metrics endpoint cannot listen; /healthz will not answer");
-            return;
-        }
-    };
+async fn accept_loop(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
     let connections = Arc::new(Connections::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -215,6 +215,8 @@ pub struct AtomicFile {
     temporary: PathBuf,
     file: Option<std::io::BufWriter<File>>,
     what: &'static str,
+    /// Made by [`AtomicFile::create_new`]: the commit never replaces anything.
+    new_only: bool,
 }
 
 impl AtomicFile {
@@ -224,6 +226,31 @@ impl AtomicFile {
     /// renaming over it would destroy it.
     pub fn create(path: &Path, what: &'static str, mode: u32) -> Result<AtomicFile, FileError> {
         let target = write_target(path).map_err(|e| FileError::io(what, path, e))?;
+        AtomicFile::beside(target, path, what, mode, false)
+    }
+
+    /// Starts an output that must be a new file at `path` itself: refused now if anything
+    /// exists there (a link, even a dangling one, included), and again at the commit, which
+    /// links the finished file into place and fails if something appeared meanwhile, so a
+    /// link made between the check and the commit cannot redirect it.
+    pub fn create_new(path: &Path, what: &'static str, mode: u32) -> Result<AtomicFile, FileError> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(FileError::io(
+                what,
+                path,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        AtomicFile::beside(path.to_owned(), path, what, mode, true)
+    }
+
+    fn beside(
+        target: PathBuf,
+        path: &Path,
+        what: &'static str,
+        mode: u32,
+        new_only: bool,
+    ) -> Result<AtomicFile, FileError> {
         if let Ok(meta) = std::fs::metadata(&target) {
             if !meta.file_type().is_file() {
                 return Err(FileError::NotRegular {
@@ -264,6 +291,7 @@ impl AtomicFile {
                         temporary,
                         file: Some(std::io::BufWriter::new(file)),
                         what,
+                        new_only,
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -299,9 +327,16 @@ impl AtomicFile {
         file.sync_all()
             .map_err(|e| FileError::io(what, &target, e))?;
         drop(file);
-        std::fs::rename(&self.temporary, &self.target)
-            .map_err(|e| FileError::io(what, &target, e))?;
-        // Renamed: nothing left to remove on drop.
+        if self.new_only {
+            // A hard link fails if the name exists in any form; then the temporary goes.
+            std::fs::hard_link(&self.temporary, &self.target)
+                .map_err(|e| FileError::io(what, &target, e))?;
+            let _ = std::fs::remove_file(&self.temporary);
+        } else {
+            std::fs::rename(&self.temporary, &self.target)
+                .map_err(|e| FileError::io(what, &target, e))?;
+        }
+        // Renamed (or linked and removed): nothing left to remove on drop.
         self.temporary = PathBuf::new();
         if let Some(dir) = self.target.parent() {
             let dir = if dir.as_os_str().is_empty() {
@@ -348,9 +383,52 @@ pub fn write_atomically(
     out.commit()
 }
 
+/// Writes `bytes` to a new file at `path` with mode `mode` (see [`AtomicFile::create_new`]):
+/// never over anything that exists there, whenever it appeared.
+pub fn write_new(
+    path: &Path,
+    what: &'static str,
+    mode: u32,
+    bytes: &[u8],
+) -> Result<(), FileError> {
+    let mut out = AtomicFile::create_new(path, what, mode)?;
+    out.write_all(bytes)
+        .map_err(|e| FileError::io(what, path, e))?;
+    out.commit()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_file_is_never_written_over_anything_that_appears_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let out = dir.path().join("out");
+        // A dangling link is refused at once.
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &out).unwrap();
+        assert!(write_new(&out, "output", 0o600, b"x").is_err());
+        assert!(!dir.path().join("nowhere").exists());
+        std::fs::remove_file(&out).unwrap();
+        // A link made after the start and before the commit: the commit fails, the victim
+        // and the link stay, no temporary is left.
+        let mut file = AtomicFile::create_new(&out, "output", 0o600).unwrap();
+        file.write_all(b"new").unwrap();
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        assert!(file.commit().is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&out)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // Nothing there: written.
+        let fresh = dir.path().join("fresh");
+        write_new(&fresh, "output", 0o600, b"ok").unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"ok");
+    }
 
     #[test]
     fn a_fifo_is_refused_without_blocking_and_a_large_file_without_reading_it() {

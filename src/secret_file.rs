@@ -152,6 +152,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// Writes `bytes` to a new file at `path` with mode 0600 ([`crate::fsio::write_new`]): never
+/// over an existing file or link, even one that appears while the secret is written.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::fsio::write_new(path, "keyring", 0o600, bytes).map_err(|e| match e {
+        crate::fsio::FileError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,6 +246,15 @@ type KeyringCase = (String, fn(&KeyringError) -> bool);
 #[test]
 fn keyring_errors() {
     assert!(Keyring::from_json(GOOD_KEYRING).is_ok());
+    let v2 = GOOD_KEYRING.replace("v1", "v2").replace(
+        "\"keys\"",
+        "\"generation\":3,\"keyring_id\":\"kr-0123456789abcdef\",\"keys\"",
+    );
+    let ring = Keyring::from_json(&v2).unwrap();
+    assert_eq!(
+        (ring.generation(), ring.keyring_id()),
+        (3, Some("kr-0123456789abcdef"))
+    );
     let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let cases: Vec<KeyringCase> = vec![
         (
@@ -281,6 +290,24 @@ fn keyring_errors() {
         (
             GOOD_KEYRING.replace("\"keys\"", "\"generation\":3,\"keys\""),
             |e| matches!(e, KeyringError::Syntax(m) if m.contains("generation")),
+        ),
+        // Version 2 names its keyring too; version 1 does not.
+        (
+            GOOD_KEYRING
+                .replace("v1", "v2")
+                .replace("\"keys\"", "\"generation\":3,\"keys\""),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("keyring_id")),
+        ),
+        (
+            GOOD_KEYRING.replace("\"keys\"", "\"keyring_id\":\"kr-1\",\"keys\""),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("keyring_id")),
+        ),
+        (
+            GOOD_KEYRING.replace("v1", "v2").replace(
+                "\"keys\"",
+                "\"generation\":3,\"keyring_id\":\"kr 1\",\"keys\"",
+            ),
+            |e| matches!(e, KeyringError::Syntax(m) if m.contains("keyring_id")),
         ),
         (GOOD_KEYRING.replace("\"p-1\"", "\"p 1\""), |e| {
             matches!(e, KeyringError::BadId(_))

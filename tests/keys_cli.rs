@@ -459,3 +459,61 @@ fn export_for_a_worker_ships_only_the_active_keys() {
     assert_eq!(listed["protection"], "sealed");
     assert_eq!(listed["keys"].as_array().unwrap().len(), 3, "{listed}");
 }
+
+/// A version-1 keyring (spec v1: no generation, no keyring id) still works, is copied by
+/// `keys export` only once `keys upgrade` gave it an id, and `keys init` never writes through
+/// a link, even a dangling one.
+#[test]
+fn v1_keyrings_are_upgraded_on_request_and_init_never_writes_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = init(dir.path());
+    let mut v2: serde_json::Value = serde_json::from_slice(&std::fs::read(&ring).unwrap()).unwrap();
+    assert_eq!(v2["format"], "pseudonymizer-keyring/v2");
+    assert_eq!(v2["generation"], 1);
+    let id = v2["keyring_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("kr-") && id.len() == 19, "{id}");
+    // The same keys as a version-1 file.
+    v2["format"] = "pseudonymizer-keyring/v1".into();
+    let object = v2.as_object_mut().unwrap();
+    object.remove("generation");
+    object.remove("keyring_id");
+    let v1 = dir.path().join("v1.json");
+    std::fs::write(&v1, serde_json::to_vec(&v2).unwrap()).unwrap();
+    std::fs::set_permissions(&v1, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = dir.path().join("worker.json");
+    let said = refused(&run(&[
+        "keys",
+        "export",
+        "--keyring",
+        s(&v1),
+        "--for",
+        "worker",
+        "--out",
+        s(&out),
+    ]));
+    assert!(said.contains("keys upgrade"), "{said}");
+    assert!(!out.exists());
+    let said = ok(&["keys", "upgrade", "--keyring", s(&v1)]);
+    assert!(said.contains("upgraded"), "{said}");
+    let upgraded = list_json(&v1);
+    assert_eq!(upgraded["generation"], 1);
+    ok(&[
+        "keys",
+        "export",
+        "--keyring",
+        s(&v1),
+        "--for",
+        "worker",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok(&["keys", "upgrade", "--keyring", s(&v1)]).contains("already"));
+
+    // init: a dangling link is refused, and its target is not created.
+    let target = dir.path().join("target.json");
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let said = refused(&run(&["keys", "init", "--keyring", s(&link)]));
+    assert!(said.contains("exists"), "{said}");
+    assert!(!target.exists());
+}

@@ -328,8 +328,8 @@ fn wrapped_secrets_swapped_between_entries_are_refused_naming_the_entry() {
 
 /// The metadata a KMS keyring keeps in clear is authenticated by its manifest: a state edited
 /// in the file (the destroyed key's entry made active again, the active one retired) or a
-/// generation changed is refused; a version-1 file (no manifest) still loads and is written
-/// as version 2 by the next command.
+/// generation changed is refused; a version-1 file (no manifest) still loads, and is written
+/// from only by `keys upgrade`, which makes it version 2.
 #[test]
 fn edited_states_of_a_kms_keyring_are_refused_and_v1_files_are_upgraded() {
     let kms = test_kms();
@@ -428,15 +428,51 @@ fn edited_states_of_a_kms_keyring_are_refused_and_v1_files_are_upgraded() {
     let old = dir.path().join("v1.json");
     common::write_secret(&old, serde_json::to_string(&v1).unwrap());
     assert!(check(&old).status.success(), "{}", said(&check(&old)));
+    // Nothing writes from it but `keys upgrade` (the next write would vouch for states that
+    // nothing authenticated): rotate, destroy, export and rewrap refuse it, untouched.
+    let v1_text = std::fs::read(&old).unwrap();
+    let export = dir.path().join("export.json");
+    for args in [
+        vec!["keys", "destroy", "--keyring", s(&old), "--id", &pseudonym],
+        vec![
+            "keys",
+            "rotate",
+            "--keyring",
+            s(&old),
+            "--purpose",
+            "pseudonym",
+        ],
+        vec![
+            "keys",
+            "export",
+            "--keyring",
+            s(&old),
+            "--for",
+            "worker",
+            "--out",
+            s(&export),
+        ],
+        vec!["keys", "rewrap", "--keyring", s(&old), "--kms", &key],
+    ] {
+        let out = pseudonymizer(&kms.endpoint).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", said(&out));
+        assert!(said(&out).contains("keys upgrade"), "{}", said(&out));
+        assert_eq!(std::fs::read(&old).unwrap(), v1_text);
+    }
+    assert!(!export.exists());
+    let said_upgrade = ok(&kms, &["keys", "upgrade", "--keyring", s(&old)]);
+    assert!(said_upgrade.contains("upgraded"), "{said_upgrade}");
+    let upgraded: Json = serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
+    assert_eq!(upgraded["format"], "pseudonymizer-keyring-kms/v2");
+    assert_eq!(upgraded["generation"], 1);
+    assert_eq!(upgraded["keyring_id"], rotated["keyring_id"]);
+    assert!(upgraded["manifest"].is_string());
+    assert!(check(&old).status.success(), "{}", said(&check(&old)));
     ok(
         &kms,
         &["keys", "destroy", "--keyring", s(&old), "--id", &pseudonym],
     );
-    let upgraded: Json = serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
-    assert_eq!(upgraded["format"], "pseudonymizer-keyring-kms/v2");
-    assert_eq!(upgraded["generation"], 1);
-    assert!(upgraded["manifest"].is_string());
-    assert!(check(&old).status.success(), "{}", said(&check(&old)));
+    assert!(ok(&kms, &["keys", "upgrade", "--keyring", s(&old)]).contains("already"));
 }
 
 #[test]

@@ -441,33 +441,64 @@ async fn a_reload_never_lowers_protection_nor_goes_back_in_time() {
     let open_kek = || pseudonymizer::keys::Kek::from_file(&kek).unwrap();
     let current =
         Keyring::from_sealed(&std::fs::read_to_string(&ring_path).unwrap(), open_kek()).unwrap();
-    let mut entries: Vec<KeyEntry> = current.entries().to_vec();
-    for entry in &mut entries {
-        entry.state = match entry.id.as_str() {
-            "p-test-1" => KeyState::Active,
-            "p-test-2" => KeyState::Retired,
-            _ => entry.state,
-        };
+    // The same keyring (its id kept) of a later generation, edited in clear and sealed again,
+    // so that only the revival is wrong.
+    let mut clear = current.clone();
+    clear.set_kek(None);
+    clear.save(&forged).unwrap();
+    let mut text: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&forged).unwrap()).unwrap();
+    for entry in text["keys"].as_array_mut().unwrap() {
+        match entry["id"].as_str().unwrap() {
+            "p-test-1" => entry["state"] = "active".into(),
+            "p-test-2" => entry["state"] = "retired".into(),
+            _ => {}
+        }
     }
-    let mut revived = Keyring::from_entries(entries).unwrap();
+    let mut revived = Keyring::from_json(&text.to_string()).unwrap();
     revived.set_kek(Some(open_kek()));
-    // A generation above the current one, so that only the revival is wrong.
-    for _ in 0..=current.generation() {
-        revived.save(&forged).unwrap();
-    }
+    revived.save(&forged).unwrap();
     assert!(revived.generation() > current.generation());
+    assert_eq!(revived.keyring_id(), current.keyring_id());
     replace_file(&ring_path, &std::fs::read(&forged).unwrap());
     let said = wait_log(&log, "keyring REFUSED", 3);
     assert!(said.contains("seen retired or destroyed"), "{said}");
 
-    // New output still uses the current keys; three refusals counted.
+    // 4. Another keyring, sealed under the same KEK, of a higher generation: refused.
+    let other = dir.path().join("other.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args([
+            "keys",
+            "init",
+            "--sealed",
+            "--keyring",
+            other.to_str().unwrap(),
+        ])
+        .env("PSEUDONYMIZER_KEK_FILE", &kek)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut other_ring =
+        Keyring::from_sealed(&std::fs::read_to_string(&other).unwrap(), open_kek()).unwrap();
+    while other_ring.generation() <= revived.generation() {
+        other_ring.save(&other).unwrap();
+    }
+    replace_file(&ring_path, &std::fs::read(&other).unwrap());
+    let said = wait_log(&log, "keyring REFUSED", 4);
+    assert!(said.contains("never switches keyrings"), "{said}");
+
+    // New output still uses the current keys; four refusals counted.
     let page = http_get(metrics_addr, "/metrics");
     assert_eq!(
         metric(
             &page,
             "pseudonymizer_keyring_reloads_total{result=\"refused\"}"
         ),
-        Some(3.0),
+        Some(4.0),
         "{page}"
     );
     assert_eq!(

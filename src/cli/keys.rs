@@ -79,6 +79,14 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Rewrite a keyring of format v1 as v2 (a generation, a keyring id and, for a KMS
+    /// keyring, a manifest that authenticates every entry's state); a v2 file is left as it is.
+    /// Check `keys list` first: for a KMS keyring, what v1 says is what v2 will vouch for.
+    Upgrade {
+        /// The keyring file, rewritten in place (atomically).
+        #[arg(long)]
+        keyring: PathBuf,
+    },
     /// Write, as a new file, only the keys one kind of process needs (the keyring a worker's
     /// Secret ships): same protection and generation, every other key left out.
     Export {
@@ -162,7 +170,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             if let Some(uri) = kms {
                 let kms = crate::kms::open(&uri)?;
                 let mut wrapped = WrappedKeyring::wrap(&ring, kms.as_ref())?;
-                wrapped.save(&keyring, kms.as_ref())?;
+                wrapped.save_new(&keyring, kms.as_ref())?;
                 writeln!(
                     out,
                     "created {} wrapped by {uri} with keys:",
@@ -170,7 +178,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 )?;
                 return Listing::of_wrapped(&wrapped).print(out);
             }
-            ring.save(&keyring)?;
+            ring.save_new(&keyring)?;
             writeln!(out, "created {} with keys:", keyring.display())?;
             Listing::of(&ring).print(out)
         }
@@ -234,6 +242,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                     keyring.display()
                 );
             };
+            refuse_v1(&wrapped)?;
             let from = crate::kms::open(&wrapped.kms)?;
             let to = crate::kms::open(&kms)?;
             let mut rewrapped = wrapped.rewrap(from.as_ref(), to.as_ref())?;
@@ -274,6 +283,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             id,
         } => {
             if let Some(mut wrapped) = read_wrapped(&keyring)? {
+                refuse_v1(&wrapped)?;
                 let kms = crate::kms::open(&wrapped.kms)?;
                 wrapped.check_manifest(kms.as_ref())?;
                 let id = wrapped.rotate(kms.as_ref(), purpose, id)?;
@@ -301,6 +311,46 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 }
             }
         }
+        KeysCommand::Upgrade { keyring } => {
+            if let Some(mut wrapped) = read_wrapped(&keyring)? {
+                if !wrapped.is_v1() {
+                    writeln!(
+                        out,
+                        "{} is already format v2: left as it is",
+                        keyring.display()
+                    )?;
+                    return Ok(());
+                }
+                let kms = crate::kms::open(&wrapped.kms)?;
+                wrapped.save(&keyring, kms.as_ref())?;
+                writeln!(
+                    out,
+                    "upgraded {} to format v2 (generation {}, keyring {}); its states are now authenticated:",
+                    keyring.display(),
+                    wrapped.generation(),
+                    wrapped.keyring_id
+                )?;
+                return Listing::of_wrapped(&wrapped).print(out);
+            }
+            let mut ring = Keyring::load(&keyring)?;
+            if ring.keyring_id().is_some() {
+                writeln!(
+                    out,
+                    "{} is already format v2: left as it is",
+                    keyring.display()
+                )?;
+                return Ok(());
+            }
+            ring.save(&keyring)?;
+            writeln!(
+                out,
+                "upgraded {} to format v2 (generation {}, keyring {})",
+                keyring.display(),
+                ring.generation(),
+                ring.keyring_id().unwrap_or("?")
+            )?;
+            Ok(())
+        }
         KeysCommand::Export {
             keyring,
             for_,
@@ -312,6 +362,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
             }
             let need = for_.need();
             let kept: Vec<String> = if let Some(wrapped) = read_wrapped(&keyring)? {
+                refuse_v1(&wrapped)?;
                 let kms = crate::kms::open(&wrapped.kms)?;
                 wrapped.check_manifest(kms.as_ref())?;
                 let mut subset = wrapped.subset(need);
@@ -336,6 +387,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn std::io::Write) -> Result
                 let was_active = is_active(wrapped.entries().iter().map(|e| (&e.id, e.state)), &id);
                 // The manifest is checked, then rewritten (one KMS call each): an edited file
                 // is refused rather than signed anew, and the new state is authenticated.
+                refuse_v1(&wrapped)?;
                 let kms = crate::kms::open(&wrapped.kms)?;
                 wrapped.check_manifest(kms.as_ref())?;
                 wrapped.destroy(&id, force)?;
@@ -384,6 +436,15 @@ fn kek_from_env() -> Result<Kek> {
 }
 
 /// The keyring file as a KMS-wrapped keyring, if it is one (nothing unwrapped).
+/// A KMS keyring of format v1 is written from only by `keys upgrade`: its states are not
+/// authenticated, so an edited one would be signed by the next write.
+fn refuse_v1(wrapped: &WrappedKeyring) -> Result<()> {
+    if wrapped.is_v1() {
+        return Err(crate::keys::KeyringError::V1Unauthenticated.into());
+    }
+    Ok(())
+}
+
 /// The ids of entries that still have a secret.
 fn live_ids<'a>(entries: impl Iterator<Item = (&'a String, crate::keys::KeyState)>) -> Vec<String> {
     entries
@@ -418,6 +479,8 @@ enum Protection {
 struct Listing {
     protection: Protection,
     generation: u64,
+    /// `None`: a version-1 file.
+    keyring_id: Option<String>,
     keys: Vec<(String, Purpose, crate::keys::KeyState, String)>,
 }
 
@@ -431,6 +494,7 @@ impl Listing {
                 None => Protection::Clear,
             },
             generation: ring.generation(),
+            keyring_id: ring.keyring_id().map(str::to_owned),
             keys: ring
                 .entries()
                 .iter()
@@ -446,6 +510,7 @@ impl Listing {
                 keyring_id: ring.keyring_id.clone(),
             },
             generation: ring.generation(),
+            keyring_id: Some(ring.keyring_id.clone()),
             keys: ring
                 .entries()
                 .iter()
@@ -467,7 +532,13 @@ impl Listing {
                 "wrapped by {uri} (keyring {keyring_id}); each secret on its own"
             )?,
         }
-        writeln!(out, "generation {}", self.generation)?;
+        match &self.keyring_id {
+            Some(id) => writeln!(out, "keyring {id}, generation {}", self.generation)?,
+            None => writeln!(
+                out,
+                "format v1 (no keyring id, generation 0): `keys upgrade` writes it as v2"
+            )?,
+        }
         writeln!(
             out,
             "{:<32}  {:<10}  {:<9}  created_at",
@@ -487,7 +558,8 @@ impl Listing {
     }
 
     /// `{ "protection": "clear" | "sealed" | "kms", "kek_id" (sealed), "kms" and
-    /// "keyring_id" (kms), "generation", "keys": [{ id, purpose, state, created_at }] }`.
+    /// "kms" (kms), "keyring_id" (null for format v1), "generation", "keys": [{ id, purpose,
+    /// state, created_at }] }`.
     fn to_json(&self) -> serde_json::Value {
         let keys: Vec<serde_json::Value> = self
             .keys
@@ -501,13 +573,15 @@ impl Listing {
                 })
             })
             .collect();
-        let generation = self.generation;
+        let (generation, keyring_id) = (self.generation, &self.keyring_id);
         match &self.protection {
             Protection::Clear => serde_json::json!({
-                "protection": "clear", "generation": generation, "keys": keys
+                "protection": "clear", "keyring_id": keyring_id, "generation": generation,
+                "keys": keys
             }),
             Protection::Sealed { kek_id } => serde_json::json!({
-                "protection": "sealed", "kek_id": kek_id, "generation": generation, "keys": keys
+                "protection": "sealed", "kek_id": kek_id, "keyring_id": keyring_id,
+                "generation": generation, "keys": keys
             }),
             Protection::Kms { uri, keyring_id } => serde_json::json!({
                 "protection": "kms", "kms": uri, "keyring_id": keyring_id,

@@ -175,6 +175,10 @@ pub enum KeyringError {
     Kek(#[from] KekError),
     #[error(transparent)]
     Kms(#[from] crate::kms::KmsError),
+    #[error("the KMS keyring is format v1: its entries' states are not authenticated, so nothing is written from it; check them with `keys list`, then run `keys upgrade --keyring FILE` once")]
+    V1Unauthenticated,
+    #[error("the keyring is format v1 and has no keyring_id to give its copy: run `keys upgrade --keyring FILE` once")]
+    NotUpgraded,
     #[error("the KMS keyring's manifest does not match its contents (an entry, its state or the generation was edited, or the manifest was moved from another file): refused")]
     ManifestMismatch,
     #[error("key {id:?}: {error}{}", entry_hint(.error))]
@@ -214,6 +218,12 @@ pub struct Keyring {
     /// Grows by one with every write (0: a version-1 file). Authenticated with the rest of
     /// the file when it is sealed or KMS-wrapped, so a file copied back from before is known.
     pub(crate) generation: u64,
+    /// Version 2: `kr-` and 16 random hex digits, made at `init` and kept by every write,
+    /// seal and unseal; a worker reloads only the keyring it started on. `None`: a version-1
+    /// file, which gets one at its first write.
+    pub(crate) keyring_id: Option<String>,
+    /// The KMS key of a KMS-wrapped file (set by the unwrap): a reload keeps it.
+    pub(crate) kms_uri: Option<String>,
     /// How the file was protected (set by the loaders; a KMS-wrapped file unwraps to this).
     pub(crate) protection: Protection,
     /// Every key id the file lists as retired or destroyed, including those whose secrets a
@@ -229,6 +239,9 @@ struct FileForm {
     /// Version 2 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generation: Option<u64>,
+    /// Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyring_id: Option<String>,
     keys: Vec<FileEntry>,
 }
 
@@ -284,6 +297,8 @@ impl Keyring {
             entries,
             kek: None,
             generation: 0,
+            keyring_id: None,
+            kms_uri: None,
             protection: Protection::Clear,
             ended,
         })
@@ -301,21 +316,31 @@ impl Keyring {
                 e.column()
             ))
         })?;
-        let generation = match (form.format.as_str(), form.generation) {
-            (KEYRING_FORMAT, Some(generation)) => generation,
-            (KEYRING_FORMAT, None) => {
-                return Err(KeyringError::Syntax(
-                    "missing field `generation` (format v2)".to_owned(),
-                ))
-            }
-            (KEYRING_FORMAT_V1, None) => 0,
-            (KEYRING_FORMAT_V1, Some(_)) => {
-                return Err(KeyringError::Syntax(
-                    "unknown field `generation` (format v1 has none)".to_owned(),
-                ))
-            }
-            _ => return Err(KeyringError::Format(form.format)),
-        };
+        let (generation, keyring_id) =
+            match (form.format.as_str(), form.generation, form.keyring_id) {
+                (KEYRING_FORMAT, Some(generation), Some(id)) => {
+                    check_keyring_id(&id)?;
+                    (generation, Some(id))
+                }
+                (KEYRING_FORMAT, None, _) => {
+                    return Err(KeyringError::Syntax(
+                        "missing field `generation` (format v2)".to_owned(),
+                    ))
+                }
+                (KEYRING_FORMAT, _, None) => {
+                    return Err(KeyringError::Syntax(
+                        "missing field `keyring_id` (format v2)".to_owned(),
+                    ))
+                }
+                (KEYRING_FORMAT_V1, None, None) => (0, None),
+                (KEYRING_FORMAT_V1, _, _) => {
+                    return Err(KeyringError::Syntax(
+                        "unknown field `generation` or `keyring_id` (format v1 has neither)"
+                            .to_owned(),
+                    ))
+                }
+                _ => return Err(KeyringError::Format(form.format)),
+            };
         let mut entries = Vec::with_capacity(form.keys.len());
         for key in form.keys {
             let secret = match &key.secret {
@@ -335,6 +360,7 @@ impl Keyring {
         }
         let mut ring = Keyring::from_entries(entries)?;
         ring.generation = generation;
+        ring.keyring_id = keyring_id;
         Ok(ring)
     }
 
@@ -443,16 +469,44 @@ impl Keyring {
     /// next generation (format version 2, which a version-1 file is upgraded to).
     pub fn save(&mut self, path: &Path) -> Result<(), KeyringError> {
         self.generation = next_generation(self.generation)?;
-        self.write_copy(path)
+        self.keyring_id.get_or_insert_with(new_keyring_id);
+        self.write(path, Replace::Existing)
     }
 
-    /// Writes the keyring as it is, at its current generation: a copy of a file, not a change
-    /// to it (`keys export` writes the part a process needs this way, so that the copy's
-    /// generation follows its source's). Same protection, mode 0600, atomically.
+    /// [`Keyring::save`] to a new file: refused if anything exists at `path`, whenever it
+    /// appeared (`keys init`).
+    pub fn save_new(&mut self, path: &Path) -> Result<(), KeyringError> {
+        self.generation = next_generation(self.generation)?;
+        self.keyring_id.get_or_insert_with(new_keyring_id);
+        self.write(path, Replace::Never)
+    }
+
+    /// Writes the keyring as it is, at its current generation, to a new file: a copy, not a
+    /// change (`keys export` writes the part a process needs this way, so that the copy's
+    /// generation and keyring id follow its source's). A version-1 keyring has no id to
+    /// follow: it is refused (`keys upgrade` gives it one).
     pub fn write_copy(&self, path: &Path) -> Result<(), KeyringError> {
+        if self.keyring_id.is_none() {
+            return Err(KeyringError::NotUpgraded);
+        }
+        self.write(path, Replace::Never)
+    }
+
+    /// The keyring id (`None` for a version-1 file).
+    pub fn keyring_id(&self) -> Option<&str> {
+        self.keyring_id.as_deref()
+    }
+
+    /// The KMS key of a KMS-wrapped file.
+    pub fn kms_uri(&self) -> Option<&str> {
+        self.kms_uri.as_deref()
+    }
+
+    fn write(&self, path: &Path, replace: Replace) -> Result<(), KeyringError> {
         let form = FileForm {
             format: KEYRING_FORMAT.to_owned(),
             generation: Some(self.generation),
+            keyring_id: self.keyring_id.clone(),
             keys: self
                 .entries
                 .iter()
@@ -472,11 +526,13 @@ impl Keyring {
         if let Some(kek) = &self.kek {
             text = Zeroizing::new(kek.seal(text.as_bytes()));
         }
-        crate::secret_file::write_atomically(path, text.as_bytes()).map_err(|source| {
-            KeyringError::Write {
-                path: path.to_owned(),
-                source,
-            }
+        let written = match replace {
+            Replace::Existing => crate::secret_file::write_atomically(path, text.as_bytes()),
+            Replace::Never => crate::secret_file::write_new(path, text.as_bytes()),
+        };
+        written.map_err(|source| KeyringError::Write {
+            path: path.to_owned(),
+            source,
         })
     }
 
@@ -484,6 +540,7 @@ impl Keyring {
     pub fn generate() -> Self {
         let now = now_rfc3339();
         Keyring {
+            keyring_id: Some(new_keyring_id()),
             entries: vec![
                 new_entry(Purpose::Pseudonym, &now),
                 new_entry(Purpose::Encryption, &now),
@@ -554,12 +611,43 @@ impl Keyring {
 
     /// Whether a file exists at `path` (so `init` can refuse to overwrite).
     pub fn refuse_existing(path: &Path) -> Result<(), KeyringError> {
-        if path.exists() {
+        // A link counts, even a dangling one: writing through it would create its target.
+        if std::fs::symlink_metadata(path).is_ok() {
             return Err(KeyringError::Exists {
                 path: path.to_owned(),
             });
         }
         Ok(())
+    }
+}
+
+/// Whether a write may replace a file at its path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replace {
+    /// Atomically, keeping a symbolic link (a keyring written in place).
+    Existing,
+    /// Never: the path must be free until the file is in place (`init`, `export`).
+    Never,
+}
+
+/// `kr-` and 16 random hex digits: a keyring's id.
+pub(crate) fn new_keyring_id() -> String {
+    use rand::RngCore;
+    format!("kr-{:016x}", rand::rngs::OsRng.next_u64())
+}
+
+/// A keyring id as a file may carry it: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub(crate) fn check_keyring_id(id: &str) -> Result<(), KeyringError> {
+    let fits = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fits {
+        Ok(())
+    } else {
+        Err(KeyringError::Syntax(
+            "`keyring_id` is not 1 to 64 characters of A-Z a-z 0-9 . _ -".to_owned(),
+        ))
     }
 }
 

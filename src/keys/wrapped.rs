@@ -36,6 +36,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::keyring::Replace;
 use super::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
 use crate::kms::{entry_context, Kms, KmsError};
 
@@ -127,7 +128,11 @@ impl WrappedKeyring {
     /// Wraps every secret of a clear keyring under `kms` (one KMS call per live key). Used by
     /// `keys init --kms` and `keys seal --kms`; the clear keyring exists in memory only.
     pub fn wrap(ring: &Keyring, kms: &dyn Kms) -> Result<Self, KeyringError> {
-        let keyring_id = new_keyring_id();
+        // The same keyring, now wrapped: it keeps its id (a v1 file gets one).
+        let keyring_id = ring
+            .keyring_id()
+            .map(str::to_owned)
+            .unwrap_or_else(super::keyring::new_keyring_id);
         let keys = ring
             .entries()
             .iter()
@@ -241,6 +246,8 @@ impl WrappedKeyring {
         self.check_manifest(kms)?;
         let mut ring = Keyring::from_entries(entries)?;
         ring.generation = self.generation();
+        ring.keyring_id = Some(self.keyring_id.clone());
+        ring.kms_uri = Some(self.kms.clone());
         ring.protection = super::Protection::Kms;
         ring.ended = super::keyring::ended_ids(self.keys.iter().map(|e| (&e.id, e.state)));
         Ok(ring)
@@ -329,7 +336,20 @@ impl WrappedKeyring {
     /// `kms` (one call), mode 0600, atomically (temporary file, fsync, rename).
     pub fn save(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
         self.generation = Some(super::keyring::next_generation(self.generation())?);
-        self.write_copy(path, kms)
+        self.write(path, kms, Replace::Existing)
+    }
+
+    /// [`WrappedKeyring::save`] to a new file (`keys init --kms`): refused if anything exists
+    /// at `path`, whenever it appeared.
+    pub fn save_new(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
+        self.generation = Some(super::keyring::next_generation(self.generation())?);
+        self.write(path, kms, Replace::Never)
+    }
+
+    /// Whether the file is format version 1: its metadata (states, generation) is not
+    /// authenticated, so `rotate`, `destroy` and `export` refuse it until `keys upgrade`.
+    pub fn is_v1(&self) -> bool {
+        self.manifest.is_none()
     }
 
     /// The entries `need` asks for (destroyed ones kept as records), nothing unwrapped: what
@@ -347,9 +367,13 @@ impl WrappedKeyring {
         }
     }
 
-    /// Writes the file at its current generation with a new manifest (one KMS call): a copy,
-    /// such as a [`WrappedKeyring::subset`], not a change. Mode 0600, atomically.
+    /// Writes the file at its current generation with a new manifest (one KMS call) to a new
+    /// file: a copy, such as a [`WrappedKeyring::subset`], not a change.
     pub fn write_copy(&mut self, path: &Path, kms: &dyn Kms) -> Result<(), KeyringError> {
+        self.write(path, kms, Replace::Never)
+    }
+
+    fn write(&mut self, path: &Path, kms: &dyn Kms, replace: Replace) -> Result<(), KeyringError> {
         self.format = KMS_FORMAT.to_owned();
         self.generation = Some(self.generation());
         let wrapped = kms
@@ -358,11 +382,13 @@ impl WrappedKeyring {
         self.manifest = Some(STANDARD.encode(wrapped));
         let mut text = serde_json::to_string_pretty(self).expect("wrapped keyring serializes");
         text.push('\n');
-        crate::secret_file::write_atomically(path, text.as_bytes()).map_err(|source| {
-            KeyringError::Write {
-                path: path.to_owned(),
-                source,
-            }
+        let written = match replace {
+            Replace::Existing => crate::secret_file::write_atomically(path, text.as_bytes()),
+            Replace::Never => crate::secret_file::write_new(path, text.as_bytes()),
+        };
+        written.map_err(|source| KeyringError::Write {
+            path: path.to_owned(),
+            source,
         })
     }
 }
@@ -393,12 +419,6 @@ fn wrap_entry(
         created_at: entry.created_at.clone(),
         wrapped_secret,
     })
-}
-
-/// `kr-` and 16 random hex digits.
-fn new_keyring_id() -> String {
-    use rand::RngCore;
-    format!("kr-{:016x}", rand::rngs::OsRng.next_u64())
 }
 
 #[cfg(test)]

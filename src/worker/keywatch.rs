@@ -49,6 +49,10 @@ pub enum ReloadError {
     Rollback { had: u64, got: u64 },
     #[error("the keyring makes {purpose} key {id:?} active, which this worker has seen retired or destroyed")]
     Revived { id: String, purpose: &'static str },
+    #[error("the file is keyring {got}, not keyring {had} this worker runs on: a reload never switches keyrings (restart the worker to change it)")]
+    OtherKeyring { had: String, got: String },
+    #[error("the keyring is wrapped by another KMS key ({got}, this worker's is {had}): after `keys rewrap`, restart the workers")]
+    OtherKmsKey { had: String, got: String },
 }
 
 impl ReloadError {
@@ -83,6 +87,11 @@ pub struct KeyWatch {
 pub struct ReloadFloor {
     protection: Protection,
     generation: u64,
+    /// The keyring id this worker runs on (from its first version-2 file on).
+    keyring_id: Option<String>,
+    /// The KMS key of a KMS-wrapped keyring: whoever can write the file must not be able to
+    /// bring secrets wrapped under a key of their own.
+    kms_uri: Option<String>,
     /// Ids this worker has seen retired or destroyed, or replaced as active.
     ended: HashSet<String>,
 }
@@ -93,6 +102,8 @@ impl ReloadFloor {
         ReloadFloor {
             protection: keyring.protection(),
             generation: keyring.generation(),
+            keyring_id: keyring.keyring_id().map(str::to_owned),
+            kms_uri: keyring.kms_uri().map(str::to_owned),
             ended: keyring.ended_ids().iter().cloned().collect(),
         }
     }
@@ -104,6 +115,25 @@ impl ReloadFloor {
                 had: self.protection.as_str(),
                 got: keyring.protection().as_str(),
             });
+        }
+        if let Some(had) = &self.keyring_id {
+            if keyring.keyring_id() != Some(had.as_str()) {
+                return Err(ReloadError::OtherKeyring {
+                    had: had.clone(),
+                    got: keyring
+                        .keyring_id()
+                        .unwrap_or("none (format v1)")
+                        .to_owned(),
+                });
+            }
+        }
+        if let Some(had) = &self.kms_uri {
+            if keyring.kms_uri() != Some(had.as_str()) {
+                return Err(ReloadError::OtherKmsKey {
+                    had: had.clone(),
+                    got: keyring.kms_uri().unwrap_or("none").to_owned(),
+                });
+            }
         }
         if keyring.generation() < self.generation {
             return Err(ReloadError::Rollback {
@@ -134,6 +164,13 @@ impl ReloadFloor {
     pub fn raise(&mut self, keyring: &Keyring, before: &ActiveKeys, after: &ActiveKeys) {
         self.protection = self.protection.max(keyring.protection());
         self.generation = self.generation.max(keyring.generation());
+        if self.keyring_id.is_none() {
+            // A worker started on a version-1 file adopts the id of the first upgraded one.
+            self.keyring_id = keyring.keyring_id().map(str::to_owned);
+        }
+        if self.kms_uri.is_none() {
+            self.kms_uri = keyring.kms_uri().map(str::to_owned);
+        }
         self.ended.extend(keyring.ended_ids().iter().cloned());
         fn replaced<'a>(old: Option<&'a str>, new: Option<&str>) -> Option<&'a str> {
             old.filter(|o| Some(*o) != new)
@@ -335,4 +372,55 @@ fn file_hash(path: &std::path::Path) -> [u8; 32] {
     std::fs::read(path)
         .map(|bytes| Sha256::digest(zeroize::Zeroizing::new(bytes).as_slice()).into())
         .unwrap_or([0; 32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(id: Option<&str>, kms: Option<&str>, generation: u64) -> Keyring {
+        let mut ring = Keyring::generate();
+        ring.keyring_id = id.map(str::to_owned);
+        ring.kms_uri = kms.map(str::to_owned);
+        ring.generation = generation;
+        if kms.is_some() {
+            ring.protection = Protection::Kms;
+        }
+        ring
+    }
+
+    /// A reload stays on the keyring and the KMS key the worker started on: another keyring
+    /// of a higher generation, or the same keyring id with secrets wrapped under another KMS
+    /// key (someone else's key the worker's role may also use), is refused.
+    #[test]
+    fn a_reload_keeps_the_keyring_and_the_kms_key_it_started_on() {
+        let none = ActiveKeys::new(None, None);
+        let kms = "aws-kms://arn:aws:kms:ap-southeast-1:111122223333:key/ours";
+        let floor = ReloadFloor::of(&ring(Some("kr-1"), Some(kms), 4));
+        assert!(floor
+            .admit(&ring(Some("kr-1"), Some(kms), 5), &none)
+            .is_ok());
+        assert!(matches!(
+            floor.admit(&ring(Some("kr-2"), Some(kms), 9), &none),
+            Err(ReloadError::OtherKeyring { .. })
+        ));
+        let theirs = "aws-kms://arn:aws:kms:ap-southeast-1:444455556666:key/theirs";
+        assert!(matches!(
+            floor.admit(&ring(Some("kr-1"), Some(theirs), 5), &none),
+            Err(ReloadError::OtherKmsKey { .. })
+        ));
+        // A worker on a version-1 file adopts the first id it is given, then keeps it.
+        let mut floor = ReloadFloor::of(&ring(None, None, 0));
+        let upgraded = ring(Some("kr-7"), None, 1);
+        assert!(floor.admit(&upgraded, &none).is_ok());
+        floor.raise(&upgraded, &none, &none);
+        assert!(matches!(
+            floor.admit(&ring(Some("kr-8"), None, 2), &none),
+            Err(ReloadError::OtherKeyring { .. })
+        ));
+        assert!(matches!(
+            floor.admit(&ring(None, None, 3), &none),
+            Err(ReloadError::OtherKeyring { .. })
+        ));
+    }
 }

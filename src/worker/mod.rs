@@ -212,7 +212,7 @@ pub fn check_kafka(kafka: &KafkaConfig) -> Result<(), ConfigError> {
 
 /// The problems of the `[kafka]` section: the fields the worker needs, every numeric setting's
 /// range (docs/operations.md), the metrics address, and every librdkafka property (librdkafka
-/// checks names and values when a client is made; no connection is attempted for that).
+/// checks names and values when a client is made; made without brokers, it connects nowhere).
 fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
     use crate::config::{out_of_range, ranges};
     use rdkafka::consumer::BaseConsumer;
@@ -310,8 +310,12 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
                 crate::connect::scrub(&message, value)
             })
         };
-        let (mut consumer, producer) = client_config(kafka);
+        let (mut consumer, mut producer) = client_config(kafka);
         consumer.remove("group.id");
+        // Without brokers a client made to check its settings connects nowhere (with them,
+        // librdkafka starts connecting the moment it is made: `check` without --connect did).
+        consumer.remove("bootstrap.servers");
+        producer.remove("bootstrap.servers");
         if let Err(e) = consumer.create::<BaseConsumer>() {
             problems.push(format!("[kafka] consumer settings: {}", scrub_all(e)));
         }

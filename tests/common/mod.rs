@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use apache_avro::types::Value;
 use apache_avro::{from_avro_datum, to_avro_datum, Schema};
 use pseudonymizer::config::Config;
-use pseudonymizer::keys::{KeyEntry, KeySet, KeyState, Keyring, Purpose, Secret};
+use pseudonymizer::keys::{KeySet, Keyring};
 use pseudonymizer::transform::{ActiveKeys, Engine};
 
 /// The Python that runs the independent vector scripts: `$PSEUDONYMIZER_PYTHON` (scripts/test.sh
@@ -32,27 +32,17 @@ pub fn engine() -> Engine {
     Engine::from_config(&shipped_config()).expect("shipped rules compile")
 }
 
-/// The keyring of the test vectors: fixed secrets, one active key of each purpose.
+/// The keyring of the test vectors: fixed secrets, one active key of each purpose, and a
+/// fixed keyring id (format v2, generation 0), so that every copy a test writes is the same
+/// keyring to a worker that reloads it.
 pub fn test_keyring() -> Keyring {
-    let entry = |id: &str, purpose, secret: &str| KeyEntry {
-        id: id.to_owned(),
-        purpose,
-        state: KeyState::Active,
-        created_at: "2026-11-24T10:00:00Z".to_owned(),
-        secret: Some(Secret::from_b64(secret).unwrap()),
-    };
-    Keyring::from_entries(vec![
-        entry(
-            "p-test-1",
-            Purpose::Pseudonym,
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        ),
-        entry(
-            "e-test-1",
-            Purpose::Encryption,
-            "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
-        ),
-    ])
+    Keyring::from_json(
+        r#"{"format":"pseudonymizer-keyring/v2","keyring_id":"kr-test-vectors","generation":0,"keys":[
+  {"id":"p-test-1","purpose":"pseudonym","state":"active","created_at":"2026-11-24T10:00:00Z",
+   "secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+  {"id":"e-test-1","purpose":"encryption","state":"active","created_at":"2026-11-24T10:00:00Z",
+   "secret":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}]}"#,
+    )
     .unwrap()
 }
 
