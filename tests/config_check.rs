@@ -96,13 +96,26 @@ fn refused(out: &Output, expected: &str) {
 #[test]
 fn the_shipped_config_passes_and_says_it_did_not_connect() {
     let setup = Setup::new();
-    let out = setup.check(&setup.shipped);
+    // Its brokers are a listener of ours, which must see no connection: "not connected" is
+    // what happened, not only what is said (librdkafka connects the moment a client is made).
+    let brokers = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    brokers.set_nonblocking(true).unwrap();
+    let text = setup.with(
+        "brokers = \"127.0.0.1:9092\"",
+        &format!("brokers = \"{}\"", brokers.local_addr().unwrap()),
+    );
+    let out = setup.check(&text);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stdout(&out);
     assert!(said.contains("[kafka]: ok"), "{said}");
     assert!(
         said.contains("not connected: run with --connect to reach the cluster"),
         "{said}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        brokers.accept().is_err(),
+        "check without --connect connected to the brokers"
     );
 }
 
