@@ -105,6 +105,17 @@ impl WrappedKeyring {
             }
             _ => return Err(KeyringError::Format(ring.format)),
         }
+        // The manifest's lines are fields separated by one space: a field holding a space, a
+        // line break or another control character could make two different files one text.
+        super::keyring::check_keyring_id(&ring.keyring_id)?;
+        one_word("kms", &ring.kms)?;
+        for entry in &ring.keys {
+            one_word("id", &entry.id)?;
+            one_word("created_at", &entry.created_at)?;
+            if let Some(wrapped) = &entry.wrapped_secret {
+                one_word("wrapped_secret", wrapped)?;
+            }
+        }
         for entry in &ring.keys {
             match (entry.state, &entry.wrapped_secret) {
                 (KeyState::Destroyed, Some(_)) => {
@@ -421,6 +432,16 @@ fn wrap_entry(
     })
 }
 
+/// A field of the manifest text: non-empty, with no space or control character.
+fn one_word(field: &str, value: &str) -> Result<(), KeyringError> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyringError::Syntax(format!(
+            "KMS keyring: `{field}` is empty or holds a space or control character"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +456,30 @@ mod tests {
                 {{"id":"p-new","purpose":"pseudonym","state":"active","created_at":"2026-02-01T00:00:00Z","wrapped_secret":"BBBB"}}]}}"#
         ))
         .unwrap()
+    }
+
+    /// A line break in a field could carry a forged entry line inside another entry, so that
+    /// a file without an entry has the manifest text of the file with it: refused.
+    #[test]
+    fn manifest_fields_are_single_words() {
+        let text = serde_json::to_string(&ring()).unwrap();
+        for (from, to) in [
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z\\nkey x"),
+            ("2026-01-01T00:00:00Z", "2026 01"),
+            ("\"kr-1\"", "\"kr 1\""),
+            ("AAAA", "AA AA"),
+            ("p-old", "p\\told"),
+        ] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text);
+            assert!(
+                matches!(
+                    WrappedKeyring::from_text(&edited),
+                    Err(KeyringError::Syntax(m)) if m.contains("space or control") || m.contains("`keyring_id`")
+                ),
+                "{to:?} accepted"
+            );
+        }
     }
 
     #[test]
