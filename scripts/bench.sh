@@ -20,7 +20,8 @@ if [ "${1:-}" = "--kafka" ]; then
 fi
 
 cargo build --release --locked --quiet
-bin=target/release/pseudonymizer
+# Where cargo put it: CARGO_TARGET_DIR when set (one shared target dir), ./target otherwise.
+bin=${CARGO_TARGET_DIR:-target}/release/pseudonymizer
 [ -f keys/keyring.json ] || $bin keys init --keyring keys/keyring.json
 
 if [ "$broker" = kafka ]; then

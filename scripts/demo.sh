@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked --quiet
-bin=target/release/pseudonymizer
+# Where cargo put it: CARGO_TARGET_DIR when set (one shared target dir), ./target otherwise.
+bin=${CARGO_TARGET_DIR:-target}/release/pseudonymizer
 
 RUST_LOG=${RUST_LOG:-error} $bin demo --events "${DEMO_EVENTS:-100000}"
 

@@ -140,22 +140,26 @@ pub fn read(
     )?))
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically ([`crate::fsio::AtomicFile`]): a new
-/// temporary file of its own beside the target, fsync, rename. A reader sees the old file or
-/// the new one, never a part (the worker reloads keyrings while they are replaced); a keyring
-/// given as a symbolic link is written at the link's target, so that no copy of the old
-/// secrets survives there.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::fsio::write_atomically(path, "keyring", 0o600, bytes).map_err(|e| match e {
-        crate::fsio::FileError::Io { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
-    })
+/// Whether writing a secret file may replace what is at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Yes, atomically ([`crate::fsio::AtomicFile`]): a new temporary file of its own beside
+    /// the target, fsync, rename. A reader sees the old file or the new one, never a part (the
+    /// worker reloads keyrings while they are replaced); a keyring given as a symbolic link is
+    /// written at the link's target, so that no copy of the old secrets survives there.
+    Existing,
+    /// Never ([`crate::fsio::AtomicFile::create_new`]): the path must be free until the file
+    /// is in place, even of a link that appears while the secret is written (`init`, `export`).
+    Never,
 }
 
-/// Writes `bytes` to a new file at `path` with mode 0600 ([`crate::fsio::write_new`]): never
-/// over an existing file or link, even one that appears while the secret is written.
-pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::fsio::write_new(path, "keyring", 0o600, bytes).map_err(|e| match e {
+/// Writes `bytes` to `path` with mode 0600, as `replace` says.
+pub fn write(path: &Path, bytes: &[u8], replace: Replace) -> std::io::Result<()> {
+    let written = match replace {
+        Replace::Existing => crate::fsio::write_atomically(path, "keyring", 0o600, bytes),
+        Replace::Never => crate::fsio::write_new(path, "keyring", 0o600, bytes),
+    };
+    written.map_err(|e| match e {
         crate::fsio::FileError::Io { source, .. } => source,
         other => std::io::Error::other(other.to_string()),
     })

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::kek::{self, Kek, KekError};
 use super::Need;
 use super::Secret;
+use crate::secret_file::Replace;
 
 /// The value of the keyring's `format` field, as written: version 2 carries a `generation`.
 pub const KEYRING_FORMAT: &str = "pseudonymizer-keyring/v2";
@@ -526,13 +527,11 @@ impl Keyring {
         if let Some(kek) = &self.kek {
             text = Zeroizing::new(kek.seal(text.as_bytes()));
         }
-        let written = match replace {
-            Replace::Existing => crate::secret_file::write_atomically(path, text.as_bytes()),
-            Replace::Never => crate::secret_file::write_new(path, text.as_bytes()),
-        };
-        written.map_err(|source| KeyringError::Write {
-            path: path.to_owned(),
-            source,
+        crate::secret_file::write(path, text.as_bytes(), replace).map_err(|source| {
+            KeyringError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 
@@ -619,15 +618,6 @@ impl Keyring {
         }
         Ok(())
     }
-}
-
-/// Whether a write may replace a file at its path.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Replace {
-    /// Atomically, keeping a symbolic link (a keyring written in place).
-    Existing,
-    /// Never: the path must be free until the file is in place (`init`, `export`).
-    Never,
 }
 
 /// `kr-` and 16 random hex digits: a keyring's id.

@@ -36,9 +36,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::keyring::Replace;
 use super::{KeyEntry, KeyState, Keyring, KeyringError, Need, Purpose, Secret};
 use crate::kms::{entry_context, Kms, KmsError};
+use crate::secret_file::Replace;
 
 /// The `format` of a KMS-wrapped keyring file, as written.
 pub const KMS_FORMAT: &str = "pseudonymizer-keyring-kms/v2";
@@ -393,13 +393,11 @@ impl WrappedKeyring {
         self.manifest = Some(STANDARD.encode(wrapped));
         let mut text = serde_json::to_string_pretty(self).expect("wrapped keyring serializes");
         text.push('\n');
-        let written = match replace {
-            Replace::Existing => crate::secret_file::write_atomically(path, text.as_bytes()),
-            Replace::Never => crate::secret_file::write_new(path, text.as_bytes()),
-        };
-        written.map_err(|source| KeyringError::Write {
-            path: path.to_owned(),
-            source,
+        crate::secret_file::write(path, text.as_bytes(), replace).map_err(|source| {
+            KeyringError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 }
