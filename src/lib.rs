@@ -54,6 +54,9 @@
 //! - [`demo`]: the README's main command, on an in-process cluster.
 //! - [`bench`]: the end-to-end throughput benchmark (transform vs pass-through) on a broker.
 //! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
+//! - [`subjects`]: a person's rights in the stream: subject ids under the keyring's subject
+//!   key, the subject registry and erasure notices (two compacted topics), the table a worker
+//!   keeps of the registry, and the gate the transform asks about each identifier.
 //! - [`cli`]: the command line (`keys` and `run` in files of their own).
 
 pub mod audit;
@@ -81,6 +84,7 @@ pub mod registry;
 pub mod rules;
 pub mod secret_file;
 pub mod secret_ref;
+pub mod subjects;
 pub mod token;
 pub mod transform;
 pub mod worker;

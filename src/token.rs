@@ -59,8 +59,13 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     mac.update(&[0u8]);
     mac.update(canonical);
     let digest = mac.finalize().into_bytes();
+    token_from_mac(key.id(), &digest[..16])
+}
 
-    let id = key.id().as_bytes();
+/// The token text of a key id and 16 MAC bytes (or, for an unlinked token, 16 random bytes:
+/// [`crate::subjects::unlinked_token`]).
+pub fn token_from_mac(key_id: &str, mac: &[u8]) -> Token {
+    let id = key_id.as_bytes();
     let mut out = Token {
         bytes: [0; MAX_TOKEN_LEN],
         len: id.len() + 1 + 22,
@@ -68,7 +73,7 @@ pub fn token(key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
     out.bytes[..id.len()].copy_from_slice(id);
     out.bytes[id.len()] = b':';
     URL_SAFE_NO_PAD
-        .encode_slice(&digest[..16], &mut out.bytes[id.len() + 1..])
+        .encode_slice(&mac[..16], &mut out.bytes[id.len() + 1..])
         .expect("22 bytes hold base64url of 16 bytes");
     out
 }

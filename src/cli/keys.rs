@@ -63,7 +63,8 @@ pub enum KeysCommand {
         /// The keyring file, rewritten in place (atomically).
         #[arg(long)]
         keyring: PathBuf,
-        /// Which key to rotate: pseudonym (tokens) or encryption (envelopes).
+        /// Which key to rotate: pseudonym (tokens) or encryption (envelopes); subject only
+        /// adds the subject key to a keyring that has none (it is never rotated).
         #[arg(long, value_parser = parse_purpose)]
         purpose: Purpose,
         /// Id of the new key, 1 to 32 of A-Z a-z 0-9 . _ - (default: generated).
@@ -148,7 +149,8 @@ fn parse_purpose(s: &str) -> Result<Purpose, String> {
     match s {
         "pseudonym" => Ok(Purpose::Pseudonym),
         "encryption" => Ok(Purpose::Encryption),
-        _ => Err("expected pseudonym or encryption".to_owned()),
+        "subject" => Ok(Purpose::Subject),
+        _ => Err("expected pseudonym, encryption or subject".to_owned()),
     }
 }
 

@@ -55,6 +55,9 @@ pub enum Purpose {
     Pseudonym,
     /// AES-256-GCM envelopes.
     Encryption,
+    /// Subject ids of the subject registry (docs/formats.md §5): never rotated, so that an
+    /// erasure or a consent outlives every pseudonym epoch.
+    Subject,
 }
 
 impl Purpose {
@@ -63,6 +66,7 @@ impl Purpose {
         match self {
             Purpose::Pseudonym => "pseudonym",
             Purpose::Encryption => "encryption",
+            Purpose::Subject => "subject",
         }
     }
 }
@@ -166,6 +170,8 @@ pub enum KeyringError {
     },
     #[error("no active {0} key in the keyring")]
     NoActive(&'static str),
+    #[error("the subject key is never rotated: a new one would change every subject id, and the subject registry's erasures and consents would match no one (docs/security.md, \"A person's rights\")")]
+    SubjectKeyRotation,
     #[error("no key with id {0:?}")]
     UnknownId(String),
     #[error("key {0:?} is already destroyed")]
@@ -281,7 +287,7 @@ impl Keyring {
                 _ => {}
             }
         }
-        for purpose in [Purpose::Pseudonym, Purpose::Encryption] {
+        for purpose in [Purpose::Pseudonym, Purpose::Encryption, Purpose::Subject] {
             let mut active = entries
                 .iter()
                 .filter(|e| e.purpose == purpose && e.state == KeyState::Active);
@@ -543,6 +549,7 @@ impl Keyring {
             entries: vec![
                 new_entry(Purpose::Pseudonym, &now),
                 new_entry(Purpose::Encryption, &now),
+                new_entry(Purpose::Subject, &now),
             ],
             ..Keyring::default()
         }
@@ -569,6 +576,7 @@ impl Keyring {
     /// Adds a new active key of `purpose` (with `id`, or a generated one) and retires the
     /// previously active one. Returns the new id.
     pub fn rotate(&mut self, purpose: Purpose, id: Option<String>) -> Result<String, KeyringError> {
+        refuse_subject_rotation(self.entries.iter().map(|e| (e.purpose, e.state)), purpose)?;
         let now = now_rfc3339();
         let mut entry = new_entry(purpose, &now);
         if let Some(id) = id {
@@ -733,6 +741,21 @@ fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
+/// The subject key is added once (by `keys init`, or `rotate` on a keyring without one) and
+/// never rotated: a new one would change every subject id, so the registry's erasures and
+/// consents would match no one (docs/security.md, "A person's rights").
+pub(crate) fn refuse_subject_rotation(
+    mut entries: impl Iterator<Item = (Purpose, KeyState)>,
+    purpose: Purpose,
+) -> Result<(), KeyringError> {
+    if purpose == Purpose::Subject
+        && entries.any(|(p, state)| p == Purpose::Subject && state == KeyState::Active)
+    {
+        return Err(KeyringError::SubjectKeyRotation);
+    }
+    Ok(())
+}
+
 /// A new active key made now (for the KMS keyring's `rotate`).
 pub(crate) fn new_active_entry(purpose: Purpose) -> KeyEntry {
     new_entry(purpose, &now_rfc3339())
@@ -744,6 +767,7 @@ fn new_entry(purpose: Purpose, created_at: &str) -> KeyEntry {
     let letter = match purpose {
         Purpose::Pseudonym => 'p',
         Purpose::Encryption => 'e',
+        Purpose::Subject => 's',
     };
     let date: String = created_at
         .chars()

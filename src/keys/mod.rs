@@ -20,7 +20,8 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 pub use kek::{stash_kek, Kek, KekError, KEK_ENV, KEK_FILE_ENV, SEALED_FORMAT};
-pub(crate) use keyring::{new_active_entry, valid_id};
+pub(crate) use keyring::new_active_entry;
+pub(crate) use keyring::valid_id;
 pub use keyring::{
     KeyEntry, KeyState, Keyring, KeyringError, Protection, Purpose, KEYRING_FORMAT,
     KEYRING_FORMAT_V1,
@@ -49,6 +50,8 @@ pub enum Scope {
 pub struct Need {
     pub pseudonym: Scope,
     pub encryption: Scope,
+    /// The subject key has one epoch: `Active` and `All` both mean it.
+    pub subject: Scope,
 }
 
 impl Need {
@@ -56,21 +59,33 @@ impl Need {
     pub const ALL: Need = Need {
         pseudonym: Scope::All,
         encryption: Scope::All,
+        subject: Scope::All,
     };
     /// New output only: the worker, `transform`, `check`.
     pub const NEW_OUTPUT: Need = Need {
         pseudonym: Scope::Active,
         encryption: Scope::Active,
+        subject: Scope::Active,
     };
-    /// Tokens of every epoch: `lookup`.
+    /// Tokens of every epoch: `lookup` (and the subject key, to say who was erased).
     pub const TOKENS: Need = Need {
         pseudonym: Scope::All,
         encryption: Scope::Nothing,
+        subject: Scope::Active,
     };
     /// Envelopes of every key: `decrypt`, `reseal`, `dlq replay`.
     pub const ENVELOPES: Need = Need {
         pseudonym: Scope::Nothing,
         encryption: Scope::All,
+        subject: Scope::Nothing,
+    };
+    /// The `subjects` commands and `subjects export`: subject ids, the person's tokens under
+    /// every epoch (erasure notices, the export's search), and every envelope (the export
+    /// opens the person's sealed fields).
+    pub const SUBJECTS: Need = Need {
+        pseudonym: Scope::All,
+        encryption: Scope::All,
+        subject: Scope::Active,
     };
 
     /// Whether a key of `purpose` in `state` is needed.
@@ -78,6 +93,7 @@ impl Need {
         let scope = match purpose {
             Purpose::Pseudonym => self.pseudonym,
             Purpose::Encryption => self.encryption,
+            Purpose::Subject => self.subject,
         };
         match scope {
             Scope::Nothing => false,
@@ -95,6 +111,8 @@ pub const INFO_CRYPTOPAN: &[u8] = b"pseudonymizer/v1/cryptopan";
 pub const INFO_AES_GCM: &[u8] = b"pseudonymizer/v1/aes-256-gcm";
 /// HKDF info for the XAES-256-GCM key of version-2 envelopes (docs/formats.md §4).
 pub const INFO_XAES_GCM: &[u8] = b"pseudonymizer/v2/xaes-256-gcm";
+/// HKDF info for the subject-id HMAC key (docs/formats.md §5).
+pub const INFO_SUBJECT_ID: &[u8] = b"pseudonymizer/v3/subject-id/hmac-sha256";
 
 /// `HKDF-SHA256(ikm = secret, salt = none, info, L = 32)`.
 pub fn derive(secret: &Secret, info: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -200,6 +218,41 @@ impl std::fmt::Debug for PseudonymKey {
     }
 }
 
+/// The working key of the subject secret: the HMAC key of subject ids (docs/formats.md §5).
+/// Shaped like a [`PseudonymKey`] on purpose: a subject id is computed exactly as a token is,
+/// under this key, so another team recomputes one with the token code it already has.
+pub struct SubjectKey {
+    id: String,
+    hmac: Hmac<Sha256>,
+}
+
+impl SubjectKey {
+    /// Derives the subject-id key of a subject secret.
+    pub fn new(id: &str, secret: &Secret) -> Self {
+        SubjectKey {
+            id: id.to_owned(),
+            hmac: <Hmac<Sha256> as Mac>::new_from_slice(derive(secret, INFO_SUBJECT_ID).as_ref())
+                .expect("HMAC accepts any key length"),
+        }
+    }
+
+    /// The key id that prefixes every subject id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A fresh HMAC state keyed with the subject-id key.
+    pub fn hmac(&self) -> Hmac<Sha256> {
+        self.hmac.clone()
+    }
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubjectKey({})", self.id)
+    }
+}
+
 /// The working key of one encryption secret. The type is the envelope's own
 /// ([`crate::envelope::SealKey`]); deriving it from a keyring secret belongs here, with the
 /// other derivations.
@@ -230,6 +283,7 @@ pub struct KeySet {
     encryption: Option<Arc<SealKey>>,
     all_pseudonym: Vec<Arc<PseudonymKey>>,
     all_seal: HashMap<String, Arc<SealKey>>,
+    subject: Option<Arc<SubjectKey>>,
     destroyed: Vec<String>,
 }
 
@@ -241,6 +295,7 @@ impl KeySet {
             encryption: None,
             all_pseudonym: Vec::new(),
             all_seal: HashMap::new(),
+            subject: None,
             destroyed: Vec::new(),
         };
         for entry in keyring.entries() {
@@ -263,6 +318,11 @@ impl KeySet {
                     }
                     set.all_seal.insert(entry.id.clone(), key);
                 }
+                Purpose::Subject => {
+                    if entry.state == KeyState::Active {
+                        set.subject = Some(Arc::new(SubjectKey::new(&entry.id, secret)));
+                    }
+                }
             }
         }
         set
@@ -280,6 +340,13 @@ impl KeySet {
         self.encryption
             .as_ref()
             .ok_or(KeyringError::NoActive(Purpose::Encryption.as_str()))
+    }
+
+    /// The active subject key (docs/formats.md §5).
+    pub fn subject(&self) -> Result<&Arc<SubjectKey>, KeyringError> {
+        self.subject
+            .as_ref()
+            .ok_or(KeyringError::NoActive(Purpose::Subject.as_str()))
     }
 
     /// Every pseudonym key that still has a secret (active and retired), in keyring order.

@@ -34,6 +34,8 @@ pub fn check(policy: &RotationConfig, key: &KeyFacts<'_>, now: OffsetDateTime) -
     let max_age_days = match key.purpose {
         Purpose::Encryption => policy.encryption_max_age_days,
         Purpose::Pseudonym => policy.pseudonym_max_age_days,
+        // Never rotated (keyring.rs, `refuse_subject_rotation`).
+        Purpose::Subject => None,
     };
     if let Some(days) = max_age_days {
         let max_age = Duration::days(i64::from(days));
