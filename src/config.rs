@@ -43,6 +43,10 @@ pub struct Config {
     /// one, by the static `input_schema_id`.
     #[serde(default)]
     pub registry: Option<RegistryConfig>,
+    /// Which identifiers name a person, for the subject registry (`[kafka] subjects_topic`;
+    /// docs/security.md, "A person's rights").
+    #[serde(default)]
+    pub subjects: SubjectsConfig,
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -53,6 +57,26 @@ pub struct Config {
     /// ([`Config::redact`]).
     #[serde(skip)]
     pub resolved: Arc<Resolved>,
+}
+
+/// The subject registry's settings besides its topics (which are in `[kafka]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectsConfig {
+    /// Token classes whose values name a person: a field of one of these classes is looked up
+    /// in the registry (phone covers phone-raw). Default: phone and email.
+    pub classes: Vec<String>,
+    /// Seconds a worker may take to read the whole registry at start before it gives up.
+    pub load_timeout_secs: u64,
+}
+
+impl Default for SubjectsConfig {
+    fn default() -> Self {
+        SubjectsConfig {
+            classes: vec!["phone".into(), "email".into()],
+            load_timeout_secs: 600,
+        }
+    }
 }
 
 /// Phone parsing settings.
@@ -97,6 +121,16 @@ pub struct PipelineConfig {
     /// same value. Absent: the default domain, spec v1's tokens.
     #[serde(default)]
     pub domain: Option<String>,
+    /// Whose events this pipeline publishes, by the subject registry: `opt-out` (everyone
+    /// who did not opt out of its domain) or `opt-in` (only those who opted in). Absent:
+    /// everyone not erased. Needs `[kafka] subjects_topic`.
+    #[serde(default)]
+    pub consent: Option<crate::subjects::ConsentMode>,
+    /// What becomes of a record that carries a withheld subject (erased, or without the
+    /// consent asked for): `withhold` (default: published with unlinked tokens and no sealed
+    /// fields) or `drop` (not published, counted).
+    #[serde(default)]
+    pub erased: crate::subjects::WithheldAction,
 }
 
 /// The schema registry client's settings. Credentials are never in the config text: they are
@@ -230,6 +264,14 @@ pub struct KafkaConfig {
     /// first record (the end-to-end latency `read_committed` readers see).
     #[serde(default = "default_transaction_max_ms")]
     pub transaction_max_ms: u64,
+    /// The subject registry: a compacted topic of erasures and consents, read whole at start
+    /// and followed live (docs/security.md, "A person's rights"). Absent: off.
+    #[serde(default)]
+    pub subjects_topic: Option<String>,
+    /// The compacted topic of erasure notices (`subjects erase` writes one per request;
+    /// `decrypt` reads them). Absent: `subjects erase` refuses to run.
+    #[serde(default)]
+    pub erasure_topic: Option<String>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9464`); absent: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,

@@ -90,6 +90,16 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     /// 1 while the Kafka cluster cannot be reached or refuses the worker's credentials.
     pub connection_failing: IntGauge,
+    /// Subjects the registry records something for (`recorded`) and erased subjects.
+    pub subjects: IntGaugeVec,
+    /// Records that carried a withheld subject, by outcome (`published`: unlinked tokens and
+    /// no sealed fields; `dropped`; `dead-lettered`: a dead letter with no value).
+    pub subject_withheld: IntCounterVec,
+    /// Registry records read, by result (`applied`, `refused`, `not-followed`, `other-key`,
+    /// `erasure-kept`).
+    pub subject_registry_records: IntCounterVec,
+    /// Failed reads of the subject registry while following it.
+    pub subject_registry_errors: IntCounter,
     ready: AtomicBool,
     connection_flag: AtomicBool,
     serving: Mutex<Option<std::net::SocketAddr>>,
@@ -271,6 +281,25 @@ impl Metrics {
                 "pseudonymizer_connection_failing",
                 "1 while the Kafka cluster cannot be reached or refuses the worker's credentials.",
             ),
+            subjects: gauge(
+                "pseudonymizer_subjects",
+                "Subjects the subject registry records something for (recorded), and erased subjects.",
+                &["state"],
+            ),
+            subject_withheld: counter(
+                "pseudonymizer_subject_withheld_total",
+                "Records that carried a withheld subject (erased, or without the consent the pipeline asks for), by outcome.",
+                &["outcome"],
+            ),
+            subject_registry_records: counter(
+                "pseudonymizer_subject_registry_records_total",
+                "Subject registry records read, by result.",
+                &["result"],
+            ),
+            subject_registry_errors: plain_counter(
+                "pseudonymizer_subject_registry_errors_total",
+                "Failed reads of the subject registry while following it.",
+            ),
             registry,
             ready: AtomicBool::new(false),
             stalled_flag: AtomicBool::new(false),
@@ -307,6 +336,12 @@ impl Metrics {
         }
         for outcome in ["committed", "aborted"] {
             self.transactions.with_label_values(&[outcome]);
+        }
+        for outcome in ["published", "dropped", "dead-lettered"] {
+            self.subject_withheld.with_label_values(&[outcome]);
+        }
+        for state in ["recorded", "erased"] {
+            self.subjects.with_label_values(&[state]);
         }
     }
 

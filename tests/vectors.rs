@@ -361,7 +361,7 @@ fn record_key_tokens_match_python_vectors_and_non_utf8_keys_stay_distinct() {
     for case in cases {
         let class = TokenClass::parse(case["key_class"].as_str().unwrap()).unwrap();
         let key = unhex(case["key_hex"].as_str().unwrap());
-        let token = pseudonymizer::worker::route::key_token(&pkey, class, &key, None, &phone);
+        let token = pseudonymizer::worker::route::key_token(&pkey, class, &key, None, &phone, None);
         assert_eq!(token, case["token"], "{case}");
         tokens.insert(token);
     }

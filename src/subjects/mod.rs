@@ -135,6 +135,33 @@ pub struct SubjectPolicy {
     pub withheld: WithheldAction,
 }
 
+/// What a worker holds of the registry for one record: the subject key, one read of the table
+/// and the subject classes. A pipeline's policy makes it a [`SubjectGate`].
+pub struct SubjectView<'a> {
+    pub key: &'a SubjectKey,
+    pub table: &'a SubjectTable,
+    pub classes: &'a SubjectClasses,
+}
+
+impl<'a> SubjectView<'a> {
+    /// The gate of one record of a pipeline with `policy`.
+    pub fn gate(&self, policy: SubjectPolicy) -> SubjectGate<'a> {
+        SubjectGate::new(self.key, self.table, self.classes, policy)
+    }
+}
+
+/// The domains whose consent some pipeline asks for, in config order without repeats
+/// (`None`: the default domain): the table's consent bits, by position.
+pub fn consent_domains(config: &crate::config::Config) -> Vec<Option<String>> {
+    let mut domains: Vec<Option<String>> = Vec::new();
+    for pipeline in config.pipeline.iter().filter(|p| p.consent.is_some()) {
+        if !domains.contains(&pipeline.domain) {
+            domains.push(pipeline.domain.clone());
+        }
+    }
+    domains
+}
+
 /// What the transform asks about each identifier: the subject key, the table (one read of it
 /// per record), the subject classes and the record's pipeline policy.
 pub struct SubjectGate<'a> {
@@ -142,9 +169,33 @@ pub struct SubjectGate<'a> {
     pub table: &'a SubjectTable,
     pub classes: &'a SubjectClasses,
     pub policy: SubjectPolicy,
+    /// Set when an identifier of a withheld subject was met.
+    met: std::cell::Cell<bool>,
 }
 
-impl SubjectGate<'_> {
+impl<'a> SubjectGate<'a> {
+    /// A gate for one record of a pipeline with `policy`.
+    pub fn new(key: &'a SubjectKey, table: &'a SubjectTable, classes: &'a SubjectClasses, policy: SubjectPolicy) -> Self {
+        SubjectGate { key, table, classes, policy, met: std::cell::Cell::new(false) }
+    }
+
+    /// Whether an identifier of a withheld subject was met in this record.
+    pub fn met(&self) -> bool {
+        self.met.get()
+    }
+
+    /// The token of an identifier: its own, or an unlinked one (and the record marked) when
+    /// the person is withheld.
+    #[inline]
+    pub fn token(&self, key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
+        if self.withholds(class, canonical) {
+            self.met.set(true);
+            unlinked_token(key)
+        } else {
+            token::token(key, class, canonical)
+        }
+    }
+
     /// Whether the person behind this canonical value is withheld from this pipeline:
     /// erased, or without the consent its domain asks for. An empty table in a pipeline
     /// that asks for no opt-in withholds no one, and no subject id is computed.

@@ -13,11 +13,17 @@ use crate::keys::PseudonymKey;
 use crate::phone::PhoneCanon;
 use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
 use crate::rules::Action;
+use crate::subjects::SubjectGate;
 
+/// Transforms one event. With a `gate` that meets a withheld subject in a record with sealed
+/// fields, the record is walked a second time with the sealed fields written empty: a sealed
+/// field may come before the identifier that withholds it, and this case is rare enough that
+/// the common one carries no bookkeeping for it.
 pub fn transform(
     plan: &Plan,
     phone: &PhoneCanon,
     keys: &ActiveKeys,
+    gate: Option<&SubjectGate<'_>>,
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Regions, TransformError> {
@@ -26,16 +32,20 @@ pub fn transform(
     for source in &plan.regions {
         regions.push(phone.record_region(find_region(source, input)));
     }
-    let mut cursor = Cursor::new(input);
-    let walker = Walker {
+    let start = out.len();
+    let mut walker = Walker {
         phone,
         keys,
         pseudonym: keys.pseudonym_in(plan.domain.as_deref()),
         regions: &regions,
+        gate,
+        seal: true,
     };
-    walker.step(&plan.step, &mut cursor, out)?;
-    if cursor.remaining() != 0 {
-        return Err(TransformError::at("", ErrorKind::TrailingBytes));
+    walker.walk(plan, input, out)?;
+    if gate.is_some_and(|g| g.met()) && plan.needs_encryption {
+        out.truncate(start);
+        walker.seal = false;
+        walker.walk(plan, input, out)?;
     }
     Ok(regions)
 }
@@ -64,9 +74,21 @@ struct Walker<'a> {
     /// The active pseudonym key in the plan's domain.
     pseudonym: Option<&'a PseudonymKey>,
     regions: &'a Regions,
+    gate: Option<&'a SubjectGate<'a>>,
+    /// False for a withheld subject's record: sealed fields are written empty.
+    seal: bool,
 }
 
 impl Walker<'_> {
+    fn walk(&self, plan: &Plan, input: &[u8], out: &mut Vec<u8>) -> Result<(), TransformError> {
+        let mut cursor = Cursor::new(input);
+        self.step(&plan.step, &mut cursor, out)?;
+        if cursor.remaining() != 0 {
+            return Err(TransformError::at("", ErrorKind::TrailingBytes));
+        }
+        Ok(())
+    }
+
     fn step(
         &self,
         step: &Step,
@@ -95,6 +117,13 @@ impl Walker<'_> {
                     .ok()
                     .and_then(|i| branches.get(i))
                     .ok_or_else(|| TransformError::at(path, ErrorKind::BadUnion))?;
+                if !self.seal {
+                    if let Some(null) = sealed_to_null(branches, branch) {
+                        cur.bytes().map_err(|k| TransformError::at(path, k))?;
+                        write_long(out, null as i64);
+                        return Ok(());
+                    }
+                }
                 write_long(out, index);
                 self.step(branch, cur, out)?;
             }
@@ -129,6 +158,10 @@ impl Walker<'_> {
             }
             LeafInput::Bytes => None,
         };
+        if leaf.action == Action::Encrypt && !self.seal {
+            write_long(out, 0);
+            return Ok(());
+        }
         if leaf.action == Action::Encrypt {
             let key = self
                 .keys
@@ -148,9 +181,33 @@ impl Walker<'_> {
             Some(i) => self.regions[i],
             None => self.phone.region(),
         };
-        let pseudonym = pseudonymize(leaf.action, text, self.phone, region, self.pseudonym)?;
+        let pseudonym = pseudonymize(
+            leaf.action,
+            text,
+            self.phone,
+            region,
+            self.pseudonym,
+            self.gate,
+        )?;
         write_bytes(out, pseudonym.as_bytes());
         Ok(())
+    }
+}
+
+/// For a sealed leaf's branch of a nullable union, the union's null branch (what a withheld
+/// subject's record writes instead of the envelope).
+fn sealed_to_null(branches: &[Step], chosen: &Step) -> Option<usize> {
+    match chosen {
+        Step::Leaf(leaf) if leaf.action == Action::Encrypt => branches.iter().position(|b| {
+            matches!(
+                b,
+                Step::Copy {
+                    shape: Shape::Null,
+                    ..
+                }
+            )
+        }),
+        _ => None,
     }
 }
 

@@ -8,7 +8,8 @@ use crate::ip::{ip_text, parse_ip, truncate_ip, IpText};
 use crate::keys::PseudonymKey;
 use crate::phone::PhoneCanon;
 use crate::rules::Action;
-use crate::token::{self, token, TokenClass};
+use crate::subjects::SubjectGate;
+use crate::token::{self, TokenClass};
 use rlibphonenumber::Region;
 
 /// A rewritten string value: a token or an IP's text, held on the stack.
@@ -35,15 +36,22 @@ impl Pseudonym {
 }
 
 /// The output of a string-yielding action (every action but keep, drop and encrypt).
-/// `region` is the one phone numbers are read with: the record's own or the default.
+/// `region` is the one phone numbers are read with: the record's own or the default. With a
+/// subject `gate`, a token of a withheld person is an unlinked one (prefix-preserving and
+/// truncated IPs are not identifiers of a person here: docs/security.md).
 pub fn pseudonymize(
     action: Action,
     value: &str,
     phone: &PhoneCanon,
     region: Region,
     key: Option<&PseudonymKey>,
+    gate: Option<&SubjectGate<'_>>,
 ) -> Result<Pseudonym, ErrorKind> {
     let key = key.ok_or(ErrorKind::NoPseudonymKey)?;
+    let token = |key: &PseudonymKey, class: TokenClass, canonical: &[u8]| match gate {
+        None => token::token(key, class, canonical),
+        Some(gate) => gate.token(key, class, canonical),
+    };
     let raw_ip =
         |value: &str| Pseudonym::Token(token(key, TokenClass::IpRaw, value.trim().as_bytes()));
     Ok(match action {

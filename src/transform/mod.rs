@@ -19,10 +19,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey};
+use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey, SubjectKey};
 use crate::phone::PhoneCanon;
 use crate::plan::{self, Plan};
 use crate::rules::Rules;
+use crate::subjects::SubjectGate;
 
 pub use binary::{write_bytes, write_long, Cursor};
 pub use leaf::pseudonymize;
@@ -82,6 +83,8 @@ pub struct ActiveKeys {
     pub pseudonym: Option<Arc<PseudonymKey>>,
     pub encryption: Option<Arc<SealKey>>,
     pub domains: Vec<Arc<PseudonymKey>>,
+    /// The subject key (subject ids for the subject registry), where the keyring has one.
+    pub subject: Option<Arc<SubjectKey>>,
 }
 
 impl ActiveKeys {
@@ -91,6 +94,7 @@ impl ActiveKeys {
             pseudonym,
             encryption,
             domains: Vec::new(),
+            subject: None,
         }
     }
 
@@ -210,6 +214,7 @@ impl Engine {
                 keys.encryption().ok().cloned()
             },
             domains,
+            subject: keys.subject().ok().cloned(),
         })
     }
 
@@ -223,7 +228,23 @@ impl Engine {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Regions, TransformError> {
-        fast::transform(plan, &self.phone, keys, input, out)
+        fast::transform(plan, &self.phone, keys, None, input, out)
+    }
+
+    /// [`Engine::transform`] with the subject registry's gate: each identifier of a subject
+    /// class whose person is withheld from this pipeline gets an unlinked token, and when one
+    /// did, the record's sealed fields are written empty (docs/formats.md §5). Whether a
+    /// withheld subject was met, even in a record that then failed, is in
+    /// [`SubjectGate::met`].
+    pub fn transform_gated(
+        &self,
+        plan: &Plan,
+        keys: &ActiveKeys,
+        gate: &SubjectGate<'_>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Regions, TransformError> {
+        fast::transform(plan, &self.phone, keys, Some(gate), input, out)
     }
 
     /// The reference path through apache-avro `Value`s (tests and benchmark baseline).

@@ -139,6 +139,8 @@ impl Rewriter<'_> {
                     self.phone,
                     self.region_for(path),
                     self.pseudonym,
+                    // The reference path is the baseline without a subject registry.
+                    None,
                 )
                 .map_err(fail)?
                 .as_str()

@@ -41,7 +41,8 @@ struct InFlight {
     offset: i64,
     topic: String,
     sent: Instant,
-    delivery: DeliveryFuture,
+    /// `None` for a record with nothing to send (dropped by its pipeline): done at once.
+    delivery: Option<DeliveryFuture>,
     /// Set when the delivery was awaited (backpressure) before its turn to be stored.
     done: Option<DeliveryOutcome>,
     kind: Result<usize, DeadLetter>,
@@ -222,7 +223,10 @@ pub async fn run(
         );
         let kind = outgoing.kind;
         let record_topic = outgoing.topic.clone();
-        let delivery = send(&producer, outgoing).await?;
+        let delivery = match outgoing.dropped {
+            true => None,
+            false => Some(send(&producer, outgoing).await?),
+        };
         queues
             .by_partition
             .entry((topic, partition))
@@ -313,22 +317,31 @@ impl Queues {
                 .and_then(|q| q.front_mut())
             {
                 if front.done.is_none() {
-                    front.done = Some((&mut front.delivery).await);
+                    if let Some(delivery) = &mut front.delivery {
+                        front.done = Some(delivery.await);
+                    }
                 }
             }
         }
         for ((topic, partition), queue) in self.by_partition.iter_mut() {
             let mut last = None;
             while let Some(front) = queue.front_mut() {
-                let result = match front.done.take() {
-                    Some(result) => result,
-                    None => match (&mut front.delivery).now_or_never() {
-                        Some(result) => result,
+                // `None`: a dropped record, nothing was sent and nothing is counted as sent.
+                let result = match (front.done.take(), &mut front.delivery) {
+                    (Some(result), _) => Some(result),
+                    (None, Some(delivery)) => match delivery.now_or_never() {
+                        Some(result) => Some(result),
                         None => break,
                     },
+                    (None, None) => None,
                 };
                 let record = queue.pop_front().expect("front exists");
                 self.len -= 1;
+                let Some(result) = result else {
+                    publisher.worker.metrics.in_flight.dec();
+                    last = Some(record.offset);
+                    continue;
+                };
                 match result {
                     Ok(Ok(_)) => {}
                     Ok(Err((error, _))) => {

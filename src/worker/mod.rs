@@ -19,6 +19,7 @@ pub mod keywatch;
 pub mod replay;
 pub mod resolve;
 pub mod route;
+pub mod subjects;
 pub mod transactional;
 
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ pub enum WorkerError {
     Metrics(std::io::Error),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("subject registry: {0}")]
+    Subjects(String),
 }
 
 /// What the worker does to each record's value.
@@ -129,8 +132,17 @@ impl Worker {
             .map_or(Duration::from_secs(30), |r| {
                 Duration::from_secs(r.max_backoff_secs)
             });
+        // Read whole before anything is consumed: not ready until then.
+        let subjects = subjects::start(
+            config,
+            keys.subject.clone(),
+            &self.metrics,
+            shutdown.clone(),
+        )
+        .await?;
         let publisher = Publisher {
             router: Arc::new(router),
+            subjects,
             resolver,
             max_backoff,
             kafka: kafka.clone(),
@@ -381,6 +393,9 @@ pub struct Outgoing {
     pub headers: OwnedHeaders,
     /// The pipeline it belongs to, or why it was dead-lettered.
     pub kind: Result<usize, DeadLetter>,
+    /// Nothing to send: its pipeline drops a withheld subject's records (`erased = "drop"`).
+    /// Its offset is committed like a delivered record's.
+    pub dropped: bool,
 }
 
 impl Outgoing {
@@ -400,6 +415,8 @@ impl Outgoing {
 /// Turns consumed messages into producer records.
 pub struct Publisher {
     router: Arc<Router>,
+    /// The subject registry, when the config names one.
+    subjects: Option<Arc<subjects::Subjects>>,
     /// With a schema registry: resolves schema ids seen for the first time.
     resolver: Option<Arc<SchemaResolver>>,
     max_backoff: Duration,
@@ -533,20 +550,53 @@ impl Publisher {
             .records_in
             .with_label_values(&[message.topic()])
             .inc();
-        let outcome = match self.worker.treatment {
-            Treatment::Sanitize => self.router.process(
-                &self.worker.engine,
-                &keys,
-                message.key(),
-                message.payload(),
-                out,
+        let (outcome, withheld) = match (self.worker.treatment, &self.subjects) {
+            (Treatment::Sanitize, Some(subjects)) => subjects.with_view(|view| {
+                self.router.process_gated(
+                    &self.worker.engine,
+                    &keys,
+                    Some(view),
+                    message.key(),
+                    message.payload(),
+                    out,
+                )
+            }),
+            (Treatment::Sanitize, None) => (
+                self.router.process(
+                    &self.worker.engine,
+                    &keys,
+                    message.key(),
+                    message.payload(),
+                    out,
+                ),
+                false,
             ),
-            Treatment::PassThrough => {
+            (Treatment::PassThrough, _) => (
                 self.router
-                    .pass_through(message.key(), message.payload(), out)
-            }
+                    .pass_through(message.key(), message.payload(), out),
+                false,
+            ),
         };
+        let withheld_outcome = match &outcome {
+            Ok(output) if output.route.subject_policy.withheld == crate::subjects::WithheldAction::Drop => "dropped",
+            Ok(_) => "published",
+            Err(_) => "dead-lettered",
+        };
+        if withheld {
+            self.metrics()
+                .subject_withheld
+                .with_label_values(&[withheld_outcome])
+                .inc();
+        }
         let outgoing = match outcome {
+            Ok(output) if withheld && withheld_outcome == "dropped" => Outgoing {
+                topic: output.route.output_topic.clone(),
+                payload: Vec::new(),
+                key: None,
+                headers: OwnedHeaders::new(),
+                kind: Ok(output.index),
+                dropped: true,
+            },
             Ok(output) => {
                 let mut headers = key_headers(&keys).insert(Header {
                     key: "pseudonymizer.schema",
@@ -568,9 +618,10 @@ impl Publisher {
                     key: output.key,
                     headers,
                     kind: Ok(output.index),
+                    dropped: false,
                 }
             }
-            Err(reason) => self.dead_letter(message, reason, &keys),
+            Err(reason) => self.dead_letter(message, reason, &keys, withheld),
         };
         self.metrics()
             .transform_seconds
@@ -579,17 +630,51 @@ impl Publisher {
     }
 
     /// The dead-letter record: original bytes sealed, reason and source in headers, no key.
+    /// A record found to carry a withheld subject before it failed keeps nothing of itself:
+    /// no value, no key, and the header `dlq.withheld: subject` (docs/formats.md §5).
     fn dead_letter(
         &self,
         message: &BorrowedMessage<'_>,
         reason: DeadLetter,
         keys: &ActiveKeys,
+        withheld: bool,
     ) -> Outgoing {
         let seal_key = keys
             .encryption
             .as_deref()
             .expect("checked at start: an encryption key is active");
         let original = message.payload().unwrap_or_default();
+        if withheld {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "dlq.reason",
+                    value: Some(reason.code()),
+                })
+                .insert(Header {
+                    key: "dlq.withheld",
+                    value: Some("subject"),
+                })
+                .insert(Header {
+                    key: "dlq.source-topic",
+                    value: Some(message.topic()),
+                })
+                .insert(Header {
+                    key: "dlq.source-partition",
+                    value: Some(&message.partition().to_string()),
+                })
+                .insert(Header {
+                    key: "dlq.source-offset",
+                    value: Some(&message.offset().to_string()),
+                });
+            return Outgoing {
+                topic: self.kafka.dlq_topic.clone(),
+                payload: Vec::new(),
+                key: None,
+                headers,
+                kind: Err(reason),
+                dropped: false,
+            };
+        }
         let mut sealed = Vec::with_capacity(envelope::sealed_len(seal_key, original.len()));
         envelope::seal_into(
             seal_key,
@@ -654,6 +739,7 @@ impl Publisher {
             key: None,
             headers,
             kind: Err(reason),
+            dropped: false,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, ConfigError};
 use crate::plan::Plan;
+use crate::subjects::{SubjectGate, SubjectPolicy, SubjectView};
 use crate::token::{self, TokenClass};
 use crate::transform::{ActiveKeys, Engine};
 
@@ -80,6 +81,8 @@ pub struct Pipeline {
     pub configured: Arc<Plan>,
     pub output_topic: String,
     pub key_class: Option<TokenClass>,
+    /// Whose records it publishes and what it does with a withheld subject's.
+    pub subject_policy: SubjectPolicy,
 }
 
 /// One input schema id as the worker runs it: a pipeline's rules compiled against that
@@ -93,6 +96,7 @@ pub struct Route {
     pub output_topic: String,
     pub output_schema_id: u32,
     pub key_class: Option<TokenClass>,
+    pub subject_policy: SubjectPolicy,
 }
 
 impl Route {
@@ -105,6 +109,7 @@ impl Route {
             output_topic: pipeline.output_topic.clone(),
             output_schema_id,
             key_class: pipeline.key_class,
+            subject_policy: pipeline.subject_policy,
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Output {
     /// The route's pipeline index.
     pub index: usize,
     pub key: Option<String>,
+    /// It carries a withheld subject (unlinked tokens, no sealed fields).
+    pub withheld: bool,
 }
 
 /// A pipeline as messages name it: `[calls]` (a long name cut short).
@@ -286,6 +293,7 @@ impl Router {
             ]));
         };
         let registry = config.registry.is_some();
+        let consent_domains = crate::subjects::consent_domains(config);
         let mut routes = HashMap::new();
         let mut pipelines = Vec::new();
         let mut topics = Vec::new();
@@ -306,6 +314,14 @@ impl Router {
                 configured: plan.clone(),
                 output_topic: output_topic.clone(),
                 key_class: pipeline.key_class.as_deref().and_then(key_class),
+                subject_policy: SubjectPolicy {
+                    consent: pipeline.consent.map(|mode| {
+                        let domain = pipeline.domain.clone();
+                        let index = consent_domains.iter().position(|d| *d == domain);
+                        (mode, index.expect("consent_domains lists every consent pipeline's domain"))
+                    }),
+                    withheld: pipeline.erased,
+                },
             };
             if let (Some(input_id), Some(output_id)) =
                 (pipeline.input_schema_id, pipeline.output_schema_id)
@@ -381,6 +397,7 @@ impl Router {
             index: route.index,
             route,
             key,
+            withheld: false,
         })
     }
 
@@ -416,33 +433,63 @@ impl Router {
         value: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) -> Result<Output, DeadLetter> {
-        let (route, avro) = self.check(value)?;
+        self.process_gated(engine, keys, None, key, value, out).0
+    }
+
+    /// [`Router::process`] under the subject registry (`subjects`), and whether an identifier
+    /// of a withheld subject was met, also in a record that is then dead-lettered.
+    pub fn process_gated(
+        &self,
+        engine: &Engine,
+        keys: &ActiveKeys,
+        subjects: Option<&SubjectView<'_>>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> (Result<Output, DeadLetter>, bool) {
+        let (route, avro) = match self.check(value) {
+            Ok(checked) => checked,
+            Err(reason) => return (Err(reason), false),
+        };
+        let gate = subjects.map(|view| view.gate(route.subject_policy));
+        let met = || gate.as_ref().is_some_and(|g| g.met());
         out.clear();
         out.push(MAGIC);
         out.extend_from_slice(&route.output_schema_id.to_be_bytes());
-        let regions = engine
-            .transform(&route.plan, keys, avro, out)
-            .map_err(|_| DeadLetter::CorruptAvro)?;
+        let transformed = match &gate {
+            Some(gate) => engine.transform_gated(&route.plan, keys, gate, avro, out),
+            None => engine.transform(&route.plan, keys, avro, out),
+        };
+        let regions = match transformed {
+            Ok(regions) => regions,
+            Err(_) => return (Err(DeadLetter::CorruptAvro), met()),
+        };
         let key = match (route.key_class, key) {
             (Some(class), Some(key)) => {
-                let pkey = keys
-                    .pseudonym_in(route.plan.domain.as_deref())
-                    .ok_or(DeadLetter::CorruptAvro)?;
+                let Some(pkey) = keys.pseudonym_in(route.plan.domain.as_deref()) else {
+                    return (Err(DeadLetter::CorruptAvro), met());
+                };
                 Some(key_token(
                     pkey,
                     class,
                     key,
                     regions.first().copied(),
                     engine.phone(),
+                    gate.as_ref(),
                 ))
             }
             _ => None,
         };
-        Ok(Output {
-            index: route.index,
-            route,
-            key,
-        })
+        let withheld = met();
+        (
+            Ok(Output {
+                index: route.index,
+                route,
+                key,
+                withheld,
+            }),
+            withheld,
+        )
     }
 }
 
@@ -459,19 +506,20 @@ pub fn key_token(
     key: &[u8],
     region: Option<rlibphonenumber::Region>,
     phone: &crate::phone::PhoneCanon,
+    gate: Option<&SubjectGate<'_>>,
 ) -> String {
+    let token = |class: TokenClass, canonical: &[u8]| match gate {
+        Some(gate) => gate.token(pkey, class, canonical),
+        None => token::token(pkey, class, canonical),
+    };
     let Ok(text) = std::str::from_utf8(key) else {
-        return token::token(pkey, class.unparsed(), key)
-            .as_str()
-            .to_owned();
+        return token(class.unparsed(), key).as_str().to_owned();
     };
     let (class, canonical) = match (class, region) {
         (TokenClass::Phone, Some(region)) => phone.canonical_in(region, text),
         _ => token::canonical(class, text, phone),
     };
-    token::token(pkey, class, canonical.as_bytes())
-        .as_str()
-        .to_owned()
+    token(class, canonical.as_bytes()).as_str().to_owned()
 }
 
 /// Frames Avro datum bytes in the Confluent wire format.

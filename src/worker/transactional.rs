@@ -167,11 +167,13 @@ pub async fn run(
         };
         let outgoing = publisher.prepare(&message, &mut out);
         let kind = outgoing.kind;
-        let delivery = send(&clients.producer, outgoing)
-            .await
-            .map_err(|e| clients.fatal_delivery(e))?;
-        txn.deliveries.push((delivery, kind, Instant::now()));
-        metrics.in_flight.inc();
+        if !outgoing.dropped {
+            let delivery = send(&clients.producer, outgoing)
+                .await
+                .map_err(|e| clients.fatal_delivery(e))?;
+            txn.deliveries.push((delivery, kind, Instant::now()));
+            metrics.in_flight.inc();
+        }
         let next = message.offset() + 1;
         txn.offsets
             .entry(position)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Computes the vectors of the formats added after spec v1 (docs/formats.md), independently of
 the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains, `id`
-sub-classes, the tokens of record keys that are not UTF-8, and the manifest digest of a
-KMS-wrapped keyring.
+sub-classes, the tokens of record keys that are not UTF-8, the manifest digest of a
+KMS-wrapped keyring, and subject ids, subject registry records and an erasure notice (section 5).
 
 Uses only Python's standard library and the `cryptography` package (HKDF, AES-ECB for the
 XAES-256-GCM key derivation, AES-GCM). XAES-256-GCM is written here from its specification
@@ -30,6 +30,8 @@ PSEUDONYM_ID = "p-test-1"
 PSEUDONYM_SECRET = bytes(range(32))
 ENCRYPTION_ID = "e-test-1"
 ENCRYPTION_SECRET = bytes(range(32, 64))
+SUBJECT_ID = "s-test-1"
+SUBJECT_SECRET = bytes(range(64, 96))
 
 
 def hkdf(secret: bytes, info: bytes) -> bytes:
@@ -94,12 +96,17 @@ def domain_keys(domain):
             hkdf(PSEUDONYM_SECRET, prefix + b"/cryptopan"))
 
 
-def token(domain, cls: str, canonical) -> str:
+def keyed_id(key_id: str, mac_key: bytes, cls: str, canonical) -> str:
+    """key_id ":" b64url(HMAC-SHA256(mac_key, class || 0x00 || canonical)[0..16]): a token
+    (section 3), or a subject id under the subject key (section 5)."""
     if isinstance(canonical, str):
         canonical = canonical.encode()
-    mac = hmac.new(domain_keys(domain)[0], cls.encode() + b"\x00" + canonical,
-                   hashlib.sha256).digest()
-    return PSEUDONYM_ID + ":" + base64.urlsafe_b64encode(mac[:16]).decode().rstrip("=")
+    mac = hmac.new(mac_key, cls.encode() + b"\x00" + canonical, hashlib.sha256).digest()
+    return key_id + ":" + base64.urlsafe_b64encode(mac[:16]).decode().rstrip("=")
+
+
+def token(domain, cls: str, canonical) -> str:
+    return keyed_id(PSEUDONYM_ID, domain_keys(domain)[0], cls, canonical)
 
 
 def cryptopan_v4(domain, text: str) -> str:
@@ -190,6 +197,42 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# Section 5: the subject key is never rotated, and has no domains.
+SUBJECT_KEY = hkdf(SUBJECT_SECRET, b"pseudonymizer/v3/subject-id/hmac-sha256")
+
+
+def subject_id(cls: str, canonical: str) -> str:
+    return keyed_id(SUBJECT_ID, SUBJECT_KEY, cls, canonical)
+
+
+def compact(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def registry_record(subject: str, state: str, domain, at: str, request: str) -> dict:
+    """A subject registry record: key `<subject>/erased`, `<subject>/consent` or
+    `<subject>/consent/<domain>`; value the JSON object, fields in the spec's order."""
+    if state == "erased":
+        assert domain is None, "an erasure has no domain"
+        aspect = "erased"
+    else:
+        assert state in ("opted-out", "opted-in"), state
+        aspect = "consent" if domain is None else "consent/" + domain
+    value = {"format": "pseudonymizer-subject/v1", "subject": subject, "state": state,
+             "domain": domain, "at": at, "request": request}
+    return {"key": subject + "/" + aspect, "value": compact(value)}
+
+
+def erasure_notice(request: str, at: str, subjects: list, tokens: list) -> dict:
+    """An erasure notice: key the request id; `tokens` are (domain, class, canonical) under the
+    pseudonym key."""
+    value = {"format": "pseudonymizer-erasure/v1", "request": request, "at": at,
+             "subjects": subjects,
+             "tokens": [{"token": token(d, c, v), "class": c, "key_id": PSEUDONYM_ID,
+                         "domain": d} for d, c, v in tokens]}
+    return {"key": request, "value": compact(value)}
+
+
 if len(sys.argv) == 3 and sys.argv[1] == "open":
     cases = json.load(open(sys.argv[2]))
     print(json.dumps([
@@ -216,6 +259,19 @@ TOKEN_CASES = [
     ("fraud", "id.cell", "cell-4711"),
     ("fraud", "email", "someone@example.com"),
 ]
+
+# (class, canonical) of subject ids: a phone number, a value the phone parser rejects, an
+# address, and one id with a role, without one, and in another case: six unrelated ids.
+SUBJECT_CASES = [
+    ("phone", "+6591234567"),
+    ("phone-raw", "not a number"),
+    ("email", "alice@example.com"),
+    ("id.device", "dev-42"),
+    ("id", "dev-42"),
+    ("id", "Dev-42"),
+]
+PHONE_SUBJECT = subject_id("phone", "+6591234567")
+AT = "2026-12-04T21:40:00Z"
 
 print(json.dumps({
     "pseudonym_key": {"id": PSEUDONYM_ID, "secret_b64": b64(PSEUDONYM_SECRET)},
@@ -248,4 +304,21 @@ print(json.dumps({
         {"domain": d, "input": ip, "output": cryptopan_v4(d, ip)}
         for d in [None, "fraud"] for ip in ["192.0.2.1", "198.51.100.77"]
     ],
+    "subjects": {
+        "key_id": SUBJECT_ID,
+        "secret": b64(SUBJECT_SECRET),
+        "ids": [
+            {"class": c, "canonical": v, "subject_id": subject_id(c, v)}
+            for c, v in SUBJECT_CASES
+        ],
+        "records": [
+            registry_record(PHONE_SUBJECT, "erased", None, AT, "req-1"),
+            registry_record(PHONE_SUBJECT, "opted-out", "marketing", AT, "req-2"),
+            registry_record(PHONE_SUBJECT, "opted-in", None, AT, "req-3"),
+        ],
+        "notice": erasure_notice("req-1", AT, [PHONE_SUBJECT], [
+            (None, "phone", "+6591234567"),
+            ("marketing", "phone", "+6591234567"),
+        ]),
+    },
 }, indent=1, ensure_ascii=False))
