@@ -4,7 +4,8 @@
 //! - `keys`: keyrings and KEKs; `worker`: `run`; `check`: `check`; `files`: the file-mode
 //!   commands (`transform`, `decrypt`, `reseal`, `show`, `generate`); `lookup`; `schema`:
 //!   `schema derive` and `register`; `registry`: the registry part of `check` and `register`;
-//!   `dlq`: `dlq replay`; `audit`: `audit verify`; `bench`: `demo` and `bench`.
+//!   `dlq`: `dlq replay`; `audit`: `audit verify`; `bench`: `demo` and `bench`; `subjects`:
+//!   the subject registry (`init`, `erase`, `opt-out`, `opt-in`, `status`).
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ mod keys;
 mod lookup;
 mod registry;
 mod schema;
+mod subjects;
 mod worker;
 
 use audit::AuditCommand;
@@ -157,6 +159,10 @@ pub enum Command {
     /// Dead-letter topic tools.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// A person's rights: erasure, opt-out and opt-in recorded in the subject registry, and
+    /// what it holds for them (audited).
+    #[command(subcommand)]
+    Subjects(subjects::SubjectsCommand),
     /// The re-identification audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -261,6 +267,12 @@ pub fn run(cli: Cli) -> Result<()> {
         } => bench::bench_worker(config, brokers, topic, events, treatment, mode, &mut out),
         Command::Audit(command) => audit::audit(command, &mut out),
         Command::Dlq(command) => dlq::dlq(command, &mut out),
+        Command::Subjects(command) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(subjects::subjects(command, &mut out)),
         Command::Check(args) => check::check(args, &mut out),
         Command::Explain(args) => explain::explain(args, &mut out),
         Command::Transform(args) => files::transform(args, &mut out),

@@ -175,6 +175,13 @@ pub fn validate(config: &Config, keys: Option<&ActiveKeys>) -> Result<(), Config
                     .to_owned(),
             );
         }
+        let registry = config.kafka.as_ref().and_then(|k| k.subjects_topic.as_ref());
+        if registry.is_some() && keys.subject.is_none() {
+            problems.push(
+                "[kafka] subjects_topic is set but the keyring has no active subject key: add one with `pseudonymizer keys rotate --purpose subject`"
+                    .to_owned(),
+            );
+        }
     }
     if problems.is_empty() {
         Ok(())

@@ -272,6 +272,59 @@ pub fn problems(config: &Config) -> Vec<String> {
                 "{tag} input_schema_id and output_schema_id are required by the stream worker without a [registry]"
             )),
         }
+        if kafka.subjects_topic.is_none()
+            && (pipeline.consent.is_some()
+                || pipeline.erased != crate::subjects::WithheldAction::default())
+        {
+            problems.push(format!(
+                "{tag} consent and erased need the subject registry: set [kafka] subjects_topic"
+            ));
+        }
+    }
+    problems.extend(subject_problems(config, kafka));
+    problems
+}
+
+/// The subject registry's settings: its classes, its topics (never a topic the pipelines or
+/// the dead letters use), and how many domains ask for consent.
+fn subject_problems(config: &Config, kafka: &crate::config::KafkaConfig) -> Vec<String> {
+    use crate::config::quote;
+    let mut problems = Vec::new();
+    if let Err(why) = crate::subjects::SubjectClasses::parse(&config.subjects.classes) {
+        problems.push(why);
+    }
+    let domains = crate::subjects::consent_domains(config).len();
+    if domains > crate::subjects::table::MAX_CONSENT_DOMAINS {
+        problems.push(format!(
+            "{domains} domains ask for consent; at most {} can",
+            crate::subjects::table::MAX_CONSENT_DOMAINS
+        ));
+    }
+    let mut used: Vec<&str> = vec![kafka.dlq_topic.as_str()];
+    for pipeline in &config.pipeline {
+        used.extend(pipeline.input_topic.as_deref());
+        used.extend(pipeline.output_topic.as_deref());
+    }
+    for (name, topic) in [
+        ("subjects_topic", &kafka.subjects_topic),
+        ("erasure_topic", &kafka.erasure_topic),
+    ] {
+        if let Some(topic) = topic {
+            if used.contains(&topic.as_str()) {
+                problems.push(format!(
+                    "[kafka] {name} {} is also a pipeline's or the dead letters' topic: it must be a topic of its own",
+                    quote(topic)
+                ));
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (&kafka.subjects_topic, &kafka.erasure_topic) {
+        if a == b {
+            problems.push(format!(
+                "[kafka] subjects_topic and erasure_topic are both {}: they are two topics",
+                quote(a)
+            ));
+        }
     }
     problems
 }

@@ -1,0 +1,449 @@
+//! `pseudonymizer subjects`: a person's requests (erasure, opt-out, opt-in) recorded in the
+//! subject registry, what it holds for them (`status`), and the topics created (`init`).
+//! Each request is audited like `lookup`, before anything is written or printed.
+//!
+//! One request is one person, who may have several identifiers: each line of `--values-from`
+//! is `class value` (`phone +65 9123 4567`, `email alice@example.com`), or a value alone with
+//! `--class`. Every command is idempotent: an aspect already in the state asked for is left
+//! as it is (and said so), so a request can be repeated after a failure.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::ConfigArgs;
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::keys::{Need, Scope};
+use crate::phone::PhoneCanon;
+use crate::subjects::kafka::{create_topics, TopicReader, TopicWriter};
+use crate::subjects::record::{check_request_id, new_request_id, record_key, NOTICE_FORMAT};
+use crate::subjects::{subject_bytes, subject_text, Notice, NoticeToken, RegistryRecord, SubjectState};
+use crate::token::{self, TokenClass};
+
+/// How long a command waits to read the registry to its end.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Subcommand)]
+pub enum SubjectsCommand {
+    /// Create the subject registry and erasure-notice topics (compacted, kept for ever); an
+    /// existing one is checked, not changed.
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Partitions of each topic.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Replication factor (default: the broker's).
+        #[arg(long)]
+        replication_factor: Option<i32>,
+    },
+    /// Erase a person: their identifiers get unlinked tokens and their records no sealed
+    /// fields from now on, and an erasure notice lists their tokens for downstream stores.
+    Erase(RequestArgs),
+    /// Record that a person opted out of a domain (`--domain`; absent: the default domain).
+    OptOut(RequestArgs),
+    /// Record that a person opted in to a domain (`--domain`; absent: the default domain).
+    OptIn(RequestArgs),
+    /// What the registry holds for each identifier.
+    Status(RequestArgs),
+}
+
+/// One person's request.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The identifiers, one per line: `class value`, or the value alone with --class (`-`:
+    /// standard input), so that they stay out of the process list and the shell history.
+    #[arg(long)]
+    pub values_from: PathBuf,
+    /// The class of every line's value (phone, email, id, id.<role>); absent: each line
+    /// starts with its class.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// The pseudonymisation domain of a consent (opt-out, opt-in); absent: the default domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// The request's id (the ticket of the data-protection office), 1-64 characters of
+    /// A-Z a-z 0-9 . _ -; absent: a new one.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Audit log to append to (else the config's, else $PSEUDONYMIZER_AUDIT_LOG).
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+}
+
+/// One identifier of the request, canonical.
+struct Identifier {
+    class: TokenClass,
+    canonical: String,
+    subject: String,
+}
+
+pub(super) async fn subjects(command: SubjectsCommand, out: &mut dyn Write) -> Result<()> {
+    match command {
+        SubjectsCommand::Init {
+            config,
+            partitions,
+            replication_factor,
+        } => init(&config, partitions, replication_factor, out).await,
+        SubjectsCommand::Erase(args) => request(args, Some(SubjectState::Erased), out).await,
+        SubjectsCommand::OptOut(args) => request(args, Some(SubjectState::OptedOut), out).await,
+        SubjectsCommand::OptIn(args) => request(args, Some(SubjectState::OptedIn), out).await,
+        SubjectsCommand::Status(args) => request(args, None, out).await,
+    }
+}
+
+async fn init(args: &ConfigArgs, partitions: i32, replication: Option<i32>, out: &mut dyn Write) -> Result<()> {
+    let (config, _, _) = super::load_config(args)?;
+    let kafka = kafka_of(&config)?;
+    let mut topics = Vec::new();
+    topics.extend(kafka.subjects_topic.as_deref());
+    topics.extend(kafka.erasure_topic.as_deref());
+    if topics.is_empty() {
+        bail!("the config's [kafka] names neither subjects_topic nor erasure_topic");
+    }
+    let results = create_topics(kafka, &topics, partitions, replication)
+        .await
+        .context("creating the subject topics")?;
+    let mut failed = false;
+    for (topic, result) in results {
+        match result {
+            Ok(true) => writeln!(out, "{topic}: created (cleanup.policy=compact)")?,
+            Ok(false) => writeln!(out, "{topic}: exists, compacted")?,
+            Err(why) => {
+                failed = true;
+                writeln!(out, "{topic}: refused: {why}")?
+            }
+        }
+    }
+    if failed {
+        bail!("a subject topic is not as it must be");
+    }
+    Ok(())
+}
+
+fn kafka_of(config: &Config) -> Result<&crate::config::KafkaConfig> {
+    config
+        .kafka
+        .as_ref()
+        .context("the config has no [kafka] section: the subject registry lives in Kafka")
+}
+
+async fn request(args: RequestArgs, state: Option<SubjectState>, out: &mut dyn Write) -> Result<()> {
+    let erase = state == Some(SubjectState::Erased);
+    if erase && args.domain.is_some() {
+        bail!("an erasure is of every domain: --domain goes with opt-out and opt-in");
+    }
+    if let Some(domain) = &args.domain {
+        crate::keys::check_domain(domain).map_err(anyhow::Error::msg)?;
+    }
+    let request_id = match &args.request_id {
+        Some(id) => {
+            check_request_id(id).map_err(anyhow::Error::msg)?;
+            id.clone()
+        }
+        None => new_request_id(&now()),
+    };
+    // Erasure notices list the person's tokens of every epoch: the pseudonym keys too.
+    let need = Need {
+        pseudonym: if erase { Scope::All } else { Scope::Nothing },
+        encryption: Scope::Nothing,
+        subject: Scope::Active,
+    };
+    let (config, _engine, keys) = super::load(&args.config, need)?;
+    let kafka = kafka_of(&config)?;
+    let registry_topic = kafka
+        .subjects_topic
+        .clone()
+        .context("the config's [kafka] names no subjects_topic")?;
+    let notice_topic = match erase {
+        true => Some(kafka.erasure_topic.clone().context(
+            "the config's [kafka] names no erasure_topic: an erasure must tell downstream stores",
+        )?),
+        false => None,
+    };
+    let subject_key = keys
+        .subject()
+        .context("the keyring has no active subject key (`keys rotate --purpose subject` adds one)")?
+        .clone();
+    let phone = PhoneCanon::new(&config.phone.default_region)?;
+    let lines = read_lines(&args.values_from)?;
+    let mut identifiers = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let (class, value) = parse_line(line, args.class.as_deref())
+            .with_context(|| format!("{} line {}", args.values_from.display(), n + 1))?;
+        let (class, canonical) = token::canonical(class, value, &phone);
+        let bytes = subject_bytes(&subject_key, class, canonical.as_bytes());
+        identifiers.push(Identifier {
+            class,
+            canonical: canonical.into_owned(),
+            subject: subject_text(&subject_key, &bytes),
+        });
+    }
+
+    // Audited before anything is read, written or printed.
+    let command = match state {
+        Some(state) => format!("subjects {}", verb(state)),
+        None => "subjects status".to_owned(),
+    };
+    let mut audit = AuditLog::open(args.audit_log.as_deref(), config.audit_log.as_deref())?;
+    let mut key_ids = vec![subject_key.id().to_owned()];
+    if erase {
+        key_ids.extend(keys.pseudonym_keys().iter().map(|k| k.id().to_owned()));
+    }
+    let count = identifiers.len() as u64;
+    audit.append(&command, key_ids.clone(), count, None, None, "started")?;
+    let result = async {
+        let held = read_registry(kafka, &registry_topic, &identifiers).await?;
+        match state {
+            None => status(&identifiers, &held, out),
+            Some(state) => {
+                record(
+                    kafka,
+                    &config,
+                    &keys,
+                    &registry_topic,
+                    notice_topic.as_deref(),
+                    &identifiers,
+                    &held,
+                    state,
+                    args.domain.as_deref(),
+                    &request_id,
+                    out,
+                )
+                .await
+            }
+        }
+    }
+    .await;
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    audit.append(&command, key_ids, count, None, None, outcome)?;
+    result
+}
+
+fn verb(state: SubjectState) -> &'static str {
+    match state {
+        SubjectState::Erased => "erase",
+        SubjectState::OptedOut => "opt-out",
+        SubjectState::OptedIn => "opt-in",
+    }
+}
+
+/// The registry's records of these identifiers, by registry key.
+async fn read_registry(
+    kafka: &crate::config::KafkaConfig,
+    topic: &str,
+    identifiers: &[Identifier],
+) -> Result<HashMap<String, RegistryRecord>> {
+    let subjects: std::collections::HashSet<String> =
+        identifiers.iter().map(|i| i.subject.clone()).collect();
+    let kafka = kafka.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<HashMap<String, RegistryRecord>, String> {
+        let reader = TopicReader::open(&kafka, &topic, "subjects reader")?;
+        let mut held = HashMap::new();
+        reader.read_to_end(
+            READ_TIMEOUT,
+            |read| {
+                let key = read.key.unwrap_or_default();
+                let Ok(text) = std::str::from_utf8(key) else { return };
+                let Some((subject, _)) = text.split_once('/') else { return };
+                if !subjects.contains(subject) {
+                    return;
+                }
+                match read.value {
+                    None => {
+                        held.remove(text);
+                    }
+                    Some(value) => {
+                        if let Ok(record) = RegistryRecord::parse(key, value) {
+                            held.insert(text.to_owned(), record);
+                        }
+                    }
+                }
+            },
+            |_, _| {},
+        )?;
+        Ok(held)
+    })
+    .await
+    .context("the registry reader stopped")?
+    .map_err(anyhow::Error::msg)
+}
+
+fn status(identifiers: &[Identifier], held: &HashMap<String, RegistryRecord>, out: &mut dyn Write) -> Result<()> {
+    for (n, id) in identifiers.iter().enumerate() {
+        let prefix = format!("{}/", id.subject);
+        let mut records: Vec<&RegistryRecord> = held
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, r)| r)
+            .collect();
+        records.sort_by(|a, b| a.key().cmp(&b.key()));
+        let erased = records.iter().find(|r| r.state == SubjectState::Erased);
+        let consent: Vec<serde_json::Value> = records
+            .iter()
+            .filter(|r| r.state != SubjectState::Erased)
+            .map(|r| serde_json::json!({"domain": r.domain, "state": r.state.as_str(), "at": r.at, "request": r.request}))
+            .collect();
+        let line = serde_json::json!({
+            "line": n + 1,
+            "class": id.class.as_str(),
+            "subject": id.subject,
+            "erased": erased.map(|r| serde_json::json!({"at": r.at, "request": r.request})),
+            "consent": consent,
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    kafka: &crate::config::KafkaConfig,
+    config: &Config,
+    keys: &crate::keys::KeySet,
+    registry_topic: &str,
+    notice_topic: Option<&str>,
+    identifiers: &[Identifier],
+    held: &HashMap<String, RegistryRecord>,
+    state: SubjectState,
+    domain: Option<&str>,
+    request_id: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let at = now();
+    let writer = TopicWriter::new(kafka, "subjects producer").map_err(anyhow::Error::msg)?;
+    // What changes: an aspect already in this state stays as it is.
+    let mut changes = Vec::new();
+    for id in identifiers {
+        let key = record_key(&id.subject, state, domain);
+        let already = held.get(&key).filter(|r| r.state == state);
+        changes.push(already.is_none());
+    }
+    if let (Some(topic), true) = (notice_topic, changes.iter().any(|c| *c)) {
+        // The notice first: a store told of an erasure that the registry then fails to
+        // record deletes rows a repeat of the request would have them delete anyway.
+        let notice = erasure_notice(config, keys, identifiers, request_id, &at);
+        let value = serde_json::to_string(&notice).expect("a notice serializes");
+        writer
+            .send(topic, request_id, &value)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("writing the erasure notice")?;
+    }
+    for (n, (id, change)) in identifiers.iter().zip(&changes).enumerate() {
+        let line = if *change {
+            let record = RegistryRecord::new(id.subject.clone(), state, domain, &at, request_id);
+            writer
+                .send(registry_topic, &record.key(), &record.to_json())
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("writing to the subject registry")?;
+            serde_json::json!({"line": n + 1, "class": id.class.as_str(), "subject": id.subject, "state": state.as_str(), "domain": domain, "changed": true, "at": at, "request": request_id})
+        } else {
+            let old = &held[&record_key(&id.subject, state, domain)];
+            serde_json::json!({"line": n + 1, "class": id.class.as_str(), "subject": id.subject, "state": state.as_str(), "domain": domain, "changed": false, "at": old.at, "request": old.request})
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// The notice of one erasure: the person's tokens under every pseudonym key with a secret, in
+/// the default domain and every domain a pipeline names.
+fn erasure_notice(
+    config: &Config,
+    keys: &crate::keys::KeySet,
+    identifiers: &[Identifier],
+    request_id: &str,
+    at: &str,
+) -> Notice {
+    let mut domains: Vec<Option<String>> = vec![None];
+    for pipeline in &config.pipeline {
+        if pipeline.domain.is_some() && !domains.contains(&pipeline.domain) {
+            domains.push(pipeline.domain.clone());
+        }
+    }
+    let mut tokens = Vec::new();
+    for id in identifiers {
+        for key in keys.pseudonym_keys() {
+            for domain in &domains {
+                let in_domain;
+                let key = match domain {
+                    Some(d) => {
+                        in_domain = key.in_domain(d);
+                        &in_domain
+                    }
+                    None => &**key,
+                };
+                tokens.push(NoticeToken {
+                    token: token::token(key, id.class, id.canonical.as_bytes())
+                        .as_str()
+                        .to_owned(),
+                    class: id.class.as_str().to_owned(),
+                    key_id: key.id().to_owned(),
+                    domain: domain.clone(),
+                });
+            }
+        }
+    }
+    Notice {
+        format: NOTICE_FORMAT.to_owned(),
+        request: request_id.to_owned(),
+        at: at.to_owned(),
+        subjects: identifiers.iter().map(|i| i.subject.clone()).collect(),
+        tokens,
+    }
+}
+
+/// A request line: `class value`, or the value alone when `--class` is given.
+fn parse_line<'a>(line: &'a str, class: Option<&str>) -> Result<(TokenClass, &'a str)> {
+    let (name, value) = match class {
+        Some(class) => (class, line),
+        None => line
+            .split_once(char::is_whitespace)
+            .map(|(c, v)| (c, v.trim()))
+            .context("a line is `class value` (or give --class)")?,
+    };
+    match TokenClass::parse(name) {
+        Some(class) if class.is_requestable() => Ok((class, value)),
+        _ => bail!("the class must be phone, ip, email, id or id.<role>"),
+    }
+}
+
+/// The request's lines: non-empty, trimmed.
+fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::Read::take(std::io::stdin(), 1 << 20)).context("reading standard input")?
+    } else {
+        let bytes = crate::fsio::read_bounded(path, "a request's identifiers", 1 << 20)
+            .with_context(|| format!("reading {}", path.display()))?;
+        String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?
+    };
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if lines.is_empty() {
+        bail!("no identifiers in {}", path.display());
+    }
+    Ok(lines)
+}
+
+fn now() -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
