@@ -381,3 +381,47 @@ fn kms_manifest_digest_matches_python_vector() {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, case["sha256"].as_str().unwrap());
 }
+
+/// docs/formats.md §5: subject ids, registry records and an erasure notice, computed in Python
+/// from the docs alone.
+#[test]
+fn subject_ids_records_and_notices_match_python() {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{self, Notice, RegistryRecord};
+    let v = vectors_v2();
+    let s = &v["subjects"];
+    let secret = Secret::from_b64(s["secret"].as_str().unwrap()).unwrap();
+    let key = SubjectKey::new(s["key_id"].as_str().unwrap(), &secret);
+    let ids = s["ids"].as_array().unwrap();
+    assert!(ids.len() >= 5);
+    for case in ids {
+        let class = TokenClass::parse(case["class"].as_str().unwrap()).unwrap();
+        let canonical = case["canonical"].as_str().unwrap();
+        let bytes = subjects::subject_bytes(&key, class, canonical.as_bytes());
+        assert_eq!(subjects::subject_text(&key, &bytes), case["subject_id"].as_str().unwrap(), "{case}");
+    }
+    // The same identifier through the CLI's canonical form: a request line's `+65 9123 4567`.
+    let phone = pseudonymizer::phone::PhoneCanon::new("ID").unwrap();
+    let (class, canonical) = token::canonical(TokenClass::Phone, " +65 9123 4567 ", &phone);
+    let bytes = subjects::subject_bytes(&key, class, canonical.as_bytes());
+    assert_eq!(subjects::subject_text(&key, &bytes), ids[0]["subject_id"].as_str().unwrap());
+    for record in s["records"].as_array().unwrap() {
+        let (k, value) = (record["key"].as_str().unwrap(), record["value"].as_str().unwrap());
+        let parsed = RegistryRecord::parse(k.as_bytes(), value.as_bytes()).unwrap();
+        assert_eq!(parsed.key(), k);
+        // Our writer's text, compared as JSON (field order is not part of the format).
+        let ours: Json = serde_json::from_str(&parsed.to_json()).unwrap();
+        assert_eq!(ours, serde_json::from_str::<Json>(value).unwrap());
+    }
+    let notice = &s["notice"];
+    let parsed = Notice::parse(
+        notice["key"].as_str().unwrap().as_bytes(),
+        notice["value"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let pkey = common::keyset().pseudonym().unwrap().clone();
+    let default = token::token(&pkey, TokenClass::Phone, b"+6591234567");
+    let marketing = token::token(&pkey.in_domain("marketing"), TokenClass::Phone, b"+6591234567");
+    let tokens: Vec<&str> = parsed.tokens.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(tokens, [default.as_str(), marketing.as_str()]);
+}

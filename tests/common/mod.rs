@@ -41,7 +41,9 @@ pub fn test_keyring() -> Keyring {
   {"id":"p-test-1","purpose":"pseudonym","state":"active","created_at":"2026-11-24T10:00:00Z",
    "secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
   {"id":"e-test-1","purpose":"encryption","state":"active","created_at":"2026-11-24T10:00:00Z",
-   "secret":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}]}"#,
+   "secret":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},
+  {"id":"s-test-1","purpose":"subject","state":"active","created_at":"2026-11-24T10:00:00Z",
+   "secret":"QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8="}]}"#,
     )
     .unwrap()
 }
