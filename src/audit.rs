@@ -290,8 +290,19 @@ struct StoredRecord {
 impl StoredRecord {
     fn parse(line: &[u8]) -> Option<StoredRecord> {
         let record: StoredRecord = serde_json::from_slice(line).ok()?;
-        let known_command =
-            ["decrypt", "lookup", "reseal", "dlq replay", "transform", "subjects erase", "subjects opt-out", "subjects opt-in", "subjects status", "subjects export"].contains(&&*record.command);
+        let known_command = [
+            "decrypt",
+            "lookup",
+            "reseal",
+            "dlq replay",
+            "transform",
+            "subjects erase",
+            "subjects opt-out",
+            "subjects opt-in",
+            "subjects status",
+            "subjects export",
+        ]
+        .contains(&&*record.command);
         let known_outcome = ["started", "ok", "failed"].contains(&&*record.outcome);
         let hex =
             |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));

@@ -171,7 +171,7 @@ fn keys_list_json_names_every_key_and_no_secret() {
     let list = list_json(&ring);
     assert_eq!(list["protection"], "clear");
     let keys = list["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 2, "{list}");
+    assert_eq!(keys.len(), 3, "pseudonym, encryption, subject: {list}");
     for key in keys {
         let mut fields: Vec<&str> = key
             .as_object()
@@ -217,7 +217,7 @@ fn keys_list_json_names_every_key_and_no_secret() {
         list["kek_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{list}"
     );
-    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 3);
 }
 
 #[test]

@@ -801,7 +801,7 @@ fn a_kms_keyring_exports_a_workers_part_with_its_own_manifest() {
         .iter()
         .map(|k| k["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 3, "the active pseudonym, encryption and subject keys: {ids:?}");
     assert!(!ids.contains(&old.as_str()));
     assert!(exported["keys"]
         .as_array()

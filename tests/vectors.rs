@@ -398,15 +398,25 @@ fn subject_ids_records_and_notices_match_python() {
         let class = TokenClass::parse(case["class"].as_str().unwrap()).unwrap();
         let canonical = case["canonical"].as_str().unwrap();
         let bytes = subjects::subject_bytes(&key, class, canonical.as_bytes());
-        assert_eq!(subjects::subject_text(&key, &bytes), case["subject_id"].as_str().unwrap(), "{case}");
+        assert_eq!(
+            subjects::subject_text(&key, &bytes),
+            case["subject_id"].as_str().unwrap(),
+            "{case}"
+        );
     }
     // The same identifier through the CLI's canonical form: a request line's `+65 9123 4567`.
     let phone = pseudonymizer::phone::PhoneCanon::new("ID").unwrap();
     let (class, canonical) = token::canonical(TokenClass::Phone, " +65 9123 4567 ", &phone);
     let bytes = subjects::subject_bytes(&key, class, canonical.as_bytes());
-    assert_eq!(subjects::subject_text(&key, &bytes), ids[0]["subject_id"].as_str().unwrap());
+    assert_eq!(
+        subjects::subject_text(&key, &bytes),
+        ids[0]["subject_id"].as_str().unwrap()
+    );
     for record in s["records"].as_array().unwrap() {
-        let (k, value) = (record["key"].as_str().unwrap(), record["value"].as_str().unwrap());
+        let (k, value) = (
+            record["key"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
         let parsed = RegistryRecord::parse(k.as_bytes(), value.as_bytes()).unwrap();
         assert_eq!(parsed.key(), k);
         // Our writer's text, compared as JSON (field order is not part of the format).
@@ -421,7 +431,11 @@ fn subject_ids_records_and_notices_match_python() {
     .unwrap();
     let pkey = common::keyset().pseudonym().unwrap().clone();
     let default = token::token(&pkey, TokenClass::Phone, b"+6591234567");
-    let marketing = token::token(&pkey.in_domain("marketing"), TokenClass::Phone, b"+6591234567");
+    let marketing = token::token(
+        &pkey.in_domain("marketing"),
+        TokenClass::Phone,
+        b"+6591234567",
+    );
     let tokens: Vec<&str> = parsed.tokens.iter().map(|t| t.token.as_str()).collect();
     assert_eq!(tokens, [default.as_str(), marketing.as_str()]);
 }

@@ -22,7 +22,9 @@ use crate::keys::{Need, Scope};
 use crate::phone::PhoneCanon;
 use crate::subjects::kafka::{create_topics, TopicReader, TopicWriter};
 use crate::subjects::record::{check_request_id, new_request_id, record_key, NOTICE_FORMAT};
-use crate::subjects::{subject_bytes, subject_text, Notice, NoticeToken, RegistryRecord, SubjectState};
+use crate::subjects::{
+    subject_bytes, subject_text, Notice, NoticeToken, RegistryRecord, SubjectState,
+};
 use crate::token::{self, TokenClass};
 
 /// How long a command waits to read the registry to its end.
@@ -99,7 +101,12 @@ pub(super) async fn subjects(command: SubjectsCommand, out: &mut dyn Write) -> R
     }
 }
 
-async fn init(args: &ConfigArgs, partitions: i32, replication: Option<i32>, out: &mut dyn Write) -> Result<()> {
+async fn init(
+    args: &ConfigArgs,
+    partitions: i32,
+    replication: Option<i32>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let (config, _, _) = super::load_config(args)?;
     let kafka = kafka_of(&config)?;
     let mut topics = Vec::new();
@@ -135,7 +142,11 @@ fn kafka_of(config: &Config) -> Result<&crate::config::KafkaConfig> {
         .context("the config has no [kafka] section: the subject registry lives in Kafka")
 }
 
-async fn request(args: RequestArgs, state: Option<SubjectState>, out: &mut dyn Write) -> Result<()> {
+async fn request(
+    args: RequestArgs,
+    state: Option<SubjectState>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let erase = state == Some(SubjectState::Erased);
     if erase && args.domain.is_some() {
         bail!("an erasure is of every domain: --domain goes with opt-out and opt-in");
@@ -170,7 +181,9 @@ async fn request(args: RequestArgs, state: Option<SubjectState>, out: &mut dyn W
     };
     let subject_key = keys
         .subject()
-        .context("the keyring has no active subject key (`keys rotate --purpose subject` adds one)")?
+        .context(
+            "the keyring has no active subject key (`keys rotate --purpose subject` adds one)",
+        )?
         .clone();
     let phone = PhoneCanon::new(&config.phone.default_region)?;
     let lines = read_lines(&args.values_from)?;
@@ -252,8 +265,12 @@ async fn read_registry(
             READ_TIMEOUT,
             |read| {
                 let key = read.key.unwrap_or_default();
-                let Ok(text) = std::str::from_utf8(key) else { return };
-                let Some((subject, _)) = text.split_once('/') else { return };
+                let Ok(text) = std::str::from_utf8(key) else {
+                    return;
+                };
+                let Some((subject, _)) = text.split_once('/') else {
+                    return;
+                };
                 if !subjects.contains(subject) {
                     return;
                 }
@@ -277,7 +294,11 @@ async fn read_registry(
     .map_err(anyhow::Error::msg)
 }
 
-fn status(identifiers: &[Identifier], held: &HashMap<String, RegistryRecord>, out: &mut dyn Write) -> Result<()> {
+fn status(
+    identifiers: &[Identifier],
+    held: &HashMap<String, RegistryRecord>,
+    out: &mut dyn Write,
+) -> Result<()> {
     for (n, id) in identifiers.iter().enumerate() {
         let prefix = format!("{}/", id.subject);
         let mut records: Vec<&RegistryRecord> = held
@@ -421,7 +442,8 @@ fn parse_line<'a>(line: &'a str, class: Option<&str>) -> Result<(TokenClass, &'a
 /// The request's lines: non-empty, trimmed.
 fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
     let text = if path == std::path::Path::new("-") {
-        std::io::read_to_string(std::io::Read::take(std::io::stdin(), 1 << 20)).context("reading standard input")?
+        std::io::read_to_string(std::io::Read::take(std::io::stdin(), 1 << 20))
+            .context("reading standard input")?
     } else {
         let bytes = crate::fsio::read_bounded(path, "a request's identifiers", 1 << 20)
             .with_context(|| format!("reading {}", path.display()))?;

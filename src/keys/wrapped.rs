@@ -290,7 +290,10 @@ impl WrappedKeyring {
         purpose: Purpose,
         id: Option<String>,
     ) -> Result<String, KeyringError> {
-        super::keyring::refuse_subject_rotation(self.keys.iter().map(|e| (e.purpose, e.state)), purpose)?;
+        super::keyring::refuse_subject_rotation(
+            self.keys.iter().map(|e| (e.purpose, e.state)),
+            purpose,
+        )?;
         let mut entry = super::new_active_entry(purpose);
         if let Some(id) = id {
             entry.id = id;

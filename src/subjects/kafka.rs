@@ -37,7 +37,11 @@ pub async fn create_topics(
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let mut topic = NewTopic::new(t, partitions, TopicReplication::Fixed(replication.unwrap_or(-1)));
+            let mut topic = NewTopic::new(
+                t,
+                partitions,
+                TopicReplication::Fixed(replication.unwrap_or(-1)),
+            );
             for (name, value) in TOPIC_CONFIG {
                 topic = topic.set(name, value);
             }
@@ -62,7 +66,10 @@ pub async fn create_topics(
 
 /// Whether an existing topic is compacted: a registry whose records expire would forget
 /// erasures.
-async fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<(), String> {
+async fn check_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<(), String> {
     use rdkafka::admin::{ResourceSpecifier, ResourceSpecifier::Topic};
     let specifier: ResourceSpecifier<'_> = Topic(topic);
     let options = AdminOptions::new().request_timeout(Some(BROKER_QUERY));
@@ -127,7 +134,9 @@ impl TopicReader {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!("topic {topic} does not exist (create it with `pseudonymizer subjects init`)"));
+            return Err(format!(
+                "topic {topic} does not exist (create it with `pseudonymizer subjects init`)"
+            ));
         }
         let mut list = TopicPartitionList::new();
         for p in &partitions {
@@ -171,10 +180,16 @@ impl TopicReader {
         let mut read = 0u64;
         let started = Instant::now();
         let mut last_progress = Instant::now();
-        let done = |next: &HashMap<i32, i64>| ends.iter().all(|(p, end)| next.get(p).is_some_and(|n| n >= end));
+        let done = |next: &HashMap<i32, i64>| {
+            ends.iter()
+                .all(|(p, end)| next.get(p).is_some_and(|n| n >= end))
+        };
         // A compacted or trimmed partition may start past 0: its low watermark is its start.
         for (p, n) in next.iter_mut() {
-            if let Ok((low, _)) = self.consumer.fetch_watermarks(&self.topic, *p, BROKER_QUERY) {
+            if let Ok((low, _)) = self
+                .consumer
+                .fetch_watermarks(&self.topic, *p, BROKER_QUERY)
+            {
                 *n = low;
             }
         }
@@ -252,7 +267,11 @@ impl TopicWriter {
     pub fn new(kafka: &KafkaConfig, client: &'static str) -> Result<Self, String> {
         let producer = connect::producer_config(
             kafka,
-            &[("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", "30000")],
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("message.timeout.ms", "30000"),
+            ],
         )
         .create_with_context(ConnectionWatch::new(client, None))
         .map_err(|e| e.to_string())?;

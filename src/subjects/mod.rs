@@ -95,9 +95,7 @@ impl SubjectClasses {
 
     /// Whether a value of `class` (as canonicalization returned it) names a person.
     pub fn contains(&self, class: TokenClass) -> bool {
-        self.0
-            .iter()
-            .any(|c| *c == class || c.unparsed() == class)
+        self.0.iter().any(|c| *c == class || c.unparsed() == class)
     }
 
     /// The classes, as configured.
@@ -175,8 +173,19 @@ pub struct SubjectGate<'a> {
 
 impl<'a> SubjectGate<'a> {
     /// A gate for one record of a pipeline with `policy`.
-    pub fn new(key: &'a SubjectKey, table: &'a SubjectTable, classes: &'a SubjectClasses, policy: SubjectPolicy) -> Self {
-        SubjectGate { key, table, classes, policy, met: std::cell::Cell::new(false) }
+    pub fn new(
+        key: &'a SubjectKey,
+        table: &'a SubjectTable,
+        classes: &'a SubjectClasses,
+        policy: SubjectPolicy,
+    ) -> Self {
+        SubjectGate {
+            key,
+            table,
+            classes,
+            policy,
+            met: std::cell::Cell::new(false),
+        }
     }
 
     /// Whether an identifier of a withheld subject was met in this record.
@@ -220,7 +229,10 @@ mod tests {
 
     #[test]
     fn a_subject_id_reads_back_and_an_unlinked_token_has_a_tokens_shape() {
-        let key = SubjectKey::new("s-test", &Secret::from_b64(&"A".repeat(43)).unwrap_or_else(Secret::generate));
+        let key = SubjectKey::new(
+            "s-test",
+            &Secret::from_b64(&"A".repeat(43)).unwrap_or_else(Secret::generate),
+        );
         let bytes = subject_bytes(&key, TokenClass::Phone, b"+6591234567");
         let text = subject_text(&key, &bytes);
         assert_eq!(parse_subject_text(&text), Some(("s-test", bytes)));

@@ -65,7 +65,13 @@ pub enum RecordError {
 
 impl RegistryRecord {
     /// A new record of `state` for `subject` (in `domain`, for a consent).
-    pub fn new(subject: String, state: SubjectState, domain: Option<&str>, at: &str, request: &str) -> Self {
+    pub fn new(
+        subject: String,
+        state: SubjectState,
+        domain: Option<&str>,
+        at: &str,
+        request: &str,
+    ) -> Self {
         RegistryRecord {
             format: REGISTRY_FORMAT.to_owned(),
             subject,
@@ -91,8 +97,8 @@ impl RegistryRecord {
 
     /// Reads a record, checking that its key names the subject and aspect of its value.
     pub fn parse(key: &[u8], value: &[u8]) -> Result<Self, RecordError> {
-        let record: RegistryRecord = serde_json::from_slice(value)
-            .map_err(|e| RecordError::Value(e.classify_text()))?;
+        let record: RegistryRecord =
+            serde_json::from_slice(value).map_err(|e| RecordError::Value(e.classify_text()))?;
         if record.format != REGISTRY_FORMAT {
             return Err(RecordError::Value("an unknown format".into()));
         }
@@ -168,8 +174,8 @@ pub struct Notice {
 impl Notice {
     /// Reads a notice (the key must be its request id).
     pub fn parse(key: &[u8], value: &[u8]) -> Result<Self, String> {
-        let notice: Notice =
-            serde_json::from_slice(value).map_err(|e| format!("not a notice: {}", e.classify_text()))?;
+        let notice: Notice = serde_json::from_slice(value)
+            .map_err(|e| format!("not a notice: {}", e.classify_text()))?;
         if notice.format != NOTICE_FORMAT {
             return Err("not a notice: an unknown format".into());
         }
@@ -207,7 +213,12 @@ trait ClassifyText {
 
 impl ClassifyText for serde_json::Error {
     fn classify_text(&self) -> String {
-        format!("{:?} error at line {} column {}", self.classify(), self.line(), self.column())
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
     }
 }
 
@@ -219,15 +230,33 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_only_under_its_own_key() {
-        let record = RegistryRecord::new(SUBJECT.into(), SubjectState::OptedOut, Some("marketing"), "2026-12-04T00:00:00Z", "req-1");
+        let record = RegistryRecord::new(
+            SUBJECT.into(),
+            SubjectState::OptedOut,
+            Some("marketing"),
+            "2026-12-04T00:00:00Z",
+            "req-1",
+        );
         assert_eq!(record.key(), format!("{SUBJECT}/consent/marketing"));
         let json = record.to_json();
-        assert_eq!(RegistryRecord::parse(record.key().as_bytes(), json.as_bytes()), Ok(record.clone()));
+        assert_eq!(
+            RegistryRecord::parse(record.key().as_bytes(), json.as_bytes()),
+            Ok(record.clone())
+        );
         let wrong = format!("{SUBJECT}/consent");
-        assert_eq!(RegistryRecord::parse(wrong.as_bytes(), json.as_bytes()), Err(RecordError::KeyMismatch));
+        assert_eq!(
+            RegistryRecord::parse(wrong.as_bytes(), json.as_bytes()),
+            Err(RecordError::KeyMismatch)
+        );
         assert!(RegistryRecord::parse(b"k", b"{\"format\":1}").is_err());
-        assert_eq!(parse_key(format!("{SUBJECT}/consent/marketing").as_bytes()), Some((SUBJECT, Aspect::Consent(Some("marketing")))));
-        assert_eq!(parse_key(format!("{SUBJECT}/erased").as_bytes()), Some((SUBJECT, Aspect::Erased)));
+        assert_eq!(
+            parse_key(format!("{SUBJECT}/consent/marketing").as_bytes()),
+            Some((SUBJECT, Aspect::Consent(Some("marketing"))))
+        );
+        assert_eq!(
+            parse_key(format!("{SUBJECT}/erased").as_bytes()),
+            Some((SUBJECT, Aspect::Erased))
+        );
         assert_eq!(parse_key(b"nonsense/erased"), None);
     }
 

@@ -191,7 +191,13 @@ mod tests {
     use crate::token::TokenClass;
 
     fn record(subject: &str, state: SubjectState, domain: Option<&str>) -> RegistryRecord {
-        RegistryRecord::new(subject.into(), state, domain, "2026-12-04T00:00:00Z", "req-1")
+        RegistryRecord::new(
+            subject.into(),
+            state,
+            domain,
+            "2026-12-04T00:00:00Z",
+            "req-1",
+        )
     }
 
     #[test]
@@ -202,25 +208,50 @@ mod tests {
         let subject = subject_text(&key, &id);
         let mut table = SubjectTable::new("s-1", vec![Some("marketing".into())]);
         let plain = SubjectPolicy::default();
-        let opt_out = SubjectPolicy { consent: Some((ConsentMode::OptOut, 0)), ..plain };
-        let opt_in = SubjectPolicy { consent: Some((ConsentMode::OptIn, 0)), ..plain };
+        let opt_out = SubjectPolicy {
+            consent: Some((ConsentMode::OptOut, 0)),
+            ..plain
+        };
+        let opt_in = SubjectPolicy {
+            consent: Some((ConsentMode::OptIn, 0)),
+            ..plain
+        };
         assert!(!table.withholds(&id, plain) && !table.withholds(&id, opt_out));
-        assert!(table.withholds(&id, opt_in), "opt-in: no one until they opt in");
+        assert!(
+            table.withholds(&id, opt_in),
+            "opt-in: no one until they opt in"
+        );
 
-        assert_eq!(table.apply(&record(&subject, SubjectState::OptedIn, Some("marketing"))), Applied::Applied);
+        assert_eq!(
+            table.apply(&record(&subject, SubjectState::OptedIn, Some("marketing"))),
+            Applied::Applied
+        );
         assert!(!table.withholds(&id, opt_in) && table.withholds(&other, opt_in));
         table.apply(&record(&subject, SubjectState::OptedOut, Some("marketing")));
-        assert!(table.withholds(&id, opt_out) && table.withholds(&id, opt_in) && !table.withholds(&id, plain));
-        assert_eq!(table.apply(&record(&subject, SubjectState::OptedOut, Some("fraud"))), Applied::NotFollowed);
+        assert!(
+            table.withholds(&id, opt_out)
+                && table.withholds(&id, opt_in)
+                && !table.withholds(&id, plain)
+        );
+        assert_eq!(
+            table.apply(&record(&subject, SubjectState::OptedOut, Some("fraud"))),
+            Applied::NotFollowed
+        );
 
         table.apply(&record(&subject, SubjectState::Erased, None));
         assert!(table.withholds(&id, plain) && !table.withholds(&other, plain));
         assert_eq!((table.len(), table.erased()), (1, 1));
-        assert_eq!(table.apply_tombstone(format!("{subject}/erased").as_bytes()), Applied::ErasureKept);
+        assert_eq!(
+            table.apply_tombstone(format!("{subject}/erased").as_bytes()),
+            Applied::ErasureKept
+        );
         table.apply_tombstone(format!("{subject}/consent/marketing").as_bytes());
         assert!(table.withholds(&id, plain), "still erased");
 
         let foreign = subject_text(&SubjectKey::new("s-2", &Secret::generate()), &id);
-        assert_eq!(table.apply(&record(&foreign, SubjectState::Erased, None)), Applied::OtherKey);
+        assert_eq!(
+            table.apply(&record(&foreign, SubjectState::Erased, None)),
+            Applied::OtherKey
+        );
     }
 }

@@ -175,7 +175,10 @@ pub fn validate(config: &Config, keys: Option<&ActiveKeys>) -> Result<(), Config
                     .to_owned(),
             );
         }
-        let registry = config.kafka.as_ref().and_then(|k| k.subjects_topic.as_ref());
+        let registry = config
+            .kafka
+            .as_ref()
+            .and_then(|k| k.subjects_topic.as_ref());
         if registry.is_some() && keys.subject.is_none() {
             problems.push(
                 "[kafka] subjects_topic is set but the keyring has no active subject key: add one with `pseudonymizer keys rotate --purpose subject`"
@@ -585,7 +588,12 @@ impl Publisher {
             ),
         };
         let withheld_outcome = match &outcome {
-            Ok(output) if output.route.subject_policy.withheld == crate::subjects::WithheldAction::Drop => "dropped",
+            Ok(output)
+                if output.route.subject_policy.withheld
+                    == crate::subjects::WithheldAction::Drop =>
+            {
+                "dropped"
+            }
             Ok(_) => "published",
             Err(_) => "dead-lettered",
         };

@@ -371,7 +371,10 @@ impl Router {
                     consent: pipeline.consent.map(|mode| {
                         let domain = pipeline.domain.clone();
                         let index = consent_domains.iter().position(|d| *d == domain);
-                        (mode, index.expect("consent_domains lists every consent pipeline's domain"))
+                        (
+                            mode,
+                            index.expect("consent_domains lists every consent pipeline's domain"),
+                        )
                     }),
                     withheld: pipeline.erased,
                 },

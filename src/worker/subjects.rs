@@ -32,7 +32,10 @@ pub struct Subjects {
 impl Subjects {
     /// Runs `f` with a view of the registry as it is now (one read of the table).
     pub fn with_view<T>(&self, f: impl FnOnce(&SubjectView<'_>) -> T) -> T {
-        let table = self.table.read().unwrap_or_else(|poison| poison.into_inner());
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
         f(&SubjectView {
             key: &self.key,
             table: &table,
@@ -156,6 +159,12 @@ fn apply(subjects: &Subjects, metrics: &Metrics, record: Read<'_>) {
 }
 
 fn export(metrics: &Metrics, table: &SubjectTable) {
-    metrics.subjects.with_label_values(&["recorded"]).set(table.len() as i64);
-    metrics.subjects.with_label_values(&["erased"]).set(table.erased() as i64);
+    metrics
+        .subjects
+        .with_label_values(&["recorded"])
+        .set(table.len() as i64);
+    metrics
+        .subjects
+        .with_label_values(&["erased"])
+        .set(table.erased() as i64);
 }
