@@ -10,6 +10,10 @@
 //!   the process's current data key, and with the data key derived per envelope) against spec
 //!   v1's AES-256-GCM.
 //!
+//! - `subjects`: the typical call through the subject registry's gate, with an empty registry
+//!   and with one million erased subjects (none of them this call's), against `fast`; and the
+//!   time to load those million records into the worker's table.
+//!
 //! Run: `cargo bench --bench transform`. Compare ratios within one run.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -278,9 +282,69 @@ fn envelopes(c: &mut Criterion) {
     group.finish();
 }
 
+/// The subject registry's cost per event: the same call ungated, through an empty registry,
+/// and through one million entries; and the table's load time and size at one million.
+fn subjects(c: &mut Criterion) {
+    use pseudonymizer::keys::SubjectKey;
+    use pseudonymizer::subjects::{
+        subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState,
+        SubjectTable, SubjectView,
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let engine = Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
+    let active = engine.active_keys(&keys()).unwrap();
+    let plan = engine.plan("comms.v1.CallEvent").unwrap().clone();
+    let input = apache_avro::to_avro_datum(&plan.input, typical_call()).unwrap();
+    let key = SubjectKey::new("s-bench", &Secret::generate());
+    let classes = SubjectClasses::default_classes();
+    let empty = SubjectTable::new("s-bench", vec![]);
+    // One million registry records as a worker reads them (JSON values parsed and applied).
+    let records: Vec<(String, String)> = (0..1_000_000u64)
+        .map(|n| {
+            let id = subject_bytes(&key, TokenClass::Phone, format!("+1415{n:07}").as_bytes());
+            let r = RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bench");
+            (r.key(), r.to_json())
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut full = SubjectTable::new("s-bench", vec![]);
+    for (k, v) in &records {
+        full.apply(&RegistryRecord::parse(k.as_bytes(), v.as_bytes()).unwrap());
+    }
+    eprintln!(
+        "subjects: 1,000,000 registry records parsed and applied in {:.2} s; table {} entries, {:.1} MiB of slots",
+        started.elapsed().as_secs_f64(),
+        full.len(),
+        full.memory_bytes() as f64 / (1 << 20) as f64
+    );
+    drop(records);
+    let mut group = c.benchmark_group("subjects");
+    group.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(2048);
+    group.bench_function("call_ungated", |b| {
+        b.iter(|| {
+            out.clear();
+            engine.transform(&plan, &active, black_box(&input), &mut out).unwrap();
+        })
+    });
+    for (name, table) in [("call_empty_registry", &empty), ("call_1m_registry", &full)] {
+        let view = SubjectView { key: &key, table, classes: &classes };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                let gate = view.gate(SubjectPolicy::default());
+                engine
+                    .transform_gated(&plan, &active, &gate, black_box(&input), &mut out)
+                    .unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench, envelopes
+    targets = bench, envelopes, subjects
 }
 criterion_main!(benches);

@@ -105,6 +105,14 @@ pub async fn produce_raw(
     Ok(())
 }
 
+/// What a measurement runs with besides its treatment and mode: the keyring (a throwaway one
+/// by default) and a subject registry to follow.
+#[derive(Debug, Default, Clone)]
+pub struct Extras {
+    pub keyring: Option<std::path::PathBuf>,
+    pub subjects_topic: Option<String>,
+}
+
 /// One measurement, printed by the child as a JSON line.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Measurement {
@@ -122,6 +130,12 @@ pub struct Measurement {
     pub peak_rss_kib: u64,
     /// `VmRSS` sampled every second during the run.
     pub rss_kib: Vec<u64>,
+    /// The subject registry it followed (`None`: none).
+    #[serde(default)]
+    pub subjects_topic: Option<String>,
+    /// Seconds from the worker's start to its first record (the registry's load included).
+    #[serde(default)]
+    pub start_seconds: f64,
 }
 
 /// Child side: drains `topic` from the start with a fresh group and a throwaway keyring.
@@ -132,6 +146,7 @@ pub async fn measure(
     events: u64,
     treatment: Treatment,
     mode: DeliveryMode,
+    extras: Extras,
 ) -> Result<Measurement> {
     let mut config = Config::load(config_path)?;
     let tag = format!(
@@ -158,6 +173,7 @@ pub async fn measure(
         kafka.metrics_listen = None;
         kafka.mode = mode;
         kafka.transactional_id = Some(format!("bench-{tag}"));
+        kafka.subjects_topic = extras.subjects_topic.clone();
     }
     let kafka = config
         .kafka
@@ -177,7 +193,11 @@ pub async fn measure(
         pipeline.output_topic = Some(output.clone());
     }
     let engine = Arc::new(Engine::from_config(&config)?);
-    let active = engine.active_keys(&KeySet::from_keyring(&Keyring::generate()))?;
+    let keyring = match &extras.keyring {
+        Some(path) => Keyring::load(path)?,
+        None => Keyring::generate(),
+    };
+    let active = engine.active_keys(&KeySet::from_keyring(&keyring))?;
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = Worker {
@@ -186,7 +206,9 @@ pub async fn measure(
         metrics: metrics.clone(),
         treatment,
     };
+    let spawned = Instant::now();
     let handle = tokio::spawn(async move { worker.run(&config, stopped).await });
+    let mut start_seconds = 0.0;
 
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first: Option<Instant> = None;
@@ -198,6 +220,7 @@ pub async fn measure(
         if first.is_none() && consumed > 0 {
             first = Some(Instant::now());
             cpu_at_first = cpu_seconds();
+            start_seconds = spawned.elapsed().as_secs_f64();
         }
         if done >= events {
             break;
@@ -225,7 +248,47 @@ pub async fn measure(
         cpu_us_per_event: cpu * 1e6 / events as f64,
         peak_rss_kib: proc_status_kib("VmHWM:"),
         rss_kib: rss,
+        subjects_topic: extras.subjects_topic,
+        start_seconds,
     })
+}
+
+/// Two subject registry topics for the benchmark: one empty, one with `subjects` erasures of
+/// people none of whom the synthetic events name (under the keyring's subject key).
+async fn load_registry(kafka: &KafkaConfig, keyring: &std::path::Path, subjects: u64) -> Result<(String, String)> {
+    use crate::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectState};
+    let keys = KeySet::from_keyring(&Keyring::load(keyring)?);
+    let key = keys.subject()?.clone();
+    let empty = format!("bench.subjects-empty.{}", std::process::id());
+    let full = format!("bench.subjects.{}", std::process::id());
+    create_topics(kafka, &[(empty.as_str(), 1), (full.as_str(), 1)]).await?;
+    let producer: FutureProducer = connect::producer_config(
+        kafka,
+        &[("linger.ms", "20"), ("queue.buffering.max.messages", "1000000")],
+    )
+    .create()?;
+    let started = Instant::now();
+    let mut deliveries = std::collections::VecDeque::new();
+    for n in 0..subjects {
+        // +1 415 0…: not a shape the generator writes (its +1 415 numbers are 555-…).
+        let id = subject_bytes(&key, crate::token::TokenClass::Phone, format!("+1415{:07}", n % 10_000_000).as_bytes());
+        let record = RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bench");
+        let (k, v) = (record.key(), record.to_json());
+        deliveries.push_back(producer.send_result(FutureRecord::to(&full).key(&k).payload(&v)).map_err(|(e, _)| e)?);
+        if deliveries.len() > 100_000 {
+            if let Some(d) = deliveries.pop_front() {
+                d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in deliveries {
+        d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
+    }
+    crate::say!(
+        "loaded {subjects} erasures into the subject registry {full} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((empty, full))
 }
 
 /// User + system CPU seconds of this process so far.
@@ -266,6 +329,7 @@ pub async fn run(
     partitions: i32,
     rounds: usize,
     with_transactions: bool,
+    subjects: u64,
 ) -> Result<()> {
     let mut config = Config::load(config_path)?;
     let engine = Engine::from_config(&config)?;
@@ -284,21 +348,50 @@ pub async fn run(
     );
     let exe = std::env::current_exe()?;
     let mut results: Vec<Measurement> = Vec::new();
-    let mut runs = vec![
-        ("sanitize", "at-least-once"),
-        ("pass-through", "at-least-once"),
+    let mut runs: Vec<(&str, &str, Option<String>)> = vec![
+        ("sanitize", "at-least-once", None),
+        ("pass-through", "at-least-once", None),
     ];
     if with_transactions {
-        runs.push(("sanitize", "exactly-once"));
+        runs.push(("sanitize", "exactly-once", None));
+    }
+    // Every child runs on the same keyring, so the registry's subject ids are under its key.
+    let keyring_dir = std::env::temp_dir().join(format!("pseudonymizer-bench-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&keyring_dir)?;
+    }
+    let keyring_path = keyring_dir.join("keyring.json");
+    Keyring::generate().save_new(&keyring_path)?;
+    // Removed when the benchmark ends, however it ends.
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(keyring_dir.clone());
+    if subjects > 0 {
+        let (empty, full) = load_registry(kafka, &keyring_path, subjects).await?;
+        runs.push(("sanitize", "at-least-once", Some(empty)));
+        runs.push(("sanitize", "at-least-once", Some(full)));
     }
     for round in 1..=rounds {
-        for &(treatment, mode) in &runs {
-            let output = std::process::Command::new(&exe)
+        for (treatment, mode, registry) in &runs {
+            let (treatment, mode) = (*treatment, *mode);
+            let mut command = std::process::Command::new(&exe);
+            command
                 .args(["bench-worker", "--config"])
                 .arg(config_path)
                 .args(["--brokers", brokers, "--topic", &topic])
                 .args(["--events", &events.to_string(), "--treatment", treatment])
                 .args(["--mode", mode])
+                .arg("--keyring")
+                .arg(&keyring_path);
+            if let Some(registry) = registry {
+                command.args(["--subjects-topic", registry]);
+            }
+            let output = command
                 .stderr(std::process::Stdio::inherit())
                 .output()?;
             if !output.status.success() {
@@ -309,7 +402,11 @@ pub async fn run(
             }
             let m: Measurement = serde_json::from_slice(&output.stdout)
                 .context("reading the measurement of a child process")?;
-            let label = format!("{treatment} {mode}");
+            let label = match registry {
+                Some(r) if r.contains("empty") => format!("{treatment} {mode} +registry(0)"),
+                Some(_) => format!("{treatment} {mode} +registry({subjects})"),
+                None => format!("{treatment} {mode}"),
+            };
             crate::say!(
                 "round {round} {label:<27} {:>9.0} events/s  ({:.1} s, {:.1} µs CPU/event, peak RSS {} MiB)",
                 m.events_per_sec,
@@ -320,8 +417,10 @@ pub async fn run(
             results.push(m);
         }
     }
-    let at_least_once: Vec<&Measurement> =
-        results.iter().filter(|m| m.mode != "ExactlyOnce").collect();
+    let at_least_once: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.mode != "ExactlyOnce" && m.subjects_topic.is_none())
+        .collect();
     let best = |t: &str| {
         at_least_once
             .iter()
@@ -365,6 +464,28 @@ pub async fn run(
             kafka.transaction_max_records,
             kafka.transaction_max_ms,
             best_rate / sanitize
+        );
+    }
+    if subjects > 0 {
+        let with_registry = |empty: bool| {
+            results
+                .iter()
+                .filter(|m| m.subjects_topic.as_deref().is_some_and(|t| t.contains("empty") == empty))
+                .map(|m| (m.cpu_us_per_event, m.start_seconds, m.peak_rss_kib))
+                .fold((f64::INFINITY, 0.0f64, 0u64), |a, b| (a.0.min(b.0), a.1.max(b.1), a.2.max(b.2)))
+        };
+        let plain = least_cpu("Sanitize");
+        let (empty_cpu, empty_start, empty_rss) = with_registry(true);
+        let (full_cpu, full_start, full_rss) = with_registry(false);
+        crate::say!(
+            "subject registry: sanitize {plain:.1} µs CPU/event; with an empty registry {empty_cpu:.1} µs ({:+.1}%), with {subjects} erased subjects {full_cpu:.1} µs ({:+.1}%)",
+            (empty_cpu / plain - 1.0) * 100.0,
+            (full_cpu / plain - 1.0) * 100.0
+        );
+        crate::say!(
+            "subject registry: start to first record {empty_start:.1} s (empty) and {full_start:.1} s ({subjects}); peak RSS {} MiB and {} MiB",
+            empty_rss / 1024,
+            full_rss / 1024
         );
     }
     for m in results.iter().filter(|m| m.treatment == "Sanitize") {

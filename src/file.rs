@@ -222,11 +222,16 @@ pub fn generate_file(kind: Kind, count: u64, seed: u64, output: &Path) -> Result
 /// for any other reason (tampered, wrong key, a key not in the keyring) stops the run before
 /// its event is printed, or with `keep_going` is marked and counted in `report.failed`.
 /// On error, `report` holds what was done before it.
+/// Prints a sanitized file's events as JSON lines with their envelopes opened. An event that
+/// carries one of `erased` (the tokens of the erasure notices: docs/security.md, "A person's
+/// rights") has none of its envelopes opened: each is printed as `{"withheld": "erased
+/// subject"}` and counted in [`DecryptReport::withheld`].
 pub fn decrypt_file(
     engine: &Engine,
     keys: &KeySet,
     input: &Path,
     keep_going: bool,
+    erased: &std::collections::HashSet<String>,
     out: &mut dyn Write,
     report: &mut DecryptReport,
 ) -> Result<(), FileError> {
@@ -237,12 +242,17 @@ pub fn decrypt_file(
         keys,
         keep_going,
         failure: None,
+        withhold: false,
         report: std::mem::take(report),
     };
     let result = (|| {
         for (index, value) in reader.enumerate() {
             let index = index as u64;
             let value = value.map_err(|_| FileError::Decode { index })?;
+            opener.withhold = !erased.is_empty() && carries_any(&value, erased);
+            if opener.withhold {
+                opener.report.withheld_events += 1;
+            }
             let json = opener.json(value, "", false);
             if let Some((path, source)) = opener.failure.take() {
                 return Err(FileError::Open {
@@ -259,6 +269,55 @@ pub fn decrypt_file(
     })();
     *report = opener.report;
     result
+}
+
+/// What an access export found in one source.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub scanned: u64,
+    pub matched: u64,
+    /// Records that could not be read as the output of a pipeline (skipped, counted).
+    pub unreadable: u64,
+}
+
+/// One sanitized event as JSON with its envelopes opened (those that do not open are marked,
+/// as `decrypt --keep-going` marks them), for an access export.
+pub fn open_event(plan: &Plan, keys: &KeySet, value: Value, report: &mut DecryptReport) -> Json {
+    let mut opener = Opener {
+        plan,
+        keys,
+        keep_going: true,
+        failure: None,
+        withhold: false,
+        report: std::mem::take(report),
+    };
+    let json = opener.json(value, "", false);
+    *report = opener.report;
+    json
+}
+
+/// The events of a sanitized container file that carry one of `tokens`, each passed to
+/// `each` as JSON with its envelopes opened.
+pub fn select_file(
+    engine: &Engine,
+    keys: &KeySet,
+    input: &Path,
+    tokens: &std::collections::HashSet<String>,
+    report: &mut DecryptReport,
+    mut each: impl FnMut(Json) -> Result<(), FileError>,
+) -> Result<Selected, FileError> {
+    let reader = container(input)?;
+    let plan = sanitized_plan(engine, input, reader.writer_schema())?;
+    let mut selected = Selected::default();
+    for (index, value) in reader.enumerate() {
+        let value = value.map_err(|_| FileError::Decode { index: index as u64 })?;
+        selected.scanned += 1;
+        if carries_any(&value, tokens) {
+            selected.matched += 1;
+            each(open_event(&plan, keys, value, report))?;
+        }
+    }
+    Ok(selected)
 }
 
 /// The plan a sanitized container written with `writer` is the output of. Refused, before
@@ -310,7 +369,23 @@ pub struct DecryptReport {
     /// Envelopes that did not open for another reason (tampered, wrong key, unknown key);
     /// only counted with `keep_going`, else the first one stops the run.
     pub failed: u64,
+    /// Envelopes not opened because their event carries an erased person's token.
+    pub withheld: u64,
+    /// Events that carry an erased person's token.
+    pub withheld_events: u64,
     pub key_ids: BTreeSet<String>,
+}
+
+/// Whether any string inside `value` is one of `tokens`.
+pub fn carries_any(value: &Value, tokens: &std::collections::HashSet<String>) -> bool {
+    match value {
+        Value::String(s) => tokens.contains(s),
+        Value::Union(_, inner) => carries_any(inner, tokens),
+        Value::Array(items) => items.iter().any(|v| carries_any(v, tokens)),
+        Value::Map(entries) => entries.values().any(|v| carries_any(v, tokens)),
+        Value::Record(fields) => fields.iter().any(|(_, v)| carries_any(v, tokens)),
+        _ => false,
+    }
 }
 
 impl DecryptReport {
@@ -327,6 +402,8 @@ struct Opener<'a> {
     keep_going: bool,
     /// The first envelope of the current event that failed (without `keep_going`).
     failure: Option<(String, OpenError)>,
+    /// The current event carries an erased person's token: no envelope of it is opened.
+    withhold: bool,
     report: DecryptReport,
 }
 
@@ -345,6 +422,10 @@ impl Opener<'_> {
                     map.insert(name, self.json(v, &path, sealed));
                 }
                 Json::Object(map)
+            }
+            Value::Bytes(bytes) if sealed && self.withhold && !bytes.is_empty() => {
+                self.report.withheld += 1;
+                json!({"withheld": "erased subject"})
             }
             Value::Bytes(bytes) if sealed => match self.keys.open(path, &bytes) {
                 Ok(plaintext) => {

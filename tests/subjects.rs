@@ -289,6 +289,38 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     let checked = check_outputs(&outputs, &before, &world, false);
     assert_eq!((checked.theirs, checked.others), (0, 200));
 
+    // Access: the export finds every record of the person's and no other, sealed fields open.
+    let person_file = request_file(&world.dir, "person.txt", &format!("phone {PERSON}\n"));
+    let export = world.dir.join("person.jsonl");
+    let output = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["subjects", "export", "--config", world.config.to_str().unwrap(), "--values-from", &person_file])
+        .args(["--topic", &world.topics.calls, "--topic", &world.topics.messages, "--output", export.to_str().unwrap()])
+        .arg("--audit-log")
+        .arg(world.dir.join("audit.log"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "export: {}", String::from_utf8_lossy(&output.stderr));
+    let exported: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<String> =
+        exported.iter().map(|e| e["record"]["event_id"].as_str().unwrap().to_owned()).collect();
+    let theirs: std::collections::HashSet<String> =
+        before.iter().filter(|(_, (_, t))| *t).map(|(id, _)| id.clone()).collect();
+    assert_eq!(exported.len(), 67);
+    assert_eq!(ids, theirs, "the export holds the person's records and no other");
+    for e in &exported {
+        let (input, _) = &before[e["record"]["event_id"].as_str().unwrap()];
+        let sealed = if e["source"] == world.topics.calls.as_str() { "recording_url" } else { "body" };
+        if let Some(body) = kafka::text(common::field(input, sealed)) {
+            assert_eq!(e["record"][sealed].as_str(), Some(body.as_str()), "sealed field opened");
+        }
+    }
+
     // The erasure, and the cut-off: 5 s after the command returns.
     let file = request_file(
         &world.dir,
@@ -347,6 +379,14 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     );
     let said = subjects(&world, "status", &file, &[]);
     assert!(said.contains("\"request\":\"req-test-1\""), "{said}");
+    // `lookup` with the config says the person was erased, and when.
+    let (ok, said) = cli(&[
+        "lookup", "--keyring", world.dir.join("keyring.json").to_str().unwrap(),
+        "--config", world.config.to_str().unwrap(),
+        "--audit-log", world.dir.join("audit.log").to_str().unwrap(),
+        "--class", "phone", "--values-from", &person_file,
+    ]);
+    assert!(ok && said.contains("\"erased\":{\"at\"") && said.contains("req-test-1"), "{said}");
     let registry = kafka::read_from_start(&world.brokers, &world.registry, 1);
     assert_eq!(registry.len(), 2);
     for record in &registry {
@@ -438,4 +478,179 @@ async fn an_opt_in_domain_publishes_only_the_opted_in() {
         .collect();
     let checked = check_outputs(&calls, &events, &world, false);
     assert_eq!((checked.theirs, checked.others), (0, 100));
+}
+
+/// A worker that (re)starts is not ready until it has read the whole registry: 100,000
+/// records written straight to the topic, then `run`. Whenever `/readyz` says 200, the log
+/// already says the registry was read; before that it is 503; and the erasure among them
+/// applies to the first record the worker publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectState};
+    let _serial = serial().await;
+    let world = setup("ready", "", "").await;
+    let addr = common::process::serve_metrics(&world.config);
+
+    // The registry: 100,000 erasures of other people, and the person's last.
+    let key = SubjectKey::new(
+        "s-test-1",
+        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for n in 0..100_000u32 {
+        let canonical = format!("+1415{n:07}");
+        let bytes = subject_bytes(&key, TokenClass::Phone, canonical.as_bytes());
+        let record = RegistryRecord::new(subject_text(&key, &bytes), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bulk");
+        let (k, v) = (record.key(), record.to_json());
+        deliveries.push(producer.send_result(FutureRecord::to(&world.registry).key(&k).payload(&v)).map_err(|(e, _)| e).unwrap());
+    }
+    let bytes = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
+    let erased = RegistryRecord::new(subject_text(&key, &bytes), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-person");
+    deliveries.push(producer.send_result(FutureRecord::to(&world.registry).key(&erased.key()).payload(&erased.to_json())).map_err(|(e, _)| e).unwrap());
+    for d in deliveries {
+        d.await.unwrap().expect("registry record delivered");
+    }
+    let events = produce(&world, 100, 4, 3).await;
+
+    let log = world.dir.join("worker.log");
+    let _worker = common::process::start(&world.config, &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut not_ready_seen = 0;
+    loop {
+        assert!(Instant::now() < deadline, "never ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        let ready = std::net::TcpStream::connect(addr).is_ok()
+            && kafka::http_get(addr, "/readyz").contains(" 200 ");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if ready {
+            assert!(said.contains("subject registry read"), "ready before the registry was read:\n{said}");
+            break;
+        }
+        if said.contains("reading the subject registry") {
+            not_ready_seen += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(not_ready_seen > 0, "/readyz was never seen 503 while the registry was read");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("subjects=100001") && said.contains("erased=100001"), "{said}");
+    let outputs = read_outputs(&world, 100);
+    let checked = check_outputs(&outputs, &events, &world, true);
+    assert_eq!((checked.theirs, checked.others), (34, 66), "the erasure applies from the first record");
+}
+
+/// The record key alone can make a record withheld: an erased person's number as the key of a
+/// call between two others still withholds its sealed fields (the value was sealed before the
+/// key was read, so it is walked again), and a record with no route or a corrupt value whose
+/// key is theirs is marked withheld, so its dead letter keeps nothing. No broker needed.
+#[test]
+fn the_record_key_alone_withholds() {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectState, SubjectTable, SubjectView};
+    use pseudonymizer::worker::route::{DeadLetter, Router};
+    let config = common::shipped_config();
+    let engine = common::engine();
+    let keys = common::active(&engine);
+    let router = Router::from_config(&config, &engine).unwrap();
+    let key = SubjectKey::new("s-test-1", &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap());
+    let mut table = SubjectTable::new("s-test-1", vec![]);
+    let id = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
+    table.apply(&RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-1"));
+    let classes = SubjectClasses::default_classes();
+    let view = SubjectView { key: &key, table: &table, classes: &classes };
+
+    let mut call = pseudonymizer::generate::typical_call();
+    common::set_field(&mut call, "recording_url", Value::Union(1, Box::new(Value::String("https://rec.example/1".into()))));
+    let plan = engine.plan("comms.v1.CallEvent").unwrap();
+    let value = frame(1, &common::encode(&plan.input, call));
+    let mut out = Vec::new();
+    let (output, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(&value), &mut out);
+    let output = output.unwrap();
+    assert!(met && output.withheld);
+    let decoded = common::decode(&plan.output, &out[5..]);
+    assert!(!has_envelope(&decoded), "sealed fields of a record keyed by an erased person");
+    assert_eq!(common::field(&decoded, "recording_url"), &Value::Union(0, Box::new(Value::Null)));
+    let person_token = token::token(keys.pseudonym.as_deref().unwrap(), TokenClass::Phone, PERSON_E164.as_bytes());
+    assert_ne!(output.key.as_deref(), Some(person_token.as_str()));
+    // Someone else's key: the same record is sealed as ever.
+    let (output, met) = router.process_gated(&engine, &keys, Some(&view), Some(b"+62 812 0000 1111"), Some(&value), &mut out);
+    assert!(!met && !output.unwrap().withheld);
+    assert!(has_envelope(&common::decode(&plan.output, &out[5..])));
+
+    // Dead letters: no route, and a corrupt value.
+    let (result, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(b"not framed"), &mut out);
+    assert!(matches!(result, Err(DeadLetter::BadMagic)) && met);
+    let mut corrupt = value.clone();
+    corrupt.truncate(12);
+    let (result, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(&corrupt), &mut out);
+    assert!(matches!(result, Err(DeadLetter::CorruptAvro)) && met);
+    let (_, met) = router.process_gated(&engine, &keys, Some(&view), Some(b"+62 812 0000 1111"), Some(&corrupt), &mut out);
+    assert!(!met);
+}
+
+/// File mode, no broker: `decrypt` opens no envelope of an event that carries a token of an
+/// erasure notice (and says how many it withheld), and the access export's search finds
+/// exactly the person's events, their sealed fields opened.
+#[test]
+fn decrypt_withholds_and_the_export_finds_exactly_the_persons_events() {
+    use pseudonymizer::file::{decrypt_file, select_file, transform_file, DecryptReport};
+    let engine = common::engine();
+    let keys = common::active(&engine);
+    let keyset = common::keyset();
+    let plan = engine.plan("comms.v1.MessageEvent").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw.avro");
+    let mut generator = Generator::new(9);
+    let mut theirs = std::collections::HashSet::new();
+    {
+        let mut writer = apache_avro::Writer::new(&plan.input, std::fs::File::create(&raw).unwrap());
+        for i in 0..60 {
+            let mut event = generator.event(Kind::Message);
+            common::set_field(&mut event, "body", Value::Union(1, Box::new(Value::String(format!("body {i}")))));
+            if i % 4 == 0 {
+                common::set_field(&mut event, "sender", Value::String(PERSON.into()));
+                theirs.insert(kafka::text(common::field(&event, "event_id")).unwrap());
+            }
+            writer.append(event).unwrap();
+        }
+        writer.flush().unwrap();
+    }
+    let sanitized = dir.path().join("sanitized.avro");
+    transform_file(&engine, &keys, &raw, &sanitized).unwrap();
+    let person = token::token(keyset.pseudonym().unwrap(), TokenClass::Phone, PERSON_E164.as_bytes());
+    let erased: std::collections::HashSet<String> = [person.as_str().to_owned()].into();
+
+    let mut printed = Vec::new();
+    let mut report = DecryptReport::default();
+    decrypt_file(&engine, &keyset, &sanitized, false, &erased, &mut printed, &mut report).unwrap();
+    assert_eq!(report.withheld_events, 15);
+    assert!(report.withheld >= 15, "{report:?}");
+    for line in String::from_utf8(printed).unwrap().lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = event["event_id"].as_str().unwrap();
+        if theirs.contains(id) {
+            assert_eq!(event["body"]["withheld"], "erased subject", "{line}");
+        } else {
+            assert!(event["body"].as_str().unwrap().starts_with("body "), "{line}");
+        }
+    }
+
+    let mut found = Vec::new();
+    let mut report = DecryptReport::default();
+    let selected = select_file(&engine, &keyset, &sanitized, &erased, &mut report, |record| {
+        found.push(record);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((selected.scanned, selected.matched), (60, 15));
+    let ids: std::collections::HashSet<String> =
+        found.iter().map(|r| r["event_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, theirs, "the person's events and no other");
+    assert!(found.iter().all(|r| r["body"].as_str().unwrap().starts_with("body ")), "sealed fields opened");
 }

@@ -26,6 +26,7 @@ pub(super) fn bench(
     partitions: i32,
     rounds: usize,
     mode: String,
+    subjects: u64,
 ) -> Result<()> {
     let with_transactions = match mode.as_str() {
         "at-least-once" => false,
@@ -40,6 +41,7 @@ pub(super) fn bench(
         partitions,
         rounds,
         with_transactions,
+        subjects,
     ))
 }
 
@@ -50,6 +52,7 @@ pub(super) fn bench_worker(
     events: u64,
     treatment: String,
     mode: String,
+    extras: crate::bench::Extras,
     out: &mut dyn Write,
 ) -> Result<()> {
     let treatment = match treatment.as_str() {
@@ -64,7 +67,7 @@ pub(super) fn bench_worker(
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let measurement = runtime.block_on(crate::bench::measure(
-        &config, &brokers, &topic, events, treatment, mode,
+        &config, &brokers, &topic, events, treatment, mode, extras,
     ))?;
     writeln!(out, "{}", serde_json::to_string(&measurement)?)?;
     Ok(())

@@ -145,12 +145,31 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
         keep_going,
     } = args;
     let (config, engine, keys) = load(&config, Need::ENVELOPES)?;
+    // With erasure notices configured, the tokens of every erased person: their events'
+    // envelopes stay shut. A notice topic that cannot be read stops the command (it would
+    // otherwise open an erased person's records).
+    let erased = match config.kafka.as_ref().and_then(|k| Some((k, k.erasure_topic.as_ref()?))) {
+        Some((kafka, topic)) => {
+            let (tokens, refused) = crate::subjects::kafka::erased_tokens(
+                kafka,
+                topic,
+                std::time::Duration::from_secs(120),
+            )
+            .map_err(anyhow::Error::msg)
+            .context("reading the erasure notices ([kafka] erasure_topic); nothing was opened")?;
+            if refused > 0 {
+                crate::note!("warning: {refused} records of the erasure topic are not notices; ignored");
+            }
+            tokens
+        }
+        None => Default::default(),
+    };
     let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
     // Write-ahead: on disk before the first plaintext leaves, or nothing is printed.
     let key_ids: Vec<String> = keys.encryption_key_ids();
     audit.append("decrypt", key_ids, 0, None, Some(&input), "started")?;
     let mut report = file::DecryptReport::default();
-    let result = file::decrypt_file(&engine, &keys, &input, keep_going, out, &mut report);
+    let result = file::decrypt_file(&engine, &keys, &input, keep_going, &erased, out, &mut report);
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     audit.append(
         "decrypt",
@@ -169,7 +188,14 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
         report.destroyed,
         report.failed
     );
-    if report.opened + report.unopened() == 0 {
+    if report.withheld_events > 0 {
+        crate::note!(
+            "{} events carry an erased person's token: their {} envelopes were withheld, not opened",
+            report.withheld_events,
+            report.withheld
+        );
+    }
+    if report.opened + report.unopened() + report.withheld == 0 {
         crate::note!(
             "{} holds no envelope ({} events, every sealed field empty)",
             input.display(),

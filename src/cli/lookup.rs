@@ -18,6 +18,10 @@ pub struct LookupArgs {
     /// The keyring whose pseudonym keys make the tokens.
     #[arg(long)]
     pub keyring: PathBuf,
+    /// A config whose `[kafka] subjects_topic` names the subject registry: each line then
+    /// says whether the person was erased, and when (`"erased": {"at", "request"}` or null).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Audit log to append to (else $PSEUDONYMIZER_AUDIT_LOG); lookup refuses without one.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
@@ -47,6 +51,7 @@ pub struct LookupArgs {
 pub(super) fn lookup(args: LookupArgs, out: &mut dyn Write) -> Result<()> {
     let LookupArgs {
         keyring,
+        config,
         audit_log,
         class,
         sub_class,
@@ -91,14 +96,22 @@ pub(super) fn lookup(args: LookupArgs, out: &mut dyn Write) -> Result<()> {
         })
         .collect();
     let count = values.len() as u64;
+    let registry = match &config {
+        Some(path) => Some(Registry::read(path, &keys)?),
+        None => None,
+    };
     audit.append("lookup", key_ids.clone(), count, None, None, "started")?;
     // One JSON line per (value, key). The value is named by its position on the
     // command line, not repeated, so captured output never pairs a value with its token.
     for (n, value) in values.iter().enumerate() {
         let (class, canonical) = token::canonical(class, value, &phone);
+        let erased = registry.as_ref().map(|r| r.erased(class, canonical.as_bytes()));
         for key in &in_domain {
             let token = token::token(key, class, canonical.as_bytes());
-            let line = serde_json::json!({"arg": n + 1, "class": class.as_str(), "key_id": key.id(), "token": token.as_str()});
+            let mut line = serde_json::json!({"arg": n + 1, "class": class.as_str(), "key_id": key.id(), "token": token.as_str()});
+            if let Some(erased) = &erased {
+                line["erased"] = erased.clone();
+            }
             writeln!(out, "{line}")?;
         }
     }
@@ -140,4 +153,55 @@ fn lookup_values(from: Option<&std::path::Path>, args: Vec<String>) -> Result<Ve
         bail!("no values to look up");
     }
     Ok(values)
+}
+
+/// The erasures of the subject registry a config names, by subject id.
+struct Registry {
+    key: std::sync::Arc<crate::keys::SubjectKey>,
+    erased: std::collections::HashMap<String, (String, String)>,
+}
+
+impl Registry {
+    fn read(config: &std::path::Path, keys: &KeySet) -> Result<Self> {
+        use crate::subjects::{kafka::TopicReader, RegistryRecord, SubjectState};
+        let config = crate::config::Config::load(config)
+            .with_context(|| format!("config {}", config.display()))?;
+        let kafka = config.kafka.as_ref().context("the config has no [kafka] section")?;
+        let topic = kafka
+            .subjects_topic
+            .as_ref()
+            .context("the config's [kafka] names no subjects_topic")?;
+        let key = keys
+            .subject()
+            .context("the keyring has no active subject key")?
+            .clone();
+        let reader = TopicReader::open(kafka, topic, "lookup registry reader").map_err(anyhow::Error::msg)?;
+        let mut erased = std::collections::HashMap::new();
+        reader
+            .read_to_end(
+                std::time::Duration::from_secs(120),
+                |read| {
+                    if let (Some(k), Some(v)) = (read.key, read.value) {
+                        if let Ok(record) = RegistryRecord::parse(k, v) {
+                            if record.state == SubjectState::Erased {
+                                erased.insert(record.subject, (record.at, record.request));
+                            }
+                        }
+                    }
+                },
+                |_, _| {},
+            )
+            .map_err(anyhow::Error::msg)
+            .context("reading the subject registry")?;
+        Ok(Registry { key, erased })
+    }
+
+    /// `{"at", "request"}` of the value's erasure, or null.
+    fn erased(&self, class: TokenClass, canonical: &[u8]) -> serde_json::Value {
+        let bytes = crate::subjects::subject_bytes(&self.key, class, canonical);
+        match self.erased.get(&crate::subjects::subject_text(&self.key, &bytes)) {
+            Some((at, request)) => serde_json::json!({"at": at, "request": request}),
+            None => serde_json::Value::Null,
+        }
+    }
 }

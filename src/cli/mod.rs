@@ -133,6 +133,10 @@ pub enum Command {
         /// with transactions).
         #[arg(long, default_value = "at-least-once")]
         mode: String,
+        /// Also measure sanitize with a subject registry: an empty one, and one of this many
+        /// erased subjects (0: neither).
+        #[arg(long, default_value_t = 0)]
+        subjects: u64,
     },
     /// One measurement of `bench` (run by it in a child process); prints a JSON line.
     #[command(hide = true)]
@@ -155,6 +159,12 @@ pub enum Command {
         /// at-least-once or exactly-once.
         #[arg(long, default_value = "at-least-once")]
         mode: String,
+        /// The keyring to use (default: a throwaway one).
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+        /// A subject registry topic to read and follow.
+        #[arg(long)]
+        subjects_topic: Option<String>,
     },
     /// Dead-letter topic tools.
     #[command(subcommand)]
@@ -256,7 +266,8 @@ pub fn run(cli: Cli) -> Result<()> {
             partitions,
             rounds,
             mode,
-        } => bench::bench(config, brokers, events, partitions, rounds, mode),
+            subjects,
+        } => bench::bench(config, brokers, events, partitions, rounds, mode, subjects),
         Command::BenchWorker {
             config,
             brokers,
@@ -264,7 +275,21 @@ pub fn run(cli: Cli) -> Result<()> {
             events,
             treatment,
             mode,
-        } => bench::bench_worker(config, brokers, topic, events, treatment, mode, &mut out),
+            keyring,
+            subjects_topic,
+        } => bench::bench_worker(
+            config,
+            brokers,
+            topic,
+            events,
+            treatment,
+            mode,
+            crate::bench::Extras {
+                keyring,
+                subjects_topic,
+            },
+            &mut out,
+        ),
         Command::Audit(command) => audit::audit(command, &mut out),
         Command::Dlq(command) => dlq::dlq(command, &mut out),
         Command::Subjects(command) => tokio::runtime::Builder::new_multi_thread()

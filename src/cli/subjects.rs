@@ -53,6 +53,36 @@ pub enum SubjectsCommand {
     OptIn(RequestArgs),
     /// What the registry holds for each identifier.
     Status(RequestArgs),
+    /// Access and portability: every record of the analytics topics (or sanitized files) that
+    /// carries one of the person's tokens (any live key, any domain), sealed fields opened,
+    /// as JSON lines in a new file the person can be given (audited).
+    Export(ExportArgs),
+}
+
+/// `subjects export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The person's identifiers, as for `erase` (`class value` per line; `-`: standard input).
+    #[arg(long)]
+    pub values_from: PathBuf,
+    /// The class of every line's value; absent: each line starts with its class.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Analytics topics to search, read whole (Confluent-framed records of the config's
+    /// pipelines' `output_schema_id`s).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Sanitized Avro container files to search.
+    #[arg(long = "input")]
+    pub inputs: Vec<PathBuf>,
+    /// The export: a new file (refused if anything exists there), mode 0600.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Audit log to append to (else the config's, else $PSEUDONYMIZER_AUDIT_LOG).
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One person's request.
@@ -98,6 +128,150 @@ pub(super) async fn subjects(command: SubjectsCommand, out: &mut dyn Write) -> R
         SubjectsCommand::OptOut(args) => request(args, Some(SubjectState::OptedOut), out).await,
         SubjectsCommand::OptIn(args) => request(args, Some(SubjectState::OptedIn), out).await,
         SubjectsCommand::Status(args) => request(args, None, out).await,
+        SubjectsCommand::Export(args) => export(args, out),
+    }
+}
+
+/// `subjects export`: the person's records from topics and files into one new JSON-lines file.
+fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
+    use crate::file::{DecryptReport, Selected};
+    if args.topics.is_empty() == args.inputs.is_empty() {
+        bail!("give the records to search with --topic (one or more) or --input (one or more)");
+    }
+    let (config, engine, keys) = super::load(&args.config, Need::SUBJECTS)?;
+    let subject_key = keys
+        .subject()
+        .context("the keyring has no active subject key")?
+        .clone();
+    let phone = PhoneCanon::new(&config.phone.default_region)?;
+    let identifiers = identifiers_of(&args.values_from, args.class.as_deref(), &phone, &subject_key, &config)?;
+    // The person's tokens: the notice an erasure would write lists exactly these.
+    let tokens: std::collections::HashSet<String> =
+        erasure_notice(&config, &keys, &identifiers, "export", &now())
+            .tokens
+            .into_iter()
+            .map(|t| t.token)
+            .collect();
+    let mut file = crate::fsio::AtomicFile::create_new(&args.output, "the export", 0o600)?;
+    let mut audit = AuditLog::open(args.audit_log.as_deref(), config.audit_log.as_deref())?;
+    let mut key_ids = vec![subject_key.id().to_owned()];
+    key_ids.extend(keys.pseudonym_keys().iter().map(|k| k.id().to_owned()));
+    key_ids.extend(keys.encryption_key_ids());
+    let count = identifiers.len() as u64;
+    audit.append("subjects export", key_ids.clone(), count, None, None, "started")?;
+    let mut report = DecryptReport::default();
+    let mut total = Selected::default();
+    let result = (|| -> Result<()> {
+        let writer = file.writer();
+        let mut write = |source: &str, record: serde_json::Value| -> std::io::Result<()> {
+            serde_json::to_writer(&mut *writer, &serde_json::json!({"source": source, "record": record}))?;
+            writer.write_all(b"\n")
+        };
+        for input in &args.inputs {
+            let source = input.display().to_string();
+            let found = crate::file::select_file(&engine, &keys, input, &tokens, &mut report, |record| {
+                write(&source, record).map_err(|e| crate::file::FileError::Write(e.to_string()))
+            })
+            .with_context(|| format!("searching {}", input.display()))?;
+            add(&mut total, found);
+            crate::note!("{}: {} records scanned, {} the person's", source, found.scanned, found.matched);
+        }
+        if !args.topics.is_empty() {
+            let kafka = kafka_of(&config)?;
+            for topic in &args.topics {
+                let found = select_topic(&config, kafka, topic, &engine, &keys, &tokens, &mut report, |record| {
+                    write(topic, record).map_err(anyhow::Error::from)
+                })
+                .with_context(|| format!("searching topic {topic}"))?;
+                add(&mut total, found);
+                crate::note!("{topic}: {} records scanned, {} the person's, {} not readable as a pipeline's output", found.scanned, found.matched, found.unreadable);
+            }
+        }
+        Ok(())
+    })();
+    let result = result.and_then(|()| file.commit().map_err(anyhow::Error::from));
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    audit.append("subjects export", key_ids, count, Some(report.unopened()), None, outcome)?;
+    result?;
+    writeln!(
+        out,
+        "{} records of the person's in {} scanned ({} envelopes opened, {} not opened) written to {}",
+        total.matched,
+        total.scanned,
+        report.opened,
+        report.unopened(),
+        args.output.display()
+    )?;
+    Ok(())
+}
+
+fn add(total: &mut crate::file::Selected, found: crate::file::Selected) {
+    total.scanned += found.scanned;
+    total.matched += found.matched;
+    total.unreadable += found.unreadable;
+}
+
+/// The records of an analytics topic that carry one of `tokens`, read whole; progress on
+/// standard error about once a second.
+#[allow(clippy::too_many_arguments)]
+fn select_topic(
+    config: &Config,
+    kafka: &crate::config::KafkaConfig,
+    topic: &str,
+    engine: &crate::transform::Engine,
+    keys: &crate::keys::KeySet,
+    tokens: &std::collections::HashSet<String>,
+    report: &mut crate::file::DecryptReport,
+    mut each: impl FnMut(serde_json::Value) -> Result<()>,
+) -> Result<crate::file::Selected> {
+    // Without a registry, a pipeline's output schema id is in the config; with one, the
+    // worker registers the derived schema, and records under an id the config does not pin
+    // are counted as not readable (pin `output_schema_id` to export from those topics).
+    let mut by_id: HashMap<u32, &std::sync::Arc<crate::plan::Plan>> = HashMap::new();
+    for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+        if let Some(id) = pipeline.output_schema_id {
+            by_id.insert(id, plan);
+        }
+    }
+    let reader = TopicReader::open(kafka, topic, "export reader").map_err(anyhow::Error::msg)?;
+    let mut found = crate::file::Selected::default();
+    let mut failure: Option<anyhow::Error> = None;
+    reader
+        .read_to_end(
+            Duration::from_secs(3600),
+            |read| {
+                if failure.is_some() {
+                    return;
+                }
+                found.scanned += 1;
+                let Some(value) = read.value else { return };
+                let decoded = (value.len() >= 5 && value[0] == 0)
+                    .then(|| u32::from_be_bytes([value[1], value[2], value[3], value[4]]))
+                    .and_then(|id| by_id.get(&id))
+                    .and_then(|plan| {
+                        let mut datum = &value[5..];
+                        apache_avro::from_avro_datum(&plan.output, &mut datum, None)
+                            .ok()
+                            .map(|v| (plan, v))
+                    });
+                let Some((plan, record)) = decoded else {
+                    found.unreadable += 1;
+                    return;
+                };
+                if crate::file::carries_any(&record, tokens) {
+                    found.matched += 1;
+                    let json = crate::file::open_event(plan, keys, record, report);
+                    if let Err(e) = each(json) {
+                        failure = Some(e);
+                    }
+                }
+            },
+            |read, total| crate::note!("{topic}: {read} of about {total} records scanned"),
+        )
+        .map_err(anyhow::Error::msg)?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
     }
 }
 
@@ -186,18 +360,17 @@ async fn request(
         )?
         .clone();
     let phone = PhoneCanon::new(&config.phone.default_region)?;
-    let lines = read_lines(&args.values_from)?;
-    let mut identifiers = Vec::new();
-    for (n, line) in lines.iter().enumerate() {
-        let (class, value) = parse_line(line, args.class.as_deref())
-            .with_context(|| format!("{} line {}", args.values_from.display(), n + 1))?;
-        let (class, canonical) = token::canonical(class, value, &phone);
-        let bytes = subject_bytes(&subject_key, class, canonical.as_bytes());
-        identifiers.push(Identifier {
-            class,
-            canonical: canonical.into_owned(),
-            subject: subject_text(&subject_key, &bytes),
-        });
+    let identifiers = identifiers_of(&args.values_from, args.class.as_deref(), &phone, &subject_key, &config)?;
+    if let (Some(SubjectState::OptedOut | SubjectState::OptedIn), domains) =
+        (state, crate::subjects::consent_domains(&config))
+    {
+        let domain = args.domain.clone();
+        if !domains.contains(&domain) {
+            crate::note!(
+                "warning: no pipeline of this config asks consent in the {} domain; the record is kept, but these workers do not act on it",
+                domain.as_deref().unwrap_or("default")
+            );
+        }
     }
 
     // Audited before anything is read, written or printed.
@@ -422,6 +595,40 @@ fn erasure_notice(
         subjects: identifiers.iter().map(|i| i.subject.clone()).collect(),
         tokens,
     }
+}
+
+/// The identifiers of a request file, canonical, with their subject ids. A phone number
+/// without a country code is read in `[phone] default_region` and said so: a record that
+/// carries another country in its region field reads it otherwise, and would not match.
+fn identifiers_of(
+    path: &std::path::Path,
+    class: Option<&str>,
+    phone: &PhoneCanon,
+    subject_key: &crate::keys::SubjectKey,
+    config: &Config,
+) -> Result<Vec<Identifier>> {
+    let lines = read_lines(path)?;
+    let mut identifiers = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let (class, value) = parse_line(line, class)
+            .with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        if class == TokenClass::Phone && !value.trim_start().starts_with('+') {
+            crate::note!(
+                "warning: {} line {}: a phone number without a country code is read in [phone] default_region {}; give it in international form (+CC…) to match records read in another country",
+                path.display(),
+                n + 1,
+                config.phone.default_region
+            );
+        }
+        let (class, canonical) = token::canonical(class, value, phone);
+        let bytes = subject_bytes(subject_key, class, canonical.as_bytes());
+        identifiers.push(Identifier {
+            class,
+            canonical: canonical.into_owned(),
+            subject: subject_text(subject_key, &bytes),
+        });
+    }
+    Ok(identifiers)
 }
 
 /// A request line: `class value`, or the value alone when `--class` is given.

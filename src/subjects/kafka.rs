@@ -288,3 +288,27 @@ impl TopicWriter {
             .map_err(|(e, _)| format!("topic {topic}: {e}"))
     }
 }
+
+/// Every token of every erasure notice on `topic`, read to its end (what `decrypt` withholds).
+/// A notice that does not read is skipped and counted in the second value.
+pub fn erased_tokens(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(std::collections::HashSet<String>, u64), String> {
+    let reader = TopicReader::open(kafka, topic, "erasure notice reader")?;
+    let mut tokens = std::collections::HashSet::new();
+    let mut refused = 0u64;
+    reader.read_to_end(
+        timeout,
+        |read| match (read.key, read.value) {
+            (Some(key), Some(value)) => match super::Notice::parse(key, value) {
+                Ok(notice) => tokens.extend(notice.tokens.into_iter().map(|t| t.token)),
+                Err(_) => refused += 1,
+            },
+            _ => {}
+        },
+        |_, _| {},
+    )?;
+    Ok((tokens, refused))
+}

@@ -39,10 +39,11 @@ pub fn transform(
         pseudonym: keys.pseudonym_in(plan.domain.as_deref()),
         regions: &regions,
         gate,
-        seal: true,
+        // A withheld subject met before the walk (the record key) withholds from the start.
+        seal: !gate.is_some_and(|g| g.met()),
     };
     walker.walk(plan, input, out)?;
-    if gate.is_some_and(|g| g.met()) && plan.needs_encryption {
+    if walker.seal && gate.is_some_and(|g| g.met()) && plan.needs_encryption {
         out.truncate(start);
         walker.seal = false;
         walker.walk(plan, input, out)?;

@@ -438,6 +438,33 @@ impl Router {
         self.pipelines.get(index).map_or("?", |p| p.name.as_str())
     }
 
+    /// Whether a record that has no route carries a withheld subject in its key, read in each
+    /// key class a pipeline names (erasure only: without a route there is no pipeline, so no
+    /// consent to ask about).
+    fn key_withholds(
+        &self,
+        engine: &Engine,
+        keys: &ActiveKeys,
+        view: &SubjectView<'_>,
+        key: Option<&[u8]>,
+    ) -> bool {
+        let Some(key) = key else { return false };
+        let gate = view.gate(SubjectPolicy::default());
+        for pipeline in &self.pipelines {
+            let (Some(class), Some(pkey)) = (
+                pipeline.key_class,
+                keys.pseudonym_in(pipeline.configured.domain.as_deref()),
+            ) else {
+                continue;
+            };
+            key_token(pkey, class, key, None, engine.phone(), Some(&gate));
+            if gate.met() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The benchmark baseline: the same checks and routing, the value copied unchanged.
     pub fn pass_through(
         &self,
@@ -505,37 +532,52 @@ impl Router {
     ) -> (Result<Output, DeadLetter>, bool) {
         let (route, avro) = match self.check(value) {
             Ok(checked) => checked,
-            Err(reason) => return (Err(reason), false),
+            Err(reason) => {
+                // No route, so no rules: the record key is all there is to tell whose it is.
+                let met = subjects.is_some_and(|view| self.key_withholds(engine, keys, view, key));
+                return (Err(reason), met);
+            }
         };
         let gate = subjects.map(|view| view.gate(route.subject_policy));
         let met = || gate.as_ref().is_some_and(|g| g.met());
-        out.clear();
-        out.push(MAGIC);
-        out.extend_from_slice(&route.output_schema_id.to_be_bytes());
+        let header = |out: &mut Vec<u8>| {
+            out.clear();
+            out.push(MAGIC);
+            out.extend_from_slice(&route.output_schema_id.to_be_bytes());
+        };
+        header(out);
         let transformed = match &gate {
             Some(gate) => engine.transform_gated(&route.plan, keys, gate, avro, out),
             None => engine.transform(&route.plan, keys, avro, out),
         };
+        let key_of = |regions: Option<rlibphonenumber::Region>| match (route.key_class, key) {
+            (Some(class), Some(key)) => keys
+                .pseudonym_in(route.plan.domain.as_deref())
+                .map(|pkey| Some(key_token(pkey, class, key, regions, engine.phone(), gate.as_ref()))),
+            _ => Some(None),
+        };
         let regions = match transformed {
             Ok(regions) => regions,
-            Err(_) => return (Err(DeadLetter::CorruptAvro), met()),
-        };
-        let key = match (route.key_class, key) {
-            (Some(class), Some(key)) => {
-                let Some(pkey) = keys.pseudonym_in(route.plan.domain.as_deref()) else {
-                    return (Err(DeadLetter::CorruptAvro), met());
-                };
-                Some(key_token(
-                    pkey,
-                    class,
-                    key,
-                    regions.first().copied(),
-                    engine.phone(),
-                    gate.as_ref(),
-                ))
+            Err(_) => {
+                // The key may still be a withheld person's: then the dead letter keeps nothing.
+                let _ = key_of(None);
+                return (Err(DeadLetter::CorruptAvro), met());
             }
-            _ => None,
         };
+        let met_in_value = met();
+        let Some(key) = key_of(regions.first().copied()) else {
+            return (Err(DeadLetter::CorruptAvro), met());
+        };
+        if met() && !met_in_value && route.plan.needs_encryption {
+            // Withheld by the key alone, after the value was sealed: walk it again, now
+            // withholding from the start (the gate has met the subject).
+            header(out);
+            if let Some(gate) = &gate {
+                if engine.transform_gated(&route.plan, keys, gate, avro, out).is_err() {
+                    return (Err(DeadLetter::CorruptAvro), true);
+                }
+            }
+        }
         let withheld = met();
         (
             Ok(Output {

@@ -4,8 +4,9 @@
 //! command that wrote it returns, on every worker of the group.
 //!
 //! The subject key is the one the worker started with, for as long as it runs: the table is
-//! keyed by subject ids under it, and a reloaded keyring that changed it would otherwise make
-//! every lookup miss (keywatch refuses such a keyring anyway).
+//! keyed by subject ids under it, and a reloaded keyring does not change it. A registry that
+//! holds records under another subject key (the keyring's was replaced, or the registry is
+//! another keyring's) is refused at start: its erasures would match no one.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -79,11 +80,22 @@ pub async fn start(
             let reader = TopicReader::open(&kafka, &topic, "subject registry reader")?;
             let started = Instant::now();
             tracing::info!(topic = %topic, "reading the subject registry; not ready until it is read to its end");
+            let mut foreign = 0u64;
             let read = reader.read_to_end(
                 timeout,
-                |record| apply(&subjects, &metrics, record),
+                |record| {
+                    if apply(&subjects, &metrics, record) == "other-key" {
+                        foreign += 1;
+                    }
+                },
                 |read, total| tracing::info!(topic = %topic, read, of_about = total, "reading the subject registry"),
             )?;
+            if foreign > 0 {
+                return Err(format!(
+                    "topic {topic} holds {foreign} records under another subject key than this keyring's ({}): its erasures and consents would match no one; the worker does not start (docs/security.md, \"A person's rights\")",
+                    subjects.key.id()
+                ));
+            }
             let table = subjects.table.read().unwrap_or_else(|p| p.into_inner());
             tracing::info!(topic = %topic, records = read, subjects = table.len(), erased = table.erased(), table_bytes = table.memory_bytes(), seconds = started.elapsed().as_secs_f64(), "subject registry read; following it");
             export(&metrics, &table);
@@ -112,7 +124,7 @@ fn follow(
         .spawn(move || {
             while !*shutdown.borrow() {
                 match reader.poll(Duration::from_millis(100), |record| {
-                    apply(&subjects, &metrics, record)
+                    apply(&subjects, &metrics, record);
                 }) {
                     Ok(true) => {
                         let table = subjects.table.read().unwrap_or_else(|p| p.into_inner());
@@ -132,7 +144,7 @@ fn follow(
 
 /// Applies one registry record to the table. A record that does not read is logged (by
 /// partition and offset, never its text) and counted, and changes nothing.
-fn apply(subjects: &Subjects, metrics: &Metrics, record: Read<'_>) {
+fn apply(subjects: &Subjects, metrics: &Metrics, record: Read<'_>) -> &'static str {
     let mut table = subjects.table.write().unwrap_or_else(|p| p.into_inner());
     let key = record.key.unwrap_or_default();
     let result = match record.value {
@@ -142,7 +154,10 @@ fn apply(subjects: &Subjects, metrics: &Metrics, record: Read<'_>) {
     let label = match result {
         Ok(Applied::Applied) => "applied",
         Ok(Applied::NotFollowed) => "not-followed",
-        Ok(Applied::OtherKey) => "other-key",
+        Ok(Applied::OtherKey) => {
+            tracing::error!(topic = %subjects.topic, partition = record.partition, offset = record.offset, "subject registry: a record under another subject key than this worker's; it matches no one here");
+            "other-key"
+        }
         Ok(Applied::ErasureKept) => {
             tracing::warn!(topic = %subjects.topic, partition = record.partition, offset = record.offset, "subject registry: a tombstone on an erasure is ignored (an erasure is never undone)");
             "erasure-kept"
@@ -156,6 +171,7 @@ fn apply(subjects: &Subjects, metrics: &Metrics, record: Read<'_>) {
         .subject_registry_records
         .with_label_values(&[label])
         .inc();
+    label
 }
 
 fn export(metrics: &Metrics, table: &SubjectTable) {
