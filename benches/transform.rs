@@ -291,7 +291,8 @@ fn subjects(c: &mut Criterion) {
         SubjectTable, SubjectView,
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let engine = Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
+    let engine =
+        Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
     let active = engine.active_keys(&keys()).unwrap();
     let plan = engine.plan("comms.v1.CallEvent").unwrap().clone();
     let input = apache_avro::to_avro_datum(&plan.input, typical_call()).unwrap();
@@ -302,7 +303,13 @@ fn subjects(c: &mut Criterion) {
     let records: Vec<(String, String)> = (0..1_000_000u64)
         .map(|n| {
             let id = subject_bytes(&key, TokenClass::Phone, format!("+1415{n:07}").as_bytes());
-            let r = RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bench");
+            let r = RegistryRecord::new(
+                subject_text(&key, &id),
+                SubjectState::Erased,
+                None,
+                "2026-12-04T00:00:00Z",
+                "req-bench",
+            );
             (r.key(), r.to_json())
         })
         .collect();
@@ -324,11 +331,17 @@ fn subjects(c: &mut Criterion) {
     group.bench_function("call_ungated", |b| {
         b.iter(|| {
             out.clear();
-            engine.transform(&plan, &active, black_box(&input), &mut out).unwrap();
+            engine
+                .transform(&plan, &active, black_box(&input), &mut out)
+                .unwrap();
         })
     });
     for (name, table) in [("call_empty_registry", &empty), ("call_1m_registry", &full)] {
-        let view = SubjectView { key: &key, table, classes: &classes };
+        let view = SubjectView {
+            key: &key,
+            table,
+            classes: &classes,
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();

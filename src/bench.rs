@@ -255,7 +255,11 @@ pub async fn measure(
 
 /// Two subject registry topics for the benchmark: one empty, one with `subjects` erasures of
 /// people none of whom the synthetic events name (under the keyring's subject key).
-async fn load_registry(kafka: &KafkaConfig, keyring: &std::path::Path, subjects: u64) -> Result<(String, String)> {
+async fn load_registry(
+    kafka: &KafkaConfig,
+    keyring: &std::path::Path,
+    subjects: u64,
+) -> Result<(String, String)> {
     use crate::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectState};
     let keys = KeySet::from_keyring(&Keyring::load(keyring)?);
     let key = keys.subject()?.clone();
@@ -264,17 +268,34 @@ async fn load_registry(kafka: &KafkaConfig, keyring: &std::path::Path, subjects:
     create_topics(kafka, &[(empty.as_str(), 1), (full.as_str(), 1)]).await?;
     let producer: FutureProducer = connect::producer_config(
         kafka,
-        &[("linger.ms", "20"), ("queue.buffering.max.messages", "1000000")],
+        &[
+            ("linger.ms", "20"),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
     )
     .create()?;
     let started = Instant::now();
     let mut deliveries = std::collections::VecDeque::new();
     for n in 0..subjects {
         // +1 415 0…: not a shape the generator writes (its +1 415 numbers are 555-…).
-        let id = subject_bytes(&key, crate::token::TokenClass::Phone, format!("+1415{:07}", n % 10_000_000).as_bytes());
-        let record = RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bench");
+        let id = subject_bytes(
+            &key,
+            crate::token::TokenClass::Phone,
+            format!("+1415{:07}", n % 10_000_000).as_bytes(),
+        );
+        let record = RegistryRecord::new(
+            subject_text(&key, &id),
+            SubjectState::Erased,
+            None,
+            "2026-12-04T00:00:00Z",
+            "req-bench",
+        );
         let (k, v) = (record.key(), record.to_json());
-        deliveries.push_back(producer.send_result(FutureRecord::to(&full).key(&k).payload(&v)).map_err(|(e, _)| e)?);
+        deliveries.push_back(
+            producer
+                .send_result(FutureRecord::to(&full).key(&k).payload(&v))
+                .map_err(|(e, _)| e)?,
+        );
         if deliveries.len() > 100_000 {
             if let Some(d) = deliveries.pop_front() {
                 d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
@@ -356,10 +377,13 @@ pub async fn run(
         runs.push(("sanitize", "exactly-once", None));
     }
     // Every child runs on the same keyring, so the registry's subject ids are under its key.
-    let keyring_dir = std::env::temp_dir().join(format!("pseudonymizer-bench-{}", std::process::id()));
+    let keyring_dir =
+        std::env::temp_dir().join(format!("pseudonymizer-bench-{}", std::process::id()));
     {
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().mode(0o700).create(&keyring_dir)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&keyring_dir)?;
     }
     let keyring_path = keyring_dir.join("keyring.json");
     Keyring::generate().save_new(&keyring_path)?;
@@ -391,9 +415,7 @@ pub async fn run(
             if let Some(registry) = registry {
                 command.args(["--subjects-topic", registry]);
             }
-            let output = command
-                .stderr(std::process::Stdio::inherit())
-                .output()?;
+            let output = command.stderr(std::process::Stdio::inherit()).output()?;
             if !output.status.success() {
                 bail!(
                     "the {treatment} {mode} measurement failed ({})",
@@ -470,9 +492,15 @@ pub async fn run(
         let with_registry = |empty: bool| {
             results
                 .iter()
-                .filter(|m| m.subjects_topic.as_deref().is_some_and(|t| t.contains("empty") == empty))
+                .filter(|m| {
+                    m.subjects_topic
+                        .as_deref()
+                        .is_some_and(|t| t.contains("empty") == empty)
+                })
                 .map(|m| (m.cpu_us_per_event, m.start_seconds, m.peak_rss_kib))
-                .fold((f64::INFINITY, 0.0f64, 0u64), |a, b| (a.0.min(b.0), a.1.max(b.1), a.2.max(b.2)))
+                .fold((f64::INFINITY, 0.0f64, 0u64), |a, b| {
+                    (a.0.min(b.0), a.1.max(b.1), a.2.max(b.2))
+                })
         };
         let plain = least_cpu("Sanitize");
         let (empty_cpu, empty_start, empty_rss) = with_registry(true);

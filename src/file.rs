@@ -310,7 +310,9 @@ pub fn select_file(
     let plan = sanitized_plan(engine, input, reader.writer_schema())?;
     let mut selected = Selected::default();
     for (index, value) in reader.enumerate() {
-        let value = value.map_err(|_| FileError::Decode { index: index as u64 })?;
+        let value = value.map_err(|_| FileError::Decode {
+            index: index as u64,
+        })?;
         selected.scanned += 1;
         if carries_any(&value, tokens) {
             selected.matched += 1;

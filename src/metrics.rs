@@ -94,7 +94,7 @@ pub struct Metrics {
     pub subjects: IntGaugeVec,
     /// Records that carried a withheld subject, by outcome (`published`: unlinked tokens and
     /// no sealed fields; `dropped`; `dead-lettered`: a dead letter with no value).
-    pub subject_withheld: IntCounterVec,
+    pub subject_records: IntCounterVec,
     /// Registry records read, by result (`applied`, `refused`, `not-followed`, `other-key`,
     /// `erasure-kept`).
     pub subject_registry_records: IntCounterVec,
@@ -286,9 +286,9 @@ impl Metrics {
                 "Subjects the subject registry records something for (recorded), and erased subjects.",
                 &["state"],
             ),
-            subject_withheld: counter(
-                "pseudonymizer_subject_withheld_total",
-                "Records that carried a withheld subject (erased, or without the consent the pipeline asks for), by outcome.",
+            subject_records: counter(
+                "pseudonymizer_subject_records_total",
+                "Records that carried a subject the registry holds back from their pipeline (erased, or without the consent it asks for), by outcome.",
                 &["outcome"],
             ),
             subject_registry_records: counter(
@@ -338,10 +338,19 @@ impl Metrics {
             self.transactions.with_label_values(&[outcome]);
         }
         for outcome in ["published", "dropped", "dead-lettered"] {
-            self.subject_withheld.with_label_values(&[outcome]);
+            self.subject_records.with_label_values(&[outcome]);
         }
         for state in ["recorded", "erased"] {
             self.subjects.with_label_values(&[state]);
+        }
+        for result in [
+            "applied",
+            "refused",
+            "not-followed",
+            "other-key",
+            "erasure-kept",
+        ] {
+            self.subject_registry_records.with_label_values(&[result]);
         }
     }
 

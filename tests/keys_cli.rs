@@ -353,7 +353,7 @@ fn export_for_a_worker_ships_only_the_active_keys() {
     );
     assert_eq!(
         states.iter().filter(|(_, state)| state == "active").count(),
-        2,
+        3,
         "{states:?}"
     );
     assert!(states.contains(&(old_encryption.clone(), "destroyed".into())));
@@ -367,7 +367,8 @@ fn export_for_a_worker_ships_only_the_active_keys() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pipeline.toml");
     ok(&["check", "--config", s(&config), "--keyring", s(&worker)]);
 
-    // For lookup: every pseudonym key, no encryption key.
+    // For lookup: every pseudonym key and the subject key (to say who was erased), no
+    // encryption key.
     let lookup = dir.path().join("lookup.json");
     ok(&[
         "keys",
@@ -384,8 +385,9 @@ fn export_for_a_worker_ships_only_the_active_keys() {
     assert!(keys
         .iter()
         .filter(|k| k["state"] != "destroyed")
-        .all(|k| k["purpose"] == "pseudonym"));
+        .all(|k| k["purpose"] == "pseudonym" || k["purpose"] == "subject"));
     assert!(keys.iter().any(|k| k["id"] == old_pseudonym.as_str()));
+    assert!(keys.iter().any(|k| k["purpose"] == "subject"));
 
     // Never over an existing file: not the source, not a link to it, not another file.
     let link = dir.path().join("link.json");
@@ -457,7 +459,11 @@ fn export_for_a_worker_ships_only_the_active_keys() {
     );
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["protection"], "sealed");
-    assert_eq!(listed["keys"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(
+        listed["keys"].as_array().unwrap().len(),
+        4,
+        "three active and a destroyed entry: {listed}"
+    );
 }
 
 /// A version-1 keyring (spec v1: no generation, no keyring id) still works, is copied by

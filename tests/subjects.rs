@@ -295,29 +295,63 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     let output = std::process::Command::new("timeout")
         .arg("120")
         .arg(env!("CARGO_BIN_EXE_pseudonymizer"))
-        .args(["subjects", "export", "--config", world.config.to_str().unwrap(), "--values-from", &person_file])
-        .args(["--topic", &world.topics.calls, "--topic", &world.topics.messages, "--output", export.to_str().unwrap()])
+        .args([
+            "subjects",
+            "export",
+            "--config",
+            world.config.to_str().unwrap(),
+            "--values-from",
+            &person_file,
+        ])
+        .args([
+            "--topic",
+            &world.topics.calls,
+            "--topic",
+            &world.topics.messages,
+            "--output",
+            export.to_str().unwrap(),
+        ])
         .arg("--audit-log")
         .arg(world.dir.join("audit.log"))
         .output()
         .unwrap();
-    assert!(output.status.success(), "export: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let exported: Vec<serde_json::Value> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let ids: std::collections::HashSet<String> =
-        exported.iter().map(|e| e["record"]["event_id"].as_str().unwrap().to_owned()).collect();
-    let theirs: std::collections::HashSet<String> =
-        before.iter().filter(|(_, (_, t))| *t).map(|(id, _)| id.clone()).collect();
+    let ids: std::collections::HashSet<String> = exported
+        .iter()
+        .map(|e| e["record"]["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let theirs: std::collections::HashSet<String> = before
+        .iter()
+        .filter(|(_, (_, t))| *t)
+        .map(|(id, _)| id.clone())
+        .collect();
     assert_eq!(exported.len(), 67);
-    assert_eq!(ids, theirs, "the export holds the person's records and no other");
+    assert_eq!(
+        ids, theirs,
+        "the export holds the person's records and no other"
+    );
     for e in &exported {
         let (input, _) = &before[e["record"]["event_id"].as_str().unwrap()];
-        let sealed = if e["source"] == world.topics.calls.as_str() { "recording_url" } else { "body" };
+        let sealed = if e["source"] == world.topics.calls.as_str() {
+            "recording_url"
+        } else {
+            "body"
+        };
         if let Some(body) = kafka::text(common::field(input, sealed)) {
-            assert_eq!(e["record"][sealed].as_str(), Some(body.as_str()), "sealed field opened");
+            assert_eq!(
+                e["record"][sealed].as_str(),
+                Some(body.as_str()),
+                "sealed field opened"
+            );
         }
     }
 
@@ -343,7 +377,7 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     assert!(
         metrics
             .render()
-            .contains("pseudonymizer_subject_withheld_total{outcome=\"published\"} 67"),
+            .contains("pseudonymizer_subject_records_total{outcome=\"published\"} 67"),
         "{}",
         metrics.render()
     );
@@ -381,12 +415,22 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     assert!(said.contains("\"request\":\"req-test-1\""), "{said}");
     // `lookup` with the config says the person was erased, and when.
     let (ok, said) = cli(&[
-        "lookup", "--keyring", world.dir.join("keyring.json").to_str().unwrap(),
-        "--config", world.config.to_str().unwrap(),
-        "--audit-log", world.dir.join("audit.log").to_str().unwrap(),
-        "--class", "phone", "--values-from", &person_file,
+        "lookup",
+        "--keyring",
+        world.dir.join("keyring.json").to_str().unwrap(),
+        "--config",
+        world.config.to_str().unwrap(),
+        "--audit-log",
+        world.dir.join("audit.log").to_str().unwrap(),
+        "--class",
+        "phone",
+        "--values-from",
+        &person_file,
     ]);
-    assert!(ok && said.contains("\"erased\":{\"at\"") && said.contains("req-test-1"), "{said}");
+    assert!(
+        ok && said.contains("\"erased\":{\"at\"") && said.contains("req-test-1"),
+        "{said}"
+    );
     let registry = kafka::read_from_start(&world.brokers, &world.registry, 1);
     assert_eq!(registry.len(), 2);
     for record in &registry {
@@ -507,13 +551,39 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
     for n in 0..100_000u32 {
         let canonical = format!("+1415{n:07}");
         let bytes = subject_bytes(&key, TokenClass::Phone, canonical.as_bytes());
-        let record = RegistryRecord::new(subject_text(&key, &bytes), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-bulk");
+        let record = RegistryRecord::new(
+            subject_text(&key, &bytes),
+            SubjectState::Erased,
+            None,
+            "2026-12-04T00:00:00Z",
+            "req-bulk",
+        );
         let (k, v) = (record.key(), record.to_json());
-        deliveries.push(producer.send_result(FutureRecord::to(&world.registry).key(&k).payload(&v)).map_err(|(e, _)| e).unwrap());
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to(&world.registry).key(&k).payload(&v))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
     }
     let bytes = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
-    let erased = RegistryRecord::new(subject_text(&key, &bytes), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-person");
-    deliveries.push(producer.send_result(FutureRecord::to(&world.registry).key(&erased.key()).payload(&erased.to_json())).map_err(|(e, _)| e).unwrap());
+    let erased = RegistryRecord::new(
+        subject_text(&key, &bytes),
+        SubjectState::Erased,
+        None,
+        "2026-12-04T00:00:00Z",
+        "req-person",
+    );
+    deliveries.push(
+        producer
+            .send_result(
+                FutureRecord::to(&world.registry)
+                    .key(&erased.key())
+                    .payload(&erased.to_json()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap(),
+    );
     for d in deliveries {
         d.await.unwrap().expect("registry record delivered");
     }
@@ -524,12 +594,19 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut not_ready_seen = 0;
     loop {
-        assert!(Instant::now() < deadline, "never ready: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         let ready = std::net::TcpStream::connect(addr).is_ok()
             && kafka::http_get(addr, "/readyz").contains(" 200 ");
         let said = std::fs::read_to_string(&log).unwrap_or_default();
         if ready {
-            assert!(said.contains("subject registry read"), "ready before the registry was read:\n{said}");
+            assert!(
+                said.contains("subject registry read"),
+                "ready before the registry was read:\n{said}"
+            );
             break;
         }
         if said.contains("reading the subject registry") {
@@ -537,12 +614,22 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(not_ready_seen > 0, "/readyz was never seen 503 while the registry was read");
+    assert!(
+        not_ready_seen > 0,
+        "/readyz was never seen 503 while the registry was read"
+    );
     let said = std::fs::read_to_string(&log).unwrap();
-    assert!(said.contains("subjects=100001") && said.contains("erased=100001"), "{said}");
+    assert!(
+        said.contains("subjects=100001") && said.contains("erased=100001"),
+        "{said}"
+    );
     let outputs = read_outputs(&world, 100);
     let checked = check_outputs(&outputs, &events, &world, true);
-    assert_eq!((checked.theirs, checked.others), (34, 66), "the erasure applies from the first record");
+    assert_eq!(
+        (checked.theirs, checked.others),
+        (34, 66),
+        "the erasure applies from the first record"
+    );
 }
 
 /// The record key alone can make a record withheld: an erased person's number as the key of a
@@ -552,45 +639,110 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
 #[test]
 fn the_record_key_alone_withholds() {
     use pseudonymizer::keys::{Secret, SubjectKey};
-    use pseudonymizer::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectState, SubjectTable, SubjectView};
+    use pseudonymizer::subjects::{
+        subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectState, SubjectTable,
+        SubjectView,
+    };
     use pseudonymizer::worker::route::{DeadLetter, Router};
     let config = common::shipped_config();
     let engine = common::engine();
     let keys = common::active(&engine);
     let router = Router::from_config(&config, &engine).unwrap();
-    let key = SubjectKey::new("s-test-1", &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap());
+    let key = SubjectKey::new(
+        "s-test-1",
+        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
+    );
     let mut table = SubjectTable::new("s-test-1", vec![]);
     let id = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
-    table.apply(&RegistryRecord::new(subject_text(&key, &id), SubjectState::Erased, None, "2026-12-04T00:00:00Z", "req-1"));
+    table.apply(&RegistryRecord::new(
+        subject_text(&key, &id),
+        SubjectState::Erased,
+        None,
+        "2026-12-04T00:00:00Z",
+        "req-1",
+    ));
     let classes = SubjectClasses::default_classes();
-    let view = SubjectView { key: &key, table: &table, classes: &classes };
+    let view = SubjectView {
+        key: &key,
+        table: &table,
+        classes: &classes,
+    };
 
     let mut call = pseudonymizer::generate::typical_call();
-    common::set_field(&mut call, "recording_url", Value::Union(1, Box::new(Value::String("https://rec.example/1".into()))));
+    common::set_field(
+        &mut call,
+        "recording_url",
+        Value::Union(1, Box::new(Value::String("https://rec.example/1".into()))),
+    );
     let plan = engine.plan("comms.v1.CallEvent").unwrap();
     let value = frame(1, &common::encode(&plan.input, call));
     let mut out = Vec::new();
-    let (output, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(&value), &mut out);
+    let (output, met) = router.process_gated(
+        &engine,
+        &keys,
+        Some(&view),
+        Some(PERSON.as_bytes()),
+        Some(&value),
+        &mut out,
+    );
     let output = output.unwrap();
     assert!(met && output.withheld);
     let decoded = common::decode(&plan.output, &out[5..]);
-    assert!(!has_envelope(&decoded), "sealed fields of a record keyed by an erased person");
-    assert_eq!(common::field(&decoded, "recording_url"), &Value::Union(0, Box::new(Value::Null)));
-    let person_token = token::token(keys.pseudonym.as_deref().unwrap(), TokenClass::Phone, PERSON_E164.as_bytes());
+    assert!(
+        !has_envelope(&decoded),
+        "sealed fields of a record keyed by an erased person"
+    );
+    assert_eq!(
+        common::field(&decoded, "recording_url"),
+        &Value::Union(0, Box::new(Value::Null))
+    );
+    let person_token = token::token(
+        keys.pseudonym.as_deref().unwrap(),
+        TokenClass::Phone,
+        PERSON_E164.as_bytes(),
+    );
     assert_ne!(output.key.as_deref(), Some(person_token.as_str()));
     // Someone else's key: the same record is sealed as ever.
-    let (output, met) = router.process_gated(&engine, &keys, Some(&view), Some(b"+62 812 0000 1111"), Some(&value), &mut out);
+    let (output, met) = router.process_gated(
+        &engine,
+        &keys,
+        Some(&view),
+        Some(b"+62 812 0000 1111"),
+        Some(&value),
+        &mut out,
+    );
     assert!(!met && !output.unwrap().withheld);
     assert!(has_envelope(&common::decode(&plan.output, &out[5..])));
 
     // Dead letters: no route, and a corrupt value.
-    let (result, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(b"not framed"), &mut out);
+    let (result, met) = router.process_gated(
+        &engine,
+        &keys,
+        Some(&view),
+        Some(PERSON.as_bytes()),
+        Some(b"not framed"),
+        &mut out,
+    );
     assert!(matches!(result, Err(DeadLetter::BadMagic)) && met);
     let mut corrupt = value.clone();
     corrupt.truncate(12);
-    let (result, met) = router.process_gated(&engine, &keys, Some(&view), Some(PERSON.as_bytes()), Some(&corrupt), &mut out);
+    let (result, met) = router.process_gated(
+        &engine,
+        &keys,
+        Some(&view),
+        Some(PERSON.as_bytes()),
+        Some(&corrupt),
+        &mut out,
+    );
     assert!(matches!(result, Err(DeadLetter::CorruptAvro)) && met);
-    let (_, met) = router.process_gated(&engine, &keys, Some(&view), Some(b"+62 812 0000 1111"), Some(&corrupt), &mut out);
+    let (_, met) = router.process_gated(
+        &engine,
+        &keys,
+        Some(&view),
+        Some(b"+62 812 0000 1111"),
+        Some(&corrupt),
+        &mut out,
+    );
     assert!(!met);
 }
 
@@ -609,10 +761,15 @@ fn decrypt_withholds_and_the_export_finds_exactly_the_persons_events() {
     let mut generator = Generator::new(9);
     let mut theirs = std::collections::HashSet::new();
     {
-        let mut writer = apache_avro::Writer::new(&plan.input, std::fs::File::create(&raw).unwrap());
+        let mut writer =
+            apache_avro::Writer::new(&plan.input, std::fs::File::create(&raw).unwrap());
         for i in 0..60 {
             let mut event = generator.event(Kind::Message);
-            common::set_field(&mut event, "body", Value::Union(1, Box::new(Value::String(format!("body {i}")))));
+            common::set_field(
+                &mut event,
+                "body",
+                Value::Union(1, Box::new(Value::String(format!("body {i}")))),
+            );
             if i % 4 == 0 {
                 common::set_field(&mut event, "sender", Value::String(PERSON.into()));
                 theirs.insert(kafka::text(common::field(&event, "event_id")).unwrap());
@@ -623,12 +780,25 @@ fn decrypt_withholds_and_the_export_finds_exactly_the_persons_events() {
     }
     let sanitized = dir.path().join("sanitized.avro");
     transform_file(&engine, &keys, &raw, &sanitized).unwrap();
-    let person = token::token(keyset.pseudonym().unwrap(), TokenClass::Phone, PERSON_E164.as_bytes());
+    let person = token::token(
+        keyset.pseudonym().unwrap(),
+        TokenClass::Phone,
+        PERSON_E164.as_bytes(),
+    );
     let erased: std::collections::HashSet<String> = [person.as_str().to_owned()].into();
 
     let mut printed = Vec::new();
     let mut report = DecryptReport::default();
-    decrypt_file(&engine, &keyset, &sanitized, false, &erased, &mut printed, &mut report).unwrap();
+    decrypt_file(
+        &engine,
+        &keyset,
+        &sanitized,
+        false,
+        &erased,
+        &mut printed,
+        &mut report,
+    )
+    .unwrap();
     assert_eq!(report.withheld_events, 15);
     assert!(report.withheld >= 15, "{report:?}");
     for line in String::from_utf8(printed).unwrap().lines() {
@@ -637,20 +807,37 @@ fn decrypt_withholds_and_the_export_finds_exactly_the_persons_events() {
         if theirs.contains(id) {
             assert_eq!(event["body"]["withheld"], "erased subject", "{line}");
         } else {
-            assert!(event["body"].as_str().unwrap().starts_with("body "), "{line}");
+            assert!(
+                event["body"].as_str().unwrap().starts_with("body "),
+                "{line}"
+            );
         }
     }
 
     let mut found = Vec::new();
     let mut report = DecryptReport::default();
-    let selected = select_file(&engine, &keyset, &sanitized, &erased, &mut report, |record| {
-        found.push(record);
-        Ok(())
-    })
+    let selected = select_file(
+        &engine,
+        &keyset,
+        &sanitized,
+        &erased,
+        &mut report,
+        |record| {
+            found.push(record);
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!((selected.scanned, selected.matched), (60, 15));
-    let ids: std::collections::HashSet<String> =
-        found.iter().map(|r| r["event_id"].as_str().unwrap().to_owned()).collect();
+    let ids: std::collections::HashSet<String> = found
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, theirs, "the person's events and no other");
-    assert!(found.iter().all(|r| r["body"].as_str().unwrap().starts_with("body ")), "sealed fields opened");
+    assert!(
+        found
+            .iter()
+            .all(|r| r["body"].as_str().unwrap().starts_with("body ")),
+        "sealed fields opened"
+    );
 }

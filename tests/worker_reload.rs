@@ -294,7 +294,11 @@ async fn rotating_keys_mid_stream_without_restart_or_loss() {
         .iter()
         .filter_map(|k| k["secret"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(secrets.len(), 4);
+    assert_eq!(
+        secrets.len(),
+        5,
+        "two pseudonym, two encryption and the subject key"
+    );
     let finder = inputs.leak_finder();
     for (what, text) in [("log", &log_text), ("metrics", &page)] {
         assert!(!finder.leaks(text.as_bytes()), "{what} holds a raw value");

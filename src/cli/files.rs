@@ -148,7 +148,11 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
     // With erasure notices configured, the tokens of every erased person: their events'
     // envelopes stay shut. A notice topic that cannot be read stops the command (it would
     // otherwise open an erased person's records).
-    let erased = match config.kafka.as_ref().and_then(|k| Some((k, k.erasure_topic.as_ref()?))) {
+    let erased = match config
+        .kafka
+        .as_ref()
+        .and_then(|k| Some((k, k.erasure_topic.as_ref()?)))
+    {
         Some((kafka, topic)) => {
             let (tokens, refused) = crate::subjects::kafka::erased_tokens(
                 kafka,
@@ -158,7 +162,9 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
             .map_err(anyhow::Error::msg)
             .context("reading the erasure notices ([kafka] erasure_topic); nothing was opened")?;
             if refused > 0 {
-                crate::note!("warning: {refused} records of the erasure topic are not notices; ignored");
+                crate::note!(
+                    "warning: {refused} records of the erasure topic are not notices; ignored"
+                );
             }
             tokens
         }
@@ -169,7 +175,15 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
     let key_ids: Vec<String> = keys.encryption_key_ids();
     audit.append("decrypt", key_ids, 0, None, Some(&input), "started")?;
     let mut report = file::DecryptReport::default();
-    let result = file::decrypt_file(&engine, &keys, &input, keep_going, &erased, out, &mut report);
+    let result = file::decrypt_file(
+        &engine,
+        &keys,
+        &input,
+        keep_going,
+        &erased,
+        out,
+        &mut report,
+    );
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     audit.append(
         "decrypt",

@@ -60,7 +60,16 @@ pub(super) fn lookup(args: LookupArgs, out: &mut dyn Write) -> Result<()> {
         values_from,
         values,
     } = args;
-    let mut audit = AuditLog::open(audit_log.as_deref(), None)?;
+    // With --config, its `audit_log` is the default (as for every command that reads one).
+    let configured = match &config {
+        Some(path) => {
+            crate::config::Config::load(path)
+                .with_context(|| format!("config {}", path.display()))?
+                .audit_log
+        }
+        None => None,
+    };
+    let mut audit = AuditLog::open(audit_log.as_deref(), configured.as_deref())?;
     let values = lookup_values(values_from.as_deref(), values)?;
     let class = match (TokenClass::parse(&class), sub_class) {
         (Some(TokenClass::Id), Some(sub)) => {
@@ -96,16 +105,24 @@ pub(super) fn lookup(args: LookupArgs, out: &mut dyn Write) -> Result<()> {
         })
         .collect();
     let count = values.len() as u64;
+    audit.append("lookup", key_ids.clone(), count, None, None, "started")?;
     let registry = match &config {
-        Some(path) => Some(Registry::read(path, &keys)?),
+        Some(path) => match Registry::read(path, &keys) {
+            Ok(registry) => Some(registry),
+            Err(error) => {
+                audit.append("lookup", key_ids, count, None, None, "failed")?;
+                return Err(error);
+            }
+        },
         None => None,
     };
-    audit.append("lookup", key_ids.clone(), count, None, None, "started")?;
     // One JSON line per (value, key). The value is named by its position on the
     // command line, not repeated, so captured output never pairs a value with its token.
     for (n, value) in values.iter().enumerate() {
         let (class, canonical) = token::canonical(class, value, &phone);
-        let erased = registry.as_ref().map(|r| r.erased(class, canonical.as_bytes()));
+        let erased = registry
+            .as_ref()
+            .map(|r| r.erased(class, canonical.as_bytes()));
         for key in &in_domain {
             let token = token::token(key, class, canonical.as_bytes());
             let mut line = serde_json::json!({"arg": n + 1, "class": class.as_str(), "key_id": key.id(), "token": token.as_str()});
@@ -166,7 +183,10 @@ impl Registry {
         use crate::subjects::{kafka::TopicReader, RegistryRecord, SubjectState};
         let config = crate::config::Config::load(config)
             .with_context(|| format!("config {}", config.display()))?;
-        let kafka = config.kafka.as_ref().context("the config has no [kafka] section")?;
+        let kafka = config
+            .kafka
+            .as_ref()
+            .context("the config has no [kafka] section")?;
         let topic = kafka
             .subjects_topic
             .as_ref()
@@ -175,7 +195,8 @@ impl Registry {
             .subject()
             .context("the keyring has no active subject key")?
             .clone();
-        let reader = TopicReader::open(kafka, topic, "lookup registry reader").map_err(anyhow::Error::msg)?;
+        let reader = TopicReader::open(kafka, topic, "lookup registry reader")
+            .map_err(anyhow::Error::msg)?;
         let mut erased = std::collections::HashMap::new();
         reader
             .read_to_end(
@@ -199,7 +220,10 @@ impl Registry {
     /// `{"at", "request"}` of the value's erasure, or null.
     fn erased(&self, class: TokenClass, canonical: &[u8]) -> serde_json::Value {
         let bytes = crate::subjects::subject_bytes(&self.key, class, canonical);
-        match self.erased.get(&crate::subjects::subject_text(&self.key, &bytes)) {
+        match self
+            .erased
+            .get(&crate::subjects::subject_text(&self.key, &bytes))
+        {
             Some((at, request)) => serde_json::json!({"at": at, "request": request}),
             None => serde_json::Value::Null,
         }

@@ -135,16 +135,26 @@ pub(super) async fn subjects(command: SubjectsCommand, out: &mut dyn Write) -> R
 /// `subjects export`: the person's records from topics and files into one new JSON-lines file.
 fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
     use crate::file::{DecryptReport, Selected};
-    if args.topics.is_empty() == args.inputs.is_empty() {
-        bail!("give the records to search with --topic (one or more) or --input (one or more)");
+    if args.topics.is_empty() && args.inputs.is_empty() {
+        bail!("give the records to search: --topic (analytics topics) and/or --input (sanitized files)");
     }
     let (config, engine, keys) = super::load(&args.config, Need::SUBJECTS)?;
+    if !args.topics.is_empty() {
+        // Checked before anything is audited or read, as for the other commands.
+        kafka_of(&config)?;
+    }
     let subject_key = keys
         .subject()
         .context("the keyring has no active subject key")?
         .clone();
     let phone = PhoneCanon::new(&config.phone.default_region)?;
-    let identifiers = identifiers_of(&args.values_from, args.class.as_deref(), &phone, &subject_key, &config)?;
+    let identifiers = identifiers_of(
+        &args.values_from,
+        args.class.as_deref(),
+        &phone,
+        &subject_key,
+        &config,
+    )?;
     // The person's tokens: the notice an erasure would write lists exactly these.
     let tokens: std::collections::HashSet<String> =
         erasure_notice(&config, &keys, &identifiers, "export", &now())
@@ -158,30 +168,53 @@ fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
     key_ids.extend(keys.pseudonym_keys().iter().map(|k| k.id().to_owned()));
     key_ids.extend(keys.encryption_key_ids());
     let count = identifiers.len() as u64;
-    audit.append("subjects export", key_ids.clone(), count, None, None, "started")?;
+    audit.append(
+        "subjects export",
+        key_ids.clone(),
+        count,
+        None,
+        None,
+        "started",
+    )?;
     let mut report = DecryptReport::default();
     let mut total = Selected::default();
     let result = (|| -> Result<()> {
         let writer = file.writer();
         let mut write = |source: &str, record: serde_json::Value| -> std::io::Result<()> {
-            serde_json::to_writer(&mut *writer, &serde_json::json!({"source": source, "record": record}))?;
+            serde_json::to_writer(
+                &mut *writer,
+                &serde_json::json!({"source": source, "record": record}),
+            )?;
             writer.write_all(b"\n")
         };
         for input in &args.inputs {
             let source = input.display().to_string();
-            let found = crate::file::select_file(&engine, &keys, input, &tokens, &mut report, |record| {
-                write(&source, record).map_err(|e| crate::file::FileError::Write(e.to_string()))
-            })
-            .with_context(|| format!("searching {}", input.display()))?;
+            let found =
+                crate::file::select_file(&engine, &keys, input, &tokens, &mut report, |record| {
+                    write(&source, record).map_err(|e| crate::file::FileError::Write(e.to_string()))
+                })
+                .with_context(|| format!("searching {}", input.display()))?;
             add(&mut total, found);
-            crate::note!("{}: {} records scanned, {} the person's", source, found.scanned, found.matched);
+            crate::note!(
+                "{}: {} records scanned, {} the person's",
+                source,
+                found.scanned,
+                found.matched
+            );
         }
         if !args.topics.is_empty() {
             let kafka = kafka_of(&config)?;
             for topic in &args.topics {
-                let found = select_topic(&config, kafka, topic, &engine, &keys, &tokens, &mut report, |record| {
-                    write(topic, record).map_err(anyhow::Error::from)
-                })
+                let found = select_topic(
+                    &config,
+                    kafka,
+                    topic,
+                    &engine,
+                    &keys,
+                    &tokens,
+                    &mut report,
+                    |record| write(topic, record).map_err(anyhow::Error::from),
+                )
                 .with_context(|| format!("searching topic {topic}"))?;
                 add(&mut total, found);
                 crate::note!("{topic}: {} records scanned, {} the person's, {} not readable as a pipeline's output", found.scanned, found.matched, found.unreadable);
@@ -191,7 +224,14 @@ fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
     })();
     let result = result.and_then(|()| file.commit().map_err(anyhow::Error::from));
     let outcome = if result.is_ok() { "ok" } else { "failed" };
-    audit.append("subjects export", key_ids, count, Some(report.unopened()), None, outcome)?;
+    audit.append(
+        "subjects export",
+        key_ids,
+        count,
+        Some(report.unopened()),
+        None,
+        outcome,
+    )?;
     result?;
     writeln!(
         out,
@@ -309,11 +349,16 @@ async fn init(
     Ok(())
 }
 
+/// The config's `[kafka]` section, after the same checks `check` and `run` make (a registry
+/// topic that is also a pipeline's or the dead letters' is refused here too, before anything
+/// is written to it).
 fn kafka_of(config: &Config) -> Result<&crate::config::KafkaConfig> {
-    config
+    let kafka = config
         .kafka
         .as_ref()
-        .context("the config has no [kafka] section: the subject registry lives in Kafka")
+        .context("the config has no [kafka] section: the subject registry lives in Kafka")?;
+    crate::worker::validate(config, None)?;
+    Ok(kafka)
 }
 
 async fn request(
@@ -360,7 +405,13 @@ async fn request(
         )?
         .clone();
     let phone = PhoneCanon::new(&config.phone.default_region)?;
-    let identifiers = identifiers_of(&args.values_from, args.class.as_deref(), &phone, &subject_key, &config)?;
+    let identifiers = identifiers_of(
+        &args.values_from,
+        args.class.as_deref(),
+        &phone,
+        &subject_key,
+        &config,
+    )?;
     if let (Some(SubjectState::OptedOut | SubjectState::OptedIn), domains) =
         (state, crate::subjects::consent_domains(&config))
     {
@@ -649,8 +700,16 @@ fn parse_line<'a>(line: &'a str, class: Option<&str>) -> Result<(TokenClass, &'a
 /// The request's lines: non-empty, trimmed.
 fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
     let text = if path == std::path::Path::new("-") {
-        std::io::read_to_string(std::io::Read::take(std::io::stdin(), 1 << 20))
-            .context("reading standard input")?
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), (1 << 20) + 1),
+            &mut bytes,
+        )
+        .context("reading standard input")?;
+        if bytes.len() > 1 << 20 {
+            bail!("standard input holds more than 1 MiB of identifiers: one request is one person");
+        }
+        String::from_utf8(bytes).context("standard input is not UTF-8")?
     } else {
         let bytes = crate::fsio::read_bounded(path, "a request's identifiers", 1 << 20)
             .with_context(|| format!("reading {}", path.display()))?;

@@ -170,7 +170,7 @@ pub enum KeyringError {
     },
     #[error("no active {0} key in the keyring")]
     NoActive(&'static str),
-    #[error("the subject key is added once and never rotated or replaced: a new one would change every subject id, and the subject registry's erasures and consents would match no one (docs/security.md, \"A person's rights\")")]
+    #[error("the subject key is never rotated: a new one would change every subject id, and the subject registry's erasures and consents would match no one (docs/security.md, \"A person's rights\"); a new one can be added only after the old one is destroyed, with a new registry")]
     SubjectKeyRotation,
     #[error("no key with id {0:?}")]
     UnknownId(String),
@@ -741,15 +741,17 @@ fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-/// The subject key is added once (by `keys init`, or `rotate` on a keyring that never had
-/// one) and never rotated or replaced, not even after it is destroyed: a new one would change
-/// every subject id, so the registry's erasures and consents would match no one
-/// (docs/security.md, "A person's rights").
+/// The subject key is added by `keys init`, or by `rotate` on a keyring without a live one,
+/// and never rotated: a new one changes every subject id, so the registry's erasures and
+/// consents would match no one. After the subject key is destroyed a new one may be added; a
+/// worker then refuses a registry holding records under the old one (docs/security.md, "A
+/// person's rights"), so the new key goes with a new registry topic.
 pub(crate) fn refuse_subject_rotation(
     mut entries: impl Iterator<Item = (Purpose, KeyState)>,
     purpose: Purpose,
 ) -> Result<(), KeyringError> {
-    if purpose == Purpose::Subject && entries.any(|(p, _)| p == Purpose::Subject)
+    if purpose == Purpose::Subject
+        && entries.any(|(p, state)| p == Purpose::Subject && state != KeyState::Destroyed)
     {
         return Err(KeyringError::SubjectKeyRotation);
     }

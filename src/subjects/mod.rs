@@ -121,7 +121,7 @@ pub enum WithheldAction {
     /// Publish it, with unlinked tokens for the withheld subjects and no sealed fields.
     #[default]
     Withhold,
-    /// Publish nothing (counted in `pseudonymizer_subject_withheld_total{outcome="dropped"}`).
+    /// Publish nothing (counted in `pseudonymizer_subject_records_total{outcome="dropped"}`).
     Drop,
 }
 

@@ -117,6 +117,8 @@ pub struct Engine {
     plans: Vec<Arc<Plan>>,
     by_name: HashMap<String, usize>,
     phone: PhoneCanon,
+    /// The config names a subject registry: the worker loads the subject key, else not.
+    subject_registry: bool,
 }
 
 impl Engine {
@@ -156,7 +158,17 @@ impl Engine {
         if !errors.is_empty() {
             return Err(ConfigError::Rules(errors));
         }
-        Engine::new(plans, phone)
+        let mut engine = Engine::new(plans, phone)?;
+        engine.subject_registry = config
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.subjects_topic.is_some());
+        Ok(engine)
+    }
+
+    /// Whether the config names a subject registry (so the worker needs the subject key).
+    pub fn needs_subject_key(&self) -> bool {
+        self.subject_registry
     }
 
     /// An engine from already compiled plans.
@@ -171,6 +183,7 @@ impl Engine {
             plans: plans.into_iter().map(Arc::new).collect(),
             by_name,
             phone,
+            subject_registry: false,
         })
     }
 

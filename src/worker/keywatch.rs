@@ -347,8 +347,16 @@ impl KeyWatch {
 
 /// Loads a keyring and the active keys the engine needs, exactly as at start.
 pub fn load(path: &std::path::Path, engine: &Engine) -> Result<(Keyring, ActiveKeys), ReloadError> {
-    // New output only: the active key of each purpose, one KMS call each for a KMS keyring.
-    let keyring = Keyring::load_for(path, crate::keys::Need::NEW_OUTPUT)?;
+    // New output only: the active key of each purpose, one KMS call each for a KMS keyring;
+    // the subject key only with a subject registry.
+    let need = crate::keys::Need {
+        subject: match engine.needs_subject_key() {
+            true => crate::keys::Scope::Active,
+            false => crate::keys::Scope::Nothing,
+        },
+        ..crate::keys::Need::NEW_OUTPUT
+    };
+    let keyring = Keyring::load_for(path, need)?;
     let active = engine.active_keys(&KeySet::from_keyring(&keyring))?;
     if active.encryption.is_none() {
         return Err(ReloadError::NoEncryptionKey);

@@ -599,7 +599,7 @@ impl Publisher {
         };
         if withheld {
             self.metrics()
-                .subject_withheld
+                .subject_records
                 .with_label_values(&[withheld_outcome])
                 .inc();
         }

@@ -305,10 +305,27 @@ fn subject_problems(config: &Config, kafka: &crate::config::KafkaConfig) -> Vec<
         used.extend(pipeline.input_topic.as_deref());
         used.extend(pipeline.output_topic.as_deref());
     }
+    if kafka.subjects_topic.is_some() && config.subjects.classes.is_empty() {
+        problems.push(
+            "[subjects] classes is empty: no field would be looked up in the subject registry"
+                .to_owned(),
+        );
+    }
+    if !(1..=86_400).contains(&config.subjects.load_timeout_secs) {
+        problems.push(format!(
+            "[subjects] load_timeout_secs {} is outside 1 to 86400",
+            config.subjects.load_timeout_secs
+        ));
+    }
     for (name, topic) in [
         ("subjects_topic", &kafka.subjects_topic),
         ("erasure_topic", &kafka.erasure_topic),
     ] {
+        if topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            problems.push(format!(
+                "[kafka] {name} is empty: name a topic, or leave it out"
+            ));
+        }
         if let Some(topic) = topic {
             if used.contains(&topic.as_str()) {
                 problems.push(format!(
@@ -551,9 +568,18 @@ impl Router {
             None => engine.transform(&route.plan, keys, avro, out),
         };
         let key_of = |regions: Option<rlibphonenumber::Region>| match (route.key_class, key) {
-            (Some(class), Some(key)) => keys
-                .pseudonym_in(route.plan.domain.as_deref())
-                .map(|pkey| Some(key_token(pkey, class, key, regions, engine.phone(), gate.as_ref()))),
+            (Some(class), Some(key)) => {
+                keys.pseudonym_in(route.plan.domain.as_deref()).map(|pkey| {
+                    Some(key_token(
+                        pkey,
+                        class,
+                        key,
+                        regions,
+                        engine.phone(),
+                        gate.as_ref(),
+                    ))
+                })
+            }
             _ => Some(None),
         };
         let regions = match transformed {
@@ -573,7 +599,10 @@ impl Router {
             // withholding from the start (the gate has met the subject).
             header(out);
             if let Some(gate) = &gate {
-                if engine.transform_gated(&route.plan, keys, gate, avro, out).is_err() {
+                if engine
+                    .transform_gated(&route.plan, keys, gate, avro, out)
+                    .is_err()
+                {
                     return (Err(DeadLetter::CorruptAvro), true);
                 }
             }
