@@ -120,6 +120,10 @@ impl TopicReader {
                 ("enable.auto.offset.store", "false"),
                 ("isolation.level", "read_committed"),
                 ("enable.partition.eof", "false"),
+                // The worker's own bounds (docs/deploy.md, "Sizing"): librdkafka's defaults
+                // would prefetch up to 64 MiB of registry records on top of the table.
+                ("queued.max.messages.kbytes", "16384"),
+                ("fetch.max.bytes", "8388608"),
             ],
         )
         .create_with_context(ConnectionWatch::new(client, None))

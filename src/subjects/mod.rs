@@ -169,6 +169,18 @@ pub struct SubjectGate<'a> {
     pub policy: SubjectPolicy,
     /// Set when an identifier of a withheld subject was met.
     met: std::cell::Cell<bool>,
+    /// The last few answers of this record: a record key is most often one of its fields'
+    /// values (the caller's number), and an id is not computed twice for it.
+    recent: std::cell::Cell<[Option<Recent>; 4]>,
+}
+
+/// One answer of the gate, by class and canonical value (values up to 32 bytes).
+#[derive(Clone, Copy)]
+struct Recent {
+    class: TokenClass,
+    len: u8,
+    canonical: [u8; 32],
+    withheld: bool,
 }
 
 impl<'a> SubjectGate<'a> {
@@ -185,6 +197,7 @@ impl<'a> SubjectGate<'a> {
             classes,
             policy,
             met: std::cell::Cell::new(false),
+            recent: std::cell::Cell::new([None; 4]),
         }
     }
 
@@ -217,8 +230,27 @@ impl<'a> SubjectGate<'a> {
         if self.table.is_empty() && !opt_in {
             return false;
         }
+        let mut recent = self.recent.get();
+        for answer in recent.iter().flatten() {
+            if answer.class == class && &answer.canonical[..usize::from(answer.len)] == canonical {
+                return answer.withheld;
+            }
+        }
         let id = subject_bytes(self.key, class, canonical);
-        self.table.withholds(&id, self.policy)
+        let withheld = self.table.withholds(&id, self.policy);
+        if canonical.len() <= 32 {
+            let mut answer = Recent {
+                class,
+                len: canonical.len() as u8,
+                canonical: [0; 32],
+                withheld,
+            };
+            answer.canonical[..canonical.len()].copy_from_slice(canonical);
+            recent.rotate_right(1);
+            recent[0] = Some(answer);
+            self.recent.set(recent);
+        }
+        withheld
     }
 }
 
