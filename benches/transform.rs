@@ -303,8 +303,13 @@ fn subjects(c: &mut Criterion) {
             if let apache_avro::types::Value::Record(fields) = &mut call {
                 for (name, value) in fields.iter_mut() {
                     match name.as_str() {
-                        "caller" => *value = apache_avro::types::Value::String(format!("+62812{:08}", n)),
-                        "callee" => *value = apache_avro::types::Value::String(format!("+62813{:08}", n * 7)),
+                        "caller" => {
+                            *value = apache_avro::types::Value::String(format!("+62812{:08}", n))
+                        }
+                        "callee" => {
+                            *value =
+                                apache_avro::types::Value::String(format!("+62813{:08}", n * 7))
+                        }
                         _ => {}
                     }
                 }
