@@ -642,12 +642,20 @@ async fn worker_on_a_kms_keyring_rides_out_kms_outages_at_start_and_at_reload() 
         ],
     );
     wait_log(&log, "keyring REFUSED", 1, Duration::from_secs(30));
-    assert!(
-        metric(
-            metrics_addr,
-            "pseudonymizer_keyring_reloads_total{result=\"refused\"}"
-        ) >= 1
-    );
+    // `/metrics` is rendered at most once a second (endpoint.rs): the page read right after
+    // the log line may be the one from just before it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(
+        metrics_addr,
+        "pseudonymizer_keyring_reloads_total{result=\"refused\"}",
+    ) < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused reload is not counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut more = Inputs::default();
     kafka::produce(&brokers, &topics.raw, 100, 42, &[], &mut more).await;
     for (id, event) in &more.by_id {
