@@ -143,18 +143,8 @@ fn export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
         // Checked before anything is audited or read, as for the other commands.
         kafka_of(&config)?;
     }
-    let subject_key = keys
-        .subject()
-        .context("the keyring has no active subject key")?
-        .clone();
-    let phone = PhoneCanon::new(&config.phone.default_region)?;
-    let identifiers = identifiers_of(
-        &args.values_from,
-        args.class.as_deref(),
-        &phone,
-        &subject_key,
-        &config,
-    )?;
+    let (subject_key, identifiers) =
+        identifiers_of(&args.values_from, args.class.as_deref(), &keys, &config)?;
     // The person's tokens: the notice an erasure would write lists exactly these.
     let tokens: std::collections::HashSet<String> =
         erasure_notice(&config, &keys, &identifiers, "export", &now())
@@ -398,20 +388,8 @@ async fn request(
         )?),
         false => None,
     };
-    let subject_key = keys
-        .subject()
-        .context(
-            "the keyring has no active subject key (`keys rotate --purpose subject` adds one)",
-        )?
-        .clone();
-    let phone = PhoneCanon::new(&config.phone.default_region)?;
-    let identifiers = identifiers_of(
-        &args.values_from,
-        args.class.as_deref(),
-        &phone,
-        &subject_key,
-        &config,
-    )?;
+    let (subject_key, identifiers) =
+        identifiers_of(&args.values_from, args.class.as_deref(), &keys, &config)?;
     if let (Some(SubjectState::OptedOut | SubjectState::OptedIn), domains) =
         (state, crate::subjects::consent_domains(&config))
     {
@@ -654,10 +632,17 @@ fn erasure_notice(
 fn identifiers_of(
     path: &std::path::Path,
     class: Option<&str>,
-    phone: &PhoneCanon,
-    subject_key: &crate::keys::SubjectKey,
+    keys: &crate::keys::KeySet,
     config: &Config,
-) -> Result<Vec<Identifier>> {
+) -> Result<(std::sync::Arc<crate::keys::SubjectKey>, Vec<Identifier>)> {
+    let subject_key = keys
+        .subject()
+        .context(
+            "the keyring has no active subject key (`keys rotate --purpose subject` adds one)",
+        )?
+        .clone();
+    let phone = &PhoneCanon::new(&config.phone.default_region)?;
+    let subject_key_ref: &crate::keys::SubjectKey = &subject_key;
     let lines = read_lines(path)?;
     let mut identifiers = Vec::new();
     for (n, line) in lines.iter().enumerate() {
@@ -672,14 +657,14 @@ fn identifiers_of(
             );
         }
         let (class, canonical) = token::canonical(class, value, phone);
-        let bytes = subject_bytes(subject_key, class, canonical.as_bytes());
+        let bytes = subject_bytes(subject_key_ref, class, canonical.as_bytes());
         identifiers.push(Identifier {
             class,
             canonical: canonical.into_owned(),
-            subject: subject_text(subject_key, &bytes),
+            subject: subject_text(subject_key_ref, &bytes),
         });
     }
-    Ok(identifiers)
+    Ok((subject_key, identifiers))
 }
 
 /// A request line: `class value`, or the value alone when `--class` is given.

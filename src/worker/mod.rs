@@ -587,24 +587,22 @@ impl Publisher {
                 false,
             ),
         };
-        let withheld_outcome = match &outcome {
-            Ok(output)
-                if output.route.subject_policy.withheld
-                    == crate::subjects::WithheldAction::Drop =>
-            {
-                "dropped"
-            }
-            Ok(_) => "published",
-            Err(_) => "dead-lettered",
-        };
+        // Only a withheld subject's record is dropped, and only where its pipeline says so.
+        let dropped = withheld
+            && matches!(&outcome, Ok(output) if output.route.subject_policy.withheld == crate::subjects::WithheldAction::Drop);
         if withheld {
+            let counted = match (&outcome, dropped) {
+                (_, true) => "dropped",
+                (Ok(_), false) => "published",
+                (Err(_), false) => "dead-lettered",
+            };
             self.metrics()
                 .subject_records
-                .with_label_values(&[withheld_outcome])
+                .with_label_values(&[counted])
                 .inc();
         }
         let outgoing = match outcome {
-            Ok(output) if withheld && withheld_outcome == "dropped" => Outgoing {
+            Ok(output) if dropped => Outgoing {
                 topic: output.route.output_topic.clone(),
                 payload: Vec::new(),
                 key: None,
@@ -659,64 +657,41 @@ impl Publisher {
             .as_deref()
             .expect("checked at start: an encryption key is active");
         let original = message.payload().unwrap_or_default();
-        if withheld {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "dlq.reason",
-                    value: Some(reason.code()),
-                })
-                .insert(Header {
-                    key: "dlq.withheld",
-                    value: Some("subject"),
-                })
-                .insert(Header {
-                    key: "dlq.source-topic",
-                    value: Some(message.topic()),
-                })
-                .insert(Header {
-                    key: "dlq.source-partition",
-                    value: Some(&message.partition().to_string()),
-                })
-                .insert(Header {
-                    key: "dlq.source-offset",
-                    value: Some(&message.offset().to_string()),
-                });
-            return Outgoing {
-                topic: self.kafka.dlq_topic.clone(),
-                payload: Vec::new(),
-                key: None,
-                headers,
-                kind: Err(reason),
-                dropped: false,
-            };
-        }
-        let mut sealed = Vec::with_capacity(envelope::sealed_len(seal_key, original.len()));
-        envelope::seal_into(
-            seal_key,
-            &dlq_value_path(message.topic()),
-            original,
-            &mut sealed,
-        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0)
             .to_string();
         let mut headers = OwnedHeaders::new();
-        if let Some(key) = message.key() {
-            let mut sealed_key = Vec::with_capacity(envelope::sealed_len(seal_key, key.len()));
+        let mut sealed = Vec::new();
+        if withheld {
+            headers = headers.insert(Header {
+                key: "dlq.withheld",
+                value: Some("subject"),
+            });
+        } else {
+            sealed.reserve(envelope::sealed_len(seal_key, original.len()));
             envelope::seal_into(
                 seal_key,
-                &dlq_key_path(message.topic()),
-                key,
-                &mut sealed_key,
+                &dlq_value_path(message.topic()),
+                original,
+                &mut sealed,
             );
-            headers = headers.insert(Header {
-                key: "dlq.key",
-                value: Some(&sealed_key),
-            });
+            if let Some(key) = message.key() {
+                let mut sealed_key = Vec::with_capacity(envelope::sealed_len(seal_key, key.len()));
+                envelope::seal_into(
+                    seal_key,
+                    &dlq_key_path(message.topic()),
+                    key,
+                    &mut sealed_key,
+                );
+                headers = headers.insert(Header {
+                    key: "dlq.key",
+                    value: Some(&sealed_key),
+                });
+            }
         }
-        let headers = headers
+        let mut headers = headers
             .insert(Header {
                 key: "dlq.reason",
                 value: Some(reason.code()),
@@ -736,11 +711,13 @@ impl Publisher {
             .insert(Header {
                 key: "dlq.time-ms",
                 value: Some(&now),
-            })
-            .insert(Header {
+            });
+        if !withheld {
+            headers = headers.insert(Header {
                 key: "pseudonymizer.encryption-key",
                 value: Some(seal_key.id()),
             });
+        }
         tracing::debug!(
             reason = reason.code(),
             topic = message.topic(),
