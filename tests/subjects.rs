@@ -6,7 +6,8 @@
 //!   carries the person's token (as `lookup` would give it), their records' sealed fields are
 //!   gone, everyone else's records are exact; the notice holds the person's tokens; the
 //!   command is idempotent and `status` says what the registry holds;
-//! - an opt-in domain publishes the tokens of the opted-in only.
+//! - an opt-in domain publishes the tokens of the opted-in only;
+//! - the notice lists the person's tokens under two epochs and two domains.
 
 mod common;
 
@@ -840,4 +841,85 @@ fn decrypt_withholds_and_the_export_finds_exactly_the_persons_events() {
             .all(|r| r["body"].as_str().unwrap().starts_with("body ")),
         "sealed fields opened"
     );
+}
+
+/// The notice of an erasure lists the person's tokens under every pseudonym key that still has
+/// a secret (two epochs: the retired one and the active one after a rotation) in every domain
+/// a pipeline names (the default one and `marketing`), for each identifier of the request:
+/// exactly those tokens, each computed here from the keyring as `lookup` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notice_lists_the_persons_tokens_under_two_epochs_and_two_domains() {
+    use pseudonymizer::keys::{KeySet, Keyring};
+    use std::collections::BTreeSet;
+    let _serial = serial().await;
+    let world = setup("notice", "", "domain = \"marketing\"").await;
+    let keyring = world.dir.join("keyring.json");
+    let (ok, said) = cli(&[
+        "keys",
+        "rotate",
+        "--keyring",
+        keyring.to_str().unwrap(),
+        "--purpose",
+        "pseudonym",
+        "--id",
+        "p-test-2",
+    ]);
+    assert!(ok, "keys rotate: {said}");
+    let keys = KeySet::from_keyring(&Keyring::load(&keyring).unwrap());
+    let ids: Vec<&str> = keys.pseudonym_keys().iter().map(|k| k.id()).collect();
+    assert_eq!(ids.len(), 2, "two pseudonym epochs with secrets: {ids:?}");
+
+    let file = request_file(
+        &world.dir,
+        "request.txt",
+        &format!("phone {PERSON}\nemail Alice@Example.com\n"),
+    );
+    subjects(&world, "erase", &file, &["--request-id", "req-notice-1"]);
+    let notices = kafka::read_from_start(&world.brokers, &world.notices, 1);
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].key(), Some(&b"req-notice-1"[..]));
+    let notice = Notice::parse(notices[0].key().unwrap(), notices[0].payload().unwrap()).unwrap();
+
+    let mut want = BTreeSet::new();
+    for key in keys.pseudonym_keys() {
+        for domain in [None, Some("marketing")] {
+            let in_domain;
+            let key = match domain {
+                Some(d) => {
+                    in_domain = key.in_domain(d);
+                    &in_domain
+                }
+                None => &**key,
+            };
+            for (class, canonical) in [
+                (TokenClass::Phone, PERSON_E164),
+                (TokenClass::Email, "alice@example.com"),
+            ] {
+                let token = token::token(key, class, canonical.as_bytes());
+                want.insert((
+                    token.as_str().to_owned(),
+                    class.as_str().to_owned(),
+                    key.id().to_owned(),
+                    domain.map(str::to_owned),
+                ));
+            }
+        }
+    }
+    let got: BTreeSet<_> = notice
+        .tokens
+        .iter()
+        .map(|t| {
+            (
+                t.token.clone(),
+                t.class.clone(),
+                t.key_id.clone(),
+                t.domain.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 8);
+    assert_eq!(got, want, "2 identifiers x 2 epochs x 2 domains");
+    assert_eq!(notice.tokens.len(), 8, "no token twice");
+    let text = String::from_utf8_lossy(notices[0].payload().unwrap()).into_owned();
+    assert!(!text.contains("9123") && !text.to_lowercase().contains("alice"), "{text}");
 }
