@@ -287,8 +287,8 @@ fn envelopes(c: &mut Criterion) {
 fn subjects(c: &mut Criterion) {
     use pseudonymizer::keys::SubjectKey;
     use pseudonymizer::subjects::{
-        subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState,
-        SubjectTable, SubjectView,
+        subject_of, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState, SubjectTable,
+        SubjectView,
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let engine =
@@ -323,9 +323,11 @@ fn subjects(c: &mut Criterion) {
     // One million registry records as a worker reads them (JSON values parsed and applied).
     let records: Vec<(String, String)> = (0..1_000_000u64)
         .map(|n| {
-            let id = subject_bytes(&key, TokenClass::Phone, format!("+1415{n:07}").as_bytes());
+            let (subject, hint) =
+                subject_of(&key, TokenClass::Phone, format!("+1415{n:07}").as_bytes());
             let r = RegistryRecord::new(
-                subject_text(&key, &id),
+                subject,
+                hint,
                 SubjectState::Erased,
                 None,
                 "2026-12-04T00:00:00Z",

@@ -260,7 +260,7 @@ async fn load_registry(
     keyring: &std::path::Path,
     subjects: u64,
 ) -> Result<(String, String)> {
-    use crate::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectState};
+    use crate::subjects::{subject_of, RegistryRecord, SubjectState};
     let keys = KeySet::from_keyring(&Keyring::load(keyring)?);
     let key = keys.subject()?.clone();
     let empty = format!("bench.subjects-empty.{}", std::process::id());
@@ -278,13 +278,14 @@ async fn load_registry(
     let mut deliveries = std::collections::VecDeque::new();
     for n in 0..subjects {
         // +1 415 0…: not a shape the generator writes (its +1 415 numbers are 555-…).
-        let id = subject_bytes(
+        let (subject, hint) = subject_of(
             &key,
             crate::token::TokenClass::Phone,
             format!("+1415{:07}", n % 10_000_000).as_bytes(),
         );
         let record = RegistryRecord::new(
-            subject_text(&key, &id),
+            subject,
+            hint,
             SubjectState::Erased,
             None,
             "2026-12-04T00:00:00Z",

@@ -532,7 +532,7 @@ async fn an_opt_in_domain_publishes_only_the_opted_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
     use pseudonymizer::keys::{Secret, SubjectKey};
-    use pseudonymizer::subjects::{subject_bytes, subject_text, RegistryRecord, SubjectState};
+    use pseudonymizer::subjects::{subject_of, RegistryRecord, SubjectState};
     let _serial = serial().await;
     let world = setup("ready", "", "").await;
     let addr = common::process::serve_metrics(&world.config);
@@ -551,9 +551,10 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
     let mut deliveries = Vec::new();
     for n in 0..100_000u32 {
         let canonical = format!("+1415{n:07}");
-        let bytes = subject_bytes(&key, TokenClass::Phone, canonical.as_bytes());
+        let (subject, hint) = subject_of(&key, TokenClass::Phone, canonical.as_bytes());
         let record = RegistryRecord::new(
-            subject_text(&key, &bytes),
+            subject,
+            hint,
             SubjectState::Erased,
             None,
             "2026-12-04T00:00:00Z",
@@ -567,9 +568,10 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
                 .unwrap(),
         );
     }
-    let bytes = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
+    let (subject, hint) = subject_of(&key, TokenClass::Phone, PERSON_E164.as_bytes());
     let erased = RegistryRecord::new(
-        subject_text(&key, &bytes),
+        subject,
+        hint,
         SubjectState::Erased,
         None,
         "2026-12-04T00:00:00Z",
@@ -641,8 +643,7 @@ async fn a_starting_worker_is_not_ready_until_it_has_read_the_registry() {
 fn the_record_key_alone_withholds() {
     use pseudonymizer::keys::{Secret, SubjectKey};
     use pseudonymizer::subjects::{
-        subject_bytes, subject_text, RegistryRecord, SubjectClasses, SubjectState, SubjectTable,
-        SubjectView,
+        subject_of, RegistryRecord, SubjectClasses, SubjectState, SubjectTable, SubjectView,
     };
     use pseudonymizer::worker::route::{DeadLetter, Router};
     let config = common::shipped_config();
@@ -654,9 +655,10 @@ fn the_record_key_alone_withholds() {
         &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
     );
     let mut table = SubjectTable::new("s-test-1", vec![]);
-    let id = subject_bytes(&key, TokenClass::Phone, PERSON_E164.as_bytes());
+    let (subject, hint) = subject_of(&key, TokenClass::Phone, PERSON_E164.as_bytes());
     table.apply(&RegistryRecord::new(
-        subject_text(&key, &id),
+        subject,
+        hint,
         SubjectState::Erased,
         None,
         "2026-12-04T00:00:00Z",
@@ -921,5 +923,8 @@ async fn the_notice_lists_the_persons_tokens_under_two_epochs_and_two_domains() 
     assert_eq!(got, want, "2 identifiers x 2 epochs x 2 domains");
     assert_eq!(notice.tokens.len(), 8, "no token twice");
     let text = String::from_utf8_lossy(notices[0].payload().unwrap()).into_owned();
-    assert!(!text.contains("9123") && !text.to_lowercase().contains("alice"), "{text}");
+    assert!(
+        !text.contains("9123") && !text.to_lowercase().contains("alice"),
+        "{text}"
+    );
 }

@@ -403,6 +403,12 @@ fn subject_ids_records_and_notices_match_python() {
             case["subject_id"].as_str().unwrap(),
             "{case}"
         );
+        let hint = subjects::subject_hint(&key, class, canonical.as_bytes());
+        assert_eq!(
+            subjects::hint_text(hint),
+            case["hint"].as_str().unwrap(),
+            "{case}"
+        );
     }
     // The same identifier through the CLI's canonical form: a request line's `+65 9123 4567`.
     let phone = pseudonymizer::phone::PhoneCanon::new("ID").unwrap();
@@ -412,13 +418,17 @@ fn subject_ids_records_and_notices_match_python() {
         subjects::subject_text(&key, &bytes),
         ids[0]["subject_id"].as_str().unwrap()
     );
-    for record in s["records"].as_array().unwrap() {
+    let records = s["records"].as_array().unwrap();
+    let v1 = s["records_v1"].as_array().unwrap();
+    assert!(records.len() >= 4 && !v1.is_empty());
+    for record in records.iter().chain(v1) {
         let (k, value) = (
             record["key"].as_str().unwrap(),
             record["value"].as_str().unwrap(),
         );
         let parsed = RegistryRecord::parse(k.as_bytes(), value.as_bytes()).unwrap();
         assert_eq!(parsed.key(), k);
+        assert_eq!(parsed.hint().is_some(), value.contains("subject/v2"));
         // Our writer's text, compared as JSON (field order is not part of the format).
         let ours: Json = serde_json::from_str(&parsed.to_json()).unwrap();
         assert_eq!(ours, serde_json::from_str::<Json>(value).unwrap());

@@ -45,6 +45,7 @@ pub(super) fn bench(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn bench_worker(
     config: PathBuf,
     brokers: String,

@@ -22,9 +22,7 @@ use crate::keys::{Need, Scope};
 use crate::phone::PhoneCanon;
 use crate::subjects::kafka::{create_topics, TopicReader, TopicWriter};
 use crate::subjects::record::{check_request_id, new_request_id, record_key, NOTICE_FORMAT};
-use crate::subjects::{
-    subject_bytes, subject_text, Notice, NoticeToken, RegistryRecord, SubjectState,
-};
+use crate::subjects::{subject_of, Notice, NoticeToken, RegistryRecord, SubjectState};
 use crate::token::{self, TokenClass};
 
 /// How long a command waits to read the registry to its end.
@@ -115,6 +113,7 @@ struct Identifier {
     class: TokenClass,
     canonical: String,
     subject: String,
+    hint: u64,
 }
 
 pub(super) async fn subjects(command: SubjectsCommand, out: &mut dyn Write) -> Result<()> {
@@ -508,18 +507,26 @@ fn status(
             .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(_, r)| r)
             .collect();
-        records.sort_by(|a, b| a.key().cmp(&b.key()));
+        records.sort_by_key(|r| r.key());
+        // Whether workers match this record to the person's values by its hint: `ok`; `none`
+        // (format v1: matched, at the cost of a subject id for every identifier a worker
+        // meets); `wrong` (not matched: repeating the request writes it again).
+        let hint = |r: &RegistryRecord| match r.hint() {
+            Some(hint) if hint == id.hint => "ok",
+            Some(_) => "wrong",
+            None => "none",
+        };
         let erased = records.iter().find(|r| r.state == SubjectState::Erased);
         let consent: Vec<serde_json::Value> = records
             .iter()
             .filter(|r| r.state != SubjectState::Erased)
-            .map(|r| serde_json::json!({"domain": r.domain, "state": r.state.as_str(), "at": r.at, "request": r.request}))
+            .map(|r| serde_json::json!({"domain": r.domain, "state": r.state.as_str(), "at": r.at, "request": r.request, "hint": hint(r)}))
             .collect();
         let line = serde_json::json!({
             "line": n + 1,
             "class": id.class.as_str(),
             "subject": id.subject,
-            "erased": erased.map(|r| serde_json::json!({"at": r.at, "request": r.request})),
+            "erased": erased.map(|r| serde_json::json!({"at": r.at, "request": r.request, "hint": hint(r)})),
             "consent": consent,
         });
         writeln!(out, "{line}")?;
@@ -547,7 +554,11 @@ async fn record(
     let mut changes = Vec::new();
     for id in identifiers {
         let key = record_key(&id.subject, state, domain);
-        let already = held.get(&key).filter(|r| r.state == state);
+        // A record without the right hint (format v1, or written by another tool that got it
+        // wrong) is written again: workers match identifiers to records by their hints.
+        let already = held
+            .get(&key)
+            .filter(|r| r.state == state && r.hint() == Some(id.hint));
         changes.push(already.is_none());
     }
     if let (Some(topic), true) = (notice_topic, changes.iter().any(|c| *c)) {
@@ -563,7 +574,8 @@ async fn record(
     }
     for (n, (id, change)) in identifiers.iter().zip(&changes).enumerate() {
         let line = if *change {
-            let record = RegistryRecord::new(id.subject.clone(), state, domain, &at, request_id);
+            let record =
+                RegistryRecord::new(id.subject.clone(), id.hint, state, domain, &at, request_id);
             writer
                 .send(registry_topic, &record.key(), &record.to_json())
                 .await
@@ -657,11 +669,12 @@ fn identifiers_of(
             );
         }
         let (class, canonical) = token::canonical(class, value, phone);
-        let bytes = subject_bytes(subject_key_ref, class, canonical.as_bytes());
+        let (subject, hint) = subject_of(subject_key_ref, class, canonical.as_bytes());
         identifiers.push(Identifier {
             class,
             canonical: canonical.into_owned(),
-            subject: subject_text(subject_key_ref, &bytes),
+            subject,
+            hint,
         });
     }
     Ok((subject_key, identifiers))

@@ -113,6 +113,8 @@ pub const INFO_AES_GCM: &[u8] = b"pseudonymizer/v1/aes-256-gcm";
 pub const INFO_XAES_GCM: &[u8] = b"pseudonymizer/v2/xaes-256-gcm";
 /// HKDF info for the subject-id HMAC key (docs/formats.md §5).
 pub const INFO_SUBJECT_ID: &[u8] = b"pseudonymizer/v3/subject-id/hmac-sha256";
+/// HKDF info for the subject-hint SipHash key (docs/formats.md §5); the first 16 bytes are used.
+pub const INFO_SUBJECT_HINT: &[u8] = b"pseudonymizer/v3/subject-hint/siphash-2-4";
 
 /// `HKDF-SHA256(ikm = secret, salt = none, info, L = 32)`.
 pub fn derive(secret: &Secret, info: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -218,22 +220,33 @@ impl std::fmt::Debug for PseudonymKey {
     }
 }
 
-/// The working key of the subject secret: the HMAC key of subject ids (docs/formats.md §5).
-/// Shaped like a [`PseudonymKey`] on purpose: a subject id is computed exactly as a token is,
-/// under this key, so another team recomputes one with the token code it already has.
+/// The working keys of the subject secret (docs/formats.md §5): the HMAC key of subject ids,
+/// and the SipHash key of subject hints. Shaped like a [`PseudonymKey`] on purpose: a subject
+/// id is computed exactly as a token is, under this key, so another team recomputes one with
+/// the token code it already has.
 pub struct SubjectKey {
     id: String,
     hmac: Hmac<Sha256>,
+    /// SipHash-2-4's two 64-bit key words (little-endian halves of 16 derived bytes).
+    hint: Zeroizing<[u64; 2]>,
 }
 
 impl SubjectKey {
     /// Derives the subject-id key of a subject secret.
     pub fn new(id: &str, secret: &Secret) -> Self {
+        let hint = derive(secret, INFO_SUBJECT_HINT);
+        let word = |at: usize| u64::from_le_bytes(hint[at..at + 8].try_into().expect("8 bytes"));
         SubjectKey {
             id: id.to_owned(),
             hmac: <Hmac<Sha256> as Mac>::new_from_slice(derive(secret, INFO_SUBJECT_ID).as_ref())
                 .expect("HMAC accepts any key length"),
+            hint: Zeroizing::new([word(0), word(8)]),
         }
+    }
+
+    /// A fresh SipHash-2-4 state keyed with the subject-hint key.
+    pub fn hint_hasher(&self) -> siphasher::sip::SipHasher24 {
+        siphasher::sip::SipHasher24::new_with_keys(self.hint[0], self.hint[1])
     }
 
     /// The key id that prefixes every subject id.

@@ -305,12 +305,13 @@ pub fn erased_tokens(
     let mut refused = 0u64;
     reader.read_to_end(
         timeout,
-        |read| match (read.key, read.value) {
-            (Some(key), Some(value)) => match super::Notice::parse(key, value) {
-                Ok(notice) => tokens.extend(notice.tokens.into_iter().map(|t| t.token)),
-                Err(_) => refused += 1,
-            },
-            _ => {}
+        |read| {
+            if let (Some(key), Some(value)) = (read.key, read.value) {
+                match super::Notice::parse(key, value) {
+                    Ok(notice) => tokens.extend(notice.tokens.into_iter().map(|t| t.token)),
+                    Err(_) => refused += 1,
+                }
+            }
         },
         |_, _| {},
     )?;

@@ -43,6 +43,41 @@ pub fn subject_bytes(key: &SubjectKey, class: TokenClass, canonical: &[u8]) -> S
     out
 }
 
+/// The subject hint of an already canonical value: `SipHash-2-4(hint key, class || 0x00 ||
+/// canonical)`, a 64-bit keyed hash of the same input as the subject id. The registry records
+/// it beside the id, so that a worker asks its filter about an identifier for the price of a
+/// SipHash, and computes the subject id's HMAC only for the few the filter does not rule out.
+pub fn subject_hint(key: &SubjectKey, class: TokenClass, canonical: &[u8]) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = key.hint_hasher();
+    hasher.write(class.as_str().as_bytes());
+    hasher.write(&[0u8]);
+    hasher.write(canonical);
+    hasher.finish()
+}
+
+/// The subject id's text and the subject hint of an already canonical value: what a registry
+/// record of the person carries.
+pub fn subject_of(key: &SubjectKey, class: TokenClass, canonical: &[u8]) -> (String, u64) {
+    let id = subject_bytes(key, class, canonical);
+    (subject_text(key, &id), subject_hint(key, class, canonical))
+}
+
+/// A subject hint's text: b64url of its 8 bytes, little-endian (11 characters).
+pub fn hint_text(hint: u64) -> String {
+    URL_SAFE_NO_PAD.encode(hint.to_le_bytes())
+}
+
+/// The hint of a hint's text, or `None` if it is not one.
+pub fn parse_hint_text(text: &str) -> Option<u64> {
+    if text.len() != 11 {
+        return None;
+    }
+    let bytes: [u8; 8] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
+    // Only the one canonical spelling: the last character carries 2 bits of padding.
+    (hint_text(u64::from_le_bytes(bytes)) == text).then(|| u64::from_le_bytes(bytes))
+}
+
 /// A subject id's text: `key_id ":" b64url(bytes)`, the shape of a token.
 pub fn subject_text(key: &SubjectKey, bytes: &SubjectBytes) -> String {
     format!("{}:{}", key.id(), URL_SAFE_NO_PAD.encode(bytes))
@@ -236,8 +271,12 @@ impl<'a> SubjectGate<'a> {
                 return answer.withheld;
             }
         }
-        let id = subject_bytes(self.key, class, canonical);
-        let withheld = self.table.withholds(&id, self.policy);
+        let hint = subject_hint(self.key, class, canonical);
+        let withheld = self.table.withholds(
+            hint,
+            || subject_bytes(self.key, class, canonical),
+            self.policy,
+        );
         if canonical.len() <= 32 {
             let mut answer = Recent {
                 class,
@@ -269,6 +308,22 @@ mod tests {
         let text = subject_text(&key, &bytes);
         assert_eq!(parse_subject_text(&text), Some(("s-test", bytes)));
         assert_eq!(parse_subject_text("s-test:short"), None);
+        let hint = subject_hint(&key, TokenClass::Phone, b"+6591234567");
+        assert_ne!(
+            hint,
+            subject_hint(&key, TokenClass::PhoneRaw, b"+6591234567")
+        );
+        assert_eq!(parse_hint_text(&hint_text(hint)), Some(hint));
+        assert_eq!(hint_text(hint).len(), 11);
+        for bad in [
+            "",
+            "AAAAAAAAAAB",
+            "AAAAAAAAAA",
+            "AAAAAAAAAAAA",
+            "AAAAAAAAAA=",
+        ] {
+            assert_eq!(parse_hint_text(bad), None, "{bad:?}");
+        }
         let pkey = PseudonymKey::new("p-1", &Secret::generate());
         let (a, b) = (unlinked_token(&pkey), unlinked_token(&pkey));
         assert!(a.as_str().starts_with("p-1:") && a.as_str().len() == 4 + 22);

@@ -9,10 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::parse_subject_text;
+use super::{hint_text, parse_hint_text, parse_subject_text};
 
-/// The `format` of a registry record's value.
-pub const REGISTRY_FORMAT: &str = "pseudonymizer-subject/v1";
+/// The `format` of a registry record's value, as written: with the subject hint.
+pub const REGISTRY_FORMAT: &str = "pseudonymizer-subject/v2";
+/// The first format, without a hint: still read (a worker then computes the subject id of
+/// every identifier it meets, as it cannot rule any out by its hint).
+pub const REGISTRY_FORMAT_V1: &str = "pseudonymizer-subject/v1";
 /// The `format` of an erasure notice's value.
 pub const NOTICE_FORMAT: &str = "pseudonymizer-erasure/v1";
 
@@ -43,6 +46,9 @@ pub struct RegistryRecord {
     pub format: String,
     /// The subject id's text (`s-…:…`).
     pub subject: String,
+    /// The subject hint's text (format v2; absent in v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     pub state: SubjectState,
     /// The consent's domain (`null`: the default domain); always `null` for an erasure.
     pub domain: Option<String>,
@@ -55,7 +61,7 @@ pub struct RegistryRecord {
 /// Why a registry record was not applied. Names the problem, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("its value is not a {REGISTRY_FORMAT} record: {0}")]
+    #[error("its value is not a subject registry record: {0}")]
     Value(String),
     #[error("its key does not name the subject and aspect its value states")]
     KeyMismatch,
@@ -64,9 +70,11 @@ pub enum RecordError {
 }
 
 impl RegistryRecord {
-    /// A new record of `state` for `subject` (in `domain`, for a consent).
+    /// A new record of `state` for `subject`, whose hint is `hint` (in `domain`, for a
+    /// consent).
     pub fn new(
         subject: String,
+        hint: u64,
         state: SubjectState,
         domain: Option<&str>,
         at: &str,
@@ -75,6 +83,7 @@ impl RegistryRecord {
         RegistryRecord {
             format: REGISTRY_FORMAT.to_owned(),
             subject,
+            hint: Some(hint_text(hint)),
             state,
             domain: match state {
                 SubjectState::Erased => None,
@@ -90,6 +99,11 @@ impl RegistryRecord {
         record_key(&self.subject, self.state, self.domain.as_deref())
     }
 
+    /// The record's subject hint; `None` for a v1 record (parsed records have a valid one).
+    pub fn hint(&self) -> Option<u64> {
+        self.hint.as_deref().and_then(parse_hint_text)
+    }
+
     /// The value's JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a record serializes")
@@ -99,8 +113,16 @@ impl RegistryRecord {
     pub fn parse(key: &[u8], value: &[u8]) -> Result<Self, RecordError> {
         let record: RegistryRecord =
             serde_json::from_slice(value).map_err(|e| RecordError::Value(e.classify_text()))?;
-        if record.format != REGISTRY_FORMAT {
-            return Err(RecordError::Value("an unknown format".into()));
+        match (record.format.as_str(), &record.hint) {
+            (REGISTRY_FORMAT, Some(hint)) if parse_hint_text(hint).is_some() => {}
+            (REGISTRY_FORMAT, _) => {
+                return Err(RecordError::Value("its hint is missing or not one".into()))
+            }
+            (REGISTRY_FORMAT_V1, None) => {}
+            (REGISTRY_FORMAT_V1, Some(_)) => {
+                return Err(RecordError::Value("a v1 record has no hint".into()))
+            }
+            _ => return Err(RecordError::Value("an unknown format".into())),
         }
         if parse_subject_text(&record.subject).is_none() {
             return Err(RecordError::BadSubject);
@@ -232,6 +254,7 @@ mod tests {
     fn a_record_reads_back_only_under_its_own_key() {
         let record = RegistryRecord::new(
             SUBJECT.into(),
+            0x0123_4567_89ab_cdef,
             SubjectState::OptedOut,
             Some("marketing"),
             "2026-12-04T00:00:00Z",
@@ -249,6 +272,22 @@ mod tests {
             Err(RecordError::KeyMismatch)
         );
         assert!(RegistryRecord::parse(b"k", b"{\"format\":1}").is_err());
+        assert_eq!(record.hint(), Some(0x0123_4567_89ab_cdef));
+
+        // v2 needs a hint; v1 (the first format) has none and is still read.
+        let key = record.key();
+        let v1 = json.replace(REGISTRY_FORMAT, REGISTRY_FORMAT_V1).replace(
+            &format!("\"hint\":\"{}\",", record.hint.as_deref().unwrap()),
+            "",
+        );
+        let read = RegistryRecord::parse(key.as_bytes(), v1.as_bytes()).unwrap();
+        assert_eq!((read.hint(), read.state), (None, SubjectState::OptedOut));
+        let no_hint = v1.replace(REGISTRY_FORMAT_V1, REGISTRY_FORMAT);
+        assert!(RegistryRecord::parse(key.as_bytes(), no_hint.as_bytes()).is_err());
+        let v1_with_hint = json.replace(REGISTRY_FORMAT, REGISTRY_FORMAT_V1);
+        assert!(RegistryRecord::parse(key.as_bytes(), v1_with_hint.as_bytes()).is_err());
+        let bad_hint = json.replace(record.hint.as_deref().unwrap(), "not-a-hint!");
+        assert!(RegistryRecord::parse(key.as_bytes(), bad_hint.as_bytes()).is_err());
         assert_eq!(
             parse_key(format!("{SUBJECT}/consent/marketing").as_bytes()),
             Some((SUBJECT, Aspect::Consent(Some("marketing"))))

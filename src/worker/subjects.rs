@@ -98,6 +98,9 @@ pub async fn start(
             }
             let table = subjects.table.read().unwrap_or_else(|p| p.into_inner());
             tracing::info!(topic = %topic, records = read, subjects = table.len(), erased = table.erased(), table_bytes = table.memory_bytes(), seconds = started.elapsed().as_secs_f64(), "subject registry read; following it");
+            if table.unhinted() > 0 {
+                tracing::warn!(topic = %topic, records = table.unhinted(), "the subject registry holds records of the first format (pseudonymizer-subject/v1, no hint): every identifier gets a subject id and a table lookup; repeating those requests with `subjects` rewrites them");
+            }
             export(&metrics, &table);
             Ok((read, reader))
         })

@@ -2,12 +2,14 @@
 """Computes the vectors of the formats added after spec v1 (docs/formats.md), independently of
 the Rust code: version-2 envelopes (XAES-256-GCM), pseudonymisation domains, `id`
 sub-classes, the tokens of record keys that are not UTF-8, the manifest digest of a
-KMS-wrapped keyring, and subject ids, subject registry records and an erasure notice (section 5).
+KMS-wrapped keyring, and subject ids and hints, subject registry records and an erasure notice
+(section 5).
 
 Uses only Python's standard library and the `cryptography` package (HKDF, AES-ECB for the
 XAES-256-GCM key derivation, AES-GCM). XAES-256-GCM is written here from its specification
 (C2SP, https://c2sp.org/XAES-256-GCM) and checked against that specification's own two test
-vectors before anything is printed. Its output, vectors_v2.json beside it, is checked in;
+vectors before anything is printed; so is SipHash-2-4 (Aumasson and Bernstein, "SipHash: a
+fast short-input PRF", 2012), against the paper's own vectors. Its output, vectors_v2.json beside it, is checked in;
 tests/vectors.rs checks the Rust code against it:
 
     python3 tests/vectors/make_vectors_v2.py > tests/vectors/vectors_v2.json
@@ -205,21 +207,78 @@ def subject_id(cls: str, canonical: str) -> str:
     return keyed_id(SUBJECT_ID, SUBJECT_KEY, cls, canonical)
 
 
+MASK64 = (1 << 64) - 1
+
+
+def siphash24(key: bytes, message: bytes) -> int:
+    """SipHash-2-4 of `message` under a 16-byte key, as the paper defines it: the 64-bit result."""
+    def rotl(x, b):
+        return ((x << b) | (x >> (64 - b))) & MASK64
+
+    def sipround(v0, v1, v2, v3):
+        v0 = (v0 + v1) & MASK64; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 = (v2 + v3) & MASK64; v3 = rotl(v3, 16); v3 ^= v2
+        v0 = (v0 + v3) & MASK64; v3 = rotl(v3, 21); v3 ^= v0
+        v2 = (v2 + v1) & MASK64; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+        return v0, v1, v2, v3
+
+    k0 = int.from_bytes(key[:8], "little")
+    k1 = int.from_bytes(key[8:16], "little")
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+    # The last block: the tail bytes, and the message length mod 256 in the top byte.
+    tail = len(message) - len(message) % 8
+    blocks = [int.from_bytes(message[i:i + 8], "little") for i in range(0, tail, 8)]
+    blocks.append(int.from_bytes(message[tail:], "little") | ((len(message) & 0xFF) << 56))
+    for m in blocks:
+        v3 ^= m
+        for _ in range(2):
+            v0, v1, v2, v3 = sipround(v0, v1, v2, v3)
+        v0 ^= m
+    v2 ^= 0xFF
+    for _ in range(4):
+        v0, v1, v2, v3 = sipround(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+# The paper's vectors (key 00..0f): the empty message, and the 15 bytes 00..0e of Appendix A.
+assert siphash24(bytes(range(16)), b"") == 0x726FDB47DD0E0E31
+assert siphash24(bytes(range(16)), bytes(range(15))) == 0xA129CA6149BE45E5
+
+# The subject-hint key: the first 16 bytes of its HKDF output (HKDF with L = 16 gives the same).
+SUBJECT_HINT_KEY = hkdf(SUBJECT_SECRET, b"pseudonymizer/v3/subject-hint/siphash-2-4")[:16]
+
+
+def subject_hint(cls: str, canonical: str) -> str:
+    """b64url (no padding) of SipHash-2-4(hint key, class || 0x00 || canonical), 8 bytes
+    little-endian."""
+    value = siphash24(SUBJECT_HINT_KEY, cls.encode() + b"\x00" + canonical.encode())
+    return base64.urlsafe_b64encode(value.to_bytes(8, "little")).decode().rstrip("=")
+
+
 def compact(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def registry_record(subject: str, state: str, domain, at: str, request: str) -> dict:
-    """A subject registry record: key `<subject>/erased`, `<subject>/consent` or
-    `<subject>/consent/<domain>`; value the JSON object, fields in the spec's order."""
+def registry_record(identifier, state: str, domain, at: str, request: str, v1=False) -> dict:
+    """A subject registry record of (class, canonical): key `<subject>/erased`,
+    `<subject>/consent` or `<subject>/consent/<domain>`; value the JSON object, fields in the
+    spec's order (format v2, with the hint; `v1`: the first format, without)."""
+    subject = subject_id(*identifier)
     if state == "erased":
         assert domain is None, "an erasure has no domain"
         aspect = "erased"
     else:
         assert state in ("opted-out", "opted-in"), state
         aspect = "consent" if domain is None else "consent/" + domain
-    value = {"format": "pseudonymizer-subject/v1", "subject": subject, "state": state,
-             "domain": domain, "at": at, "request": request}
+    value = {"format": "pseudonymizer-subject/v2", "subject": subject,
+             "hint": subject_hint(*identifier), "state": state, "domain": domain, "at": at,
+             "request": request}
+    if v1:
+        value["format"] = "pseudonymizer-subject/v1"
+        del value["hint"]
     return {"key": subject + "/" + aspect, "value": compact(value)}
 
 
@@ -270,7 +329,8 @@ SUBJECT_CASES = [
     ("id", "dev-42"),
     ("id", "Dev-42"),
 ]
-PHONE_SUBJECT = subject_id("phone", "+6591234567")
+PHONE = ("phone", "+6591234567")
+PHONE_SUBJECT = subject_id(*PHONE)
 AT = "2026-12-04T21:40:00Z"
 
 print(json.dumps({
@@ -308,13 +368,17 @@ print(json.dumps({
         "key_id": SUBJECT_ID,
         "secret": b64(SUBJECT_SECRET),
         "ids": [
-            {"class": c, "canonical": v, "subject_id": subject_id(c, v)}
+            {"class": c, "canonical": v, "subject_id": subject_id(c, v), "hint": subject_hint(c, v)}
             for c, v in SUBJECT_CASES
         ],
         "records": [
-            registry_record(PHONE_SUBJECT, "erased", None, AT, "req-1"),
-            registry_record(PHONE_SUBJECT, "opted-out", "marketing", AT, "req-2"),
-            registry_record(PHONE_SUBJECT, "opted-in", None, AT, "req-3"),
+            registry_record(PHONE, "erased", None, AT, "req-1"),
+            registry_record(PHONE, "opted-out", "marketing", AT, "req-2"),
+            registry_record(PHONE, "opted-in", None, AT, "req-3"),
+            registry_record(("email", "alice@example.com"), "erased", None, AT, "req-4"),
+        ],
+        "records_v1": [
+            registry_record(PHONE, "erased", None, AT, "req-1", v1=True),
         ],
         "notice": erasure_notice("req-1", AT, [PHONE_SUBJECT], [
             (None, "phone", "+6591234567"),
