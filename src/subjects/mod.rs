@@ -205,17 +205,49 @@ pub struct SubjectGate<'a> {
     /// Set when an identifier of a withheld subject was met.
     met: std::cell::Cell<bool>,
     /// The last few answers of this record: a record key is most often one of its fields'
-    /// values (the caller's number), and an id is not computed twice for it.
-    recent: std::cell::Cell<[Option<Recent>; 4]>,
+    /// values (the caller's number), and it is not asked about twice.
+    recent: std::cell::RefCell<Recent>,
 }
 
-/// One answer of the gate, by class and canonical value (values up to 32 bytes).
-#[derive(Clone, Copy)]
+/// The last answers of a gate, by class and canonical value (values up to 32 bytes), in a
+/// ring of four.
+#[derive(Default)]
 struct Recent {
+    answers: [Option<Answer>; 4],
+    next: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Answer {
     class: TokenClass,
     len: u8,
     canonical: [u8; 32],
     withheld: bool,
+}
+
+impl Recent {
+    fn find(&self, class: TokenClass, canonical: &[u8]) -> Option<bool> {
+        self.answers
+            .iter()
+            .flatten()
+            .find(|a| a.class == class && &a.canonical[..usize::from(a.len)] == canonical)
+            .map(|a| a.withheld)
+    }
+
+    fn remember(&mut self, class: TokenClass, canonical: &[u8], withheld: bool) {
+        if canonical.len() > 32 {
+            return;
+        }
+        let mut answer = Answer {
+            class,
+            len: canonical.len() as u8,
+            canonical: [0; 32],
+            withheld,
+        };
+        answer.canonical[..canonical.len()].copy_from_slice(canonical);
+        self.answers[self.next] = Some(answer);
+        self.next = (self.next + 1) % self.answers.len();
+    }
 }
 
 impl<'a> SubjectGate<'a> {
@@ -232,7 +264,7 @@ impl<'a> SubjectGate<'a> {
             classes,
             policy,
             met: std::cell::Cell::new(false),
-            recent: std::cell::Cell::new([None; 4]),
+            recent: std::cell::RefCell::new(Recent::default()),
         }
     }
 
@@ -242,54 +274,60 @@ impl<'a> SubjectGate<'a> {
     }
 
     /// The token of an identifier: its own, or an unlinked one (and the record marked) when
-    /// the person is withheld.
+    /// the person is withheld. The token's HMAC runs while the table's filter line is fetched
+    /// from memory (at a million entries it is rarely in a cache); a withheld person's token
+    /// is then dropped unused.
     #[inline]
     pub fn token(&self, key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
-        if self.withholds(class, canonical) {
+        let (withheld, token) =
+            self.withholds_while(class, canonical, || token::token(key, class, canonical));
+        if withheld {
             self.met.set(true);
             unlinked_token(key)
         } else {
-            token::token(key, class, canonical)
+            token
         }
     }
 
     /// Whether the person behind this canonical value is withheld from this pipeline:
     /// erased, or without the consent its domain asks for. An empty table in a pipeline
-    /// that asks for no opt-in withholds no one, and no subject id is computed.
+    /// that asks for no opt-in withholds no one, and nothing is computed.
     #[inline]
     pub fn withholds(&self, class: TokenClass, canonical: &[u8]) -> bool {
+        self.withholds_while(class, canonical, || ()).0
+    }
+
+    /// [`Self::withholds`], with `meanwhile` run between the request for the table's memory
+    /// and the answer.
+    #[inline]
+    fn withholds_while<T>(
+        &self,
+        class: TokenClass,
+        canonical: &[u8],
+        meanwhile: impl FnOnce() -> T,
+    ) -> (bool, T) {
         if !self.classes.contains(class) {
-            return false;
+            return (false, meanwhile());
         }
         let opt_in = matches!(self.policy.consent, Some((ConsentMode::OptIn, _)));
         if self.table.is_empty() && !opt_in {
-            return false;
+            return (false, meanwhile());
         }
-        let mut recent = self.recent.get();
-        for answer in recent.iter().flatten() {
-            if answer.class == class && &answer.canonical[..usize::from(answer.len)] == canonical {
-                return answer.withheld;
-            }
+        if let Some(withheld) = self.recent.borrow().find(class, canonical) {
+            return (withheld, meanwhile());
         }
         let hint = subject_hint(self.key, class, canonical);
+        self.table.prefetch(hint);
+        let done = meanwhile();
         let withheld = self.table.withholds(
             hint,
             || subject_bytes(self.key, class, canonical),
             self.policy,
         );
-        if canonical.len() <= 32 {
-            let mut answer = Recent {
-                class,
-                len: canonical.len() as u8,
-                canonical: [0; 32],
-                withheld,
-            };
-            answer.canonical[..canonical.len()].copy_from_slice(canonical);
-            recent.rotate_right(1);
-            recent[0] = Some(answer);
-            self.recent.set(recent);
-        }
-        withheld
+        self.recent
+            .borrow_mut()
+            .remember(class, canonical, withheld);
+        (withheld, done)
     }
 }
 
