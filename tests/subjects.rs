@@ -7,7 +7,9 @@
 //!   gone, everyone else's records are exact; the notice holds the person's tokens; the
 //!   command is idempotent and `status` says what the registry holds;
 //! - an opt-in domain publishes the tokens of the opted-in only;
-//! - the notice lists the person's tokens under two epochs and two domains.
+//! - the notice lists the person's tokens under two epochs and two domains;
+//! - a registry record whose hint is wrong (or missing: format v1) is reported by `status` and
+//!   written again by a repeat of the request.
 
 mod common;
 
@@ -414,6 +416,10 @@ async fn erase_while_running(test: &str, kafka_extra: &str) {
     );
     let said = subjects(&world, "status", &file, &[]);
     assert!(said.contains("\"request\":\"req-test-1\""), "{said}");
+    assert!(
+        said.contains("\"hint\":\"ok\"") && !said.contains("\"hint\":\"wrong\""),
+        "{said}"
+    );
     // `lookup` with the config says the person was erased, and when.
     let (ok, said) = cli(&[
         "lookup",
@@ -927,4 +933,81 @@ async fn the_notice_lists_the_persons_tokens_under_two_epochs_and_two_domains() 
         !text.contains("9123") && !text.to_lowercase().contains("alice"),
         "{text}"
     );
+}
+
+/// Workers match identifiers to records by their hints and cannot check one without the raw
+/// value: a record written by another tool with a wrong hint, or in the first format without
+/// one, is reported by `status` (which has the values), and a repeat of the request writes it
+/// again, correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_wrong_or_missing_hint_is_reported_and_rewritten() {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{subject_of, RegistryRecord, SubjectState};
+    let _serial = serial().await;
+    let world = setup("hint", "", "domain = \"marketing\"\nconsent = \"opt-out\"").await;
+    let key = SubjectKey::new(
+        "s-test-1",
+        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
+    );
+    let (subject, hint) = subject_of(&key, TokenClass::Phone, PERSON_E164.as_bytes());
+    // An erasure with another value's hint, and an opt-out of the first format (no hint).
+    let wrong = RegistryRecord::new(
+        subject.clone(),
+        hint ^ 1,
+        SubjectState::Erased,
+        None,
+        "2026-12-05T00:00:00Z",
+        "req-other-tool",
+    );
+    let mut v1 = RegistryRecord::new(
+        subject,
+        hint,
+        SubjectState::OptedOut,
+        Some("marketing"),
+        "2026-12-05T00:00:00Z",
+        "req-v1",
+    );
+    v1.format = "pseudonymizer-subject/v1".into();
+    v1.hint = None;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .unwrap();
+    for record in [&wrong, &v1] {
+        producer
+            .send(
+                FutureRecord::to(&world.registry)
+                    .key(&record.key())
+                    .payload(&record.to_json()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let file = request_file(&world.dir, "request.txt", &format!("phone {PERSON}\n"));
+    let said = subjects(&world, "status", &file, &[]);
+    assert!(
+        said.contains("\"request\":\"req-other-tool\",\"hint\":\"wrong\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("\"request\":\"req-v1\",\"hint\":\"none\""),
+        "{said}"
+    );
+
+    let said = subjects(&world, "erase", &file, &["--request-id", "req-again"]);
+    assert!(said.contains("\"changed\":true"), "rewritten: {said}");
+    let said = subjects(&world, "opt-out", &file, &["--domain", "marketing"]);
+    assert!(said.contains("\"changed\":true"), "rewritten: {said}");
+    let said = subjects(&world, "status", &file, &[]);
+    assert!(
+        said.contains("\"request\":\"req-again\",\"hint\":\"ok\"")
+            && said.matches("\"hint\":\"ok\"").count() == 2,
+        "{said}"
+    );
+    // Now a repeat changes nothing.
+    let said = subjects(&world, "erase", &file, &[]);
+    assert!(said.contains("\"changed\":false"), "{said}");
 }
