@@ -9,7 +9,9 @@
 //! - an opt-in domain publishes the tokens of the opted-in only;
 //! - the notice lists the person's tokens under two epochs and two domains;
 //! - a registry record whose hint is wrong (or missing: format v1) is reported by `status` and
-//!   written again by a repeat of the request.
+//!   written again by a repeat of the request;
+//! - careless requests: a reused request id refused, a failed report after a whole record,
+//!   what workers do not act on named by `status`, warnings.
 
 mod common;
 
@@ -1010,4 +1012,142 @@ async fn a_record_with_a_wrong_or_missing_hint_is_reported_and_rewritten() {
     // Now a repeat changes nothing.
     let said = subjects(&world, "erase", &file, &[]);
     assert!(said.contains("\"changed\":false"), "{said}");
+}
+
+/// What a careless or hostile use of the commands meets: a request id already used for
+/// another person is refused (a notice under it would replace theirs on the compacted topic);
+/// a report that cannot be written (standard output on a full disk) leaves the request
+/// recorded whole; `status` names records workers do not act on (a tombstone on an erasure,
+/// a record that is not one); classes the workers ignore and consent after an erasure are
+/// warned of; `--class email` refuses a line that is no address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_requests_are_refused_or_warned_and_nothing_is_half_recorded() {
+    let _serial = serial().await;
+    let world = setup("careless", "", "").await;
+    let alice = request_file(
+        &world.dir,
+        "alice.txt",
+        &format!("\u{feff}phone {PERSON}\nemail alice@example.com\n"),
+    );
+    subjects(&world, "erase", &alice, &["--request-id", "req-alice"]);
+
+    // Another person under Alice's request id: refused, nothing written.
+    let bob = request_file(&world.dir, "bob.txt", "phone +65 8123 4567\nip 192.0.2.7\n");
+    let (ok, said) = cli(&[
+        "subjects",
+        "erase",
+        "--config",
+        world.config.to_str().unwrap(),
+        "--values-from",
+        &bob,
+        "--request-id",
+        "req-alice",
+        "--audit-log",
+        world.dir.join("audit.log").to_str().unwrap(),
+    ]);
+    assert!(!ok && said.contains("already names a request"), "{said}");
+    let notices = kafka::read_from_start(&world.brokers, &world.notices, 1);
+    assert_eq!(notices.len(), 1, "no second notice");
+    assert_eq!(notices[0].key(), Some(&b"req-alice"[..]));
+
+    // Bob's erasure with standard output on a full disk: an error, and every line recorded.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args([
+            "subjects",
+            "erase",
+            "--config",
+            world.config.to_str().unwrap(),
+        ])
+        .args(["--values-from", &bob, "--request-id", "req-bob"])
+        .arg("--audit-log")
+        .arg(world.dir.join("audit.log"))
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("the request is recorded"), "{stderr}");
+    assert!(
+        stderr.contains("line 2: class ip is not one of this config's subject classes"),
+        "{stderr}"
+    );
+    let said = subjects(&world, "status", &bob, &[]);
+    assert_eq!(said.matches("\"request\":\"req-bob\"").count(), 2, "{said}");
+
+    // A tombstone on Alice's erasure, and a record that is not one under her consent key:
+    // status names both.
+    let status = subjects(&world, "status", &alice, &[]);
+    let subject = status
+        .split("\"subject\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &world.brokers)
+        .create()
+        .unwrap();
+    let erased_key = format!("{subject}/erased");
+    let consent_key = format!("{subject}/consent");
+    producer
+        .send(
+            FutureRecord::<String, ()>::to(&world.registry).key(&erased_key),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&world.registry)
+                .key(&consent_key)
+                .payload("not a record"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let said = subjects(&world, "status", &alice, &[]);
+    let first = said.lines().next().unwrap();
+    assert!(
+        first.contains("\"not_acted_on\":[\"consent: refused\",\"erased: erasure tombstoned\"]"),
+        "{said}"
+    );
+    assert!(first.contains("\"erased\":null"), "{said}");
+
+    // Consent after an erasure is warned of; status refuses what it does not use.
+    let said = subjects(&world, "opt-out", &alice, &[]);
+    assert!(
+        said.contains("line 2: this identifier's person is erased"),
+        "{said}"
+    );
+    let (ok, said) = cli(&[
+        "subjects",
+        "status",
+        "--config",
+        world.config.to_str().unwrap(),
+        "--values-from",
+        &alice,
+        "--request-id",
+        "req-x",
+    ]);
+    assert!(!ok && said.contains("status records nothing"), "{said}");
+
+    // `--class email` with a line that is no address; a bad --class is the flag's fault.
+    for (class, want) in [("email", "not an e-mail address"), ("secret", "--class")] {
+        let (ok, said) = cli(&[
+            "subjects",
+            "erase",
+            "--config",
+            world.config.to_str().unwrap(),
+            "--values-from",
+            &bob,
+            "--class",
+            class,
+            "--audit-log",
+            world.dir.join("audit.log").to_str().unwrap(),
+        ]);
+        assert!(!ok && said.contains(want), "{class}: {said}");
+        assert!(!said.contains("8123"), "no value in an error: {said}");
+    }
 }

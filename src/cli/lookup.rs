@@ -195,7 +195,7 @@ impl Registry {
             .subject()
             .context("the keyring has no active subject key")?
             .clone();
-        let reader = TopicReader::open(kafka, topic, "lookup registry reader")
+        let reader = TopicReader::open_subject_topic(kafka, topic, "lookup registry reader")
             .map_err(anyhow::Error::msg)?;
         let mut erased = std::collections::HashMap::new();
         reader

@@ -92,8 +92,8 @@ pub struct RequestArgs {
     /// standard input), so that they stay out of the process list and the shell history.
     #[arg(long)]
     pub values_from: PathBuf,
-    /// The class of every line's value (phone, email, id, id.<role>); absent: each line
-    /// starts with its class.
+    /// The class of every line's value (phone, email, ip, id, id.<role>; the worker acts on
+    /// those of `[subjects] classes`); absent: each line starts with its class.
     #[arg(long)]
     pub class: Option<String>,
     /// The pseudonymisation domain of a consent (opt-out, opt-in); absent: the default domain.
@@ -359,6 +359,11 @@ async fn request(
     if erase && args.domain.is_some() {
         bail!("an erasure is of every domain: --domain goes with opt-out and opt-in");
     }
+    if state.is_none() && (args.domain.is_some() || args.request_id.is_some()) {
+        bail!(
+            "status records nothing: --domain and --request-id go with erase, opt-out and opt-in"
+        );
+    }
     if let Some(domain) = &args.domain {
         crate::keys::check_domain(domain).map_err(anyhow::Error::msg)?;
     }
@@ -401,6 +406,18 @@ async fn request(
         }
     }
 
+    let classes = crate::subjects::SubjectClasses::parse(&config.subjects.classes)
+        .map_err(anyhow::Error::msg)?;
+    for (n, id) in identifiers.iter().enumerate() {
+        if state.is_some() && !classes.contains(id.class) {
+            crate::note!(
+                "warning: line {}: class {} is not one of this config's subject classes ([subjects] classes): it is recorded, but these workers do not act on it",
+                n + 1,
+                id.class.as_str()
+            );
+        }
+    }
+
     // Audited before anything is read, written or printed.
     let command = match state {
         Some(state) => format!("subjects {}", verb(state)),
@@ -414,7 +431,11 @@ async fn request(
     let count = identifiers.len() as u64;
     audit.append(&command, key_ids.clone(), count, None, None, "started")?;
     let result = async {
-        let held = read_registry(kafka, &registry_topic, &identifiers).await?;
+        let asked_id = args.request_id.as_deref();
+        let held = read_registry(kafka, &registry_topic, &identifiers, asked_id).await?;
+        if held.request_id_taken {
+            bail!("request id {request_id} already names a request with other identifiers (registry records of subjects not in this file carry it): repeat a request with all of its identifiers, or give a new id (an erasure notice under a reused id replaces the earlier one)");
+        }
         match state {
             None => status(&identifiers, &held, out),
             Some(state) => {
@@ -425,7 +446,7 @@ async fn request(
                     &registry_topic,
                     notice_topic.as_deref(),
                     &identifiers,
-                    &held,
+                    &held.records,
                     state,
                     args.domain.as_deref(),
                     &request_id,
@@ -449,19 +470,34 @@ fn verb(state: SubjectState) -> &'static str {
     }
 }
 
-/// The registry's records of these identifiers, by registry key.
+/// What the registry holds of one request's identifiers.
+#[derive(Default)]
+struct Held {
+    /// The latest record of each of their registry keys, by key.
+    records: HashMap<String, RegistryRecord>,
+    /// Their keys whose latest record was refused (not one, or not the key's) or was a
+    /// tombstone on an erasure: what workers do not act on, or a restarted one no longer sees.
+    troubled: HashMap<String, &'static str>,
+    /// Whether a record of another subject carries the request's id.
+    request_id_taken: bool,
+}
+
+/// The registry's records of these identifiers (and whether `request_id` is another
+/// person's).
 async fn read_registry(
     kafka: &crate::config::KafkaConfig,
     topic: &str,
     identifiers: &[Identifier],
-) -> Result<HashMap<String, RegistryRecord>> {
+    request_id: Option<&str>,
+) -> Result<Held> {
     let subjects: std::collections::HashSet<String> =
         identifiers.iter().map(|i| i.subject.clone()).collect();
     let kafka = kafka.clone();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<HashMap<String, RegistryRecord>, String> {
-        let reader = TopicReader::open(&kafka, &topic, "subjects reader")?;
-        let mut held = HashMap::new();
+    let request_id = request_id.map(str::to_owned);
+    tokio::task::spawn_blocking(move || -> Result<Held, String> {
+        let reader = TopicReader::open_subject_topic(&kafka, &topic, "subjects reader")?;
+        let mut held = Held::default();
         reader.read_to_end(
             READ_TIMEOUT,
             |read| {
@@ -469,21 +505,33 @@ async fn read_registry(
                 let Ok(text) = std::str::from_utf8(key) else {
                     return;
                 };
-                let Some((subject, _)) = text.split_once('/') else {
+                let Some((subject, aspect)) = text.split_once('/') else {
                     return;
                 };
                 if !subjects.contains(subject) {
-                    return;
-                }
-                match read.value {
-                    None => {
-                        held.remove(text);
-                    }
-                    Some(value) => {
+                    // Another person's record: only its request id matters here.
+                    if let (Some(id), Some(value)) = (&request_id, read.value) {
                         if let Ok(record) = RegistryRecord::parse(key, value) {
-                            held.insert(text.to_owned(), record);
+                            held.request_id_taken |= &record.request == id;
                         }
                     }
+                    return;
+                }
+                held.records.remove(text);
+                held.troubled.remove(text);
+                match read.value {
+                    None if aspect == "erased" => {
+                        held.troubled.insert(text.to_owned(), "erasure tombstoned");
+                    }
+                    None => {}
+                    Some(value) => match RegistryRecord::parse(key, value) {
+                        Ok(record) => {
+                            held.records.insert(text.to_owned(), record);
+                        }
+                        Err(_) => {
+                            held.troubled.insert(text.to_owned(), "refused");
+                        }
+                    },
                 }
             },
             |_, _| {},
@@ -495,14 +543,18 @@ async fn read_registry(
     .map_err(anyhow::Error::msg)
 }
 
-fn status(
-    identifiers: &[Identifier],
-    held: &HashMap<String, RegistryRecord>,
-    out: &mut dyn Write,
-) -> Result<()> {
+fn status(identifiers: &[Identifier], held: &Held, out: &mut dyn Write) -> Result<()> {
     for (n, id) in identifiers.iter().enumerate() {
         let prefix = format!("{}/", id.subject);
+        // Keys whose latest record workers do not act on: `aspect: why`.
+        let mut troubled: Vec<String> = held
+            .troubled
+            .iter()
+            .filter_map(|(k, why)| Some(format!("{}: {why}", k.strip_prefix(&prefix)?)))
+            .collect();
+        troubled.sort();
         let mut records: Vec<&RegistryRecord> = held
+            .records
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(_, r)| r)
@@ -528,6 +580,7 @@ fn status(
             "subject": id.subject,
             "erased": erased.map(|r| serde_json::json!({"at": r.at, "request": r.request, "hint": hint(r)})),
             "consent": consent,
+            "not_acted_on": troubled,
         });
         writeln!(out, "{line}")?;
     }
@@ -572,6 +625,19 @@ async fn record(
             .map_err(anyhow::Error::msg)
             .context("writing the erasure notice")?;
     }
+    if state != SubjectState::Erased {
+        for (n, id) in identifiers.iter().enumerate() {
+            if held.contains_key(&record_key(&id.subject, SubjectState::Erased, None)) {
+                crate::note!(
+                    "warning: line {}: this identifier's person is erased; the erasure stands whatever their consent",
+                    n + 1
+                );
+            }
+        }
+    }
+    // Every record is written before anything is printed: a report that cannot be written
+    // (a full disk, a closed pipe) never leaves the request half-recorded.
+    let mut lines = Vec::new();
     for (n, (id, change)) in identifiers.iter().zip(&changes).enumerate() {
         let line = if *change {
             let record =
@@ -580,15 +646,27 @@ async fn record(
                 .send(registry_topic, &record.key(), &record.to_json())
                 .await
                 .map_err(anyhow::Error::msg)
-                .context("writing to the subject registry")?;
+                .with_context(|| {
+                    format!(
+                        "writing line {} to the subject registry ({n} of {} recorded: repeat the request)",
+                        n + 1,
+                        identifiers.len()
+                    )
+                })?;
             serde_json::json!({"line": n + 1, "class": id.class.as_str(), "subject": id.subject, "state": state.as_str(), "domain": domain, "changed": true, "at": at, "request": request_id})
         } else {
             let old = &held[&record_key(&id.subject, state, domain)];
             serde_json::json!({"line": n + 1, "class": id.class.as_str(), "subject": id.subject, "state": state.as_str(), "domain": domain, "changed": false, "at": old.at, "request": old.request})
         };
-        writeln!(out, "{line}")?;
+        lines.push(line);
     }
-    Ok(())
+    let mut report = || -> std::io::Result<()> {
+        for line in &lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()
+    };
+    report().context("the request is recorded, but its report could not be written")
 }
 
 /// The notice of one erasure: the person's tokens under every pseudonym key with a secret, in
@@ -653,6 +731,9 @@ fn identifiers_of(
             "the keyring has no active subject key (`keys rotate --purpose subject` adds one)",
         )?
         .clone();
+    if let Some(class) = class {
+        parse_class(class).context("--class")?;
+    }
     let phone = &PhoneCanon::new(&config.phone.default_region)?;
     let subject_key_ref: &crate::keys::SubjectKey = &subject_key;
     let lines = read_lines(path)?;
@@ -689,8 +770,19 @@ fn parse_line<'a>(line: &'a str, class: Option<&str>) -> Result<(TokenClass, &'a
             .map(|(c, v)| (c, v.trim()))
             .context("a line is `class value` (or give --class)")?,
     };
+    let class = parse_class(name)?;
+    // A line of another class given under --class email (`phone +65…`), or a stray word,
+    // would otherwise be recorded as somebody's address.
+    if class == TokenClass::Email && (!value.contains('@') || value.contains(char::is_whitespace)) {
+        bail!("not an e-mail address (one word with an @)");
+    }
+    Ok((class, value))
+}
+
+/// A requestable token class by name.
+fn parse_class(name: &str) -> Result<TokenClass> {
     match TokenClass::parse(name) {
-        Some(class) if class.is_requestable() => Ok((class, value)),
+        Some(class) if class.is_requestable() => Ok(class),
         _ => bail!("the class must be phone, ip, email, id or id.<role>"),
     }
 }
@@ -713,6 +805,8 @@ fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
             .with_context(|| format!("reading {}", path.display()))?;
         String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?
     };
+    // A byte-order mark, as some editors on Windows write one, is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lines: Vec<String> = text
         .lines()
         .map(str::trim)

@@ -109,6 +109,17 @@ pub struct TopicReader {
 }
 
 impl TopicReader {
+    /// [`Self::open`] for the subject registry or the erasure notices: a missing topic's error
+    /// says which command makes it.
+    pub fn open_subject_topic(
+        kafka: &KafkaConfig,
+        topic: &str,
+        client: &'static str,
+    ) -> Result<Self, String> {
+        TopicReader::open(kafka, topic, client)
+            .map_err(|e| format!("{e} (`pseudonymizer subjects init` creates the subject topics)"))
+    }
+
     /// Assigns every partition of `topic` from the beginning. Fails if the topic does not
     /// exist (a missing registry is never read as an empty one).
     pub fn open(kafka: &KafkaConfig, topic: &str, client: &'static str) -> Result<Self, String> {
@@ -138,9 +149,7 @@ impl TopicReader {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!(
-                "topic {topic} does not exist (create it with `pseudonymizer subjects init`)"
-            ));
+            return Err(format!("topic {topic} does not exist"));
         }
         let mut list = TopicPartitionList::new();
         for p in &partitions {
@@ -300,7 +309,7 @@ pub fn erased_tokens(
     topic: &str,
     timeout: Duration,
 ) -> Result<(std::collections::HashSet<String>, u64), String> {
-    let reader = TopicReader::open(kafka, topic, "erasure notice reader")?;
+    let reader = TopicReader::open_subject_topic(kafka, topic, "erasure notice reader")?;
     let mut tokens = std::collections::HashSet::new();
     let mut refused = 0u64;
     reader.read_to_end(

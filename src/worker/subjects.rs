@@ -77,7 +77,7 @@ pub async fn start(
         let subjects = subjects.clone();
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let reader = TopicReader::open(&kafka, &topic, "subject registry reader")?;
+            let reader = TopicReader::open_subject_topic(&kafka, &topic, "subject registry reader")?;
             let started = Instant::now();
             tracing::info!(topic = %topic, "reading the subject registry; not ready until it is read to its end");
             let mut foreign = 0u64;
