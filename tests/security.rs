@@ -1106,3 +1106,52 @@ fn only_audit_records_make_an_intact_chain() {
         "the long path is recorded shortened: {text}"
     );
 }
+
+/// A command started with standard output and error closed (`>&-`) holds both on /dev/null
+/// before it opens anything: otherwise the next file or socket it opened (the audit log, a
+/// broker connection) would get descriptor 1 and receive its report.
+#[test]
+fn closed_standard_streams_are_held_on_dev_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = common::write_keyring(dir.path());
+    let audit = dir.path().join("audit.log");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec '{}' lookup --keyring '{}' --class phone --values-from - --audit-log '{}' >&- 2>&-",
+            env!("CARGO_BIN_EXE_pseudonymizer"),
+            keyring.display(),
+            audit.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fd = |n: u32| std::fs::read_link(format!("/proc/{}/fd/{n}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // The program blocks reading the values from standard input: by then it has opened
+    // everything it opens first.
+    while !(fd(1).is_ok() && fd(2).is_ok()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fds 1 and 2 never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(fd(1).unwrap(), std::path::PathBuf::from("/dev/null"));
+    assert_eq!(fd(2).unwrap(), std::path::PathBuf::from("/dev/null"));
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"+6591234567\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("{\"seq\":") && !l.contains("+659")),
+        "{log}"
+    );
+}
