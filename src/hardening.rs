@@ -9,11 +9,6 @@
 //!   initial environment block are overwritten, so `/proc/PID/environ` no longer shows it.
 //!   Files (`PSEUDONYMIZER_KEK_FILE`) or a KMS keep it out of the environment altogether.
 //!
-//! - **Standard streams held open.** A process started with standard input, output or error
-//!   closed (`>&-`) would hand that number to the next file or socket it opens (an audit log,
-//!   a keyring, a broker connection), and its report would be written there. Each closed one
-//!   is opened on `/dev/null` first.
-//!
 //! Run from `main` before any thread starts: the environment is not thread-safe to modify.
 
 use std::ffi::CStr;
@@ -35,7 +30,6 @@ pub struct Hardened {
 /// Turns core dumps off (unless [`ALLOW_CORE_DUMPS_ENV`] is `1`) and moves a KEK out of the
 /// environment. Must run before any other thread exists.
 pub fn harden() -> Hardened {
-    hold_standard_streams();
     let allow_cores = std::env::var(ALLOW_CORE_DUMPS_ENV).is_ok_and(|v| v == "1");
     if !allow_cores {
         let zero = libc::rlimit {
@@ -64,25 +58,6 @@ pub fn harden() -> Hardened {
         core_limit_zero: limit_ok && limit.rlim_cur == 0 && limit.rlim_max == 0,
         not_dumpable: dumpable == 0,
         kek_scrubbed,
-    }
-}
-
-/// Opens `/dev/null` on each of file descriptors 0, 1 and 2 that is closed, so that none of
-/// them is given to a file or socket the program opens.
-fn hold_standard_streams() {
-    for fd in 0..=2 {
-        // SAFETY: fcntl(F_GETFD) only asks whether `fd` is open; open and dup2 are given a
-        // NUL-terminated path and descriptors this function owns; the spare is closed.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) != -1 {
-                continue;
-            }
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            if null >= 0 && null != fd {
-                libc::dup2(null, fd);
-                libc::close(null);
-            }
-        }
     }
 }
 

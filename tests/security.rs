@@ -1109,7 +1109,8 @@ fn only_audit_records_make_an_intact_chain() {
 
 /// A command started with standard output and error closed (`>&-`) holds both on /dev/null
 /// before it opens anything: otherwise the next file or socket it opened (the audit log, a
-/// broker connection) would get descriptor 1 and receive its report.
+/// broker connection) would get descriptor 1 and receive its report. Rust's runtime does this
+/// before `main` on Linux; this holds the binary to it (a hostile review asked).
 #[test]
 fn closed_standard_streams_are_held_on_dev_null() {
     let dir = tempfile::tempdir().unwrap();
