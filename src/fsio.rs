@@ -251,6 +251,15 @@ impl AtomicFile {
         mode: u32,
         new_only: bool,
     ) -> Result<AtomicFile, FileError> {
+        // `out/` names a directory, existing or not: refused now, not at the commit after all
+        // the work (the rename onto it would fail).
+        if std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).ends_with(b"/") {
+            return Err(FileError::io(
+                what,
+                path,
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
         if let Ok(meta) = std::fs::metadata(&target) {
             if !meta.file_type().is_file() {
                 return Err(FileError::NotRegular {
@@ -423,6 +432,10 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // A name that ends in `/` is a directory's, existing or not: refused before any work.
+        let slash = PathBuf::from(format!("{}/", dir.path().join("newdir").display()));
+        assert!(AtomicFile::create_new(&slash, "output", 0o600).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         // Nothing there: written.
         let fresh = dir.path().join("fresh");
