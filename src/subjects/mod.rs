@@ -6,10 +6,14 @@
 //! A *subject id* is a token made under the keyring's subject key instead of a pseudonym key:
 //! the same class and canonical value, the same MAC. The subject key is never rotated, so an
 //! erasure or a consent recorded once still matches the person after every pseudonym epoch.
+//! A *subject hint* is a keyed SipHash of the same input under a second working key of that
+//! secret: ten times cheaper, it lets a worker rule out the many who are in no record before it
+//! computes anyone's subject id.
 //! Nothing here does I/O: [`kafka`] reads and writes the topics, the worker and the CLI own it.
 //!
 //! - [`record`]: the registry's records and the erasure notices, as JSON on the wire;
-//! - [`table`]: what a worker holds of the registry: 20 bytes per subject, no raw value;
+//! - [`table`]: what a worker holds of the registry: 20 bytes per subject and a filter of their
+//!   hints, no raw value;
 //! - [`kafka`]: the two compacted topics: created, read to their end, followed, written.
 
 pub mod kafka;
