@@ -7,8 +7,8 @@
 //! the same class and canonical value, the same MAC. The subject key is never rotated, so an
 //! erasure or a consent recorded once still matches the person after every pseudonym epoch.
 //! A *subject hint* is a keyed SipHash of the same input under a second working key of that
-//! secret: a fraction of an HMAC's cost, it lets a worker rule out the many who are in no record before it
-//! computes anyone's subject id.
+//! secret: at a fraction of an HMAC's cost, it lets a worker rule out the many who are in no
+//! record before it computes anyone's subject id.
 //! Nothing here does I/O: [`kafka`] reads and writes the topics, the worker and the CLI own it.
 //!
 //! - [`record`]: the registry's records and the erasure notices, as JSON on the wire;
