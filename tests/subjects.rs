@@ -1133,6 +1133,26 @@ async fn careless_requests_are_refused_or_warned_and_nothing_is_half_recorded() 
     ]);
     assert!(!ok && said.contains("status records nothing"), "{said}");
 
+    // A bulk file is not one person's request: refused before anything is written.
+    let bulk: String = (0..1001).map(|n| format!("phone +1415{n:07}\n")).collect();
+    let bulk = request_file(&world.dir, "bulk.txt", &bulk);
+    let (ok, said) = cli(&[
+        "subjects",
+        "erase",
+        "--config",
+        world.config.to_str().unwrap(),
+        "--values-from",
+        &bulk,
+        "--audit-log",
+        world.dir.join("audit.log").to_str().unwrap(),
+    ]);
+    assert!(!ok && said.contains("at most 1000"), "{said}");
+    assert_eq!(
+        kafka::read_from_start(&world.brokers, &world.notices, 1).len(),
+        2,
+        "Alice's and Bob's notices, no other"
+    );
+
     // `--class email` with a line that is no address; a bad --class is the flag's fault.
     for (class, want) in [("email", "not an e-mail address"), ("secret", "--class")] {
         let (ok, said) = cli(&[

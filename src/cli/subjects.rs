@@ -816,8 +816,21 @@ fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
     if lines.is_empty() {
         bail!("no identifiers in {}", path.display());
     }
+    if lines.len() > MAX_IDENTIFIERS {
+        bail!(
+            "{} holds {} identifiers; a request is one person's, at most {MAX_IDENTIFIERS} (its erasure notice must fit one Kafka record): make one request per person",
+            path.display(),
+            lines.len()
+        );
+    }
     Ok(lines)
 }
+
+/// Most identifiers in one request. One person has a few; a file of more is a bulk import by
+/// mistake. The erasure notice holds a token per identifier, live key and domain (about 110
+/// bytes each) and must fit one Kafka record (1 MiB by default): 1,000 identifiers under two
+/// keys and two domains take about 440 KB.
+const MAX_IDENTIFIERS: usize = 1000;
 
 fn now() -> String {
     use time::format_description::well_known::Rfc3339;
