@@ -108,6 +108,9 @@ pub struct TopicReader {
     topic: String,
 }
 
+/// The end of [`TopicReader::open`]'s error for a topic that does not exist.
+const MISSING: &str = " does not exist";
+
 impl TopicReader {
     /// [`Self::open`] for the subject registry or the erasure notices: a missing topic's error
     /// says which command makes it.
@@ -116,8 +119,10 @@ impl TopicReader {
         topic: &str,
         client: &'static str,
     ) -> Result<Self, String> {
-        TopicReader::open(kafka, topic, client)
-            .map_err(|e| format!("{e} (`pseudonymizer subjects init` creates the subject topics)"))
+        TopicReader::open(kafka, topic, client).map_err(|e| match e.ends_with(MISSING) {
+            true => format!("{e} (`pseudonymizer subjects init` creates the subject topics)"),
+            false => e,
+        })
     }
 
     /// Assigns every partition of `topic` from the beginning. Fails if the topic does not
@@ -149,7 +154,7 @@ impl TopicReader {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!("topic {topic} does not exist"));
+            return Err(format!("topic {topic}{MISSING}"));
         }
         let mut list = TopicPartitionList::new();
         for p in &partitions {
