@@ -222,7 +222,8 @@ pub fn route(setup: &Setup, data: &[u8]) {
 
 /// A phone field's value and a region: the first byte picks the region (of every region the
 /// parser knows), the rest is the value (lossy UTF-8). Wherever the fast path answers, its
-/// answer is the full parse's (src/phone/fast.rs).
+/// answer is the full parse's (src/phone/fast.rs), and so are the attributes derived from it
+/// (src/phone/attributes.rs).
 pub fn phone_fast(_: &Setup, data: &[u8]) {
     static REGIONS: std::sync::LazyLock<Vec<rlibphonenumber::Region>> =
         std::sync::LazyLock::new(|| {
@@ -242,6 +243,12 @@ pub fn phone_fast(_: &Setup, data: &[u8]) {
             fast,
             crate::phone::parse_e164(region, trimmed),
             "fast path and full parse disagree"
+        );
+        // The derived attributes (region, calling code, type) of the fast path's answer.
+        assert_eq!(
+            crate::phone::attributes::of_canonical(&fast.1),
+            crate::phone::attributes::of_full_parse(region, trimmed),
+            "derived attributes and full parse disagree"
         );
     }
 }

@@ -7,18 +7,24 @@
 //!   to every length; national numbers the same in every region.
 //! - Random numbers of every length in every region, with separators; arbitrary strings.
 //!
+//! - Wherever it answers with a number, the derived attributes read from its canonical form
+//!   (src/phone/attributes.rs: region, calling code, number type) are the full parse's
+//!   `get_region_code` and `get_type`; and every number type's example numbers, and their
+//!   neighbours, in every region and non-geographic code.
+//!
 //! Each check also counts the answers, so a fast path that declined everything would fail.
 
 mod common;
 
 use proptest::prelude::*;
 use pseudonymizer::phone::metadata::{CALLING_CODES, METADATA_VERSION, TERRITORIES};
+use pseudonymizer::phone::attributes::{self, NumberType};
 use pseudonymizer::phone::{fast, parse_e164, phone_region, phone_regions, PHONE_METADATA};
 use rand::{Rng, SeedableRng};
 use rlibphonenumber::Region;
 
 /// Whether the fast path answered for `value` in `region`; panics if its answer differs from
-/// the full parse's.
+/// the full parse's, or if the attributes of its answer differ from the full parse's.
 fn agrees(region: Region, value: &str) -> bool {
     let trimmed = value.trim();
     match fast::canonical(region, trimmed) {
@@ -29,9 +35,22 @@ fn agrees(region: Region, value: &str) -> bool {
                 fast, full,
                 "{value:?} read in {region}: fast path vs full parse"
             );
+            attributes_agree(region, trimmed, &fast.1);
             true
         }
     }
+}
+
+/// Panics unless the attributes read from `canonical` (the canonical form of `trimmed` read in
+/// `region`, or a `phone-raw` value) are the full parse's.
+fn attributes_agree(region: Region, trimmed: &str, canonical: &str) -> Option<NumberType> {
+    let derived = attributes::of_canonical(canonical);
+    let full = attributes::of_full_parse(region, trimmed);
+    assert_eq!(
+        derived, full,
+        "{trimmed:?} read in {region}: attributes of {canonical:?} vs the full parse's"
+    );
+    derived.map(|a| a.number_type)
 }
 
 /// Every digit string of up to `max` digits (the empty one included).
@@ -240,6 +259,69 @@ fn leading_zeros_of_every_count() {
         }
     }
     assert!(answered > 10_000, "{answered} answered");
+}
+
+/// Every region's and non-geographic code's example number of every type (libphonenumber's
+/// metadata holds one per type), as written and with each of its last two digits changed: the
+/// attributes read from the canonical form are the full parse's, and every type is seen.
+#[test]
+fn attributes_of_every_types_example_numbers_and_their_neighbours() {
+    use rlibphonenumber::{PhoneNumberFormat, PhoneNumberType, PHONE_NUMBER_UTIL};
+    let types = [
+        PhoneNumberType::FixedLine,
+        PhoneNumberType::Mobile,
+        PhoneNumberType::TollFree,
+        PhoneNumberType::PremiumRate,
+        PhoneNumberType::SharedCost,
+        PhoneNumberType::VoIP,
+        PhoneNumberType::PersonalNumber,
+        PhoneNumberType::Pager,
+        PhoneNumberType::UAN,
+        PhoneNumberType::VoiceMail,
+    ];
+    let mut examples = Vec::new();
+    for region in all_regions() {
+        for kind in types {
+            if let Ok(number) = PHONE_NUMBER_UTIL.get_example_number_for_type_and_region(region, kind)
+            {
+                examples.push(number.format_as(PhoneNumberFormat::E164).into_owned());
+            }
+        }
+    }
+    for code in PHONE_NUMBER_UTIL.get_supported_global_network_calling_codes() {
+        if let Ok(number) = PHONE_NUMBER_UTIL.get_example_number_for_non_geo_entity(code) {
+            examples.push(number.format_as(PhoneNumberFormat::E164).into_owned());
+        }
+    }
+    assert!(examples.len() > 1000, "{} example numbers", examples.len());
+    let default = phone_region("ID").unwrap();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for example in &examples {
+        let mut variants = vec![example.clone()];
+        for from_end in 1..=2 {
+            for digit in '0'..='9' {
+                let mut v: Vec<char> = example.chars().collect();
+                let at = v.len() - from_end;
+                v[at] = digit;
+                variants.push(v.into_iter().collect());
+            }
+        }
+        variants.push(format!("{example}5"));
+        variants.push(example[..example.len() - 1].to_owned());
+        for value in variants {
+            let (_, canonical) = parse_e164(default, &value);
+            if let Some(kind) = attributes_agree(default, &value, &canonical) {
+                *seen.entry(kind.as_str()).or_default() += 1;
+            }
+        }
+    }
+    for kind in NumberType::ALL {
+        assert!(
+            seen.get(kind.as_str()).copied().unwrap_or(0) > 0,
+            "no number of type {} was seen: {seen:?}",
+            kind.as_str()
+        );
+    }
 }
 
 proptest! {

@@ -29,6 +29,7 @@ use std::sync::{LazyLock, OnceLock};
 use regex::Regex;
 use rlibphonenumber::Region;
 
+use super::attributes::TypeDesc;
 use super::metadata::{CALLING_CODES, REGION_COUNT, TERRITORIES};
 use crate::class::TokenClass;
 
@@ -51,6 +52,13 @@ pub struct Territory {
     pub possible_lengths: &'static [u8],
     /// Lengths that can only be dialled locally (not possible numbers on their own).
     pub local_only_lengths: &'static [u8],
+    /// For a region sharing its calling code: national numbers starting with this pattern are
+    /// its own (read by [`super::attributes`], as every field below).
+    pub leading_digits: Option<&'static str>,
+    /// Whether the metadata gives mobile and fixed-line numbers one pattern.
+    pub same_mobile_and_fixed_line: bool,
+    /// Each number type the territory has, in the order libphonenumber tries them.
+    pub types: &'static [TypeDesc],
 }
 
 /// Digits a value may hold to be answered here: more is never a number the parser accepts
@@ -249,7 +257,7 @@ fn e164<'d>(territory: &Territory, national: &'d str) -> Option<E164<'d>> {
 }
 
 /// The metadata of a region.
-fn territory_of(region: Region) -> Option<&'static Territory> {
+pub(super) fn territory_of(region: Region) -> Option<&'static Territory> {
     let code = region.as_region_str();
     match code.as_bytes() {
         &[a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
@@ -374,10 +382,23 @@ impl Compiled {
     }
 }
 
+/// The index in [`TERRITORIES`] of one of its elements.
+pub(super) fn index_of(territory: &'static Territory) -> usize {
+    (territory as *const Territory as usize - TERRITORIES.as_ptr() as usize)
+        / std::mem::size_of::<Territory>()
+}
+
+/// The territory whose metadata reads `+` numbers with calling code `code` (its main region),
+/// if the code exists.
+pub(super) fn main_territory(code: u16) -> Option<&'static Territory> {
+    INDEX
+        .by_code
+        .get(usize::from(code))
+        .and_then(|&at| INDEX.territory(at))
+}
+
 fn compiled(territory: &'static Territory) -> Option<&'static Compiled> {
-    // `territory` is an element of TERRITORIES: its index is its offset.
-    let at = (territory as *const Territory as usize - TERRITORIES.as_ptr() as usize)
-        / std::mem::size_of::<Territory>();
+    let at = index_of(territory);
     INDEX.compiled[at]
         .get_or_init(|| Compiled::new(territory))
         .as_ref()
