@@ -6,6 +6,8 @@
 //! the same record that holds the region to read national numbers with
 //! (`{ action = "phone", region_field = "location.country" }`), for `id` the role of the
 //! identifier (`{ action = "id", class = "cell" }`: token class `id.cell`, docs/formats.md §3).
+//! A `phone` rule may also derive attributes of the number into fields beside its token
+//! (`{ action = "phone", derive = ["region", "calling_code", "number_type"] }`: [`Derive`]).
 //!
 //! A rule that is neither is refused naming its path and the forms a rule may take
 //! ([`deserialize_rules`]); values are quoted short ([`crate::config::quote`]).
@@ -21,7 +23,92 @@ use crate::token::{SubClass, TokenClass};
 pub const ACTION_NAMES: &str = "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt";
 
 /// What a rule may be, for messages.
-pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field for phone; class for id)";
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; class for id)";
+
+/// An attribute of a phone number that a `phone` rule may derive into a field of its own,
+/// beside the token (src/phone/attributes.rs says how each is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PhoneAttribute {
+    /// ISO 3166 alpha-2 region of the number: field `<name>_region`, nullable string.
+    Region,
+    /// Country calling code: field `<name>_calling_code`, nullable int.
+    CallingCode,
+    /// Number type (`mobile`, `fixed_line`, …): field `<name>_number_type`, nullable string.
+    NumberType,
+}
+
+impl PhoneAttribute {
+    /// Every attribute, in the order their fields follow the token.
+    pub const ALL: [PhoneAttribute; 3] = [
+        PhoneAttribute::Region,
+        PhoneAttribute::CallingCode,
+        PhoneAttribute::NumberType,
+    ];
+
+    /// The name a rule's `derive` list uses, and the suffix of the field it makes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PhoneAttribute::Region => "region",
+            PhoneAttribute::CallingCode => "calling_code",
+            PhoneAttribute::NumberType => "number_type",
+        }
+    }
+
+    /// The name of the field it makes beside the phone field `field`.
+    pub fn field_name(self, field: &str) -> String {
+        format!("{field}_{}", self.name())
+    }
+}
+
+/// The attributes a phone rule derives (a set; their fields always follow the token in the
+/// order of [`PhoneAttribute::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Derive(u8);
+
+impl Derive {
+    pub fn with(self, attribute: PhoneAttribute) -> Derive {
+        Derive(self.0 | 1 << attribute as u8)
+    }
+
+    pub fn has(self, attribute: PhoneAttribute) -> bool {
+        self.0 & 1 << attribute as u8 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The attributes, in field order.
+    pub fn iter(self) -> impl Iterator<Item = PhoneAttribute> {
+        PhoneAttribute::ALL
+            .into_iter()
+            .filter(move |a| self.has(*a))
+    }
+
+    /// The set a `derive` list names, or a sentence saying why it is not one.
+    pub fn parse(names: &[String]) -> Result<Derive, String> {
+        let mut derive = Derive::default();
+        for name in names {
+            let attribute = PhoneAttribute::ALL
+                .into_iter()
+                .find(|a| a.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "derive: {} is not an attribute of a phone number (region, calling_code, number_type)",
+                        quote(name)
+                    )
+                })?;
+            if derive.has(attribute) {
+                return Err(format!("derive: {} is named twice", quote(name)));
+            }
+            derive = derive.with(attribute);
+        }
+        if derive.is_empty() {
+            return Err("derive: the list is empty (name region, calling_code or number_type, or leave derive out)".to_owned());
+        }
+        Ok(derive)
+    }
+}
 
 /// What to do with one leaf field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +199,8 @@ pub enum RuleSpec {
         region_field: Option<String>,
         /// The role of an `id` (its sub-class).
         class: Option<String>,
+        /// The attributes a phone rule derives beside its token.
+        derive: Option<Vec<String>>,
     },
 }
 
@@ -178,12 +267,30 @@ impl RuleSpec {
                 )),
             }
         };
-        const OPTIONS: [&str; 5] = [
+        let list = |key: &str| -> Result<Option<Vec<String>>, String> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        other => Err(format!("{key} must list strings, not {}", type_name(other))),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Some),
+                Some(other) => Err(format!(
+                    "{key} must be a list of strings, not {}",
+                    type_name(other)
+                )),
+            }
+        };
+        const OPTIONS: [&str; 6] = [
             "action",
             "ipv4_prefix",
             "ipv6_prefix",
             "region_field",
             "class",
+            "derive",
         ];
         if let Some(unknown) = table.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
             return Err(format!(
@@ -200,6 +307,7 @@ impl RuleSpec {
             ipv6_prefix: prefix("ipv6_prefix")?,
             region_field: text("region_field")?,
             class: text("class")?,
+            derive: list("derive")?,
         })
     }
 }
@@ -236,6 +344,9 @@ impl RuleSpec {
                 "region_field only applies to phone, not {}",
                 quote(name)
             ));
+        }
+        if name != "phone" && self.derive_names().is_some() {
+            return Err(format!("derive only applies to phone, not {}", quote(name)));
         }
         Ok(match name {
             "keep" => Action::Keep,
@@ -278,6 +389,21 @@ impl RuleSpec {
             RuleSpec::Name(_) => None,
         }
     }
+
+    /// The `derive` list as written, where the rule has one.
+    fn derive_names(&self) -> Option<&[String]> {
+        match self {
+            RuleSpec::Table { derive, .. } => derive.as_deref(),
+            RuleSpec::Name(_) => None,
+        }
+    }
+
+    /// The attributes a phone rule derives (empty where it names none), or why its `derive`
+    /// list is not a set of attributes.
+    pub fn derive(&self) -> Result<Derive, String> {
+        self.derive_names()
+            .map_or(Ok(Derive::default()), Derive::parse)
+    }
 }
 
 /// The rules of one input schema: field path to action.
@@ -286,6 +412,8 @@ pub struct Rules {
     actions: BTreeMap<String, Action>,
     /// Phone field path → the path of the field holding its region.
     region_fields: BTreeMap<String, String>,
+    /// Phone field path → the attributes derived beside its token (none absent).
+    derived: BTreeMap<String, Derive>,
 }
 
 impl Rules {
@@ -294,12 +422,22 @@ impl Rules {
     pub fn from_specs(specs: &BTreeMap<String, RuleSpec>) -> (Self, Vec<String>) {
         let mut actions = BTreeMap::new();
         let mut region_fields = BTreeMap::new();
+        let mut derived = BTreeMap::new();
         let mut errors = Vec::new();
         for (path, spec) in specs {
             let action = spec.action().unwrap_or_else(|why| {
                 errors.push(format!("{path}: {why}"));
                 Action::Keep
             });
+            if action == Action::Token(TokenClass::Phone) {
+                match spec.derive() {
+                    Ok(derive) if derive.is_empty() => {}
+                    Ok(derive) => {
+                        derived.insert(path.clone(), derive);
+                    }
+                    Err(why) => errors.push(format!("{path}: {why}")),
+                }
+            }
             actions.insert(path.clone(), action);
             if let (Action::Token(TokenClass::Phone), Some(region)) = (action, spec.region_field())
             {
@@ -310,6 +448,7 @@ impl Rules {
             Rules {
                 actions,
                 region_fields,
+                derived,
             },
             errors,
         )
@@ -320,7 +459,19 @@ impl Rules {
         Rules {
             actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect(),
             region_fields: BTreeMap::new(),
+            derived: BTreeMap::new(),
         }
+    }
+
+    /// These rules, with the phone rule at `phone_path` deriving `derive` beside its token.
+    pub fn with_derived(mut self, phone_path: &str, derive: Derive) -> Self {
+        self.derived.insert(phone_path.to_owned(), derive);
+        self
+    }
+
+    /// The attributes the phone rule at `path` derives (empty for any other rule).
+    pub fn derived(&self, path: &str) -> Derive {
+        self.derived.get(path).copied().unwrap_or_default()
     }
 
     /// These rules, with the phone rule at `phone_path` reading its region from `region_path`.

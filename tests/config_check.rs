@@ -186,6 +186,30 @@ fn check_refuses_what_run_refuses() {
             "stall_timeout_secs = 0 is out of range",
         ),
         (
+            "derive on an array of numbers",
+            setup.with(
+                "recipients = \"phone\"",
+                "recipients = { action = \"phone\", derive = [\"region\"] }",
+            ),
+            "recipients: derive needs a phone field that holds one number (a string or nullable string), not an array",
+        ),
+        (
+            "derive naming no attribute",
+            setup.with(
+                "callee = { action = \"phone\", derive = [\"region\", \"calling_code\", \"number_type\"] }",
+                "callee = { action = \"phone\", derive = [\"country\"] }",
+            ),
+            "callee: derive: \"country\" is not an attribute of a phone number (region, calling_code, number_type)",
+        ),
+        (
+            "derive on another action",
+            setup.with(
+                "caller_ip = \"ip\"",
+                "caller_ip = { action = \"ip\", derive = [\"region\"] }",
+            ),
+            "caller_ip: derive only applies to phone, not \"ip\"",
+        ),
+        (
             "input_schema_id past a Confluent id",
             setup.with("input_schema_id = 2", "input_schema_id = 4294967295"),
             "input_schema_id = 4294967295 is out of range",
@@ -572,9 +596,26 @@ fn explain_shows_every_field_its_rule_and_what_a_sample_becomes() {
         assert_eq!(fields.len(), rules.len(), "{pipeline}");
         for field in fields {
             let path = field["path"].as_str().unwrap();
+            // A rule written as a table with `derive` is shown with the attributes it derives.
+            let expected = match &rules[path] {
+                toml::Value::String(name) => name.clone(),
+                table => {
+                    let derive: Vec<&str> = table["derive"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap())
+                        .collect();
+                    format!(
+                        "{}, derive {}",
+                        table["action"].as_str().unwrap(),
+                        derive.join(", ")
+                    )
+                }
+            };
             assert_eq!(
-                rules[path].as_str(),
                 field["rule"].as_str(),
+                Some(expected.as_str()),
                 "{path}: {field}"
             );
         }
@@ -590,6 +631,22 @@ fn explain_shows_every_field_its_rule_and_what_a_sample_becomes() {
     let token = caller["becomes"].as_str().unwrap();
     assert!(token.starts_with("\"p-test-1:"), "{token}");
     assert!(!token.contains("6281234567890"), "{token}");
+    // The attributes the caller's rule derives, as the sample's output holds them.
+    assert!(
+        token.ends_with(
+            "; caller_region \"ID\", caller_calling_code 62, caller_number_type \"mobile\""
+        ),
+        "{token}"
+    );
+    let output_fields: Vec<&str> = pipelines[0]["output_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    for derived in ["caller_region", "caller_calling_code", "callee_number_type"] {
+        assert!(output_fields.contains(&derived), "{output_fields:?}");
+    }
 
     // The text form names the fields and their rules too.
     let out = run(&["explain", "--config", s(&config)]);

@@ -17,8 +17,8 @@
 mod common;
 
 use proptest::prelude::*;
-use pseudonymizer::phone::metadata::{CALLING_CODES, METADATA_VERSION, TERRITORIES};
 use pseudonymizer::phone::attributes::{self, NumberType};
+use pseudonymizer::phone::metadata::{CALLING_CODES, METADATA_VERSION, TERRITORIES};
 use pseudonymizer::phone::{fast, parse_e164, phone_region, phone_regions, PHONE_METADATA};
 use rand::{Rng, SeedableRng};
 use rlibphonenumber::Region;
@@ -282,7 +282,8 @@ fn attributes_of_every_types_example_numbers_and_their_neighbours() {
     let mut examples = Vec::new();
     for region in all_regions() {
         for kind in types {
-            if let Ok(number) = PHONE_NUMBER_UTIL.get_example_number_for_type_and_region(region, kind)
+            if let Ok(number) =
+                PHONE_NUMBER_UTIL.get_example_number_for_type_and_region(region, kind)
             {
                 examples.push(number.format_as(PhoneNumberFormat::E164).into_owned());
             }

@@ -334,14 +334,47 @@ fn show(value: &Value, depth: usize) -> String {
     }
 }
 
+/// The fields a phone rule at `path` derives and their values in the sample's output
+/// (`; caller_region "ID", …`), or nothing for any other rule.
+fn derived_text(rules: &Rules, path: &str, output: &BTreeMap<String, &Value>) -> String {
+    let (parent, field) = match path.rsplit_once('.') {
+        Some((parent, field)) => (format!("{parent}."), field),
+        None => (String::new(), path),
+    };
+    let shown: Vec<String> = rules
+        .derived(path)
+        .iter()
+        .map(|attribute| {
+            let name = attribute.field_name(field);
+            match output.get(&format!("{parent}{name}")) {
+                Some(value) => format!("{name} {}", show(value, 0)),
+                None => name,
+            }
+        })
+        .collect();
+    if shown.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", shown.join(", "))
+    }
+}
+
 /// The rule of `path` as the config writes it, options included.
 fn rule_text(rules: &Rules, path: &str) -> String {
     match rules.get(path) {
         None => "(no rule)".to_owned(),
-        Some(Action::Token(TokenClass::Phone)) => match rules.region_field(path) {
-            Some(region) => format!("phone (region from {region})"),
-            None => "phone".to_owned(),
-        },
+        Some(Action::Token(TokenClass::Phone)) => {
+            let mut text = match rules.region_field(path) {
+                Some(region) => format!("phone (region from {region})"),
+                None => "phone".to_owned(),
+            };
+            let derive = rules.derived(path);
+            if !derive.is_empty() {
+                let names: Vec<&str> = derive.iter().map(|a| a.name()).collect();
+                text.push_str(&format!(", derive {}", names.join(", ")));
+            }
+            text
+        }
         Some(Action::Token(class)) => class.as_str().to_owned(),
         Some(Action::IpTruncate { v4, v6 }) => format!("ip-truncate /{v4} /{v6}"),
         Some(action) => action.name().to_owned(),
@@ -493,6 +526,7 @@ fn explain_pipeline(
                 }
                 (None, None) => "(no rule)".to_owned(),
             };
+            let becomes = becomes + &derived_text(&plan.rules, &path, &output_values);
             Row {
                 // Made-up samples are shown; a file's raw values never are.
                 sample: (!from_file)

@@ -318,7 +318,10 @@ mod tests {
         assert_eq!(attrs("+6591234567"), (Some("SG"), 65, "mobile"));
         assert_eq!(attrs("+6561234567"), (Some("SG"), 65, "fixed_line"));
         assert_eq!(attrs("+14155550123").1, 1);
-        assert_eq!(attrs("+12505551234"), (Some("CA"), 1, "fixed_line_or_mobile"));
+        assert_eq!(
+            attrs("+12505551234"),
+            (Some("CA"), 1, "fixed_line_or_mobile")
+        );
         assert_eq!(attrs("+442079468793"), (Some("GB"), 44, "fixed_line"));
         assert_eq!(attrs("+80012345678"), (None, 800, "toll_free"));
         // A code of one region keeps its region for a number that is not valid there.

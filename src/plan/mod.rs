@@ -15,7 +15,7 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use serde_json::Value as Json;
 
-use crate::rules::{Action, Rules};
+use crate::rules::{Action, Derive, Rules};
 
 mod region;
 mod shape;
@@ -70,6 +70,9 @@ pub struct Leaf {
     pub input: LeafInput,
     /// For a phone rule with a `region_field`: its index in [`Plan::regions`].
     pub region: Option<usize>,
+    /// For a phone rule that derives attributes: which ones (the [`Step::Derived`] around
+    /// this leaf writes them).
+    pub derive: Derive,
 }
 
 /// A field that holds a record's own phone region (a rule's `region_field`): a string or
@@ -120,6 +123,14 @@ pub enum Step {
         path: Box<str>,
     },
     Leaf(Leaf),
+    /// A phone field (string or nullable string) whose rule derives attributes of the number:
+    /// the field's own step, then one nullable field per attribute, in the order of
+    /// [`crate::rules::PhoneAttribute::ALL`] (null where the value is null or not a number).
+    Derived {
+        field: Box<Step>,
+        derive: Derive,
+        path: Box<str>,
+    },
 }
 
 impl Step {
@@ -203,6 +214,7 @@ impl Step {
                 (p || sp, e || se)
             }),
             Step::Array { item, .. } => item.needs(),
+            Step::Derived { field, .. } => field.needs(),
         }
     }
 }

@@ -10,7 +10,8 @@ use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
 use super::{Leaf, LeafInput, Shape, Step, MAX_DEPTH, OUTPUT_NAMESPACE};
-use crate::rules::{Action, Rules};
+use crate::rules::{Action, PhoneAttribute, Rules};
+use crate::token::TokenClass;
 
 pub(super) struct Walker<'a> {
     pub(super) rules: &'a Rules,
@@ -137,6 +138,9 @@ impl Walker<'_> {
                 }
             }
             fields.push(Json::Object(out));
+            if action == Some(Action::Token(TokenClass::Phone)) {
+                self.derived_fields(record, field, &field_path, &mut steps, &mut fields);
+            }
         }
         let mut definition = Map::new();
         definition.insert("type".into(), json!("record"));
@@ -158,6 +162,67 @@ impl Walker<'_> {
         definition.insert("fields".into(), Json::Array(fields));
         let json = self.named_json(&record.name, Json::Object(definition), path);
         (Step::record(steps), json)
+    }
+
+    /// The fields a phone rule derives beside its token (none where it derives nothing): their
+    /// output types are appended to `fields`, and the field's step (the last of `steps`) is
+    /// wrapped in a [`Step::Derived`] that writes them.
+    fn derived_fields(
+        &mut self,
+        record: &RecordSchema,
+        field: &apache_avro::schema::RecordField,
+        path: &str,
+        steps: &mut [Step],
+        fields: &mut Vec<Json>,
+    ) {
+        let derive = self.rules.derived(path);
+        if derive.is_empty() {
+            return;
+        }
+        let single = match self.resolve(&field.schema) {
+            Schema::String | Schema::Uuid => true,
+            Schema::Union(union) => {
+                let variants = union.variants();
+                variants.len() == 2
+                    && variants.iter().any(|v| matches!(v, Schema::Null))
+                    && variants
+                        .iter()
+                        .any(|v| matches!(self.resolve(v), Schema::String | Schema::Uuid))
+            }
+            _ => false,
+        };
+        if !single {
+            self.errors.push(format!(
+                "{path}: derive needs a phone field that holds one number (a string or nullable string), not {}; derive nothing here, or move the number into a field of its own",
+                type_name(self.resolve(&field.schema))
+            ));
+            return;
+        }
+        for attribute in derive.iter() {
+            let name = attribute.field_name(&field.name);
+            if record.fields.iter().any(|f| f.name == name) {
+                self.errors.push(format!(
+                    "{path}: derive {} makes field {name}, which {} already has; rename one",
+                    attribute.name(),
+                    record.name.fullname(None)
+                ));
+                continue;
+            }
+            let (kind, doc) = match attribute {
+                PhoneAttribute::Region => ("string", format!("Derived from {path}: ISO 3166 alpha-2 region of the number, as libphonenumber assigns it; null for a non-geographic calling code, a number no region of a shared code claims, a null value, one that is not a phone number, or a person the subject registry withholds.")),
+                PhoneAttribute::CallingCode => ("int", format!("Derived from {path}: country calling code of the number; null for a null value, one that is not a phone number, or a person the subject registry withholds.")),
+                PhoneAttribute::NumberType => ("string", format!("Derived from {path}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.")),
+            };
+            fields.push(json!({"name": name, "type": ["null", kind], "default": null, "doc": doc}));
+        }
+        if let Some(last) = steps.last_mut() {
+            let step = std::mem::replace(last, Step::Record(vec![]));
+            *last = Step::Derived {
+                field: Box::new(step),
+                derive,
+                path: path.into(),
+            };
+        }
     }
 
     /// A field: a branch (holds records) or a leaf with a rule. Returns its step, its output
@@ -294,6 +359,7 @@ impl Walker<'_> {
                     path: path.into(),
                     input: LeafInput::String,
                     region: self.region_index(path),
+                    derive: self.rules.derived(path),
                 }),
                 json!(out_type),
             )),
@@ -303,6 +369,7 @@ impl Walker<'_> {
                     path: path.into(),
                     input: LeafInput::Bytes,
                     region: None,
+                    derive: crate::rules::Derive::default(),
                 }),
                 json!(out_type),
             )),

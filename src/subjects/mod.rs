@@ -283,13 +283,25 @@ impl<'a> SubjectGate<'a> {
     /// is then dropped unused.
     #[inline]
     pub fn token(&self, key: &PseudonymKey, class: TokenClass, canonical: &[u8]) -> Token {
+        self.token_and_withheld(key, class, canonical).0
+    }
+
+    /// [`Self::token`], and whether the person was withheld (what is derived from the value
+    /// beside its token is then withheld too).
+    #[inline]
+    pub fn token_and_withheld(
+        &self,
+        key: &PseudonymKey,
+        class: TokenClass,
+        canonical: &[u8],
+    ) -> (Token, bool) {
         let (withheld, token) =
             self.withholds_while(class, canonical, || token::token(key, class, canonical));
         if withheld {
             self.met.set(true);
-            unlinked_token(key)
+            (unlinked_token(key), true)
         } else {
-            token
+            (token, false)
         }
     }
 

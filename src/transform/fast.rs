@@ -6,14 +6,16 @@
 //! envelopes are sealed in place), so a typical event allocates nothing.
 
 use super::binary::{write_bytes, write_long, Cursor};
-use super::leaf::pseudonymize;
+use super::leaf::{phone_token, pseudonymize};
 use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
+use crate::phone::attributes::PhoneAttributes;
 use crate::phone::PhoneCanon;
 use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
-use crate::rules::Action;
+use crate::rules::{Action, PhoneAttribute};
 use crate::subjects::SubjectGate;
+use crate::token::TokenClass;
 
 /// Transforms one event. With a `gate` that meets a withheld subject in a record with sealed
 /// fields, the record is walked a second time with the sealed fields written empty: a sealed
@@ -41,6 +43,7 @@ pub fn transform(
         gate,
         // A withheld subject met before the walk (the record key) withholds from the start.
         seal: !gate.is_some_and(|g| g.met()),
+        attributes: std::cell::Cell::new(None),
     };
     walker.walk(plan, input, out)?;
     if walker.seal && gate.is_some_and(|g| g.met()) && plan.needs_encryption {
@@ -78,6 +81,9 @@ struct Walker<'a> {
     gate: Option<&'a SubjectGate<'a>>,
     /// False for a withheld subject's record: sealed fields are written empty.
     seal: bool,
+    /// The attributes of the last phone number whose rule derives them, for the
+    /// [`Step::Derived`] around its leaf to write.
+    attributes: std::cell::Cell<Option<PhoneAttributes>>,
 }
 
 impl Walker<'_> {
@@ -145,6 +151,18 @@ impl Walker<'_> {
             Step::Leaf(leaf) => self
                 .leaf(leaf, cur, out)
                 .map_err(|k| TransformError::at(&leaf.path, k))?,
+            Step::Derived {
+                field,
+                derive,
+                path: _,
+            } => {
+                self.attributes.set(None);
+                self.step(field, cur, out)?;
+                let attributes = self.attributes.take();
+                for attribute in derive.iter() {
+                    write_attribute(attributes.as_ref(), attribute, out);
+                }
+            }
         }
         Ok(())
     }
@@ -182,6 +200,13 @@ impl Walker<'_> {
             Some(i) => self.regions[i],
             None => self.phone.region(),
         };
+        if !leaf.derive.is_empty() && leaf.action == Action::Token(TokenClass::Phone) {
+            let (token, attributes) =
+                phone_token(text, self.phone, region, self.pseudonym, self.gate, true)?;
+            write_bytes(out, token.as_bytes());
+            self.attributes.set(attributes);
+            return Ok(());
+        }
         let pseudonym = pseudonymize(
             leaf.action,
             text,
@@ -192,6 +217,35 @@ impl Walker<'_> {
         )?;
         write_bytes(out, pseudonym.as_bytes());
         Ok(())
+    }
+}
+
+/// One derived field: a `["null", T]` union, null where there are no attributes.
+fn write_attribute(
+    attributes: Option<&PhoneAttributes>,
+    attribute: PhoneAttribute,
+    out: &mut Vec<u8>,
+) {
+    let Some(attributes) = attributes else {
+        write_long(out, 0);
+        return;
+    };
+    match attribute {
+        PhoneAttribute::Region => match attributes.region {
+            None => write_long(out, 0),
+            Some(region) => {
+                write_long(out, 1);
+                write_bytes(out, region.as_bytes());
+            }
+        },
+        PhoneAttribute::CallingCode => {
+            write_long(out, 1);
+            write_long(out, i64::from(attributes.calling_code));
+        }
+        PhoneAttribute::NumberType => {
+            write_long(out, 1);
+            write_bytes(out, attributes.number_type.as_str().as_bytes());
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use super::ErrorKind;
 use crate::ip::{ip_text, parse_ip, truncate_ip, IpText};
 use crate::keys::PseudonymKey;
+use crate::phone::attributes::{self, PhoneAttributes};
 use crate::phone::PhoneCanon;
 use crate::rules::Action;
 use crate::subjects::SubjectGate;
@@ -65,8 +66,7 @@ pub fn pseudonymize(
             None => raw_ip(value),
         },
         Action::Token(TokenClass::Phone) => {
-            let (class, canonical) = phone.canonical_in(region, value);
-            Pseudonym::Token(token(key, class, canonical.as_bytes()))
+            return phone_token(value, phone, region, Some(key), gate, false).map(|(t, _)| t)
         }
         Action::Token(class) => {
             let (class, canonical) = token::canonical(class, value, phone);
@@ -85,4 +85,30 @@ pub fn pseudonymize(
             unreachable!("plan compiles only string-yielding actions to pseudonymize")
         }
     })
+}
+
+/// A phone value's token and, when `derive` asks for them, the attributes of the number
+/// read from the same canonical form (no second parse). The attributes are `None` for a
+/// value that is not a number (`phone-raw`) and for a withheld person, whose token is an
+/// unlinked one: nothing derived from their number is published either.
+pub fn phone_token(
+    value: &str,
+    phone: &PhoneCanon,
+    region: Region,
+    key: Option<&PseudonymKey>,
+    gate: Option<&SubjectGate<'_>>,
+    derive: bool,
+) -> Result<(Pseudonym, Option<PhoneAttributes>), ErrorKind> {
+    let key = key.ok_or(ErrorKind::NoPseudonymKey)?;
+    let (class, canonical) = phone.canonical_in(region, value);
+    let (token, withheld) = match gate {
+        None => (token::token(key, class, canonical.as_bytes()), false),
+        Some(gate) => gate.token_and_withheld(key, class, canonical.as_bytes()),
+    };
+    let attributes = if derive && class == TokenClass::Phone && !withheld {
+        attributes::of_canonical(&canonical)
+    } else {
+        None
+    };
+    Ok((Pseudonym::Token(token), attributes))
 }

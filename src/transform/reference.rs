@@ -10,9 +10,10 @@ use super::leaf::pseudonymize;
 use super::{ActiveKeys, ErrorKind, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
+use crate::phone::attributes;
 use crate::phone::PhoneCanon;
 use crate::plan::Plan;
-use crate::rules::{Action, Rules};
+use crate::rules::{Action, Derive, PhoneAttribute, Rules};
 
 pub fn transform(
     plan: &Plan,
@@ -97,7 +98,13 @@ impl Rewriter<'_> {
                         None => out.push((name, self.branch(value, &path)?)),
                         Some(Action::Keep) => out.push((name, value)),
                         Some(Action::Drop) => {}
-                        Some(action) => out.push((name, self.leaf(value, action, &path)?)),
+                        Some(action) => {
+                            let derive = self.rules.derived(&path);
+                            let derived = (!derive.is_empty())
+                                .then(|| self.derived(&value, derive, &path, &name));
+                            out.push((name, self.leaf(value, action, &path)?));
+                            out.extend(derived.into_iter().flatten());
+                        }
                     }
                 }
                 Value::Record(out)
@@ -148,6 +155,43 @@ impl Rewriter<'_> {
             ),
             _ => return Err(fail(ErrorKind::SchemaMismatch)),
         })
+    }
+
+    /// The fields a phone rule derives, from the full parse of the value (the fast path reads
+    /// them from the canonical form instead: the property tests compare the two).
+    fn derived(
+        &self,
+        value: &Value,
+        derive: Derive,
+        path: &str,
+        name: &str,
+    ) -> Vec<(String, Value)> {
+        let text = match value {
+            Value::String(text) => Some(text),
+            Value::Union(_, inner) => match &**inner {
+                Value::String(text) => Some(text),
+                _ => None,
+            },
+            _ => None,
+        };
+        let found = text.and_then(|t| attributes::of_full_parse(self.region_for(path), t.trim()));
+        let nullable = |value: Option<Value>| match value {
+            None => Value::Union(0, Box::new(Value::Null)),
+            Some(value) => Value::Union(1, Box::new(value)),
+        };
+        derive
+            .iter()
+            .map(|attribute| {
+                let value = found.and_then(|a| match attribute {
+                    PhoneAttribute::Region => a.region.map(|r| Value::String(r.to_owned())),
+                    PhoneAttribute::CallingCode => Some(Value::Int(i32::from(a.calling_code))),
+                    PhoneAttribute::NumberType => {
+                        Some(Value::String(a.number_type.as_str().to_owned()))
+                    }
+                });
+                (attribute.field_name(name), nullable(value))
+            })
+            .collect()
     }
 
     /// The region the phone field at `path` is read with.
