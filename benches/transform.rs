@@ -10,6 +10,9 @@
 //!   the process's current data key, and with the data key derived per envelope) against spec
 //!   v1's AES-256-GCM.
 //!
+//! - `derive`: the typical call, and calls with wire-shaped numbers, with the shipped rules
+//!   (caller and callee derive region, calling code and number type) against the same rules
+//!   without `derive`;
 //! - `subjects`: the typical call through the subject registry's gate, with an empty registry
 //!   and with one million erased subjects (none of them this call's), against `fast`; and the
 //!   time to load those million records into the worker's table.
@@ -21,6 +24,7 @@ use pseudonymizer::config::Config;
 use pseudonymizer::envelope;
 use pseudonymizer::generate::{typical_call, typical_message};
 use pseudonymizer::keys::{KeyEntry, KeySet, KeyState, Keyring, Purpose, Secret};
+use pseudonymizer::rules::RuleSpec;
 use pseudonymizer::token::{token, TokenClass};
 use pseudonymizer::transform::{ActiveKeys, Engine};
 
@@ -205,6 +209,56 @@ fn bench(c: &mut Criterion) {
                 .map(|(class, value)| (*class, value.as_str()))
                 .collect();
             floor(&active, black_box(&tokens), black_box(call_seals), &mut out)
+        })
+    });
+    group.finish();
+
+    // The same calls with and without the attributes derived from their numbers.
+    let mut config = Config::load(&root.join("config/pipeline.toml")).unwrap();
+    for rules in config.pipeline.iter_mut().map(|p| &mut p.rules) {
+        for spec in rules.values_mut() {
+            if let RuleSpec::Table { derive, .. } = spec {
+                *derive = None;
+            }
+        }
+    }
+    let plain = Engine::from_config(&config).unwrap();
+    let plain_plan = plain.plan("comms.v1.CallEvent").unwrap().clone();
+    let typical = apache_avro::to_avro_datum(&plan.input, typical_call()).unwrap();
+    let mut group = c.benchmark_group("derive");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("call_without", |b| {
+        b.iter(|| {
+            out.clear();
+            plain
+                .transform(&plain_plan, &active, black_box(&typical), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("call_with", |b| {
+        b.iter(|| {
+            out.clear();
+            engine
+                .transform(&plan, &active, black_box(&typical), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("wire_numbers_without", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            out.clear();
+            plain
+                .transform(&plain_plan, &active, black_box(&inputs[next]), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("wire_numbers_with", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            out.clear();
+            engine
+                .transform(&plan, &active, black_box(&inputs[next]), &mut out)
+                .unwrap();
         })
     });
     group.finish();

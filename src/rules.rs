@@ -6,6 +6,9 @@
 //! the same record that holds the region to read national numbers with
 //! (`{ action = "phone", region_field = "location.country" }`), for `id` the role of the
 //! identifier (`{ action = "id", class = "cell" }`: token class `id.cell`, docs/formats.md §3).
+//! Generalizing actions keep a coarser value in the field's own type: a timestamp truncated to
+//! a unit (`{ action = "time-truncate", unit = "hour" }`), a number replaced by its bucket
+//! (`{ action = "bucket", bounds = [0, 60000, 300000], output = "lower" }`: [`Bucketing`]).
 //! A `phone` rule may also derive attributes of the number into fields beside its token
 //! (`{ action = "phone", derive = ["region", "calling_code", "number_type"] }`: [`Derive`]).
 //!
@@ -20,10 +23,91 @@ use crate::config::quote;
 use crate::token::{SubClass, TokenClass};
 
 /// The actions a rule may name, for messages.
-pub const ACTION_NAMES: &str = "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt";
+pub const ACTION_NAMES: &str =
+    "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, time-truncate, bucket, encrypt";
 
 /// What a rule may be, for messages.
-pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; class for id)";
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; class for id; unit for time-truncate; bounds and output for bucket)";
+
+/// The unit a `time-truncate` rule keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl TimeUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Minute => "minute",
+            TimeUnit::Hour => "hour",
+            TimeUnit::Day => "day",
+        }
+    }
+
+    /// The unit's length in milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            TimeUnit::Minute => 60_000,
+            TimeUnit::Hour => 3_600_000,
+            TimeUnit::Day => 86_400_000,
+        }
+    }
+}
+
+/// Most bounds a `bucket` rule may give.
+pub const MAX_BUCKET_BOUNDS: usize = 64;
+
+/// A `bucket` rule's buckets: bounds b0 < b1 < … < bn cut the numbers into (−∞, b0),
+/// [b0, b1), …, [bn, +∞). Each bucket's label is made once, here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucketing {
+    pub bounds: Vec<i64>,
+    /// One label per bucket: `(-inf, b0)`, `[b0, b1)`, …, `[bn, +inf)`.
+    pub labels: Vec<String>,
+}
+
+impl Bucketing {
+    /// Buckets from strictly increasing bounds (1 to [`MAX_BUCKET_BOUNDS`] of them).
+    pub fn new(bounds: Vec<i64>) -> Result<Bucketing, String> {
+        if bounds.is_empty() || bounds.len() > MAX_BUCKET_BOUNDS {
+            return Err(format!(
+                "bucket needs 1 to {MAX_BUCKET_BOUNDS} bounds, not {}",
+                bounds.len()
+            ));
+        }
+        if let Some(w) = bounds.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "bucket bounds must increase: {} is followed by {}",
+                w[0], w[1]
+            ));
+        }
+        let mut labels = vec![format!("(-inf, {})", bounds[0])];
+        for w in bounds.windows(2) {
+            labels.push(format!("[{}, {})", w[0], w[1]));
+        }
+        labels.push(format!("[{}, +inf)", bounds[bounds.len() - 1]));
+        Ok(Bucketing { bounds, labels })
+    }
+
+    /// The index of the bucket `value` falls in (0: below the first bound).
+    pub fn index(&self, value: i64) -> usize {
+        self.bounds.partition_point(|b| *b <= value)
+    }
+
+    /// The lower bound of `value`'s bucket; `floor` (the type's minimum) below the first bound.
+    pub fn lower(&self, value: i64, floor: i64) -> i64 {
+        match self.index(value) {
+            0 => floor,
+            i => self.bounds[i - 1],
+        }
+    }
+
+    pub fn label(&self, value: i64) -> &str {
+        &self.labels[self.index(value)]
+    }
+}
 
 /// An attribute of a phone number that a `phone` rule may derive into a field of its own,
 /// beside the token (src/phone/attributes.rs says how each is read).
@@ -125,6 +209,11 @@ pub enum Action {
     IpTruncate { v4: u8, v6: u8 },
     /// Seal in an AES-256-GCM envelope (spec §4).
     Encrypt,
+    /// Truncate a timestamp (or time of day) to a unit, in its own type and logical type.
+    TimeTruncate(TimeUnit),
+    /// Replace an int or long with its bucket's lower bound (`label`: false, same type) or
+    /// label (`label`: true, a string). The bounds are in [`Rules::bucketing`].
+    Bucket { label: bool },
 }
 
 /// Default prefixes kept by a bare `"ip-truncate"`.
@@ -145,13 +234,15 @@ impl Action {
             Action::IpPrefix => "ip-prefix",
             Action::IpTruncate { .. } => "ip-truncate",
             Action::Encrypt => "encrypt",
+            Action::TimeTruncate(_) => "time-truncate",
+            Action::Bucket { .. } => "bucket",
         }
     }
 
-    /// Whether the output replaces a string with another string (every action but keep, drop
-    /// and encrypt).
-    pub fn yields_string(self) -> bool {
-        !matches!(self, Action::Keep | Action::Drop | Action::Encrypt)
+    /// Whether the action rewrites a number (int or long, timestamps included) rather than a
+    /// string.
+    pub fn takes_number(self) -> bool {
+        matches!(self, Action::TimeTruncate(_) | Action::Bucket { .. })
     }
 
     /// Whether the action needs the active pseudonym key. `ip-prefix` and `ip-truncate` need
@@ -180,6 +271,15 @@ impl Action {
                 "encrypted: AES-256-GCM envelope (docs/formats.md), bound to this field's path"
                     .to_owned()
             }
+            Action::TimeTruncate(unit) => {
+                format!("generalized: truncated to the {}", unit.name())
+            }
+            Action::Bucket { label: false } => {
+                "generalized: the lower bound of the bucket the value falls in (the type's minimum below the first bound), see the rules".to_owned()
+            }
+            Action::Bucket { label: true } => {
+                "generalized: the label of the bucket the value falls in ([lo, hi)), see the rules".to_owned()
+            }
         }
     }
 }
@@ -201,6 +301,12 @@ pub enum RuleSpec {
         class: Option<String>,
         /// The attributes a phone rule derives beside its token.
         derive: Option<Vec<String>>,
+        /// The unit a `time-truncate` keeps.
+        unit: Option<String>,
+        /// A `bucket`'s bounds.
+        bounds: Option<Vec<i64>>,
+        /// A `bucket`'s output: `lower` (default) or `label`.
+        output: Option<String>,
     },
 }
 
@@ -284,13 +390,36 @@ impl RuleSpec {
                 )),
             }
         };
-        const OPTIONS: [&str; 6] = [
+        let integers = |key: &str| -> Result<Option<Vec<i64>>, String> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::Integer(n) => Ok(*n),
+                        other => Err(format!(
+                            "{key} must list integers, not {}",
+                            type_name(other)
+                        )),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Some),
+                Some(other) => Err(format!(
+                    "{key} must be a list of integers, not {}",
+                    type_name(other)
+                )),
+            }
+        };
+        const OPTIONS: [&str; 9] = [
             "action",
             "ipv4_prefix",
             "ipv6_prefix",
             "region_field",
             "class",
             "derive",
+            "unit",
+            "bounds",
+            "output",
         ];
         if let Some(unknown) = table.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
             return Err(format!(
@@ -308,6 +437,9 @@ impl RuleSpec {
             region_field: text("region_field")?,
             class: text("class")?,
             derive: list("derive")?,
+            unit: text("unit")?,
+            bounds: integers("bounds")?,
+            output: text("output")?,
         })
     }
 }
@@ -348,6 +480,27 @@ impl RuleSpec {
         if name != "phone" && self.derive_names().is_some() {
             return Err(format!("derive only applies to phone, not {}", quote(name)));
         }
+        let (unit, bounds, output) = match self {
+            RuleSpec::Table {
+                unit,
+                bounds,
+                output,
+                ..
+            } => (unit.as_deref(), bounds.as_ref(), output.as_deref()),
+            RuleSpec::Name(_) => (None, None, None),
+        };
+        if name != "time-truncate" && unit.is_some() {
+            return Err(format!(
+                "unit only applies to time-truncate, not {}",
+                quote(name)
+            ));
+        }
+        if name != "bucket" && (bounds.is_some() || output.is_some()) {
+            return Err(format!(
+                "bounds and output only apply to bucket, not {}",
+                quote(name)
+            ));
+        }
         Ok(match name {
             "keep" => Action::Keep,
             "drop" => Action::Drop,
@@ -366,6 +519,30 @@ impl RuleSpec {
             },
             "ip-prefix" => Action::IpPrefix,
             "encrypt" => Action::Encrypt,
+            "time-truncate" => Action::TimeTruncate(match unit {
+                Some("minute") => TimeUnit::Minute,
+                Some("hour") => TimeUnit::Hour,
+                Some("day") => TimeUnit::Day,
+                Some(other) => {
+                    return Err(format!("unit {} is not minute, hour or day", quote(other)))
+                }
+                None => return Err("time-truncate needs a unit (minute, hour or day)".to_owned()),
+            }),
+            "bucket" => {
+                let Some(bounds) = bounds else {
+                    return Err("bucket needs bounds (a list of increasing integers)".to_owned());
+                };
+                Bucketing::new(bounds.clone())?;
+                Action::Bucket {
+                    label: match output {
+                        None | Some("lower") => false,
+                        Some("label") => true,
+                        Some(other) => {
+                            return Err(format!("output {} is not lower or label", quote(other)))
+                        }
+                    },
+                }
+            }
             "ip-truncate" => {
                 let v4 = v4.unwrap_or(DEFAULT_TRUNCATE_V4);
                 let v6 = v6.unwrap_or(DEFAULT_TRUNCATE_V6);
@@ -398,6 +575,17 @@ impl RuleSpec {
         }
     }
 
+    /// A `bucket` rule's buckets (checked by [`Self::action`]).
+    pub fn bucketing(&self) -> Option<Bucketing> {
+        match self {
+            RuleSpec::Table {
+                bounds: Some(bounds),
+                ..
+            } => Bucketing::new(bounds.clone()).ok(),
+            _ => None,
+        }
+    }
+
     /// The attributes a phone rule derives (empty where it names none), or why its `derive`
     /// list is not a set of attributes.
     pub fn derive(&self) -> Result<Derive, String> {
@@ -414,6 +602,8 @@ pub struct Rules {
     region_fields: BTreeMap<String, String>,
     /// Phone field path → the attributes derived beside its token (none absent).
     derived: BTreeMap<String, Derive>,
+    /// Bucket field path → its buckets.
+    buckets: BTreeMap<String, std::sync::Arc<Bucketing>>,
 }
 
 impl Rules {
@@ -423,12 +613,16 @@ impl Rules {
         let mut actions = BTreeMap::new();
         let mut region_fields = BTreeMap::new();
         let mut derived = BTreeMap::new();
+        let mut buckets = BTreeMap::new();
         let mut errors = Vec::new();
         for (path, spec) in specs {
             let action = spec.action().unwrap_or_else(|why| {
                 errors.push(format!("{path}: {why}"));
                 Action::Keep
             });
+            if let (Action::Bucket { .. }, Some(bucketing)) = (action, spec.bucketing()) {
+                buckets.insert(path.clone(), std::sync::Arc::new(bucketing));
+            }
             if action == Action::Token(TokenClass::Phone) {
                 match spec.derive() {
                     Ok(derive) if derive.is_empty() => {}
@@ -449,6 +643,7 @@ impl Rules {
                 actions,
                 region_fields,
                 derived,
+                buckets,
             },
             errors,
         )
@@ -460,7 +655,22 @@ impl Rules {
             actions: pairs.into_iter().map(|(p, a)| (p.to_owned(), a)).collect(),
             region_fields: BTreeMap::new(),
             derived: BTreeMap::new(),
+            buckets: BTreeMap::new(),
         }
+    }
+
+    /// These rules, with the bucket rule at `path` cutting at `bounds`.
+    pub fn with_buckets(mut self, path: &str, bounds: Vec<i64>) -> Self {
+        if let Ok(bucketing) = Bucketing::new(bounds) {
+            self.buckets
+                .insert(path.to_owned(), std::sync::Arc::new(bucketing));
+        }
+        self
+    }
+
+    /// The buckets of the bucket rule at `path`.
+    pub fn bucketing(&self, path: &str) -> Option<&std::sync::Arc<Bucketing>> {
+        self.buckets.get(path)
     }
 
     /// These rules, with the phone rule at `phone_path` deriving `derive` beside its token.

@@ -377,6 +377,15 @@ fn rule_text(rules: &Rules, path: &str) -> String {
         }
         Some(Action::Token(class)) => class.as_str().to_owned(),
         Some(Action::IpTruncate { v4, v6 }) => format!("ip-truncate /{v4} /{v6}"),
+        Some(Action::TimeTruncate(unit)) => format!("time-truncate to the {}", unit.name()),
+        Some(Action::Bucket { label }) => format!(
+            "bucket {:?} ({})",
+            rules
+                .bucketing(path)
+                .map(|b| b.bounds.clone())
+                .unwrap_or_default(),
+            if label { "label" } else { "lower bound" }
+        ),
         Some(action) => action.name().to_owned(),
     }
 }
@@ -524,6 +533,10 @@ fn explain_pipeline(
                 (Some(Action::IpTruncate { v4, v6 }), None) => {
                     format!("(truncated to /{v4} or /{v6}; not shown)")
                 }
+                (Some(Action::TimeTruncate(unit)), None) => {
+                    format!("(truncated to the {}; not shown)", unit.name())
+                }
+                (Some(Action::Bucket { .. }), None) => "(its bucket; not shown)".to_owned(),
                 (None, None) => "(no rule)".to_owned(),
             };
             let becomes = becomes + &derived_text(&plan.rules, &path, &output_values);

@@ -22,7 +22,7 @@
 
 use std::sync::{LazyLock, OnceLock};
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use rlibphonenumber::{PhoneNumberType, Region, PHONE_NUMBER_UTIL};
 
 use super::fast::{index_of, main_territory, territory_of, Territory};
@@ -210,20 +210,29 @@ fn number_type(territory: &'static Territory, national: &str) -> NumberType {
         return NumberType::Unknown;
     };
     let len = national.len();
-    if !compiled.general.matches(len, national) {
+    let bit = if len < 64 { 1u64 << len } else { 0 };
+    // A description matches where it has the number's length and its pattern matches whole
+    // (libphonenumber's `isNumberMatchingDesc`). The length test rules most out for nothing.
+    if compiled.general_lengths & bit == 0 {
         return NumberType::Unknown;
     }
-    let mut fixed_line = None;
-    let mut mobile = None;
-    for (kind, desc) in &compiled.types {
+    // Every pattern of the territory in one pass over the digits.
+    let matched = compiled.patterns.matches(national);
+    if !matched.matched(0) {
+        return NumberType::Unknown;
+    }
+    let matches = |at: Option<usize>| {
+        at.is_some_and(|at| compiled.types[at].1 & bit != 0 && matched.matched(at + 1))
+    };
+    let (mut fixed_line, mut mobile) = (None, None);
+    for (at, (kind, _)) in compiled.types.iter().enumerate() {
         match kind {
-            NumberType::FixedLine => fixed_line = Some(desc),
-            NumberType::Mobile => mobile = Some(desc),
-            _ if desc.matches(len, national) => return *kind,
+            NumberType::FixedLine => fixed_line = Some(at),
+            NumberType::Mobile => mobile = Some(at),
+            _ if matches(Some(at)) => return *kind,
             _ => {}
         }
     }
-    let matches = |desc: Option<&Desc>| desc.is_some_and(|d| d.matches(len, national));
     if matches(fixed_line) {
         if territory.same_mobile_and_fixed_line || matches(mobile) {
             return NumberType::FixedLineOrMobile;
@@ -236,49 +245,40 @@ fn number_type(territory: &'static Territory, national: &str) -> NumberType {
     NumberType::Unknown
 }
 
-/// A description compiled: its lengths as a bit mask (bit n: length n) and its pattern
-/// anchored at both ends.
-struct Desc {
-    lengths: u64,
-    pattern: Regex,
-}
-
-impl Desc {
-    fn new(pattern: &str, lengths: &[u8]) -> Option<Desc> {
-        Some(Desc {
-            lengths: lengths.iter().fold(0u64, |m, &l| m | 1u64 << (l & 63)),
-            pattern: Regex::new(&format!("^(?:{pattern})$")).ok()?,
-        })
-    }
-
-    /// libphonenumber's `isNumberMatchingDesc`: a length the description has (the length
-    /// test first: it rules most types out without running the pattern), and the pattern.
-    fn matches(&self, len: usize, national: &str) -> bool {
-        len < 64 && self.lengths & (1u64 << len) != 0 && self.pattern.is_match(national)
-    }
-}
-
 /// One territory's patterns for the attributes, compiled on first use.
 struct Compiled {
-    general: Desc,
+    /// Bit n set: a possible length of the general description.
+    general_lengths: u64,
+    /// The general pattern (index 0), then each type's (index 1 + its place in `types`), each
+    /// anchored at both ends: one pass tells which match.
+    patterns: RegexSet,
+    /// Each type the territory has, with its lengths as a bit mask, in libphonenumber's order.
+    types: Vec<(NumberType, u64)>,
     /// Anchored at the start only (libphonenumber's `lookingAt`).
     leading_digits: Option<Regex>,
-    types: Vec<(NumberType, Desc)>,
+}
+
+fn length_mask(lengths: &[u8]) -> u64 {
+    lengths.iter().fold(0u64, |m, &l| m | 1u64 << (l & 63))
 }
 
 impl Compiled {
     fn new(territory: &Territory) -> Option<Compiled> {
+        let whole = |pattern: &str| format!("^(?:{pattern})$");
+        let patterns = std::iter::once(whole(territory.general_pattern))
+            .chain(territory.types.iter().map(|t| whole(t.pattern)));
         Some(Compiled {
-            general: Desc::new(territory.general_pattern, territory.possible_lengths)?,
+            general_lengths: length_mask(territory.possible_lengths),
+            patterns: RegexSet::new(patterns).ok()?,
+            types: territory
+                .types
+                .iter()
+                .map(|t| (t.kind, length_mask(t.lengths)))
+                .collect(),
             leading_digits: match territory.leading_digits {
                 None => None,
                 Some(lead) => Some(Regex::new(&format!("^(?:{lead})")).ok()?),
             },
-            types: territory
-                .types
-                .iter()
-                .map(|t| Some((t.kind, Desc::new(t.pattern, t.lengths)?)))
-                .collect::<Option<_>>()?,
         })
     }
 }

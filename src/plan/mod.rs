@@ -15,7 +15,7 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use serde_json::Value as Json;
 
-use crate::rules::{Action, Derive, Rules};
+use crate::rules::{Action, Bucketing, Derive, Rules};
 
 mod region;
 mod shape;
@@ -59,6 +59,10 @@ pub enum Shape {
 pub enum LeafInput {
     String,
     Bytes,
+    /// An Avro int (a zig-zag varint within 32 bits), logical types included.
+    Int,
+    /// An Avro long, logical types included.
+    Long,
 }
 
 /// A leaf value that an action rewrites.
@@ -73,6 +77,11 @@ pub struct Leaf {
     /// For a phone rule that derives attributes: which ones (the [`Step::Derived`] around
     /// this leaf writes them).
     pub derive: Derive,
+    /// For `time-truncate`: the unit in the field's own ticks (a minute of a
+    /// `timestamp-micros` is 60,000,000); 0 otherwise.
+    pub ticks: i64,
+    /// For `bucket`: its buckets.
+    pub bucketing: Option<Arc<Bucketing>>,
 }
 
 /// A field that holds a record's own phone region (a rule's `region_field`): a string or

@@ -281,10 +281,11 @@ impl Walker<'_> {
                         "{path}: action {} does not fit type {} ({})",
                         action.name(),
                         type_name(self.resolve(schema)),
-                        if action == Action::Encrypt {
-                            "encrypt needs a string or bytes, optionally nullable or in an array"
-                        } else {
-                            "it needs a string, optionally nullable or in an array"
+                        match action {
+                            Action::Encrypt => "encrypt needs a string or bytes, optionally nullable or in an array",
+                            Action::TimeTruncate(_) => "time-truncate needs a long or int with a timestamp or time-of-day logical type, optionally nullable or in an array",
+                            Action::Bucket { .. } => "bucket needs a plain int or long, optionally nullable or in an array",
+                            _ => "it needs a string, optionally nullable or in an array",
                         }
                     ));
                     (Step::Record(vec![]), None, Some(action))
@@ -347,6 +348,9 @@ impl Walker<'_> {
             return None;
         }
         let schema = self.resolve(schema).clone();
+        if action.takes_number() && !matches!(schema, Schema::Union(_) | Schema::Array(_)) {
+            return self.number_leaf(&schema, action, path);
+        }
         let out_type = if action == Action::Encrypt {
             "bytes"
         } else {
@@ -360,6 +364,8 @@ impl Walker<'_> {
                     input: LeafInput::String,
                     region: self.region_index(path),
                     derive: self.rules.derived(path),
+                    ticks: 0,
+                    bucketing: None,
                 }),
                 json!(out_type),
             )),
@@ -370,6 +376,8 @@ impl Walker<'_> {
                     input: LeafInput::Bytes,
                     region: None,
                     derive: crate::rules::Derive::default(),
+                    ticks: 0,
+                    bucketing: None,
                 }),
                 json!(out_type),
             )),
@@ -408,6 +416,67 @@ impl Walker<'_> {
             }
             _ => None,
         }
+    }
+}
+
+impl Walker<'_> {
+    /// A number rewritten by a generalizing action: `time-truncate` on a timestamp or time of
+    /// day (the output keeps its type and logical type), `bucket` on a plain int or long.
+    fn number_leaf(&mut self, schema: &Schema, action: Action, path: &str) -> Option<(Step, Json)> {
+        use Schema::*;
+        let (input, ticks_per_milli, time_of_day) = match schema {
+            Int | TimeMillis => (LeafInput::Int, 1, matches!(schema, TimeMillis)),
+            Long | TimestampMillis | LocalTimestampMillis => (LeafInput::Long, 1, false),
+            TimestampMicros | LocalTimestampMicros => (LeafInput::Long, 1_000, false),
+            TimestampNanos | LocalTimestampNanos => (LeafInput::Long, 1_000_000, false),
+            TimeMicros => (LeafInput::Long, 1_000, true),
+            _ => return None,
+        };
+        let mut leaf = Leaf {
+            action,
+            path: path.into(),
+            input,
+            region: None,
+            derive: crate::rules::Derive::default(),
+            ticks: 0,
+            bucketing: None,
+        };
+        let out = match action {
+            Action::TimeTruncate(unit) => {
+                // A plain int or long has no unit of time to truncate in.
+                if matches!(schema, Int | Long) {
+                    return None;
+                }
+                if time_of_day && unit == crate::rules::TimeUnit::Day {
+                    self.errors.push(format!(
+                        "{path}: a time of day truncated to the day is always midnight; truncate it to the hour or minute, or drop it"
+                    ));
+                }
+                leaf.ticks = unit.millis() * ticks_per_milli;
+                serde_json::to_value(schema).unwrap_or(Json::Null)
+            }
+            Action::Bucket { label } => {
+                if !matches!(schema, Int | Long) {
+                    return None;
+                }
+                let bucketing = self.rules.bucketing(path)?.clone();
+                if input == LeafInput::Int
+                    && bucketing.bounds.iter().any(|b| i32::try_from(*b).is_err())
+                {
+                    self.errors.push(format!(
+                        "{path}: a bucket bound does not fit an int (the field's type)"
+                    ));
+                }
+                leaf.bucketing = Some(bucketing);
+                match (label, input) {
+                    (true, _) => json!("string"),
+                    (false, LeafInput::Int) => json!("int"),
+                    (false, _) => json!("long"),
+                }
+            }
+            _ => return None,
+        };
+        Some((Step::Leaf(leaf), out))
     }
 }
 

@@ -6,7 +6,7 @@
 //! envelopes are sealed in place), so a typical event allocates nothing.
 
 use super::binary::{write_bytes, write_long, Cursor};
-use super::leaf::{phone_token, pseudonymize};
+use super::leaf::{phone_token, pseudonymize, truncate_time};
 use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
@@ -169,13 +169,16 @@ impl Walker<'_> {
 
     #[inline]
     fn leaf(&self, leaf: &Leaf, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
+        if matches!(leaf.input, LeafInput::Int | LeafInput::Long) {
+            return number(leaf, cur, out);
+        }
         let value = cur.bytes()?;
         // A string leaf is checked once, here, whatever its action.
         let text = match leaf.input {
             LeafInput::String => {
                 Some(std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8)?)
             }
-            LeafInput::Bytes => None,
+            LeafInput::Bytes | LeafInput::Int | LeafInput::Long => None,
         };
         if leaf.action == Action::Encrypt && !self.seal {
             write_long(out, 0);
@@ -218,6 +221,27 @@ impl Walker<'_> {
         write_bytes(out, pseudonym.as_bytes());
         Ok(())
     }
+}
+
+/// A number rewritten by a generalizing action (`time-truncate`, `bucket`).
+fn number(leaf: &Leaf, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
+    let value = cur.long()?;
+    let int = leaf.input == LeafInput::Int;
+    if int {
+        i32::try_from(value).map_err(|_| ErrorKind::OutOfRange)?;
+    }
+    match (leaf.action, &leaf.bucketing) {
+        (Action::TimeTruncate(_), _) => write_long(out, truncate_time(value, leaf.ticks, int)?),
+        (Action::Bucket { label: false }, Some(buckets)) => {
+            let floor = if int { i64::from(i32::MIN) } else { i64::MIN };
+            write_long(out, buckets.lower(value, floor));
+        }
+        (Action::Bucket { label: true }, Some(buckets)) => {
+            write_bytes(out, buckets.label(value).as_bytes())
+        }
+        _ => return Err(ErrorKind::SchemaMismatch),
+    }
+    Ok(())
 }
 
 /// One derived field: a `["null", T]` union, null where there are no attributes.

@@ -81,7 +81,11 @@ pub fn pseudonymize(
             Some(ip) => Pseudonym::Ip(ip_text(truncate_ip(ip, v4, v6))),
             None => raw_ip(value),
         },
-        Action::Keep | Action::Drop | Action::Encrypt => {
+        Action::Keep
+        | Action::Drop
+        | Action::Encrypt
+        | Action::TimeTruncate(_)
+        | Action::Bucket { .. } => {
             unreachable!("plan compiles only string-yielding actions to pseudonymize")
         }
     })
@@ -111,4 +115,17 @@ pub fn phone_token(
         None
     };
     Ok((Pseudonym::Token(token), attributes))
+}
+
+/// A timestamp or time of day truncated down (towards the past, also before 1970) to a
+/// multiple of `ticks`; out of range where that leaves its type (`int`: 32 bits).
+pub fn truncate_time(value: i64, ticks: i64, int: bool) -> Result<i64, ErrorKind> {
+    let truncated = value
+        .div_euclid(ticks.max(1))
+        .checked_mul(ticks.max(1))
+        .ok_or(ErrorKind::OutOfRange)?;
+    if int {
+        i32::try_from(truncated).map_err(|_| ErrorKind::OutOfRange)?;
+    }
+    Ok(truncated)
 }

@@ -6,7 +6,7 @@
 use apache_avro::types::Value;
 use apache_avro::{from_avro_datum, to_avro_datum};
 
-use super::leaf::pseudonymize;
+use super::leaf::{pseudonymize, truncate_time};
 use super::{ActiveKeys, ErrorKind, TransformError};
 use crate::envelope;
 use crate::keys::PseudonymKey;
@@ -133,6 +133,16 @@ impl Rewriter<'_> {
                     .map(|v| self.leaf(v, action, path))
                     .collect::<Result<_, _>>()?,
             ),
+            number @ (Value::Int(_)
+            | Value::Long(_)
+            | Value::TimeMillis(_)
+            | Value::TimeMicros(_)
+            | Value::TimestampMillis(_)
+            | Value::TimestampMicros(_)
+            | Value::TimestampNanos(_)
+            | Value::LocalTimestampMillis(_)
+            | Value::LocalTimestampMicros(_)
+            | Value::LocalTimestampNanos(_)) => self.number(number, action, path)?,
             Value::String(text) if action == Action::Encrypt => {
                 Value::Bytes(self.seal(text.as_bytes(), path)?)
             }
@@ -192,6 +202,54 @@ impl Rewriter<'_> {
                 (attribute.field_name(name), nullable(value))
             })
             .collect()
+    }
+
+    /// A number rewritten by a generalizing action, from its `Value` (whose variant says its
+    /// logical type, and so the length of a tick).
+    fn number(&self, value: Value, action: Action, path: &str) -> Result<Value, TransformError> {
+        let fail = |kind| TransformError::at(path, kind);
+        let (raw, ticks_per_milli, int): (i64, i64, bool) = match &value {
+            Value::Int(v) | Value::TimeMillis(v) => (i64::from(*v), 1, true),
+            Value::Long(v) | Value::TimestampMillis(v) | Value::LocalTimestampMillis(v) => {
+                (*v, 1, false)
+            }
+            Value::TimeMicros(v) | Value::TimestampMicros(v) | Value::LocalTimestampMicros(v) => {
+                (*v, 1_000, false)
+            }
+            Value::TimestampNanos(v) | Value::LocalTimestampNanos(v) => (*v, 1_000_000, false),
+            _ => return Err(fail(ErrorKind::SchemaMismatch)),
+        };
+        let new = match action {
+            Action::TimeTruncate(unit) => {
+                truncate_time(raw, unit.millis() * ticks_per_milli, int).map_err(fail)?
+            }
+            Action::Bucket { label } => {
+                let buckets = self
+                    .rules
+                    .bucketing(path)
+                    .ok_or_else(|| fail(ErrorKind::SchemaMismatch))?;
+                if label {
+                    return Ok(Value::String(buckets.label(raw).to_owned()));
+                }
+                buckets.lower(raw, if int { i64::from(i32::MIN) } else { i64::MIN })
+            }
+            _ => return Err(fail(ErrorKind::SchemaMismatch)),
+        };
+        // The same variant (type and logical type) with the new value; ints stay within 32 bits.
+        let as_int = |v: i64| i32::try_from(v).map_err(|_| fail(ErrorKind::OutOfRange));
+        Ok(match value {
+            Value::Int(_) => Value::Int(as_int(new)?),
+            Value::TimeMillis(_) => Value::TimeMillis(as_int(new)?),
+            Value::Long(_) => Value::Long(new),
+            Value::TimestampMillis(_) => Value::TimestampMillis(new),
+            Value::LocalTimestampMillis(_) => Value::LocalTimestampMillis(new),
+            Value::TimeMicros(_) => Value::TimeMicros(new),
+            Value::TimestampMicros(_) => Value::TimestampMicros(new),
+            Value::LocalTimestampMicros(_) => Value::LocalTimestampMicros(new),
+            Value::TimestampNanos(_) => Value::TimestampNanos(new),
+            Value::LocalTimestampNanos(_) => Value::LocalTimestampNanos(new),
+            _ => return Err(fail(ErrorKind::SchemaMismatch)),
+        })
     }
 
     /// The region the phone field at `path` is read with.
