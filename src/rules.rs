@@ -659,6 +659,12 @@ impl Rules {
         }
     }
 
+    /// These rules, with `path`'s action set to `action` (for tests and tools).
+    pub fn with_pair(mut self, path: &str, action: Action) -> Self {
+        self.actions.insert(path.to_owned(), action);
+        self
+    }
+
     /// These rules, with the bucket rule at `path` cutting at `bounds`.
     pub fn with_buckets(mut self, path: &str, bounds: Vec<i64>) -> Self {
         if let Ok(bucketing) = Bucketing::new(bounds) {

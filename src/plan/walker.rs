@@ -126,7 +126,19 @@ impl Walker<'_> {
                 if !doc.is_empty() {
                     doc.push(' ');
                 }
-                doc.push_str(&format!("[{}]", action.describe()));
+                let described = match (action, self.rules.bucketing(&field_path)) {
+                    // The buckets themselves, so that a reader of the schema knows them.
+                    (Action::Bucket { label }, Some(buckets)) => format!(
+                        "generalized: the {} of the value's bucket; buckets cut at {} ({}, …, {}){}",
+                        if label { "label" } else { "lower bound" },
+                        buckets.bounds.iter().map(i64::to_string).collect::<Vec<_>>().join(", "),
+                        buckets.labels[0],
+                        buckets.labels[buckets.labels.len() - 1],
+                        if label { "" } else { "; the type's minimum below the first bound" }
+                    ),
+                    _ => action.describe(),
+                };
+                doc.push_str(&format!("[{described}]"));
             }
             if !doc.is_empty() {
                 out.insert("doc".into(), json!(doc));
