@@ -447,6 +447,14 @@ async fn show_samples(
                     clip(&out_value, 60)
                 );
             }
+            // Fields the rules derive (a phone number's region, calling code and type).
+            for (field, out_value) in out_map.iter().filter(|(f, _)| !raw_map.contains_key(*f)) {
+                crate::say!(
+                    "{field:<20} {:<48} {}",
+                    "(derived)",
+                    clip(&out_value.to_string(), 60)
+                );
+            }
         }
     }
     Ok(())
