@@ -261,3 +261,23 @@ fn nothing_is_derived_from_a_withheld_persons_number() {
         [some_string("SG"), some_int(65), some_string("fixed_line")]
     );
 }
+
+/// A record type used in two places with the same `derive` rule at both derives the same
+/// definition (the fields' docs name the phone field, not its path), so it is accepted.
+#[test]
+fn one_record_type_in_two_places_with_the_same_derive_rule() {
+    let schema = Schema::parse_str(
+        r#"{"type": "record", "name": "Call", "namespace": "test.v1", "fields": [
+            {"name": "a", "type": {"type": "record", "name": "Leg", "fields": [
+                {"name": "num", "type": "string"}]}},
+            {"name": "b", "type": "Leg"}
+        ]}"#,
+    )
+    .unwrap();
+    let phone = pseudonymizer::rules::Action::Token(TokenClass::Phone);
+    let rules = Rules::from_pairs([("a.num", phone), ("b.num", phone)])
+        .with_derived("a.num", all())
+        .with_derived("b.num", all());
+    let plan = plan::compile(&schema, &rules).unwrap();
+    assert!(plan.output_json.to_string().contains("num_number_type"));
+}

@@ -129,12 +129,24 @@ impl Walker<'_> {
                 let described = match (action, self.rules.bucketing(&field_path)) {
                     // The buckets themselves, so that a reader of the schema knows them.
                     (Action::Bucket { label }, Some(buckets)) => format!(
-                        "generalized: the {} of the value's bucket; buckets cut at {} ({}, …, {}){}",
+                        "generalized: the {} of the value's bucket; buckets cut at {} ({}){}",
                         if label { "label" } else { "lower bound" },
-                        buckets.bounds.iter().map(i64::to_string).collect::<Vec<_>>().join(", "),
-                        buckets.labels[0],
-                        buckets.labels[buckets.labels.len() - 1],
-                        if label { "" } else { "; the type's minimum below the first bound" }
+                        buckets
+                            .bounds
+                            .iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        match buckets.labels.as_slice() {
+                            [first, .., last] if buckets.labels.len() > 3 =>
+                                format!("{first}, …, {last}"),
+                            all => all.join(", "),
+                        },
+                        if label {
+                            ""
+                        } else {
+                            "; the type's minimum below the first bound"
+                        }
                     ),
                     _ => action.describe(),
                 };
@@ -204,9 +216,12 @@ impl Walker<'_> {
             _ => false,
         };
         if !single {
+            let found = match self.resolve(&field.schema) {
+                Schema::Union(_) => "a union of other types than null and one string".to_owned(),
+                other => type_name(other),
+            };
             self.errors.push(format!(
-                "{path}: derive needs a phone field that holds one number (a string or nullable string), not {}; derive nothing here, or move the number into a field of its own",
-                type_name(self.resolve(&field.schema))
+                "{path}: derive needs a phone field that holds one number (a string or nullable string), not {found}; derive nothing here, or move the number into a field of its own"
             ));
             return;
         }
@@ -221,9 +236,9 @@ impl Walker<'_> {
                 continue;
             }
             let (kind, doc) = match attribute {
-                PhoneAttribute::Region => ("string", format!("Derived from {path}: ISO 3166 alpha-2 region of the number, as libphonenumber assigns it; null for a non-geographic calling code, a number no region of a shared code claims, a null value, one that is not a phone number, or a person the subject registry withholds.")),
-                PhoneAttribute::CallingCode => ("int", format!("Derived from {path}: country calling code of the number; null for a null value, one that is not a phone number, or a person the subject registry withholds.")),
-                PhoneAttribute::NumberType => ("string", format!("Derived from {path}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.")),
+                PhoneAttribute::Region => ("string", format!("Derived from {}: region of the number as libphonenumber assigns it (ISO 3166 alpha-2, and the codes it uses for territories ISO does not list: XK, AC, TA); null for a non-geographic calling code, a number no region of a shared code claims, a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                PhoneAttribute::CallingCode => ("int", format!("Derived from {}: country calling code of the number; null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                PhoneAttribute::NumberType => ("string", format!("Derived from {}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
             };
             fields.push(json!({"name": name, "type": ["null", kind], "default": null, "doc": doc}));
         }

@@ -123,9 +123,9 @@ pub fn truncate_time(value: i64, ticks: i64, int: bool) -> Result<i64, ErrorKind
     let truncated = value
         .div_euclid(ticks.max(1))
         .checked_mul(ticks.max(1))
-        .ok_or(ErrorKind::OutOfRange)?;
+        .ok_or(ErrorKind::CannotTruncate)?;
     if int {
-        i32::try_from(truncated).map_err(|_| ErrorKind::OutOfRange)?;
+        i32::try_from(truncated).map_err(|_| ErrorKind::CannotTruncate)?;
     }
     Ok(truncated)
 }

@@ -53,6 +53,8 @@ pub enum ErrorKind {
     NoEncryptionKey,
     #[error("the value does not match the schema")]
     SchemaMismatch,
+    #[error("a time too near its type's minimum to truncate (the result would leave the type)")]
+    CannotTruncate,
 }
 
 /// A failed event: the field path where it failed and why. Never holds a value.
