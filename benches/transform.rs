@@ -13,6 +13,9 @@
 //! - `derive`: the typical call, and calls with wire-shaped numbers, with the shipped rules
 //!   (caller and callee derive region, calling code and number type) against the same rules
 //!   without `derive`;
+//! - `risk`: the typical call's output added to the re-identification risk window of the
+//!   shipped calls pipeline (`[pipeline.risk]`, window 100,000, already full), alone and
+//!   after its transform;
 //! - `subjects`: the typical call through the subject registry's gate, with an empty registry
 //!   and with one million erased subjects (none of them this call's), against `fast`; and the
 //!   time to load those million records into the worker's table.
@@ -292,6 +295,69 @@ fn bench(c: &mut Criterion) {
             engine
                 .transform(&plan, &active, black_box(&inputs[next]), &mut out)
                 .unwrap();
+        })
+    });
+    group.finish();
+
+    // The risk window: each call of the 256 wire-shaped ones transformed, then observed.
+    let risk_config = Config::load(&root.join("config/pipeline.toml"))
+        .unwrap()
+        .pipeline[0]
+        .risk
+        .clone()
+        .expect("the shipped calls pipeline measures its risk");
+    let mut risk = pseudonymizer::risk::PipelineRisk::new(
+        risk_config.quasi_identifiers.clone(),
+        risk_config.k.unwrap_or(pseudonymizer::risk::DEFAULT_K),
+        risk_config.window.unwrap_or(pseudonymizer::risk::DEFAULT_WINDOW),
+    );
+    // More distinct calls than the window holds (the generator's cell ids are random, so most
+    // records are groups of their own): the table stays at its full size, as in the worst case.
+    let mut many = pseudonymizer::generate::Generator::new(11);
+    let outputs: Vec<Vec<u8>> = (0..131_072)
+        .map(|_| {
+            let input = apache_avro::to_avro_datum(
+                &plan.input,
+                many.event(pseudonymizer::generate::Kind::Call),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            engine.transform(&plan, &active, &input, &mut out).unwrap();
+            out
+        })
+        .collect();
+    // Fill the window first: from then on each record also makes the oldest leave.
+    for i in 0..risk.window_capacity() {
+        risk.observe(&plan, 101, &outputs[i % outputs.len()]);
+    }
+    let mut group = c.benchmark_group("risk");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("observe", |b| {
+        b.iter(|| {
+            next = (next + 1) % outputs.len();
+            risk.observe(&plan, 101, black_box(&outputs[next]));
+        })
+    });
+    group.bench_function("call_transform", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            out.clear();
+            engine
+                .transform(&plan, &active, black_box(&inputs[next]), &mut out)
+                .unwrap();
+        })
+    });
+    let mut at = 0usize;
+    group.bench_function("call_transform_and_observe", |b| {
+        b.iter(|| {
+            next = (next + 1) % inputs.len();
+            out.clear();
+            engine
+                .transform(&plan, &active, black_box(&inputs[next]), &mut out)
+                .unwrap();
+            // The window's groups are those of the many distinct calls, not of these 256.
+            at = (at + 1) % outputs.len();
+            risk.observe(&plan, 101, black_box(&outputs[at]));
         })
     });
     group.finish();

@@ -131,6 +131,25 @@ pub struct PipelineConfig {
     /// fields) or `drop` (not published, counted).
     #[serde(default)]
     pub erased: crate::subjects::WithheldAction,
+    /// Stream worker: the re-identification risk estimate of this pipeline's output
+    /// (`[pipeline.risk]`: docs/security.md, "Re-identification risk, measured").
+    #[serde(default)]
+    pub risk: Option<RiskConfig>,
+}
+
+/// `[pipeline.risk]`: which output fields together could single a person out, and the
+/// k-anonymity window they are measured over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Output field paths (as in the derived schema: `location.cell_id`, `callee_region`).
+    pub quasi_identifiers: Vec<String>,
+    /// A record in a group of fewer than `k` records counts as at risk (default 5).
+    #[serde(default)]
+    pub k: Option<u32>,
+    /// The window: this many of the pipeline's latest records (default 100,000).
+    #[serde(default)]
+    pub window: Option<usize>,
 }
 
 /// The schema registry client's settings. Credentials are never in the config text: they are

@@ -152,7 +152,29 @@ pub async fn run(
     crate::say!("reading the last call and message back from the analytics topics");
     show_samples(&engine, kafka, run.samples).await?;
     report(&run.figures, &stats, &metrics, in_process);
+    report_risk(&config, &metrics);
     Ok(())
+}
+
+/// The re-identification risk estimate of each pipeline that asks for one, as the worker
+/// exported it (docs/security.md, "Re-identification risk, measured").
+fn report_risk(config: &Config, metrics: &Metrics) {
+    for pipeline in &config.pipeline {
+        let Some(risk) = &pipeline.risk else {
+            continue;
+        };
+        let name = [pipeline.name.as_str()];
+        let records = metrics.risk_window_records.with_label_values(&name).get();
+        let below = metrics.risk_records_below_k.with_label_values(&name).get();
+        let k = metrics.risk_k.with_label_values(&name).get();
+        crate::say!(
+            "re-identification risk [{}]: {below} of the last {records} records ({:.1}%) share their quasi-identifiers ({}) with fewer than {} others (k = {k}; the synthetic data's random cell ids single many records out)",
+            pipeline.name,
+            100.0 * below as f64 / records.max(1) as f64,
+            risk.quasi_identifiers.join(", "),
+            k - 1
+        );
+    }
 }
 
 /// Name of the worker's threads in the demo.

@@ -57,6 +57,8 @@
 //! - [`subjects`]: a person's rights in the stream: subject ids under the keyring's subject
 //!   key, the subject registry and erasure notices (two compacted topics), the table a worker
 //!   keeps of the registry, and the gate the transform asks about each identifier.
+//! - [`risk`]: re-identification risk measured live: k-anonymity over a sliding window of a
+//!   pipeline's output, grouped by the quasi-identifier fields its config names.
 //! - [`cli`]: the command line (`keys` and `run` in files of their own).
 
 pub mod audit;
@@ -81,6 +83,7 @@ pub mod metrics;
 pub mod phone;
 pub mod plan;
 pub mod registry;
+pub mod risk;
 pub mod rules;
 pub mod secret_file;
 pub mod secret_ref;

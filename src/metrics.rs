@@ -100,6 +100,14 @@ pub struct Metrics {
     pub subject_registry_records: IntCounterVec,
     /// Failed reads of the subject registry while following it.
     pub subject_registry_errors: IntCounter,
+    /// Re-identification risk (`[pipeline.risk]`), by pipeline: records in the window.
+    pub risk_window_records: IntGaugeVec,
+    /// … of them, those in a group of fewer than k records.
+    pub risk_records_below_k: IntGaugeVec,
+    /// … and their share of the window (0 to 1).
+    pub risk_below_k_ratio: prometheus::GaugeVec,
+    /// … and the k they are counted against.
+    pub risk_k: IntGaugeVec,
     ready: AtomicBool,
     connection_flag: AtomicBool,
     serving: Mutex<Option<std::net::SocketAddr>>,
@@ -299,6 +307,35 @@ impl Metrics {
             subject_registry_errors: plain_counter(
                 "pseudonymizer_subject_registry_errors_total",
                 "Failed reads of the subject registry while following it.",
+            ),
+            risk_window_records: gauge(
+                "pseudonymizer_risk_window_records",
+                "Records in the pipeline's re-identification risk window ([pipeline.risk]).",
+                &["pipeline"],
+            ),
+            risk_records_below_k: gauge(
+                "pseudonymizer_risk_records_below_k",
+                "Records of the window whose quasi-identifier values fewer than k records of the window share (k-anonymity).",
+                &["pipeline"],
+            ),
+            risk_below_k_ratio: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pseudonymizer_risk_below_k_ratio",
+                        "Share of the window's records in groups smaller than k (0 to 1).",
+                    ),
+                    &["pipeline"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            risk_k: gauge(
+                "pseudonymizer_risk_k",
+                "The k the pipeline's re-identification risk is counted against.",
+                &["pipeline"],
             ),
             registry,
             ready: AtomicBool::new(false),

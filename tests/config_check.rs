@@ -210,6 +210,28 @@ fn check_refuses_what_run_refuses() {
             "caller_ip: derive only applies to phone, not \"ip\"",
         ),
         (
+            "risk: k out of range",
+            setup.with("k = 5\nwindow = 100000", "k = 1\nwindow = 100000"),
+            "[calls] risk: k = 1 is out of range: it must be from 2 to 1000",
+        ),
+        (
+            "risk: a quasi-identifier that is not an output field",
+            setup.with(
+                "quasi_identifiers = [\"location.country\", ",
+                "quasi_identifiers = [\"location.nowhere\", ",
+            ),
+            "[calls] risk: quasi-identifier \"location.nowhere\" names no field of the output schema comms.sanitized.v1.CallEvent",
+        ),
+        (
+            "risk: a dropped field is no output field",
+            setup.with(
+                "quasi_identifiers = [\"location.country\", ",
+                "quasi_identifiers = [\"caller_ip\", ",
+            )
+            .replace("caller_ip = \"ip\"", "caller_ip = \"drop\""),
+            "[calls] risk: quasi-identifier \"caller_ip\" names no field of the output schema",
+        ),
+        (
             "input_schema_id past a Confluent id",
             setup.with("input_schema_id = 2", "input_schema_id = 4294967295"),
             "input_schema_id = 4294967295 is out of range",

@@ -60,6 +60,24 @@ fn demo_at_its_default_size_accounts_for_every_record() {
     );
     // Both event types shown side by side, sanitized.
     assert!(stdout.contains("=== comms.v1.CallEvent ==="), "{stdout}");
+    // The fields the rules derive, and the risk estimate of the calls pipeline: its window
+    // holds every call published (half the events), and the synthetic data's random cell ids
+    // leave a large share of them alone in their group (about half, measured), not all.
+    assert!(stdout.contains("caller_number_type   (derived)"), "{stdout}");
+    let risk = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("re-identification risk [calls]: "))
+        .unwrap_or_else(|| panic!("no risk line:\n{stdout}"));
+    let numbers: Vec<u64> = risk
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .take(2)
+        .collect();
+    let [below, records] = numbers[..] else {
+        panic!("{risk}")
+    };
+    assert!(records > 40_000 && records < 60_000, "{risk}");
+    assert!(below * 5 > records && below < records, "{risk}");
     assert!(stdout.contains("=== comms.v1.MessageEvent ==="), "{stdout}");
     eprintln!("demo took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -44,8 +44,8 @@ fn registry_config_text(url: &str, extra_rules: &str, registry_extra: &str) -> S
         .replace("input_schema_id = 1\noutput_schema_id = 101\n", "")
         .replace("input_schema_id = 2\noutput_schema_id = 102\n", "")
         .replace(
-            "caller = \"phone\"\n",
-            &format!("caller = \"phone\"\n{extra_rules}\n"),
+            "caller_ip = \"ip\"\n",
+            &format!("caller_ip = \"ip\"\n{extra_rules}\n"),
         )
         + &format!(
             "\n[registry]\nurls = [\"{url}\"]\nsubject_strategy = \"record\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n{registry_extra}\n"

@@ -102,6 +102,8 @@ pub enum Locate {
     Branch(usize),
     /// The string itself.
     String,
+    /// The value itself, of this shape (its encoded bytes are what is read).
+    Value(Shape),
 }
 
 /// Region fields of one schema, at most (each costs a pass over the record's start).
@@ -356,6 +358,31 @@ pub fn leaf_types(schema: &Schema) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(schema, "", &mut out);
     out
+}
+
+/// The moves from the start of an output record of `plan` to the field at `path` (of any
+/// type; a nullable record on the way is followed into its record), for reading published
+/// values ([`crate::risk`]); `Err` says why there is none.
+pub fn locate_output(plan: &Plan, path: &str) -> Result<Vec<Locate>, String> {
+    let Schema::Record(root) = &plan.output else {
+        return Err("the output schema is not a record".to_owned());
+    };
+    let rules = Rules::default();
+    let mut walker = Walker {
+        rules: &rules,
+        used: BTreeSet::new(),
+        errors: Vec::new(),
+        named: HashMap::new(),
+        emitted: HashMap::new(),
+        root_name: root.name.fullname(None),
+        region_paths: Vec::new(),
+    };
+    walker.remember(&root.name, &plan.output);
+    let steps = walker.locate_value(root, path)?;
+    match walker.errors.first() {
+        Some(error) => Err(error.clone()),
+        None => Ok(steps),
+    }
 }
 
 /// What to do with a rule that names no field of the schema being compiled.

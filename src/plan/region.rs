@@ -21,6 +21,25 @@ impl Walker<'_> {
         root: &RecordSchema,
         path: &str,
     ) -> Result<Vec<Locate>, String> {
+        self.locate_in(root, path, true)
+    }
+
+    /// The moves from the start of `root` to the value at `path`, whatever its type (a
+    /// nullable record on the way is followed into its record), or why there is none.
+    pub(super) fn locate_value(
+        &mut self,
+        root: &RecordSchema,
+        path: &str,
+    ) -> Result<Vec<Locate>, String> {
+        self.locate_in(root, path, false)
+    }
+
+    fn locate_in(
+        &mut self,
+        root: &RecordSchema,
+        path: &str,
+        string: bool,
+    ) -> Result<Vec<Locate>, String> {
         let mut steps = Vec::new();
         let mut record = root.clone();
         let mut names = path.split('.').peekable();
@@ -34,6 +53,11 @@ impl Walker<'_> {
                 steps.push(Locate::Skip(shape));
             }
             let mut schema = self.resolve(&record.fields[position].schema).clone();
+            if last && !string {
+                let shape = self.shape(&schema, path, 0);
+                steps.push(Locate::Value(shape));
+                break;
+            }
             // A nullable value: follow its one other branch.
             if let Schema::Union(union) = &schema {
                 let variants = union.variants();

@@ -67,6 +67,30 @@ fn find_region<'i>(source: &RegionSource, input: &'i [u8]) -> Option<&'i str> {
                 }
             }
             Locate::String => return std::str::from_utf8(cur.bytes().ok()?).ok(),
+            Locate::Value(_) => return None,
+        }
+    }
+    None
+}
+
+/// The encoded bytes of the value `steps` lead to in `avro` (a record's binary), or `None`
+/// where a nullable record on the way is null or the bytes do not get that far.
+pub fn locate_span<'i>(steps: &[Locate], avro: &'i [u8]) -> Option<&'i [u8]> {
+    let mut cur = Cursor::new(avro);
+    for step in steps {
+        match step {
+            Locate::Skip(shape) => skip(shape, &mut cur).ok()?,
+            Locate::Branch(branch) => {
+                if usize::try_from(cur.long().ok()?).ok()? != *branch {
+                    return None;
+                }
+            }
+            Locate::String => return cur.bytes().ok(),
+            Locate::Value(shape) => {
+                let start = cur.pos();
+                skip(shape, &mut cur).ok()?;
+                return Some(cur.since(start));
+            }
         }
     }
     None

@@ -26,6 +26,7 @@ use crate::rules::Rules;
 use crate::subjects::SubjectGate;
 
 pub use binary::{write_bytes, write_long, Cursor};
+pub use fast::locate_span;
 pub use leaf::pseudonymize;
 
 /// What went wrong inside one event. Plain and small: it is returned on the hot path.
@@ -149,6 +150,9 @@ impl Engine {
             match plan::compile_with(&schema, &rules, unused) {
                 Ok(mut plan) => {
                     plan.domain = pipeline.domain.clone();
+                    if let Some(risk) = &pipeline.risk {
+                        errors.extend(crate::risk::problems(risk, &plan).into_iter().map(tag));
+                    }
                     for path in &plan.unused_rules {
                         tracing::warn!(pipeline = %pipeline.name, rule = %path, schema = %pipeline.input_schema.display(), "a rule names no field of the local schema (allowed with a registry: another version may have it)");
                     }

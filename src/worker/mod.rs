@@ -140,8 +140,33 @@ impl Worker {
             shutdown.clone(),
         )
         .await?;
+        // One risk estimate per pipeline that asks for one, exported from the start.
+        let risk = config
+            .pipeline
+            .iter()
+            .map(|pipeline| {
+                let risk = pipeline.risk.as_ref()?;
+                let estimate = crate::risk::PipelineRisk::new(
+                    risk.quasi_identifiers.clone(),
+                    risk.k.unwrap_or(crate::risk::DEFAULT_K),
+                    risk.window.unwrap_or(crate::risk::DEFAULT_WINDOW),
+                );
+                let name = [pipeline.name.as_str()];
+                self.metrics
+                    .risk_k
+                    .with_label_values(&name)
+                    .set(i64::from(estimate.window.k()));
+                Some(RiskState {
+                    estimate: std::sync::Mutex::new(estimate),
+                    records: self.metrics.risk_window_records.with_label_values(&name),
+                    below_k: self.metrics.risk_records_below_k.with_label_values(&name),
+                    ratio: self.metrics.risk_below_k_ratio.with_label_values(&name),
+                })
+            })
+            .collect();
         let publisher = Publisher {
             router: Arc::new(router),
+            risk,
             subjects,
             resolver,
             max_backoff,
@@ -422,9 +447,20 @@ impl Outgoing {
     }
 }
 
+/// A pipeline's re-identification risk estimate and its exported gauges.
+struct RiskState {
+    estimate: std::sync::Mutex<crate::risk::PipelineRisk>,
+    records: prometheus::IntGauge,
+    below_k: prometheus::IntGauge,
+    ratio: prometheus::Gauge,
+}
+
 /// Turns consumed messages into producer records.
 pub struct Publisher {
     router: Arc<Router>,
+    /// Each pipeline's re-identification risk estimate, by pipeline index (`None`: it asks
+    /// for none).
+    risk: Vec<Option<RiskState>>,
     /// The subject registry, when the config names one.
     subjects: Option<Arc<subjects::Subjects>>,
     /// With a schema registry: resolves schema ids seen for the first time.
@@ -611,6 +647,7 @@ impl Publisher {
                 dropped: true,
             },
             Ok(output) => {
+                self.observe_risk(&output, out);
                 let mut headers = key_headers(&keys).insert(Header {
                     key: "pseudonymizer.schema",
                     value: Some(output.route.plan.input_name.as_str()),
@@ -640,6 +677,21 @@ impl Publisher {
             .transform_seconds
             .observe(started.elapsed().as_secs_f64());
         outgoing
+    }
+
+    /// Adds a sanitized record (`framed`: the 5-byte framing, then its Avro) to its
+    /// pipeline's risk estimate, if it has one, and exports the estimate.
+    fn observe_risk(&self, output: &route::Output, framed: &[u8]) {
+        let Some(Some(state)) = self.risk.get(output.index) else {
+            return;
+        };
+        let (Ok(mut estimate), Some(avro)) = (state.estimate.lock(), framed.get(5..)) else {
+            return;
+        };
+        estimate.observe(&output.route.plan, output.route.output_schema_id, avro);
+        state.records.set(estimate.window.records() as i64);
+        state.below_k.set(estimate.window.below_k() as i64);
+        state.ratio.set(estimate.window.ratio());
     }
 
     /// The dead-letter record: original bytes sealed, reason and source in headers, no key.
