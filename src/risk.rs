@@ -78,8 +78,8 @@ pub struct KWindow {
     capacity: usize,
     /// Each record's group, oldest first.
     order: VecDeque<u64>,
-    /// Records per group in the window.
-    sizes: HashMap<u64, u32>,
+    /// Records per group in the window (keys are keyed hashes already: not hashed again).
+    sizes: HashMap<u64, u32, std::hash::BuildHasherDefault<GroupHasher>>,
     /// Records in groups smaller than `k`.
     below_k: usize,
 }
@@ -90,7 +90,7 @@ impl KWindow {
             k: k.max(1),
             capacity: capacity.max(1),
             order: VecDeque::with_capacity(capacity.min(1 << 20)),
-            sizes: HashMap::new(),
+            sizes: HashMap::default(),
             below_k: 0,
         }
     }
@@ -165,8 +165,69 @@ impl KWindow {
 pub struct PipelineRisk {
     pub window: KWindow,
     paths: Vec<String>,
-    locators: HashMap<u32, Vec<Option<Vec<Locate>>>>,
+    locators: HashMap<u32, Locators>,
     hasher: RandomState,
+    /// Cursor positions after each move of the last walk (reused: no allocation per record).
+    positions: Vec<usize>,
+}
+
+/// The moves to each quasi-identifier of one output schema, in the order they are met in the
+/// bytes, each with how many first moves it shares with the one before: a record is then
+/// read once from its start, not once per field.
+struct Locators {
+    /// `None`: a field this version does not have (it reads as absent, a value of its own).
+    steps: Vec<Option<Vec<Locate>>>,
+    shared: Vec<usize>,
+}
+
+impl Locators {
+    fn new(plan: &Plan, paths: &[String]) -> Locators {
+        let mut steps: Vec<Option<Vec<Locate>>> = paths
+            .iter()
+            .map(|path| crate::plan::locate_output(plan, path).ok())
+            .collect();
+        // Byte order: at the first move where two differ, a value or a branch taken comes
+        // before skipping on.
+        let key = |steps: &Option<Vec<Locate>>| -> Vec<usize> {
+            steps
+                .iter()
+                .flatten()
+                .map(|step| match step {
+                    Locate::Value(_) | Locate::String => 0,
+                    Locate::Branch(b) => 1 + b,
+                    Locate::Skip(_) => usize::MAX,
+                })
+                .collect()
+        };
+        steps.sort_by_key(|s| key(s));
+        let mut shared = vec![0; steps.len()];
+        for i in 1..steps.len() {
+            if let (Some(before), Some(this)) = (&steps[i - 1], &steps[i]) {
+                let common = before.iter().zip(this).take_while(|(a, b)| a == b).count();
+                // The last move (the value itself) is always made again.
+                shared[i] = common.min(this.len().saturating_sub(1));
+            }
+        }
+        Locators { steps, shared }
+    }
+}
+
+/// A hasher for keys that are already uniform 64-bit hashes: the key itself.
+#[derive(Default)]
+struct GroupHasher(u64);
+
+impl Hasher for GroupHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl PipelineRisk {
@@ -176,6 +237,7 @@ impl PipelineRisk {
             paths,
             locators: HashMap::new(),
             hasher: RandomState::new(),
+            positions: Vec::new(),
         }
     }
 
@@ -187,29 +249,76 @@ impl PipelineRisk {
     /// Adds one published record: `avro` is its sanitized value (without the 5-byte framing),
     /// written with `plan`'s output schema under `output_schema_id`.
     pub fn observe(&mut self, plan: &Plan, output_schema_id: u32, avro: &[u8]) {
-        let paths = &self.paths;
-        let locators = self.locators.entry(output_schema_id).or_insert_with(|| {
-            // A field a version does not have reads as absent (its own value).
-            paths
-                .iter()
-                .map(|path| crate::plan::locate_output(plan, path).ok())
-                .collect()
-        });
         let mut hasher = self.hasher.build_hasher();
-        for locator in locators.iter() {
-            match locator
-                .as_ref()
-                .and_then(|steps| crate::transform::locate_span(steps, avro))
-            {
-                Some(bytes) => {
-                    hasher.write_u8(1);
-                    hasher.write_usize(bytes.len());
-                    hasher.write(bytes);
-                }
-                None => hasher.write_u8(0),
+        self.for_each_value(plan, output_schema_id, avro, |value| match value {
+            Some(bytes) => {
+                hasher.write_u8(1);
+                hasher.write_usize(bytes.len());
+                hasher.write(bytes);
             }
-        }
+            None => hasher.write_u8(0),
+        });
         self.window.observe(hasher.finish());
+    }
+
+    /// Calls `f` with each quasi-identifier's encoded value in `avro` (`None`: absent), in
+    /// the order they are met in the bytes.
+    pub fn for_each_value<'a>(
+        &mut self,
+        plan: &Plan,
+        output_schema_id: u32,
+        avro: &'a [u8],
+        mut f: impl FnMut(Option<&'a [u8]>),
+    ) {
+        let paths = &self.paths;
+        let locators = self
+            .locators
+            .entry(output_schema_id)
+            .or_insert_with(|| Locators::new(plan, paths));
+        let positions = &mut self.positions;
+        positions.clear();
+        positions.push(0);
+        // Moves the last walk completed (positions[n] is where the cursor was after n moves).
+        let mut reached = 0;
+        for (steps, &shared) in locators.steps.iter().zip(&locators.shared) {
+            let span = match steps {
+                Some(steps) if shared <= reached => {
+                    let mut cur = crate::transform::Cursor::new(avro);
+                    cur.skip_to(positions[shared]);
+                    positions.truncate(shared + 1);
+                    reached = shared;
+                    let mut span = None;
+                    for step in &steps[shared..] {
+                        match crate::transform::locate_step(step, &mut cur) {
+                            Some(None) => {
+                                reached += 1;
+                                positions.push(cur.pos());
+                            }
+                            Some(Some(bytes)) => {
+                                span = Some(bytes);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    span
+                }
+                // It shares a move the last walk could not make (a null record on the way).
+                _ => None,
+            };
+            f(span);
+        }
+    }
+
+    /// The moves to each quasi-identifier of `plan`'s output, in the order
+    /// [`Self::for_each_value`] reads them (for tests).
+    pub fn steps(&mut self, plan: &Plan, output_schema_id: u32) -> Vec<Option<Vec<Locate>>> {
+        let paths = &self.paths;
+        self.locators
+            .entry(output_schema_id)
+            .or_insert_with(|| Locators::new(plan, paths))
+            .steps
+            .clone()
     }
 }
 
@@ -245,6 +354,80 @@ mod tests {
                 assert_eq!(window.groups(), sizes.len());
             }
         }
+    }
+
+    /// The one-pass read of the quasi-identifiers gives what reading each from the start
+    /// gives, on many sanitized calls (nulls on the way included), for several field sets.
+    #[test]
+    fn reading_once_finds_what_reading_each_from_the_start_finds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config =
+            crate::config::Config::load(&root.join("config/pipeline.toml")).expect("shipped");
+        let engine = crate::transform::Engine::from_config(&config).expect("rules");
+        let plan = engine.plan("comms.v1.CallEvent").expect("calls");
+        let keys = crate::keys::KeySet::from_keyring(
+            &crate::keys::Keyring::from_entries(vec![
+                crate::keys::KeyEntry {
+                    id: "p-1".into(),
+                    purpose: crate::keys::Purpose::Pseudonym,
+                    state: crate::keys::KeyState::Active,
+                    created_at: "2026-12-06T00:00:00Z".into(),
+                    secret: Some(crate::keys::Secret::generate()),
+                },
+                crate::keys::KeyEntry {
+                    id: "e-1".into(),
+                    purpose: crate::keys::Purpose::Encryption,
+                    state: crate::keys::KeyState::Active,
+                    created_at: "2026-12-06T00:00:00Z".into(),
+                    secret: Some(crate::keys::Secret::generate()),
+                },
+            ])
+            .expect("two keys"),
+        );
+        let active = engine.active_keys(&keys).expect("active keys");
+        let mut generator = crate::generate::Generator::new(3);
+        let sets: [&[&str]; 4] = [
+            &[
+                "location.country",
+                "location.cell_id",
+                "callee_region",
+                "callee_number_type",
+            ],
+            &["location.cell_id", "location.country"],
+            &[
+                "device.model",
+                "location.cell_id",
+                "occurred_at",
+                "device.os",
+                "caller_region",
+            ],
+            &["callee_region", "callee_region", "nowhere.at_all"],
+        ];
+        let mut nulls = 0;
+        for set in sets {
+            let mut risk = PipelineRisk::new(set.iter().map(|s| s.to_string()).collect(), 5, 100);
+            let steps = risk.steps(plan, 7);
+            for _ in 0..300 {
+                let event = generator.event(crate::generate::Kind::Call);
+                let input = apache_avro::to_avro_datum(&plan.input, event).expect("encodes");
+                let mut out = Vec::new();
+                engine
+                    .transform(plan, &active, &input, &mut out)
+                    .expect("transforms");
+                let mut once = Vec::new();
+                risk.for_each_value(plan, 7, &out, |v| once.push(v));
+                let each: Vec<Option<&[u8]>> = steps
+                    .iter()
+                    .map(|s| {
+                        s.as_ref()
+                            .and_then(|s| crate::transform::locate_span(s, &out))
+                    })
+                    .collect();
+                assert_eq!(once, each, "{set:?}");
+                nulls += each.iter().filter(|v| v.is_none()).count();
+            }
+        }
+        assert!(nulls > 300, "null records on the way were met: {nulls}");
     }
 
     #[test]

@@ -63,7 +63,10 @@ fn demo_at_its_default_size_accounts_for_every_record() {
     // The fields the rules derive, and the risk estimate of the calls pipeline: its window
     // holds every call published (half the events), and the synthetic data's random cell ids
     // leave a large share of them alone in their group (about half, measured), not all.
-    assert!(stdout.contains("caller_number_type   (derived)"), "{stdout}");
+    assert!(
+        stdout.contains("caller_number_type   (derived)"),
+        "{stdout}"
+    );
     let risk = stdout
         .lines()
         .find_map(|l| l.strip_prefix("re-identification risk [calls]: "))

@@ -201,7 +201,10 @@ fn timestamps_and_numbers_are_generalized_in_their_own_types() {
 fn a_timestamp_that_would_leave_its_type_is_an_error_not_a_wrong_value() {
     let engine = engine(&rules(false));
     let err = run(&engine, event(i64::MIN, 0, None, &[])).unwrap_err();
-    assert!(err.contains("field `at`") && err.contains("to truncate"), "{err}");
+    assert!(
+        err.contains("field `at`") && err.contains("to truncate"),
+        "{err}"
+    );
 }
 
 /// A rule as the config writes it.

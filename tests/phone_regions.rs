@@ -22,13 +22,14 @@ fn spec(text: &str) -> RuleSpec {
         .unwrap()
 }
 
-/// The shipped config, with the calls' `caller` and `callee` read in `location.country`.
+/// The shipped config, with the calls' `caller` and `callee` read in `location.country` (and
+/// still deriving their attributes, which the shipped risk estimate names).
 fn regional_config() -> pseudonymizer::config::Config {
     let mut config = common::shipped_config();
     for field in ["caller", "callee"] {
         config.pipeline[0].rules.insert(
             field.into(),
-            spec(r#"{ action = "phone", region_field = "location.country" }"#),
+            spec(r#"{ action = "phone", region_field = "location.country", derive = ["region", "calling_code", "number_type"] }"#),
         );
     }
     config

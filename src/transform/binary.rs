@@ -21,6 +21,11 @@ impl<'a> Cursor<'a> {
         Cursor { buf: self.buf, pos }
     }
 
+    /// Moves to `pos` (at most the end).
+    pub fn skip_to(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
     pub fn pos(&self) -> usize {
         self.pos
     }

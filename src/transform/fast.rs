@@ -73,27 +73,38 @@ fn find_region<'i>(source: &RegionSource, input: &'i [u8]) -> Option<&'i str> {
     None
 }
 
-/// The encoded bytes of the value `steps` lead to in `avro` (a record's binary), or `None`
-/// where a nullable record on the way is null or the bytes do not get that far.
+/// The encoded bytes of the value `steps` lead to in `avro` (a record's binary this process
+/// wrote, so its strings are not checked again), or `None` where a nullable record on the way
+/// is null or the bytes do not get that far.
 pub fn locate_span<'i>(steps: &[Locate], avro: &'i [u8]) -> Option<&'i [u8]> {
     let mut cur = Cursor::new(avro);
     for step in steps {
-        match step {
-            Locate::Skip(shape) => skip(shape, &mut cur).ok()?,
-            Locate::Branch(branch) => {
-                if usize::try_from(cur.long().ok()?).ok()? != *branch {
-                    return None;
-                }
-            }
-            Locate::String => return cur.bytes().ok(),
-            Locate::Value(shape) => {
-                let start = cur.pos();
-                skip(shape, &mut cur).ok()?;
-                return Some(cur.since(start));
-            }
+        if let Some(span) = locate_step(step, &mut cur)? {
+            return Some(span);
         }
     }
     None
+}
+
+/// One move of [`locate_span`]: `Some(None)` to go on, `Some(Some(bytes))` at the value,
+/// `None` where the value is not there.
+#[inline]
+pub fn locate_step<'i>(step: &Locate, cur: &mut Cursor<'i>) -> Option<Option<&'i [u8]>> {
+    match step {
+        Locate::Skip(shape) => skip_as::<false>(shape, cur).ok()?,
+        Locate::Branch(branch) => {
+            if usize::try_from(cur.long().ok()?).ok()? != *branch {
+                return None;
+            }
+        }
+        Locate::String => return Some(Some(cur.bytes().ok()?)),
+        Locate::Value(shape) => {
+            let start = cur.pos();
+            skip_as::<false>(shape, cur).ok()?;
+            return Some(Some(cur.since(start)));
+        }
+    }
+    Some(None)
 }
 
 struct Walker<'a> {
@@ -330,8 +341,14 @@ fn locate<'p>(shape: &Shape, paths: &'p [Box<str>], cur: &Cursor<'_>, start: usi
     paths.first().map_or("", |p| p)
 }
 
-/// Moves the cursor past one value of `shape`.
+/// Moves the cursor past one value of `shape`, checking every string is UTF-8.
 fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
+    skip_as::<true>(shape, cur)
+}
+
+/// Moves the cursor past one value of `shape`; strings are checked for UTF-8 where `CHECK`
+/// (bytes from outside), not in output this process wrote.
+fn skip_as<const CHECK: bool>(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
     match shape {
         Shape::Null => {}
         Shape::Boolean => {
@@ -355,7 +372,10 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
             cur.bytes()?;
         }
         Shape::String => {
-            std::str::from_utf8(cur.bytes()?).map_err(|_| ErrorKind::InvalidUtf8)?;
+            let bytes = cur.bytes()?;
+            if CHECK {
+                std::str::from_utf8(bytes).map_err(|_| ErrorKind::InvalidUtf8)?;
+            }
         }
         Shape::Fixed(n) => {
             cur.take(*n)?;
@@ -369,7 +389,7 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
             }
             let start = cur.pos();
             for _ in 0..count {
-                skip(item, cur)?;
+                skip_as::<CHECK>(item, cur)?;
             }
             cur.end_block(start, size)?;
         },
@@ -380,8 +400,8 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
             }
             let start = cur.pos();
             for _ in 0..count {
-                skip(&Shape::String, cur)?;
-                skip(value, cur)?;
+                skip_as::<CHECK>(&Shape::String, cur)?;
+                skip_as::<CHECK>(value, cur)?;
             }
             cur.end_block(start, size)?;
         },
@@ -391,11 +411,11 @@ fn skip(shape: &Shape, cur: &mut Cursor<'_>) -> Result<(), ErrorKind> {
                 .ok()
                 .and_then(|i| branches.get(i))
                 .ok_or(ErrorKind::BadUnion)?;
-            skip(branch, cur)?;
+            skip_as::<CHECK>(branch, cur)?;
         }
         Shape::Seq(fields) => {
             for field in fields {
-                skip(field, cur)?;
+                skip_as::<CHECK>(field, cur)?;
             }
         }
     }

@@ -26,7 +26,7 @@ use crate::rules::Rules;
 use crate::subjects::SubjectGate;
 
 pub use binary::{write_bytes, write_long, Cursor};
-pub use fast::locate_span;
+pub use fast::{locate_span, locate_step};
 pub use leaf::pseudonymize;
 
 /// What went wrong inside one event. Plain and small: it is returned on the hot path.
