@@ -168,7 +168,7 @@ fn report_risk(config: &Config, metrics: &Metrics) {
         let below = metrics.risk_records_below_k.with_label_values(&name).get();
         let k = metrics.risk_k.with_label_values(&name).get();
         crate::say!(
-            "re-identification risk [{}]: {below} of the last {records} records ({:.1}%) share their quasi-identifiers ({}) with fewer than {} others (k = {k}; the synthetic data's random cell ids single many records out)",
+            "re-identification risk [{}]: {below} of the last {records} records ({:.1}%) share their quasi-identifiers ({}) with fewer than {} others (k = {k}; the demo's synthetic data)",
             pipeline.name,
             100.0 * below as f64 / records.max(1) as f64,
             risk.quasi_identifiers.join(", "),

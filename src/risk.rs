@@ -10,8 +10,8 @@
 //!
 //! Only output values are read, never a raw one: each record's quasi-identifier fields are
 //! located in its sanitized Avro bytes ([`crate::plan::locate_output`]) and their encoded bytes
-//! hashed with SipHash-1-3 under a key drawn at random when the process starts (std's
-//! `RandomState`), so what the window holds is 8 bytes per record that mean nothing outside
+//! hashed with the standard library's keyed hasher (`RandomState`: SipHash-1-3 today, though
+//! std does not promise the algorithm) under a key drawn at random when the process starts, so what the window holds is 8 bytes per record that mean nothing outside
 //! this process. The count is exact for the window, up to 64-bit hash collisions (two groups
 //! merged: about n²/2⁶⁵ for n groups, 3·10⁻¹⁰ at 100,000), which can only lower the estimate.
 
@@ -27,12 +27,19 @@ pub const DEFAULT_K: u32 = 5;
 pub const DEFAULT_WINDOW: usize = 100_000;
 /// Bounds of the settings, checked at start.
 pub const K_RANGE: std::ops::RangeInclusive<u32> = 2..=1000;
-pub const WINDOW_RANGE: std::ops::RangeInclusive<usize> = 100..=10_000_000;
+pub const WINDOW_RANGE: std::ops::RangeInclusive<usize> = 100..=1_000_000;
 pub const MAX_QUASI_IDENTIFIERS: usize = 16;
-/// Bytes a record costs in the window, at most: its group in the ring (8), and at worst a
-/// group of its own in the table (8 + 4 bytes, at hashbrown's 7/8 load and with its control
-/// byte, about 16). docs/deploy.md sizes memory with it.
-pub const BYTES_PER_RECORD: usize = 8 + 16;
+/// Bytes a record of the window costs, at most, all allocated at start: 8 in the ring, and a
+/// table of at least twice the window's slots (so that deleted slots are reclaimed in place,
+/// never by growing it), rounded up to a power of two by the hash table, 17 bytes each (a
+/// padded `(u64, u32)` and a control byte). docs/security.md and docs/deploy.md quote it.
+pub const BYTES_PER_RECORD: usize = 8 + 78;
+
+/// The bytes the window of `capacity` records allocates: the ring and the table.
+pub fn window_bytes(capacity: usize) -> usize {
+    let slots = (2 * capacity * 8 / 7).next_power_of_two();
+    8 * capacity + 17 * slots
+}
 
 /// What is wrong with a pipeline's `[pipeline.risk]` (checked at start with its rules): the
 /// settings' ranges, and quasi-identifiers that name no field of its derived output schema.
@@ -58,7 +65,21 @@ pub fn problems(risk: &crate::config::RiskConfig, plan: &Plan) -> Vec<String> {
             WINDOW_RANGE.end()
         ));
     }
-    for path in &risk.quasi_identifiers {
+    for (at, path) in risk.quasi_identifiers.iter().enumerate() {
+        if risk.quasi_identifiers[..at].contains(path) {
+            problems.push(format!(
+                "risk: quasi-identifier {} is named twice",
+                crate::config::quote(path)
+            ));
+            continue;
+        }
+        if plan.rules.get(path) == Some(crate::rules::Action::Encrypt) {
+            problems.push(format!(
+                "risk: quasi-identifier {} is sealed (encrypt): every envelope is different, so it would make every record a group of its own; name the fields a reader can see",
+                crate::config::quote(path)
+            ));
+            continue;
+        }
         if let Err(why) = crate::plan::locate_output(plan, path) {
             problems.push(format!(
                 "risk: quasi-identifier {} {why} of the output schema {} (name fields of the sanitized output, as `schema derive` writes it)",
@@ -89,8 +110,9 @@ impl KWindow {
         KWindow {
             k: k.max(1),
             capacity: capacity.max(1),
-            order: VecDeque::with_capacity(capacity.min(1 << 20)),
-            sizes: HashMap::default(),
+            // Both at their full size now: a window never grows, and never rehashes by growing.
+            order: VecDeque::with_capacity(capacity.max(1)),
+            sizes: HashMap::with_capacity_and_hasher(2 * capacity.max(1), Default::default()),
             below_k: 0,
         }
     }
@@ -184,7 +206,19 @@ impl Locators {
     fn new(plan: &Plan, paths: &[String]) -> Locators {
         let mut steps: Vec<Option<Vec<Locate>>> = paths
             .iter()
-            .map(|path| crate::plan::locate_output(plan, path).ok())
+            .map(|path| match crate::plan::locate_output(plan, path) {
+                Ok(steps) => Some(steps),
+                Err(why) => {
+                    // A writer version without the field: its records all read it as absent,
+                    // which merges groups (the estimate drops): said once per version.
+                    tracing::warn!(
+                        quasi_identifier = %path,
+                        schema = %plan.input_name,
+                        "a quasi-identifier of [pipeline.risk] {why} in this writer version's output: its records count it as absent, which lowers the risk estimate; fix the rules or the quasi_identifiers"
+                    );
+                    None
+                }
+            })
             .collect();
         // Byte order: at the first move where two differ, a value or a branch taken comes
         // before skipping on.
@@ -428,6 +462,23 @@ mod tests {
             }
         }
         assert!(nulls > 300, "null records on the way were met: {nulls}");
+    }
+
+    /// The table is made at its full size: churn (every record a new group, the oldest
+    /// leaving) reclaims deleted slots in place and never grows it.
+    #[test]
+    fn the_window_never_grows() {
+        let mut window = KWindow::new(5, 1000);
+        let (ring, table) = (window.order.capacity(), window.sizes.capacity());
+        assert!(ring >= 1000 && table >= 2000);
+        for g in 0..200_000u64 {
+            window.observe(g.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        assert_eq!(window.order.capacity(), ring);
+        assert_eq!(window.sizes.capacity(), table);
+        assert_eq!(window.below_k(), 1000);
+        assert!(window_bytes(100_000) <= 100_000 * BYTES_PER_RECORD);
+        assert!(window_bytes(1_000_000) <= 1_000_000 * BYTES_PER_RECORD);
     }
 
     #[test]

@@ -223,6 +223,27 @@ fn check_refuses_what_run_refuses() {
             "[calls] risk: quasi-identifier \"location.nowhere\" names no field of the output schema comms.sanitized.v1.CallEvent",
         ),
         (
+            "risk: a sealed field",
+            setup.with(
+                "quasi_identifiers = [\"location.country\", ",
+                "quasi_identifiers = [\"recording_url\", ",
+            ),
+            "[calls] risk: quasi-identifier \"recording_url\" is sealed (encrypt)",
+        ),
+        (
+            "risk: a field named twice",
+            setup.with(
+                "quasi_identifiers = [\"location.country\", ",
+                "quasi_identifiers = [\"callee_region\", ",
+            ),
+            "[calls] risk: quasi-identifier \"callee_region\" is named twice",
+        ),
+        (
+            "risk: a window past its range",
+            setup.with("k = 5\nwindow = 100000", "k = 5\nwindow = 1000001"),
+            "[calls] risk: window = 1000001 is out of range: it must be from 100 to 1000000 records",
+        ),
+        (
             "risk: a dropped field is no output field",
             setup.with(
                 "quasi_identifiers = [\"location.country\", ",
