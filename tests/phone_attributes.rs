@@ -27,6 +27,23 @@ fn some_int(n: i32) -> Value {
     Value::Union(1, Box::new(Value::Int(n)))
 }
 
+/// `event` through the fast and the reference path, each output decoded.
+fn both_paths(
+    engine: &Engine,
+    plan: &pseudonymizer::plan::Plan,
+    keys: &pseudonymizer::transform::ActiveKeys,
+    event: Value,
+) -> (Value, Value) {
+    let input = common::encode(&plan.input, event);
+    let mut out = Vec::new();
+    engine.transform(plan, keys, &input, &mut out).unwrap();
+    let reference = engine.transform_reference(plan, keys, &input).unwrap();
+    (
+        common::decode(&plan.output, &out),
+        common::decode(&plan.output, &reference),
+    )
+}
+
 /// The shipped call pipeline's output for a call from `caller` to `callee`, by the fast path,
 /// after checking that the reference path writes the same derived fields.
 fn sanitized_call(engine: &Engine, caller: &str, callee: &str) -> Value {
@@ -35,14 +52,7 @@ fn sanitized_call(engine: &Engine, caller: &str, callee: &str) -> Value {
     let mut call = pseudonymizer::generate::typical_call();
     common::set_field(&mut call, "caller", Value::String(caller.into()));
     common::set_field(&mut call, "callee", Value::String(callee.into()));
-    let input = common::encode(&plan.input, call);
-    let mut out = Vec::new();
-    engine.transform(plan, &keys, &input, &mut out).unwrap();
-    let fast = common::decode(&plan.output, &out);
-    let reference = common::decode(
-        &plan.output,
-        &engine.transform_reference(plan, &keys, &input).unwrap(),
-    );
+    let (fast, reference) = both_paths(engine, plan, &keys, call);
     for side in ["caller", "callee"] {
         for attribute in PhoneAttribute::ALL {
             let name = attribute.field_name(side);
@@ -182,14 +192,7 @@ fn a_nullable_field_read_in_its_records_region_and_a_taken_name() {
             ("other".into(), Value::String("+6591234567".into())),
             ("other_region".into(), Value::String("kept".into())),
         ]);
-        let input = common::encode(&plan.input, event);
-        let mut out = Vec::new();
-        engine.transform(plan, &keys, &input, &mut out).unwrap();
-        let fast = common::decode(&plan.output, &out);
-        let reference = common::decode(
-            &plan.output,
-            &engine.transform_reference(plan, &keys, &input).unwrap(),
-        );
+        let (fast, reference) = both_paths(&engine, plan, &keys, event);
         let derived = |v: &Value| attributes(v, "number");
         assert_eq!(derived(&fast), derived(&reference));
         assert_eq!(
