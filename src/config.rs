@@ -47,6 +47,10 @@ pub struct Config {
     /// docs/security.md, "A person's rights").
     #[serde(default)]
     pub subjects: SubjectsConfig,
+    /// The country database IP rules derive `country` from (docs/operations.md, "Derived IP
+    /// countries").
+    #[serde(default)]
+    pub geoip: Option<GeoIpConfig>,
     /// Where the config was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -57,6 +61,15 @@ pub struct Config {
     /// ([`Config::redact`]).
     #[serde(skip)]
     pub resolved: Arc<Resolved>,
+}
+
+/// `[geoip]`: a local MaxMind DB file (GeoIP2/GeoLite2 Country or City, DB-IP, ip-location-db)
+/// read whole at start ([`crate::geoip`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// The `.mmdb` file. Relative to the config file.
+    pub database: PathBuf,
 }
 
 /// The subject registry's settings besides its topics (which are in `[kafka]`).
@@ -453,6 +466,8 @@ pub enum ConfigError {
     DuplicateSchema(String),
     #[error(transparent)]
     PhoneRegion(#[from] crate::phone::UnknownRegion),
+    #[error(transparent)]
+    GeoIp(#[from] crate::geoip::GeoIpError),
     #[error("the rules do not fit the schemas:{}", list(.0))]
     Rules(Vec<String>),
     #[error("the [kafka] section is not valid:{}", list(.0))]
@@ -730,6 +745,9 @@ impl Config {
         config.keyring = base.join(&config.keyring);
         if let Some(audit) = &mut config.audit_log {
             *audit = base.join(&*audit);
+        }
+        if let Some(geoip) = &mut config.geoip {
+            geoip.database = base.join(&geoip.database);
         }
         if config.rotation.max_envelopes_per_key.is_some() {
             tracing::warn!(

@@ -21,6 +21,8 @@
 //!   HMAC token (spec §3).
 //! - [`ip`]: IP addresses parsed, written as dotted or RFC 5952 text, and truncated.
 //! - [`cryptopan`]: prefix-preserving IP pseudonyms (spec §3, Crypto-PAn).
+//! - [`geoip`]: the country of an IP address, from a local MaxMind DB file (`[geoip]`), for the
+//!   `country` an IP rule derives.
 //! - [`envelope`]: the AES-256-GCM envelope (spec §4) and its key type; depends on nothing
 //!   of `keys`, which derives the keys and opens envelopes by key id ([`keys::KeySet::open`]).
 //! - [`rules`]: actions and the per-path rules of one schema.
@@ -74,6 +76,7 @@ pub mod envelope;
 pub mod file;
 pub mod fsio;
 pub mod generate;
+pub mod geoip;
 pub mod hardening;
 pub mod hostile;
 pub mod ip;

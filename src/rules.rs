@@ -10,7 +10,9 @@
 //! a unit (`{ action = "time-truncate", unit = "hour" }`), a number replaced by its bucket
 //! (`{ action = "bucket", bounds = [0, 60000, 300000], output = "lower" }`: [`Bucketing`]).
 //! A `phone` rule may also derive attributes of the number into fields beside its token
-//! (`{ action = "phone", derive = ["region", "calling_code", "number_type"] }`: [`Derive`]).
+//! (`{ action = "phone", derive = ["region", "calling_code", "number_type"] }`: [`Derive`]),
+//! and an IP rule (`ip`, `ip-prefix`, `ip-truncate`) the address's country, from the
+//! `[geoip]` database the rules then carry (`derive = ["country"]`: [`crate::geoip`]).
 //!
 //! A rule that is neither is refused naming its path and the forms a rule may take
 //! ([`deserialize_rules`]); values are quoted short ([`crate::config::quote`]).
@@ -27,7 +29,7 @@ pub const ACTION_NAMES: &str =
     "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, time-truncate, bucket, encrypt";
 
 /// What a rule may be, for messages.
-pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; class for id; unit for time-truncate; bounds and output for bucket)";
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; derive for ip, ip-prefix and ip-truncate; class for id; unit for time-truncate; bounds and output for bucket)";
 
 /// The unit a `time-truncate` rule keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,52 +111,78 @@ impl Bucketing {
     }
 }
 
-/// An attribute of a phone number that a `phone` rule may derive into a field of its own,
-/// beside the token (src/phone/attributes.rs says how each is read).
+/// An attribute a rule may derive into a field of its own, beside the token: of a phone
+/// number (src/phone/attributes.rs says how each is read) or of an IP address (its country,
+/// from the `[geoip]` database: src/geoip.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PhoneAttribute {
+pub enum Attribute {
     /// ISO 3166 alpha-2 region of the number: field `<name>_region`, nullable string.
     Region,
     /// Country calling code: field `<name>_calling_code`, nullable int.
     CallingCode,
     /// Number type (`mobile`, `fixed_line`, …): field `<name>_number_type`, nullable string.
     NumberType,
+    /// ISO 3166 alpha-2 country of an IP address: field `<name>_country`, nullable string.
+    Country,
 }
 
-impl PhoneAttribute {
+impl Attribute {
     /// Every attribute, in the order their fields follow the token.
-    pub const ALL: [PhoneAttribute; 3] = [
-        PhoneAttribute::Region,
-        PhoneAttribute::CallingCode,
-        PhoneAttribute::NumberType,
+    pub const ALL: [Attribute; 4] = [
+        Attribute::Region,
+        Attribute::CallingCode,
+        Attribute::NumberType,
+        Attribute::Country,
     ];
+
+    /// The attributes of a phone number.
+    pub const PHONE: [Attribute; 3] = [
+        Attribute::Region,
+        Attribute::CallingCode,
+        Attribute::NumberType,
+    ];
+
+    /// The attributes of an IP address.
+    pub const IP: [Attribute; 1] = [Attribute::Country];
 
     /// The name a rule's `derive` list uses, and the suffix of the field it makes.
     pub fn name(self) -> &'static str {
         match self {
-            PhoneAttribute::Region => "region",
-            PhoneAttribute::CallingCode => "calling_code",
-            PhoneAttribute::NumberType => "number_type",
+            Attribute::Region => "region",
+            Attribute::CallingCode => "calling_code",
+            Attribute::NumberType => "number_type",
+            Attribute::Country => "country",
         }
     }
 
-    /// The name of the field it makes beside the phone field `field`.
+    /// The name of the field it makes beside the field `field`.
     pub fn field_name(self, field: &str) -> String {
         format!("{field}_{}", self.name())
     }
+
+    /// The attributes a rule of `action` may derive (none for most actions).
+    pub fn of(action: Action) -> &'static [Attribute] {
+        match action {
+            Action::Token(TokenClass::Phone) => &Attribute::PHONE,
+            Action::Token(TokenClass::Ip) | Action::IpPrefix | Action::IpTruncate { .. } => {
+                &Attribute::IP
+            }
+            _ => &[],
+        }
+    }
 }
 
-/// The attributes a phone rule derives (a set; their fields always follow the token in the
-/// order of [`PhoneAttribute::ALL`]).
+/// The attributes a rule derives (a set; their fields always follow the token in the
+/// order of [`Attribute::ALL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Derive(u8);
 
 impl Derive {
-    pub fn with(self, attribute: PhoneAttribute) -> Derive {
+    pub fn with(self, attribute: Attribute) -> Derive {
         Derive(self.0 | 1 << attribute as u8)
     }
 
-    pub fn has(self, attribute: PhoneAttribute) -> bool {
+    pub fn has(self, attribute: Attribute) -> bool {
         self.0 & 1 << attribute as u8 != 0
     }
 
@@ -163,23 +191,39 @@ impl Derive {
     }
 
     /// The attributes, in field order.
-    pub fn iter(self) -> impl Iterator<Item = PhoneAttribute> {
-        PhoneAttribute::ALL
-            .into_iter()
-            .filter(move |a| self.has(*a))
+    pub fn iter(self) -> impl Iterator<Item = Attribute> {
+        Attribute::ALL.into_iter().filter(move |a| self.has(*a))
     }
 
-    /// The set a `derive` list names, or a sentence saying why it is not one.
-    pub fn parse(names: &[String]) -> Result<Derive, String> {
+    /// The set a `derive` list names for a rule of `action`, or a sentence saying why it is
+    /// not one.
+    pub fn parse(action: Action, names: &[String]) -> Result<Derive, String> {
+        let allowed = Attribute::of(action);
+        let listed = || {
+            allowed
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if allowed.is_empty() {
+            return Err(format!(
+                "derive only applies to phone, ip, ip-prefix and ip-truncate, not {}",
+                quote(action.name())
+            ));
+        }
         let mut derive = Derive::default();
         for name in names {
-            let attribute = PhoneAttribute::ALL
-                .into_iter()
+            let attribute = allowed
+                .iter()
+                .copied()
                 .find(|a| a.name() == name)
                 .ok_or_else(|| {
                     format!(
-                        "derive: {} is not an attribute of a phone number (region, calling_code, number_type)",
-                        quote(name)
+                        "derive: {} is not an attribute {} derives ({})",
+                        quote(name),
+                        action.name(),
+                        listed()
                     )
                 })?;
             if derive.has(attribute) {
@@ -188,7 +232,10 @@ impl Derive {
             derive = derive.with(attribute);
         }
         if derive.is_empty() {
-            return Err("derive: the list is empty (name region, calling_code or number_type, or leave derive out)".to_owned());
+            return Err(format!(
+                "derive: the list is empty (name {}, or leave derive out)",
+                listed()
+            ));
         }
         Ok(derive)
     }
@@ -477,9 +524,6 @@ impl RuleSpec {
                 quote(name)
             ));
         }
-        if name != "phone" && self.derive_names().is_some() {
-            return Err(format!("derive only applies to phone, not {}", quote(name)));
-        }
         let (unit, bounds, output) = match self {
             RuleSpec::Table {
                 unit,
@@ -586,11 +630,11 @@ impl RuleSpec {
         }
     }
 
-    /// The attributes a phone rule derives (empty where it names none), or why its `derive`
-    /// list is not a set of attributes.
-    pub fn derive(&self) -> Result<Derive, String> {
+    /// The attributes a rule of `action` derives (empty where it names none), or why its
+    /// `derive` list is not a set of attributes it may derive.
+    pub fn derive(&self, action: Action) -> Result<Derive, String> {
         self.derive_names()
-            .map_or(Ok(Derive::default()), Derive::parse)
+            .map_or(Ok(Derive::default()), |names| Derive::parse(action, names))
     }
 }
 
@@ -600,8 +644,10 @@ pub struct Rules {
     actions: BTreeMap<String, Action>,
     /// Phone field path → the path of the field holding its region.
     region_fields: BTreeMap<String, String>,
-    /// Phone field path → the attributes derived beside its token (none absent).
+    /// Phone or IP field path → the attributes derived beside its token (none absent).
     derived: BTreeMap<String, Derive>,
+    /// The `[geoip]` database IP rules derive countries from, where the config names one.
+    country_db: Option<std::sync::Arc<crate::geoip::CountryDb>>,
     /// Bucket field path → its buckets.
     buckets: BTreeMap<String, std::sync::Arc<Bucketing>>,
 }
@@ -616,15 +662,16 @@ impl Rules {
         let mut buckets = BTreeMap::new();
         let mut errors = Vec::new();
         for (path, spec) in specs {
-            let action = spec.action().unwrap_or_else(|why| {
+            let parsed = spec.action();
+            let action = parsed.clone().unwrap_or_else(|why| {
                 errors.push(format!("{path}: {why}"));
                 Action::Keep
             });
             if let (Action::Bucket { .. }, Some(bucketing)) = (action, spec.bucketing()) {
                 buckets.insert(path.clone(), std::sync::Arc::new(bucketing));
             }
-            if action == Action::Token(TokenClass::Phone) {
-                match spec.derive() {
+            if parsed.is_ok() && spec.derive_names().is_some() {
+                match spec.derive(action) {
                     Ok(derive) if derive.is_empty() => {}
                     Ok(derive) => {
                         derived.insert(path.clone(), derive);
@@ -644,6 +691,7 @@ impl Rules {
                 region_fields,
                 derived,
                 buckets,
+                country_db: None,
             },
             errors,
         )
@@ -656,6 +704,7 @@ impl Rules {
             region_fields: BTreeMap::new(),
             derived: BTreeMap::new(),
             buckets: BTreeMap::new(),
+            country_db: None,
         }
     }
 
@@ -679,13 +728,25 @@ impl Rules {
         self.buckets.get(path)
     }
 
-    /// These rules, with the phone rule at `phone_path` deriving `derive` beside its token.
+    /// These rules, with the rule at `phone_path` (phone or IP) deriving `derive` beside its
+    /// token.
     pub fn with_derived(mut self, phone_path: &str, derive: Derive) -> Self {
         self.derived.insert(phone_path.to_owned(), derive);
         self
     }
 
-    /// The attributes the phone rule at `path` derives (empty for any other rule).
+    /// These rules, deriving IP countries from `db` (the config's `[geoip] database`).
+    pub fn with_country_db(mut self, db: Option<std::sync::Arc<crate::geoip::CountryDb>>) -> Self {
+        self.country_db = db;
+        self
+    }
+
+    /// The database IP rules derive countries from, where there is one.
+    pub fn country_db(&self) -> Option<&std::sync::Arc<crate::geoip::CountryDb>> {
+        self.country_db.as_ref()
+    }
+
+    /// The attributes the rule at `path` derives (empty for a rule that derives none).
     pub fn derived(&self, path: &str) -> Derive {
         self.derived.get(path).copied().unwrap_or_default()
     }

@@ -11,7 +11,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use pseudonymizer::phone::PhoneCanon;
 use pseudonymizer::plan;
-use pseudonymizer::rules::{Derive, PhoneAttribute, Rules};
+use pseudonymizer::rules::{Attribute, Derive, Rules};
 use pseudonymizer::token::TokenClass;
 use pseudonymizer::transform::Engine;
 
@@ -54,7 +54,7 @@ fn sanitized_call(engine: &Engine, caller: &str, callee: &str) -> Value {
     common::set_field(&mut call, "callee", Value::String(callee.into()));
     let (fast, reference) = both_paths(engine, plan, &keys, call);
     for side in ["caller", "callee"] {
-        for attribute in PhoneAttribute::ALL {
+        for attribute in Attribute::PHONE {
             let name = attribute.field_name(side);
             assert_eq!(
                 common::field(&fast, &name),
@@ -67,7 +67,7 @@ fn sanitized_call(engine: &Engine, caller: &str, callee: &str) -> Value {
 }
 
 fn attributes(output: &Value, side: &str) -> [Value; 3] {
-    PhoneAttribute::ALL.map(|a| common::field(output, &a.field_name(side)).clone())
+    Attribute::PHONE.map(|a| common::field(output, &a.field_name(side)).clone())
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn schema() -> Schema {
 }
 
 fn all() -> Derive {
-    PhoneAttribute::ALL
+    Attribute::PHONE
         .into_iter()
         .fold(Derive::default(), Derive::with)
 }

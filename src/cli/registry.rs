@@ -46,13 +46,18 @@ fn latest(client: &RegistryClient, subject: &str) -> Result<Option<RegisteredSch
 }
 
 /// Compiles a pipeline's rules against a registered writer schema as the worker would.
-fn compile(pipeline: &PipelineConfig, schema: &RegisteredSchema) -> Result<Plan, Vec<String>> {
+fn compile(
+    pipeline: &PipelineConfig,
+    engine: &Engine,
+    schema: &RegisteredSchema,
+) -> Result<Plan, Vec<String>> {
     if schema.schema_type != "AVRO" {
         return Err(vec![format!("a {} schema, not Avro", schema.schema_type)]);
     }
     let writer = crate::registry::parse_schema(&schema.schema)
         .map_err(|e| vec![format!("not valid Avro: {e}")])?;
     let (rules, _) = Rules::from_specs(&pipeline.rules);
+    let rules = rules.with_country_db(engine.country_db().cloned());
     plan::compile_with(&writer, &rules, UnusedRules::Allow)
 }
 
@@ -112,7 +117,7 @@ pub(super) fn check(config: &Config, engine: &Engine, out: &mut dyn Write) -> Re
             continue;
         };
         let version = latest.version.unwrap_or_default();
-        match compile(pipeline, &latest) {
+        match compile(pipeline, engine, &latest) {
             Ok(plan) => {
                 writeln!(
                     out,
@@ -163,7 +168,7 @@ pub(super) fn register(config: &Config, engine: &Engine, out: &mut dyn Write) ->
         let mut plans = vec![("local schema".to_owned(), local.clone())];
         if let Some(input) = input_subject(registry, pipeline, local) {
             if let Some(latest) = latest(&client, &input)? {
-                match compile(pipeline, &latest) {
+                match compile(pipeline, engine, &latest) {
                     Ok(plan) if plan.input.canonical_form() != local.input.canonical_form() => {
                         plans.push((
                             format!("latest version of {input} (id {})", latest.id),

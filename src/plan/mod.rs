@@ -74,7 +74,7 @@ pub struct Leaf {
     pub input: LeafInput,
     /// For a phone rule with a `region_field`: its index in [`Plan::regions`].
     pub region: Option<usize>,
-    /// For a phone rule that derives attributes: which ones (the [`Step::Derived`] around
+    /// For a phone or IP rule that derives attributes: which ones (the [`Step::Derived`] around
     /// this leaf writes them).
     pub derive: Derive,
     /// For `time-truncate`: the unit in the field's own ticks (a minute of a
@@ -82,6 +82,8 @@ pub struct Leaf {
     pub ticks: i64,
     /// For `bucket`: its buckets.
     pub bucketing: Option<Arc<Bucketing>>,
+    /// For an IP rule that derives `country`: the database it is read from.
+    pub country: Option<Arc<crate::geoip::CountryDb>>,
 }
 
 /// A field that holds a record's own phone region (a rule's `region_field`): a string or
@@ -134,9 +136,10 @@ pub enum Step {
         path: Box<str>,
     },
     Leaf(Leaf),
-    /// A phone field (string or nullable string) whose rule derives attributes of the number:
-    /// the field's own step, then one nullable field per attribute, in the order of
-    /// [`crate::rules::PhoneAttribute::ALL`] (null where the value is null or not a number).
+    /// A phone or IP field (string or nullable string) whose rule derives attributes of the
+    /// value: the field's own step, then one nullable field per attribute, in the order of
+    /// [`crate::rules::Attribute::ALL`] (null where the value is null, not a number or address,
+    /// or has no such attribute).
     Derived {
         field: Box<Step>,
         derive: Derive,

@@ -10,8 +10,7 @@ use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
 use super::{Leaf, LeafInput, Shape, Step, MAX_DEPTH, OUTPUT_NAMESPACE};
-use crate::rules::{Action, PhoneAttribute, Rules};
-use crate::token::TokenClass;
+use crate::rules::{Action, Attribute, Rules};
 
 pub(super) struct Walker<'a> {
     pub(super) rules: &'a Rules,
@@ -162,7 +161,7 @@ impl Walker<'_> {
                 }
             }
             fields.push(Json::Object(out));
-            if action == Some(Action::Token(TokenClass::Phone)) {
+            if action.is_some_and(|a| !Attribute::of(a).is_empty()) {
                 self.derived_fields(record, field, &field_path, &mut steps, &mut fields);
             }
         }
@@ -188,7 +187,7 @@ impl Walker<'_> {
         (Step::record(steps), json)
     }
 
-    /// The fields a phone rule derives beside its token (none where it derives nothing): their
+    /// The fields a phone or IP rule derives beside its token (none where it derives nothing): their
     /// output types are appended to `fields`, and the field's step (the last of `steps`) is
     /// wrapped in a [`Step::Derived`] that writes them.
     fn derived_fields(
@@ -220,10 +219,20 @@ impl Walker<'_> {
                 Schema::Union(_) => "a union of other types than null and one string".to_owned(),
                 other => type_name(other),
             };
+            let what = if derive.has(Attribute::Country) {
+                "an IP field that holds one address"
+            } else {
+                "a phone field that holds one number"
+            };
             self.errors.push(format!(
-                "{path}: derive needs a phone field that holds one number (a string or nullable string), not {found}; derive nothing here, or move the number into a field of its own"
+                "{path}: derive needs {what} (a string or nullable string), not {found}; derive nothing here, or move the value into a field of its own"
             ));
             return;
+        }
+        if derive.has(Attribute::Country) && self.rules.country_db().is_none() {
+            self.errors.push(format!(
+                "{path}: derive country needs a country database: name one in [geoip] database (docs/operations.md, \"Derived IP countries\")"
+            ));
         }
         for attribute in derive.iter() {
             let name = attribute.field_name(&field.name);
@@ -236,9 +245,10 @@ impl Walker<'_> {
                 continue;
             }
             let (kind, doc) = match attribute {
-                PhoneAttribute::Region => ("string", format!("Derived from {}: region of the number as libphonenumber assigns it (ISO 3166 alpha-2, and the codes it uses for territories ISO does not list: XK, AC, TA); null for a non-geographic calling code, a number no region of a shared code claims, a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
-                PhoneAttribute::CallingCode => ("int", format!("Derived from {}: country calling code of the number; null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
-                PhoneAttribute::NumberType => ("string", format!("Derived from {}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                Attribute::Region => ("string", format!("Derived from {}: region of the number as libphonenumber assigns it (ISO 3166 alpha-2, and the codes it uses for territories ISO does not list: XK, AC, TA); null for a non-geographic calling code, a number no region of a shared code claims, a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                Attribute::CallingCode => ("int", format!("Derived from {}: country calling code of the number; null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                Attribute::NumberType => ("string", format!("Derived from {}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
+                Attribute::Country => ("string", format!("Derived from {}: country of the address (ISO 3166 alpha-2) as the [geoip] database places it; null for a null value, one that is not an IP address, an address the database places in no country, or (for an ip token) a person the subject registry withholds.", field.name)),
             };
             fields.push(json!({"name": name, "type": ["null", kind], "default": null, "doc": doc}));
         }
@@ -393,6 +403,12 @@ impl Walker<'_> {
                     derive: self.rules.derived(path),
                     ticks: 0,
                     bucketing: None,
+                    country: self
+                        .rules
+                        .derived(path)
+                        .has(crate::rules::Attribute::Country)
+                        .then(|| self.rules.country_db().cloned())
+                        .flatten(),
                 }),
                 json!(out_type),
             )),
@@ -405,6 +421,7 @@ impl Walker<'_> {
                     derive: crate::rules::Derive::default(),
                     ticks: 0,
                     bucketing: None,
+                    country: None,
                 }),
                 json!(out_type),
             )),
@@ -467,6 +484,7 @@ impl Walker<'_> {
             derive: crate::rules::Derive::default(),
             ticks: 0,
             bucketing: None,
+            country: None,
         };
         let out = match action {
             Action::TimeTruncate(unit) => {

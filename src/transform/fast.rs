@@ -6,14 +6,15 @@
 //! envelopes are sealed in place), so a typical event allocates nothing.
 
 use super::binary::{write_bytes, write_long, Cursor};
-use super::leaf::{phone_token, pseudonymize, truncate_time};
+use super::leaf::{ip_country, phone_token, pseudonymize, truncate_time};
 use super::{ActiveKeys, ErrorKind, Regions, TransformError};
 use crate::envelope;
+use crate::geoip::Country;
 use crate::keys::PseudonymKey;
 use crate::phone::attributes::PhoneAttributes;
 use crate::phone::PhoneCanon;
 use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
-use crate::rules::{Action, PhoneAttribute};
+use crate::rules::{Action, Attribute};
 use crate::subjects::SubjectGate;
 use crate::token::TokenClass;
 
@@ -44,6 +45,7 @@ pub fn transform(
         // A withheld subject met before the walk (the record key) withholds from the start.
         seal: !gate.is_some_and(|g| g.met()),
         attributes: std::cell::Cell::new(None),
+        country: std::cell::Cell::new(None),
     };
     walker.walk(plan, input, out)?;
     if walker.seal && gate.is_some_and(|g| g.met()) && plan.needs_encryption {
@@ -119,6 +121,8 @@ struct Walker<'a> {
     /// The attributes of the last phone number whose rule derives them, for the
     /// [`Step::Derived`] around its leaf to write.
     attributes: std::cell::Cell<Option<PhoneAttributes>>,
+    /// Likewise, the country of the last IP address whose rule derives it.
+    country: std::cell::Cell<Option<Country>>,
 }
 
 impl Walker<'_> {
@@ -192,10 +196,12 @@ impl Walker<'_> {
                 path: _,
             } => {
                 self.attributes.set(None);
+                self.country.set(None);
                 self.step(field, cur, out)?;
                 let attributes = self.attributes.take();
+                let country = self.country.take();
                 for attribute in derive.iter() {
-                    write_attribute(attributes.as_ref(), attribute, out);
+                    write_attribute(attributes.as_ref(), country, attribute, out);
                 }
             }
         }
@@ -254,6 +260,10 @@ impl Walker<'_> {
             self.gate,
         )?;
         write_bytes(out, pseudonym.as_bytes());
+        if let Some(db) = &leaf.country {
+            self.country
+                .set(ip_country(leaf.action, text, db, self.gate));
+        }
         Ok(())
     }
 }
@@ -282,29 +292,41 @@ fn number(leaf: &Leaf, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), Er
 /// One derived field: a `["null", T]` union, null where there are no attributes.
 fn write_attribute(
     attributes: Option<&PhoneAttributes>,
-    attribute: PhoneAttribute,
+    country: Option<Country>,
+    attribute: Attribute,
     out: &mut Vec<u8>,
 ) {
+    if attribute == Attribute::Country {
+        match country {
+            None => write_long(out, 0),
+            Some(country) => {
+                write_long(out, 1);
+                write_bytes(out, country.as_str().as_bytes());
+            }
+        }
+        return;
+    }
     let Some(attributes) = attributes else {
         write_long(out, 0);
         return;
     };
     match attribute {
-        PhoneAttribute::Region => match attributes.region {
+        Attribute::Region => match attributes.region {
             None => write_long(out, 0),
             Some(region) => {
                 write_long(out, 1);
                 write_bytes(out, region.as_bytes());
             }
         },
-        PhoneAttribute::CallingCode => {
+        Attribute::CallingCode => {
             write_long(out, 1);
             write_long(out, i64::from(attributes.calling_code));
         }
-        PhoneAttribute::NumberType => {
+        Attribute::NumberType => {
             write_long(out, 1);
             write_bytes(out, attributes.number_type.as_str().as_bytes());
         }
+        Attribute::Country => unreachable!("written above"),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use super::ErrorKind;
+use crate::geoip::{Country, CountryDb};
 use crate::ip::{ip_text, parse_ip, truncate_ip, IpText};
 use crate::keys::PseudonymKey;
 use crate::phone::attributes::{self, PhoneAttributes};
@@ -115,6 +116,24 @@ pub fn phone_token(
         None
     };
     Ok((Pseudonym::Token(token), attributes))
+}
+
+/// The country an IP rule derives beside its output: `None` where the value is not an
+/// address, the database places it in no country, or (for an `ip` token, the one IP action
+/// that names a person: docs/security.md) the person is withheld.
+pub fn ip_country(
+    action: Action,
+    value: &str,
+    db: &CountryDb,
+    gate: Option<&SubjectGate<'_>>,
+) -> Option<Country> {
+    let ip = parse_ip(value)?;
+    if let (Action::Token(TokenClass::Ip), Some(gate)) = (action, gate) {
+        if gate.withholds(TokenClass::Ip, ip_text(ip).as_bytes()) {
+            return None;
+        }
+    }
+    db.country(ip)
 }
 
 /// A timestamp or time of day truncated down (towards the past, also before 1970) to a

@@ -122,6 +122,8 @@ pub struct Engine {
     phone: PhoneCanon,
     /// The config names a subject registry: the worker loads the subject key, else not.
     subject_registry: bool,
+    /// The `[geoip]` database, where the config names one.
+    country_db: Option<Arc<crate::geoip::CountryDb>>,
 }
 
 impl Engine {
@@ -134,12 +136,17 @@ impl Engine {
             None => plan::UnusedRules::Refuse,
         };
         let phone = PhoneCanon::new(&config.phone.default_region)?;
+        let country_db = match &config.geoip {
+            Some(geoip) => Some(Arc::new(crate::geoip::CountryDb::open(&geoip.database)?)),
+            None => None,
+        };
         let mut plans = Vec::new();
         let mut errors = Vec::new();
         for pipeline in &config.pipeline {
             // Bounded, regular files only, and a parser panic caught (config.rs).
             let schema = crate::config::read_schema(&pipeline.input_schema)?;
             let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
+            let rules = rules.with_country_db(country_db.clone());
             let tag = |e: String| format!("[{}] {e}", pipeline.name);
             errors.extend(spec_errors.into_iter().map(tag));
             if let Some(domain) = &pipeline.domain {
@@ -165,6 +172,7 @@ impl Engine {
             return Err(ConfigError::Rules(errors));
         }
         let mut engine = Engine::new(plans, phone)?;
+        engine.country_db = country_db;
         engine.subject_registry = config
             .kafka
             .as_ref()
@@ -190,7 +198,13 @@ impl Engine {
             by_name,
             phone,
             subject_registry: false,
+            country_db: None,
         })
+    }
+
+    /// The `[geoip]` database IP rules derive countries from, where the config names one.
+    pub fn country_db(&self) -> Option<&Arc<crate::geoip::CountryDb>> {
+        self.country_db.as_ref()
     }
 
     /// The plan for a writer schema's full name (`comms.v1.CallEvent`).

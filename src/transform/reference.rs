@@ -13,7 +13,7 @@ use crate::keys::PseudonymKey;
 use crate::phone::attributes;
 use crate::phone::PhoneCanon;
 use crate::plan::Plan;
-use crate::rules::{Action, Derive, PhoneAttribute, Rules};
+use crate::rules::{Action, Attribute, Derive, Rules};
 
 pub fn transform(
     plan: &Plan,
@@ -167,8 +167,10 @@ impl Rewriter<'_> {
         })
     }
 
-    /// The fields a phone rule derives, from the full parse of the value (the fast path reads
-    /// them from the canonical form instead: the property tests compare the two).
+    /// The fields a phone or IP rule derives: a phone's from the full parse of the value (the
+    /// fast path reads them from the canonical form instead: the property tests compare the
+    /// two), an IP's country from the address as std parses it. The reference path has no
+    /// subject registry, so nothing here is withheld.
     fn derived(
         &self,
         value: &Value,
@@ -184,20 +186,31 @@ impl Rewriter<'_> {
             },
             _ => None,
         };
-        let found = text.and_then(|t| attributes::of_full_parse(self.region_for(path), t.trim()));
         let nullable = |value: Option<Value>| match value {
             None => Value::Union(0, Box::new(Value::Null)),
             Some(value) => Value::Union(1, Box::new(value)),
         };
+        let country = self.rules.country_db().and_then(|db| {
+            let ip: std::net::IpAddr = text?.trim().parse().ok()?;
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+                v4 => v4,
+            };
+            db.country(ip)
+        });
+        if derive.has(Attribute::Country) {
+            let value = country.map(|c| Value::String(c.as_str().to_owned()));
+            return vec![(Attribute::Country.field_name(name), nullable(value))];
+        }
+        let found = text.and_then(|t| attributes::of_full_parse(self.region_for(path), t.trim()));
         derive
             .iter()
             .map(|attribute| {
                 let value = found.and_then(|a| match attribute {
-                    PhoneAttribute::Region => a.region.map(|r| Value::String(r.to_owned())),
-                    PhoneAttribute::CallingCode => Some(Value::Int(i32::from(a.calling_code))),
-                    PhoneAttribute::NumberType => {
-                        Some(Value::String(a.number_type.as_str().to_owned()))
-                    }
+                    Attribute::Region => a.region.map(|r| Value::String(r.to_owned())),
+                    Attribute::CallingCode => Some(Value::Int(i32::from(a.calling_code))),
+                    Attribute::NumberType => Some(Value::String(a.number_type.as_str().to_owned())),
+                    Attribute::Country => None,
                 });
                 (attribute.field_name(name), nullable(value))
             })

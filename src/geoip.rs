@@ -1,0 +1,218 @@
+//! The country of an IP address, from a local MaxMind DB file (`[geoip] database`), for the
+//! `country` an IP rule may derive beside its token or truncated network.
+//!
+//! The file is read whole at start and never again: a database is data the operator chose
+//! and checked with `pseudonymizer check`, and a new one (they are published monthly) takes a
+//! restart, as a new config does. The reader is the `maxminddb` crate (MaxMind's own Rust
+//! reader of the format). Two layouts of a record are understood, and which one a file has is
+//! found once, at start:
+//! - MaxMind's GeoIP2/GeoLite2 Country and City, and DB-IP's own `.mmdb` downloads:
+//!   `country.iso_code`;
+//! - the ip-location-db packages (DB-IP Lite, geo-whois-asn, IPtoASN country): `country_code`.
+//!
+//! A file in which none of a few well-known public addresses has a country in either layout is
+//! refused (an ASN or a city-less database given by mistake would otherwise make every derived
+//! country null, silently). A value that is not two ASCII capital letters is never published:
+//! the derived field is null for it, as for an address the database does not know.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use maxminddb::{path, Reader};
+
+/// The largest database file read (512 MiB: GeoIP2 City is about 130 MB, country files 5–10 MB).
+pub const DATABASE_LIMIT: u64 = 512 << 20;
+
+/// Public addresses that every country database places (name servers of Google, Cloudflare,
+/// Quad9, OpenDNS, and a registry's own hosts in Europe and South America, in both families).
+/// A database that places none of them is not a country database.
+const PROBES: [&str; 8] = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "9.9.9.9",
+    "208.67.222.222",
+    "193.0.6.139",
+    "200.160.2.3",
+    "2001:4860:4860::8888",
+    "2606:4700:4700::1111",
+];
+
+/// Why a database could not be used. Messages name the file, never an address.
+#[derive(Debug, thiserror::Error)]
+pub enum GeoIpError {
+    #[error(transparent)]
+    File(#[from] crate::fsio::FileError),
+    #[error("[geoip] database {path} is not a MaxMind DB file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("[geoip] database {path} ({kind}) has no country for any of {probes}: it is not a country database (give a GeoIP2/GeoLite2 Country or City file, or a DB-IP or ip-location-db country file)", probes = PROBES.join(", "))]
+    NotCountry { path: PathBuf, kind: String },
+}
+
+/// Where a record keeps its country code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `country.iso_code` (GeoIP2 Country and City).
+    GeoIp2,
+    /// `country_code` (ip-location-db).
+    Flat,
+}
+
+/// A country: ISO 3166-1 alpha-2, as the database gives it (two ASCII capital letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// The code, if `code` is two ASCII capital letters.
+    pub fn new(code: &str) -> Option<Country> {
+        match code.as_bytes() {
+            &[a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => Some(Country([a, b])),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("two ASCII letters")
+    }
+}
+
+/// A country database, read whole into memory.
+pub struct CountryDb {
+    reader: Reader<Vec<u8>>,
+    layout: Layout,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for CountryDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountryDb")
+            .field("path", &self.path)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two handles are the same database when they were read from the same file at the same build
+/// (what a plan's equality needs: plans are compared in tests, never databases' contents).
+impl PartialEq for CountryDb {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.layout == other.layout
+            && self.reader.metadata().build_epoch == other.reader.metadata().build_epoch
+    }
+}
+
+impl Eq for CountryDb {}
+
+impl CountryDb {
+    /// Reads and checks the database at `path`: a regular file within [`DATABASE_LIMIT`], in
+    /// the MaxMind DB format, that places some of the probe addresses in a country.
+    pub fn open(path: &Path) -> Result<CountryDb, GeoIpError> {
+        let bytes = crate::fsio::read_bounded(path, "[geoip] database", DATABASE_LIMIT)?;
+        let format = |message: String| GeoIpError::Format {
+            path: path.to_owned(),
+            message,
+        };
+        // The reader checks what it reads and returns errors; a panic on a damaged file would
+        // still be a refusal of the file, not a crash of the command.
+        let reader = crate::config::catch_quietly(|| Reader::from_source(bytes))
+            .ok_or_else(|| format("the reader failed on it".to_owned()))?
+            .map_err(|e| format(crate::config::shorten(&e.to_string(), 200)))?;
+        let mut db = CountryDb {
+            reader,
+            layout: Layout::GeoIp2,
+            path: path.to_owned(),
+        };
+        for layout in [Layout::GeoIp2, Layout::Flat] {
+            db.layout = layout;
+            let placed = crate::config::catch_quietly(|| {
+                PROBES
+                    .iter()
+                    .filter_map(|p| p.parse::<IpAddr>().ok())
+                    .any(|ip| db.country(ip).is_some())
+            });
+            if placed == Some(true) {
+                return Ok(db);
+            }
+        }
+        Err(GeoIpError::NotCountry {
+            path: path.to_owned(),
+            kind: crate::config::quote(&db.reader.metadata().database_type),
+        })
+    }
+
+    /// The country the database places `ip` in, or `None` where it has none (a private or
+    /// unallocated address, an IPv6 address in an IPv4-only file) or none that is two ASCII
+    /// capital letters.
+    pub fn country(&self, ip: IpAddr) -> Option<Country> {
+        let found = self.reader.lookup(ip).ok()?;
+        if !found.has_data() {
+            return None;
+        }
+        let code: Option<&str> = match self.layout {
+            Layout::GeoIp2 => found.decode_path(&path!["country", "iso_code"]).ok()?,
+            Layout::Flat => found.decode_path(&path!["country_code"]).ok()?,
+        };
+        Country::new(code?)
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What `check` and the worker's start log say of it: its type, build date and layout.
+    pub fn describe(&self) -> String {
+        let metadata = self.reader.metadata();
+        let built = i64::try_from(metadata.build_epoch)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .map_or_else(|| "an unknown date".to_owned(), |t| t.date().to_string());
+        format!(
+            "{} ({}, built {built}, IPv{} tree, countries read from {})",
+            self.path.display(),
+            crate::config::quote(&metadata.database_type),
+            metadata.ip_version,
+            match self.layout {
+                Layout::GeoIp2 => "country.iso_code",
+                Layout::Flat => "country_code",
+            }
+        )
+    }
+
+    /// When the database was built (seconds since 1970), for the age metric.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_country_is_two_capital_letters() {
+        assert_eq!(
+            Country::new("SG").map(|c| c.as_str().to_owned()),
+            Some("SG".to_owned())
+        );
+        for bad in ["", "S", "sg", "SGP", "S1", "ÄB", "S\u{0}"] {
+            assert_eq!(Country::new(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not.mmdb");
+        std::fs::write(&path, b"hello, this is not a MaxMind DB").unwrap();
+        let error = CountryDb::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("not.mmdb") && error.contains("not a MaxMind DB"),
+            "{error}"
+        );
+        let error = CountryDb::open(&dir.path().join("missing.mmdb"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing.mmdb"), "{error}");
+    }
+}

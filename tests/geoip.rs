@@ -1,0 +1,433 @@
+//! The country an IP rule derives (`{ action = "ip", derive = ["country"] }` with a `[geoip]`
+//! database), against DB-IP's country lite database as scripts/geoip.sh installs it:
+//! - every range of the CSV the `.mmdb` file was built from, both ends and the address before
+//!   a gap, is placed in its country (or none) by the worker's reader;
+//! - through the transform, on both paths, beside an `ip` token and an `ip-truncate` network,
+//!   and null for a null value, a value that is not an address, an address in no country and
+//!   a withheld person;
+//! - what is refused: `country` without a database, on a phone rule, a phone attribute on an
+//!   IP rule, a file that is not a country database (damaged copies included, with no panic).
+//!
+//! Needs PSEUDONYMIZER_GEOIP_DB and PSEUDONYMIZER_GEOIP_CSV_DIR (scripts/test.sh sets them):
+//! without them every test here fails, naming the script.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use apache_avro::types::Value;
+use pseudonymizer::config::Config;
+use pseudonymizer::geoip::{Country, CountryDb};
+use pseudonymizer::transform::Engine;
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh (scripts/geoip.sh installs the database)")
+    }))
+}
+
+fn database() -> PathBuf {
+    env_path("PSEUDONYMIZER_GEOIP_DB")
+}
+
+/// The shipped config with `caller_ip` an `ip` token and `callee_ip` an `ip-truncate` network,
+/// both deriving their country, and `[geoip]` naming `db` (none: no `[geoip]`).
+fn config(db: Option<&std::path::Path>, rules: &[(&str, &str)]) -> Result<Engine, String> {
+    let shipped = common::repo().join("config/pipeline.toml");
+    let mut text = std::fs::read_to_string(&shipped).unwrap();
+    for (from, to) in rules {
+        assert!(text.contains(from), "the shipped config has no line {from}");
+        text = text.replacen(from, to, 1);
+    }
+    if let Some(db) = db {
+        text.push_str(&format!(
+            "\n[geoip]\ndatabase = {:?}\n",
+            db.display().to_string()
+        ));
+    }
+    let config = Config::from_toml(&text, &shipped).map_err(|e| format!("{e:#}"))?;
+    Engine::from_config(&config).map_err(|e| format!("{e:#}"))
+}
+
+const DERIVING: [(&str, &str); 2] = [
+    (
+        "caller_ip = \"ip\"",
+        "caller_ip = { action = \"ip\", derive = [\"country\"] }",
+    ),
+    (
+        "callee_ip = \"ip\"",
+        "callee_ip = { action = \"ip-truncate\", derive = [\"country\"] }",
+    ),
+];
+
+fn some_string(s: &str) -> Value {
+    Value::Union(1, Box::new(Value::String(s.into())))
+}
+
+fn null() -> Value {
+    Value::Union(0, Box::new(Value::Null))
+}
+
+/// One range of the CSV: first and last address, and its country.
+struct Range {
+    first: IpAddr,
+    last: IpAddr,
+    country: String,
+}
+
+fn ranges(file: &str) -> Vec<Range> {
+    let path = env_path("PSEUDONYMIZER_GEOIP_CSV_DIR").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split(',');
+            let mut next = || {
+                parts
+                    .next()
+                    .unwrap_or_else(|| panic!("short line {line:?}"))
+            };
+            Range {
+                first: next().parse().unwrap(),
+                last: next().parse().unwrap(),
+                country: next().to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn previous(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).checked_sub(1).map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(v6) => u128::from(v6).checked_sub(1).map(|n| IpAddr::V6(n.into())),
+    }
+}
+
+/// The `.mmdb` file agrees with the CSV it was built from (an independent publication of the
+/// same data) on both ends of every range, and places the address before a gap nowhere.
+#[test]
+fn every_range_of_the_source_csv_is_placed_in_its_country() {
+    let db = CountryDb::open(&database()).unwrap();
+    assert!(db.describe().contains("country_code"), "{}", db.describe());
+    let mut checked = 0;
+    let mut gaps = 0;
+    for file in ["dbip-country-ipv4.csv", "dbip-country-ipv6.csv"] {
+        let ranges = ranges(file);
+        assert!(ranges.len() > 100_000, "{file}: {} ranges", ranges.len());
+        let mut last_end: Option<IpAddr> = None;
+        for range in &ranges {
+            let expected = Country::new(&range.country);
+            assert!(expected.is_some(), "{file}: country {:?}", range.country);
+            for ip in [range.first, range.last] {
+                assert_eq!(db.country(ip), expected, "{file}: {ip}");
+                checked += 1;
+            }
+            if let Some(before) = previous(range.first) {
+                if last_end != Some(before) && (last_end.is_none() || last_end < Some(before)) {
+                    // Private, reserved and unallocated space is in no range, and no country.
+                    assert_eq!(db.country(before), None, "{file}: {before} is in no range");
+                    gaps += 1;
+                }
+            }
+            last_end = Some(range.last);
+        }
+    }
+    // DB-IP places nearly all of the address space: 15 gaps in this release.
+    assert!(
+        checked > 1_000_000 && gaps > 10,
+        "{checked} ends, {gaps} gaps"
+    );
+    assert_eq!(db.country("10.1.2.3".parse().unwrap()), None);
+    // This file does not alias IPv4-mapped IPv6 addresses to its IPv4 part: the transform
+    // looks up the IPv4 address of a mapped one instead (src/ip.rs), as the test below shows.
+    assert_eq!(db.country("::ffff:8.8.8.8".parse().unwrap()), None);
+    assert_eq!(db.country("8.8.8.8".parse().unwrap()), Country::new("US"));
+}
+
+/// The call's caller_ip and callee_ip, through both paths; returns the fast path's record
+/// after checking the reference path derived the same countries.
+fn sanitized(engine: &Engine, caller_ip: Value, callee_ip: Value) -> Value {
+    let plan = engine.plan("comms.v1.CallEvent").unwrap();
+    let keys = common::active(engine);
+    let mut call = pseudonymizer::generate::typical_call();
+    common::set_field(&mut call, "caller_ip", caller_ip);
+    common::set_field(&mut call, "callee_ip", callee_ip);
+    let input = common::encode(&plan.input, call);
+    let mut out = Vec::new();
+    engine.transform(plan, &keys, &input, &mut out).unwrap();
+    let fast = common::decode(&plan.output, &out);
+    let reference = common::decode(
+        &plan.output,
+        &engine.transform_reference(plan, &keys, &input).unwrap(),
+    );
+    for name in ["caller_ip_country", "callee_ip_country"] {
+        assert_eq!(
+            common::field(&fast, name),
+            common::field(&reference, name),
+            "{name}"
+        );
+    }
+    fast
+}
+
+#[test]
+fn the_country_is_derived_beside_a_token_and_a_truncated_network() {
+    let engine = config(Some(&database()), &DERIVING).unwrap();
+    let plan = engine.plan("comms.v1.CallEvent").unwrap();
+    // The derived schema: each country field right after its IP field, nullable, documented.
+    let names: Vec<&str> = match &plan.output {
+        apache_avro::Schema::Record(r) => r.fields.iter().map(|f| f.name.as_str()).collect(),
+        _ => panic!("not a record"),
+    };
+    let at = |n: &str| names.iter().position(|f| *f == n).unwrap();
+    assert_eq!(at("caller_ip_country"), at("caller_ip") + 1);
+    assert_eq!(at("callee_ip_country"), at("callee_ip") + 1);
+
+    // Addresses the CSV places (the test above holds the file to it): Google's resolver in the
+    // US, Cloudflare's in Australia, an Indonesian provider's range, Google's IPv6 resolver.
+    let place = |ip: &str| {
+        some_string(
+            CountryDb::open(&database())
+                .unwrap()
+                .country(ip.parse().unwrap())
+                .unwrap()
+                .as_str(),
+        )
+    };
+    for (caller, callee) in [
+        ("8.8.8.8", "1.1.1.1"),
+        ("  36.66.1.1 ", "2001:4860:4860::8888"),
+        ("::ffff:8.8.4.4", "::ffff:1.0.0.1"),
+    ] {
+        let out = sanitized(&engine, some_string(caller), some_string(callee));
+        let mapped = |ip: &str| ip.trim().trim_start_matches("::ffff:").to_owned();
+        assert_eq!(
+            common::field(&out, "caller_ip_country"),
+            &place(&mapped(caller)),
+            "{caller}"
+        );
+        assert_eq!(
+            common::field(&out, "callee_ip_country"),
+            &place(&mapped(callee)),
+            "{callee}"
+        );
+        // The token and the network are what they are without derive.
+        let Value::Union(1, token) = common::field(&out, "caller_ip") else {
+            panic!()
+        };
+        assert!(matches!(&**token, Value::String(t) if t.starts_with("p-test-1:")));
+    }
+    assert_eq!(
+        common::field(
+            &sanitized(&engine, some_string("8.8.8.8"), null()),
+            "caller_ip_country"
+        ),
+        &some_string("US")
+    );
+    let out = sanitized(&engine, some_string("8.8.8.8"), some_string("1.1.1.1"));
+    assert_eq!(common::field(&out, "callee_ip"), &some_string("1.1.1.0"));
+    assert_eq!(common::field(&out, "callee_ip_country"), &some_string("AU"));
+
+    // Null: a null value, a value that is not an address, private and documentation space.
+    for (caller, callee) in [
+        (null(), some_string("n/a")),
+        (some_string("10.1.2.3"), some_string("2001:db8::1")),
+        (some_string("203.0.113.7"), some_string("")),
+    ] {
+        let out = sanitized(&engine, caller.clone(), callee.clone());
+        assert_eq!(
+            common::field(&out, "caller_ip_country"),
+            &null(),
+            "{caller:?}"
+        );
+        assert_eq!(
+            common::field(&out, "callee_ip_country"),
+            &null(),
+            "{callee:?}"
+        );
+    }
+}
+
+/// A person withheld by the subject registry (erased) gets an unlinked token and no country;
+/// a truncated network names no one (docs/security.md), so its country stays.
+#[test]
+fn no_country_is_derived_for_a_withheld_persons_address() {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{
+        subject_of, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState, SubjectTable,
+        SubjectView,
+    };
+    use pseudonymizer::token::TokenClass;
+    let engine = config(Some(&database()), &DERIVING).unwrap();
+    let keys = common::active(&engine);
+    let key = SubjectKey::new(
+        "s-test-1",
+        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
+    );
+    let mut table = SubjectTable::new("s-test-1", vec![]);
+    let (subject, hint) = subject_of(&key, TokenClass::Ip, b"8.8.8.8");
+    table.apply(&RegistryRecord::new(
+        subject,
+        hint,
+        SubjectState::Erased,
+        None,
+        "2026-12-07T00:00:00Z",
+        "req-1",
+    ));
+    let classes = SubjectClasses::parse(&["phone".to_owned(), "ip".to_owned()]).unwrap();
+    let view = SubjectView {
+        key: &key,
+        table: &table,
+        classes: &classes,
+    };
+    let plan = engine.plan("comms.v1.CallEvent").unwrap();
+    let run = |caller: &str, callee: &str| {
+        let mut call = pseudonymizer::generate::typical_call();
+        common::set_field(&mut call, "caller_ip", some_string(caller));
+        common::set_field(&mut call, "callee_ip", some_string(callee));
+        let input = common::encode(&plan.input, call);
+        let gate = view.gate(SubjectPolicy::default());
+        let mut out = Vec::new();
+        engine
+            .transform_gated(plan, &keys, &gate, &input, &mut out)
+            .unwrap();
+        (common::decode(&plan.output, &out), gate.met())
+    };
+    let (out, met) = run(" 8.8.8.8", "8.8.8.8");
+    assert!(met);
+    assert_eq!(common::field(&out, "caller_ip_country"), &null());
+    assert_eq!(common::field(&out, "callee_ip_country"), &some_string("US"));
+    let (out, met) = run("1.1.1.1", "8.8.8.8");
+    assert!(!met);
+    assert_eq!(common::field(&out, "caller_ip_country"), &some_string("AU"));
+}
+
+#[test]
+fn country_without_a_database_and_misplaced_attributes_are_refused() {
+    let error = config(None, &DERIVING).unwrap_err();
+    assert!(
+        error.contains("caller_ip: derive country needs a country database")
+            && error.contains("callee_ip: derive country")
+            && error.contains("[geoip] database"),
+        "{error}"
+    );
+    let error = config(
+        Some(&database()),
+        &[(
+            "caller = { action = \"phone\", derive = [\"region\", \"calling_code\", \"number_type\"] }",
+            "caller = { action = \"phone\", derive = [\"country\"] }",
+        )],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("caller: derive: \"country\" is not an attribute phone derives (region, calling_code, number_type)"),
+        "{error}"
+    );
+    let error = config(
+        Some(&database()),
+        &[(
+            "caller_ip = \"ip\"",
+            "caller_ip = { action = \"ip-prefix\", derive = [\"region\"] }",
+        )],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains(
+            "caller_ip: derive: \"region\" is not an attribute ip-prefix derives (country)"
+        ),
+        "{error}"
+    );
+    let error = config(
+        Some(&database()),
+        &[(
+            "call_id = \"id\"",
+            "call_id = { action = \"id\", derive = [\"country\"] }",
+        )],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains(
+            "call_id: derive only applies to phone, ip, ip-prefix and ip-truncate, not \"id\""
+        ),
+        "{error}"
+    );
+    // ip-prefix derives it too.
+    config(
+        Some(&database()),
+        &[(
+            "caller_ip = \"ip\"",
+            "caller_ip = { action = \"ip-prefix\", derive = [\"country\"] }",
+        )],
+    )
+    .unwrap();
+}
+
+/// A file that is not a country database is refused naming it, at start: text, an empty file,
+/// a truncated copy. Damaged copies (bytes changed in the tree and the data) either are
+/// refused or answer lookups, and never panic.
+#[test]
+fn a_file_that_is_not_a_country_database_is_refused_and_damage_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(database()).unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("text.mmdb", b"country,US\n".to_vec()),
+        ("empty.mmdb", Vec::new()),
+        ("truncated.mmdb", good[..good.len() / 2].to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let error = config(Some(&path), &DERIVING).unwrap_err();
+        assert!(
+            error.contains(name) && error.contains("not a MaxMind DB file"),
+            "{error}"
+        );
+    }
+    let error = config(Some(&dir.path().join("missing.mmdb")), &DERIVING).unwrap_err();
+    assert!(error.contains("missing.mmdb"), "{error}");
+
+    // Damaged copies: 40 bytes changed in each of 30 copies, spread over the whole file.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let probes: Vec<IpAddr> = (0..2_000)
+        .map(|i| {
+            let n = next();
+            if i % 2 == 0 {
+                IpAddr::V4((n as u32).into())
+            } else {
+                IpAddr::V6((u128::from(n) << 64 | u128::from(next())).into())
+            }
+        })
+        .collect();
+    let mut opened = 0;
+    for copy in 0..30 {
+        let mut bytes = good.clone();
+        for _ in 0..40 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        let path = dir.path().join(format!("damaged-{copy}.mmdb"));
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = std::panic::catch_unwind(|| match CountryDb::open(&path) {
+            Ok(db) => {
+                for ip in &probes {
+                    if let Some(country) = db.country(*ip) {
+                        assert!(Country::new(country.as_str()).is_some());
+                    }
+                }
+                true
+            }
+            Err(_) => false,
+        });
+        opened += usize::from(outcome.expect("a damaged database panicked"));
+    }
+    assert!(
+        opened > 0,
+        "no damaged copy opened: the lookups were not exercised"
+    );
+}
