@@ -108,6 +108,8 @@ pub struct Metrics {
     pub risk_below_k_ratio: prometheus::GaugeVec,
     /// … and the k they are counted against.
     pub risk_k: IntGaugeVec,
+    /// When the `[geoip]` database was built (seconds since 1970; absent without one).
+    pub geoip_build_timestamp: IntGaugeVec,
     ready: AtomicBool,
     connection_flag: AtomicBool,
     serving: Mutex<Option<std::net::SocketAddr>>,
@@ -336,6 +338,11 @@ impl Metrics {
                 "pseudonymizer_risk_k",
                 "The k the pipeline's re-identification risk is counted against.",
                 &["pipeline"],
+            ),
+            geoip_build_timestamp: gauge(
+                "pseudonymizer_geoip_database_build_timestamp_seconds",
+                "When the [geoip] country database was built (its metadata's build epoch).",
+                &[],
             ),
             registry,
             ready: AtomicBool::new(false),

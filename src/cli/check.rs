@@ -149,6 +149,9 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     plan.rules.iter().count()
                 ));
             }
+            if let Some(db) = engine.country_db() {
+                lines.push(format!("[geoip] database: {}", db.describe()));
+            }
             let id = |k: Option<&str>| k.unwrap_or("none").to_owned();
             lines.push(format!(
                 "active keys: pseudonym {}, encryption {}",

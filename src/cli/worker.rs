@@ -60,6 +60,13 @@ pub(super) fn run_worker(args: &ConfigArgs, log_format: &str) -> Result<()> {
         .with_context(|| format!("config {}", args.config.display()))?;
     let engine = std::sync::Arc::new(engine);
     let metrics = crate::metrics::Metrics::new();
+    if let Some(db) = engine.country_db() {
+        tracing::info!(database = %db.describe(), "[geoip] country database loaded");
+        metrics
+            .geoip_build_timestamp
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(db.build_epoch()).unwrap_or(i64::MAX));
+    }
     // Health endpoints first, so that a start held up by the KMS is visible (`/readyz` 503).
     if let Some(listen) = config
         .kafka
