@@ -16,6 +16,10 @@
 //! - `risk`: the typical call's output added to the re-identification risk window of the
 //!   shipped calls pipeline (`[pipeline.risk]`, window 100,000, already full), alone and
 //!   after its transform;
+//! - `geoip`: the typical call with its caller's and callee's IP countries derived (`ip` token
+//!   and `ip-truncate` network, `[geoip]` database: DB-IP country lite) against the same rules
+//!   without, and one lookup alone; it needs PSEUDONYMIZER_GEOIP_DB (scripts/geoip.sh install
+//!   writes it into an env file) and says so instead of running without it;
 //! - `subjects`: the typical call through the subject registry's gate, with an empty registry
 //!   and with one million erased subjects (none of them this call's), against `fast`; and the
 //!   time to load those million records into the worker's table.
@@ -408,6 +412,116 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The typical call (with public addresses) with and without its IP countries derived.
+fn geoip(c: &mut Criterion) {
+    let Ok(database) = std::env::var("PSEUDONYMIZER_GEOIP_DB") else {
+        eprintln!(
+            "geoip: not measured: set PSEUDONYMIZER_GEOIP_DB (. \"$(scripts/geoip.sh install)\")"
+        );
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = root.join("config/pipeline.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    let deriving =
+        text.replacen(
+            "caller_ip = \"ip\"",
+            "caller_ip = { action = \"ip\", derive = [\"country\"] }",
+            1,
+        )
+        .replacen(
+            "callee_ip = \"ip\"",
+            "callee_ip = { action = \"ip-truncate\", derive = [\"country\"] }",
+            1,
+        ) + &format!("\n[geoip]\ndatabase = {database:?}\n");
+    let plain_text = text.replacen("callee_ip = \"ip\"", "callee_ip = \"ip-truncate\"", 1);
+    let engine =
+        |text: &str| Engine::from_config(&Config::from_toml(text, &shipped).unwrap()).unwrap();
+    let (with, without) = (engine(&deriving), engine(&plain_text));
+    let active = with.active_keys(&keys()).unwrap();
+    let mut call = typical_call();
+    if let apache_avro::types::Value::Record(fields) = &mut call {
+        for (name, value) in fields.iter_mut() {
+            let ip = match name.as_str() {
+                "caller_ip" => "36.66.12.34",
+                "callee_ip" => "8.8.8.8",
+                _ => continue,
+            };
+            *value = apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::String(ip.into())),
+            );
+        }
+    }
+    let plan_with = with.plan("comms.v1.CallEvent").unwrap().clone();
+    let plan_without = without.plan("comms.v1.CallEvent").unwrap().clone();
+    let input = apache_avro::to_avro_datum(&plan_with.input, call).unwrap();
+    let mut out = Vec::new();
+    // Alternating blocks, as for `derive` (this machine drifts between criterion functions).
+    let (mut times_with, mut times_without) = (Vec::new(), Vec::new());
+    for _ in 0..41 {
+        for (engine, plan, times) in [
+            (&without, &plan_without, &mut times_without),
+            (&with, &plan_with, &mut times_with),
+        ] {
+            let started = std::time::Instant::now();
+            for _ in 0..20_000 {
+                out.clear();
+                engine
+                    .transform(plan, &active, black_box(&input), &mut out)
+                    .unwrap();
+            }
+            times.push(started.elapsed().as_nanos() as f64 / 20_000.0);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, wo) = (median(&mut times_with), median(&mut times_without));
+    eprintln!(
+        "geoip: typical call: {wo:.0} ns without, {w:.0} ns with the country of both addresses ({:+.1}%; medians of 41 alternating blocks of 20,000)",
+        (w / wo - 1.0) * 100.0
+    );
+    let mut group = c.benchmark_group("geoip");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("call_without", |b| {
+        b.iter(|| {
+            out.clear();
+            without
+                .transform(&plan_without, &active, black_box(&input), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("call_with", |b| {
+        b.iter(|| {
+            out.clear();
+            with.transform(&plan_with, &active, black_box(&input), &mut out)
+                .unwrap();
+        })
+    });
+    // One lookup, over addresses spread across the whole IPv4 space (caches as cold as a
+    // stream of many clients makes them).
+    let db = with.country_db().unwrap().clone();
+    let mut state: u32 = 0x9e37_79b9;
+    group.bench_function("lookup", |b| {
+        b.iter(|| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            db.country(black_box(std::net::IpAddr::V4(state.into())))
+        })
+    });
+    let typical: [std::net::IpAddr; 2] =
+        ["36.66.12.34".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+    let mut i = 0;
+    group.bench_function("lookup_typical", |b| {
+        b.iter(|| {
+            i ^= 1;
+            db.country(black_box(typical[i]))
+        })
+    });
+    group.finish();
+}
+
 /// The envelope versions side by side on the typical message body.
 fn envelopes(c: &mut Criterion) {
     let keyset = keys();
@@ -557,6 +671,6 @@ fn subjects(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench, envelopes, subjects
+    targets = bench, envelopes, subjects, geoip
 }
 criterion_main!(benches);
