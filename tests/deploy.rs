@@ -156,6 +156,24 @@ fn manifests_render_and_validate_against_kubernetes_1_31() {
         grace >= shutdown + 15,
         "grace {grace} s, shutdown {shutdown} s"
     );
+    // The ConfigMap's pipelines are the shipped ones: the same rules (derive included) and
+    // the same risk measures; only connection settings differ.
+    let shipped: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo.join("config/pipeline.toml")).unwrap())
+            .unwrap();
+    let pipelines = |c: &toml::Value| -> Vec<(toml::Value, Option<toml::Value>)> {
+        c["pipeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["rules"].clone(), p.get("risk").cloned()))
+            .collect()
+    };
+    assert_eq!(
+        pipelines(&config),
+        pipelines(&shipped),
+        "deploy/kubernetes/config/pipeline.toml's rules drifted from config/pipeline.toml's"
+    );
     // The ConfigMap's schemas are the project's.
     for name in ["comms.v1.CallEvent.avsc", "comms.v1.MessageEvent.avsc"] {
         assert_eq!(

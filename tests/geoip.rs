@@ -439,3 +439,59 @@ fn a_file_that_is_not_a_country_database_is_refused_and_damage_never_panics() {
         "no damaged copy opened: the lookups were not exercised"
     );
 }
+
+/// `check` prints the database it read (type, build date, layout); with a file that is not a
+/// database it fails naming it; `explain` shows the rule and the sample's country field.
+#[test]
+fn check_and_explain_show_the_database_and_the_derived_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = common::write_keyring(dir.path());
+    let shipped = common::repo().join("config/pipeline.toml");
+    let mut text = std::fs::read_to_string(&shipped).unwrap();
+    for (from, to) in DERIVING {
+        text = text.replacen(from, to, 1);
+    }
+    // The shipped config's relative paths, made absolute for a copy in the test's directory.
+    let text = text.replace("\"../", &format!("\"{}/", common::repo().display()));
+    let write = |name: &str, db: &std::path::Path| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "{text}\n[geoip]\ndatabase = {:?}\n",
+                db.display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.toml", &database());
+    let junk = dir.path().join("junk.mmdb");
+    std::fs::write(&junk, b"not a database").unwrap();
+    let bad = write("bad.toml", &junk);
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (ok, said) =
+        common::process::cli(&["check", "--config", &s(&good), "--keyring", &s(&ring)]);
+    let (explained_ok, explained) =
+        common::process::cli(&["explain", "--config", &s(&good), "--keyring", &s(&ring)]);
+    let (bad_ok, bad_said) =
+        common::process::cli(&["check", "--config", &s(&bad), "--keyring", &s(&ring)]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("[geoip] database: ")
+            && said.contains("\"country ipvAll\", built 2026-06-01")
+            && said.contains("countries read from country_code"),
+        "{said}"
+    );
+    assert!(explained_ok, "{explained}");
+    assert!(
+        explained.contains("ip-truncate /24 /48, derive country")
+            && explained.contains("callee_ip_country: null | string"),
+        "{explained}"
+    );
+    assert!(!bad_ok, "{bad_said}");
+    assert!(
+        bad_said.contains("junk.mmdb") && bad_said.contains("is not a MaxMind DB file"),
+        "{bad_said}"
+    );
+}

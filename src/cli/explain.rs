@@ -334,7 +334,7 @@ fn show(value: &Value, depth: usize) -> String {
     }
 }
 
-/// The fields a phone rule at `path` derives and their values in the sample's output
+/// The fields a phone or IP rule at `path` derives and their values in the sample's output
 /// (`; caller_region "ID", …`), or nothing for any other rule.
 fn derived_text(rules: &Rules, path: &str, output: &BTreeMap<String, &Value>) -> String {
     let (parent, field) = match path.rsplit_once('.') {
@@ -361,6 +361,19 @@ fn derived_text(rules: &Rules, path: &str, output: &BTreeMap<String, &Value>) ->
 
 /// The rule of `path` as the config writes it, options included.
 fn rule_text(rules: &Rules, path: &str) -> String {
+    let text = action_text(rules, path);
+    match rules.get(path) {
+        Some(Action::Token(TokenClass::Ip) | Action::IpPrefix | Action::IpTruncate { .. })
+            if !rules.derived(path).is_empty() =>
+        {
+            format!("{text}, derive country")
+        }
+        _ => text,
+    }
+}
+
+/// The action of `path` and its options, as the config writes them.
+fn action_text(rules: &Rules, path: &str) -> String {
     match rules.get(path) {
         None => "(no rule)".to_owned(),
         Some(Action::Token(TokenClass::Phone)) => {
