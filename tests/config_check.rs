@@ -199,15 +199,31 @@ fn check_refuses_what_run_refuses() {
                 "callee = { action = \"phone\", derive = [\"region\", \"calling_code\", \"number_type\"] }",
                 "callee = { action = \"phone\", derive = [\"country\"] }",
             ),
-            "callee: derive: \"country\" is not an attribute of a phone number (region, calling_code, number_type)",
+            "callee: derive: \"country\" is not an attribute phone derives (region, calling_code, number_type)",
         ),
         (
-            "derive on another action",
+            "derive of a phone attribute on an IP",
             setup.with(
                 "caller_ip = \"ip\"",
                 "caller_ip = { action = \"ip\", derive = [\"region\"] }",
             ),
-            "caller_ip: derive only applies to phone, not \"ip\"",
+            "caller_ip: derive: \"region\" is not an attribute ip derives (country)",
+        ),
+        (
+            "derive on another action",
+            setup.with(
+                "call_id = \"id\"",
+                "call_id = { action = \"id\", derive = [\"region\"] }",
+            ),
+            "call_id: derive only applies to phone, ip, ip-prefix and ip-truncate, not \"id\"",
+        ),
+        (
+            "derive country without a database",
+            setup.with(
+                "caller_ip = \"ip\"",
+                "caller_ip = { action = \"ip\", derive = [\"country\"] }",
+            ),
+            "caller_ip: derive country needs a country database: name one in [geoip] database",
         ),
         (
             "risk: k out of range",
