@@ -47,6 +47,10 @@ const PROBES: [&str; 8] = [
 /// GeoIP2 City about 150,000, which the table still holds, in about 2 MB).
 pub const MAX_TABLED_RECORDS: usize = 500_000;
 
+/// The most ends of paths the walk that makes the table visits (DB-IP's country file has 1.4
+/// million, GeoIP2 City about 5 million; 50 million take about 2 s).
+const MAX_WALKED_NETWORKS: usize = 50_000_000;
+
 /// Why a database could not be used. Messages name the file, never an address.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoIpError {
@@ -159,10 +163,29 @@ impl CountryDb {
 
     /// Every record's country by its offset, or `None` where the file has more than
     /// [`MAX_TABLED_RECORDS`] records or its tree cannot be walked whole.
+    ///
+    /// The walk is bounded whatever the file holds: every end of a path is yielded (networks
+    /// without data and aliases included, so no path is passed over silently), and a tree of
+    /// `n` nodes has at most `n + 1` ends, each seen at most four times through the IPv4
+    /// aliases MaxMind's writer makes. A walk past `8(n + 1)` ends, or past
+    /// [`MAX_WALKED_NETWORKS`], is a tree with a cycle (a crafted file could otherwise make it
+    /// visit 2^96 paths) or too large to table, and is abandoned: lookups then decode each
+    /// record.
     fn read_table(&self) -> Option<Vec<(usize, Option<Country>)>> {
         let mut table: Vec<(usize, Option<Country>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for network in self.reader.networks(Default::default()).ok()? {
+        let options = maxminddb::WithinOptions::default()
+            .include_networks_without_data()
+            .include_aliased_networks();
+        let nodes = usize::try_from(self.reader.metadata().node_count).ok()?;
+        let limit = nodes
+            .saturating_add(1)
+            .saturating_mul(8)
+            .min(MAX_WALKED_NETWORKS);
+        for (walked, network) in self.reader.networks(options).ok()?.enumerate() {
+            if walked > limit {
+                return None;
+            }
             let found = network.ok()?;
             let Some(offset) = found.offset() else {
                 continue;

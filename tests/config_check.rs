@@ -186,12 +186,12 @@ fn check_refuses_what_run_refuses() {
             "stall_timeout_secs = 0 is out of range",
         ),
         (
-            "derive on an array of numbers",
+            "derive on a number (refused for its action first)",
             setup.with(
-                "recipients = \"phone\"",
-                "recipients = { action = \"phone\", derive = [\"region\"] }",
+                "duration_ms = \"keep\"",
+                "duration_ms = { action = \"phone\", derive = [\"region\"] }",
             ),
-            "recipients: derive needs a phone field that holds one number (a string or nullable string), not an array",
+            "duration_ms: action phone does not fit type \"long\"",
         ),
         (
             "derive naming no attribute",

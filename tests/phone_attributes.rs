@@ -284,3 +284,120 @@ fn one_record_type_in_two_places_with_the_same_derive_rule() {
     let plan = plan::compile(&schema, &rules).unwrap();
     assert!(plan.output_json.to_string().contains("num_number_type"));
 }
+
+/// `derive` on arrays of numbers: each derived field is an array with one nullable item per
+/// item of the field, in order (null for a null item or one that is not a number); a null
+/// array gives null arrays, an empty one empty arrays. Plain, nullable-item and nullable
+/// arrays, on both paths, across several Avro blocks.
+#[test]
+fn arrays_of_numbers_derive_arrays_of_attributes() {
+    let schema = Schema::parse_str(
+        r#"{"type": "record", "name": "Fanout", "namespace": "test.v1", "fields": [
+            {"name": "to", "type": {"type": "array", "items": "string"}},
+            {"name": "cc", "type": {"type": "array", "items": ["null", "string"]}},
+            {"name": "bcc", "type": ["null", {"type": "array", "items": ["string", "null"]}]},
+            {"name": "after", "type": "string"}
+        ]}"#,
+    )
+    .unwrap();
+    let phone = pseudonymizer::rules::Action::Token(TokenClass::Phone);
+    let rules = Rules::from_pairs([
+        ("to", phone),
+        ("cc", phone),
+        ("bcc", phone),
+        ("after", pseudonymizer::rules::Action::Keep),
+    ])
+    .with_derived("to", all())
+    .with_derived("cc", all())
+    .with_derived("bcc", Derive::default().with(Attribute::NumberType));
+    let plan = plan::compile(&schema, &rules).unwrap();
+    let field_of = |name: &str| {
+        plan.output_json["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no field {name}"))
+            .clone()
+    };
+    let to_region = field_of("to_region");
+    assert_eq!(
+        (&to_region["type"], &to_region["default"]),
+        (
+            &serde_json::json!({"type": "array", "items": ["null", "string"]}),
+            &serde_json::json!([])
+        )
+    );
+    let bcc_type = field_of("bcc_number_type");
+    assert_eq!(
+        (&bcc_type["type"], &bcc_type["default"]),
+        (
+            &serde_json::json!(["null", {"type": "array", "items": ["null", "string"]}]),
+            &serde_json::Value::Null
+        )
+    );
+    let engine = Engine::new(vec![plan], PhoneCanon::new("ID").unwrap()).unwrap();
+    let plan = engine.plan("test.v1.Fanout").unwrap();
+    let keys = common::active(&engine);
+    let strings =
+        |items: &[&str]| Value::Array(items.iter().map(|s| Value::String((*s).into())).collect());
+    let run = |to: Value, cc: Value, bcc: Value| {
+        let event = Value::Record(vec![
+            ("to".into(), to),
+            ("cc".into(), cc),
+            ("bcc".into(), bcc),
+            ("after".into(), Value::String("kept".into())),
+        ]);
+        let (fast, reference) = both_paths(&engine, plan, &keys, event);
+        assert_eq!(fast, reference);
+        assert_eq!(common::field(&fast, "after"), &Value::String("kept".into()));
+        fast
+    };
+    let out = run(
+        strings(&["+65 9123 4567", "anonymous", "+44 20 7946 0018"]),
+        Value::Array(vec![null(), some_string("0812-3456-7890")]),
+        Value::Union(
+            1,
+            Box::new(Value::Array(vec![
+                Value::Union(0, Box::new(Value::String("+800 1234 5678".into()))),
+                Value::Union(1, Box::new(Value::Null)),
+            ])),
+        ),
+    );
+    assert_eq!(
+        common::field(&out, "to_region"),
+        &Value::Array(vec![some_string("SG"), null(), some_string("GB")])
+    );
+    assert_eq!(
+        common::field(&out, "to_calling_code"),
+        &Value::Array(vec![some_int(65), null(), some_int(44)])
+    );
+    assert_eq!(
+        common::field(&out, "cc_number_type"),
+        &Value::Array(vec![null(), some_string("mobile")])
+    );
+    assert_eq!(
+        common::field(&out, "bcc_number_type"),
+        &Value::Union(
+            1,
+            Box::new(Value::Array(vec![some_string("toll_free"), null()]))
+        )
+    );
+    // Empty arrays give empty arrays; a null array null.
+    let out = run(strings(&[]), Value::Array(vec![]), null());
+    assert_eq!(common::field(&out, "to_number_type"), &Value::Array(vec![]));
+    assert_eq!(common::field(&out, "cc_region"), &Value::Array(vec![]));
+    assert_eq!(common::field(&out, "bcc_number_type"), &null());
+    // Many items (apache-avro writes them in one block; the walker's output is one block too).
+    let many: Vec<String> = (0..300).map(|i| format!("+65 9123 {i:04}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let out = run(strings(&many), Value::Array(vec![]), null());
+    let Value::Array(types) = common::field(&out, "to_number_type") else {
+        panic!("not an array")
+    };
+    assert_eq!(types.len(), 300);
+    assert!(
+        types.iter().all(|t| t == &some_string("mobile")),
+        "{types:?}"
+    );
+}

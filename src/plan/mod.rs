@@ -143,8 +143,20 @@ pub enum Step {
     Derived {
         field: Box<Step>,
         derive: Derive,
+        shape: DerivedShape,
         path: Box<str>,
     },
+}
+
+/// How a field whose rule derives attributes holds its values, and so the derived fields'
+/// types: `["null", T]` for one value; an array of `["null", T]`, one item per item, for an
+/// array (itself nullable where the field's array is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerivedShape {
+    /// A string or nullable string.
+    Single,
+    /// An array of strings or nullable strings; `nullable`: the array itself is nullable.
+    Array { nullable: bool },
 }
 
 impl Step {

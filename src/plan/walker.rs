@@ -9,7 +9,7 @@ use apache_avro::schema::{Name, RecordSchema};
 use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
-use super::{Leaf, LeafInput, Shape, Step, MAX_DEPTH, OUTPUT_NAMESPACE};
+use super::{DerivedShape, Leaf, LeafInput, Shape, Step, MAX_DEPTH, OUTPUT_NAMESPACE};
 use crate::rules::{Action, Attribute, Rules};
 
 pub(super) struct Walker<'a> {
@@ -202,33 +202,24 @@ impl Walker<'_> {
         if derive.is_empty() {
             return;
         }
-        let single = match self.resolve(&field.schema) {
-            Schema::String | Schema::Uuid => true,
-            Schema::Union(union) => {
-                let variants = union.variants();
-                variants.len() == 2
-                    && variants.iter().any(|v| matches!(v, Schema::Null))
-                    && variants
-                        .iter()
-                        .any(|v| matches!(self.resolve(v), Schema::String | Schema::Uuid))
-            }
-            _ => false,
-        };
-        if !single {
+        let Some(shape) = self.derived_shape(&field.schema) else {
             let found = match self.resolve(&field.schema) {
-                Schema::Union(_) => "a union of other types than null and one string".to_owned(),
+                Schema::Union(_) => {
+                    "a union of other types than null and one string or array of strings".to_owned()
+                }
+                Schema::Array(_) => "an array of other items than strings".to_owned(),
                 other => type_name(other),
             };
             let what = if derive.has(Attribute::Country) {
-                "an IP field that holds one address"
+                "an IP field that holds addresses"
             } else {
-                "a phone field that holds one number"
+                "a phone field that holds numbers"
             };
             self.errors.push(format!(
-                "{path}: derive needs {what} (a string or nullable string), not {found}; derive nothing here, or move the value into a field of its own"
+                "{path}: derive needs {what} (a string, an array of strings, or either nullable), not {found}; derive nothing here, or move the values into a field of their own"
             ));
             return;
-        }
+        };
         if derive.has(Attribute::Country) && self.rules.country_db().is_none() {
             self.errors.push(format!(
                 "{path}: derive country needs a country database: name one in [geoip] database (docs/operations.md, \"Derived IP countries\")"
@@ -250,15 +241,60 @@ impl Walker<'_> {
                 Attribute::NumberType => ("string", format!("Derived from {}: number type as libphonenumber's metadata classifies it (fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown); null for a null value, one that is not a phone number, or a person the subject registry withholds.", field.name)),
                 Attribute::Country => ("string", format!("Derived from {}: country of the address (ISO 3166 alpha-2) as the [geoip] database places it; null for a null value, one that is not an IP address, an address the database places in no country, or (for an ip token) a person the subject registry withholds.", field.name)),
             };
-            fields.push(json!({"name": name, "type": ["null", kind], "default": null, "doc": doc}));
+            let value = json!(["null", kind]);
+            let array = json!({"type": "array", "items": value.clone()});
+            let (kind, default) = match shape {
+                DerivedShape::Single => (value, json!(null)),
+                DerivedShape::Array { nullable: false } => (array, json!([])),
+                DerivedShape::Array { nullable: true } => (json!(["null", array]), json!(null)),
+            };
+            let doc = match shape {
+                DerivedShape::Single => doc,
+                DerivedShape::Array { .. } => format!(
+                    "{doc} One item per item of {}, in the same order.",
+                    field.name
+                ),
+            };
+            fields.push(json!({"name": name, "type": kind, "default": default, "doc": doc}));
         }
         if let Some(last) = steps.last_mut() {
             let step = std::mem::replace(last, Step::Record(vec![]));
             *last = Step::Derived {
                 field: Box::new(step),
                 derive,
+                shape,
                 path: path.into(),
             };
+        }
+    }
+
+    /// How a field whose rule derives attributes holds its values: one string (or nullable),
+    /// or an array of strings (items or array nullable); `None` for any other type.
+    fn derived_shape(&self, schema: &Schema) -> Option<DerivedShape> {
+        let text = |s: &Schema| matches!(self.resolve(s), Schema::String | Schema::Uuid);
+        let nullable = |s: &Schema, inner: &dyn Fn(&Schema) -> bool| match self.resolve(s) {
+            Schema::Union(union) => {
+                let variants = union.variants();
+                variants.len() == 2
+                    && variants.iter().any(|v| matches!(v, Schema::Null))
+                    && variants
+                        .iter()
+                        .any(|v| !matches!(v, Schema::Null) && inner(v))
+            }
+            _ => false,
+        };
+        let strings = |s: &Schema| match self.resolve(s) {
+            Schema::Array(array) => text(&array.items) || nullable(&array.items, &text),
+            _ => false,
+        };
+        if text(schema) || nullable(schema, &text) {
+            Some(DerivedShape::Single)
+        } else if strings(schema) {
+            Some(DerivedShape::Array { nullable: false })
+        } else if nullable(schema, &strings) {
+            Some(DerivedShape::Array { nullable: true })
+        } else {
+            None
         }
     }
 

@@ -13,7 +13,7 @@ use crate::geoip::Country;
 use crate::keys::PseudonymKey;
 use crate::phone::attributes::PhoneAttributes;
 use crate::phone::PhoneCanon;
-use crate::plan::{Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
+use crate::plan::{DerivedShape, Leaf, LeafInput, Locate, Plan, RegionSource, Shape, Step};
 use crate::rules::{Action, Attribute};
 use crate::subjects::SubjectGate;
 use crate::token::TokenClass;
@@ -46,6 +46,9 @@ pub fn transform(
         seal: !gate.is_some_and(|g| g.met()),
         attributes: std::cell::Cell::new(None),
         country: std::cell::Cell::new(None),
+        collecting: std::cell::Cell::new(false),
+        collected: std::cell::RefCell::new(Vec::new()),
+        array_seen: std::cell::Cell::new(false),
     };
     walker.walk(plan, input, out)?;
     if walker.seal && gate.is_some_and(|g| g.met()) && plan.needs_encryption {
@@ -123,6 +126,11 @@ struct Walker<'a> {
     attributes: std::cell::Cell<Option<PhoneAttributes>>,
     /// Likewise, the country of the last IP address whose rule derives it.
     country: std::cell::Cell<Option<Country>>,
+    /// Inside a [`Step::Derived`] over an array: each item's attributes, in order (a null item
+    /// pushes none of them), and whether the array was there (not a null in its place).
+    collecting: std::cell::Cell<bool>,
+    collected: std::cell::RefCell<Vec<(Option<PhoneAttributes>, Option<Country>)>>,
+    array_seen: std::cell::Cell<bool>,
 }
 
 impl Walker<'_> {
@@ -171,9 +179,24 @@ impl Walker<'_> {
                     }
                 }
                 write_long(out, index);
+                if self.collecting.get()
+                    && matches!(
+                        branch,
+                        Step::Copy {
+                            shape: Shape::Null,
+                            ..
+                        }
+                    )
+                {
+                    // A null item of an array whose attributes are being collected.
+                    self.collected.borrow_mut().push((None, None));
+                }
                 self.step(branch, cur, out)?;
             }
             Step::Array { item, path } => loop {
+                if self.collecting.get() {
+                    self.array_seen.set(true);
+                }
                 let (count, size) = cur.block().map_err(|k| TransformError::at(path, k))?;
                 // Output blocks always use the plain count form: item sizes change.
                 write_long(out, count as i64);
@@ -193,6 +216,7 @@ impl Walker<'_> {
             Step::Derived {
                 field,
                 derive,
+                shape: DerivedShape::Single,
                 path: _,
             } => {
                 self.attributes.set(None);
@@ -202,6 +226,37 @@ impl Walker<'_> {
                 let country = self.country.take();
                 for attribute in derive.iter() {
                     write_attribute(attributes.as_ref(), country, attribute, out);
+                }
+            }
+            Step::Derived {
+                field,
+                derive,
+                shape: DerivedShape::Array { nullable },
+                path: _,
+            } => {
+                self.collected.borrow_mut().clear();
+                self.array_seen.set(false);
+                self.collecting.set(true);
+                let walked = self.step(field, cur, out);
+                self.collecting.set(false);
+                walked?;
+                let collected = self.collected.borrow();
+                for attribute in derive.iter() {
+                    if !self.array_seen.get() {
+                        // The field's array was null: so are the derived arrays.
+                        write_long(out, 0);
+                        continue;
+                    }
+                    if *nullable {
+                        write_long(out, 1);
+                    }
+                    if !collected.is_empty() {
+                        write_long(out, collected.len() as i64);
+                        for (attributes, country) in collected.iter() {
+                            write_attribute(attributes.as_ref(), *country, attribute, out);
+                        }
+                    }
+                    write_long(out, 0);
                 }
             }
         }
@@ -248,7 +303,11 @@ impl Walker<'_> {
             let (token, attributes) =
                 phone_token(text, self.phone, region, self.pseudonym, self.gate, true)?;
             write_bytes(out, token.as_bytes());
-            self.attributes.set(attributes);
+            if self.collecting.get() {
+                self.collected.borrow_mut().push((attributes, None));
+            } else {
+                self.attributes.set(attributes);
+            }
             return Ok(());
         }
         let pseudonym = pseudonymize(
@@ -261,8 +320,12 @@ impl Walker<'_> {
         )?;
         write_bytes(out, pseudonym.as_bytes());
         if let Some(db) = &leaf.country {
-            self.country
-                .set(ip_country(leaf.action, text, db, self.gate));
+            let country = ip_country(leaf.action, text, db, self.gate);
+            if self.collecting.get() {
+                self.collected.borrow_mut().push((None, country));
+            } else {
+                self.country.set(country);
+            }
         }
         Ok(())
     }

@@ -178,6 +178,44 @@ impl Rewriter<'_> {
         path: &str,
         name: &str,
     ) -> Vec<(String, Value)> {
+        let items = match value {
+            Value::Array(items) => Some(items),
+            Value::Union(_, inner) => match &**inner {
+                Value::Array(items) => Some(items),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(items) = items else {
+            // One value: each attribute a nullable field.
+            return derive
+                .iter()
+                .zip(self.attribute_values(value, derive, path))
+                .map(|(attribute, value)| (attribute.field_name(name), value))
+                .collect();
+        };
+        // An array: each attribute an array of the items' values, nullable where the field is.
+        let per_item: Vec<Vec<Value>> = items
+            .iter()
+            .map(|item| self.attribute_values(item, derive, path))
+            .collect();
+        derive
+            .iter()
+            .enumerate()
+            .map(|(i, attribute)| {
+                let array = Value::Array(per_item.iter().map(|values| values[i].clone()).collect());
+                let array = match value {
+                    Value::Union(..) => Value::Union(1, Box::new(array)),
+                    _ => array,
+                };
+                (attribute.field_name(name), array)
+            })
+            .collect()
+    }
+
+    /// The derived attributes of one phone number or address (a string, or a nullable one), in
+    /// field order, each a `["null", T]` union.
+    fn attribute_values(&self, value: &Value, derive: Derive, path: &str) -> Vec<Value> {
         let text = match value {
             Value::String(text) => Some(text),
             Value::Union(_, inner) => match &**inner {
@@ -198,21 +236,24 @@ impl Rewriter<'_> {
             };
             db.country(ip)
         });
-        if derive.has(Attribute::Country) {
-            let value = country.map(|c| Value::String(c.as_str().to_owned()));
-            return vec![(Attribute::Country.field_name(name), nullable(value))];
-        }
-        let found = text.and_then(|t| attributes::of_full_parse(self.region_for(path), t.trim()));
+        let found = if derive.has(Attribute::Country) {
+            None
+        } else {
+            text.and_then(|t| attributes::of_full_parse(self.region_for(path), t.trim()))
+        };
         derive
             .iter()
             .map(|attribute| {
-                let value = found.and_then(|a| match attribute {
-                    Attribute::Region => a.region.map(|r| Value::String(r.to_owned())),
-                    Attribute::CallingCode => Some(Value::Int(i32::from(a.calling_code))),
-                    Attribute::NumberType => Some(Value::String(a.number_type.as_str().to_owned())),
-                    Attribute::Country => None,
-                });
-                (attribute.field_name(name), nullable(value))
+                nullable(match attribute {
+                    Attribute::Country => country.map(|c| Value::String(c.as_str().to_owned())),
+                    Attribute::Region => {
+                        found.and_then(|a| a.region.map(|r| Value::String(r.to_owned())))
+                    }
+                    Attribute::CallingCode => found.map(|a| Value::Int(i32::from(a.calling_code))),
+                    Attribute::NumberType => {
+                        found.map(|a| Value::String(a.number_type.as_str().to_owned()))
+                    }
+                })
             })
             .collect()
     }
