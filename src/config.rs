@@ -746,7 +746,12 @@ impl Config {
         if let Some(audit) = &mut config.audit_log {
             *audit = base.join(&*audit);
         }
+        let mut empty_paths = Vec::new();
         if let Some(geoip) = &mut config.geoip {
+            if geoip.database.as_os_str().is_empty() {
+                // Joined to the folder it would name the folder, and be refused as that.
+                empty_paths.push(crate::geoip::GeoIpError::NoPath.to_string());
+            }
             geoip.database = base.join(&geoip.database);
         }
         if config.rotation.max_envelopes_per_key.is_some() {
@@ -765,6 +770,7 @@ impl Config {
             registry.key_file = registry.key_file.as_ref().map(|f| base.join(f));
         }
         let mut problems = config.rotation.problems();
+        problems.extend(empty_paths);
         if let Some(registry) = &config.registry {
             problems.extend(registry.problems());
         }

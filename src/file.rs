@@ -1,7 +1,7 @@
 //! File mode: Avro object container files in and out (`transform`, `decrypt`, `generate`).
 //!
-//! Errors name the event's index and the field path, never a value: apache-avro's own
-//! messages can quote data, so they are not passed on.
+//! Errors name the event (counting from 1) and the field path, never a value: apache-avro's
+//! own messages can quote data, so they are not passed on.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -44,7 +44,7 @@ pub enum FileError {
         path: PathBuf,
         problems: Vec<String>,
     },
-    #[error("event {index}, field `{path}`: {source} (nothing more printed; --keep-going marks such envelopes and goes on)")]
+    #[error("event {}, field `{path}`: {source} (nothing more printed; --keep-going marks such envelopes and goes on)", .index + 1)]
     Open {
         index: u64,
         path: String,
@@ -55,13 +55,13 @@ pub enum FileError {
         path: PathBuf,
         problems: Vec<String>,
     },
-    #[error("event {index}: cannot be decoded (truncated or corrupt Avro, or invalid UTF-8)")]
+    #[error("event {}: cannot be decoded (truncated or corrupt Avro, or invalid UTF-8)", .index + 1)]
     Decode { index: u64 },
-    #[error("event {index}: {source}")]
+    #[error("event {}: {source}", .index + 1)]
     Transform { index: u64, source: TransformError },
     #[error("cannot write output: {0}")]
     Write(String),
-    #[error("event {index}, field `{path}`: cannot reseal: {source}")]
+    #[error("event {}, field `{path}`: cannot reseal: {source}", .index + 1)]
     Reseal {
         index: u64,
         path: String,

@@ -11,15 +11,21 @@
 //! - the ip-location-db packages (DB-IP Lite, geo-whois-asn, IPtoASN country): `country_code`.
 //!
 //! A country file has few distinct records (DB-IP's has 250, one per country, shared by 1.4
-//! million networks): at start every record's code is read once into a table by its place in
-//! the file, so a lookup walks the tree and finds its record's code by a binary search, without
-//! decoding the record (a lookup's cost halves). A file of more than [`MAX_TABLED_RECORDS`]
-//! distinct records (a city file) is decoded record by record instead.
+//! million networks): at start the whole search tree is walked once and every record's code
+//! read into a table by its place in the file, so a lookup walks the tree and finds its
+//! record's code by a binary search, never decoding a record. The walk is also the file's
+//! check: a file whose tree cannot be walked whole (a cycle, damage), or that has more than
+//! [`MAX_TABLED_RECORDS`] records, or takes longer than [`READ_BUDGET`] to read (records far
+//! larger than a country's), is refused. So whatever a file holds, a lookup costs one walk of at
+//! most 128 tree nodes and a binary search.
 //!
 //! A file in which none of a few well-known public addresses has a country in either layout is
 //! refused (an ASN or a city-less database given by mistake would otherwise make every derived
-//! country null, silently). A value that is not two ASCII capital letters is never published:
-//! the derived field is null for it, as for an address the database does not know.
+//! country null, silently); the layout is the one that places more of them. A value that is not
+//! two ASCII capital letters is never published: the derived field is null for it, as for an
+//! address the database does not know. There is no integrity check beyond the file's structure:
+//! a file whose bytes were changed inside a record may give wrong countries, so check a
+//! download's digest where its publisher gives one.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,10 @@ const PROBES: [&str; 8] = [
 /// GeoIP2 City about 150,000, which the table still holds, in about 2 MB).
 pub const MAX_TABLED_RECORDS: usize = 500_000;
 
+/// The longest the start may spend reading a file's records (DB-IP's country file takes about
+/// 40 ms; a crafted one of half a million records each a map of 32,000 keys took 82 s).
+pub const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The most ends of paths the walk that makes the table visits (DB-IP's country file has 1.4
 /// million, GeoIP2 City about 5 million; 50 million take about 2 s).
 const MAX_WALKED_NETWORKS: usize = 50_000_000;
@@ -60,6 +70,10 @@ pub enum GeoIpError {
     Format { path: PathBuf, message: String },
     #[error("[geoip] database {path} ({kind}) has no country for any of {probes}: it is not a country database (give a GeoIP2/GeoLite2 Country or City file, or a DB-IP or ip-location-db country file)", probes = PROBES.join(", "))]
     NotCountry { path: PathBuf, kind: String },
+    #[error("[geoip] database {path} cannot be used: {why}")]
+    Unusable { path: PathBuf, why: String },
+    #[error("[geoip] database is empty: name a MaxMind DB file, or leave [geoip] out")]
+    NoPath,
 }
 
 /// Where a record keeps its country code.
@@ -124,6 +138,9 @@ impl CountryDb {
     /// Reads and checks the database at `path`: a regular file within [`DATABASE_LIMIT`], in
     /// the MaxMind DB format, that places some of the probe addresses in a country.
     pub fn open(path: &Path) -> Result<CountryDb, GeoIpError> {
+        if path.as_os_str().is_empty() {
+            return Err(GeoIpError::NoPath);
+        }
         let bytes = crate::fsio::read_bounded(path, "[geoip] database", DATABASE_LIMIT)?;
         let format = |message: String| GeoIpError::Format {
             path: path.to_owned(),
@@ -140,88 +157,119 @@ impl CountryDb {
             path: path.to_owned(),
             table: Vec::new(),
         };
-        for layout in [Layout::GeoIp2, Layout::Flat] {
+        // The layout is the one that places more of the probes (a crafted file could answer
+        // one probe in each).
+        let mut placed = [0usize; 2];
+        for (i, layout) in [Layout::GeoIp2, Layout::Flat].into_iter().enumerate() {
             db.layout = layout;
-            let placed = crate::config::catch_quietly(|| {
+            placed[i] = crate::config::catch_quietly(|| {
                 PROBES
                     .iter()
                     .filter_map(|p| p.parse::<IpAddr>().ok())
-                    .any(|ip| db.country(ip).is_some())
-            });
-            if placed == Some(true) {
-                if let Some(Some(table)) = crate::config::catch_quietly(|| db.read_table()) {
-                    db.table = table;
-                }
-                return Ok(db);
-            }
+                    .filter(|ip| db.decoded_country(*ip).is_some())
+                    .count()
+            })
+            .unwrap_or(0);
         }
-        Err(GeoIpError::NotCountry {
-            path: path.to_owned(),
-            kind: crate::config::quote(&db.reader.metadata().database_type),
-        })
+        if placed == [0, 0] {
+            return Err(GeoIpError::NotCountry {
+                path: path.to_owned(),
+                kind: crate::config::quote(&db.reader.metadata().database_type),
+            });
+        }
+        db.layout = if placed[1] > placed[0] {
+            Layout::Flat
+        } else {
+            Layout::GeoIp2
+        };
+        db.table = crate::config::catch_quietly(|| db.read_table())
+            .unwrap_or_else(|| Err("the reader failed on its records".to_owned()))
+            .map_err(|why| GeoIpError::Unusable {
+                path: path.to_owned(),
+                why,
+            })?;
+        Ok(db)
     }
 
-    /// Every record's country by its offset, or `None` where the file has more than
-    /// [`MAX_TABLED_RECORDS`] records or its tree cannot be walked whole.
+    /// Every record's country by its offset, sorted by offset; or why the file's tree cannot be
+    /// walked whole within the limits.
     ///
     /// The walk is bounded whatever the file holds: every end of a path is yielded (networks
     /// without data and aliases included, so no path is passed over silently), and a tree of
     /// `n` nodes has at most `n + 1` ends, each seen at most four times through the IPv4
     /// aliases MaxMind's writer makes. A walk past `8(n + 1)` ends, or past
     /// [`MAX_WALKED_NETWORKS`], is a tree with a cycle (a crafted file could otherwise make it
-    /// visit 2^96 paths) or too large to table, and is abandoned: lookups then decode each
-    /// record.
-    fn read_table(&self) -> Option<Vec<(usize, Option<Country>)>> {
+    /// visit 2^128 paths) or too large; and the whole read stops at [`READ_BUDGET`].
+    fn read_table(&self) -> Result<Vec<(usize, Option<Country>)>, String> {
+        let started = std::time::Instant::now();
         let mut table: Vec<(usize, Option<Country>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let options = maxminddb::WithinOptions::default()
             .include_networks_without_data()
             .include_aliased_networks();
-        let nodes = usize::try_from(self.reader.metadata().node_count).ok()?;
+        let nodes = usize::try_from(self.reader.metadata().node_count).unwrap_or(usize::MAX);
         let limit = nodes
             .saturating_add(1)
             .saturating_mul(8)
             .min(MAX_WALKED_NETWORKS);
-        for (walked, network) in self.reader.networks(options).ok()?.enumerate() {
+        let walk = self.reader.networks(options).map_err(|e| {
+            format!(
+                "its search tree cannot be walked ({})",
+                crate::config::shorten(&e.to_string(), 120)
+            )
+        })?;
+        for (walked, network) in walk.enumerate() {
             if walked > limit {
-                return None;
+                return Err(format!(
+                    "its search tree has more than {limit} networks for {nodes} nodes (a cycle, or damage)"
+                ));
             }
-            let found = network.ok()?;
+            if walked % 4096 == 0 && started.elapsed() > READ_BUDGET {
+                return Err(format!(
+                    "reading its records took more than {} s (records far larger than a country database's)",
+                    READ_BUDGET.as_secs()
+                ));
+            }
+            let found = network.map_err(|e| {
+                format!(
+                    "its search tree is damaged ({})",
+                    crate::config::shorten(&e.to_string(), 120)
+                )
+            })?;
             let Some(offset) = found.offset() else {
                 continue;
             };
             if seen.insert(offset) {
                 if seen.len() > MAX_TABLED_RECORDS {
-                    return None;
+                    return Err(format!(
+                        "it has more than {MAX_TABLED_RECORDS} distinct records"
+                    ));
                 }
                 table.push((offset, self.decode(&found)));
             }
         }
         table.sort_unstable_by_key(|(offset, _)| *offset);
-        Some(table)
+        Ok(table)
     }
 
     /// The country the database places `ip` in, or `None` where it has none (a private or
     /// unallocated address, an IPv6 address in an IPv4-only file) or none that is two ASCII
-    /// capital letters.
+    /// capital letters. Every record a lookup can reach was read into the table at start.
     pub fn country(&self, ip: IpAddr) -> Option<Country> {
-        let found = self.reader.lookup(ip).ok()?;
-        let offset = found.offset()?;
-        match self.table.binary_search_by_key(&offset, |(o, _)| *o) {
-            Ok(i) => self.table[i].1,
-            Err(_) => self.decode(&found),
-        }
+        let offset = self.reader.lookup(ip).ok()?.offset()?;
+        let i = self.table.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        self.table[i].1
     }
 
-    /// [`Self::country`], always decoding the record (what a file too large for the table
-    /// gets; the tests hold the table to it).
+    /// [`Self::country`], decoding the record instead of reading the table (the probes at
+    /// start, before the table is made; the tests hold the table to it).
     pub fn decoded_country(&self, ip: IpAddr) -> Option<Country> {
         let found = self.reader.lookup(ip).ok()?;
         found.has_data().then_some(())?;
         self.decode(&found)
     }
 
-    /// How many records the table holds (0: records are decoded at each lookup).
+    /// How many records the table holds.
     pub fn tabled_records(&self) -> usize {
         self.table.len()
     }

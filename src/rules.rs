@@ -11,7 +11,7 @@
 //! (`{ action = "bucket", bounds = [0, 60000, 300000], output = "lower" }`: [`Bucketing`]).
 //! A `phone` rule may also derive attributes of the number into fields beside its token
 //! (`{ action = "phone", derive = ["region", "calling_code", "number_type"] }`: [`Derive`]),
-//! and an IP rule (`ip`, `ip-prefix`, `ip-truncate`) the address's country, from the
+//! and an IP rule (`ip`, `ip-truncate`) the address's country, from the
 //! `[geoip]` database the rules then carry (`derive = ["country"]`: [`crate::geoip`]).
 //!
 //! A rule that is neither is refused naming its path and the forms a rule may take
@@ -29,7 +29,7 @@ pub const ACTION_NAMES: &str =
     "keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, time-truncate, bucket, encrypt";
 
 /// What a rule may be, for messages.
-pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; derive for ip, ip-prefix and ip-truncate; class for id; unit for time-truncate; bounds and output for bucket)";
+pub const RULE_FORMS: &str = "a rule is an action name (keep, drop, phone, ip, email, id, ip-prefix, ip-truncate, encrypt) or a table { action = \"…\", … } (options: ipv4_prefix, ipv6_prefix for ip-truncate; region_field and derive for phone; derive for ip and ip-truncate; class for id; unit for time-truncate; bounds and output for bucket)";
 
 /// The unit a `time-truncate` rule keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,9 +164,9 @@ impl Attribute {
     pub fn of(action: Action) -> &'static [Attribute] {
         match action {
             Action::Token(TokenClass::Phone) => &Attribute::PHONE,
-            Action::Token(TokenClass::Ip) | Action::IpPrefix | Action::IpTruncate { .. } => {
-                &Attribute::IP
-            }
+            // Not `ip-prefix`: its output hides the network, and a country published beside
+            // each pseudonymized prefix would map the pseudonyms back onto the address plan.
+            Action::Token(TokenClass::Ip) | Action::IpTruncate { .. } => &Attribute::IP,
             _ => &[],
         }
     }
@@ -208,7 +208,7 @@ impl Derive {
         };
         if allowed.is_empty() {
             return Err(format!(
-                "derive only applies to phone, ip, ip-prefix and ip-truncate, not {}",
+                "derive only applies to phone, ip and ip-truncate, not {}",
                 quote(action.name())
             ));
         }

@@ -215,7 +215,7 @@ fn check_refuses_what_run_refuses() {
                 "call_id = \"id\"",
                 "call_id = { action = \"id\", derive = [\"region\"] }",
             ),
-            "call_id: derive only applies to phone, ip, ip-prefix and ip-truncate, not \"id\"",
+            "call_id: derive only applies to phone, ip and ip-truncate, not \"id\"",
         ),
         (
             "derive country without a database",

@@ -375,7 +375,7 @@ fn decrypt_fails_on_an_envelope_that_does_not_authenticate_unless_told_to_go_on(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("event {first}, field `recording_url`")),
+        stderr.contains(&format!("event {}, field `recording_url`", first + 1)),
         "{stderr}"
     );
     assert!(stderr.contains("does not authenticate"), "{stderr}");
@@ -425,7 +425,7 @@ fn reseal_fails_on_an_envelope_that_does_not_authenticate_and_writes_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("event {first}, field `recording_url`")),
+        stderr.contains(&format!("event {}, field `recording_url`", first + 1)),
         "{stderr}"
     );
     assert!(stderr.contains("does not authenticate"), "{stderr}");

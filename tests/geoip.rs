@@ -335,13 +335,13 @@ fn country_without_a_database_and_misplaced_attributes_are_refused() {
         Some(&database()),
         &[(
             "caller_ip = \"ip\"",
-            "caller_ip = { action = \"ip-prefix\", derive = [\"region\"] }",
+            "caller_ip = { action = \"ip-truncate\", derive = [\"region\"] }",
         )],
     )
     .unwrap_err();
     assert!(
         error.contains(
-            "caller_ip: derive: \"region\" is not an attribute ip-prefix derives (country)"
+            "caller_ip: derive: \"region\" is not an attribute ip-truncate derives (country)"
         ),
         "{error}"
     );
@@ -354,20 +354,63 @@ fn country_without_a_database_and_misplaced_attributes_are_refused() {
     )
     .unwrap_err();
     assert!(
-        error.contains(
-            "call_id: derive only applies to phone, ip, ip-prefix and ip-truncate, not \"id\""
-        ),
+        error.contains("call_id: derive only applies to phone, ip and ip-truncate, not \"id\""),
         "{error}"
     );
-    // ip-prefix derives it too.
-    config(
+    // Not ip-prefix: a country beside each pseudonymized prefix would map the pseudonyms back
+    // onto the address plan.
+    let error = config(
         Some(&database()),
         &[(
             "caller_ip = \"ip\"",
             "caller_ip = { action = \"ip-prefix\", derive = [\"country\"] }",
         )],
     )
-    .unwrap();
+    .unwrap_err();
+    assert!(
+        error.contains(
+            "caller_ip: derive only applies to phone, ip and ip-truncate, not \"ip-prefix\""
+        ),
+        "{error}"
+    );
+    // An empty path is refused as such.
+    let error = config(Some(std::path::Path::new("")), &DERIVING).unwrap_err();
+    assert!(error.contains("[geoip] database is empty"), "{error}");
+}
+
+/// `ip-truncate` derives the country of the network it publishes, not of the address inside
+/// it: 1.32.202.0/24 is split between Singapore and Hong Kong in this release, and both of its
+/// hosts get the network's country; an `ip` token gets each address's own.
+#[test]
+fn a_truncated_network_gets_the_networks_country() {
+    let engine = config(Some(&database()), &DERIVING).unwrap();
+    let db = CountryDb::open(&database()).unwrap();
+    let (low, high): (IpAddr, IpAddr) = (
+        "1.32.202.1".parse().unwrap(),
+        "1.32.202.200".parse().unwrap(),
+    );
+    let network = db.country("1.32.202.0".parse().unwrap()).unwrap();
+    assert_ne!(
+        db.country(low),
+        db.country(high),
+        "the /24 is no longer split: pick another"
+    );
+    for host in [low, high] {
+        let out = sanitized(
+            &engine,
+            some_string(&host.to_string()),
+            some_string(&host.to_string()),
+        );
+        assert_eq!(common::field(&out, "callee_ip"), &some_string("1.32.202.0"));
+        assert_eq!(
+            common::field(&out, "callee_ip_country"),
+            &some_string(network.as_str())
+        );
+        assert_eq!(
+            common::field(&out, "caller_ip_country"),
+            &some_string(db.country(host).unwrap().as_str())
+        );
+    }
 }
 
 /// A file that is not a country database is refused naming it, at start: text, an empty file,
@@ -394,7 +437,9 @@ fn a_file_that_is_not_a_country_database_is_refused_and_damage_never_panics() {
     let error = config(Some(&dir.path().join("missing.mmdb")), &DERIVING).unwrap_err();
     assert!(error.contains("missing.mmdb"), "{error}");
 
-    // Damaged copies: 40 bytes changed in each of 30 copies, spread over the whole file.
+    // Damaged copies: 40 bytes changed in each of 30 copies, spread over the whole file (its
+    // search tree is nearly all of it), and 5 bytes in each of 30 more, in its last 3,000
+    // bytes (the records and the metadata).
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         seed ^= seed << 13;
@@ -412,11 +457,16 @@ fn a_file_that_is_not_a_country_database_is_refused_and_damage_never_panics() {
             }
         })
         .collect();
-    let mut opened = 0;
-    for copy in 0..30 {
+    let (mut opened, mut refused) = (0, 0);
+    for copy in 0..60 {
         let mut bytes = good.clone();
-        for _ in 0..40 {
-            let at = (next() % bytes.len() as u64) as usize;
+        let (changes, zone) = if copy < 30 {
+            (40, 0..bytes.len())
+        } else {
+            (5, bytes.len() - 3_000..bytes.len())
+        };
+        for _ in 0..changes {
+            let at = zone.start + (next() % zone.len() as u64) as usize;
             bytes[at] = next() as u8;
         }
         let path = dir.path().join(format!("damaged-{copy}.mmdb"));
@@ -430,13 +480,21 @@ fn a_file_that_is_not_a_country_database_is_refused_and_damage_never_panics() {
                 }
                 true
             }
-            Err(_) => false,
+            Err(error) => {
+                let text = error.to_string();
+                assert!(text.contains(&format!("damaged-{copy}.mmdb")), "{text}");
+                false
+            }
         });
-        opened += usize::from(outcome.expect("a damaged database panicked"));
+        if outcome.expect("a damaged database panicked") {
+            opened += 1;
+        } else {
+            refused += 1;
+        }
     }
     assert!(
-        opened > 0,
-        "no damaged copy opened: the lookups were not exercised"
+        opened > 0 && refused > 0,
+        "{opened} damaged copies opened, {refused} refused: one way was not exercised"
     );
 }
 

@@ -33,7 +33,13 @@ fn sensitive(
                 .is_some_and(|a| a != pseudonymizer::rules::Action::Keep) =>
         {
             let trimmed = s.trim();
-            if trimmed.len() >= 6 {
+            // A word of the derived attributes' vocabulary (the generator writes "unknown" as
+            // a caller, and a number's type may be `unknown`) is not a raw value when it
+            // appears: it is not the input's.
+            let vocabulary = pseudonymizer::phone::attributes::NumberType::ALL
+                .iter()
+                .any(|t| t.as_str() == trimmed);
+            if trimmed.len() >= 6 && !vocabulary {
                 found.push(trimmed.to_owned());
             }
             let digits: String = s.chars().filter(char::is_ascii_digit).collect();

@@ -118,9 +118,10 @@ pub fn phone_token(
     Ok((Pseudonym::Token(token), attributes))
 }
 
-/// The country an IP rule derives beside its output: `None` where the value is not an
-/// address, the database places it in no country, or (for an `ip` token, the one IP action
-/// that names a person: docs/security.md) the person is withheld.
+/// The country an IP rule derives beside its output: of the address for an `ip` token, of the
+/// published network for `ip-truncate`; `None` where the value is not an address, the
+/// database places it in no country, or (for an `ip` token, the one IP action that names a
+/// person: docs/security.md) the person is withheld.
 pub fn ip_country(
     action: Action,
     value: &str,
@@ -128,12 +129,17 @@ pub fn ip_country(
     gate: Option<&SubjectGate<'_>>,
 ) -> Option<Country> {
     let ip = parse_ip(value)?;
-    if let (Action::Token(TokenClass::Ip), Some(gate)) = (action, gate) {
-        if gate.withholds(TokenClass::Ip, ip_text(ip).as_bytes()) {
-            return None;
+    match (action, gate) {
+        (Action::Token(TokenClass::Ip), Some(gate))
+            if gate.withholds(TokenClass::Ip, ip_text(ip).as_bytes()) =>
+        {
+            None
         }
+        // The country of the published network, not of the address inside it: a network that
+        // spans two countries must not tell which part the host is in.
+        (Action::IpTruncate { v4, v6 }, _) => db.country(truncate_ip(ip, v4, v6)),
+        _ => db.country(ip),
     }
-    db.country(ip)
 }
 
 /// A timestamp or time of day truncated down (towards the past, also before 1970) to a

@@ -234,7 +234,12 @@ impl Rewriter<'_> {
                 std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
                 v4 => v4,
             };
-            db.country(ip)
+            match self.rules.get(path) {
+                Some(Action::IpTruncate { v4, v6 }) => {
+                    db.country(crate::ip::truncate_ip(ip, v4, v6))
+                }
+                _ => db.country(ip),
+            }
         });
         let found = if derive.has(Attribute::Country) {
             None
