@@ -16,7 +16,8 @@
 //! record's code by a binary search, never decoding a record. The walk is also the file's
 //! check: a file whose tree cannot be walked whole (a cycle, damage), or that has more than
 //! [`MAX_TABLED_RECORDS`] records, or takes longer than [`READ_BUDGET`] to read (records far
-//! larger than a country's), is refused. So whatever a file holds, a lookup costs one walk of at
+//! larger than a country's), is refused. (Tested with DB-IP's country file; a city file is
+//! accepted within these limits, but none was tried here.) So whatever a file holds, a lookup costs one walk of at
 //! most 128 tree nodes and a binary search.
 //!
 //! A file in which none of a few well-known public addresses has a country in either layout is
@@ -49,17 +50,19 @@ const PROBES: [&str; 8] = [
     "2606:4700:4700::1111",
 ];
 
-/// The most distinct records read into the table at start (a country file has a few hundred;
-/// GeoIP2 City about 150,000, which the table still holds, in about 2 MB).
-pub const MAX_TABLED_RECORDS: usize = 500_000;
+/// The most distinct records read into the table at start, 16 bytes each (a country file has
+/// a few hundred; a city file's combinations of city, postcode and coordinates may run to
+/// millions, which the table still holds, in at most 64 MB).
+pub const MAX_TABLED_RECORDS: usize = 4_000_000;
 
 /// The longest the start may spend reading a file's records (DB-IP's country file takes about
 /// 40 ms; a crafted one of half a million records each a map of 32,000 keys took 82 s).
 pub const READ_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most ends of paths the walk that makes the table visits (DB-IP's country file has 1.4
-/// million, GeoIP2 City about 5 million; 50 million take about 2 s).
-const MAX_WALKED_NETWORKS: usize = 50_000_000;
+/// million; a city file several million, each IPv4 one seen up to four times through
+/// aliases). [`READ_BUDGET`] bounds the time besides.
+const MAX_WALKED_NETWORKS: usize = 200_000_000;
 
 /// Why a database could not be used. Messages name the file, never an address.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +112,8 @@ pub struct CountryDb {
     layout: Layout,
     path: PathBuf,
     /// Each record's country (or none) by the record's offset in the data section, sorted by
-    /// offset; empty where the file has more than [`MAX_TABLED_RECORDS`] records.
+    /// offset: every record a lookup can reach (a file whose tree cannot be walked whole is
+    /// refused).
     table: Vec<(usize, Option<Country>)>,
 }
 
@@ -202,6 +206,15 @@ impl CountryDb {
     /// visit 2^128 paths) or too large; and the whole read stops at [`READ_BUDGET`].
     fn read_table(&self) -> Result<Vec<(usize, Option<Country>)>, String> {
         let started = std::time::Instant::now();
+        // The clock is read every 4096 ends and at every new record (each decode is bounded
+        // by the reader, but may be large in a crafted file).
+        let out_of_time = || started.elapsed() > READ_BUDGET;
+        let too_slow = || {
+            format!(
+                "reading its records took more than {} s (records far larger than a country database's)",
+                READ_BUDGET.as_secs()
+            )
+        };
         let mut table: Vec<(usize, Option<Country>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let options = maxminddb::WithinOptions::default()
@@ -224,11 +237,8 @@ impl CountryDb {
                     "its search tree has more than {limit} networks for {nodes} nodes (a cycle, or damage)"
                 ));
             }
-            if walked % 4096 == 0 && started.elapsed() > READ_BUDGET {
-                return Err(format!(
-                    "reading its records took more than {} s (records far larger than a country database's)",
-                    READ_BUDGET.as_secs()
-                ));
+            if walked % 4096 == 0 && out_of_time() {
+                return Err(too_slow());
             }
             let found = network.map_err(|e| {
                 format!(
@@ -244,6 +254,9 @@ impl CountryDb {
                     return Err(format!(
                         "it has more than {MAX_TABLED_RECORDS} distinct records"
                     ));
+                }
+                if out_of_time() {
+                    return Err(too_slow());
                 }
                 table.push((offset, self.decode(&found)));
             }
