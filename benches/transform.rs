@@ -52,6 +52,35 @@ fn keys() -> KeySet {
     )
 }
 
+/// Median ns per event of `inputs` (cycled) through each of two (engine, plan) pairs, timed in
+/// 41 alternating blocks of 20,000: this machine's timings drift by several percent between two
+/// criterion functions run seconds apart, more than the costs these compare.
+fn alternating_medians(
+    active: &ActiveKeys,
+    without: (&Engine, &pseudonymizer::plan::Plan),
+    with: (&Engine, &pseudonymizer::plan::Plan),
+    inputs: &[Vec<u8>],
+) -> (f64, f64) {
+    let mut out = Vec::new();
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..41 {
+        for (side, (engine, plan)) in [without, with].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            for i in 0..20_000 {
+                out.clear();
+                engine
+                    .transform(plan, active, black_box(&inputs[i % inputs.len()]), &mut out)
+                    .unwrap();
+            }
+            times[side].push(started.elapsed().as_nanos() as f64 / 20_000.0);
+        }
+    }
+    let [mut without, mut with] = times;
+    without.sort_by(f64::total_cmp);
+    with.sort_by(f64::total_cmp);
+    (without[without.len() / 2], with[with.len() / 2])
+}
+
 /// The crypto one event needs: a token per (class, canonical value), a seal per (path, plaintext).
 fn floor(
     active: &ActiveKeys,
@@ -241,58 +270,25 @@ fn bench(c: &mut Criterion) {
         let message_plan = engine.plan("comms.v1.MessageEvent").unwrap().clone();
         let plain_message_plan = plain.plan("comms.v1.MessageEvent").unwrap().clone();
         let message = apache_avro::to_avro_datum(&message_plan.input, typical_message()).unwrap();
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        for _ in 0..41 {
-            for (engine, plan, times) in [
-                (&plain, &plain_message_plan, &mut without),
-                (&engine, &message_plan, &mut with),
-            ] {
-                let started = std::time::Instant::now();
-                for _ in 0..20_000 {
-                    out.clear();
-                    engine
-                        .transform(plan, &active, black_box(&message), &mut out)
-                        .unwrap();
-                }
-                times.push(started.elapsed().as_nanos() as f64 / 20_000.0);
-            }
-        }
-        with.sort_by(f64::total_cmp);
-        without.sort_by(f64::total_cmp);
-        let (with, without) = (with[with.len() / 2], without[without.len() / 2]);
+        let (without, with) = alternating_medians(
+            &active,
+            (&plain, &plain_message_plan),
+            (&engine, &message_plan),
+            &[message],
+        );
         eprintln!(
             "derive: typical message: {without:.0} ns without, {with:.0} ns with the sender's and both recipients' region, calling code and number type ({:+.1}%; medians of 41 alternating blocks of 20,000)",
             (with / without - 1.0) * 100.0
         );
     }
-    // Timings on this machine drift by several percent between two criterion functions run a
-    // few seconds apart, more than the cost being measured: so the two are also timed here in
-    // alternating blocks, and the medians of the blocks compared.
+    // Besides criterion's pair below, the two are timed in alternating blocks (the fair
+    // comparison on this machine: `alternating_medians`).
     for (what, cases) in [
         ("typical call", vec![typical.clone()]),
         ("wire-shaped calls", inputs.clone()),
     ] {
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        for _ in 0..41 {
-            for (engine, plan, times) in [
-                (&plain, &plain_plan, &mut without),
-                (&engine, &plan, &mut with),
-            ] {
-                let started = std::time::Instant::now();
-                for i in 0..20_000 {
-                    out.clear();
-                    engine
-                        .transform(plan, &active, black_box(&cases[i % cases.len()]), &mut out)
-                        .unwrap();
-                }
-                times.push(started.elapsed().as_nanos() as f64 / 20_000.0);
-            }
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (with, without) = (median(&mut with), median(&mut without));
+        let (without, with) =
+            alternating_medians(&active, (&plain, &plain_plan), (&engine, &plan), &cases);
         eprintln!(
             "derive: {what}: {without:.0} ns without, {with:.0} ns with region, calling code and number type of both numbers ({:+.1}%; medians of 41 alternating blocks of 20,000)",
             (with / without - 1.0) * 100.0
@@ -487,27 +483,12 @@ fn geoip(c: &mut Criterion) {
     let input = apache_avro::to_avro_datum(&plan_with.input, call).unwrap();
     let mut out = Vec::new();
     // Alternating blocks, as for `derive` (this machine drifts between criterion functions).
-    let (mut times_with, mut times_without) = (Vec::new(), Vec::new());
-    for _ in 0..41 {
-        for (engine, plan, times) in [
-            (&without, &plan_without, &mut times_without),
-            (&with, &plan_with, &mut times_with),
-        ] {
-            let started = std::time::Instant::now();
-            for _ in 0..20_000 {
-                out.clear();
-                engine
-                    .transform(plan, &active, black_box(&input), &mut out)
-                    .unwrap();
-            }
-            times.push(started.elapsed().as_nanos() as f64 / 20_000.0);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (w, wo) = (median(&mut times_with), median(&mut times_without));
+    let (wo, w) = alternating_medians(
+        &active,
+        (&without, &plan_without),
+        (&with, &plan_with),
+        std::slice::from_ref(&input),
+    );
     eprintln!(
         "geoip: typical call: {wo:.0} ns without, {w:.0} ns with the country of both addresses ({:+.1}%; medians of 41 alternating blocks of 20,000)",
         (w / wo - 1.0) * 100.0

@@ -260,28 +260,11 @@ fn the_country_is_derived_beside_a_token_and_a_truncated_network() {
 /// a truncated network names no one (docs/security.md), so its country stays.
 #[test]
 fn no_country_is_derived_for_a_withheld_persons_address() {
-    use pseudonymizer::keys::{Secret, SubjectKey};
-    use pseudonymizer::subjects::{
-        subject_of, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState, SubjectTable,
-        SubjectView,
-    };
+    use pseudonymizer::subjects::{SubjectClasses, SubjectPolicy, SubjectView};
     use pseudonymizer::token::TokenClass;
     let engine = config(Some(&database()), &DERIVING).unwrap();
     let keys = common::active(&engine);
-    let key = SubjectKey::new(
-        "s-test-1",
-        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
-    );
-    let mut table = SubjectTable::new("s-test-1", vec![]);
-    let (subject, hint) = subject_of(&key, TokenClass::Ip, b"8.8.8.8");
-    table.apply(&RegistryRecord::new(
-        subject,
-        hint,
-        SubjectState::Erased,
-        None,
-        "2026-12-07T00:00:00Z",
-        "req-1",
-    ));
+    let (key, table) = common::erased(TokenClass::Ip, "8.8.8.8");
     let classes = SubjectClasses::parse(&["phone".to_owned(), "ip".to_owned()]).unwrap();
     let view = SubjectView {
         key: &key,
@@ -319,60 +302,35 @@ fn country_without_a_database_and_misplaced_attributes_are_refused() {
             && error.contains("[geoip] database"),
         "{error}"
     );
-    let error = config(
-        Some(&database()),
-        &[(
+    // One rule changed in the shipped config (with a database), and the refusal it gets.
+    let cases = [
+        (
             "caller = { action = \"phone\", derive = [\"region\", \"calling_code\", \"number_type\"] }",
             "caller = { action = \"phone\", derive = [\"country\"] }",
-        )],
-    )
-    .unwrap_err();
-    assert!(
-        error.contains("caller: derive: \"country\" is not an attribute phone derives (region, calling_code, number_type)"),
-        "{error}"
-    );
-    let error = config(
-        Some(&database()),
-        &[(
+            "caller: derive: \"country\" is not an attribute phone derives (region, calling_code, number_type)",
+        ),
+        (
             "caller_ip = \"ip\"",
             "caller_ip = { action = \"ip-truncate\", derive = [\"region\"] }",
-        )],
-    )
-    .unwrap_err();
-    assert!(
-        error.contains(
-            "caller_ip: derive: \"region\" is not an attribute ip-truncate derives (country)"
+            "caller_ip: derive: \"region\" is not an attribute ip-truncate derives (country)",
         ),
-        "{error}"
-    );
-    let error = config(
-        Some(&database()),
-        &[(
+        (
             "call_id = \"id\"",
             "call_id = { action = \"id\", derive = [\"country\"] }",
-        )],
-    )
-    .unwrap_err();
-    assert!(
-        error.contains("call_id: derive only applies to phone, ip and ip-truncate, not \"id\""),
-        "{error}"
-    );
-    // Not ip-prefix: a country beside each pseudonymized prefix would map the pseudonyms back
-    // onto the address plan.
-    let error = config(
-        Some(&database()),
-        &[(
+            "call_id: derive only applies to phone, ip and ip-truncate, not \"id\"",
+        ),
+        // Not ip-prefix: a country beside each pseudonymized prefix would map the pseudonyms
+        // back onto the address plan.
+        (
             "caller_ip = \"ip\"",
             "caller_ip = { action = \"ip-prefix\", derive = [\"country\"] }",
-        )],
-    )
-    .unwrap_err();
-    assert!(
-        error.contains(
-            "caller_ip: derive only applies to phone, ip and ip-truncate, not \"ip-prefix\""
+            "caller_ip: derive only applies to phone, ip and ip-truncate, not \"ip-prefix\"",
         ),
-        "{error}"
-    );
+    ];
+    for (from, to, refusal) in cases {
+        let error = config(Some(&database()), &[(from, to)]).unwrap_err();
+        assert!(error.contains(refusal), "{to}: {error}");
+    }
     // An empty path is refused as such.
     let error = config(Some(std::path::Path::new("")), &DERIVING).unwrap_err();
     assert!(error.contains("[geoip] database is empty"), "{error}");

@@ -218,28 +218,10 @@ fn a_nullable_field_read_in_its_records_region_and_a_taken_name() {
 /// derived from their number is published either; someone else's number still is.
 #[test]
 fn nothing_is_derived_from_a_withheld_persons_number() {
-    use pseudonymizer::keys::{Secret, SubjectKey};
-    use pseudonymizer::subjects::{
-        subject_of, RegistryRecord, SubjectClasses, SubjectPolicy, SubjectState, SubjectTable,
-        SubjectView,
-    };
-    const PERSON: &str = "+6591234567";
+    use pseudonymizer::subjects::{SubjectClasses, SubjectPolicy, SubjectView};
     let engine = common::engine();
     let keys = common::active(&engine);
-    let key = SubjectKey::new(
-        "s-test-1",
-        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
-    );
-    let mut table = SubjectTable::new("s-test-1", vec![]);
-    let (subject, hint) = subject_of(&key, TokenClass::Phone, PERSON.as_bytes());
-    table.apply(&RegistryRecord::new(
-        subject,
-        hint,
-        SubjectState::Erased,
-        None,
-        "2026-12-06T00:00:00Z",
-        "req-1",
-    ));
+    let (key, table) = common::erased(TokenClass::Phone, "+6591234567");
     let classes = SubjectClasses::default_classes();
     let view = SubjectView {
         key: &key,

@@ -169,7 +169,7 @@ impl Rewriter<'_> {
 
     /// The fields a phone or IP rule derives: a phone's from the full parse of the value (the
     /// fast path reads them from the canonical form instead: the property tests compare the
-    /// two), an IP's country from the address as std parses it. The reference path has no
+    /// two), an IP's country from the address as spec §3 parses it. The reference path has no
     /// subject registry, so nothing here is withheld.
     fn derived(
         &self,
@@ -178,15 +178,7 @@ impl Rewriter<'_> {
         path: &str,
         name: &str,
     ) -> Vec<(String, Value)> {
-        let items = match value {
-            Value::Array(items) => Some(items),
-            Value::Union(_, inner) => match &**inner {
-                Value::Array(items) => Some(items),
-                _ => None,
-            },
-            _ => None,
-        };
-        let Some(items) = items else {
+        let Value::Array(items) = unwrapped(value) else {
             // One value: each attribute a nullable field.
             return derive
                 .iter()
@@ -216,12 +208,8 @@ impl Rewriter<'_> {
     /// The derived attributes of one phone number or address (a string, or a nullable one), in
     /// field order, each a `["null", T]` union.
     fn attribute_values(&self, value: &Value, derive: Derive, path: &str) -> Vec<Value> {
-        let text = match value {
+        let text = match unwrapped(value) {
             Value::String(text) => Some(text),
-            Value::Union(_, inner) => match &**inner {
-                Value::String(text) => Some(text),
-                _ => None,
-            },
             _ => None,
         };
         let nullable = |value: Option<Value>| match value {
@@ -229,11 +217,7 @@ impl Rewriter<'_> {
             Some(value) => Value::Union(1, Box::new(value)),
         };
         let country = self.rules.country_db().and_then(|db| {
-            let ip: std::net::IpAddr = text?.trim().parse().ok()?;
-            let ip = match ip {
-                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-                v4 => v4,
-            };
+            let ip = crate::ip::parse_ip(text?)?;
             match self.rules.get(path) {
                 Some(Action::IpTruncate { v4, v6 }) => {
                     db.country(crate::ip::truncate_ip(ip, v4, v6))
@@ -328,5 +312,13 @@ impl Rewriter<'_> {
         let mut out = Vec::with_capacity(envelope::sealed_len(key, plaintext.len()));
         envelope::seal_into(key, path, plaintext, &mut out);
         Ok(out)
+    }
+}
+
+/// A value with one union wrapper taken off (a nullable field's value), else itself.
+fn unwrapped(value: &Value) -> &Value {
+    match value {
+        Value::Union(_, inner) => inner,
+        other => other,
     }
 }

@@ -56,6 +56,34 @@ pub fn active(engine: &Engine) -> ActiveKeys {
     engine.active_keys(&keyset()).unwrap()
 }
 
+/// The test vectors' subject key, and a subject registry table in which the person behind the
+/// canonical value `canonical` of `class` is erased: a withheld person, as the gate sees one.
+pub fn erased(
+    class: pseudonymizer::token::TokenClass,
+    canonical: &str,
+) -> (
+    pseudonymizer::keys::SubjectKey,
+    pseudonymizer::subjects::SubjectTable,
+) {
+    use pseudonymizer::keys::{Secret, SubjectKey};
+    use pseudonymizer::subjects::{subject_of, RegistryRecord, SubjectState, SubjectTable};
+    let key = SubjectKey::new(
+        "s-test-1",
+        &Secret::from_b64("QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=").unwrap(),
+    );
+    let mut table = SubjectTable::new("s-test-1", vec![]);
+    let (subject, hint) = subject_of(&key, class, canonical.as_bytes());
+    table.apply(&RegistryRecord::new(
+        subject,
+        hint,
+        SubjectState::Erased,
+        None,
+        "2026-12-06T00:00:00Z",
+        "req-1",
+    ));
+    (key, table)
+}
+
 pub fn encode(schema: &Schema, value: Value) -> Vec<u8> {
     to_avro_datum(schema, value).expect("value fits schema")
 }
