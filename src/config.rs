@@ -106,8 +106,19 @@ pub struct PhoneConfig {
 pub struct PipelineConfig {
     /// A short name for logs and metrics (`calls`).
     pub name: String,
-    /// The writer schema (`.avsc`) of the raw events. Relative to the config file.
+    /// How the raw events are written: `avro` (default: Confluent-framed Avro, with
+    /// `input_schema`) or `json` (schemaless JSON objects, one per record; routed by
+    /// `input_topic`, with no schema: [`crate::json`]).
+    #[serde(default)]
+    pub format: Format,
+    /// The writer schema (`.avsc`) of the raw events. Relative to the config file. Required
+    /// for `avro`; a `json` pipeline has none.
+    #[serde(default)]
     pub input_schema: PathBuf,
+    /// `json` only: what becomes of a record with a key no rule names: `dead-letter`
+    /// (default: the whole record, `unclassified-field`) or `drop` (the key is left out).
+    #[serde(default)]
+    pub unknown: Option<UnknownKeys>,
     /// Field path to action, one per leaf field of the input schema.
     #[serde(deserialize_with = "crate::rules::deserialize_rules")]
     pub rules: BTreeMap<String, RuleSpec>,
@@ -148,6 +159,37 @@ pub struct PipelineConfig {
     /// (`[pipeline.risk]`: docs/security.md, "Re-identification risk, measured").
     #[serde(default)]
     pub risk: Option<RiskConfig>,
+}
+
+/// How a pipeline's raw events are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// Confluent-framed Avro: magic byte, schema id, Avro binary.
+    #[default]
+    Avro,
+    /// A JSON object per record, no framing and no schema.
+    Json,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Avro => "avro",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// What a `json` pipeline does with a key that no rule names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownKeys {
+    /// The whole record goes to the dead-letter topic (`unclassified-field`).
+    #[default]
+    DeadLetter,
+    /// The key and its value are left out of the output.
+    Drop,
 }
 
 /// `[pipeline.risk]`: which output fields together could single a person out, and the
@@ -680,6 +722,12 @@ pub fn read_schema(path: &Path) -> Result<apache_avro::Schema, ConfigError> {
 }
 
 impl Config {
+    /// The `format = "avro"` pipelines, in config order: the order of
+    /// [`crate::transform::Engine::plans`].
+    pub fn avro_pipelines(&self) -> impl Iterator<Item = &PipelineConfig> {
+        self.pipeline.iter().filter(|p| p.format == Format::Avro)
+    }
+
     /// Reads a config file (a regular file of at most [`crate::fsio::CONFIG_LIMIT`] bytes: a
     /// FIFO or device is refused without waiting on it); relative paths in it are made
     /// relative to its folder.
@@ -761,7 +809,22 @@ impl Config {
             );
         }
         for pipeline in &mut config.pipeline {
-            pipeline.input_schema = base.join(&pipeline.input_schema);
+            let tag = format!("[{}]", pipeline.name);
+            match pipeline.format {
+                Format::Avro if pipeline.input_schema.as_os_str().is_empty() => {
+                    empty_paths.push(format!("{tag} input_schema is required for format avro"));
+                }
+                Format::Avro if pipeline.unknown.is_some() => empty_paths.push(format!(
+                    "{tag} unknown is for format json: an Avro field without a rule is refused by its schema"
+                )),
+                Format::Avro => pipeline.input_schema = base.join(&pipeline.input_schema),
+                Format::Json if !pipeline.input_schema.as_os_str().is_empty() => {
+                    empty_paths.push(format!(
+                        "{tag} input_schema is for format avro: a json pipeline is schemaless (its rules name its keys)"
+                    ));
+                }
+                Format::Json => {}
+            }
         }
         if let Some(registry) = &mut config.registry {
             registry.credentials_file = registry.credentials_file.as_ref().map(|f| base.join(f));

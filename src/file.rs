@@ -61,6 +61,10 @@ pub enum FileError {
     Transform { index: u64, source: TransformError },
     #[error("cannot write output: {0}")]
     Write(String),
+    #[error("line {}: longer than {limit} bytes (nothing written)", .index + 1)]
+    LineTooLong { index: u64, limit: u64 },
+    #[error("line {}: {source} (nothing written)", .index + 1)]
+    Line { index: u64, source: TransformError },
     #[error("event {}, field `{path}`: cannot reseal: {source}", .index + 1)]
     Reseal {
         index: u64,

@@ -62,7 +62,7 @@ pub enum FileError {
 }
 
 impl FileError {
-    fn io(what: &'static str, path: &Path, source: std::io::Error) -> FileError {
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> FileError {
         FileError::Io {
             what,
             path: path.to_owned(),

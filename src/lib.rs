@@ -44,6 +44,7 @@
 //! - [`fsio`]: files in and out for every command: bounded reads of regular files only, and
 //!   outputs written to a temporary beside the target and renamed over it, or not at all.
 //! - [`file`]: Avro container files in and out (`transform`, `decrypt`, `show`).
+//! - [`jsonl`]: JSON lines in and out, for `format = "json"` pipelines (`transform --pipeline`).
 //! - [`registry`]: the Confluent-compatible schema registry client (writer schemas by id,
 //!   registering derived schemas).
 //! - [`worker`]: the Kafka stream worker: routing (by static schema id, or by record name
@@ -80,6 +81,7 @@ pub mod geoip;
 pub mod hardening;
 pub mod hostile;
 pub mod ip;
+pub mod jsonl;
 pub mod keys;
 pub mod kms;
 pub mod metrics;

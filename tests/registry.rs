@@ -134,7 +134,7 @@ fn schema_ids_resolve_to_routes_or_to_dead_letter_reasons() {
         )
         .unwrap();
     assert_eq!(&out[1..5], &output_ids[0].to_be_bytes());
-    assert_eq!(output.route.output_topic, "comms.calls.sanitized");
+    assert_eq!(output.route.output_topic(), "comms.calls.sanitized");
     assert_eq!(router.unresolved(Some(&frame(v3, b""))), Some(v3));
 
     // A version with a field the rules do not classify: dead-lettered, the metric names the

@@ -149,6 +149,17 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     plan.rules.iter().count()
                 ));
             }
+            for (_, plan) in engine.json_plans() {
+                lines.push(format!(
+                    "[{}] json: {} rules, keys without a rule {}, ok",
+                    plan.name,
+                    plan.rules.iter().count(),
+                    match plan.unknown {
+                        crate::config::UnknownKeys::DeadLetter => "dead-lettered",
+                        crate::config::UnknownKeys::Drop => "dropped",
+                    }
+                ));
+            }
             if let Some(db) = engine.country_db() {
                 lines.push(format!("[geoip] database: {}", db.describe()));
             }
@@ -206,9 +217,15 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     .plans()
                     .iter()
                     .map(|plan| json!({
+                        "format": "avro",
                         "schema": plan.input_name,
                         "rules": plan.rules.iter().count(),
                     }))
+                    .chain(engine.json_plans().iter().map(|(_, plan)| json!({
+                        "format": "json",
+                        "pipeline": plan.name,
+                        "rules": plan.rules.iter().count(),
+                    })))
                     .collect::<Vec<_>>()),
                 "keys": loaded.active.as_ref().map(|active| json!({
                     "pseudonym": active.pseudonym.as_deref().map(|k| k.id()),

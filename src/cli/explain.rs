@@ -620,7 +620,7 @@ pub(super) fn explain(args: ExplainArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     let mut explained = Vec::new();
-    for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+    for (pipeline, plan) in config.avro_pipelines().zip(engine.plans()) {
         let own = match (&event, &event_name) {
             (Some(e), Some(name)) if *name == plan.input_name => Some(e.clone()),
             // With --input, only its pipeline is explained.

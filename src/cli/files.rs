@@ -20,12 +20,16 @@ use crate::keys::Need;
 pub struct TransformArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// The raw Avro container file to read.
+    /// The raw Avro container file to read (JSON lines with --pipeline).
     #[arg(long)]
     pub input: PathBuf,
-    /// The sanitized Avro container file to write.
+    /// The sanitized Avro container file to write (JSON lines with --pipeline).
     #[arg(long)]
     pub output: PathBuf,
+    /// A `format = "json"` pipeline: the input is JSON lines, one object per line, transformed
+    /// by its rules into JSON lines. (An Avro container names its own schema: no flag needed.)
+    #[arg(long)]
+    pub pipeline: Option<String>,
     /// Overrides the config's `audit_log` (else $PSEUDONYMIZER_AUDIT_LOG); transform refuses
     /// without one.
     #[arg(long)]
@@ -98,6 +102,23 @@ pub struct GenerateArgs {
 pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> {
     let (config, engine, keys) = load(&args.config, Need::NEW_OUTPUT)?;
     let active = engine.active_keys(&keys)?;
+    let json_plan = match &args.pipeline {
+        None => None,
+        Some(name) => {
+            let index = config
+                .pipeline
+                .iter()
+                .position(|p| p.name == *name)
+                .with_context(|| format!("no pipeline is named {}", crate::config::quote(name)))?;
+            let plan = engine.json_plan(index).with_context(|| {
+                format!(
+                    "pipeline {} is format avro: its input is an Avro container, which names its own schema (leave out --pipeline)",
+                    crate::config::quote(name)
+                )
+            })?;
+            Some(plan.clone())
+        }
+    };
     // Audited like `lookup`: a `started` record on disk before any token is written, an
     // outcome record with the count of tokens after.
     let mut audit = AuditLog::open(args.audit_log.as_deref(), config.audit_log.as_deref())?;
@@ -111,7 +132,12 @@ pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> 
         "started",
     )?;
     let started = std::time::Instant::now();
-    let result = file::transform_file(&engine, &active, &args.input, &args.output);
+    let result = match &json_plan {
+        Some(plan) => {
+            crate::jsonl::transform_lines(&engine, &active, plan, &args.input, &args.output)
+        }
+        None => file::transform_file(&engine, &active, &args.input, &args.output),
+    };
     let (tokens, outcome) = match &result {
         Ok(done) => (done.tokens, "ok"),
         Err(_) => (0, "failed"),

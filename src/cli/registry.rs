@@ -104,7 +104,7 @@ pub(super) fn check(config: &Config, engine: &Engine, out: &mut dyn Write) -> Re
     };
     let client = RegistryClient::new(registry)?;
     let mut failed = Vec::new();
-    for (pipeline, local) in config.pipeline.iter().zip(engine.plans()) {
+    for (pipeline, local) in config.avro_pipelines().zip(engine.plans()) {
         let Some(subject) = input_subject(registry, pipeline, local) else {
             continue;
         };
@@ -161,7 +161,7 @@ pub(super) fn register(config: &Config, engine: &Engine, out: &mut dyn Write) ->
         bail!("the config has no [registry] section");
     };
     let client = RegistryClient::new(registry)?;
-    for (pipeline, local) in config.pipeline.iter().zip(engine.plans()) {
+    for (pipeline, local) in config.avro_pipelines().zip(engine.plans()) {
         let Some(subject) = output_subject(registry, pipeline, local) else {
             bail!("[{}] output_topic is required to register", pipeline.name);
         };

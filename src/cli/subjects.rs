@@ -257,7 +257,7 @@ fn select_topic(
     // worker registers the derived schema, and records under an id the config does not pin
     // are counted as not readable (pin `output_schema_id` to export from those topics).
     let mut by_id: HashMap<u32, &std::sync::Arc<crate::plan::Plan>> = HashMap::new();
-    for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+    for (pipeline, plan) in config.avro_pipelines().zip(engine.plans()) {
         if let Some(id) = pipeline.output_schema_id {
             by_id.insert(id, plan);
         }

@@ -17,6 +17,7 @@ use serde_json::Value as Json;
 
 use crate::rules::{Action, Bucketing, Derive, Rules};
 
+pub mod json;
 mod region;
 mod shape;
 mod walker;

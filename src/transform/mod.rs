@@ -12,6 +12,7 @@
 
 mod binary;
 mod fast;
+mod json;
 mod leaf;
 mod reference;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError};
 use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey, SubjectKey};
 use crate::phone::PhoneCanon;
+use crate::plan::json::JsonPlan;
 use crate::plan::{self, Plan};
 use crate::rules::Rules;
 use crate::subjects::SubjectGate;
@@ -56,6 +58,22 @@ pub enum ErrorKind {
     SchemaMismatch,
     #[error("a time too near its type's minimum to truncate (the result would leave the type)")]
     CannotTruncate,
+    #[error("not a JSON object (malformed JSON, or not an object where one belongs)")]
+    NotJsonObject,
+    #[error("a key appears twice in one object")]
+    DuplicateKey,
+    #[error("a key that no rule names (its name is not shown: a key may itself be personal data)")]
+    UnnamedKey,
+    #[error("the value's JSON type does not fit its rule (an object where a leaf rule stands, or a type the action does not take)")]
+    DoesNotFitRule,
+}
+
+impl ErrorKind {
+    /// Whether the rules, not the record, are what is missing: a key without a rule, or a
+    /// value of a type its rule does not take (`unclassified-field`, curable by a config).
+    pub fn is_unclassified(self) -> bool {
+        matches!(self, ErrorKind::UnnamedKey | ErrorKind::DoesNotFitRule)
+    }
 }
 
 /// A failed event: the field path where it failed and why. Never holds a value.
@@ -124,6 +142,9 @@ pub struct Engine {
     subject_registry: bool,
     /// The `[geoip]` database, where the config names one.
     country_db: Option<Arc<crate::geoip::CountryDb>>,
+    /// The `format = "json"` pipelines' plans, with each pipeline's position in the config
+    /// (`plans` holds the Avro ones, in config order).
+    json: Vec<(usize, Arc<JsonPlan>)>,
 }
 
 impl Engine {
@@ -141,8 +162,33 @@ impl Engine {
             None => None,
         };
         let mut plans = Vec::new();
+        let mut json = Vec::new();
         let mut errors = Vec::new();
-        for pipeline in &config.pipeline {
+        for (index, pipeline) in config.pipeline.iter().enumerate() {
+            if pipeline.format == crate::config::Format::Json {
+                let tag = |e: String| format!("[{}] {e}", pipeline.name);
+                let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
+                let rules = rules.with_country_db(country_db.clone());
+                errors.extend(spec_errors.into_iter().map(tag));
+                if let Some(domain) = &pipeline.domain {
+                    if let Err(why) = crate::keys::check_domain(domain) {
+                        errors.push(tag(why));
+                    }
+                }
+                if pipeline.risk.is_some() {
+                    errors.push(tag("[pipeline.risk] is for format avro only, so far: a json pipeline's output is not measured".to_owned()));
+                }
+                match JsonPlan::compile(
+                    &pipeline.name,
+                    &rules,
+                    pipeline.unknown.unwrap_or_default(),
+                    pipeline.domain.clone(),
+                ) {
+                    Ok(plan) => json.push((index, Arc::new(plan))),
+                    Err(errs) => errors.extend(errs.into_iter().map(tag)),
+                }
+                continue;
+            }
             // Bounded, regular files only, and a parser panic caught (config.rs).
             let schema = crate::config::read_schema(&pipeline.input_schema)?;
             let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
@@ -173,6 +219,7 @@ impl Engine {
         }
         let mut engine = Engine::new(plans, phone)?;
         engine.country_db = country_db;
+        engine.json = json;
         engine.subject_registry = config
             .kafka
             .as_ref()
@@ -199,7 +246,18 @@ impl Engine {
             phone,
             subject_registry: false,
             country_db: None,
+            json: Vec::new(),
         })
+    }
+
+    /// The `format = "json"` pipelines' plans, each with its pipeline's position in the config.
+    pub fn json_plans(&self) -> &[(usize, Arc<JsonPlan>)] {
+        &self.json
+    }
+
+    /// The plan of the json pipeline at `index` in the config.
+    pub fn json_plan(&self, index: usize) -> Option<&Arc<JsonPlan>> {
+        self.json.iter().find(|(i, _)| *i == index).map(|(_, p)| p)
     }
 
     /// The `[geoip]` database IP rules derive countries from, where the config names one.
@@ -224,8 +282,16 @@ impl Engine {
 
     /// The active keys, checking that every purpose some rule uses has one.
     pub fn active_keys(&self, keys: &KeySet) -> Result<ActiveKeys, KeyringError> {
-        let needs_pseudonym = self.plans.iter().any(|p| p.needs_pseudonym);
-        let needs_encryption = self.plans.iter().any(|p| p.needs_encryption);
+        let json = self.json.iter().map(|(_, p)| p);
+        let needs_pseudonym =
+            self.plans.iter().any(|p| p.needs_pseudonym) || json.clone().any(|p| p.needs_pseudonym);
+        let needs_encryption = self.plans.iter().any(|p| p.needs_encryption)
+            || json.clone().any(|p| p.needs_encryption);
+        let domains_named = self
+            .plans
+            .iter()
+            .filter_map(|p| p.domain.as_deref())
+            .chain(json.filter_map(|p| p.domain.as_deref()));
         let pseudonym = if needs_pseudonym {
             Some(keys.pseudonym()?.clone())
         } else {
@@ -233,7 +299,7 @@ impl Engine {
         };
         let mut domains: Vec<Arc<PseudonymKey>> = Vec::new();
         if let Some(key) = &pseudonym {
-            for domain in self.plans.iter().filter_map(|p| p.domain.as_deref()) {
+            for domain in domains_named {
                 if !domains.iter().any(|k| k.domain() == Some(domain)) {
                     domains.push(Arc::new(key.in_domain(domain)));
                 }
@@ -278,6 +344,20 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> Result<Regions, TransformError> {
         fast::transform(plan, &self.phone, keys, Some(gate), input, out)
+    }
+
+    /// Transforms one schemaless JSON record (`format = "json"`), appending the sanitized
+    /// object to `out`, under the subject registry's `gate` where there is one. Returns the
+    /// phone regions the record named (for its key).
+    pub fn transform_json(
+        &self,
+        plan: &JsonPlan,
+        keys: &ActiveKeys,
+        gate: Option<&SubjectGate<'_>>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Regions, TransformError> {
+        json::transform(plan, &self.phone, keys, gate, input, out)
     }
 
     /// The reference path through apache-avro `Value`s (tests and benchmark baseline).

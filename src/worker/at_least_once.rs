@@ -196,7 +196,7 @@ pub async fn run(
             // Fetched before its partition was paused: read again after the resume.
             continue;
         }
-        if let Some(id) = publisher.unresolved_id(message.payload()) {
+        if let Some(id) = publisher.unresolved_id(message.topic(), message.payload()) {
             if !held.waiting.contains(&id) && publisher.try_resolve(id).await {
                 // Resolved at the first attempt: on as usual.
             } else {

@@ -482,8 +482,8 @@ impl Publisher {
 
     /// Whether `value` carries a schema id that must be asked of the registry before the record
     /// can be prepared (exactly-once mode commits its open transaction before such a wait).
-    fn needs_registry(&self, value: Option<&[u8]>) -> bool {
-        self.resolver.is_some() && self.router.unresolved(value).is_some()
+    fn needs_registry(&self, topic: &str, value: Option<&[u8]>) -> bool {
+        self.resolver.is_some() && self.router.unresolved_on(topic, value).is_some()
     }
 
     /// With a registry, makes sure the router knows the schema id of `value` before it is
@@ -492,8 +492,14 @@ impl Publisher {
     /// is then left unprocessed and its offset unstored. (Exactly-once mode waits here; the
     /// at-least-once loop holds only the waiting record's partition, with [`Publisher::try_resolve`]
     /// and [`Publisher::resolve_in_background`].)
-    async fn resolve(&self, value: Option<&[u8]>, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let (Some(resolver), Some(id)) = (&self.resolver, self.router.unresolved(value)) else {
+    async fn resolve(
+        &self,
+        topic: &str,
+        value: Option<&[u8]>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let (Some(resolver), Some(id)) = (&self.resolver, self.router.unresolved_on(topic, value))
+        else {
             return true;
         };
         let metrics = &self.worker.metrics;
@@ -519,9 +525,9 @@ impl Publisher {
     }
 
     /// The schema id of `value` if the registry must be asked about it first.
-    fn unresolved_id(&self, value: Option<&[u8]>) -> Option<u32> {
+    fn unresolved_id(&self, topic: &str, value: Option<&[u8]>) -> Option<u32> {
         self.resolver.as_ref()?;
-        self.router.unresolved(value)
+        self.router.unresolved_on(topic, value)
     }
 
     /// One attempt to resolve schema id `id`, waited for at most [`FIRST_ATTEMPT`]; `false`
@@ -598,7 +604,8 @@ impl Publisher {
             .inc();
         let (outcome, withheld) = match (self.worker.treatment, &self.subjects) {
             (Treatment::Sanitize, Some(subjects)) => subjects.with_view(|view| {
-                self.router.process_gated(
+                self.router.process_on(
+                    message.topic(),
                     &self.worker.engine,
                     &keys,
                     Some(view),
@@ -607,25 +614,24 @@ impl Publisher {
                     out,
                 )
             }),
-            (Treatment::Sanitize, None) => (
-                self.router.process(
-                    &self.worker.engine,
-                    &keys,
-                    message.key(),
-                    message.payload(),
-                    out,
-                ),
-                false,
+            (Treatment::Sanitize, None) => self.router.process_on(
+                message.topic(),
+                &self.worker.engine,
+                &keys,
+                None,
+                message.key(),
+                message.payload(),
+                out,
             ),
             (Treatment::PassThrough, _) => (
                 self.router
-                    .pass_through(message.key(), message.payload(), out),
+                    .pass_through_on(message.topic(), message.key(), message.payload(), out),
                 false,
             ),
         };
         // Only a withheld subject's record is dropped, and only where its pipeline says so.
         let dropped = withheld
-            && matches!(&outcome, Ok(output) if output.route.subject_policy.withheld == crate::subjects::WithheldAction::Drop);
+            && matches!(&outcome, Ok(output) if output.route.subject_policy().withheld == crate::subjects::WithheldAction::Drop);
         if withheld {
             let counted = match (&outcome, dropped) {
                 (_, true) => "dropped",
@@ -639,7 +645,7 @@ impl Publisher {
         }
         let outgoing = match outcome {
             Ok(output) if dropped => Outgoing {
-                topic: output.route.output_topic.clone(),
+                topic: output.route.output_topic().to_owned(),
                 payload: Vec::new(),
                 key: None,
                 headers: OwnedHeaders::new(),
@@ -651,10 +657,13 @@ impl Publisher {
                 if matches!(self.worker.treatment, Treatment::Sanitize) {
                     self.observe_risk(&output, out);
                 }
-                let mut headers = key_headers(&keys).insert(Header {
-                    key: "pseudonymizer.schema",
-                    value: Some(output.route.plan.input_name.as_str()),
-                });
+                let mut headers = key_headers(&keys);
+                if let Some(name) = output.route.schema_name() {
+                    headers = headers.insert(Header {
+                        key: "pseudonymizer.schema",
+                        value: Some(name),
+                    });
+                }
                 if let Some(input) = message.headers() {
                     for h in input.iter() {
                         if self.kafka.header_allowlist.iter().any(|a| a == h.key) {
@@ -666,7 +675,7 @@ impl Publisher {
                     }
                 }
                 Outgoing {
-                    topic: output.route.output_topic.clone(),
+                    topic: output.route.output_topic().to_owned(),
                     payload: out.clone(),
                     key: output.key,
                     headers,
@@ -690,10 +699,13 @@ impl Publisher {
         let Some(Some(state)) = self.risk.get(output.index) else {
             return;
         };
+        let crate::worker::route::Target::Avro(route) = &output.route else {
+            return;
+        };
         let (Ok(mut estimate), Some(avro)) = (state.estimate.lock(), framed.get(5..)) else {
             return;
         };
-        estimate.observe(&output.route.plan, output.route.output_schema_id, avro);
+        estimate.observe(&route.plan, route.output_schema_id, avro);
         state.records.set(estimate.window.records() as i64);
         state.below_k.set(estimate.window.below_k() as i64);
         state.ratio.set(estimate.window.ratio());
@@ -950,7 +962,7 @@ fn verify_pinned_ids(
     client: &RegistryClient,
 ) -> Result<(), WorkerError> {
     let mut problems = Vec::new();
-    for (pipeline, plan) in config.pipeline.iter().zip(engine.plans()) {
+    for (pipeline, plan) in config.avro_pipelines().zip(engine.plans()) {
         let (Some(pinned), Some(topic)) = (pipeline.output_schema_id, &pipeline.output_topic)
         else {
             continue;

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::config::Format;
 use crate::config::{Config, ConfigError};
+use crate::plan::json::JsonPlan;
 use crate::plan::Plan;
 use crate::subjects::{SubjectGate, SubjectPolicy, SubjectView};
 use crate::token::{self, TokenClass};
@@ -38,11 +40,14 @@ pub enum DeadLetter {
     BadSchema,
     /// The registry refused the derived output schema (incompatible, 409, or invalid, 42201).
     OutputSchemaRefused,
+    /// A `json` pipeline's record is not a JSON object, has a key twice in one object, or
+    /// did not transform.
+    CorruptJson,
 }
 
 impl DeadLetter {
     /// Every reason, for metrics exported from the start.
-    pub const ALL: [DeadLetter; 8] = [
+    pub const ALL: [DeadLetter; 9] = [
         DeadLetter::BadMagic,
         DeadLetter::UnknownSchema,
         DeadLetter::CorruptAvro,
@@ -51,6 +56,7 @@ impl DeadLetter {
         DeadLetter::UnclassifiedField,
         DeadLetter::BadSchema,
         DeadLetter::OutputSchemaRefused,
+        DeadLetter::CorruptJson,
     ];
 
     /// The `reason` header value.
@@ -64,6 +70,7 @@ impl DeadLetter {
             DeadLetter::UnclassifiedField => "unclassified-field",
             DeadLetter::BadSchema => "bad-schema",
             DeadLetter::OutputSchemaRefused => "output-schema-refused",
+            DeadLetter::CorruptJson => "corrupt-json",
         }
     }
 }
@@ -114,6 +121,51 @@ impl Route {
     }
 }
 
+/// A `format = "json"` pipeline as the worker runs it: every record of its input topic.
+#[derive(Debug)]
+pub struct JsonRoute {
+    /// Position of the pipeline in the config.
+    pub index: usize,
+    pub plan: Arc<JsonPlan>,
+    pub name: String,
+    pub output_topic: String,
+    pub key_class: Option<TokenClass>,
+    pub subject_policy: SubjectPolicy,
+}
+
+/// Where a sanitized record goes, and by which rules it was made.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An Avro pipeline, for one writer schema id.
+    Avro(Arc<Route>),
+    /// A schemaless JSON pipeline.
+    Json(Arc<JsonRoute>),
+}
+
+impl Target {
+    pub fn output_topic(&self) -> &str {
+        match self {
+            Target::Avro(route) => &route.output_topic,
+            Target::Json(route) => &route.output_topic,
+        }
+    }
+
+    pub fn subject_policy(&self) -> SubjectPolicy {
+        match self {
+            Target::Avro(route) => route.subject_policy,
+            Target::Json(route) => route.subject_policy,
+        }
+    }
+
+    /// The input schema's full name (Avro); a JSON record has none.
+    pub fn schema_name(&self) -> Option<&str> {
+        match self {
+            Target::Avro(route) => Some(&route.plan.input_name),
+            Target::Json(_) => None,
+        }
+    }
+}
+
 /// What the router knows of one input schema id.
 #[derive(Debug, Clone)]
 pub enum Resolution {
@@ -137,15 +189,29 @@ pub struct Router {
     registry: bool,
     max_record_bytes: usize,
     pub input_topics: Vec<String>,
+    /// `format = "json"` pipelines by input topic (a json pipeline has its topic to itself:
+    /// a record carries nothing else to route it by).
+    json_routes: HashMap<String, Arc<JsonRoute>>,
 }
 
 impl Router {
     /// Every analytics topic the pipelines write to, in config order, without repeats.
     pub fn output_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = Vec::new();
-        for pipeline in &self.pipelines {
-            if !topics.contains(&pipeline.output_topic) {
-                topics.push(pipeline.output_topic.clone());
+        let mut outputs: Vec<(usize, &String)> = self
+            .pipelines
+            .iter()
+            .map(|p| (p.index, &p.output_topic))
+            .chain(
+                self.json_routes
+                    .values()
+                    .map(|r| (r.index, &r.output_topic)),
+            )
+            .collect();
+        outputs.sort();
+        for (_, topic) in outputs {
+            if !topics.contains(topic) {
+                topics.push(topic.clone());
             }
         }
         topics
@@ -154,7 +220,7 @@ impl Router {
 
 /// A sanitized record ready to publish.
 pub struct Output {
-    pub route: Arc<Route>,
+    pub route: Target,
     /// The route's pipeline index.
     pub index: usize,
     pub key: Option<String>,
@@ -255,7 +321,25 @@ pub fn problems(config: &Config) -> Vec<String> {
                 problems.extend(out_of_range(&tag, name, id.into(), ranges::SCHEMA_ID));
             }
         }
-        match (pipeline.input_schema_id, pipeline.output_schema_id) {
+        if pipeline.format == Format::Json {
+            if pipeline.input_schema_id.is_some() || pipeline.output_schema_id.is_some() {
+                problems.push(format!(
+                    "{tag} input_schema_id and output_schema_id are for format avro: a json pipeline's records carry no schema id"
+                ));
+            }
+            for other in &config.pipeline {
+                if !std::ptr::eq(other, pipeline)
+                    && other.input_topic.as_deref() == Some(input_topic.as_str())
+                {
+                    problems.push(format!(
+                        "{tag} input_topic {} is also the input_topic of {}: a json pipeline needs its input topic to itself (its records carry nothing else to route them by)",
+                        quote(input_topic),
+                        pipeline_tag(&other.name)
+                    ));
+                }
+            }
+        } else {
+            match (pipeline.input_schema_id, pipeline.output_schema_id) {
             (Some(input_id), Some(_)) => {
                 if let Some(first) = input_ids.insert(input_id, &pipeline.name) {
                     problems.push(format!(
@@ -271,6 +355,7 @@ pub fn problems(config: &Config) -> Vec<String> {
             _ => problems.push(format!(
                 "{tag} input_schema_id and output_schema_id are required by the stream worker without a [registry]"
             )),
+        }
         }
         if kafka.subjects_topic.is_none()
             && (pipeline.consent.is_some()
@@ -367,16 +452,52 @@ impl Router {
         let mut routes = HashMap::new();
         let mut pipelines = Vec::new();
         let mut topics = Vec::new();
-        for (index, (pipeline, plan)) in config.pipeline.iter().zip(engine.plans()).enumerate() {
+        let mut json_routes = HashMap::new();
+        let mut avro_plans = engine.plans().iter();
+        for (index, pipeline) in config.pipeline.iter().enumerate() {
             // Present and valid: `problems` refused the config otherwise.
             let (Some(input_topic), Some(output_topic)) =
                 (&pipeline.input_topic, &pipeline.output_topic)
             else {
+                if pipeline.format == Format::Avro {
+                    avro_plans.next();
+                }
                 continue;
             };
             if !topics.contains(input_topic) {
                 topics.push(input_topic.clone());
             }
+            let subject_policy = SubjectPolicy {
+                consent: pipeline.consent.map(|mode| {
+                    let domain = pipeline.domain.clone();
+                    let index = consent_domains.iter().position(|d| *d == domain);
+                    (
+                        mode,
+                        index.expect("consent_domains lists every consent pipeline's domain"),
+                    )
+                }),
+                withheld: pipeline.erased,
+            };
+            if pipeline.format == Format::Json {
+                let Some(plan) = engine.json_plan(index) else {
+                    continue;
+                };
+                json_routes.insert(
+                    input_topic.clone(),
+                    Arc::new(JsonRoute {
+                        index,
+                        plan: plan.clone(),
+                        name: pipeline.name.clone(),
+                        output_topic: output_topic.clone(),
+                        key_class: pipeline.key_class.as_deref().and_then(key_class),
+                        subject_policy,
+                    }),
+                );
+                continue;
+            }
+            let Some(plan) = avro_plans.next() else {
+                continue;
+            };
             let spec = Pipeline {
                 index,
                 name: pipeline.name.clone(),
@@ -384,17 +505,7 @@ impl Router {
                 configured: plan.clone(),
                 output_topic: output_topic.clone(),
                 key_class: pipeline.key_class.as_deref().and_then(key_class),
-                subject_policy: SubjectPolicy {
-                    consent: pipeline.consent.map(|mode| {
-                        let domain = pipeline.domain.clone();
-                        let index = consent_domains.iter().position(|d| *d == domain);
-                        (
-                            mode,
-                            index.expect("consent_domains lists every consent pipeline's domain"),
-                        )
-                    }),
-                    withheld: pipeline.erased,
-                },
+                subject_policy,
             };
             if let (Some(input_id), Some(output_id)) =
                 (pipeline.input_schema_id, pipeline.output_schema_id)
@@ -411,6 +522,7 @@ impl Router {
             registry,
             max_record_bytes: kafka.max_record_bytes,
             input_topics: topics,
+            json_routes,
         })
     }
 
@@ -452,7 +564,13 @@ impl Router {
 
     /// The name of pipeline `index`.
     pub fn route_name(&self, index: usize) -> &str {
-        self.pipelines.get(index).map_or("?", |p| p.name.as_str())
+        if let Some(pipeline) = self.pipelines.iter().find(|p| p.index == index) {
+            return &pipeline.name;
+        }
+        self.json_routes
+            .values()
+            .find(|r| r.index == index)
+            .map_or("?", |r| r.name.as_str())
     }
 
     /// Whether a record that has no route carries a withheld subject in its key, read in each
@@ -495,10 +613,134 @@ impl Router {
         let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
         Ok(Output {
             index: route.index,
-            route,
+            route: Target::Avro(route),
             key,
             withheld: false,
         })
+    }
+
+    /// [`Router::pass_through`] for a record read from `topic`: by its json pipeline where
+    /// the topic has one.
+    pub fn pass_through_on(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<Output, DeadLetter> {
+        let Some(route) = self.json_routes.get(topic) else {
+            return self.pass_through(key, value, out);
+        };
+        let value = self.json_value(value)?;
+        out.clear();
+        out.extend_from_slice(value);
+        Ok(Output {
+            index: route.index,
+            route: Target::Json(route.clone()),
+            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            withheld: false,
+        })
+    }
+
+    /// Whether records of `topic` are a json pipeline's.
+    pub fn is_json_topic(&self, topic: &str) -> bool {
+        self.json_routes.contains_key(topic)
+    }
+
+    /// [`Router::unresolved`] for a record read from `topic`: a json pipeline's records carry
+    /// no schema id, so there is nothing to ask.
+    pub fn unresolved_on(&self, topic: &str, value: Option<&[u8]>) -> Option<u32> {
+        if self.is_json_topic(topic) {
+            return None;
+        }
+        self.unresolved(value)
+    }
+
+    /// Size checks of a json pipeline's record.
+    fn json_value<'v>(&self, value: Option<&'v [u8]>) -> Result<&'v [u8], DeadLetter> {
+        let value = value.ok_or(DeadLetter::Empty)?;
+        if value.len() > self.max_record_bytes {
+            return Err(DeadLetter::Oversize);
+        }
+        Ok(value)
+    }
+
+    /// Transforms one record read from `topic`: by its json pipeline where the topic has one,
+    /// else by the schema id it is framed with ([`Router::process_gated`]).
+    pub fn process_on(
+        &self,
+        topic: &str,
+        engine: &Engine,
+        keys: &ActiveKeys,
+        subjects: Option<&SubjectView<'_>>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> (Result<Output, DeadLetter>, bool) {
+        let Some(route) = self.json_routes.get(topic) else {
+            return self.process_gated(engine, keys, subjects, key, value, out);
+        };
+        let gate = subjects.map(|view| view.gate(route.subject_policy));
+        let met = || gate.as_ref().is_some_and(|g| g.met());
+        let key_of = |regions: Option<rlibphonenumber::Region>| match (route.key_class, key) {
+            (Some(class), Some(key)) => {
+                keys.pseudonym_in(route.plan.domain.as_deref()).map(|pkey| {
+                    Some(key_token(
+                        pkey,
+                        class,
+                        key,
+                        regions,
+                        engine.phone(),
+                        gate.as_ref(),
+                    ))
+                })
+            }
+            _ => Some(None),
+        };
+        let value = match self.json_value(value) {
+            Ok(value) => value,
+            Err(reason) => {
+                let _ = key_of(None);
+                return (Err(reason), met());
+            }
+        };
+        out.clear();
+        let regions = match engine.transform_json(&route.plan, keys, gate.as_ref(), value, out) {
+            Ok(regions) => regions,
+            Err(error) => {
+                let reason = if error.kind.is_unclassified() {
+                    DeadLetter::UnclassifiedField
+                } else {
+                    DeadLetter::CorruptJson
+                };
+                return (Err(reason), met());
+            }
+        };
+        let met_in_value = met();
+        let Some(key) = key_of(regions.first().copied()) else {
+            return (Err(DeadLetter::CorruptJson), met());
+        };
+        if met() && !met_in_value && route.plan.needs_encryption {
+            // Withheld by the key alone, after the value was sealed: walk it again, now
+            // withholding from the start (the gate has met the subject).
+            out.clear();
+            if engine
+                .transform_json(&route.plan, keys, gate.as_ref(), value, out)
+                .is_err()
+            {
+                return (Err(DeadLetter::CorruptJson), true);
+            }
+        }
+        let withheld = met();
+        (
+            Ok(Output {
+                index: route.index,
+                route: Target::Json(route.clone()),
+                key,
+                withheld,
+            }),
+            withheld,
+        )
     }
 
     /// Size and framing checks; the schema id and the Avro bytes.
@@ -611,7 +853,7 @@ impl Router {
         (
             Ok(Output {
                 index: route.index,
-                route,
+                route: Target::Avro(route),
                 key,
                 withheld,
             }),

@@ -153,10 +153,13 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
-        if publisher.needs_registry(message.payload()) {
+        if publisher.needs_registry(message.topic(), message.payload()) {
             // Commit what is done before a wait of unknown length.
             clients.finish(open.take(), &mut stats)?;
-            if !publisher.resolve(message.payload(), &mut shutdown).await {
+            if !publisher
+                .resolve(message.topic(), message.payload(), &mut shutdown)
+                .await
+            {
                 // Shutdown while waiting: this record stays uncommitted, read again later.
                 break;
             }

@@ -1,0 +1,79 @@
+//! JSON lines in and out: file mode for `format = "json"` pipelines (`transform --pipeline`).
+//!
+//! One JSON object per line, as the worker reads one per record. The input is streamed (a
+//! regular file only), each line at most [`MAX_LINE_BYTES`]; blank lines are skipped. The
+//! output is written beside its target and renamed over it only when every line transformed:
+//! one line that does not (a key no rule names, not JSON) and nothing is written, as with
+//! Avro containers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use crate::file::{FileError, Transformed};
+use crate::plan::json::JsonPlan;
+use crate::transform::{ActiveKeys, Engine};
+
+/// Longest line read: Kafka's default largest record, with room to spare.
+pub const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// Transforms every line of `input` by `plan` into `output`.
+pub fn transform_lines(
+    engine: &Engine,
+    keys: &ActiveKeys,
+    plan: &JsonPlan,
+    input: &Path,
+    output: &Path,
+) -> Result<Transformed, FileError> {
+    let file = crate::fsio::open_regular(input, "input", u64::MAX)?;
+    let mut reader = BufReader::new(file);
+    crate::fsio::refuse_same_file(input, output)?;
+    let mut target = crate::fsio::AtomicFile::create(output, "output", 0o600)?;
+    let token_prefix = keys
+        .pseudonym_in(plan.domain.as_deref())
+        .map(|key| format!("\"{}:", key.id()));
+    let mut count = Transformed::default();
+    let mut line = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1024);
+    let write = |e: std::io::Error| FileError::Write(e.to_string());
+    for index in 0u64.. {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| crate::fsio::FileError::io("input", input, e))?;
+        if read == 0 {
+            break;
+        }
+        if line.len() as u64 > MAX_LINE_BYTES {
+            return Err(FileError::LineTooLong {
+                index,
+                limit: MAX_LINE_BYTES,
+            });
+        }
+        let record = line.trim_ascii();
+        if record.is_empty() {
+            continue;
+        }
+        out.clear();
+        engine
+            .transform_json(plan, keys, None, record, &mut out)
+            .map_err(|source| FileError::Line { index, source })?;
+        out.push(b'\n');
+        target.writer().write_all(&out).map_err(write)?;
+        count.events += 1;
+        if let Some(prefix) = &token_prefix {
+            count.tokens += memchr_count(&out, prefix.as_bytes());
+        }
+    }
+    target.writer().flush().map_err(write)?;
+    target.commit()?;
+    Ok(count)
+}
+
+/// How many times `needle` occurs in `haystack` (tokens are `"key_id:` and a MAC, spec §3).
+fn memchr_count(haystack: &[u8], needle: &[u8]) -> u64 {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count() as u64
+}
