@@ -811,13 +811,18 @@ impl Config {
         for pipeline in &mut config.pipeline {
             let tag = format!("[{}]", pipeline.name);
             match pipeline.format {
-                Format::Avro if pipeline.input_schema.as_os_str().is_empty() => {
-                    empty_paths.push(format!("{tag} input_schema is required for format avro"));
+                Format::Avro => {
+                    if pipeline.input_schema.as_os_str().is_empty() {
+                        empty_paths
+                            .push(format!("{tag} input_schema is required for format avro"));
+                    }
+                    if pipeline.unknown.is_some() {
+                        empty_paths.push(format!(
+                            "{tag} unknown is for format json: an Avro field without a rule is refused by its schema"
+                        ));
+                    }
+                    pipeline.input_schema = base.join(&pipeline.input_schema);
                 }
-                Format::Avro if pipeline.unknown.is_some() => empty_paths.push(format!(
-                    "{tag} unknown is for format json: an Avro field without a rule is refused by its schema"
-                )),
-                Format::Avro => pipeline.input_schema = base.join(&pipeline.input_schema),
                 Format::Json if !pipeline.input_schema.as_os_str().is_empty() => {
                     empty_paths.push(format!(
                         "{tag} input_schema is for format avro: a json pipeline is schemaless (its rules name its keys)"

@@ -96,8 +96,26 @@ impl JsonPlan {
                 )),
             }
         }
+        // A path that has an action and rules of its keys too: said once, at the path.
+        let paths: Vec<&str> = rules.iter().map(|(p, _)| p).collect();
+        let object_with_action = |path: &str| {
+            let prefix = format!("{path}.");
+            paths.iter().find(|p| p.starts_with(&prefix)).copied()
+        };
         let mut root = Branch::default();
         for (path, action) in rules.iter() {
+            if let Some(child) = object_with_action(path) {
+                errors.push(format!(
+                    "{path}: has rules of its own keys ({child}), so it is an object, and takes no action itself (give each key its rule)"
+                ));
+                continue;
+            }
+            let under_action = path
+                .match_indices('.')
+                .any(|(i, _)| rules.get(&path[..i]).is_some());
+            if under_action {
+                continue;
+            }
             let keys: Vec<&str> = path.split('.').collect();
             if keys.iter().any(|k| k.is_empty()) {
                 errors.push(format!(
