@@ -532,6 +532,71 @@ fn geoip(c: &mut Criterion) {
     group.finish();
 }
 
+/// The typical call as a schemaless JSON record (`config/json-pipeline.toml`, the same rules)
+/// against the same call through the Avro fast path and against its crypto floor, timed in
+/// alternating blocks.
+fn json(c: &mut Criterion) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let avro =
+        Engine::from_config(&Config::load(&root.join("config/pipeline.toml")).unwrap()).unwrap();
+    let json = Engine::from_config(&Config::load(&root.join("config/json-pipeline.toml")).unwrap())
+        .unwrap();
+    let active = avro.active_keys(&keys()).unwrap();
+    let avro_plan = avro.plan("comms.v1.CallEvent").unwrap().clone();
+    let json_plan = json.json_plans()[0].1.clone();
+    let call = typical_call();
+    let avro_input = apache_avro::to_avro_datum(&avro_plan.input, call.clone()).unwrap();
+    let json_input = serde_json::Value::try_from(call)
+        .unwrap()
+        .to_string()
+        .into_bytes();
+    let mut out = Vec::with_capacity(2048);
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..41 {
+        let started = std::time::Instant::now();
+        for _ in 0..20_000 {
+            out.clear();
+            avro.transform(&avro_plan, &active, black_box(&avro_input), &mut out)
+                .unwrap();
+        }
+        times[0].push(started.elapsed().as_nanos() as f64 / 20_000.0);
+        let started = std::time::Instant::now();
+        for _ in 0..20_000 {
+            out.clear();
+            json.transform_json(&json_plan, &active, None, black_box(&json_input), &mut out)
+                .unwrap();
+        }
+        times[1].push(started.elapsed().as_nanos() as f64 / 20_000.0);
+    }
+    for side in &mut times {
+        side.sort_by(f64::total_cmp);
+    }
+    let (a, j) = (times[0][20], times[1][20]);
+    eprintln!(
+        "json: typical call: {a:.0} ns as Avro, {j:.0} ns as JSON ({:.2}x; {} vs {} bytes in; medians of 41 alternating blocks of 20,000)",
+        j / a,
+        avro_input.len(),
+        json_input.len()
+    );
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("call", |b| {
+        b.iter(|| {
+            out.clear();
+            json.transform_json(&json_plan, &active, None, black_box(&json_input), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("call_avro", |b| {
+        b.iter(|| {
+            out.clear();
+            avro.transform(&avro_plan, &active, black_box(&avro_input), &mut out)
+                .unwrap();
+        })
+    });
+    group.finish();
+}
+
 /// The envelope versions side by side on the typical message body.
 fn envelopes(c: &mut Criterion) {
     let keyset = keys();
@@ -681,6 +746,6 @@ fn subjects(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench, envelopes, subjects, geoip
+    targets = bench, envelopes, subjects, geoip, json
 }
 criterion_main!(benches);

@@ -813,8 +813,7 @@ impl Config {
             match pipeline.format {
                 Format::Avro => {
                     if pipeline.input_schema.as_os_str().is_empty() {
-                        empty_paths
-                            .push(format!("{tag} input_schema is required for format avro"));
+                        empty_paths.push(format!("{tag} input_schema is required for format avro"));
                     }
                     if pipeline.unknown.is_some() {
                         empty_paths.push(format!(

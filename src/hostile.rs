@@ -23,6 +23,8 @@ pub struct Setup {
     pub active: ActiveKeys,
     pub router: Router,
     pub kek_secret: Secret,
+    /// The example schemaless JSON pipeline (config/json-pipeline.toml).
+    pub json: Engine,
 }
 
 impl Setup {
@@ -60,7 +62,11 @@ impl Setup {
         )
         .expect("one plan");
         let kek_secret = Secret::from_b64(&b64(&[5; 32])).expect("32 bytes");
+        let json_config =
+            Config::load(&repo.join("config/json-pipeline.toml")).expect("example json config");
+        let json = Engine::from_config(&json_config).expect("example json rules");
         Setup {
+            json,
             config,
             engine,
             generalizing,
@@ -131,6 +137,115 @@ pub fn transform(setup: &Setup, data: &[u8]) {
             let _ = e;
         }
         (Err(e), Ok(_)) => panic!("the fast path rejects ({e}) what the reference accepts"),
+    }
+}
+
+/// A schemaless JSON record through the example json pipeline, checked against serde_json's
+/// own parse of the same bytes: what the walk accepts is a JSON object to serde_json too, and
+/// what it refuses as not JSON is not one; an accepted record's output is JSON whose kept
+/// values equal the input's, whose dropped and unnamed keys are gone, and whose rewritten
+/// strings are never the input's.
+pub fn json(setup: &Setup, data: &[u8]) {
+    use crate::transform::ErrorKind;
+    use serde_json::Value;
+    let Some((_, plan)) = setup.json.json_plans().first() else {
+        return;
+    };
+    let mut out = Vec::new();
+    let result = setup
+        .json
+        .transform_json(plan, &setup.active, None, data, &mut out);
+    let parsed = serde_json::from_slice::<Value>(data);
+    match result {
+        Ok(_) => {
+            let Ok(input @ Value::Object(_)) = parsed else {
+                panic!("the walk accepts what serde_json does not read as an object")
+            };
+            let output: Value = serde_json::from_slice(&out).expect("the output is JSON");
+            json_agrees(&plan.root, &input, &output);
+            assert!(
+                out.len() <= 64 * data.len() + 4096,
+                "output {} bytes from {} input bytes",
+                out.len(),
+                data.len()
+            );
+        }
+        Err(e) if matches!(e.kind, ErrorKind::NotJsonObject | ErrorKind::InvalidUtf8) => {
+            assert!(
+                !matches!(parsed, Ok(Value::Object(_))),
+                "the walk refuses as not JSON ({e}) an object serde_json reads"
+            );
+        }
+        Err(_) => {}
+    }
+}
+
+/// One object of a json record against its output, by the plan's branch.
+fn json_agrees(
+    branch: &crate::plan::json::Branch,
+    input: &serde_json::Value,
+    output: &serde_json::Value,
+) {
+    use crate::plan::json::Node;
+    use serde_json::Value;
+    match (input, output) {
+        (Value::Null, Value::Null) => {}
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{}: array lengths differ", branch.path);
+            for (a, b) in a.iter().zip(b) {
+                json_agrees(branch, a, b);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                match branch.keys.get(key.as_str()) {
+                    None => panic!("{}: a key without a rule was accepted", branch.path),
+                    Some(Node::Branch(inner)) => json_agrees(inner, value, &b[key]),
+                    Some(Node::Leaf(leaf)) => match leaf.action {
+                        crate::rules::Action::Drop => {
+                            assert!(
+                                !b.contains_key(key),
+                                "{}: dropped, but published",
+                                leaf.path
+                            )
+                        }
+                        crate::rules::Action::Keep => {
+                            assert_eq!(&b[key], value, "{}: kept, but changed", leaf.path)
+                        }
+                        _ => {
+                            let strings = |v: &Value| match v {
+                                Value::String(s) => vec![s.clone()],
+                                Value::Array(items) => items
+                                    .iter()
+                                    .filter_map(|i| i.as_str().map(str::to_owned))
+                                    .collect(),
+                                _ => Vec::new(),
+                            };
+                            let published = strings(&b[key]);
+                            for raw in strings(value).iter().filter(|s| s.len() >= 4) {
+                                assert!(
+                                    !published.contains(raw),
+                                    "{}: a raw value published",
+                                    leaf.path
+                                );
+                            }
+                        }
+                    },
+                }
+            }
+            for key in b.keys() {
+                let derived = a.keys().any(|k| key.starts_with(&format!("{k}_")));
+                assert!(
+                    a.contains_key(key) || derived,
+                    "{}: the output has a key the input has not",
+                    branch.path
+                );
+            }
+        }
+        _ => panic!(
+            "{}: the output's shape differs from the input's",
+            branch.path
+        ),
     }
 }
 

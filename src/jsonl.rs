@@ -77,3 +77,90 @@ fn memchr_count(haystack: &[u8], needle: &[u8]) -> u64 {
         .filter(|w| *w == needle)
         .count() as u64
 }
+
+/// Whether a sanitized JSON record carries one of `tokens` (any string value, at any depth).
+pub fn carries_any(value: &serde_json::Value, tokens: &std::collections::HashSet<String>) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => tokens.contains(s),
+        Value::Array(items) => items.iter().any(|v| carries_any(v, tokens)),
+        Value::Object(map) => map.values().any(|v| carries_any(v, tokens)),
+        _ => false,
+    }
+}
+
+/// A sanitized JSON record with every envelope it holds opened where its key is available:
+/// the b64 strings at `encrypt` rule paths (docs/formats.md, "Schemaless JSON"). An envelope
+/// that does not open is marked `{"unopened": WHY, "key_id": ID}` and counted in `report`.
+pub fn open_record(
+    plan: &JsonPlan,
+    keys: &crate::keys::KeySet,
+    value: serde_json::Value,
+    report: &mut crate::file::DecryptReport,
+) -> serde_json::Value {
+    open_value(plan, keys, value, "", false, report)
+}
+
+fn open_value(
+    plan: &JsonPlan,
+    keys: &crate::keys::KeySet,
+    value: serde_json::Value,
+    path: &str,
+    sealed: bool,
+    report: &mut crate::file::DecryptReport,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, v)| {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    let sealed = plan.rules.get(&child) == Some(crate::rules::Action::Encrypt);
+                    let opened = open_value(plan, keys, v, &child, sealed, report);
+                    (key, opened)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| open_value(plan, keys, v, path, sealed, report))
+                .collect(),
+        ),
+        Value::String(text) if sealed => {
+            let Ok(envelope) = base64::engine::general_purpose::STANDARD.decode(&text) else {
+                report.failed += 1;
+                return json!({"unopened": "not base64", "key_id": "?"});
+            };
+            match keys.open(path, &envelope) {
+                Ok(plaintext) => {
+                    report.opened += 1;
+                    if let Ok(id) = crate::envelope::key_id(&envelope) {
+                        report.key_ids.insert(id.to_owned());
+                    }
+                    Value::String(String::from_utf8_lossy(&plaintext).into_owned())
+                }
+                Err(error) => {
+                    let key_id = crate::envelope::key_id(&envelope).unwrap_or("?").to_owned();
+                    let reason = match error {
+                        crate::envelope::OpenError::KeyDestroyed(_) => {
+                            report.destroyed += 1;
+                            "key destroyed".to_owned()
+                        }
+                        other => {
+                            report.failed += 1;
+                            other.to_string()
+                        }
+                    };
+                    json!({"unopened": reason, "key_id": key_id})
+                }
+            }
+        }
+        other => other,
+    }
+}

@@ -37,7 +37,7 @@ static COUNTING: Counting = Counting;
 
 type Check = fn(&Setup, &[u8]);
 
-const TARGETS: [(&str, Check); 7] = [
+const TARGETS: [(&str, Check); 8] = [
     ("transform_differential", hostile::transform),
     ("envelope_open", hostile::envelope_open),
     ("keyring_parse", hostile::keyring),
@@ -45,6 +45,7 @@ const TARGETS: [(&str, Check); 7] = [
     ("route", hostile::route),
     ("schema_compile", hostile::schema),
     ("phone_fast", hostile::phone_fast),
+    ("json_transform", hostile::json),
 ];
 
 #[test]

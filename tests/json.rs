@@ -25,8 +25,14 @@ fn config_in(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::pat
     let keyring = common::write_keyring(dir);
     let text = std::fs::read_to_string(common::repo().join("config/json-pipeline.toml"))
         .unwrap()
-        .replace("\"../keys/keyring.json\"", &format!("{:?}", keyring.display().to_string()))
-        .replace("\"../var/audit.log\"", &format!("{:?}", dir.join("audit.log").display().to_string()));
+        .replace(
+            "\"../keys/keyring.json\"",
+            &format!("{:?}", keyring.display().to_string()),
+        )
+        .replace(
+            "\"../var/audit.log\"",
+            &format!("{:?}", dir.join("audit.log").display().to_string()),
+        );
     let path = dir.join("json.toml");
     std::fs::write(&path, edit(text)).unwrap();
     path
@@ -69,10 +75,17 @@ fn same_rules_same_tokens_as_avro() {
         let (event, json) = call_as_json(seed);
         let mut avro_out = Vec::new();
         avro_engine
-            .transform(plan, &keys, &common::encode(&plan.input, event), &mut avro_out)
+            .transform(
+                plan,
+                &keys,
+                &common::encode(&plan.input, event),
+                &mut avro_out,
+            )
             .unwrap();
         let avro_out = Json::try_from(common::decode(&plan.output, &avro_out)).unwrap();
-        let json_out: Json = serde_json::from_slice(&run(&json_engine, json.to_string().as_bytes()).unwrap()).unwrap();
+        let json_out: Json =
+            serde_json::from_slice(&run(&json_engine, json.to_string().as_bytes()).unwrap())
+                .unwrap();
         let (Json::Object(mut a), Json::Object(mut j)) = (avro_out, json_out) else {
             panic!("objects")
         };
@@ -83,7 +96,9 @@ fn same_rules_same_tokens_as_avro() {
             (Json::Null, Json::Null) => {}
             (Json::Array(bytes), Json::String(b64)) => {
                 let bytes: Vec<u8> = bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect();
-                let from_json = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+                let from_json = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap();
                 assert_eq!(
                     keyset.open("recording_url", &bytes).unwrap(),
                     keyset.open("recording_url", &from_json).unwrap()
@@ -124,7 +139,10 @@ fn kept_values_are_byte_for_byte_and_shapes_are_walked() {
     ] {
         assert!(out.contains(kept), "{kept} not in {out}");
     }
-    assert!(!out.contains("note"), "a drop rule's key is left out: {out}");
+    assert!(
+        !out.contains("note"),
+        "a drop rule's key is left out: {out}"
+    );
     let parsed: Json = serde_json::from_str(&out).unwrap();
     // A number in an id field is tokenized as written: the token of the text "42".
     let keys = common::active(&engine);
@@ -133,10 +151,18 @@ fn kept_values_are_byte_for_byte_and_shapes_are_walked() {
     assert_eq!(parsed["device"]["device_id"], json!(id42.as_str()));
     assert_eq!(parsed["recipients_region"], json!(["SG", null, null]));
     assert_eq!(parsed["recipients"][1], Json::Null);
-    assert!(parsed["recipients"][2].as_str().unwrap().starts_with("p-test-1:"));
+    assert!(parsed["recipients"][2]
+        .as_str()
+        .unwrap()
+        .starts_with("p-test-1:"));
     let url = parsed["attachments"][0]["url"].as_str().unwrap();
-    let sealed = base64::engine::general_purpose::STANDARD.decode(url).unwrap();
-    assert_eq!(common::keyset().open("attachments.url", &sealed).unwrap(), b"https://a/1");
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(url)
+        .unwrap();
+    assert_eq!(
+        common::keyset().open("attachments.url", &sealed).unwrap(),
+        b"https://a/1"
+    );
     assert_eq!(parsed["attachments"][1]["url"], Json::Null);
     for raw in ["+6591234567", "https://a/1", "android\",\"device_id\":42"] {
         assert!(!out.contains(raw), "{raw} published");
@@ -149,33 +175,95 @@ fn kept_values_are_byte_for_byte_and_shapes_are_walked() {
 fn unclassified_and_corrupt_records_are_refused() {
     let (_, engine) = json_engine(|t| t);
     let cases: &[(&[u8], &str, ErrorKind)] = &[
-        (b"not json", "(the top-level object)", ErrorKind::NotJsonObject),
+        (
+            b"not json",
+            "(the top-level object)",
+            ErrorKind::NotJsonObject,
+        ),
         (b"[1,2]", "(the top-level object)", ErrorKind::NotJsonObject),
-        (b"\"+6281234567890\"", "(the top-level object)", ErrorKind::NotJsonObject),
-        (b"{\"caller\":\"+6281234567890\"", "(the top-level object)", ErrorKind::NotJsonObject),
-        (b"{\"caller\":\"+6281234567890\"} {}", "(the top-level object)", ErrorKind::NotJsonObject),
+        (
+            b"\"+6281234567890\"",
+            "(the top-level object)",
+            ErrorKind::NotJsonObject,
+        ),
+        (
+            b"{\"caller\":\"+6281234567890\"",
+            "(the top-level object)",
+            ErrorKind::NotJsonObject,
+        ),
+        (
+            b"{\"caller\":\"+6281234567890\"} {}",
+            "(the top-level object)",
+            ErrorKind::NotJsonObject,
+        ),
         (b"{\"caller\":\"\xff\"}", "", ErrorKind::InvalidUtf8),
-        (br#"{"caller":"+6281234567890","caller":"+6281234567891"}"#, "(the top-level object)", ErrorKind::DuplicateKey),
-        (br#"{"device":{"os":"a","os":"b"}}"#, "device", ErrorKind::DuplicateKey),
-        (br#"{"secret_field":"+6281234567890"}"#, "(the top-level object)", ErrorKind::UnnamedKey),
-        (br#"{"device":{"imei":"356938035643809"}}"#, "device", ErrorKind::UnnamedKey),
-        (br#"{"caller":{"number":"+6281234567890"}}"#, "caller", ErrorKind::DoesNotFitRule),
+        (
+            br#"{"caller":"+6281234567890","caller":"+6281234567891"}"#,
+            "(the top-level object)",
+            ErrorKind::DuplicateKey,
+        ),
+        (
+            br#"{"device":{"os":"a","os":"b"}}"#,
+            "device",
+            ErrorKind::DuplicateKey,
+        ),
+        (
+            br#"{"secret_field":"+6281234567890"}"#,
+            "(the top-level object)",
+            ErrorKind::UnnamedKey,
+        ),
+        (
+            br#"{"device":{"imei":"356938035643809"}}"#,
+            "device",
+            ErrorKind::UnnamedKey,
+        ),
+        (
+            br#"{"caller":{"number":"+6281234567890"}}"#,
+            "caller",
+            ErrorKind::DoesNotFitRule,
+        ),
         (br#"{"caller":true}"#, "caller", ErrorKind::DoesNotFitRule),
-        (br#"{"caller":[["+6281234567890"]]}"#, "caller", ErrorKind::DoesNotFitRule),
-        (br#"{"event_id":{"nested":"+6281234567890"}}"#, "event_id", ErrorKind::DoesNotFitRule),
-        (br#"{"device":"+6281234567890"}"#, "device", ErrorKind::DoesNotFitRule),
-        (br#"{"recording_url":12}"#, "recording_url", ErrorKind::DoesNotFitRule),
+        (
+            br#"{"caller":[["+6281234567890"]]}"#,
+            "caller",
+            ErrorKind::DoesNotFitRule,
+        ),
+        (
+            br#"{"event_id":{"nested":"+6281234567890"}}"#,
+            "event_id",
+            ErrorKind::DoesNotFitRule,
+        ),
+        (
+            br#"{"device":"+6281234567890"}"#,
+            "device",
+            ErrorKind::DoesNotFitRule,
+        ),
+        (
+            br#"{"recording_url":12}"#,
+            "recording_url",
+            ErrorKind::DoesNotFitRule,
+        ),
     ];
     for (input, path, kind) in cases {
         let error = run(&engine, input).expect_err(&String::from_utf8_lossy(input));
-        assert_eq!((&*error.path, error.kind), (*path, *kind), "{}", String::from_utf8_lossy(input));
+        assert_eq!(
+            (&*error.path, error.kind),
+            (*path, *kind),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
         let said = error.to_string();
         for secret in ["6281234567890", "secret_field", "imei", "356938035643809"] {
             assert!(!said.contains(secret), "{said}");
         }
     }
-    let (_, dropping) = json_engine(|t| t.replace("unknown = \"dead-letter\"", "unknown = \"drop\""));
-    let out = run(&dropping, br#"{"secret_field":"x","event_id":"e","device":{"imei":"1","os":"a"},"z":[1]}"#).unwrap();
+    let (_, dropping) =
+        json_engine(|t| t.replace("unknown = \"dead-letter\"", "unknown = \"drop\""));
+    let out = run(
+        &dropping,
+        br#"{"secret_field":"x","event_id":"e","device":{"imei":"1","os":"a"},"z":[1]}"#,
+    )
+    .unwrap();
     assert_eq!(out, br#"{"event_id":"e","device":{"os":"a"}}"#);
 }
 
@@ -206,7 +294,9 @@ fn config_refusals() {
         &["[sdk-calls] device: has rules of its own keys (device.app_version), so it is an object"],
     );
     refused(
-        &|t| t.replace("call_id = \"id\"", "call_id = \"id\"\n\"call_id.x\" = \"keep\"\ncaller_region = \"keep\"\n\"a..b\" = \"keep\""),
+        &|t| {
+            t.replace("call_id = \"id\"", "call_id = \"id\"\n\"call_id.x\" = \"keep\"\ncaller_region = \"keep\"\n\"a..b\" = \"keep\"")
+        },
         &[
             "call_id: has rules of its own keys (call_id.x)",
             "caller: derives caller_region, which a rule also names",
@@ -214,23 +304,41 @@ fn config_refusals() {
         ],
     );
     refused(
-        &|t| t.replace("\nformat = \"json\"\n", "\nformat = \"json\"\ninput_schema = \"x.avsc\"\n"),
+        &|t| {
+            t.replace(
+                "\nformat = \"json\"\n",
+                "\nformat = \"json\"\ninput_schema = \"x.avsc\"\n",
+            )
+        },
         &["[sdk-calls] input_schema is for format avro"],
     );
     refused(
         &|t| t.replace("\nformat = \"json\"\n", "\nformat = \"avro\"\n"),
-        &["[sdk-calls] input_schema is required for format avro", "[sdk-calls] unknown is for format json"],
+        &[
+            "[sdk-calls] input_schema is required for format avro",
+            "[sdk-calls] unknown is for format json",
+        ],
     );
     refused(
         &|t| t.replace("\nformat = \"json\"\n", "\nformat = \"xml\"\n"),
         &["xml"],
     );
     refused(
-        &|t| t.replace("[kafka]", "[pipeline.risk]\nquasi_identifiers = [\"location.country\"]\n\n[kafka]"),
+        &|t| {
+            t.replace(
+                "[kafka]",
+                "[pipeline.risk]\nquasi_identifiers = [\"location.country\"]\n\n[kafka]",
+            )
+        },
         &["[pipeline.risk] is for format avro only"],
     );
     refused(
-        &|t| t.replace("key_class = \"phone\"", "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 2"),
+        &|t| {
+            t.replace(
+                "key_class = \"phone\"",
+                "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 2",
+            )
+        },
         &["input_schema_id and output_schema_id are for format avro"],
     );
     refused(
@@ -251,16 +359,13 @@ fn file_mode_on_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), |t| t);
     let input = dir.path().join("in.jsonl");
-    let lines: Vec<String> = (0..50).map(|seed| call_as_json(seed).1.to_string()).collect();
+    let lines: Vec<String> = (0..50)
+        .map(|seed| call_as_json(seed).1.to_string())
+        .collect();
     std::fs::write(&input, lines.join("\n") + "\n\n").unwrap();
     let output = dir.path().join("out.jsonl");
     let bin = env!("CARGO_BIN_EXE_pseudonymizer");
-    let run = |args: &[&str]| {
-        std::process::Command::new(bin)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
     let args = |input: &std::path::Path| {
         vec![
             "transform".to_owned(),
@@ -274,9 +379,18 @@ fn file_mode_on_json_lines() {
             output.display().to_string(),
         ]
     };
-    let strs = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>().join("\u{0}");
+    let strs = |v: &Vec<String>| {
+        v.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\u{0}")
+    };
     let done = run(&strs(&args(&input)).split('\u{0}').collect::<Vec<_>>());
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     assert!(String::from_utf8_lossy(&done.stdout).starts_with("transformed 50 events"));
     let written = std::fs::read_to_string(&output).unwrap();
     assert_eq!(written.lines().count(), 50);
@@ -294,14 +408,27 @@ fn file_mode_on_json_lines() {
     let failed = run(&strs(&args(&input)).split('\u{0}').collect::<Vec<_>>());
     assert_eq!(failed.status.code(), Some(1));
     let said = String::from_utf8_lossy(&failed.stderr);
-    assert!(said.contains("line 3:") && said.contains("a key that no rule names"), "{said}");
-    assert!(!said.contains("imsi") && !said.contains("510011234567890"), "{said}");
+    assert!(
+        said.contains("line 3:") && said.contains("a key that no rule names"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("imsi") && !said.contains("510011234567890"),
+        "{said}"
+    );
     assert_eq!(std::fs::read_to_string(&output).unwrap(), written);
     // An Avro pipeline is not named by --pipeline.
     let shipped = common::repo().join("config/pipeline.toml");
     let wrong = run(&[
-        "transform", "--config", shipped.to_str().unwrap(), "--pipeline", "calls", "--input",
-        input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "transform",
+        "--config",
+        shipped.to_str().unwrap(),
+        "--pipeline",
+        "calls",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
     ]);
     assert_eq!(wrong.status.code(), Some(1));
 }
@@ -333,7 +460,14 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
     let mut ids = HashSet::new();
     for seed in 0..EVENTS {
         let (_, event) = call_as_json(seed);
-        for field in ["caller", "callee", "caller_ip", "callee_ip", "call_id", "recording_url"] {
+        for field in [
+            "caller",
+            "callee",
+            "caller_ip",
+            "callee_ip",
+            "call_id",
+            "recording_url",
+        ] {
             if let Some(text) = event[field].as_str() {
                 raw_values.push(text.to_owned());
             }
@@ -342,19 +476,31 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
         let key = event["caller"].as_str().unwrap_or("none").to_owned();
         let payload = event.to_string();
         producer
-            .send(FutureRecord::to(&topics.raw).key(&key).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topics.raw).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
     let poison: &[(&[u8], &str)] = &[
-        (b"{\"event_id\":\"p1\",\"imsi\":\"510011234567890\"}", "unclassified-field"),
-        (b"{\"event_id\":\"p2\",\"caller\":true}", "unclassified-field"),
+        (
+            b"{\"event_id\":\"p1\",\"imsi\":\"510011234567890\"}",
+            "unclassified-field",
+        ),
+        (
+            b"{\"event_id\":\"p2\",\"caller\":true}",
+            "unclassified-field",
+        ),
         (b"not json at all", "corrupt-json"),
         (b"{\"event_id\":\"p3\",\"event_id\":\"p3\"}", "corrupt-json"),
     ];
     for (payload, _) in poison {
         producer
-            .send(FutureRecord::<(), [u8]>::to(&topics.raw).payload(*payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::<(), [u8]>::to(&topics.raw).payload(*payload),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
@@ -374,8 +520,15 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
     let mut dead = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while (published.len() as u64) < EVENTS || dead.len() < poison.len() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {} published, {} dead", published.len(), dead.len());
-        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else { continue };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {} published, {} dead",
+            published.len(),
+            dead.len()
+        );
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let message = message.detach();
         if message.topic() == topics.dlq {
             dead.push(message);
@@ -399,7 +552,9 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
         let key = std::str::from_utf8(message.key().unwrap()).unwrap();
         assert_eq!(json!(key), value["caller"]);
         assert!(key.starts_with(&format!("{}:", pkey.id())));
-        assert!(message.headers().is_none_or(|h| h.iter().all(|h| h.key != "pseudonymizer.schema")));
+        assert!(message
+            .headers()
+            .is_none_or(|h| h.iter().all(|h| h.key != "pseudonymizer.schema")));
     }
     assert_eq!(got_ids, ids, "every event published once");
     assert_eq!(published.len() as u64, EVENTS);
@@ -407,9 +562,18 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
         .iter()
         .map(|m| {
             let h = m.headers().unwrap();
-            let reason = h.iter().find(|h| h.key == "dlq.reason").unwrap().value.unwrap();
+            let reason = h
+                .iter()
+                .find(|h| h.key == "dlq.reason")
+                .unwrap()
+                .value
+                .unwrap();
             // Sealed: the raw record is not in the dead letter.
-            assert!(!m.payload().unwrap().windows(15).any(|w| w == b"510011234567890"));
+            assert!(!m
+                .payload()
+                .unwrap()
+                .windows(15)
+                .any(|w| w == b"510011234567890"));
             String::from_utf8(reason.to_vec()).unwrap()
         })
         .collect();
@@ -418,6 +582,64 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
     wanted.sort();
     assert_eq!(reasons, wanted);
     let page = metrics.render();
-    assert!(page.contains("pseudonymizer_records_dead_lettered_total{reason=\"corrupt-json\"} 2"), "{page}");
-    assert!(page.contains("pseudonymizer_records_dead_lettered_total{reason=\"unclassified-field\"} 2"));
+    assert!(
+        page.contains("pseudonymizer_records_dead_lettered_total{reason=\"corrupt-json\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("pseudonymizer_records_dead_lettered_total{reason=\"unclassified-field\"} 2")
+    );
+}
+
+/// A withheld person's record, as the Avro path writes it: unlinked tokens for them, null
+/// derived attributes and null sealed values (even when the person is met after the sealed
+/// field), everyone else's tokens unchanged; and a record without them is untouched.
+#[test]
+fn a_withheld_persons_record() {
+    use pseudonymizer::subjects::{SubjectClasses, SubjectPolicy, SubjectView};
+    use pseudonymizer::token::TokenClass;
+    let (_, engine) = json_engine(|t| t);
+    let (_, plan) = &engine.json_plans()[0];
+    let keys = common::active(&engine);
+    let (key, table) = common::erased(TokenClass::Phone, "+6281234567890");
+    let classes = SubjectClasses::parse(&["phone".to_owned()]).unwrap();
+    let view = SubjectView {
+        key: &key,
+        table: &table,
+        classes: &classes,
+    };
+    let run = |input: &str| {
+        let gate = view.gate(SubjectPolicy::default());
+        let mut out = Vec::new();
+        engine
+            .transform_json(plan, &keys, Some(&gate), input.as_bytes(), &mut out)
+            .unwrap();
+        (serde_json::from_slice::<Json>(&out).unwrap(), gate.met())
+    };
+    // The sealed field comes first: the walk meets the person after sealing it, and walks again.
+    let (out, met) = run(
+        r#"{"recording_url":"https://rec/1","callee":"+6591234567","caller":"+6281234567890"}"#,
+    );
+    assert!(met);
+    assert_eq!(out["recording_url"], Json::Null);
+    assert_eq!(out["caller_region"], Json::Null);
+    assert_eq!(out["caller_number_type"], Json::Null);
+    assert_eq!(out["callee_region"], json!("SG"));
+    let pkey = keys.pseudonym.as_deref().unwrap();
+    let linked = |value: &str| {
+        let phone = pseudonymizer::phone::PhoneCanon::new("ID").unwrap();
+        let (class, canonical) = phone.canonical_in(phone.region(), value);
+        json!(pseudonymizer::token::token(pkey, class, canonical.as_bytes()).as_str())
+    };
+    assert_eq!(out["callee"], linked("+6591234567"));
+    assert_ne!(out["caller"], linked("+6281234567890"));
+    let (again, _) = run(r#"{"caller":"+6281234567890"}"#);
+    assert_ne!(
+        again["caller"], out["caller"],
+        "an unlinked token matches nothing"
+    );
+    let (other, met) = run(r#"{"recording_url":"https://rec/1","caller":"+6591234567"}"#);
+    assert!(!met);
+    assert!(other["recording_url"].is_string());
+    assert_eq!(other["caller"], linked("+6591234567"));
 }

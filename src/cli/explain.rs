@@ -424,6 +424,100 @@ struct Explained {
     output: Vec<(String, String)>,
 }
 
+/// A json pipeline (`format = "json"`), explained: each rule's key path, and what a made-up
+/// value becomes through the real transform, alone in an object; the output's keys (derived
+/// ones included, dropped ones gone).
+fn explain_json(
+    plan: &crate::plan::json::JsonPlan,
+    engine: &Engine,
+    active: Option<&ActiveKeys>,
+    keys_note: &Option<String>,
+) -> Explained {
+    let rules = &plan.rules;
+    let mut rows = Vec::new();
+    let mut output = Vec::new();
+    for (path, action) in rules.iter() {
+        let is_region = rules.region_paths().contains(&path);
+        let sample = match action {
+            Action::TimeTruncate(_) => json!(1_764_700_000_123i64),
+            Action::Bucket { .. } => json!(65_000),
+            Action::Keep if !is_region => json!("sample text"),
+            _ => json!(string_sample(Some(action), is_region)),
+        };
+        // The sample alone, at its path: `{"device": {"device_id": …}}`.
+        let mut record = sample.clone();
+        for key in path.rsplit('.') {
+            record = json!({ key: record });
+        }
+        let becomes = match active {
+            None => "(no keys: actions only)".to_owned(),
+            Some(keys) => {
+                let mut out = Vec::new();
+                match engine.transform_json(
+                    plan,
+                    keys,
+                    None,
+                    record.to_string().as_bytes(),
+                    &mut out,
+                ) {
+                    Err(e) => format!("(refused: {e})"),
+                    Ok(_) => {
+                        let mut value: serde_json::Value =
+                            serde_json::from_slice(&out).unwrap_or_default();
+                        let keys: Vec<&str> = path.split('.').collect();
+                        for key in &keys[..keys.len() - 1] {
+                            value = value.get(*key).cloned().unwrap_or_default();
+                        }
+                        let last = keys[keys.len() - 1];
+                        let mut said = match value.get(last) {
+                            None => "(left out)".to_owned(),
+                            Some(v) => v.to_string(),
+                        };
+                        for attribute in rules.derived(path).iter() {
+                            let name = attribute.field_name(last);
+                            if let Some(v) = value.get(&name) {
+                                said.push_str(&format!(", {name}: {v}"));
+                            }
+                        }
+                        said
+                    }
+                }
+            }
+        };
+        if action != Action::Drop {
+            output.push((path.to_owned(), "json".to_owned()));
+            for attribute in rules.derived(path).iter() {
+                output.push((attribute.field_name(path), "json, derived".to_owned()));
+            }
+        }
+        rows.push(Row {
+            path: path.to_owned(),
+            raw_type: "json".to_owned(),
+            rule: rule_text(rules, path),
+            sample: Some(sample.to_string()),
+            becomes,
+        });
+    }
+    Explained {
+        name: plan.name.clone(),
+        schema: "schemaless JSON".to_owned(),
+        samples: "made-up samples, each alone in an object".to_owned(),
+        note: keys_note.clone().or_else(|| {
+            Some(match plan.unknown {
+                crate::config::UnknownKeys::DeadLetter => {
+                    "a key no rule names dead-letters its record (unclassified-field)".to_owned()
+                }
+                crate::config::UnknownKeys::Drop => {
+                    "a key no rule names is left out (unknown = \"drop\")".to_owned()
+                }
+            })
+        }),
+        rows,
+        output_name: "(JSON, no schema)".to_owned(),
+        output,
+    }
+}
+
 /// The first event of a container and its writer schema. apache-avro's header parse may
 /// panic on a hostile schema: then it is an error.
 fn first_event(path: &std::path::Path) -> Result<(Schema, Value)> {
@@ -635,6 +729,16 @@ pub(super) fn explain(args: ExplainArgs, out: &mut dyn Write) -> Result<()> {
             own,
             &keys_note,
         ));
+    }
+    if args.input.is_none() {
+        for (_, plan) in engine.json_plans() {
+            explained.push(explain_json(
+                plan,
+                engine,
+                loaded.active.as_ref(),
+                &keys_note,
+            ));
+        }
     }
     match args.format {
         Format::Text => print_text(&explained, out)?,

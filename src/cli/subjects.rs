@@ -262,6 +262,13 @@ fn select_topic(
             by_id.insert(id, plan);
         }
     }
+    let json_plan = config
+        .pipeline
+        .iter()
+        .position(|p| {
+            p.format == crate::config::Format::Json && p.output_topic.as_deref() == Some(topic)
+        })
+        .and_then(|index| engine.json_plan(index).cloned());
     let reader = TopicReader::open(kafka, topic, "export reader").map_err(anyhow::Error::msg)?;
     let mut found = crate::file::Selected::default();
     let mut failure: Option<anyhow::Error> = None;
@@ -274,6 +281,21 @@ fn select_topic(
                 }
                 found.scanned += 1;
                 let Some(value) = read.value else { return };
+                // A json pipeline's output topic: its records are JSON objects.
+                if let Some(plan) = &json_plan {
+                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(value) else {
+                        found.unreadable += 1;
+                        return;
+                    };
+                    if crate::jsonl::carries_any(&record, tokens) {
+                        found.matched += 1;
+                        let opened = crate::jsonl::open_record(plan, keys, record, report);
+                        if let Err(e) = each(opened) {
+                            failure = Some(e);
+                        }
+                    }
+                    return;
+                }
                 let decoded = (value.len() >= 5 && value[0] == 0)
                     .then(|| u32::from_be_bytes([value[1], value[2], value[3], value[4]]))
                     .and_then(|id| by_id.get(&id))

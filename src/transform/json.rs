@@ -231,21 +231,25 @@ impl Walk<'_> {
                 out.extend_from_slice(text.as_bytes());
                 Ok(Derivation::Null)
             }
+            // A withheld subject's sealed field holds no envelope: null, as a nullable Avro
+            // field does (in JSON every value may be null).
+            (Action::Encrypt, JsonType::String) if !self.seal => {
+                out.extend_from_slice(b"null");
+                Ok(Derivation::Null)
+            }
             (Action::Encrypt, JsonType::String) => {
                 let value = parse_string(text)?;
+                let key = self
+                    .keys
+                    .encryption
+                    .as_deref()
+                    .ok_or(ErrorKind::NoEncryptionKey)?;
+                let mut sealed = Vec::with_capacity(envelope::sealed_len(key, value.len()));
+                envelope::seal_into(key, &leaf.path, value.as_bytes(), &mut sealed);
                 out.push(b'"');
-                if self.seal {
-                    let key = self
-                        .keys
-                        .encryption
-                        .as_deref()
-                        .ok_or(ErrorKind::NoEncryptionKey)?;
-                    let mut sealed = Vec::with_capacity(envelope::sealed_len(key, value.len()));
-                    envelope::seal_into(key, &leaf.path, value.as_bytes(), &mut sealed);
-                    let mut encoded = String::new();
-                    base64::engine::general_purpose::STANDARD.encode_string(&sealed, &mut encoded);
-                    out.extend_from_slice(encoded.as_bytes());
-                }
+                let mut encoded = String::new();
+                base64::engine::general_purpose::STANDARD.encode_string(&sealed, &mut encoded);
+                out.extend_from_slice(encoded.as_bytes());
                 out.push(b'"');
                 Ok(Derivation::Null)
             }
