@@ -3,7 +3,9 @@
 //! AES-256-GCM, and copies everything else unchanged.
 //!
 //! Data flows one way: Avro bytes in → the compiled [`plan::Plan`] of the writer schema →
-//! [`transform::Engine::transform`] → Avro bytes out. The transform is a pure function of
+//! [`transform::Engine::transform`] → Avro bytes out; for a schemaless JSON pipeline
+//! (`format = "json"`), a JSON object in → the key tree of its [`plan::json::JsonPlan`] →
+//! [`transform::Engine::transform_json`] → a JSON object out. The transform is a pure function of
 //! (event bytes, rules, keys) with no I/O; file mode and the CLI own all I/O.
 //!
 //! # Layout

@@ -667,6 +667,7 @@ impl Router {
 
     /// Transforms one record read from `topic`: by its json pipeline where the topic has one,
     /// else by the schema id it is framed with ([`Router::process_gated`]).
+    #[allow(clippy::too_many_arguments)] // process_gated's, and the topic the record came from
     pub fn process_on(
         &self,
         topic: &str,
