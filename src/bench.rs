@@ -40,7 +40,7 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[(&str, i32)]) -> Resul
 }
 
 /// Produces `events` synthetic raw events (calls and messages alternating, Confluent framed,
-/// keyed by the subscriber number) to `topic`, calling `seen` with each event, and waits for
+/// keyed by the subscriber number; for a config of json pipelines, calls as JSON) to `topic`, calling `seen` with each event, and waits for
 /// every delivery. With `ahead_of`, it stays at most that many records ahead of the records
 /// the worker has finished.
 pub async fn produce_raw(
@@ -68,13 +68,14 @@ pub async fn produce_raw(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let (kind, name, id, key_field) = if i % 2 == 0 {
+        // A config of json pipelines only (config/json-pipeline.toml): calls, as JSON objects.
+        let json = engine.plans().is_empty() && !engine.json_plans().is_empty();
+        let (kind, name, id, key_field) = if i % 2 == 0 || json {
             (Kind::Call, "comms.v1.CallEvent", 1, "caller")
         } else {
             (Kind::Message, "comms.v1.MessageEvent", 2, "sender")
         };
         let event = generator.event(kind);
-        let plan = engine.plan(name).context("the rules cover both schemas")?;
         let key = match &event {
             Value::Record(fields) => {
                 fields
@@ -88,7 +89,14 @@ pub async fn produce_raw(
             _ => None,
         }
         .unwrap_or_default();
-        let payload = frame(id, &apache_avro::to_avro_datum(&plan.input, event.clone())?);
+        let payload = if json {
+            serde_json::Value::try_from(event.clone())?
+                .to_string()
+                .into_bytes()
+        } else {
+            let plan = engine.plan(name).context("the rules cover both schemas")?;
+            frame(id, &apache_avro::to_avro_datum(&plan.input, event.clone())?)
+        };
         seen(name, &event);
         let record = FutureRecord::to(topic).payload(&payload).key(&key);
         deliveries.push_back(producer.send_result(record).map_err(|(e, _)| e)?);

@@ -510,7 +510,7 @@ pub enum ConfigError {
     PhoneRegion(#[from] crate::phone::UnknownRegion),
     #[error(transparent)]
     GeoIp(#[from] crate::geoip::GeoIpError),
-    #[error("the rules do not fit the schemas:{}", list(.0))]
+    #[error("the rules do not fit the schemas (or, for a json pipeline, make no tree of keys):{}", list(.0))]
     Rules(Vec<String>),
     #[error("the [kafka] section is not valid:{}", list(.0))]
     Kafka(Vec<String>),
@@ -807,6 +807,17 @@ impl Config {
                 config = %path.display(),
                 "[rotation] max_envelopes_per_key is retired and ignored: envelopes are XAES-256-GCM (docs/formats.md §4), with no per-key bound to count towards"
             );
+        }
+        // A pipeline's name is its identity in metrics, logs and `transform --pipeline` (a json
+        // pipeline has no schema name besides).
+        let mut names = std::collections::HashSet::new();
+        for pipeline in &config.pipeline {
+            if !names.insert(pipeline.name.as_str()) {
+                empty_paths.push(format!(
+                    "[{}] two pipelines have this name: each needs its own",
+                    pipeline.name
+                ));
+            }
         }
         for pipeline in &mut config.pipeline {
             let tag = format!("[{}]", pipeline.name);

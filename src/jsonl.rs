@@ -50,8 +50,10 @@ pub fn transform_lines(
                 limit: MAX_LINE_BYTES,
             });
         }
-        let record = line.trim_ascii();
-        if record.is_empty() {
+        // The line as the worker would get it as a record: without its line end only (JSON's
+        // own whitespace around the object is the parser's to accept, nothing else).
+        let record = line.strip_suffix(b"\n").unwrap_or(&line);
+        if record.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             continue;
         }
         out.clear();

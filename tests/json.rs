@@ -196,7 +196,17 @@ fn unclassified_and_corrupt_records_are_refused() {
             "(the top-level object)",
             ErrorKind::NotJsonObject,
         ),
-        (b"{\"caller\":\"\xff\"}", "", ErrorKind::InvalidUtf8),
+        (
+            b"{\"caller\":\"\xff\"}",
+            "(the record)",
+            ErrorKind::InvalidUtf8,
+        ),
+        (br#"{"codec":"\ud800"}"#, "codec", ErrorKind::NotJsonObject),
+        (
+            br#"{"device":[{"os":"a"},[{"os":"b"}]]}"#,
+            "device",
+            ErrorKind::DoesNotFitRule,
+        ),
         (
             br#"{"caller":"+6281234567890","caller":"+6281234567891"}"#,
             "(the top-level object)",
@@ -349,6 +359,15 @@ fn config_refusals() {
             )
         },
         &["needs its input topic to itself"],
+    );
+    refused(
+        &|t| {
+            t.replace(
+                "[kafka]",
+                "[[pipeline]]\nname = \"sdk-calls\"\nformat = \"json\"\ninput_topic = \"x\"\noutput_topic = \"y\"\n[pipeline.rules]\na = \"keep\"\n\n[kafka]",
+            )
+        },
+        &["[sdk-calls] two pipelines have this name"],
     );
 }
 

@@ -9,7 +9,7 @@
 //! that no rule names is the record's dead letter (`unclassified-field`) or, where the pipeline
 //! says `unknown = "drop"`, left out. docs/formats.md, "Schemaless JSON", is the contract.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::UnknownKeys;
@@ -46,7 +46,8 @@ pub struct JsonPlan {
 pub struct Branch {
     /// The object's own path (`""` for the top level), for errors.
     pub path: Box<str>,
-    pub keys: HashMap<Box<str>, Node>,
+    /// By key (a B-tree: a few string comparisons, no hashing, for the few keys an object has).
+    pub keys: BTreeMap<Box<str>, Node>,
 }
 
 /// What one key holds.
@@ -72,6 +73,9 @@ pub struct JsonLeaf {
     pub bucketing: Option<Arc<Bucketing>>,
     /// For an IP rule that derives `country`: the database.
     pub country: Option<Arc<CountryDb>>,
+    /// Each derived attribute and the JSON text that starts its key, `,"<key>_<attribute>":`,
+    /// made once here rather than per record.
+    pub derived_keys: Vec<(Attribute, Box<[u8]>)>,
 }
 
 impl JsonPlan {
@@ -145,6 +149,17 @@ impl JsonPlan {
                     .has(Attribute::Country)
                     .then(|| rules.country_db().cloned())
                     .flatten(),
+                derived_keys: derive
+                    .iter()
+                    .map(|attribute| {
+                        let key = attribute.field_name(keys[keys.len() - 1]);
+                        let mut text = b",".to_vec();
+                        // A &str always serializes.
+                        let _ = serde_json::to_writer(&mut text, &key);
+                        text.push(b':');
+                        (attribute, text.into_boxed_slice())
+                    })
+                    .collect(),
             };
             if let Err(why) = insert(&mut root, &keys, leaf) {
                 errors.push(format!("{path}: {why}"));
@@ -210,7 +225,7 @@ fn insert(branch: &mut Branch, keys: &[&str], leaf: JsonLeaf) -> Result<(), Stri
     let node = branch.keys.entry((*first).into()).or_insert_with(|| {
         Node::Branch(Branch {
             path: path.clone().into(),
-            keys: HashMap::new(),
+            keys: BTreeMap::new(),
         })
     });
     match node {

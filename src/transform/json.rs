@@ -40,8 +40,8 @@ pub fn transform(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Regions, TransformError> {
-    let text =
-        std::str::from_utf8(input).map_err(|_| TransformError::at("", ErrorKind::InvalidUtf8))?;
+    let text = std::str::from_utf8(input)
+        .map_err(|_| TransformError::at("(the record)", ErrorKind::InvalidUtf8))?;
     let mut regions = Regions::default();
     for path in &plan.regions {
         regions.push(phone.record_region(find_string(text, path).as_deref()));
@@ -128,9 +128,9 @@ impl Walk<'_> {
                     write_key(out, key);
                     let at = |kind| TransformError::at(&leaf.path, kind);
                     let derived = self.leaf_value(leaf, value.get(), out).map_err(at)?;
-                    for attribute in leaf.derive.iter() {
-                        out.push(b',');
-                        write_key(out, &attribute.field_name(key));
+                    for (attribute, key_text) in &leaf.derived_keys {
+                        let attribute = *attribute;
+                        out.extend_from_slice(key_text);
                         match &derived {
                             Derivation::One(one) => write_attribute(one, attribute, out),
                             Derivation::Null => out.extend_from_slice(b"null"),
@@ -173,6 +173,11 @@ impl Walk<'_> {
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
+                    }
+                    // An array stands for its items (objects or nulls), not for arrays of
+                    // them: a record nested thousands of arrays deep is refused at once.
+                    if item.get().starts_with('[') {
+                        return Err(TransformError::at(&branch.path, ErrorKind::DoesNotFitRule));
                     }
                     self.branch_value(branch, item, out)?;
                 }
@@ -228,6 +233,11 @@ impl Walk<'_> {
         match (leaf.action, kind) {
             (_, JsonType::Object | JsonType::Array) => Err(ErrorKind::DoesNotFitRule),
             (Action::Keep, _) => {
+                // A string with `\u` escapes is decoded once, so that one a strict reader
+                // refuses (a lone surrogate, `"\ud800"`) is refused here too, not published.
+                if kind == JsonType::String && text.contains("\\u") {
+                    parse_string(text).map_err(|_| ErrorKind::NotJsonObject)?;
+                }
                 out.extend_from_slice(text.as_bytes());
                 Ok(Derivation::Null)
             }
@@ -447,7 +457,7 @@ impl<'de> Deserialize<'de> for Object<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Object<'de>, M::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16).min(64));
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     entries.push((key, value));
