@@ -61,6 +61,8 @@ pub enum FileError {
     Transform { index: u64, source: TransformError },
     #[error("cannot write output: {0}")]
     Write(String),
+    #[error("line {}: not a JSON object", .index + 1)]
+    NotJsonObject { index: u64 },
     #[error("line {}: longer than {limit} bytes (nothing written)", .index + 1)]
     LineTooLong { index: u64, limit: u64 },
     #[error("line {}: {source} (nothing written)", .index + 1)]

@@ -16,6 +16,56 @@ use crate::transform::{ActiveKeys, Engine};
 /// Longest line read: Kafka's default largest record, with room to spare.
 pub const MAX_LINE_BYTES: u64 = 16 << 20;
 
+/// The records of a JSON lines file, one a line, each with its line's index (from 0).
+struct Records<'p> {
+    reader: BufReader<std::fs::File>,
+    input: &'p Path,
+    line: Vec<u8>,
+    index: u64,
+}
+
+impl<'p> Records<'p> {
+    /// Opens a regular file (a FIFO or device is refused without waiting on it).
+    fn open(input: &'p Path) -> Result<Records<'p>, FileError> {
+        let file = crate::fsio::open_regular(input, "input", u64::MAX)?;
+        Ok(Records {
+            reader: BufReader::new(file),
+            input,
+            line: Vec::with_capacity(1024),
+            index: 0,
+        })
+    }
+
+    /// The next line that is not blank, as the worker would get it as a record: without its
+    /// line end only (JSON's own whitespace around the object is the parser's to accept,
+    /// nothing else). A line past [`MAX_LINE_BYTES`] is an error, not read whole.
+    fn next(&mut self) -> Result<Option<(u64, &[u8])>, FileError> {
+        loop {
+            let index = self.index;
+            self.index += 1;
+            self.line.clear();
+            let read = (&mut self.reader)
+                .take(MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| crate::fsio::FileError::io("input", self.input, e))?;
+            if read == 0 {
+                return Ok(None);
+            }
+            if self.line.len() as u64 > MAX_LINE_BYTES {
+                return Err(FileError::LineTooLong {
+                    index,
+                    limit: MAX_LINE_BYTES,
+                });
+            }
+            let record = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            if !record.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+                let record = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+                return Ok(Some((index, record)));
+            }
+        }
+    }
+}
+
 /// Transforms every line of `input` by `plan` into `output`.
 pub fn transform_lines(
     engine: &Engine,
@@ -24,38 +74,16 @@ pub fn transform_lines(
     input: &Path,
     output: &Path,
 ) -> Result<Transformed, FileError> {
-    let file = crate::fsio::open_regular(input, "input", u64::MAX)?;
-    let mut reader = BufReader::new(file);
+    let mut records = Records::open(input)?;
     crate::fsio::refuse_same_file(input, output)?;
     let mut target = crate::fsio::AtomicFile::create(output, "output", 0o600)?;
     let token_prefix = keys
         .pseudonym_in(plan.domain.as_deref())
         .map(|key| format!("\"{}:", key.id()));
     let mut count = Transformed::default();
-    let mut line = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
     let write = |e: std::io::Error| FileError::Write(e.to_string());
-    for index in 0u64.. {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE_BYTES + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| crate::fsio::FileError::io("input", input, e))?;
-        if read == 0 {
-            break;
-        }
-        if line.len() as u64 > MAX_LINE_BYTES {
-            return Err(FileError::LineTooLong {
-                index,
-                limit: MAX_LINE_BYTES,
-            });
-        }
-        // The line as the worker would get it as a record: without its line end only (JSON's
-        // own whitespace around the object is the parser's to accept, nothing else).
-        let record = line.strip_suffix(b"\n").unwrap_or(&line);
-        if record.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-            continue;
-        }
+    while let Some((index, record)) = records.next()? {
         out.clear();
         engine
             .transform_json(plan, keys, None, record, &mut out)
@@ -93,76 +121,149 @@ pub fn carries_any(value: &serde_json::Value, tokens: &std::collections::HashSet
 
 /// A sanitized JSON record with every envelope it holds opened where its key is available:
 /// the b64 strings at `encrypt` rule paths (docs/formats.md, "Schemaless JSON"). An envelope
-/// that does not open is marked `{"unopened": WHY, "key_id": ID}` and counted in `report`.
+/// that does not open is marked `{"unopened": WHY, "key_id": ID}` and counted in `report`
+/// (what an access export does).
 pub fn open_record(
     plan: &JsonPlan,
     keys: &crate::keys::KeySet,
     value: serde_json::Value,
     report: &mut crate::file::DecryptReport,
 ) -> serde_json::Value {
-    open_value(plan, keys, value, "", false, report)
+    let mut opener = Opener {
+        plan,
+        keys,
+        withhold: false,
+        failure: None,
+        report,
+    };
+    opener.value(value, "", false)
 }
 
-fn open_value(
+/// `decrypt --pipeline`: each line of a sanitized JSON lines file, as written by `transform
+/// --pipeline` or read from the pipeline's topic, printed with its envelopes opened. Without
+/// `keep_going` the first envelope that does not open ends the run before its line is
+/// printed; a record that carries an erased person's token (`erased`) has its envelopes
+/// withheld, not opened.
+pub fn decrypt_lines(
     plan: &JsonPlan,
     keys: &crate::keys::KeySet,
-    value: serde_json::Value,
-    path: &str,
-    sealed: bool,
+    input: &Path,
+    keep_going: bool,
+    erased: &std::collections::HashSet<String>,
+    out: &mut dyn Write,
     report: &mut crate::file::DecryptReport,
-) -> serde_json::Value {
-    use base64::Engine as _;
-    use serde_json::{json, Value};
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, v)| {
-                    let child = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    let sealed = plan.rules.get(&child) == Some(crate::rules::Action::Encrypt);
-                    let opened = open_value(plan, keys, v, &child, sealed, report);
-                    (key, opened)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| open_value(plan, keys, v, path, sealed, report))
-                .collect(),
-        ),
-        Value::String(text) if sealed => {
-            let Ok(envelope) = base64::engine::general_purpose::STANDARD.decode(&text) else {
-                report.failed += 1;
-                return json!({"unopened": "not base64", "key_id": "?"});
-            };
-            match keys.open(path, &envelope) {
-                Ok(plaintext) => {
-                    report.opened += 1;
-                    if let Ok(id) = crate::envelope::key_id(&envelope) {
-                        report.key_ids.insert(id.to_owned());
+) -> Result<(), FileError> {
+    if !plan.needs_encryption {
+        return Err(FileError::NothingSealed {
+            path: input.to_owned(),
+            record: format!("of pipeline {}", plan.name),
+        });
+    }
+    let mut records = Records::open(input)?;
+    let write = |e: std::io::Error| FileError::Write(e.to_string());
+    while let Some((index, line)) = records.next()? {
+        let record = match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(record @ serde_json::Value::Object(_)) => record,
+            _ => return Err(FileError::NotJsonObject { index }),
+        };
+        let withhold = !erased.is_empty() && carries_any(&record, erased);
+        if withhold {
+            report.withheld_events += 1;
+        }
+        let mut opener = Opener {
+            plan,
+            keys,
+            withhold,
+            failure: None,
+            report: &mut *report,
+        };
+        let opened = opener.value(record, "", false);
+        if let (Some((path, source)), false) = (opener.failure.take(), keep_going) {
+            return Err(FileError::Open {
+                index,
+                path,
+                source,
+            });
+        }
+        serde_json::to_writer(&mut *out, &opened).map_err(|e| FileError::Write(e.to_string()))?;
+        out.write_all(b"\n").map_err(write)?;
+        report.events += 1;
+    }
+    Ok(())
+}
+
+/// Walks a sanitized JSON record, opening every envelope whose key is available.
+struct Opener<'a> {
+    plan: &'a JsonPlan,
+    keys: &'a crate::keys::KeySet,
+    /// The record carries an erased person's token: envelopes are withheld, not opened.
+    withhold: bool,
+    /// The first envelope that did not open for a reason other than a destroyed key.
+    failure: Option<(String, crate::envelope::OpenError)>,
+    report: &'a mut crate::file::DecryptReport,
+}
+
+impl Opener<'_> {
+    fn value(&mut self, value: serde_json::Value, path: &str, sealed: bool) -> serde_json::Value {
+        use base64::Engine as _;
+        use serde_json::{json, Value};
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(key, v)| {
+                        let child = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        let sealed =
+                            self.plan.rules.get(&child) == Some(crate::rules::Action::Encrypt);
+                        let opened = self.value(v, &child, sealed);
+                        (key, opened)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| self.value(v, path, sealed))
+                    .collect(),
+            ),
+            Value::String(text) if sealed && self.withhold && !text.is_empty() => {
+                self.report.withheld += 1;
+                json!({"withheld": "erased subject"})
+            }
+            Value::String(text) if sealed => {
+                let envelope = base64::engine::general_purpose::STANDARD
+                    .decode(&text)
+                    .unwrap_or_default();
+                match self.keys.open(path, &envelope) {
+                    Ok(plaintext) => {
+                        self.report.opened += 1;
+                        if let Ok(id) = crate::envelope::key_id(&envelope) {
+                            self.report.key_ids.insert(id.to_owned());
+                        }
+                        Value::String(String::from_utf8_lossy(&plaintext).into_owned())
                     }
-                    Value::String(String::from_utf8_lossy(&plaintext).into_owned())
-                }
-                Err(error) => {
-                    let key_id = crate::envelope::key_id(&envelope).unwrap_or("?").to_owned();
-                    let reason = match error {
-                        crate::envelope::OpenError::KeyDestroyed(_) => {
-                            report.destroyed += 1;
-                            "key destroyed".to_owned()
-                        }
-                        other => {
-                            report.failed += 1;
-                            other.to_string()
-                        }
-                    };
-                    json!({"unopened": reason, "key_id": key_id})
+                    Err(error) => {
+                        let key_id = crate::envelope::key_id(&envelope).unwrap_or("?").to_owned();
+                        let reason = match error {
+                            crate::envelope::OpenError::KeyDestroyed(_) => {
+                                self.report.destroyed += 1;
+                                "key destroyed".to_owned()
+                            }
+                            other => {
+                                self.report.failed += 1;
+                                let reason = other.to_string();
+                                self.failure.get_or_insert((path.to_owned(), other));
+                                reason
+                            }
+                        };
+                        json!({"unopened": reason, "key_id": key_id})
+                    }
                 }
             }
+            other => other,
         }
-        other => other,
     }
 }

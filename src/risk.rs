@@ -44,6 +44,72 @@ pub fn window_bytes(capacity: usize) -> usize {
 /// What is wrong with a pipeline's `[pipeline.risk]` (checked at start with its rules): the
 /// settings' ranges, and quasi-identifiers that name no field of its derived output schema.
 pub fn problems(risk: &crate::config::RiskConfig, plan: &Plan) -> Vec<String> {
+    let mut problems = settings_problems(risk);
+    for (at, path) in risk.quasi_identifiers.iter().enumerate() {
+        if risk.quasi_identifiers[..at].contains(path) {
+            continue;
+        }
+        if plan.rules.get(path) == Some(crate::rules::Action::Encrypt) {
+            problems.push(sealed_problem(path));
+            continue;
+        }
+        if let Err(why) = crate::plan::locate_output(plan, path) {
+            problems.push(format!(
+                "risk: quasi-identifier {} {why} of the output schema {} (name fields of the sanitized output, as `schema derive` writes it)",
+                crate::config::quote(path),
+                plan.output_name()
+            ));
+        }
+    }
+    problems
+}
+
+/// [`problems`] for a json pipeline: each quasi-identifier must be a key its output has, a
+/// rule's path that is not dropped, or a key a rule derives.
+pub fn problems_json(
+    risk: &crate::config::RiskConfig,
+    plan: &crate::plan::json::JsonPlan,
+) -> Vec<String> {
+    let mut problems = settings_problems(risk);
+    for (at, path) in risk.quasi_identifiers.iter().enumerate() {
+        if risk.quasi_identifiers[..at].contains(path) {
+            continue;
+        }
+        match plan.rules.get(path) {
+            Some(crate::rules::Action::Encrypt) => problems.push(sealed_problem(path)),
+            Some(crate::rules::Action::Drop) => problems.push(format!(
+                "risk: quasi-identifier {} is dropped: the output has no such key",
+                crate::config::quote(path)
+            )),
+            Some(_) => {}
+            None => {
+                let derived = plan.rules.iter().any(|(rule, _)| {
+                    plan.rules
+                        .derived(rule)
+                        .iter()
+                        .any(|a| a.field_name(rule) == *path)
+                });
+                if !derived {
+                    problems.push(format!(
+                        "risk: quasi-identifier {} is neither a rule's key nor a key a rule derives (name keys of the sanitized output)",
+                        crate::config::quote(path)
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn sealed_problem(path: &str) -> String {
+    format!(
+        "risk: quasi-identifier {} is sealed (encrypt): every envelope is different, so it would make every record a group of its own; name the fields a reader can see",
+        crate::config::quote(path)
+    )
+}
+
+/// The settings' ranges, and repeated names.
+fn settings_problems(risk: &crate::config::RiskConfig) -> Vec<String> {
     let mut problems = Vec::new();
     let count = risk.quasi_identifiers.len();
     if !(1..=MAX_QUASI_IDENTIFIERS).contains(&count) {
@@ -70,21 +136,6 @@ pub fn problems(risk: &crate::config::RiskConfig, plan: &Plan) -> Vec<String> {
             problems.push(format!(
                 "risk: quasi-identifier {} is named twice",
                 crate::config::quote(path)
-            ));
-            continue;
-        }
-        if plan.rules.get(path) == Some(crate::rules::Action::Encrypt) {
-            problems.push(format!(
-                "risk: quasi-identifier {} is sealed (encrypt): every envelope is different, so it would make every record a group of its own; name the fields a reader can see",
-                crate::config::quote(path)
-            ));
-            continue;
-        }
-        if let Err(why) = crate::plan::locate_output(plan, path) {
-            problems.push(format!(
-                "risk: quasi-identifier {} {why} of the output schema {} (name fields of the sanitized output, as `schema derive` writes it)",
-                crate::config::quote(path),
-                plan.output_name()
             ));
         }
     }
@@ -292,6 +343,32 @@ impl PipelineRisk {
             }
             None => hasher.write_u8(0),
         });
+        self.window.observe(hasher.finish());
+    }
+
+    /// Adds one published record of a json pipeline: `json` is its sanitized object. Each
+    /// quasi-identifier's value is found by its keys (an array is one value) and its JSON
+    /// text hashed; a key the record does not have counts as absent.
+    pub fn observe_json(&mut self, json: &[u8]) {
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let mut hasher = self.hasher.build_hasher();
+        for path in &self.paths {
+            let mut value = Some(&record);
+            for key in path.split('.') {
+                value = value.and_then(|v| v.get(key));
+            }
+            match value {
+                Some(value) => {
+                    let text = value.to_string();
+                    hasher.write_u8(1);
+                    hasher.write_usize(text.len());
+                    hasher.write(text.as_bytes());
+                }
+                None => hasher.write_u8(0),
+            }
+        }
         self.window.observe(hasher.finish());
     }
 

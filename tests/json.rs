@@ -337,10 +337,14 @@ fn config_refusals() {
         &|t| {
             t.replace(
                 "[kafka]",
-                "[pipeline.risk]\nquasi_identifiers = [\"location.country\"]\n\n[kafka]",
+                "[pipeline.risk]\nquasi_identifiers = [\"recording_url\", \"imei\", \"callee_region\", \"callee_region\"]\n\n[kafka]",
             )
         },
-        &["[pipeline.risk] is for format avro only"],
+        &[
+            "quasi-identifier \"recording_url\" is sealed",
+            "quasi-identifier \"imei\" is neither a rule's key nor a key a rule derives",
+            "quasi-identifier \"callee_region\" is named twice",
+        ],
     );
     refused(
         &|t| {
@@ -420,6 +424,36 @@ fn file_mode_on_json_lines() {
         assert_ne!(out["caller"], raw["caller"]);
         assert!(!line.contains(raw["caller"].as_str().unwrap()));
     }
+    // `decrypt --pipeline` opens the sealed values back (audited), and every other value
+    // stays as published.
+    let opened = run(&[
+        "decrypt",
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline",
+        "sdk-calls",
+        "--input",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let opened = String::from_utf8(opened.stdout).unwrap();
+    assert_eq!(opened.lines().count(), 50);
+    let mut envelopes = 0;
+    for ((line, raw), published) in opened.lines().zip(&lines).zip(written.lines()) {
+        let line: Json = serde_json::from_str(line).unwrap();
+        let raw: Json = serde_json::from_str(raw).unwrap();
+        let published: Json = serde_json::from_str(published).unwrap();
+        assert_eq!(line["recording_url"], raw["recording_url"]);
+        envelopes += usize::from(raw["recording_url"].is_string());
+        assert_eq!(line["caller"], published["caller"]);
+    }
+    assert!(envelopes > 10, "{envelopes} envelopes opened");
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("\"decrypt\""), "{audit}");
     // A bad line 3: nothing written, the earlier output untouched.
     let mut bad = lines.clone();
     bad[2] = r#"{"event_id":"x","imsi":"510011234567890"}"#.to_owned();
@@ -798,4 +832,39 @@ fn check_and_explain_show_json_pipelines() {
         .map(|f| f["path"].as_str().unwrap())
         .collect();
     assert!(outputs.contains(&"callee_number_type") && outputs.contains(&"device.device_id"));
+}
+
+/// `[pipeline.risk]` on a json pipeline: records are grouped by their output keys' values,
+/// derived ones included, as for Avro.
+#[test]
+fn risk_is_measured_on_json_output() {
+    let (config, engine) = json_engine(|t| {
+        t.replace(
+            "[kafka]",
+            "[pipeline.risk]\nquasi_identifiers = [\"location.country\", \"callee_region\"]\nk = 3\nwindow = 100\n\n[kafka]",
+        )
+    });
+    let risk = config.pipeline[0].risk.as_ref().unwrap();
+    let mut estimate = pseudonymizer::risk::PipelineRisk::new(
+        risk.quasi_identifiers.clone(),
+        risk.k.unwrap(),
+        risk.window.unwrap(),
+    );
+    let record = |country: &str, callee: &str| {
+        json!({"event_id": "e", "callee": callee, "location": {"country": country, "cell_id": "c"}})
+            .to_string()
+    };
+    for _ in 0..5 {
+        estimate.observe_json(&run(&engine, record("ID", "+6281234567890").as_bytes()).unwrap());
+    }
+    assert_eq!(estimate.window.below_k(), 0);
+    // Same country, a Singapore callee: a group of one.
+    estimate.observe_json(&run(&engine, record("ID", "+6591234567").as_bytes()).unwrap());
+    assert_eq!(
+        (estimate.window.records(), estimate.window.below_k()),
+        (6, 1)
+    );
+    // A record without the keys is its own group too (absent is a value).
+    estimate.observe_json(&run(&engine, br#"{"event_id":"x"}"#).unwrap());
+    assert_eq!(estimate.window.below_k(), 2);
 }

@@ -47,6 +47,10 @@ pub struct DecryptArgs {
     /// Overrides the config's `audit_log`.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// A `format = "json"` pipeline: the input is JSON lines, as `transform --pipeline` or
+    /// the pipeline's topic wrote them.
+    #[arg(long)]
+    pub pipeline: Option<String>,
     /// Go on past envelopes that do not open (tampered, wrong key, a key not in the keyring):
     /// each is printed as `{"unopened": WHY, "key_id": ID}` and counted, and the exit code
     /// is 0. Without it the first one ends the command with exit 1 before its event is
@@ -104,20 +108,7 @@ pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> 
     let active = engine.active_keys(&keys)?;
     let json_plan = match &args.pipeline {
         None => None,
-        Some(name) => {
-            let index = config
-                .pipeline
-                .iter()
-                .position(|p| p.name == *name)
-                .with_context(|| format!("no pipeline is named {}", crate::config::quote(name)))?;
-            let plan = engine.json_plan(index).with_context(|| {
-                format!(
-                    "pipeline {} is format avro: its input is an Avro container, which names its own schema (leave out --pipeline)",
-                    crate::config::quote(name)
-                )
-            })?;
-            Some(plan.clone())
-        }
+        Some(name) => Some(json_pipeline(&config, &engine, name)?),
     };
     // Audited like `lookup`: a `started` record on disk before any token is written, an
     // outcome record with the count of tokens after.
@@ -163,14 +154,39 @@ pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> 
     Ok(())
 }
 
+/// The json pipeline `--pipeline` names.
+fn json_pipeline(
+    config: &crate::config::Config,
+    engine: &crate::transform::Engine,
+    name: &str,
+) -> Result<std::sync::Arc<crate::plan::json::JsonPlan>> {
+    let index = config
+        .pipeline
+        .iter()
+        .position(|p| p.name == name)
+        .with_context(|| format!("no pipeline is named {}", crate::config::quote(name)))?;
+    let plan = engine.json_plan(index).with_context(|| {
+        format!(
+            "pipeline {} is format avro: its files are Avro containers, which name their own schema (leave out --pipeline)",
+            crate::config::quote(name)
+        )
+    })?;
+    Ok(plan.clone())
+}
+
 pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
     let DecryptArgs {
         config,
         input,
         audit_log,
         keep_going,
+        pipeline,
     } = args;
     let (config, engine, keys) = load(&config, Need::ENVELOPES)?;
+    let json_plan = match &pipeline {
+        None => None,
+        Some(name) => Some(json_pipeline(&config, &engine, name)?),
+    };
     // With erasure notices configured, the tokens of every erased person: their events'
     // envelopes stay shut. A notice topic that cannot be read stops the command (it would
     // otherwise open an erased person's records).
@@ -201,15 +217,20 @@ pub(super) fn decrypt(args: DecryptArgs, out: &mut dyn Write) -> Result<()> {
     let key_ids: Vec<String> = keys.encryption_key_ids();
     audit.append("decrypt", key_ids, 0, None, Some(&input), "started")?;
     let mut report = file::DecryptReport::default();
-    let result = file::decrypt_file(
-        &engine,
-        &keys,
-        &input,
-        keep_going,
-        &erased,
-        out,
-        &mut report,
-    );
+    let result = match &json_plan {
+        Some(plan) => {
+            crate::jsonl::decrypt_lines(plan, &keys, &input, keep_going, &erased, out, &mut report)
+        }
+        None => file::decrypt_file(
+            &engine,
+            &keys,
+            &input,
+            keep_going,
+            &erased,
+            out,
+            &mut report,
+        ),
+    };
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     audit.append(
         "decrypt",

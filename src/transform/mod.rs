@@ -175,16 +175,20 @@ impl Engine {
                         errors.push(tag(why));
                     }
                 }
-                if pipeline.risk.is_some() {
-                    errors.push(tag("[pipeline.risk] is for format avro only, so far: a json pipeline's output is not measured".to_owned()));
-                }
                 match JsonPlan::compile(
                     &pipeline.name,
                     &rules,
                     pipeline.unknown.unwrap_or_default(),
                     pipeline.domain.clone(),
                 ) {
-                    Ok(plan) => json.push((index, Arc::new(plan))),
+                    Ok(plan) => {
+                        if let Some(risk) = &pipeline.risk {
+                            errors.extend(
+                                crate::risk::problems_json(risk, &plan).into_iter().map(tag),
+                            );
+                        }
+                        json.push((index, Arc::new(plan)))
+                    }
                     Err(errs) => errors.extend(errs.into_iter().map(tag)),
                 }
                 continue;

@@ -699,13 +699,17 @@ impl Publisher {
         let Some(Some(state)) = self.risk.get(output.index) else {
             return;
         };
-        let crate::worker::route::Target::Avro(route) = &output.route else {
+        let Ok(mut estimate) = state.estimate.lock() else {
             return;
         };
-        let (Ok(mut estimate), Some(avro)) = (state.estimate.lock(), framed.get(5..)) else {
-            return;
-        };
-        estimate.observe(&route.plan, route.output_schema_id, avro);
+        match &output.route {
+            crate::worker::route::Target::Avro(route) => {
+                let Some(avro) = framed.get(5..) else { return };
+                estimate.observe(&route.plan, route.output_schema_id, avro);
+            }
+            // A json pipeline's output has no framing: `framed` is the object itself.
+            crate::worker::route::Target::Json(_) => estimate.observe_json(framed),
+        }
         state.records.set(estimate.window.records() as i64);
         state.below_k.set(estimate.window.below_k() as i64);
         state.ratio.set(estimate.window.ratio());
