@@ -238,6 +238,10 @@ impl Walk<'_> {
                 if kind == JsonType::String && text.contains("\\u") {
                     parse_string(text).map_err(|_| ErrorKind::NotJsonObject)?;
                 }
+                // A number past f64's range (`1e400`) is refused too, as strict readers do.
+                if kind == JsonType::Number && !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(ErrorKind::NotJsonObject);
+                }
                 out.extend_from_slice(text.as_bytes());
                 Ok(Derivation::Null)
             }
