@@ -107,15 +107,16 @@ pub struct PipelineConfig {
     /// A short name for logs and metrics (`calls`).
     pub name: String,
     /// How the raw events are written: `avro` (default: Confluent-framed Avro, with
-    /// `input_schema`) or `json` (schemaless JSON objects, one per record; routed by
-    /// `input_topic`, with no schema: [`crate::json`]).
+    /// `input_schema`), `json` (schemaless JSON objects, one per record; routed by
+    /// `input_topic`, with no schema: [`crate::jsonl`]) or `json-schema` (Confluent-framed
+    /// JSON objects with a registry `JSON` schema, `input_schema`; routed by its `title`).
     #[serde(default)]
     pub format: Format,
-    /// The writer schema (`.avsc`) of the raw events. Relative to the config file. Required
-    /// for `avro`; a `json` pipeline has none.
+    /// The writer schema (`.avsc`, or a JSON Schema for `json-schema`) of the raw events.
+    /// Relative to the config file. Required for `avro` and `json-schema`; `json` has none.
     #[serde(default)]
     pub input_schema: PathBuf,
-    /// `json` only: what becomes of a record with a key no rule names: `dead-letter`
+    /// `json` and `json-schema` only: what becomes of a record with a key no rule names: `dead-letter`
     /// (default: the whole record, `unclassified-field`) or `drop` (the key is left out).
     #[serde(default)]
     pub unknown: Option<UnknownKeys>,
@@ -170,6 +171,8 @@ pub enum Format {
     Avro,
     /// A JSON object per record, no framing and no schema.
     Json,
+    /// Confluent-framed JSON: magic byte, schema id of a registry `JSON` schema, a JSON object.
+    JsonSchema,
 }
 
 impl Format {
@@ -177,7 +180,13 @@ impl Format {
         match self {
             Format::Avro => "avro",
             Format::Json => "json",
+            Format::JsonSchema => "json-schema",
         }
+    }
+
+    /// Whether its records are JSON objects, walked by a [`crate::plan::json::JsonPlan`].
+    pub fn is_json(self) -> bool {
+        matches!(self, Format::Json | Format::JsonSchema)
     }
 }
 
@@ -828,7 +837,7 @@ impl Config {
                     }
                     if pipeline.unknown.is_some() {
                         empty_paths.push(format!(
-                            "{tag} unknown is for format json: an Avro field without a rule is refused by its schema"
+                            "{tag} unknown is for formats json and json-schema: an Avro field without a rule is refused by its schema"
                         ));
                     }
                     pipeline.input_schema = base.join(&pipeline.input_schema);
@@ -839,6 +848,14 @@ impl Config {
                     ));
                 }
                 Format::Json => {}
+                Format::JsonSchema => {
+                    if pipeline.input_schema.as_os_str().is_empty() {
+                        empty_paths.push(format!(
+                            "{tag} input_schema is required for format json-schema (the JSON Schema its producers register)"
+                        ));
+                    }
+                    pipeline.input_schema = base.join(&pipeline.input_schema);
+                }
             }
         }
         if let Some(registry) = &mut config.registry {

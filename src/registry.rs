@@ -233,8 +233,18 @@ impl RegistryClient {
     /// Registers an Avro schema under a subject; answers its id (the existing id when the
     /// subject already has it).
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        self.register_as(subject, schema, "AVRO")
+    }
+
+    /// Registers a schema of `schema_type` (`AVRO`, `JSON`) under a subject; answers its id.
+    pub fn register_as(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<u32, RegistryError> {
         let path = format!("/subjects/{}/versions", encode_path(subject));
-        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
+        let body = serde_json::json!({ "schema": schema, "schemaType": schema_type }).to_string();
         let answer: IdAnswer = parse(&self.request("POST", &path, Some(&body))?)?;
         Ok(answer.id)
     }

@@ -149,9 +149,13 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                     plan.rules.iter().count()
                 ));
             }
-            for (_, plan) in engine.json_plans() {
+            for (index, plan) in engine.json_plans() {
+                let format = match engine.json_schema(*index) {
+                    Some(contract) => format!("json-schema {}", contract.input.title),
+                    None => "json".to_owned(),
+                };
                 lines.push(format!(
-                    "[{}] json: {} rules, keys without a rule {}, ok",
+                    "[{}] {format}: {} rules, keys without a rule {}, ok",
                     plan.name,
                     plan.rules.iter().count(),
                     match plan.unknown {
@@ -221,11 +225,15 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                         "schema": plan.input_name,
                         "rules": plan.rules.iter().count(),
                     }))
-                    .chain(engine.json_plans().iter().map(|(_, plan)| json!({
-                        "format": "json",
-                        "pipeline": plan.name,
-                        "rules": plan.rules.iter().count(),
-                    })))
+                    .chain(engine.json_plans().iter().map(|(index, plan)| {
+                        let contract = engine.json_schema(*index);
+                        json!({
+                            "format": if contract.is_some() { "json-schema" } else { "json" },
+                            "pipeline": plan.name,
+                            "schema": contract.map(|c| &c.input.title),
+                            "rules": plan.rules.iter().count(),
+                        })
+                    }))
                     .collect::<Vec<_>>()),
                 "keys": loaded.active.as_ref().map(|active| json!({
                     "pseudonym": active.pseudonym.as_deref().map(|k| k.id()),

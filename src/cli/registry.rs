@@ -197,5 +197,24 @@ pub(super) fn register(config: &Config, engine: &Engine, out: &mut dyn Write) ->
             )?;
         }
     }
+    for (index, pipeline) in config.pipeline.iter().enumerate() {
+        let Some(contract) = engine.json_schema(index) else {
+            continue;
+        };
+        let Some(topic) = pipeline.output_topic.as_deref() else {
+            bail!("[{}] output_topic is required to register", pipeline.name);
+        };
+        let subject = registry
+            .subject_strategy
+            .subject(topic, &contract.input.output_title());
+        let id = client
+            .register_as(&subject, &contract.output.to_string(), "JSON")
+            .with_context(|| format!("registering under {subject}"))?;
+        writeln!(
+            out,
+            "{}: {subject} id {id} (derived from the local JSON Schema)",
+            pipeline.name
+        )?;
+    }
     Ok(())
 }

@@ -18,7 +18,8 @@ pub enum SchemaCommand {
         /// The config whose pipelines to derive.
         #[arg(long)]
         config: PathBuf,
-        /// The directory to write `<full name>.avsc` files into (created if missing).
+        /// The directory to write `<full name>.avsc` (Avro) and `<title>.schema.json` (JSON
+        /// Schema) files into (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -47,6 +48,17 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
                     0o644,
                     output_schema_text(plan).as_bytes(),
                 )?;
+                writeln!(out, "wrote {}", path.display())?;
+            }
+            for (index, _) in engine.json_plans() {
+                let Some(contract) = engine.json_schema(*index) else {
+                    continue;
+                };
+                let path = dir.join(format!("{}.schema.json", contract.input.output_title()));
+                let mut text =
+                    serde_json::to_string_pretty(&contract.output).expect("JSON value serializes");
+                text.push('\n');
+                crate::fsio::write_atomically(&path, "derived schema", 0o644, text.as_bytes())?;
                 writeln!(out, "wrote {}", path.display())?;
             }
             Ok(())

@@ -262,13 +262,16 @@ fn select_topic(
             by_id.insert(id, plan);
         }
     }
-    let json_plan = config
+    let json_pipeline = config
         .pipeline
         .iter()
-        .position(|p| {
-            p.format == crate::config::Format::Json && p.output_topic.as_deref() == Some(topic)
-        })
-        .and_then(|index| engine.json_plan(index).cloned());
+        .position(|p| p.format.is_json() && p.output_topic.as_deref() == Some(topic));
+    let json_plan = json_pipeline.and_then(|index| engine.json_plan(index).cloned());
+    // A json-schema pipeline's records are framed (magic byte, schema id) before the object.
+    let json_header = match json_pipeline.map(|index| config.pipeline[index].format) {
+        Some(crate::config::Format::JsonSchema) => 5,
+        _ => 0,
+    };
     let reader = TopicReader::open(kafka, topic, "export reader").map_err(anyhow::Error::msg)?;
     let mut found = crate::file::Selected::default();
     let mut failure: Option<anyhow::Error> = None;
@@ -283,7 +286,15 @@ fn select_topic(
                 let Some(value) = read.value else { return };
                 // A json pipeline's output topic: its records are JSON objects.
                 if let Some(plan) = &json_plan {
-                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(value) else {
+                    let framed_json = match value.get(json_header..) {
+                        Some(json) if json_header == 0 || value[0] == 0 => json,
+                        _ => {
+                            found.unreadable += 1;
+                            return;
+                        }
+                    };
+                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(framed_json)
+                    else {
                         found.unreadable += 1;
                         return;
                     };

@@ -18,6 +18,7 @@ use serde_json::Value as Json;
 use crate::rules::{Action, Bucketing, Derive, Rules};
 
 pub mod json;
+pub mod json_schema;
 mod region;
 mod shape;
 mod walker;

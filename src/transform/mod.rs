@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey, SubjectKey};
 use crate::phone::PhoneCanon;
 use crate::plan::json::JsonPlan;
+use crate::plan::json_schema::JsonSchemaContract;
 use crate::plan::{self, Plan};
 use crate::rules::Rules;
 use crate::subjects::SubjectGate;
@@ -145,6 +146,8 @@ pub struct Engine {
     /// The `format = "json"` pipelines' plans, with each pipeline's position in the config
     /// (`plans` holds the Avro ones, in config order).
     json: Vec<(usize, Arc<JsonPlan>)>,
+    /// The `format = "json-schema"` pipelines' configured and derived schemas, by position.
+    json_schemas: Vec<(usize, Arc<JsonSchemaContract>)>,
 }
 
 impl Engine {
@@ -163,9 +166,10 @@ impl Engine {
         };
         let mut plans = Vec::new();
         let mut json = Vec::new();
+        let mut contracts: Vec<(usize, Arc<JsonSchemaContract>)> = Vec::new();
         let mut errors = Vec::new();
         for (index, pipeline) in config.pipeline.iter().enumerate() {
-            if pipeline.format == crate::config::Format::Json {
+            if pipeline.format.is_json() {
                 let tag = |e: String| format!("[{}] {e}", pipeline.name);
                 let (rules, spec_errors) = Rules::from_specs(&pipeline.rules);
                 let rules = rules.with_country_db(country_db.clone());
@@ -186,6 +190,21 @@ impl Engine {
                             errors.extend(
                                 crate::risk::problems_json(risk, &plan).into_iter().map(tag),
                             );
+                        }
+                        if pipeline.format == crate::config::Format::JsonSchema {
+                            match JsonSchemaContract::read(&pipeline.input_schema, &plan, unused) {
+                                Ok(contract) => {
+                                    let title = &contract.input.title;
+                                    if contracts.iter().any(|(_, c)| c.input.title == *title) {
+                                        errors.push(tag(format!(
+                                            "input_schema's title {} is also another json-schema pipeline's: one title routes to one pipeline",
+                                            crate::config::quote(title)
+                                        )));
+                                    }
+                                    contracts.push((index, Arc::new(contract)));
+                                }
+                                Err(errs) => errors.extend(errs.into_iter().map(tag)),
+                            }
                         }
                         json.push((index, Arc::new(plan)))
                     }
@@ -224,6 +243,7 @@ impl Engine {
         let mut engine = Engine::new(plans, phone)?;
         engine.country_db = country_db;
         engine.json = json;
+        engine.json_schemas = contracts;
         engine.subject_registry = config
             .kafka
             .as_ref()
@@ -251,12 +271,21 @@ impl Engine {
             subject_registry: false,
             country_db: None,
             json: Vec::new(),
+            json_schemas: Vec::new(),
         })
     }
 
     /// The `format = "json"` pipelines' plans, each with its pipeline's position in the config.
     pub fn json_plans(&self) -> &[(usize, Arc<JsonPlan>)] {
         &self.json
+    }
+
+    /// The configured and derived schemas of the json-schema pipeline at `index` in the config.
+    pub fn json_schema(&self, index: usize) -> Option<&Arc<JsonSchemaContract>> {
+        self.json_schemas
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, c)| c)
     }
 
     /// The plan of the json pipeline at `index` in the config.

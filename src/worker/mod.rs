@@ -707,8 +707,12 @@ impl Publisher {
                 let Some(avro) = framed.get(5..) else { return };
                 estimate.observe(&route.plan, route.output_schema_id, avro);
             }
-            // A json pipeline's output has no framing: `framed` is the object itself.
-            crate::worker::route::Target::Json(_) => estimate.observe_json(framed),
+            // Schemaless JSON has no framing: `framed` is the object itself.
+            crate::worker::route::Target::Json(route) => {
+                let header = if route.output_schema_id.is_some() { 5 } else { 0 };
+                let Some(json) = framed.get(header..) else { return };
+                estimate.observe_json(json)
+            }
         }
         state.records.set(estimate.window.records() as i64);
         state.below_k.set(estimate.window.below_k() as i64);

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 
-use super::route::{DeadLetter, Resolution, Route, Router};
+use super::route::{DeadLetter, JsonRoute, Resolution, Route, Router, Target};
 use crate::config::SubjectStrategy;
 use crate::metrics::Metrics;
+use crate::plan::json_schema::{self, WriterSchema};
 use crate::plan::UnusedRules;
 use crate::registry::{codes, RegistryClient, RegistryError};
 
@@ -62,7 +63,8 @@ impl SchemaResolver {
             Resolution::Refused(reason)
         };
         let writer = match self.writer_schema(id)? {
-            Ok(writer) => writer,
+            Ok(Writer::Avro(writer)) => writer,
+            Ok(Writer::Json(writer)) => return self.resolve_json(router, metrics, id, writer),
             Err((reason, why)) => return Ok(refuse(reason, &why)),
         };
         let Schema::Record(record) = &writer else {
@@ -90,19 +92,11 @@ impl SchemaResolver {
             _ => record_name.clone(),
         };
         let subject = self.strategy.subject(&pipeline.output_topic, &output_name);
-        let output_id = match self
-            .client
-            .register(&subject, &plan.output_json.to_string())
-        {
-            Ok(output_id) => output_id,
-            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
-            Err(e) => {
-                return Ok(refuse(
-                    DeadLetter::OutputSchemaRefused,
-                    &format!("registering the derived schema under {subject}: {e}"),
-                ))
-            }
-        };
+        let output_id =
+            match self.register_output(&subject, &plan.output_json.to_string(), "AVRO")? {
+                Ok(output_id) => output_id,
+                Err(why) => return Ok(refuse(DeadLetter::OutputSchemaRefused, &why)),
+            };
         tracing::info!(
             schema_id = id,
             pipeline = %pipeline.name,
@@ -111,9 +105,80 @@ impl SchemaResolver {
             output_schema_id = output_id,
             "new writer schema version compiled; derived schema registered"
         );
-        Ok(Resolution::Route(Arc::new(Route::new(
+        Ok(Resolution::Route(Target::Avro(Arc::new(Route::new(
             pipeline, plan, output_id,
-        ))))
+        )))))
+    }
+
+    /// [`SchemaResolver::resolve_once`] for a registry `JSON` schema: its json-schema pipeline
+    /// by title, its properties checked against the rules, the derived schema registered.
+    fn resolve_json(
+        &self,
+        router: &Router,
+        metrics: &Metrics,
+        id: u32,
+        writer: WriterSchema,
+    ) -> Result<Resolution, RegistryError> {
+        let Some(pipeline) = router.json_schema_pipeline_for(&writer.title) else {
+            tracing::error!(
+                schema_id = id,
+                reason = DeadLetter::UnknownSchema.code(),
+                "records of this schema id are dead-lettered: no json-schema pipeline has its title"
+            );
+            return Ok(Resolution::Refused(DeadLetter::UnknownSchema));
+        };
+        let route = &pipeline.route;
+        let output = match json_schema::derive(&route.plan, &writer, UnusedRules::Allow) {
+            Ok(output) => output,
+            Err(problems) => {
+                report_unclassified(metrics, id, &route.name, &writer.title, &problems);
+                return Ok(Resolution::Refused(DeadLetter::UnclassifiedField));
+            }
+        };
+        let subject = self
+            .strategy
+            .subject(&route.output_topic, &writer.output_title());
+        let output_id = match self.register_output(&subject, &output.to_string(), "JSON")? {
+            Ok(output_id) => output_id,
+            Err(why) => {
+                tracing::error!(
+                    schema_id = id,
+                    reason = DeadLetter::OutputSchemaRefused.code(),
+                    why,
+                    "records of this schema id are dead-lettered"
+                );
+                return Ok(Resolution::Refused(DeadLetter::OutputSchemaRefused));
+            }
+        };
+        tracing::info!(
+            schema_id = id,
+            pipeline = %route.name,
+            title = %writer.title,
+            %subject,
+            output_schema_id = output_id,
+            "new JSON Schema version checked; derived schema registered"
+        );
+        Ok(Resolution::Route(Target::Json(Arc::new(JsonRoute {
+            output_schema_id: Some(output_id),
+            ..route.clone()
+        }))))
+    }
+
+    /// Registers a derived schema: its id, or why the registry refused it (`Err` when the
+    /// registry could not be reached).
+    fn register_output(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<Result<u32, String>, RegistryError> {
+        match self.client.register_as(subject, schema, schema_type) {
+            Ok(output_id) => Ok(Ok(output_id)),
+            Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => Err(e),
+            Err(e) => Ok(Err(format!(
+                "registering the derived schema under {subject}: {e}"
+            ))),
+        }
     }
 
     /// The writer schema of `id`, parsed; or why its records are dead-lettered. `Err` when the
@@ -121,7 +186,7 @@ impl SchemaResolver {
     fn writer_schema(
         &self,
         id: u32,
-    ) -> Result<Result<Schema, (DeadLetter, String)>, RegistryError> {
+    ) -> Result<Result<Writer, (DeadLetter, String)>, RegistryError> {
         let fetched = match self.client.schema_by_id(id) {
             Ok(schema) => schema,
             Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => return Err(e),
@@ -133,26 +198,41 @@ impl SchemaResolver {
             }
             Err(e) => return Ok(Err((DeadLetter::BadSchema, e.to_string()))),
         };
-        Ok(if fetched.schema_type != "AVRO" {
-            Err((
-                DeadLetter::BadSchema,
-                format!("a {} schema, not Avro", fetched.schema_type),
-            ))
-        } else if fetched.has_references {
+        Ok(if fetched.has_references {
             Err((
                 DeadLetter::BadSchema,
                 "the schema refers to other subjects' schemas, which this worker does not read"
                     .to_owned(),
             ))
-        } else {
-            crate::registry::parse_schema(&fetched.schema).map_err(|e| {
+        } else if fetched.schema_type == "JSON" {
+            WriterSchema::parse(&fetched.schema).map(Writer::Json).map_err(|e| {
                 (
                     DeadLetter::BadSchema,
-                    format!("not a valid Avro schema: {e}"),
+                    format!("not a JSON Schema a json-schema pipeline can read: {e}"),
                 )
             })
+        } else if fetched.schema_type != "AVRO" {
+            Err((
+                DeadLetter::BadSchema,
+                format!("a {} schema, not Avro or JSON", fetched.schema_type),
+            ))
+        } else {
+            crate::registry::parse_schema(&fetched.schema)
+                .map(Writer::Avro)
+                .map_err(|e| {
+                    (
+                        DeadLetter::BadSchema,
+                        format!("not a valid Avro schema: {e}"),
+                    )
+                })
         })
     }
+}
+
+/// A writer schema from the registry, by its type.
+enum Writer {
+    Avro(Schema),
+    Json(WriterSchema),
 }
 
 /// The log line and metric of a writer version whose fields the rules do not classify.

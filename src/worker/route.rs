@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::Format;
 use crate::config::{Config, ConfigError};
 use crate::plan::json::JsonPlan;
+use crate::plan::json_schema::JsonSchemaContract;
 use crate::plan::Plan;
 use crate::subjects::{SubjectGate, SubjectPolicy, SubjectView};
 use crate::token::{self, TokenClass};
@@ -121,16 +122,28 @@ impl Route {
     }
 }
 
-/// A `format = "json"` pipeline as the worker runs it: every record of its input topic.
-#[derive(Debug)]
+/// A JSON pipeline as the worker runs it: for `format = "json"` every record of its input
+/// topic, for `format = "json-schema"` the records of one writer schema id.
+#[derive(Debug, Clone)]
 pub struct JsonRoute {
     /// Position of the pipeline in the config.
     pub index: usize,
     pub plan: Arc<JsonPlan>,
     pub name: String,
     pub output_topic: String,
+    /// `json-schema`: the Confluent header's schema id of the output (the derived schema's);
+    /// `None` for schemaless JSON, whose records are not framed.
+    pub output_schema_id: Option<u32>,
     pub key_class: Option<TokenClass>,
     pub subject_policy: SubjectPolicy,
+}
+
+/// A `format = "json-schema"` pipeline, found by its writer schemas' `title`.
+#[derive(Debug)]
+pub struct JsonSchemaPipeline {
+    /// Its route, but for the output schema id (each writer version gets its own).
+    pub route: JsonRoute,
+    pub contract: Arc<JsonSchemaContract>,
 }
 
 /// Where a sanitized record goes, and by which rules it was made.
@@ -138,11 +151,27 @@ pub struct JsonRoute {
 pub enum Target {
     /// An Avro pipeline, for one writer schema id.
     Avro(Arc<Route>),
-    /// A schemaless JSON pipeline.
+    /// A JSON pipeline: schemaless, or one writer schema id of a json-schema one.
     Json(Arc<JsonRoute>),
 }
 
 impl Target {
+    /// The position of its pipeline in the config.
+    pub fn index(&self) -> usize {
+        match self {
+            Target::Avro(route) => route.index,
+            Target::Json(route) => route.index,
+        }
+    }
+
+    /// The schema id its output is framed with; `None` for schemaless JSON.
+    pub fn output_schema_id(&self) -> Option<u32> {
+        match self {
+            Target::Avro(route) => Some(route.output_schema_id),
+            Target::Json(route) => route.output_schema_id,
+        }
+    }
+
     pub fn output_topic(&self) -> &str {
         match self {
             Target::Avro(route) => &route.output_topic,
@@ -169,7 +198,7 @@ impl Target {
 /// What the router knows of one input schema id.
 #[derive(Debug, Clone)]
 pub enum Resolution {
-    Route(Arc<Route>),
+    Route(Target),
     /// Every record with this id is dead-lettered for this reason (until a restart).
     Refused(DeadLetter),
 }
@@ -192,6 +221,8 @@ pub struct Router {
     /// `format = "json"` pipelines by input topic (a json pipeline has its topic to itself:
     /// a record carries nothing else to route it by).
     json_routes: HashMap<String, Arc<JsonRoute>>,
+    /// `format = "json-schema"` pipelines, routed by schema id like Avro ones.
+    json_schema_pipelines: Vec<JsonSchemaPipeline>,
 }
 
 impl Router {
@@ -206,6 +237,11 @@ impl Router {
                 self.json_routes
                     .values()
                     .map(|r| (r.index, &r.output_topic)),
+            )
+            .chain(
+                self.json_schema_pipelines
+                    .iter()
+                    .map(|p| (p.route.index, &p.route.output_topic)),
             )
             .collect();
         outputs.sort();
@@ -453,6 +489,7 @@ impl Router {
         let mut pipelines = Vec::new();
         let mut topics = Vec::new();
         let mut json_routes = HashMap::new();
+        let mut json_schema_pipelines = Vec::new();
         let mut avro_plans = engine.plans().iter();
         for (index, pipeline) in config.pipeline.iter().enumerate() {
             // Present and valid: `problems` refused the config otherwise.
@@ -478,21 +515,39 @@ impl Router {
                 }),
                 withheld: pipeline.erased,
             };
-            if pipeline.format == Format::Json {
+            if pipeline.format.is_json() {
                 let Some(plan) = engine.json_plan(index) else {
                     continue;
                 };
-                json_routes.insert(
-                    input_topic.clone(),
-                    Arc::new(JsonRoute {
-                        index,
-                        plan: plan.clone(),
-                        name: pipeline.name.clone(),
-                        output_topic: output_topic.clone(),
-                        key_class: pipeline.key_class.as_deref().and_then(key_class),
-                        subject_policy,
-                    }),
-                );
+                let route = JsonRoute {
+                    index,
+                    plan: plan.clone(),
+                    name: pipeline.name.clone(),
+                    output_topic: output_topic.clone(),
+                    output_schema_id: None,
+                    key_class: pipeline.key_class.as_deref().and_then(key_class),
+                    subject_policy,
+                };
+                let Some(contract) = engine.json_schema(index) else {
+                    json_routes.insert(input_topic.clone(), Arc::new(route));
+                    continue;
+                };
+                if let (Some(input_id), Some(output_id)) =
+                    (pipeline.input_schema_id, pipeline.output_schema_id)
+                {
+                    let pinned = JsonRoute {
+                        output_schema_id: Some(output_id),
+                        ..route.clone()
+                    };
+                    routes.insert(
+                        input_id,
+                        Resolution::Route(Target::Json(Arc::new(pinned))),
+                    );
+                }
+                json_schema_pipelines.push(JsonSchemaPipeline {
+                    route,
+                    contract: contract.clone(),
+                });
                 continue;
             }
             let Some(plan) = avro_plans.next() else {
@@ -511,7 +566,7 @@ impl Router {
                 (pipeline.input_schema_id, pipeline.output_schema_id)
             {
                 let route = Route::new(&spec, plan.clone(), output_id);
-                routes.insert(input_id, Resolution::Route(Arc::new(route)));
+                routes.insert(input_id, Resolution::Route(Target::Avro(Arc::new(route))));
             }
             pipelines.push(spec);
         }
@@ -523,12 +578,20 @@ impl Router {
             max_record_bytes: kafka.max_record_bytes,
             input_topics: topics,
             json_routes,
+            json_schema_pipelines,
         })
     }
 
     /// The pipeline of a writer schema's full record name.
     pub fn pipeline_for(&self, record_name: &str) -> Option<&Pipeline> {
         self.pipelines.iter().find(|p| p.record_name == record_name)
+    }
+
+    /// The json-schema pipeline of a writer schema's `title`.
+    pub fn json_schema_pipeline_for(&self, title: &str) -> Option<&JsonSchemaPipeline> {
+        self.json_schema_pipelines
+            .iter()
+            .find(|p| p.contract.input.title == title)
     }
 
     /// The schema id of a framed value that the registry must be asked about first: only with
@@ -569,6 +632,8 @@ impl Router {
         }
         self.json_routes
             .values()
+            .map(|r| &**r)
+            .chain(self.json_schema_pipelines.iter().map(|p| &p.route))
             .find(|r| r.index == index)
             .map_or("?", |r| r.name.as_str())
     }
@@ -585,11 +650,16 @@ impl Router {
     ) -> bool {
         let Some(key) = key else { return false };
         let gate = view.gate(SubjectPolicy::default());
-        for pipeline in &self.pipelines {
-            let (Some(class), Some(pkey)) = (
-                pipeline.key_class,
-                keys.pseudonym_in(pipeline.configured.domain.as_deref()),
-            ) else {
+        let avro = self
+            .pipelines
+            .iter()
+            .map(|p| (p.key_class, p.configured.domain.as_deref()));
+        let json = self
+            .json_schema_pipelines
+            .iter()
+            .map(|p| (p.route.key_class, p.route.plan.domain.as_deref()));
+        for (class, domain) in avro.chain(json) {
+            let (Some(class), Some(pkey)) = (class, keys.pseudonym_in(domain)) else {
                 continue;
             };
             key_token(pkey, class, key, None, engine.phone(), Some(&gate));
@@ -612,8 +682,8 @@ impl Router {
         out.extend_from_slice(value.unwrap_or_default());
         let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
         Ok(Output {
-            index: route.index,
-            route: Target::Avro(route),
+            index: route.index(),
+            route,
             key,
             withheld: false,
         })
@@ -681,6 +751,23 @@ impl Router {
         let Some(route) = self.json_routes.get(topic) else {
             return self.process_gated(engine, keys, subjects, key, value, out);
         };
+        let value = self.json_value(value);
+        self.process_json(route, engine, keys, subjects, key, value, out)
+    }
+
+    /// Transforms one JSON record's `value` (already unframed, or why it cannot be read) by
+    /// `route`, with the Confluent header first where the route has an output schema id.
+    #[allow(clippy::too_many_arguments)] // process_gated's, with the route it found
+    fn process_json(
+        &self,
+        route: &Arc<JsonRoute>,
+        engine: &Engine,
+        keys: &ActiveKeys,
+        subjects: Option<&SubjectView<'_>>,
+        key: Option<&[u8]>,
+        value: Result<&[u8], DeadLetter>,
+        out: &mut Vec<u8>,
+    ) -> (Result<Output, DeadLetter>, bool) {
         let gate = subjects.map(|view| view.gate(route.subject_policy));
         let met = || gate.as_ref().is_some_and(|g| g.met());
         let key_of = |regions: Option<rlibphonenumber::Region>| match (route.key_class, key) {
@@ -698,14 +785,21 @@ impl Router {
             }
             _ => Some(None),
         };
-        let value = match self.json_value(value) {
+        let value = match value {
             Ok(value) => value,
             Err(reason) => {
                 let _ = key_of(None);
                 return (Err(reason), met());
             }
         };
-        out.clear();
+        let header = |out: &mut Vec<u8>| {
+            out.clear();
+            if let Some(id) = route.output_schema_id {
+                out.push(MAGIC);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+        };
+        header(out);
         let regions = match engine.transform_json(&route.plan, keys, gate.as_ref(), value, out) {
             Ok(regions) => regions,
             Err(error) => {
@@ -714,6 +808,7 @@ impl Router {
                 } else {
                     DeadLetter::CorruptJson
                 };
+                let _ = key_of(None);
                 return (Err(reason), met());
             }
         };
@@ -724,7 +819,7 @@ impl Router {
         if met() && !met_in_value && route.plan.needs_encryption {
             // Withheld by the key alone, after the value was sealed: walk it again, now
             // withholding from the start (the gate has met the subject).
-            out.clear();
+            header(out);
             if engine
                 .transform_json(&route.plan, keys, gate.as_ref(), value, out)
                 .is_err()
@@ -758,7 +853,7 @@ impl Router {
     }
 
     /// Size, framing and schema id checks; the route and the Avro bytes.
-    fn check<'v>(&self, value: Option<&'v [u8]>) -> Result<(Arc<Route>, &'v [u8]), DeadLetter> {
+    fn check<'v>(&self, value: Option<&'v [u8]>) -> Result<(Target, &'v [u8]), DeadLetter> {
         let (schema_id, avro) = self.framing(value)?;
         match self.read_routes().get(&schema_id) {
             Some(Resolution::Route(route)) => Ok((route.clone(), avro)),
@@ -791,7 +886,10 @@ impl Router {
         out: &mut Vec<u8>,
     ) -> (Result<Output, DeadLetter>, bool) {
         let (route, avro) = match self.check(value) {
-            Ok(checked) => checked,
+            Ok((Target::Avro(route), avro)) => (route, avro),
+            Ok((Target::Json(route), json)) => {
+                return self.process_json(&route, engine, keys, subjects, key, Ok(json), out)
+            }
             Err(reason) => {
                 // No route, so no rules: the record key is all there is to tell whose it is.
                 let met = subjects.is_some_and(|view| self.key_withholds(engine, keys, view, key));

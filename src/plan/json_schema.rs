@@ -1,0 +1,556 @@
+//! JSON Schema (`format = "json-schema"`): a producer's schema checked against a json
+//! pipeline's rules, and the schema of what the pipeline publishes derived from it.
+//!
+//! Records are still walked by the pipeline's [`JsonPlan`], whatever their schema says: a key
+//! no rule names is refused record by record, as in schemaless JSON. The schema is read for
+//! two things the walk cannot give. A producer's new version with a property that no rule
+//! classifies (or a type its rule does not take) is refused whole, before any of its records
+//! is read, and its records are dead-lettered as `unclassified-field` as for Avro. And readers
+//! of the analytics topic get a schema that says what is there: tokens as strings, sealed
+//! values as base64 strings, derived attributes, dropped properties gone.
+//!
+//! Only what decides the types of the published keys is read: `type`, `properties`,
+//! `required`, `items`, `additionalProperties: false`, local `$ref`s (`#/$defs/…`,
+//! `#/definitions/…`) and a nullable `anyOf`/`oneOf` (`[S, {"type": "null"}]`, as Pydantic
+//! writes `Optional`). Anything else that could change which keys or types a record has
+//! (`allOf`, other unions, `patternProperties`, conditionals) is refused where a rule rewrites
+//! or descends, and copied as it is under `keep`. docs/formats.md, "JSON Schema", is the
+//! contract.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::json::{Branch, JsonLeaf, JsonPlan, Node};
+use super::{UnusedRules, OUTPUT_NAMESPACE};
+use crate::config::UnknownKeys;
+use crate::rules::{Action, Attribute};
+
+/// Most `$ref`s followed in a row (a loop of references is refused, not followed forever).
+const MAX_REF_HOPS: usize = 16;
+
+/// Keywords that change which keys or types an object or value has, and that this walk does
+/// not read: refused where a rule rewrites a value or names an object's keys.
+const UNREAD: &[&str] = &[
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "patternProperties",
+    "dependentSchemas",
+    "dependencies",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "$dynamicRef",
+    "$recursiveRef",
+];
+
+/// A producer's JSON Schema, parsed.
+#[derive(Debug, Clone)]
+pub struct WriterSchema {
+    /// Its `title`: what a json-schema pipeline is found by, as an Avro one by record name.
+    pub title: String,
+    pub root: Value,
+}
+
+impl WriterSchema {
+    /// Parses schema text: a JSON object with a string `title`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let title = match root.get("title") {
+            Some(Value::String(title)) if !title.trim().is_empty() => title.clone(),
+            _ if !root.is_object() => return Err("not a JSON Schema object".to_owned()),
+            _ => {
+                return Err(
+                    "it has no \"title\": a json-schema pipeline is found by its schema's title"
+                        .to_owned(),
+                )
+            }
+        };
+        Ok(WriterSchema { title, root })
+    }
+
+    /// The title of the derived output schema: the title's last dotted part in
+    /// [`OUTPUT_NAMESPACE`] (`comms.v1.CallEvent` → `comms.sanitized.v1.CallEvent`), as Avro
+    /// output records are named, so that the output never shares a subject with its input.
+    pub fn output_title(&self) -> String {
+        let last = self.title.rsplit('.').next().unwrap_or(&self.title);
+        format!("{OUTPUT_NAMESPACE}.{last}")
+    }
+}
+
+/// A json-schema pipeline's configured input schema and the output schema derived from it.
+#[derive(Debug)]
+pub struct JsonSchemaContract {
+    pub input: WriterSchema,
+    pub output: Value,
+}
+
+impl JsonSchemaContract {
+    /// Reads the schema file `path` (bounded, a regular file) and derives its output schema.
+    pub fn read(path: &Path, plan: &JsonPlan, unused: UnusedRules) -> Result<Self, Vec<String>> {
+        let shown = path.display();
+        let text = crate::fsio::read_text(path, "schema", crate::fsio::SCHEMA_LIMIT)
+            .map_err(|e| vec![format!("input_schema: {e}")])?;
+        let input = WriterSchema::parse(&text)
+            .map_err(|why| vec![format!("input_schema {shown}: {why}")])?;
+        let output = derive(plan, &input, unused)?;
+        Ok(JsonSchemaContract { input, output })
+    }
+}
+
+/// Checks `schema` against `plan` and derives the output schema; or every problem, each
+/// starting with the path it is at. `unused`: whether a rule may name a property the schema
+/// does not have (allowed with a registry, where another version may have it).
+pub fn derive(
+    plan: &JsonPlan,
+    schema: &WriterSchema,
+    unused: UnusedRules,
+) -> Result<Value, Vec<String>> {
+    let mut walk = Walk {
+        root: &schema.root,
+        unknown: plan.unknown,
+        unused,
+        problems: Vec::new(),
+        kept_refs: false,
+    };
+    let derived = walk.object(&plan.root, &schema.root, "");
+    if !walk.problems.is_empty() {
+        return Err(walk.problems);
+    }
+    let Some(Value::Object(body)) = derived else {
+        return Err(vec!["the top level is not an object schema".to_owned()]);
+    };
+    // `$schema` and `title` first, as people write them.
+    let mut derived = Map::new();
+    if let Some(dialect) = schema.root.get("$schema") {
+        derived.insert("$schema".to_owned(), dialect.clone());
+    }
+    derived.insert("title".to_owned(), Value::String(schema.output_title()));
+    derived.extend(body);
+    if walk.kept_refs {
+        // A kept value's subschema is copied as it is, `$ref`s and all: what they point at too.
+        for defs in ["$defs", "definitions"] {
+            if let Some(found) = schema.root.get(defs) {
+                derived.insert(defs.to_owned(), found.clone());
+            }
+        }
+    }
+    Ok(Value::Object(derived))
+}
+
+/// The JSON types a (sub)schema lets a value have.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Types {
+    null: bool,
+    boolean: bool,
+    object: bool,
+    array: bool,
+    number: bool,
+    string: bool,
+}
+
+impl Types {
+    fn names(self) -> Vec<&'static str> {
+        [
+            (self.object, "object"),
+            (self.array, "array"),
+            (self.string, "string"),
+            (self.number, "number"),
+            (self.boolean, "boolean"),
+            (self.null, "null"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
+    }
+}
+
+struct Walk<'s> {
+    root: &'s Value,
+    unknown: UnknownKeys,
+    unused: UnusedRules,
+    problems: Vec<String>,
+    /// A kept subschema copied to the output holds a `$ref`.
+    kept_refs: bool,
+}
+
+impl<'s> Walk<'s> {
+    /// `schema` with its local `$ref`s followed.
+    fn resolve(&mut self, mut schema: &'s Value, path: &str) -> Option<&'s Value> {
+        for _ in 0..MAX_REF_HOPS {
+            let Some(reference) = schema.get("$ref") else {
+                return Some(schema);
+            };
+            let target = reference
+                .as_str()
+                .and_then(|r| r.strip_prefix('#'))
+                .and_then(|pointer| self.root.pointer(pointer));
+            match target {
+                Some(target) => schema = target,
+                None => {
+                    self.problem(path, "a $ref that is not to this schema's own $defs (only local references are read)");
+                    return None;
+                }
+            }
+        }
+        self.problem(path, "$refs that go on past 16 hops (a loop?)");
+        None
+    }
+
+    fn problem(&mut self, path: &str, why: &str) {
+        let at = if path.is_empty() { "(top level)" } else { path };
+        self.problems.push(format!("{at}: {why}"));
+    }
+
+    /// The types `schema` allows, and the subschema of its non-null part (a nullable
+    /// `anyOf`/`oneOf` unwrapped); `None` (with a problem) where the walk cannot tell.
+    fn types(&mut self, schema: &'s Value, path: &str) -> Option<(Types, &'s Value)> {
+        let schema = self.resolve(schema, path)?;
+        if schema == &Value::Bool(true) || schema.as_object().is_some_and(|o| o.is_empty()) {
+            self.problem(path, "its schema allows any value: give it a type");
+            return None;
+        }
+        let Some(object) = schema.as_object() else {
+            self.problem(path, "its schema is not an object");
+            return None;
+        };
+        if let Some(keyword) = UNREAD.iter().find(|k| object.contains_key(**k)) {
+            self.problem(
+                path,
+                &format!("its schema uses {keyword}, which the worker does not read where a rule rewrites a value or names keys (keep it, or say its type plainly)"),
+            );
+            return None;
+        }
+        for union in ["anyOf", "oneOf"] {
+            let Some(members) = object.get(union) else {
+                continue;
+            };
+            let members: Vec<&'s Value> = members.as_array().into_iter().flatten().collect();
+            let is_null = |m: &Value| m.get("type") == Some(&Value::String("null".to_owned()));
+            let others: Vec<&'s Value> = members.iter().copied().filter(|m| !is_null(m)).collect();
+            if others.len() != 1 || object.contains_key("type") {
+                self.problem(
+                    path,
+                    &format!("its schema's {union} is not one schema or null (the worker reads only that union)"),
+                );
+                return None;
+            }
+            let (mut types, inner) = self.types(others[0], path)?;
+            types.null |= members.len() > others.len();
+            return Some((types, inner));
+        }
+        let mut types = Types::default();
+        let names: Vec<&str> = match object.get("type") {
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            _ => {
+                self.problem(path, "its schema gives no type: say which it is");
+                return None;
+            }
+        };
+        for name in names {
+            match name {
+                "null" => types.null = true,
+                "boolean" => types.boolean = true,
+                "object" => types.object = true,
+                "array" => types.array = true,
+                "number" | "integer" => types.number = true,
+                "string" => types.string = true,
+                _ => {
+                    self.problem(path, "its schema names a type JSON Schema does not have");
+                    return None;
+                }
+            }
+        }
+        Some((types, schema))
+    }
+
+    /// The output schema of an object (or array of objects) whose keys `branch` has rules for.
+    fn object(&mut self, branch: &Branch, schema: &'s Value, path: &str) -> Option<Value> {
+        let (types, schema) = self.types(schema, path)?;
+        if types.string || types.number || types.boolean || !(types.object || types.array) {
+            self.problem(
+                path,
+                &format!(
+                    "rules name its keys, so it is an object (or array of objects), but its schema allows {}",
+                    types.names().join(", ")
+                ),
+            );
+            return None;
+        }
+        let mut out = copy_annotations(schema);
+        let mut out_types = Vec::new();
+        if types.object {
+            out_types.push("object");
+            self.properties(branch, schema, path, &mut out);
+        }
+        if types.array {
+            out_types.push("array");
+            let items = schema.get("items").unwrap_or(&Value::Bool(true));
+            let (item_types, item_schema) = self.types(items, path)?;
+            if item_types.array || !item_types.object {
+                self.problem(path, "an array whose items are not objects, where rules name keys");
+                return None;
+            }
+            let mut items_out = copy_annotations(item_schema);
+            self.properties(branch, item_schema, path, &mut items_out);
+            items_out.insert("type".to_owned(), type_value(&["object"], item_types.null));
+            out.insert("items".to_owned(), Value::Object(items_out));
+        }
+        out.insert("type".to_owned(), type_value(&out_types, types.null));
+        Some(Value::Object(out))
+    }
+
+    /// Fills `out` with the output `properties`, `required` and `additionalProperties` of the
+    /// object schema `schema`.
+    fn properties(
+        &mut self,
+        branch: &Branch,
+        schema: &'s Value,
+        path: &str,
+        out: &mut Map<String, Value>,
+    ) {
+        let properties: Option<&'s Map<String, Value>> = match schema.get("properties") {
+            Some(Value::Object(properties)) => Some(properties),
+            None => None,
+            Some(_) => {
+                self.problem(path, "its properties is not an object");
+                return;
+            }
+        };
+        let mut derived = Map::new();
+        for (key, subschema) in properties.into_iter().flatten() {
+            let key_path = join(path, key);
+            match branch.keys.get(key.as_str()) {
+                None if self.unknown == UnknownKeys::Drop => {}
+                None => self.problem(
+                    &key_path,
+                    "a property without a rule (add one; a pipeline with unknown = \"drop\" leaves it out)",
+                ),
+                Some(Node::Branch(inner)) => {
+                    if let Some(object) = self.object(inner, subschema, &key_path) {
+                        derived.insert(key.clone(), object);
+                    }
+                }
+                Some(Node::Leaf(leaf)) => self.leaf(leaf, key, subschema, &mut derived),
+            }
+        }
+        if self.unused == UnusedRules::Refuse {
+            for key in branch.keys.keys() {
+                if !properties.is_some_and(|p| p.contains_key(key.as_ref())) {
+                    self.problem(
+                        &join(path, key),
+                        "a rule names a property the schema does not have",
+                    );
+                }
+            }
+        }
+        let required: Vec<Value> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|name| name.as_str().is_some_and(|n| derived.contains_key(n)))
+            .cloned()
+            .collect();
+        out.insert("properties".to_owned(), Value::Object(derived));
+        if !required.is_empty() {
+            out.insert("required".to_owned(), Value::Array(required));
+        }
+        // Only keys with rules are published: a schema that allowed no others still does not.
+        if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+            out.insert("additionalProperties".to_owned(), Value::Bool(false));
+        }
+    }
+
+    /// Adds the output property (and derived properties) of a key with a leaf rule.
+    fn leaf(
+        &mut self,
+        leaf: &JsonLeaf,
+        key: &str,
+        schema: &'s Value,
+        derived: &mut Map<String, Value>,
+    ) {
+        let path = leaf.path.as_ref();
+        match leaf.action {
+            Action::Drop => return,
+            Action::Keep => {
+                self.kept_refs |= schema.to_string().contains("\"$ref\"");
+                derived.insert(key.to_owned(), schema.clone());
+                return;
+            }
+            _ => {}
+        }
+        let Some((types, inner)) = self.types(schema, path) else {
+            return;
+        };
+        // An array is rewritten item by item: its items' types are what the action meets.
+        let (scalar, items) = if types.array {
+            let items = inner.get("items").unwrap_or(&Value::Bool(true));
+            let Some((item_types, _)) = self.types(items, path) else {
+                return;
+            };
+            if item_types.array {
+                self.problem(path, "an array of arrays (refused under every rule)");
+                return;
+            }
+            (Types { array: false, null: false, ..types }, Some(item_types))
+        } else {
+            (Types { null: false, ..types }, None)
+        };
+        let takes = takes(leaf.action);
+        for types in std::iter::once(scalar).chain(items) {
+            let refused: Vec<&str> = Types { null: false, ..types }
+                .names()
+                .into_iter()
+                .filter(|name| !takes.contains(name))
+                .collect();
+            if !refused.is_empty() {
+                self.problem(
+                    path,
+                    &format!(
+                        "its schema allows {}, which {} does not take (it takes {})",
+                        refused.join(", "),
+                        leaf.action.name(),
+                        takes.join(", ")
+                    ),
+                );
+                return;
+            }
+        }
+        let written = written(leaf);
+        // A withheld person's sealed value is null, whatever the schema said.
+        let sealed = leaf.action == Action::Encrypt;
+        let scalar_out = |nullable: bool| {
+            let mut out = Map::new();
+            out.insert("type".to_owned(), type_value(&[written], nullable || sealed));
+            if sealed {
+                out.insert("contentEncoding".to_owned(), "base64".into());
+            }
+            out
+        };
+        let mut out = copy_text(schema);
+        let mut out_types: Vec<&str> = Vec::new();
+        let has_scalar = scalar != Types::default();
+        if has_scalar {
+            out_types.push(written);
+        }
+        if let Some(item_types) = items {
+            out_types.push("array");
+            out.insert(
+                "items".to_owned(),
+                Value::Object(scalar_out(item_types.null)),
+            );
+        }
+        out.insert(
+            "type".to_owned(),
+            type_value(&out_types, types.null || sealed),
+        );
+        if sealed && has_scalar {
+            out.insert("contentEncoding".to_owned(), "base64".into());
+        }
+        derived.insert(key.to_owned(), Value::Object(out));
+        for (attribute, _) in &leaf.derived_keys {
+            let value_type = match attribute {
+                Attribute::CallingCode => "integer",
+                _ => "string",
+            };
+            let one = type_value(&[value_type], true);
+            let attribute_schema = match items {
+                Some(_) if !has_scalar => serde_json::json!({
+                    "type": type_value(&["array"], true),
+                    "items": { "type": one },
+                }),
+                Some(_) => serde_json::json!({
+                    "type": type_value(&["array", value_type], true),
+                    "items": { "type": one },
+                }),
+                None => serde_json::json!({ "type": one }),
+            };
+            derived.insert(attribute.field_name(key), attribute_schema);
+        }
+    }
+}
+
+/// The JSON types an action takes (docs/formats.md, "Each action on each JSON type").
+fn takes(action: Action) -> &'static [&'static str] {
+    match action {
+        Action::Keep | Action::Drop => &["object", "array", "string", "number", "boolean"],
+        Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. } => &["string", "number"],
+        Action::Encrypt => &["string"],
+        Action::TimeTruncate(_) | Action::Bucket { .. } => &["number"],
+    }
+}
+
+/// The JSON type an action writes (for a value that is not null).
+fn written(leaf: &JsonLeaf) -> &'static str {
+    match leaf.action {
+        Action::TimeTruncate(_) | Action::Bucket { label: false } => "integer",
+        _ => "string",
+    }
+}
+
+/// `"t"`, or `["t", "null"]`, or `["t1", "t2", …]`.
+fn type_value(types: &[&str], nullable: bool) -> Value {
+    let mut names: Vec<Value> = types.iter().map(|t| Value::from(*t)).collect();
+    if nullable {
+        names.push("null".into());
+    }
+    match names.len() {
+        1 => names.remove(0),
+        _ => Value::Array(names),
+    }
+}
+
+/// An object schema's keywords that say nothing of its keys' values (its text and bounds).
+fn copy_annotations(schema: &Value) -> Map<String, Value> {
+    const READ: &[&str] = &[
+        "type",
+        "properties",
+        "required",
+        "items",
+        "additionalProperties",
+        "$defs",
+        "definitions",
+        "$ref",
+        "$schema",
+        "$id",
+        "anyOf",
+        "oneOf",
+        "propertyNames",
+        "enum",
+        "const",
+        "default",
+        "examples",
+    ];
+    schema
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !READ.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A rewritten value's `title` and `description`: its bounds, enum, format, pattern and
+/// examples described the raw value (and may quote one), so they are not carried over.
+fn copy_text(schema: &Value) -> Map<String, Value> {
+    ["title", "description"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), schema.get(k)?.clone())))
+        .collect()
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
