@@ -123,7 +123,7 @@ pub fn derive(
     if !walk.problems.is_empty() {
         return Err(walk.problems);
     }
-    let Some(Value::Object(body)) = derived else {
+    let Some(Value::Object(mut body)) = derived else {
         return Err(vec!["the top level is not an object schema".to_owned()]);
     };
     // `$schema` and `title` first, as people write them.
@@ -132,6 +132,7 @@ pub fn derive(
         derived.insert("$schema".to_owned(), dialect.clone());
     }
     derived.insert("title".to_owned(), Value::String(schema.output_title()));
+    body.remove("title");
     derived.extend(body);
     if walk.kept_refs {
         // A kept value's subschema is copied as it is, `$ref`s and all: what they point at too.

@@ -7,7 +7,8 @@
 //! - `GET /schemas/ids/{id}` → `{"schema": "..."}` (`schemaType` omitted for Avro, as the real
 //!   one does), or 404 with 40403;
 //! - `POST /subjects/{subject}/versions` with `{"schema": "...", "schemaType"?: "..."}` → `{"id": N}`;
-//!   the same schema (by Avro canonical form) under any subject gets the same id; a schema
+//!   the same schema (by Avro canonical form, or a JSON schema by its parsed value) under any
+//!   subject gets the same id; a schema
 //!   that does not parse is 422 with 42201; a subject set to refuse new versions answers 409
 //!   (what a compatibility check failure answers);
 //! - `GET /subjects/{subject}/versions/latest` and `…/versions/{n}` → `{"subject", "version",
@@ -91,7 +92,12 @@ impl TestRegistry {
 
     /// Registers a schema as a producer's serializer would; returns its id.
     pub fn register(&self, subject: &str, schema: &str) -> u32 {
-        match register(&mut self.state(), subject, schema, "AVRO") {
+        self.register_as(subject, schema, "AVRO")
+    }
+
+    /// [`TestRegistry::register`] for a schema of `kind` (`AVRO`, `JSON`).
+    pub fn register_as(&self, subject: &str, schema: &str, kind: &str) -> u32 {
+        match register(&mut self.state(), subject, schema, kind) {
             Ok(id) => id,
             Err((status, body)) => panic!("test schema refused: {status} {body}"),
         }
@@ -213,7 +219,9 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
             return error(401, 401, "Unauthorized");
         }
     }
-    let url = request.url().to_owned();
+    // Query parameters (`?normalize=false`, `?subject=…`, as Confluent's clients send) do not
+    // change the answers this registry gives.
+    let url = request.url().split('?').next().unwrap_or_default().to_owned();
     let method = request.method().as_str().to_owned();
     let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
@@ -332,14 +340,36 @@ fn register(
     kind: &str,
 ) -> Result<u32, (u16, String)> {
     if kind != "AVRO" {
-        // The suite stores other kinds as given, to serve them back.
-        state.schemas.push((schema.to_owned(), kind.to_owned()));
-        let id = state.schemas.len() as u32;
-        state
-            .subjects
-            .entry(subject.to_owned())
-            .or_default()
-            .push(id);
+        // The suite stores other kinds as given, to serve them back: the same text (JSON by
+        // its parsed value) gets the same id, as the real registry does.
+        if kind == "JSON" && serde_json::from_str::<serde_json::Value>(schema).is_err() {
+            return Err(error(422, 42201, "Invalid schema: not JSON"));
+        }
+        let same = |(text, k): &(String, String)| {
+            k == kind
+                && (text == schema
+                    || (kind == "JSON"
+                        && serde_json::from_str::<serde_json::Value>(text).ok()
+                            == serde_json::from_str::<serde_json::Value>(schema).ok()))
+        };
+        let id = match state.schemas.iter().position(same) {
+            Some(index) => state.base + index as u32 + 1,
+            None => {
+                if state.refusing.contains(subject) {
+                    return Err(error(
+                        409,
+                        409,
+                        "Schema being registered is incompatible with an earlier schema for subject",
+                    ));
+                }
+                state.schemas.push((schema.to_owned(), kind.to_owned()));
+                state.base + state.schemas.len() as u32
+            }
+        };
+        let versions = state.subjects.entry(subject.to_owned()).or_default();
+        if !versions.contains(&id) {
+            versions.push(id);
+        }
         return Ok(id);
     }
     let parsed = Schema::parse_str(schema)
