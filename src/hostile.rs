@@ -340,6 +340,68 @@ pub fn schema(setup: &Setup, data: &[u8]) {
     }
 }
 
+/// A producer's JSON Schema as a registry answers it, checked against the example json
+/// pipeline's rules (both `unknown` settings). Never panics; an accepted schema derives an
+/// output schema titled in the sanitized namespace that names no property outside the rules
+/// and their derived keys (nothing without a rule is described as published), and carries no
+/// `examples`, `default`, `enum` or `const` on a rewritten value (they describe raw values).
+pub fn json_schema(setup: &Setup, data: &[u8]) {
+    use crate::plan::json::{Branch, Node};
+    use crate::plan::json_schema::{derive, WriterSchema};
+    use serde_json::Value;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(schema) = WriterSchema::parse(text) else {
+        return;
+    };
+    let Some((_, plan)) = setup.json.json_plans().first() else {
+        return;
+    };
+    fn named(branch: &Branch, output: &Value) {
+        let Some(properties) = output.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (key, value) in properties {
+            let node = branch.keys.get(key.as_str()).or_else(|| {
+                // A derived key: `<leaf>_<attribute>` of a leaf that derives it.
+                branch.keys.iter().find_map(|(leaf_key, node)| match node {
+                    Node::Leaf(leaf)
+                        if leaf
+                            .derived_keys
+                            .iter()
+                            .any(|(a, _)| a.field_name(leaf_key) == *key) =>
+                    {
+                        Some(node)
+                    }
+                    _ => None,
+                })
+            });
+            match node {
+                None => panic!("the derived schema describes a key without a rule"),
+                Some(Node::Branch(inner)) => {
+                    named(inner, value);
+                    if let Some(items) = value.get("items") {
+                        named(inner, items);
+                    }
+                }
+                Some(Node::Leaf(leaf)) if leaf.action == crate::rules::Action::Keep => {}
+                Some(Node::Leaf(_)) => {
+                    for hint in ["examples", "default", "enum", "const", "pattern"] {
+                        assert!(value.get(hint).is_none(), "{hint} kept on a rewritten value");
+                    }
+                }
+            }
+        }
+    }
+    for unused in [crate::plan::UnusedRules::Allow, crate::plan::UnusedRules::Refuse] {
+        if let Ok(output) = derive(plan, &schema, unused) {
+            assert_eq!(output["title"], Value::String(schema.output_title()));
+            named(&plan.root, &output);
+        }
+    }
+}
+
 /// A record as consumed: the first byte is the key's length, then the key, then the value
 /// (Confluent framing, routing, transform, key token). Never panics; a record is published or
 /// dead-lettered.

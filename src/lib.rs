@@ -5,7 +5,9 @@
 //! Data flows one way: Avro bytes in → the compiled [`plan::Plan`] of the writer schema →
 //! [`transform::Engine::transform`] → Avro bytes out; for a schemaless JSON pipeline
 //! (`format = "json"`), a JSON object in → the key tree of its [`plan::json::JsonPlan`] →
-//! [`transform::Engine::transform_json`] → a JSON object out. The transform is a pure function of
+//! [`transform::Engine::transform_json`] → a JSON object out (for `format = "json-schema"` the
+//! same, behind Confluent's 5-byte framing, the writer's JSON Schema first checked against the
+//! rules by [`plan::json_schema`]). The transform is a pure function of
 //! (event bytes, rules, keys) with no I/O; file mode and the CLI own all I/O.
 //!
 //! # Layout
@@ -37,7 +39,9 @@
 //!   reporting of connection failures.
 //! - [`plan`]: compiles rules against a writer schema into a transform program and the derived
 //!   output schema, reporting every offending path at once (the schema walk, value shapes and
-//!   region-field paths each in a file of their own).
+//!   region-field paths each in a file of their own); for JSON, the key tree of the rules
+//!   (`plan::json`) and a JSON Schema checked against it with its output schema
+//!   (`plan::json_schema`).
 //! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
 //! - [`hardening`]: what a process holding keys does first: core dumps off, the KEK out of
 //!   its environment.

@@ -37,7 +37,7 @@ static COUNTING: Counting = Counting;
 
 type Check = fn(&Setup, &[u8]);
 
-const TARGETS: [(&str, Check); 8] = [
+const TARGETS: [(&str, Check); 9] = [
     ("transform_differential", hostile::transform),
     ("envelope_open", hostile::envelope_open),
     ("keyring_parse", hostile::keyring),
@@ -46,6 +46,7 @@ const TARGETS: [(&str, Check); 8] = [
     ("schema_compile", hostile::schema),
     ("phone_fast", hostile::phone_fast),
     ("json_transform", hostile::json),
+    ("json_schema_derive", hostile::json_schema),
 ];
 
 #[test]

@@ -25,10 +25,9 @@ use serde_json::{json, Value as Json};
 
 /// The shipped JSON Schema of call events.
 fn call_schema() -> Json {
-    let text = std::fs::read_to_string(
-        common::repo().join("schemas/comms.v1.CallEvent.schema.json"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(common::repo().join("schemas/comms.v1.CallEvent.schema.json"))
+            .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -97,7 +96,10 @@ fn the_derived_schema_says_what_is_published() {
     schema["properties"]["caller"]["pattern"] = json!("^\\+?[0-9]+$");
     let config = Config::load(&config_in(dir.path(), &schema, without_registry)).unwrap();
     let engine = Engine::from_config(&config).unwrap();
-    let output = &engine.json_schema(0).expect("a json-schema pipeline").output;
+    let output = &engine
+        .json_schema(0)
+        .expect("a json-schema pipeline")
+        .output;
     assert_eq!(output["title"], "comms.sanitized.v1.CallEvent");
     let properties = &output["properties"];
     assert_eq!(
@@ -105,20 +107,35 @@ fn the_derived_schema_says_what_is_published() {
         json!({"description": "E.164 or national number.", "type": "string"})
     );
     assert!(!output.to_string().contains("6281234567890"));
-    assert_eq!(properties["caller_calling_code"]["type"], json!(["integer", "null"]));
-    assert_eq!(properties["callee_number_type"]["type"], json!(["string", "null"]));
+    assert_eq!(
+        properties["caller_calling_code"]["type"],
+        json!(["integer", "null"])
+    );
+    assert_eq!(
+        properties["callee_number_type"]["type"],
+        json!(["string", "null"])
+    );
     assert_eq!(
         properties["recording_url"],
         json!({"type": ["string", "null"], "contentEncoding": "base64"})
     );
     assert_eq!(properties["caller_ip"], json!({"type": ["string", "null"]}));
-    assert_eq!(properties["duration_ms"], json!({"type": "integer", "minimum": 0}));
+    assert_eq!(
+        properties["duration_ms"],
+        json!({"type": "integer", "minimum": 0})
+    );
     // The $ref'd device is inlined, its id a token; the location keeps its shape.
     assert_eq!(properties["device"]["type"], json!(["object", "null"]));
-    assert_eq!(properties["device"]["properties"]["device_id"], json!({"type": "string"}));
+    assert_eq!(
+        properties["device"]["properties"]["device_id"],
+        json!({"type": "string"})
+    );
     assert_eq!(properties["location"]["required"], json!(["country"]));
     assert_eq!(properties["location"]["additionalProperties"], json!(false));
-    assert!(output.get("$defs").is_none(), "no kept value refers to them");
+    assert!(
+        output.get("$defs").is_none(),
+        "no kept value refers to them"
+    );
 
     // A dropped property leaves the output and its `required`.
     let config = Config::load(&config_in(dir.path(), &call_schema(), |t| {
@@ -142,7 +159,11 @@ fn the_derived_schema_says_what_is_published() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     let written: Json = serde_json::from_slice(
         &std::fs::read(out.join("comms.sanitized.v1.CallEvent.schema.json")).unwrap(),
     )
@@ -184,8 +205,7 @@ fn schemas_the_rules_do_not_classify_are_refused() {
         ),
         (
             with(&|s| {
-                s["properties"]["caller"] =
-                    json!({"allOf": [{"type": "string"}, {"minLength": 3}]})
+                s["properties"]["caller"] = json!({"allOf": [{"type": "string"}, {"minLength": 3}]})
             }),
             "caller: its schema uses allOf",
         ),
@@ -201,10 +221,7 @@ fn schemas_the_rules_do_not_classify_are_refused() {
         ),
         (
             with(&|s| {
-                s["properties"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("codec");
+                s["properties"].as_object_mut().unwrap().remove("codec");
             }),
             "codec: a rule names a property the schema does not have",
         ),
@@ -228,8 +245,10 @@ fn schemas_the_rules_do_not_classify_are_refused() {
     // `unknown = "drop"`: a property without a rule is left out, not refused.
     let more = with(&|s| s["properties"]["imsi"] = json!({"type": "string"}));
     assert_eq!(
-        refusal(&more, |t| without_registry(t)
-            .replace("key_class = \"phone\"", "key_class = \"phone\"\nunknown = \"drop\"")),
+        refusal(&more, |t| without_registry(t).replace(
+            "key_class = \"phone\"",
+            "key_class = \"phone\"\nunknown = \"drop\""
+        )),
         None
     );
     // Two pipelines, one title.
@@ -294,8 +313,14 @@ async fn confluent_serializers_on_both_sides() {
             .replace("\"sdk.calls.sanitized\"", &format!("{:?}", topics.calls))
             .replace("\"sdk.dlq\"", &format!("{:?}", topics.dlq))
             .replace("\"127.0.0.1:9092\"", &format!("{brokers:?}"))
-            .replace("\"pseudonymizer-json-schema\"", &format!("{:?}", topics.group))
-            .replace("\"http://127.0.0.1:8081\"", &format!("{:?}", registry.url()))
+            .replace(
+                "\"pseudonymizer-json-schema\"",
+                &format!("{:?}", topics.group),
+            )
+            .replace(
+                "\"http://127.0.0.1:8081\"",
+                &format!("{:?}", registry.url()),
+            )
             .replace("codec = \"keep\"", "codec = \"keep\"\nnetwork = \"keep\"")
             + "timeout_secs = 2\nmax_backoff_secs = 1\n"
     });
@@ -382,10 +407,16 @@ async fn confluent_serializers_on_both_sides() {
         let headers = message.headers().unwrap();
         let reason = headers.iter().find(|h| h.key == "dlq.reason").unwrap();
         assert_eq!(reason.value, Some(&b"unclassified-field"[..]));
-        assert!(!message.payload().unwrap().windows(10).any(|w| w == b"5100112345"));
+        assert!(!message
+            .payload()
+            .unwrap()
+            .windows(10)
+            .any(|w| w == b"5100112345"));
     }
     assert!(
-        metrics.render().contains("pseudonymizer_unclassified_fields{"),
+        metrics
+            .render()
+            .contains("pseudonymizer_unclassified_fields{"),
         "the unclassified property is exported"
     );
 
@@ -402,8 +433,15 @@ async fn confluent_serializers_on_both_sides() {
         .versions("comms.sanitized.v1.CallEvent")
         .into_iter()
         .collect();
-    assert_eq!(derived_ids.len(), 2, "one derived schema per accepted version");
-    assert!(derived_ids.is_subset(&registered), "{derived_ids:?} ⊄ {registered:?}");
+    assert_eq!(
+        derived_ids.len(),
+        2,
+        "one derived schema per accepted version"
+    );
+    assert!(
+        derived_ids.is_subset(&registered),
+        "{derived_ids:?} ⊄ {registered:?}"
+    );
     for id in &derived_ids {
         let schema: Json = serde_json::from_str(&registry.schema(*id).unwrap()).unwrap();
         assert_eq!(schema["title"], "comms.sanitized.v1.CallEvent");
@@ -424,7 +462,10 @@ async fn confluent_serializers_on_both_sides() {
             .unwrap();
         let mut value: Json = serde_json::from_slice(&out).unwrap();
         let sealed = value["recording_url"].take();
-        expected.insert(value["event_id"].as_str().unwrap().to_owned(), (value, sealed));
+        expected.insert(
+            value["event_id"].as_str().unwrap().to_owned(),
+            (value, sealed),
+        );
     }
     let mut seen = HashSet::new();
     for line in read.lines() {
@@ -442,7 +483,10 @@ async fn confluent_serializers_on_both_sides() {
         let (want, want_sealed) = &expected[&id];
         assert_eq!(&value, want, "as the engine makes it");
         assert_eq!(sealed.is_null(), want_sealed.is_null());
-        assert_eq!(record["key"], value["caller"], "the key is the caller's token");
+        assert_eq!(
+            record["key"], value["caller"],
+            "the key is the caller's token"
+        );
         seen.insert(id);
     }
     assert_eq!(seen.len(), 200, "every accepted record read back once");

@@ -21,7 +21,7 @@ use pseudonymizer::registry::{RegistryClient, RegistryError};
 use pseudonymizer::token::{self, TokenClass};
 use pseudonymizer::transform::Engine;
 use pseudonymizer::worker::resolve::SchemaResolver;
-use pseudonymizer::worker::route::{frame, DeadLetter, Resolution, Router};
+use pseudonymizer::worker::route::{frame, DeadLetter, Resolution, Router, Target};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -79,7 +79,10 @@ fn resolver(config: &Config) -> SchemaResolver {
 fn refused(resolution: Resolution) -> DeadLetter {
     match resolution {
         Resolution::Refused(reason) => reason,
-        Resolution::Route(route) => panic!("expected a refusal, got a route of {}", route.name),
+        Resolution::Route(route) => panic!(
+            "expected a refusal, got a route of pipeline {}",
+            route.index()
+        ),
     }
 }
 
@@ -99,7 +102,9 @@ fn schema_ids_resolve_to_routes_or_to_dead_letter_reasons() {
     // the output record's subject (record name strategy), one version each.
     let mut output_ids = Vec::new();
     for id in [v1, v2] {
-        let Resolution::Route(route) = resolver.resolve(&router, &metrics, id).unwrap() else {
+        let Resolution::Route(Target::Avro(route)) =
+            resolver.resolve(&router, &metrics, id).unwrap()
+        else {
             panic!("version {id} should be routed");
         };
         let registered =
@@ -110,7 +115,7 @@ fn schema_ids_resolve_to_routes_or_to_dead_letter_reasons() {
         );
         assert_eq!(route.name, "calls");
         output_ids.push(route.output_schema_id);
-        router.insert(id, Resolution::Route(route));
+        router.insert(id, Resolution::Route(Target::Avro(route)));
     }
     assert_eq!(
         registry.versions("comms.sanitized.v1.CallEvent"),
@@ -1399,7 +1404,9 @@ fn a_pipeline_domain_holds_for_every_writer_version_the_registry_serves() {
         (v2, common::encode(&v2_schema, Value::Record(fields))),
     ];
     for (id, datum) in versions {
-        let Resolution::Route(route) = resolver.resolve(&router, &metrics, id).unwrap() else {
+        let Resolution::Route(Target::Avro(route)) =
+            resolver.resolve(&router, &metrics, id).unwrap()
+        else {
             panic!("version {id} should be routed");
         };
         assert_eq!(
@@ -1407,7 +1414,7 @@ fn a_pipeline_domain_holds_for_every_writer_version_the_registry_serves() {
             Some("team-calls"),
             "version {id}"
         );
-        router.insert(id, Resolution::Route(route.clone()));
+        router.insert(id, Resolution::Route(Target::Avro(route.clone())));
         let mut out = Vec::new();
         router
             .process(&engine, &keys, None, Some(&frame(id, &datum)), &mut out)

@@ -60,18 +60,16 @@ pub struct WriterSchema {
 impl WriterSchema {
     /// Parses schema text: a JSON object with a string `title`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let root: Value =
-            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let title = match root.get("title") {
-            Some(Value::String(title)) if !title.trim().is_empty() => title.clone(),
-            _ if !root.is_object() => return Err("not a JSON Schema object".to_owned()),
-            _ => {
-                return Err(
+        let root: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let title =
+            match root.get("title") {
+                Some(Value::String(title)) if !title.trim().is_empty() => title.clone(),
+                _ if !root.is_object() => return Err("not a JSON Schema object".to_owned()),
+                _ => return Err(
                     "it has no \"title\": a json-schema pipeline is found by its schema's title"
                         .to_owned(),
-                )
-            }
-        };
+                ),
+            };
         Ok(WriterSchema { title, root })
     }
 
@@ -126,6 +124,13 @@ pub fn derive(
     let Some(Value::Object(mut body)) = derived else {
         return Err(vec!["the top level is not an object schema".to_owned()]);
     };
+    if body.get("type") != Some(&Value::from("object")) {
+        // A record is one JSON object: never an array, never null.
+        return Err(vec![
+            "(top level): its schema allows more than an object (a record is one JSON object)"
+                .to_owned(),
+        ]);
+    }
     // `$schema` and `title` first, as people write them.
     let mut derived = Map::new();
     if let Some(dialect) = schema.root.get("$schema") {
@@ -296,7 +301,10 @@ impl<'s> Walk<'s> {
             let items = schema.get("items").unwrap_or(&Value::Bool(true));
             let (item_types, item_schema) = self.types(items, path)?;
             if item_types.array || !item_types.object {
-                self.problem(path, "an array whose items are not objects, where rules name keys");
+                self.problem(
+                    path,
+                    "an array whose items are not objects, where rules name keys",
+                );
                 return None;
             }
             let mut items_out = copy_annotations(item_schema);
@@ -401,17 +409,33 @@ impl<'s> Walk<'s> {
                 self.problem(path, "an array of arrays (refused under every rule)");
                 return;
             }
-            (Types { array: false, null: false, ..types }, Some(item_types))
+            (
+                Types {
+                    array: false,
+                    null: false,
+                    ..types
+                },
+                Some(item_types),
+            )
         } else {
-            (Types { null: false, ..types }, None)
+            (
+                Types {
+                    null: false,
+                    ..types
+                },
+                None,
+            )
         };
         let takes = takes(leaf.action);
         for types in std::iter::once(scalar).chain(items) {
-            let refused: Vec<&str> = Types { null: false, ..types }
-                .names()
-                .into_iter()
-                .filter(|name| !takes.contains(name))
-                .collect();
+            let refused: Vec<&str> = Types {
+                null: false,
+                ..types
+            }
+            .names()
+            .into_iter()
+            .filter(|name| !takes.contains(name))
+            .collect();
             if !refused.is_empty() {
                 self.problem(
                     path,
@@ -430,7 +454,10 @@ impl<'s> Walk<'s> {
         let sealed = leaf.action == Action::Encrypt;
         let scalar_out = |nullable: bool| {
             let mut out = Map::new();
-            out.insert("type".to_owned(), type_value(&[written], nullable || sealed));
+            out.insert(
+                "type".to_owned(),
+                type_value(&[written], nullable || sealed),
+            );
             if sealed {
                 out.insert("contentEncoding".to_owned(), "base64".into());
             }

@@ -709,8 +709,14 @@ impl Publisher {
             }
             // Schemaless JSON has no framing: `framed` is the object itself.
             crate::worker::route::Target::Json(route) => {
-                let header = if route.output_schema_id.is_some() { 5 } else { 0 };
-                let Some(json) = framed.get(header..) else { return };
+                let header = if route.output_schema_id.is_some() {
+                    5
+                } else {
+                    0
+                };
+                let Some(json) = framed.get(header..) else {
+                    return;
+                };
                 estimate.observe_json(json)
             }
         }

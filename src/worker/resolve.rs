@@ -205,12 +205,14 @@ impl SchemaResolver {
                     .to_owned(),
             ))
         } else if fetched.schema_type == "JSON" {
-            WriterSchema::parse(&fetched.schema).map(Writer::Json).map_err(|e| {
-                (
-                    DeadLetter::BadSchema,
-                    format!("not a JSON Schema a json-schema pipeline can read: {e}"),
-                )
-            })
+            WriterSchema::parse(&fetched.schema)
+                .map(Writer::Json)
+                .map_err(|e| {
+                    (
+                        DeadLetter::BadSchema,
+                        format!("not a JSON Schema a json-schema pipeline can read: {e}"),
+                    )
+                })
         } else if fetched.schema_type != "AVRO" {
             Err((
                 DeadLetter::BadSchema,

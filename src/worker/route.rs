@@ -539,10 +539,7 @@ impl Router {
                         output_schema_id: Some(output_id),
                         ..route.clone()
                     };
-                    routes.insert(
-                        input_id,
-                        Resolution::Route(Target::Json(Arc::new(pinned))),
-                    );
+                    routes.insert(input_id, Resolution::Route(Target::Json(Arc::new(pinned))));
                 }
                 json_schema_pipelines.push(JsonSchemaPipeline {
                     route,

@@ -221,7 +221,12 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
     }
     // Query parameters (`?normalize=false`, `?subject=…`, as Confluent's clients send) do not
     // change the answers this registry gives.
-    let url = request.url().split('?').next().unwrap_or_default().to_owned();
+    let url = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let method = request.method().as_str().to_owned();
     let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
