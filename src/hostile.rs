@@ -388,13 +388,19 @@ pub fn json_schema(setup: &Setup, data: &[u8]) {
                 Some(Node::Leaf(leaf)) if leaf.action == crate::rules::Action::Keep => {}
                 Some(Node::Leaf(_)) => {
                     for hint in ["examples", "default", "enum", "const", "pattern"] {
-                        assert!(value.get(hint).is_none(), "{hint} kept on a rewritten value");
+                        assert!(
+                            value.get(hint).is_none(),
+                            "{hint} kept on a rewritten value"
+                        );
                     }
                 }
             }
         }
     }
-    for unused in [crate::plan::UnusedRules::Allow, crate::plan::UnusedRules::Refuse] {
+    for unused in [
+        crate::plan::UnusedRules::Allow,
+        crate::plan::UnusedRules::Refuse,
+    ] {
         if let Ok(output) = derive(plan, &schema, unused) {
             assert_eq!(output["title"], Value::String(schema.output_title()));
             named(&plan.root, &output);

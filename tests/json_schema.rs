@@ -137,6 +137,30 @@ fn the_derived_schema_says_what_is_published() {
         "no kept value refers to them"
     );
 
+    // What the output carries of the input's definitions and object keywords: only the
+    // definitions kept values refer to, and only text (a raw number in an example, bounds on
+    // keys that dropped or derived keys would break, are not carried over).
+    let mut schema = call_schema();
+    schema["$defs"]["Msisdn"] = json!({"type": "string", "examples": ["+6281234567890"]});
+    schema["$defs"]["Codec"] = json!({"type": ["string", "null"]});
+    schema["properties"]["caller"] = json!({"$ref": "#/$defs/Msisdn"});
+    schema["properties"]["codec"] = json!({"$ref": "#/$defs/Codec"});
+    schema["examples"] = json!([{"caller": "+6281234567890"}]);
+    schema["x-sample"] = json!({"caller": "+6281234567890"});
+    schema["minProperties"] = json!(3);
+    schema["dependentRequired"] = json!({"codec": ["duration_ms"]});
+    let config = Config::load(&config_in(dir.path(), &schema, without_registry)).unwrap();
+    let engine = Engine::from_config(&config).unwrap();
+    let output = &engine.json_schema(0).unwrap().output;
+    assert!(!output.to_string().contains("6281234567890"), "{output}");
+    assert_eq!(
+        output["$defs"],
+        json!({"Codec": {"type": ["string", "null"]}})
+    );
+    for dropped in ["minProperties", "dependentRequired", "x-sample", "examples"] {
+        assert!(output.get(dropped).is_none(), "{dropped} carried over");
+    }
+
     // A dropped property leaves the output and its `required`.
     let config = Config::load(&config_in(dir.path(), &call_schema(), |t| {
         without_registry(t).replace("duration_ms = \"keep\"", "duration_ms = \"drop\"")
@@ -230,6 +254,53 @@ fn schemas_the_rules_do_not_classify_are_refused() {
                 s.as_object_mut().unwrap().remove("title");
             }),
             "it has no \"title\"",
+        ),
+        (with(&|s| s["title"] = json!("comms.v1.")), "is not a name"),
+        (with(&|s| s["title"] = json!(5)), "is not a string"),
+        // A union that refers back to itself ends (it overflowed the stack once).
+        (
+            with(&|s| {
+                s["properties"]["caller"] = json!({"$ref": "#/$defs/A"});
+                s["$defs"]["A"] = json!({"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]});
+            }),
+            "caller: unions nested deeper than the worker reads",
+        ),
+        (
+            with(&|s| {
+                s["properties"]["caller"] =
+                    json!({"anyOf": [{"$ref": "#/properties/caller"}, {"type": "null"}]})
+            }),
+            "caller: ",
+        ),
+        // Keywords beside a $ref would be a second, unread description of the same keys.
+        (
+            with(&|s| {
+                s["properties"]["device"] = json!({
+                    "$ref": "#/$defs/Device",
+                    "properties": {"imei": {"type": "string"}}
+                })
+            }),
+            "device: keywords beside a $ref",
+        ),
+        (
+            with(&|s| s["properties"]["caller"] = json!({"type": []})),
+            "caller: its type is not a type name",
+        ),
+        (
+            with(&|s| s["properties"]["codec"] = json!({"type": ["object", "null"]})),
+            "codec: its schema allows an object, which keep does not take",
+        ),
+        (
+            with(&|s| s["properties"]["codec"] = json!({"$ref": "#/properties/caller"})),
+            "codec: a kept value's $ref that is not to an entry",
+        ),
+        (
+            with(&|s| s["properties"]["device.os"] = json!({"type": "string"})),
+            "device.os: a property whose name has a '.'",
+        ),
+        (
+            with(&|s| s["properties"]["\u{1b}[31mx"] = json!({"type": "string"})),
+            "\\u{1b}[31mx: a property without a rule",
         ),
     ];
     for (schema, wanted) in &cases {

@@ -29,6 +29,10 @@ use crate::rules::{Action, Attribute};
 /// Most `$ref`s followed in a row (a loop of references is refused, not followed forever).
 const MAX_REF_HOPS: usize = 16;
 
+/// Most `$ref`s followed in one schema's walk, and the deepest nesting of unions read.
+const MAX_REFS: usize = 4096;
+const MAX_UNION_DEPTH: usize = 16;
+
 /// Keywords that change which keys or types an object or value has, and that this walk does
 /// not read: refused where a rule rewrites a value or names an object's keys.
 const UNREAD: &[&str] = &[
@@ -63,13 +67,27 @@ impl WriterSchema {
         let root: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let title =
             match root.get("title") {
-                Some(Value::String(title)) if !title.trim().is_empty() => title.clone(),
                 _ if !root.is_object() => return Err("not a JSON Schema object".to_owned()),
-                _ => return Err(
+                Some(Value::String(title)) => title.clone(),
+                Some(_) => return Err("its \"title\" is not a string".to_owned()),
+                None => return Err(
                     "it has no \"title\": a json-schema pipeline is found by its schema's title"
                         .to_owned(),
                 ),
             };
+        // The output's subject and file are named by the title's last dotted part.
+        let last = title.rsplit('.').next().unwrap_or_default();
+        if last.is_empty()
+            || title.len() > 256
+            || !title
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(
+                "its \"title\" is not a name (letters, digits, _ and -, in dotted parts, at most 256 characters)"
+                    .to_owned(),
+            );
+        }
         Ok(WriterSchema { title, root })
     }
 
@@ -112,10 +130,12 @@ pub fn derive(
 ) -> Result<Value, Vec<String>> {
     let mut walk = Walk {
         root: &schema.root,
+        refs_followed: 0,
+        depth: 0,
         unknown: plan.unknown,
         unused,
         problems: Vec::new(),
-        kept_refs: false,
+        kept_defs: Default::default(),
     };
     let derived = walk.object(&plan.root, &schema.root, "");
     if !walk.problems.is_empty() {
@@ -139,11 +159,19 @@ pub fn derive(
     derived.insert("title".to_owned(), Value::String(schema.output_title()));
     body.remove("title");
     derived.extend(body);
-    if walk.kept_refs {
-        // A kept value's subschema is copied as it is, `$ref`s and all: what they point at too.
-        for defs in ["$defs", "definitions"] {
-            if let Some(found) = schema.root.get(defs) {
-                derived.insert(defs.to_owned(), found.clone());
+    // A kept value's subschema is copied as it is, `$ref`s and all: what they point at too,
+    // and nothing else of the input's definitions.
+    for pointer in &walk.kept_defs {
+        let mut parts = pointer.trim_start_matches("#/").splitn(2, '/');
+        let (Some(defs), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Some(found) = schema.root.get(defs).and_then(|d| d.get(name)) {
+            let entry = derived
+                .entry(defs.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(entry) = entry.as_object_mut() {
+                entry.insert(name.to_owned(), found.clone());
             }
         }
     }
@@ -179,11 +207,16 @@ impl Types {
 
 struct Walk<'s> {
     root: &'s Value,
+    /// `$ref`s followed so far, in the whole walk.
+    refs_followed: usize,
+    /// How deep [`Walk::types`] is: a union that refers back to itself must end.
+    depth: usize,
     unknown: UnknownKeys,
     unused: UnusedRules,
     problems: Vec<String>,
-    /// A kept subschema copied to the output holds a `$ref`.
-    kept_refs: bool,
+    /// The `$defs`/`definitions` entries that kept subschemas refer to, by pointer: only
+    /// these go into the output (the others may describe raw values of rewritten keys).
+    kept_defs: std::collections::BTreeSet<String>,
 }
 
 impl<'s> Walk<'s> {
@@ -193,6 +226,27 @@ impl<'s> Walk<'s> {
             let Some(reference) = schema.get("$ref") else {
                 return Some(schema);
             };
+            // Every reference followed counts against one budget for the whole walk, so a
+            // union or a branch that refers back to itself ends rather than recursing.
+            self.refs_followed += 1;
+            if self.refs_followed > MAX_REFS {
+                self.problem(
+                    path,
+                    "more $refs than the worker follows in one schema (a loop?)",
+                );
+                return None;
+            }
+            let siblings = schema.as_object().into_iter().flatten();
+            if siblings
+                .map(|(k, _)| k.as_str())
+                .any(|k| !matches!(k, "$ref" | "title" | "description" | "$comment"))
+            {
+                self.problem(
+                    path,
+                    "keywords beside a $ref, which the worker does not merge (move them into what it refers to)",
+                );
+                return None;
+            }
             let target = reference
                 .as_str()
                 .and_then(|r| r.strip_prefix('#'))
@@ -210,13 +264,39 @@ impl<'s> Walk<'s> {
     }
 
     fn problem(&mut self, path: &str, why: &str) {
-        let at = if path.is_empty() { "(top level)" } else { path };
+        // Property names come from whoever registered the schema: control characters are
+        // escaped so that none reaches a terminal or a log line as it is.
+        let at: String = if path.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            path.chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect()
+        };
         self.problems.push(format!("{at}: {why}"));
     }
 
     /// The types `schema` allows, and the subschema of its non-null part (a nullable
     /// `anyOf`/`oneOf` unwrapped); `None` (with a problem) where the walk cannot tell.
     fn types(&mut self, schema: &'s Value, path: &str) -> Option<(Types, &'s Value)> {
+        if self.depth >= MAX_UNION_DEPTH {
+            self.problem(path, "unions nested deeper than the worker reads (a loop?)");
+            return None;
+        }
+        self.depth += 1;
+        let found = self.types_of(schema, path);
+        self.depth -= 1;
+        found
+    }
+
+    fn types_of(&mut self, schema: &'s Value, path: &str) -> Option<(Types, &'s Value)> {
         let schema = self.resolve(schema, path)?;
         if schema == &Value::Bool(true) || schema.as_object().is_some_and(|o| o.is_empty()) {
             self.problem(path, "its schema allows any value: give it a type");
@@ -254,7 +334,15 @@ impl<'s> Walk<'s> {
         let mut types = Types::default();
         let names: Vec<&str> = match object.get("type") {
             Some(Value::String(name)) => vec![name.as_str()],
-            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            Some(Value::Array(names))
+                if !names.is_empty() && names.iter().all(Value::is_string) =>
+            {
+                names.iter().filter_map(Value::as_str).collect()
+            }
+            Some(_) => {
+                self.problem(path, "its type is not a type name or a list of them");
+                return None;
+            }
             _ => {
                 self.problem(path, "its schema gives no type: say which it is");
                 return None;
@@ -338,6 +426,10 @@ impl<'s> Walk<'s> {
             let key_path = join(path, key);
             match branch.keys.get(key.as_str()) {
                 None if self.unknown == UnknownKeys::Drop => {}
+                None if key.contains('.') => self.problem(
+                    &key_path,
+                    "a property whose name has a '.', which no rule path can name (a pipeline with unknown = \"drop\" leaves it out)",
+                ),
                 None => self.problem(
                     &key_path,
                     "a property without a rule (add one; a pipeline with unknown = \"drop\" leaves it out)",
@@ -378,6 +470,55 @@ impl<'s> Walk<'s> {
         }
     }
 
+    /// Records the definitions a kept subschema refers to (and those they refer to); `false`,
+    /// with a problem, where it refers elsewhere (into `properties`, whose output is rewritten,
+    /// or outside the document), or where it lets an object through (refused record by record
+    /// under `keep`: name its keys instead).
+    fn kept_refs(&mut self, schema: &'s Value, path: &str) -> bool {
+        if schema.get("type").is_some_and(|t| {
+            t == "object" || t.as_array().is_some_and(|a| a.contains(&"object".into()))
+        }) {
+            self.problem(path, "its schema allows an object, which keep does not take (rules name an object's keys)");
+            return false;
+        }
+        let mut pending: Vec<&'s Value> = vec![schema];
+        while let Some(value) = pending.pop() {
+            match value {
+                Value::Object(object) => {
+                    if let Some(reference) = object.get("$ref") {
+                        let Some(pointer) = reference.as_str().filter(|r| {
+                            let mut parts = r.splitn(4, '/');
+                            matches!(
+                                (parts.next(), parts.next(), parts.next(), parts.next()),
+                                (Some("#"), Some("$defs" | "definitions"), Some(name), None) if !name.is_empty()
+                            )
+                        }) else {
+                            self.problem(path, "a kept value's $ref that is not to an entry of this schema's $defs or definitions");
+                            return false;
+                        };
+                        if self.kept_defs.len() >= MAX_REFS {
+                            self.problem(path, "more definitions than the worker copies");
+                            return false;
+                        }
+                        if self.kept_defs.insert(pointer.to_owned()) {
+                            match self.root.pointer(&pointer[1..]) {
+                                Some(target) => pending.push(target),
+                                None => {
+                                    self.problem(path, "a kept value's $ref to a definition the schema does not have");
+                                    return false;
+                                }
+                            }
+                        }
+                    }
+                    pending.extend(object.values());
+                }
+                Value::Array(items) => pending.extend(items),
+                _ => {}
+            }
+        }
+        true
+    }
+
     /// Adds the output property (and derived properties) of a key with a leaf rule.
     fn leaf(
         &mut self,
@@ -390,8 +531,9 @@ impl<'s> Walk<'s> {
         match leaf.action {
             Action::Drop => return,
             Action::Keep => {
-                self.kept_refs |= schema.to_string().contains("\"$ref\"");
-                derived.insert(key.to_owned(), schema.clone());
+                if self.kept_refs(schema, path) {
+                    derived.insert(key.to_owned(), schema.clone());
+                }
                 return;
             }
             _ => {}
@@ -536,33 +678,13 @@ fn type_value(types: &[&str], nullable: bool) -> Value {
     }
 }
 
-/// An object schema's keywords that say nothing of its keys' values (its text and bounds).
+/// What an object's output schema keeps of its input's own keywords: text only. Bounds on
+/// its keys (`minProperties`, `dependentRequired`, …) no longer hold once keys are dropped or
+/// derived, and examples or extensions (`x-…`) may quote raw values.
 fn copy_annotations(schema: &Value) -> Map<String, Value> {
-    const READ: &[&str] = &[
-        "type",
-        "properties",
-        "required",
-        "items",
-        "additionalProperties",
-        "$defs",
-        "definitions",
-        "$ref",
-        "$schema",
-        "$id",
-        "anyOf",
-        "oneOf",
-        "propertyNames",
-        "enum",
-        "const",
-        "default",
-        "examples",
-    ];
-    schema
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !READ.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+    const KEPT: &[&str] = &["title", "description", "$comment", "deprecated"];
+    KEPT.iter()
+        .filter_map(|k| Some(((*k).to_owned(), schema.get(*k)?.clone())))
         .collect()
 }
 
