@@ -326,7 +326,7 @@ fn config_refusals() {
         &|t| t.replace("\nformat = \"json\"\n", "\nformat = \"avro\"\n"),
         &[
             "[sdk-calls] input_schema is required for format avro",
-            "[sdk-calls] unknown is for format json",
+            "[sdk-calls] unknown is for formats json and json-schema",
         ],
     );
     refused(

@@ -226,13 +226,19 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                         "rules": plan.rules.iter().count(),
                     }))
                     .chain(engine.json_plans().iter().map(|(index, plan)| {
-                        let contract = engine.json_schema(*index);
-                        json!({
-                            "format": if contract.is_some() { "json-schema" } else { "json" },
-                            "pipeline": plan.name,
-                            "schema": contract.map(|c| &c.input.title),
-                            "rules": plan.rules.iter().count(),
-                        })
+                        match engine.json_schema(*index) {
+                            Some(contract) => json!({
+                                "format": "json-schema",
+                                "pipeline": plan.name,
+                                "schema": contract.input.title,
+                                "rules": plan.rules.iter().count(),
+                            }),
+                            None => json!({
+                                "format": "json",
+                                "pipeline": plan.name,
+                                "rules": plan.rules.iter().count(),
+                            }),
+                        }
                     }))
                     .collect::<Vec<_>>()),
                 "keys": loaded.active.as_ref().map(|active| json!({
