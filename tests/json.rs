@@ -14,7 +14,6 @@ use pseudonymizer::config::Config;
 use pseudonymizer::generate::{Generator, Kind};
 use pseudonymizer::metrics::Metrics;
 use pseudonymizer::transform::{Engine, ErrorKind};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
@@ -562,35 +561,11 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
 
     let metrics = Metrics::new();
     let (stop, worker) = common::kafka::spawn_worker(&config, metrics.clone());
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{}", topics.group))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[&topics.calls, &topics.dlq]).unwrap();
+    let reader = common::kafka::reader(&brokers, &topics, false);
     let keys = common::active(&common::engine());
     let pkey = keys.pseudonym.as_deref().unwrap();
-    let mut published = Vec::new();
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while (published.len() as u64) < EVENTS || dead.len() < poison.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out: {} published, {} dead",
-            published.len(),
-            dead.len()
-        );
-        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.detach();
-        if message.topic() == topics.dlq {
-            dead.push(message);
-        } else {
-            published.push(message);
-        }
-    }
+    let (published, dead) =
+        common::kafka::read_counts(&reader, &topics, EVENTS as usize, poison.len());
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
 

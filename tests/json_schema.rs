@@ -18,9 +18,8 @@ use pseudonymizer::config::Config;
 use pseudonymizer::generate::{Generator, Kind};
 use pseudonymizer::metrics::Metrics;
 use pseudonymizer::transform::Engine;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use serde_json::{json, Value as Json};
 
 /// The shipped JSON Schema of call events.
@@ -439,32 +438,8 @@ async fn confluent_serializers_on_both_sides() {
 
     let metrics = Metrics::new();
     let (stop, worker) = common::kafka::spawn_worker(&config, metrics.clone());
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{}", topics.group))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[&topics.calls, &topics.dlq]).unwrap();
-    let (mut published, mut dead) = (Vec::new(), Vec::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while published.len() < 200 || dead.len() < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out: {} published, {} dead",
-            published.len(),
-            dead.len()
-        );
-        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.detach();
-        if message.topic() == topics.dlq {
-            dead.push(message);
-        } else {
-            published.push(message);
-        }
-    }
+    let reader = common::kafka::reader(&brokers, &topics, false);
+    let (published, dead) = common::kafka::read_counts(&reader, &topics, 200, 20);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         reader.poll(Duration::from_secs(1)).is_none(),

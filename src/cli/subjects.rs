@@ -268,10 +268,8 @@ fn select_topic(
         .position(|p| p.format.is_json() && p.output_topic.as_deref() == Some(topic));
     let json_plan = json_pipeline.and_then(|index| engine.json_plan(index).cloned());
     // A json-schema pipeline's records are framed (magic byte, schema id) before the object.
-    let json_header = match json_pipeline.map(|index| config.pipeline[index].format) {
-        Some(crate::config::Format::JsonSchema) => 5,
-        _ => 0,
-    };
+    let json_framed = json_pipeline
+        .is_some_and(|index| config.pipeline[index].format == crate::config::Format::JsonSchema);
     let reader = TopicReader::open(kafka, topic, "export reader").map_err(anyhow::Error::msg)?;
     let mut found = crate::file::Selected::default();
     let mut failure: Option<anyhow::Error> = None;
@@ -286,14 +284,11 @@ fn select_topic(
                 let Some(value) = read.value else { return };
                 // A json pipeline's output topic: its records are JSON objects.
                 if let Some(plan) = &json_plan {
-                    let framed_json = match value.get(json_header..) {
-                        Some(json) if json_header == 0 || value[0] == 0 => json,
-                        _ => {
-                            found.unreadable += 1;
-                            return;
-                        }
+                    let json = match json_framed {
+                        true => crate::worker::route::unframe(value).map(|(_, json)| json),
+                        false => Some(value),
                     };
-                    let Ok(record) = serde_json::from_slice::<serde_json::Value>(framed_json)
+                    let Some(Ok(record)) = json.map(serde_json::from_slice::<serde_json::Value>)
                     else {
                         found.unreadable += 1;
                         return;
@@ -307,15 +302,12 @@ fn select_topic(
                     }
                     return;
                 }
-                let decoded = (value.len() >= 5 && value[0] == 0)
-                    .then(|| u32::from_be_bytes([value[1], value[2], value[3], value[4]]))
-                    .and_then(|id| by_id.get(&id))
-                    .and_then(|plan| {
-                        let mut datum = &value[5..];
-                        apache_avro::from_avro_datum(&plan.output, &mut datum, None)
-                            .ok()
-                            .map(|v| (plan, v))
-                    });
+                let decoded = crate::worker::route::unframe(value).and_then(|(id, mut datum)| {
+                    let plan = by_id.get(&id)?;
+                    apache_avro::from_avro_datum(&plan.output, &mut datum, None)
+                        .ok()
+                        .map(|v| (plan, v))
+                });
                 let Some((plan, record)) = decoded else {
                     found.unreadable += 1;
                     return;

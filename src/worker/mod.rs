@@ -709,14 +709,11 @@ impl Publisher {
             }
             // Schemaless JSON has no framing: `framed` is the object itself.
             crate::worker::route::Target::Json(route) => {
-                let header = if route.output_schema_id.is_some() {
-                    5
-                } else {
-                    0
+                let json = match route.output_schema_id {
+                    Some(_) => route::unframe(framed).map(|(_, json)| json),
+                    None => Some(framed),
                 };
-                let Some(json) = framed.get(header..) else {
-                    return;
-                };
+                let Some(json) = json else { return };
                 estimate.observe_json(json)
             }
         }

@@ -842,11 +842,7 @@ impl Router {
         if value.len() > self.max_record_bytes {
             return Err(DeadLetter::Oversize);
         }
-        if value.len() < 5 || value[0] != MAGIC {
-            return Err(DeadLetter::BadMagic);
-        }
-        let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-        Ok((schema_id, &value[5..]))
+        unframe(value).ok_or(DeadLetter::BadMagic)
     }
 
     /// Size, framing and schema id checks; the route and the Avro bytes.
@@ -985,6 +981,15 @@ pub fn key_token(
         _ => token::canonical(class, text, phone),
     };
     token(class, canonical.as_bytes()).as_str().to_owned()
+}
+
+/// The schema id and the payload of a value in the Confluent wire format; `None` when it is
+/// shorter than the 5-byte header or its magic byte is not 0. The inverse of [`frame`].
+pub fn unframe(value: &[u8]) -> Option<(u32, &[u8])> {
+    match value {
+        [MAGIC, a, b, c, d, payload @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), payload)),
+        _ => None,
+    }
 }
 
 /// Frames Avro datum bytes in the Confluent wire format.

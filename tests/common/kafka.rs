@@ -439,6 +439,36 @@ pub fn reader(brokers: &str, topics: &Topics, read_committed: bool) -> BaseConsu
     consumer
 }
 
+/// Polls `reader` until at least `outputs` analytics records and `dead` dead letters have
+/// come, whatever their format (panics after two minutes); answers both, in arrival order.
+pub fn read_counts(
+    reader: &BaseConsumer,
+    topics: &Topics,
+    outputs: usize,
+    dead: usize,
+) -> (Vec<OwnedMessage>, Vec<OwnedMessage>) {
+    let (mut published, mut dead_letters) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while published.len() < outputs || dead_letters.len() < dead {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} published, {} dead",
+            published.len(),
+            dead_letters.len()
+        );
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.detach();
+        if message.topic() == topics.dlq {
+            dead_letters.push(message);
+        } else {
+            published.push(message);
+        }
+    }
+    (published, dead_letters)
+}
+
 /// What a reader has collected so far.
 #[derive(Default)]
 pub struct Collected {

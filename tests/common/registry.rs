@@ -338,6 +338,15 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
     }
 }
 
+/// What the registry answers a new version its compatibility check refuses.
+fn incompatible() -> (u16, String) {
+    error(
+        409,
+        409,
+        "Schema being registered is incompatible with an earlier schema for subject",
+    )
+}
+
 fn register(
     state: &mut State,
     subject: &str,
@@ -361,11 +370,7 @@ fn register(
             Some(index) => state.base + index as u32 + 1,
             None => {
                 if state.refusing.contains(subject) {
-                    return Err(error(
-                        409,
-                        409,
-                        "Schema being registered is incompatible with an earlier schema for subject",
-                    ));
+                    return Err(incompatible());
                 }
                 state.schemas.push((schema.to_owned(), kind.to_owned()));
                 state.base + state.schemas.len() as u32
@@ -384,11 +389,7 @@ fn register(
         Some(&id) => id,
         None => {
             if state.refusing.contains(subject) {
-                return Err(error(
-                    409,
-                    409,
-                    "Schema being registered is incompatible with an earlier schema for subject",
-                ));
+                return Err(incompatible());
             }
             state.schemas.push((schema.to_owned(), kind.to_owned()));
             let id = state.base + state.schemas.len() as u32;
@@ -399,11 +400,7 @@ fn register(
     let versions = state.subjects.entry(subject.to_owned()).or_default();
     if !versions.contains(&id) {
         if state.refusing.contains(subject) {
-            return Err(error(
-                409,
-                409,
-                "Schema being registered is incompatible with an earlier schema for subject",
-            ));
+            return Err(incompatible());
         }
         versions.push(id);
     }
