@@ -192,6 +192,19 @@ fn the_derived_schema_says_what_is_published() {
     )
     .unwrap();
     assert_eq!(written["title"], "comms.sanitized.v1.CallEvent");
+
+    // `explain` shows the schema's types on both sides.
+    let ran = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["explain", "--config"])
+        .arg(config_in(dir.path(), &call_schema(), without_registry))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(said.contains("pipeline sdk-calls (JSON Schema comms.v1.CallEvent)"), "{said}");
+    assert!(said.contains("output schema JSON Schema comms.sanitized.v1.CallEvent"), "{said}");
+    assert!(said.contains("caller_calling_code: [integer,null], derived"), "{said}");
+    assert!(said.contains("device.device_id    string"), "{said}");
 }
 
 /// What the config refuses at start, each naming its path: a property without a rule, a type
@@ -216,7 +229,7 @@ fn schemas_the_rules_do_not_classify_are_refused() {
         ),
         (
             with(&|s| s["properties"]["recording_url"] = json!({"type": ["integer", "null"]})),
-            "recording_url: its schema allows number, which encrypt does not take",
+            "recording_url: its schema allows integer, which encrypt does not take",
         ),
         (
             with(&|s| s["properties"]["caller"] = json!({"type": ["string", "boolean"]})),
@@ -307,6 +320,24 @@ fn schemas_the_rules_do_not_classify_are_refused() {
             .unwrap_or_else(|| panic!("accepted; wanted {wanted:?}"));
         assert!(said.contains(wanted), "wanted {wanted:?} in: {said}");
     }
+    // time-truncate and bucket take integer literals only: a schema `number` (fractions,
+    // exponents) is refused, `integer` accepted.
+    let truncated = |t: String| {
+        without_registry(t).replace(
+            "occurred_at = \"keep\"",
+            "occurred_at = { action = \"time-truncate\", unit = \"hour\" }",
+        )
+    };
+    let said = refusal(
+        &with(&|s| s["properties"]["occurred_at"] = json!({"type": "number"})),
+        truncated,
+    )
+    .expect("refused");
+    assert!(
+        said.contains("occurred_at: its schema allows number, which time-truncate does not take (it takes integer)"),
+        "{said}"
+    );
+    assert_eq!(refusal(&call_schema(), truncated), None);
     // With a registry a rule may name a property only other versions have.
     let fewer = with(&|s| {
         s["properties"].as_object_mut().unwrap().remove("codec");

@@ -429,6 +429,7 @@ struct Explained {
 /// ones included, dropped ones gone).
 fn explain_json(
     plan: &crate::plan::json::JsonPlan,
+    contract: Option<&crate::plan::json_schema::JsonSchemaContract>,
     engine: &Engine,
     active: Option<&ActiveKeys>,
     keys_note: &Option<String>,
@@ -484,15 +485,23 @@ fn explain_json(
                 }
             }
         };
+        // With a JSON Schema, the types it gives (input) and the derived one gives (output).
+        let type_in = |root: Option<&serde_json::Value>, path: &str| {
+            root.and_then(|root| crate::plan::json_schema::type_at(root, path))
+                .unwrap_or_else(|| "json".to_owned())
+        };
+        let output_root = contract.map(|c| &c.output);
         if action != Action::Drop {
-            output.push((path.to_owned(), "json".to_owned()));
+            output.push((path.to_owned(), type_in(output_root, path)));
             for attribute in rules.derived(path).iter() {
-                output.push((attribute.field_name(path), "json, derived".to_owned()));
+                let name = attribute.field_name(path);
+                let shown = format!("{}, derived", type_in(output_root, &name));
+                output.push((name, shown));
             }
         }
         rows.push(Row {
             path: path.to_owned(),
-            raw_type: "json".to_owned(),
+            raw_type: type_in(contract.map(|c| &c.input.root), path),
             rule: rule_text(rules, path),
             sample: Some(sample.to_string()),
             becomes,
@@ -500,7 +509,10 @@ fn explain_json(
     }
     Explained {
         name: plan.name.clone(),
-        schema: "schemaless JSON".to_owned(),
+        schema: match contract {
+            Some(contract) => format!("JSON Schema {}", contract.input.title),
+            None => "schemaless JSON".to_owned(),
+        },
         samples: "made-up samples, each alone in an object".to_owned(),
         note: keys_note.clone().or_else(|| {
             Some(match plan.unknown {
@@ -513,7 +525,10 @@ fn explain_json(
             })
         }),
         rows,
-        output_name: "(JSON, no schema)".to_owned(),
+        output_name: match contract {
+            Some(contract) => format!("JSON Schema {}", contract.input.output_title()),
+            None => "(JSON, no schema)".to_owned(),
+        },
         output,
     }
 }
@@ -731,9 +746,10 @@ pub(super) fn explain(args: ExplainArgs, out: &mut dyn Write) -> Result<()> {
         ));
     }
     if args.input.is_none() {
-        for (_, plan) in engine.json_plans() {
+        for (index, plan) in engine.json_plans() {
             explained.push(explain_json(
                 plan,
+                engine.json_schema(*index).map(|c| &**c),
                 engine,
                 loaded.active.as_ref(),
                 &keys_note,

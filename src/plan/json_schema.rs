@@ -120,6 +120,61 @@ impl JsonSchemaContract {
     }
 }
 
+/// The JSON type(s) the schema `root` gives the value at a rule path (`device.device_id`),
+/// through properties, array items, local `$ref`s and nullable unions, as compact JSON
+/// (`"string"`, `["string","null"]`); `None` where the schema says no type there. For
+/// `explain`: nothing is checked here ([`derive`] does that).
+pub fn type_at(root: &Value, path: &str) -> Option<String> {
+    fn follow<'v>(root: &'v Value, mut schema: &'v Value) -> Option<&'v Value> {
+        for _ in 0..MAX_REF_HOPS {
+            match schema.get("$ref").and_then(Value::as_str) {
+                Some(reference) => schema = root.pointer(reference.strip_prefix('#')?)?,
+                None => break,
+            }
+        }
+        // A nullable union: its one schema that is not null.
+        let member = ["anyOf", "oneOf"]
+            .iter()
+            .filter_map(|u| schema.get(*u)?.as_array())
+            .flatten()
+            .find(|m| m.get("type") != Some(&Value::from("null")));
+        match member {
+            Some(member) if member.get("$ref").is_some() => follow_once(root, member),
+            Some(member) => Some(member),
+            None => Some(schema),
+        }
+    }
+    fn follow_once<'v>(root: &'v Value, schema: &'v Value) -> Option<&'v Value> {
+        let reference = schema.get("$ref")?.as_str()?;
+        root.pointer(reference.strip_prefix('#')?)
+    }
+    let mut schema = follow(root, root)?;
+    let mut nullable = false;
+    for key in path.split('.') {
+        if schema.get("properties").is_none() {
+            schema = follow(root, schema.get("items")?)?;
+        }
+        let property = schema.get("properties")?.get(key)?;
+        nullable = ["anyOf", "oneOf"].iter().any(|u| {
+            property
+                .get(*u)
+                .and_then(Value::as_array)
+                .is_some_and(|members| {
+                    members
+                        .iter()
+                        .any(|m| m.get("type") == Some(&Value::from("null")))
+                })
+        });
+        schema = follow(root, property)?;
+    }
+    let found = schema.get("type")?.to_string().replace('"', "");
+    Some(if nullable {
+        format!("{found} or null")
+    } else {
+        found
+    })
+}
+
 /// Checks `schema` against `plan` and derives the output schema; or every problem, each
 /// starting with the path it is at. `unused`: whether a rule may name a property the schema
 /// does not have (allowed with a registry, where another version may have it).
@@ -185,7 +240,10 @@ struct Types {
     boolean: bool,
     object: bool,
     array: bool,
+    /// `number`: any JSON number, fractions and exponents included.
     number: bool,
+    /// `integer` only (what `time-truncate` and `bucket` take).
+    integer: bool,
     string: bool,
 }
 
@@ -196,6 +254,7 @@ impl Types {
             (self.array, "array"),
             (self.string, "string"),
             (self.number, "number"),
+            (self.integer, "integer"),
             (self.boolean, "boolean"),
             (self.null, "null"),
         ]
@@ -354,7 +413,8 @@ impl<'s> Walk<'s> {
                 "boolean" => types.boolean = true,
                 "object" => types.object = true,
                 "array" => types.array = true,
-                "number" | "integer" => types.number = true,
+                "number" => types.number = true,
+                "integer" => types.integer = true,
                 "string" => types.string = true,
                 _ => {
                     self.problem(path, "its schema names a type JSON Schema does not have");
@@ -368,7 +428,12 @@ impl<'s> Walk<'s> {
     /// The output schema of an object (or array of objects) whose keys `branch` has rules for.
     fn object(&mut self, branch: &Branch, schema: &'s Value, path: &str) -> Option<Value> {
         let (types, schema) = self.types(schema, path)?;
-        if types.string || types.number || types.boolean || !(types.object || types.array) {
+        if types.string
+            || types.number
+            || types.integer
+            || types.boolean
+            || !(types.object || types.array)
+        {
             self.problem(
                 path,
                 &format!(
@@ -651,10 +716,15 @@ impl<'s> Walk<'s> {
 /// The JSON types an action takes (docs/formats.md, "Each action on each JSON type").
 fn takes(action: Action) -> &'static [&'static str] {
     match action {
-        Action::Keep | Action::Drop => &["object", "array", "string", "number", "boolean"],
-        Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. } => &["string", "number"],
+        Action::Keep | Action::Drop => {
+            &["object", "array", "string", "number", "integer", "boolean"]
+        }
+        Action::Token(_) | Action::IpPrefix | Action::IpTruncate { .. } => {
+            &["string", "number", "integer"]
+        }
         Action::Encrypt => &["string"],
-        Action::TimeTruncate(_) | Action::Bucket { .. } => &["number"],
+        // The walk takes integer literals only (a fraction or exponent is refused).
+        Action::TimeTruncate(_) | Action::Bucket { .. } => &["integer"],
     }
 }
 
