@@ -201,8 +201,18 @@ impl RegistryClient {
     /// The id of `schema` under `subject` if it is registered there (`POST /subjects/{subject}`);
     /// `None` when the subject or the schema is not found.
     pub fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError> {
+        self.lookup_as(subject, schema, "AVRO")
+    }
+
+    /// [`RegistryClient::lookup`] for a schema of `schema_type` (`AVRO`, `JSON`).
+    pub fn lookup_as(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<Option<u32>, RegistryError> {
         let path = format!("/subjects/{}", encode_path(subject));
-        let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
+        let body = serde_json::json!({ "schema": schema, "schemaType": schema_type }).to_string();
         match self.request("POST", &path, Some(&body)) {
             Ok(answer) => Ok(Some(parse::<IdAnswer>(&answer)?.id)),
             Err(e)

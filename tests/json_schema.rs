@@ -200,10 +200,23 @@ fn the_derived_schema_says_what_is_published() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&ran.stdout);
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
-    assert!(said.contains("pipeline sdk-calls (JSON Schema comms.v1.CallEvent)"), "{said}");
-    assert!(said.contains("output schema JSON Schema comms.sanitized.v1.CallEvent"), "{said}");
-    assert!(said.contains("caller_calling_code: [integer,null], derived"), "{said}");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        said.contains("pipeline sdk-calls (JSON Schema comms.v1.CallEvent)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("output schema JSON Schema comms.sanitized.v1.CallEvent"),
+        "{said}"
+    );
+    assert!(
+        said.contains("caller_calling_code: [integer,null], derived"),
+        "{said}"
+    );
     assert!(said.contains("device.device_id    string"), "{said}");
 }
 
@@ -369,6 +382,64 @@ fn schemas_the_rules_do_not_classify_are_refused() {
     })
     .expect("refused");
     assert!(said.contains("title"), "{said}");
+}
+
+/// With a registry, a pinned `output_schema_id` is verified at start, as for Avro: the derived
+/// JSON Schema not registered, or registered under another id, and `run` refuses to start,
+/// saying what to do; `schema register` registers it (type JSON).
+#[test]
+fn a_pinned_output_schema_id_is_verified_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start();
+    let path = config_in(dir.path(), &call_schema(), |t| {
+        t.replace(
+            "\"http://127.0.0.1:8081\"",
+            &format!("{:?}", registry.url()),
+        )
+        .replace(
+            "key_class = \"phone\"\n",
+            "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 101\n",
+        )
+    });
+    let run = |command: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+            .args(command)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), said)
+    };
+    let (ok, said) = run(&["run"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("output_schema_id 101 is pinned, but the derived schema is not registered under comms.sanitized.v1.CallEvent"),
+        "{said}"
+    );
+    let (ok, said) = run(&["schema", "register"]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("derived from the local JSON Schema"),
+        "{said}"
+    );
+    let registered = registry.versions("comms.sanitized.v1.CallEvent");
+    assert_eq!(registered.len(), 1);
+    let schema: Json = serde_json::from_str(&registry.schema(registered[0]).unwrap()).unwrap();
+    assert_eq!(schema["title"], "comms.sanitized.v1.CallEvent");
+    let (ok, said) = run(&["run"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "registered under comms.sanitized.v1.CallEvent as id {}: pin {}",
+            registered[0], registered[0]
+        )),
+        "{said}"
+    );
 }
 
 /// Runs tests/python/confluent_json.py with the project's Python.

@@ -972,18 +972,41 @@ fn verify_pinned_ids(
     engine: &Engine,
     client: &RegistryClient,
 ) -> Result<(), WorkerError> {
+    // Each pinned pipeline's derived schema: (pipeline, output name, text, registry type).
+    let avro =
+        config
+            .avro_pipelines()
+            .zip(engine.plans())
+            .filter_map(|(pipeline, plan)| match &plan.output {
+                apache_avro::Schema::Record(r) => Some((
+                    pipeline,
+                    r.name.fullname(None),
+                    plan.output_json.to_string(),
+                    "AVRO",
+                )),
+                _ => None,
+            });
+    let json = config
+        .pipeline
+        .iter()
+        .enumerate()
+        .filter_map(|(index, pipeline)| {
+            let contract = engine.json_schema(index)?;
+            Some((
+                pipeline,
+                contract.input.output_title(),
+                contract.output.to_string(),
+                "JSON",
+            ))
+        });
     let mut problems = Vec::new();
-    for (pipeline, plan) in config.avro_pipelines().zip(engine.plans()) {
+    for (pipeline, output_name, schema, schema_type) in avro.chain(json) {
         let (Some(pinned), Some(topic)) = (pipeline.output_schema_id, &pipeline.output_topic)
         else {
             continue;
         };
-        let output_name = match &plan.output {
-            apache_avro::Schema::Record(r) => r.name.fullname(None),
-            _ => continue,
-        };
         let subject = registry.subject_strategy.subject(topic, &output_name);
-        match client.lookup(&subject, &plan.output_json.to_string())? {
+        match client.lookup_as(&subject, &schema, schema_type)? {
             Some(id) if id == pinned => {}
             Some(id) => problems.push(format!(
                 "[{}] output_schema_id {pinned} is pinned, but the derived schema is registered under {subject} as id {id}: pin {id}, or remove output_schema_id and the worker registers and uses the right id",

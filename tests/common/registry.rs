@@ -281,19 +281,34 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
             let subject = decode(subject);
             let mut body = String::new();
             let _ = request.as_reader().read_to_string(&mut body);
-            let schema = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
+            let request = serde_json::from_str::<serde_json::Value>(&body).ok();
+            let schema = request
+                .as_ref()
                 .and_then(|r| r.get("schema").and_then(|s| s.as_str()).map(str::to_owned));
+            let is_json = request
+                .as_ref()
+                .and_then(|r| r.get("schemaType"))
+                .is_some_and(|t| t == "JSON");
             let Some(ids) = state.subjects.get(&subject) else {
                 return error(404, 40401, &format!("Subject '{subject}' not found."));
             };
-            let canonical = schema
-                .as_deref()
-                .and_then(|s| Schema::parse_str(s).ok())
-                .map(|s| s.canonical_form());
-            let found = canonical
-                .and_then(|c| state.by_canonical.get(&c).copied())
-                .and_then(|id| ids.iter().position(|&i| i == id).map(|v| (v + 1, id)));
+            let id = if is_json {
+                // A JSON schema: the same parsed value under this subject.
+                let wanted = schema
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+                ids.iter().copied().find(|&id| {
+                    state.stored(id).is_some_and(|(text, kind)| {
+                        kind == "JSON" && serde_json::from_str(text).ok() == wanted
+                    })
+                })
+            } else {
+                schema
+                    .as_deref()
+                    .and_then(|s| Schema::parse_str(s).ok())
+                    .and_then(|s| state.by_canonical.get(&s.canonical_form()).copied())
+            };
+            let found = id.and_then(|id| ids.iter().position(|&i| i == id).map(|v| (v + 1, id)));
             match found {
                 Some((version, id)) => (
                     200,
