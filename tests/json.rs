@@ -202,7 +202,11 @@ fn unclassified_and_corrupt_records_are_refused() {
         ),
         (br#"{"codec":"\ud800"}"#, "codec", ErrorKind::NotJsonObject),
         // Past f64's range, kept or tokenized (found by the json_transform fuzzer).
-        (br#"{"duration_ms":1e400}"#, "duration_ms", ErrorKind::NotJsonObject),
+        (
+            br#"{"duration_ms":1e400}"#,
+            "duration_ms",
+            ErrorKind::NotJsonObject,
+        ),
         (
             br#"{"caller":["+366666634",65e6666666666]}"#,
             "caller",
