@@ -116,7 +116,11 @@ pub struct PipelineConfig {
     /// Relative to the config file. Required for `avro` and `json-schema`; `json` has none.
     #[serde(default)]
     pub input_schema: PathBuf,
-    /// `json` and `json-schema` only: what becomes of a record with a key no rule names: `dead-letter`
+    /// `protobuf` only: the full name of the message its records are (`comms.v1.CallEvent`);
+    /// optional where `input_schema` defines one top-level message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `json`, `json-schema` and `protobuf` only: what becomes of a record with a key no rule names: `dead-letter`
     /// (default: the whole record, `unclassified-field`) or `drop` (the key is left out).
     #[serde(default)]
     pub unknown: Option<UnknownKeys>,
@@ -173,6 +177,10 @@ pub enum Format {
     Json,
     /// Confluent-framed JSON: magic byte, schema id of a registry `JSON` schema, a JSON object.
     JsonSchema,
+    /// Confluent-framed Protobuf: magic byte, schema id of a registry `PROTOBUF` schema, the
+    /// message-index list, a Protobuf message (read through its JSON mapping, so walked by the
+    /// same key tree as JSON: [`crate::plan::protobuf`]).
+    Protobuf,
 }
 
 impl Format {
@@ -181,12 +189,14 @@ impl Format {
             Format::Avro => "avro",
             Format::Json => "json",
             Format::JsonSchema => "json-schema",
+            Format::Protobuf => "protobuf",
         }
     }
 
-    /// Whether its records are JSON objects, walked by a [`crate::plan::json::JsonPlan`].
+    /// Whether its records are walked by a [`crate::plan::json::JsonPlan`]: JSON objects, or
+    /// Protobuf messages through their JSON mapping.
     pub fn is_json(self) -> bool {
-        matches!(self, Format::Json | Format::JsonSchema)
+        matches!(self, Format::Json | Format::JsonSchema | Format::Protobuf)
     }
 }
 
@@ -856,6 +866,19 @@ impl Config {
                     }
                     pipeline.input_schema = base.join(&pipeline.input_schema);
                 }
+                Format::Protobuf => {
+                    if pipeline.input_schema.as_os_str().is_empty() {
+                        empty_paths.push(format!(
+                            "{tag} input_schema is required for format protobuf (the .proto file its producers register)"
+                        ));
+                    }
+                    pipeline.input_schema = base.join(&pipeline.input_schema);
+                }
+            }
+            if pipeline.message.is_some() && pipeline.format != Format::Protobuf {
+                empty_paths.push(format!(
+                    "{tag} message is for format protobuf (the message its records are)"
+                ));
             }
         }
         if let Some(registry) = &mut config.registry {

@@ -78,8 +78,10 @@ pub struct RegisteredSchema {
     pub schema: String,
     /// `AVRO` (the API's default when absent), `JSON` or `PROTOBUF`.
     pub schema_type: String,
-    /// Whether it refers to schemas of other subjects (not supported by the worker).
+    /// Whether it refers to schemas of other subjects (read for Protobuf imports only).
     pub has_references: bool,
+    /// Its references: (the name it imports it by, subject, version).
+    pub references: Vec<(String, String, i64)>,
     /// The subject version, for `versions/latest`.
     pub version: Option<i64>,
 }
@@ -364,6 +366,17 @@ fn registered(answer: SchemaAnswer, id: Option<u32>) -> RegisteredSchema {
         schema: answer.schema,
         schema_type: answer.schema_type.unwrap_or_else(|| "AVRO".to_owned()),
         has_references: !answer.references.is_empty(),
+        references: answer
+            .references
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("name")?.as_str()?.to_owned(),
+                    r.get("subject")?.as_str()?.to_owned(),
+                    r.get("version")?.as_i64()?,
+                ))
+            })
+            .collect(),
         version: answer.version,
     }
 }

@@ -150,9 +150,12 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                 ));
             }
             for (index, plan) in engine.json_plans() {
-                let format = match engine.json_schema(*index) {
-                    Some(contract) => format!("json-schema {}", contract.input.title),
-                    None => "json".to_owned(),
+                let format = match (engine.json_schema(*index), engine.proto(*index)) {
+                    (Some(contract), _) => format!("json-schema {}", contract.input.title),
+                    (_, Some(contract)) => {
+                        format!("protobuf {}", contract.input.message.full_name())
+                    }
+                    _ => "json".to_owned(),
                 };
                 lines.push(format!(
                     "[{}] {format}: {} rules, keys without a rule {}, ok",
@@ -226,14 +229,20 @@ pub(super) fn check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
                         "rules": plan.rules.iter().count(),
                     }))
                     .chain(engine.json_plans().iter().map(|(index, plan)| {
-                        match engine.json_schema(*index) {
-                            Some(contract) => json!({
+                        match (engine.json_schema(*index), engine.proto(*index)) {
+                            (Some(contract), _) => json!({
                                 "format": "json-schema",
                                 "pipeline": plan.name,
                                 "schema": contract.input.title,
                                 "rules": plan.rules.iter().count(),
                             }),
-                            None => json!({
+                            (_, Some(contract)) => json!({
+                                "format": "protobuf",
+                                "pipeline": plan.name,
+                                "schema": contract.input.message.full_name(),
+                                "rules": plan.rules.iter().count(),
+                            }),
+                            _ => json!({
                                 "format": "json",
                                 "pipeline": plan.name,
                                 "rules": plan.rules.iter().count(),

@@ -430,6 +430,7 @@ struct Explained {
 fn explain_json(
     plan: &crate::plan::json::JsonPlan,
     contract: Option<&crate::plan::json_schema::JsonSchemaContract>,
+    proto: Option<&crate::plan::protobuf::ProtoContract>,
     engine: &Engine,
     active: Option<&ActiveKeys>,
     keys_note: &Option<String>,
@@ -486,22 +487,32 @@ fn explain_json(
             }
         };
         // With a JSON Schema, the types it gives (input) and the derived one gives (output).
-        let type_in = |root: Option<&serde_json::Value>, path: &str| {
+        // With a .proto, its field types on both sides.
+        let type_in = |root: Option<&serde_json::Value>, path: &str, output: bool| {
+            if let Some(proto) = proto {
+                let message = if output {
+                    &proto.output
+                } else {
+                    &proto.input.message
+                };
+                return crate::plan::protobuf::type_at(message, path)
+                    .unwrap_or_else(|| "protobuf".to_owned());
+            }
             root.and_then(|root| crate::plan::json_schema::type_at(root, path))
                 .unwrap_or_else(|| "json".to_owned())
         };
         let output_root = contract.map(|c| &c.output);
         if action != Action::Drop {
-            output.push((path.to_owned(), type_in(output_root, path)));
+            output.push((path.to_owned(), type_in(output_root, path, true)));
             for attribute in rules.derived(path).iter() {
                 let name = attribute.field_name(path);
-                let shown = format!("{}, derived", type_in(output_root, &name));
+                let shown = format!("{}, derived", type_in(output_root, &name, true));
                 output.push((name, shown));
             }
         }
         rows.push(Row {
             path: path.to_owned(),
-            raw_type: type_in(contract.map(|c| &c.input.root), path),
+            raw_type: type_in(contract.map(|c| &c.input.root), path, false),
             rule: rule_text(rules, path),
             sample: Some(sample.to_string()),
             becomes,
@@ -509,9 +520,10 @@ fn explain_json(
     }
     Explained {
         name: plan.name.clone(),
-        schema: match contract {
-            Some(contract) => format!("JSON Schema {}", contract.input.title),
-            None => "schemaless JSON".to_owned(),
+        schema: match (contract, proto) {
+            (Some(contract), _) => format!("JSON Schema {}", contract.input.title),
+            (_, Some(proto)) => format!("Protobuf {}", proto.input.message.full_name()),
+            _ => "schemaless JSON".to_owned(),
         },
         samples: "made-up samples, each alone in an object".to_owned(),
         note: keys_note.clone().or_else(|| {
@@ -525,9 +537,10 @@ fn explain_json(
             })
         }),
         rows,
-        output_name: match contract {
-            Some(contract) => format!("JSON Schema {}", contract.input.output_title()),
-            None => "(JSON, no schema)".to_owned(),
+        output_name: match (contract, proto) {
+            (_, Some(proto)) => format!("Protobuf {}", proto.output_name()),
+            (Some(contract), _) => format!("JSON Schema {}", contract.input.output_title()),
+            _ => "(JSON, no schema)".to_owned(),
         },
         output,
     }
@@ -750,6 +763,7 @@ pub(super) fn explain(args: ExplainArgs, out: &mut dyn Write) -> Result<()> {
             explained.push(explain_json(
                 plan,
                 engine.json_schema(*index).map(|c| &**c),
+                engine.proto(*index).map(|c| &**c),
                 engine,
                 loaded.active.as_ref(),
                 &keys_note,

@@ -198,6 +198,23 @@ pub(super) fn register(config: &Config, engine: &Engine, out: &mut dyn Write) ->
         }
     }
     for (index, pipeline) in config.pipeline.iter().enumerate() {
+        if let Some(contract) = engine.proto(index) {
+            let Some(topic) = pipeline.output_topic.as_deref() else {
+                bail!("[{}] output_topic is required to register", pipeline.name);
+            };
+            let subject = registry
+                .subject_strategy
+                .subject(topic, contract.output_name());
+            let id = client
+                .register_as(&subject, &contract.output_text, "PROTOBUF")
+                .with_context(|| format!("registering under {subject}"))?;
+            writeln!(
+                out,
+                "{}: {subject} id {id} (derived from the local .proto)",
+                pipeline.name
+            )?;
+            continue;
+        }
         let Some(contract) = engine.json_schema(index) else {
             continue;
         };

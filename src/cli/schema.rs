@@ -51,6 +51,17 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
                 writeln!(out, "wrote {}", path.display())?;
             }
             for (index, _) in engine.json_plans() {
+                if let Some(contract) = engine.proto(*index) {
+                    let path = dir.join(format!("{}.proto", contract.output_name()));
+                    crate::fsio::write_atomically(
+                        &path,
+                        "derived schema",
+                        0o644,
+                        contract.output_text.as_bytes(),
+                    )?;
+                    writeln!(out, "wrote {}", path.display())?;
+                    continue;
+                }
                 let Some(contract) = engine.json_schema(*index) else {
                     continue;
                 };

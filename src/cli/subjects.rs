@@ -268,8 +268,15 @@ fn select_topic(
         .position(|p| p.format.is_json() && p.output_topic.as_deref() == Some(topic));
     let json_plan = json_pipeline.and_then(|index| engine.json_plan(index).cloned());
     // A json-schema pipeline's records are framed (magic byte, schema id) before the object.
-    let json_framed = json_pipeline
-        .is_some_and(|index| config.pipeline[index].format == crate::config::Format::JsonSchema);
+    let json_framed = json_pipeline.is_some_and(|index| {
+        matches!(
+            config.pipeline[index].format,
+            crate::config::Format::JsonSchema | crate::config::Format::Protobuf
+        )
+    });
+    // A protobuf pipeline's records are messages of its derived schema, read as their JSON.
+    let proto_output =
+        json_pipeline.and_then(|index| engine.proto(index).map(|c| c.output.clone()));
     let reader = TopicReader::open(kafka, topic, "export reader").map_err(anyhow::Error::msg)?;
     let mut found = crate::file::Selected::default();
     let mut failure: Option<anyhow::Error> = None;
@@ -288,6 +295,16 @@ fn select_topic(
                         true => crate::worker::route::unframe(value).map(|(_, json)| json),
                         false => Some(value),
                     };
+                    let decoded = match (&proto_output, json) {
+                        (Some(output), Some(payload)) => {
+                            crate::transform::protobuf::published_json(output, payload)
+                        }
+                        _ => None,
+                    };
+                    let json =
+                        decoded
+                            .as_deref()
+                            .or(if proto_output.is_some() { None } else { json });
                     let Some(Ok(record)) = json.map(serde_json::from_slice::<serde_json::Value>)
                     else {
                         found.unreadable += 1;

@@ -19,6 +19,7 @@ use crate::rules::{Action, Bucketing, Derive, Rules};
 
 pub mod json;
 pub mod json_schema;
+pub mod protobuf;
 mod region;
 mod shape;
 mod walker;

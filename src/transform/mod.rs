@@ -14,6 +14,7 @@ mod binary;
 mod fast;
 mod json;
 mod leaf;
+pub mod protobuf;
 mod reference;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::keys::{KeySet, KeyringError, PseudonymKey, SealKey, SubjectKey};
 use crate::phone::PhoneCanon;
 use crate::plan::json::JsonPlan;
 use crate::plan::json_schema::JsonSchemaContract;
+use crate::plan::protobuf::ProtoContract;
 use crate::plan::{self, Plan};
 use crate::rules::Rules;
 use crate::subjects::SubjectGate;
@@ -67,6 +69,12 @@ pub enum ErrorKind {
     UnnamedKey,
     #[error("the value's JSON type does not fit its rule (an object where a leaf rule stands, or a type the action does not take)")]
     DoesNotFitRule,
+    #[error("not a Protobuf message of its schema (malformed, or a value its JSON mapping cannot write)")]
+    NotProtobuf,
+    #[error("a Protobuf field number its schema does not have")]
+    UnknownFieldNumber,
+    #[error("the sanitized record does not fit the derived Protobuf schema")]
+    DoesNotFitOutput,
 }
 
 impl ErrorKind {
@@ -148,6 +156,8 @@ pub struct Engine {
     json: Vec<(usize, Arc<JsonPlan>)>,
     /// The `format = "json-schema"` pipelines' configured and derived schemas, by position.
     json_schemas: Vec<(usize, Arc<JsonSchemaContract>)>,
+    /// The `format = "protobuf"` pipelines' configured and derived messages, by position.
+    protos: Vec<(usize, Arc<ProtoContract>)>,
 }
 
 impl Engine {
@@ -167,6 +177,7 @@ impl Engine {
         let mut plans = Vec::new();
         let mut json = Vec::new();
         let mut contracts: Vec<(usize, Arc<JsonSchemaContract>)> = Vec::new();
+        let mut protos: Vec<(usize, Arc<ProtoContract>)> = Vec::new();
         let mut errors = Vec::new();
         for (index, pipeline) in config.pipeline.iter().enumerate() {
             if pipeline.format.is_json() {
@@ -202,6 +213,29 @@ impl Engine {
                                         )));
                                     }
                                     contracts.push((index, Arc::new(contract)));
+                                }
+                                Err(errs) => errors.extend(errs.into_iter().map(tag)),
+                            }
+                        }
+                        if pipeline.format == crate::config::Format::Protobuf {
+                            match ProtoContract::read(
+                                &pipeline.input_schema,
+                                pipeline.message.as_deref(),
+                                &plan,
+                                unused,
+                            ) {
+                                Ok(contract) => {
+                                    let name = contract.input.message.full_name();
+                                    if protos
+                                        .iter()
+                                        .any(|(_, c)| c.input.message.full_name() == name)
+                                    {
+                                        errors.push(tag(format!(
+                                            "message {} is also another protobuf pipeline's: one message routes to one pipeline",
+                                            crate::config::quote(name)
+                                        )));
+                                    }
+                                    protos.push((index, Arc::new(contract)));
                                 }
                                 Err(errs) => errors.extend(errs.into_iter().map(tag)),
                             }
@@ -244,6 +278,7 @@ impl Engine {
         engine.country_db = country_db;
         engine.json = json;
         engine.json_schemas = contracts;
+        engine.protos = protos;
         engine.subject_registry = config
             .kafka
             .as_ref()
@@ -272,6 +307,7 @@ impl Engine {
             country_db: None,
             json: Vec::new(),
             json_schemas: Vec::new(),
+            protos: Vec::new(),
         })
     }
 
@@ -283,6 +319,14 @@ impl Engine {
     /// The configured and derived schemas of the json-schema pipeline at `index` in the config.
     pub fn json_schema(&self, index: usize) -> Option<&Arc<JsonSchemaContract>> {
         self.json_schemas
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, c)| c)
+    }
+
+    /// The configured and derived messages of the protobuf pipeline at `index` in the config.
+    pub fn proto(&self, index: usize) -> Option<&Arc<ProtoContract>> {
+        self.protos
             .iter()
             .find(|(i, _)| *i == index)
             .map(|(_, c)| c)
@@ -391,6 +435,27 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> Result<Regions, TransformError> {
         json::transform(plan, &self.phone, keys, gate, input, out)
+    }
+
+    /// Transforms one Protobuf message (`format = "protobuf"`, unframed) of `contract`'s input
+    /// message, appending the sanitized message of its output to `out`: through the message's
+    /// JSON mapping and the JSON walk ([`protobuf`]). Returns the regions, as
+    /// [`Engine::transform_json`].
+    pub fn transform_protobuf(
+        &self,
+        plan: &JsonPlan,
+        contract: &ProtoContract,
+        keys: &ActiveKeys,
+        gate: Option<&SubjectGate<'_>>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Regions, TransformError> {
+        let mut raw = Vec::with_capacity(input.len() * 2);
+        protobuf::to_json(&contract.input.message, input, &mut raw)?;
+        let mut walked = Vec::with_capacity(raw.len() * 2);
+        let regions = json::transform(plan, &self.phone, keys, gate, &raw, &mut walked)?;
+        protobuf::from_json(&contract.output, &walked, out)?;
+        Ok(regions)
     }
 
     /// The reference path through apache-avro `Value`s (tests and benchmark baseline).

@@ -714,7 +714,18 @@ impl Publisher {
                     None => Some(framed),
                 };
                 let Some(json) = json else { return };
-                estimate.observe_json(json)
+                match &route.proto {
+                    // A protobuf record is read back as its JSON mapping (the walk's output).
+                    Some(contract) => {
+                        let Some(json) =
+                            crate::transform::protobuf::published_json(&contract.output, json)
+                        else {
+                            return;
+                        };
+                        estimate.observe_json(&json)
+                    }
+                    None => estimate.observe_json(json),
+                }
             }
         }
         state.records.set(estimate.window.records() as i64);
@@ -999,8 +1010,21 @@ fn verify_pinned_ids(
                 "JSON",
             ))
         });
+    let proto = config
+        .pipeline
+        .iter()
+        .enumerate()
+        .filter_map(|(index, pipeline)| {
+            let contract = engine.proto(index)?;
+            Some((
+                pipeline,
+                contract.output_name().to_owned(),
+                contract.output_text.clone(),
+                "PROTOBUF",
+            ))
+        });
     let mut problems = Vec::new();
-    for (pipeline, output_name, schema, schema_type) in avro.chain(json) {
+    for (pipeline, output_name, schema, schema_type) in avro.chain(json).chain(proto) {
         let (Some(pinned), Some(topic)) = (pipeline.output_schema_id, &pipeline.output_topic)
         else {
             continue;

@@ -8,6 +8,7 @@
 //! dead-letters a record for it (the `at_least_once` loop holds the record, stores no offset
 //! past it, and turns `/readyz` to 503 meanwhile).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apache_avro::Schema;
@@ -16,6 +17,7 @@ use super::route::{DeadLetter, JsonRoute, Resolution, Route, Router, Target};
 use crate::config::SubjectStrategy;
 use crate::metrics::Metrics;
 use crate::plan::json_schema::{self, WriterSchema};
+use crate::plan::protobuf::{self, WriterProto};
 use crate::plan::UnusedRules;
 use crate::registry::{codes, RegistryClient, RegistryError};
 
@@ -65,6 +67,7 @@ impl SchemaResolver {
         let writer = match self.writer_schema(id)? {
             Ok(Writer::Avro(writer)) => writer,
             Ok(Writer::Json(writer)) => return self.resolve_json(router, metrics, id, writer),
+            Ok(Writer::Protobuf(pool)) => return self.resolve_protobuf(router, metrics, id, &pool),
             Err((reason, why)) => return Ok(refuse(reason, &why)),
         };
         let Schema::Record(record) = &writer else {
@@ -160,8 +163,101 @@ impl SchemaResolver {
         );
         Ok(Resolution::Route(Target::Json(Arc::new(JsonRoute {
             output_schema_id: Some(output_id),
+            proto: None,
             ..route.clone()
         }))))
+    }
+
+    /// [`SchemaResolver::resolve_once`] for a registry `PROTOBUF` schema: the protobuf pipeline
+    /// whose message it defines, that message checked against the rules, the derived `.proto`
+    /// registered.
+    fn resolve_protobuf(
+        &self,
+        router: &Router,
+        metrics: &Metrics,
+        id: u32,
+        pool: &prost_reflect::DescriptorPool,
+    ) -> Result<Resolution, RegistryError> {
+        let found = router.proto_pipelines().iter().find_map(|pipeline| {
+            let name = pipeline.contract.input.message.full_name();
+            WriterProto::in_pool(pool, name)
+                .ok()
+                .map(|writer| (pipeline, writer))
+        });
+        let Some((pipeline, writer)) = found else {
+            tracing::error!(
+                schema_id = id,
+                reason = DeadLetter::UnknownSchema.code(),
+                messages = %WriterProto::message_names(pool).join(", "),
+                "records of this schema id are dead-lettered: no protobuf pipeline reads a message it defines"
+            );
+            return Ok(Resolution::Refused(DeadLetter::UnknownSchema));
+        };
+        let route = &pipeline.route;
+        let message = writer.message.full_name().to_owned();
+        let contract = match protobuf::derive(&route.plan, writer, UnusedRules::Allow) {
+            Ok(contract) => contract,
+            Err(problems) => {
+                report_unclassified(metrics, id, &route.name, &message, &problems);
+                return Ok(Resolution::Refused(DeadLetter::UnclassifiedField));
+            }
+        };
+        let subject = self
+            .strategy
+            .subject(&route.output_topic, contract.output_name());
+        let output_id = match self.register_output(&subject, &contract.output_text, "PROTOBUF")? {
+            Ok(output_id) => output_id,
+            Err(why) => {
+                tracing::error!(
+                    schema_id = id,
+                    reason = DeadLetter::OutputSchemaRefused.code(),
+                    why,
+                    "records of this schema id are dead-lettered"
+                );
+                return Ok(Resolution::Refused(DeadLetter::OutputSchemaRefused));
+            }
+        };
+        tracing::info!(
+            schema_id = id,
+            pipeline = %route.name,
+            %message,
+            %subject,
+            output_schema_id = output_id,
+            "new Protobuf schema version checked; derived schema registered"
+        );
+        Ok(Resolution::Route(Target::Json(Arc::new(JsonRoute {
+            output_schema_id: Some(output_id),
+            proto: Some(Arc::new(contract)),
+            ..route.clone()
+        }))))
+    }
+
+    /// The files a Protobuf schema imports through its references (and theirs), by the name
+    /// each is imported by; `Ok(Err)` when one is missing or there are too many.
+    fn imports(
+        &self,
+        references: &[(String, String, i64)],
+    ) -> Result<Result<BTreeMap<String, String>, String>, RegistryError> {
+        let mut files = BTreeMap::new();
+        let mut pending: Vec<(String, String, i64)> = references.to_vec();
+        while let Some((name, subject, version)) = pending.pop() {
+            if files.contains_key(&name) {
+                continue;
+            }
+            if files.len() >= MAX_IMPORTS {
+                return Ok(Err(format!("it imports more than {MAX_IMPORTS} files")));
+            }
+            let fetched = match self.client.version(&subject, version) {
+                Ok(fetched) => fetched,
+                Err(e @ (RegistryError::Unavailable(_) | RegistryError::Setup(_))) => {
+                    return Err(e)
+                }
+                Err(e) => return Ok(Err(format!("its reference {name}: {e}"))),
+            };
+            pending.extend(fetched.references.iter().cloned());
+            files.insert(name, fetched.schema);
+        }
+        Ok(Ok(files))
     }
 
     /// Registers a derived schema: its id, or why the registry refused it (`Err` when the
@@ -198,6 +294,15 @@ impl SchemaResolver {
             }
             Err(e) => return Ok(Err((DeadLetter::BadSchema, e.to_string()))),
         };
+        if fetched.schema_type == "PROTOBUF" {
+            let imports = match self.imports(&fetched.references)? {
+                Ok(imports) => imports,
+                Err(why) => return Ok(Err((DeadLetter::BadSchema, why))),
+            };
+            return Ok(WriterProto::from_registry(&fetched.schema, imports)
+                .map(Writer::Protobuf)
+                .map_err(|why| (DeadLetter::BadSchema, format!("a Protobuf schema: {why}"))));
+        }
         Ok(if fetched.has_references {
             Err((
                 DeadLetter::BadSchema,
@@ -216,7 +321,10 @@ impl SchemaResolver {
         } else if fetched.schema_type != "AVRO" {
             Err((
                 DeadLetter::BadSchema,
-                format!("a {} schema, not Avro or JSON", fetched.schema_type),
+                format!(
+                    "a {} schema, not Avro, JSON or Protobuf",
+                    fetched.schema_type
+                ),
             ))
         } else {
             crate::registry::parse_schema(&fetched.schema)
@@ -235,7 +343,11 @@ impl SchemaResolver {
 enum Writer {
     Avro(Schema),
     Json(WriterSchema),
+    Protobuf(prost_reflect::DescriptorPool),
 }
+
+/// Most files one Protobuf schema may import through references.
+const MAX_IMPORTS: usize = 64;
 
 /// The log line and metric of a writer version whose fields the rules do not classify.
 fn report_unclassified(

@@ -12,6 +12,7 @@ use crate::config::Format;
 use crate::config::{Config, ConfigError};
 use crate::plan::json::JsonPlan;
 use crate::plan::json_schema::JsonSchemaContract;
+use crate::plan::protobuf::{self, ProtoContract};
 use crate::plan::Plan;
 use crate::subjects::{SubjectGate, SubjectPolicy, SubjectView};
 use crate::token::{self, TokenClass};
@@ -44,11 +45,15 @@ pub enum DeadLetter {
     /// A `json` pipeline's record is not a JSON object, has a key twice in one object, or
     /// did not transform.
     CorruptJson,
+    /// A `protobuf` pipeline's record is not a message of its schema (malformed, a field
+    /// number the schema does not have, a message-index list that does not name the
+    /// pipeline's message), or what the walk made of it does not fit the derived schema.
+    CorruptProtobuf,
 }
 
 impl DeadLetter {
     /// Every reason, for metrics exported from the start.
-    pub const ALL: [DeadLetter; 9] = [
+    pub const ALL: [DeadLetter; 10] = [
         DeadLetter::BadMagic,
         DeadLetter::UnknownSchema,
         DeadLetter::CorruptAvro,
@@ -58,6 +63,7 @@ impl DeadLetter {
         DeadLetter::BadSchema,
         DeadLetter::OutputSchemaRefused,
         DeadLetter::CorruptJson,
+        DeadLetter::CorruptProtobuf,
     ];
 
     /// The `reason` header value.
@@ -72,6 +78,7 @@ impl DeadLetter {
             DeadLetter::BadSchema => "bad-schema",
             DeadLetter::OutputSchemaRefused => "output-schema-refused",
             DeadLetter::CorruptJson => "corrupt-json",
+            DeadLetter::CorruptProtobuf => "corrupt-protobuf",
         }
     }
 }
@@ -136,6 +143,18 @@ pub struct JsonRoute {
     pub output_schema_id: Option<u32>,
     pub key_class: Option<TokenClass>,
     pub subject_policy: SubjectPolicy,
+    /// `protobuf`: the writer's message and the derived one its records are read and written
+    /// as (the walk between them is the JSON one).
+    pub proto: Option<Arc<ProtoContract>>,
+}
+
+/// A `format = "protobuf"` pipeline, found by its writer schemas' message name.
+#[derive(Debug)]
+pub struct ProtoPipeline {
+    /// Its route, but for the output schema id and the writer's message (each writer version
+    /// gets its own).
+    pub route: JsonRoute,
+    pub contract: Arc<ProtoContract>,
 }
 
 /// A `format = "json-schema"` pipeline, found by its writer schemas' `title`.
@@ -223,6 +242,8 @@ pub struct Router {
     json_routes: HashMap<String, Arc<JsonRoute>>,
     /// `format = "json-schema"` pipelines, routed by schema id like Avro ones.
     json_schema_pipelines: Vec<JsonSchemaPipeline>,
+    /// `format = "protobuf"` pipelines, routed by schema id like Avro ones.
+    proto_pipelines: Vec<ProtoPipeline>,
 }
 
 impl Router {
@@ -240,6 +261,11 @@ impl Router {
             )
             .chain(
                 self.json_schema_pipelines
+                    .iter()
+                    .map(|p| (p.route.index, &p.route.output_topic)),
+            )
+            .chain(
+                self.proto_pipelines
                     .iter()
                     .map(|p| (p.route.index, &p.route.output_topic)),
             )
@@ -490,6 +516,7 @@ impl Router {
         let mut topics = Vec::new();
         let mut json_routes = HashMap::new();
         let mut json_schema_pipelines = Vec::new();
+        let mut proto_pipelines = Vec::new();
         let mut avro_plans = engine.plans().iter();
         for (index, pipeline) in config.pipeline.iter().enumerate() {
             // Present and valid: `problems` refused the config otherwise.
@@ -527,7 +554,28 @@ impl Router {
                     output_schema_id: None,
                     key_class: pipeline.key_class.as_deref().and_then(key_class),
                     subject_policy,
+                    proto: None,
                 };
+                if let Some(contract) = engine.proto(index) {
+                    let route = JsonRoute {
+                        proto: Some(contract.clone()),
+                        ..route
+                    };
+                    if let (Some(input_id), Some(output_id)) =
+                        (pipeline.input_schema_id, pipeline.output_schema_id)
+                    {
+                        let pinned = JsonRoute {
+                            output_schema_id: Some(output_id),
+                            ..route.clone()
+                        };
+                        routes.insert(input_id, Resolution::Route(Target::Json(Arc::new(pinned))));
+                    }
+                    proto_pipelines.push(ProtoPipeline {
+                        route,
+                        contract: contract.clone(),
+                    });
+                    continue;
+                }
                 let Some(contract) = engine.json_schema(index) else {
                     json_routes.insert(input_topic.clone(), Arc::new(route));
                     continue;
@@ -576,6 +624,7 @@ impl Router {
             input_topics: topics,
             json_routes,
             json_schema_pipelines,
+            proto_pipelines,
         })
     }
 
@@ -589,6 +638,18 @@ impl Router {
         self.json_schema_pipelines
             .iter()
             .find(|p| p.contract.input.title == title)
+    }
+
+    /// The protobuf pipeline whose message is `name` (a full name, `comms.v1.CallEvent`).
+    pub fn proto_pipeline_for(&self, name: &str) -> Option<&ProtoPipeline> {
+        self.proto_pipelines
+            .iter()
+            .find(|p| p.contract.input.message.full_name() == name)
+    }
+
+    /// The protobuf pipelines, in config order.
+    pub fn proto_pipelines(&self) -> &[ProtoPipeline] {
+        &self.proto_pipelines
     }
 
     /// The schema id of a framed value that the registry must be asked about first: only with
@@ -631,6 +692,7 @@ impl Router {
             .values()
             .map(|r| &**r)
             .chain(self.json_schema_pipelines.iter().map(|p| &p.route))
+            .chain(self.proto_pipelines.iter().map(|p| &p.route))
             .find(|r| r.index == index)
             .map_or("?", |r| r.name.as_str())
     }
@@ -654,7 +716,9 @@ impl Router {
         let json = self
             .json_schema_pipelines
             .iter()
-            .map(|p| (p.route.key_class, p.route.plan.domain.as_deref()));
+            .map(|p| &p.route)
+            .chain(self.proto_pipelines.iter().map(|p| &p.route))
+            .map(|r| (r.key_class, r.plan.domain.as_deref()));
         for (class, domain) in avro.chain(json) {
             let (Some(class), Some(pkey)) = (class, keys.pseudonym_in(domain)) else {
                 continue;
@@ -789,21 +853,44 @@ impl Router {
                 return (Err(reason), met());
             }
         };
+        // A protobuf record's message-index list must name the pipeline's message.
+        let (value, corrupt) = match &route.proto {
+            None => (value, DeadLetter::CorruptJson),
+            Some(contract) => match protobuf::read_indexes(value) {
+                Some((indexes, message)) if indexes == contract.indexes => {
+                    (message, DeadLetter::CorruptProtobuf)
+                }
+                _ => {
+                    let _ = key_of(None);
+                    return (Err(DeadLetter::CorruptProtobuf), met());
+                }
+            },
+        };
         let header = |out: &mut Vec<u8>| {
             out.clear();
             if let Some(id) = route.output_schema_id {
                 out.push(MAGIC);
                 out.extend_from_slice(&id.to_be_bytes());
             }
+            if route.proto.is_some() {
+                // The derived schema's one top-level message: index list [0].
+                protobuf::write_indexes(&[0], out);
+            }
+        };
+        let transform = |out: &mut Vec<u8>| match &route.proto {
+            None => engine.transform_json(&route.plan, keys, gate.as_ref(), value, out),
+            Some(contract) => {
+                engine.transform_protobuf(&route.plan, contract, keys, gate.as_ref(), value, out)
+            }
         };
         header(out);
-        let regions = match engine.transform_json(&route.plan, keys, gate.as_ref(), value, out) {
+        let regions = match transform(out) {
             Ok(regions) => regions,
             Err(error) => {
                 let reason = if error.kind.is_unclassified() {
                     DeadLetter::UnclassifiedField
                 } else {
-                    DeadLetter::CorruptJson
+                    corrupt
                 };
                 let _ = key_of(None);
                 return (Err(reason), met());
@@ -811,17 +898,14 @@ impl Router {
         };
         let met_in_value = met();
         let Some(key) = key_of(regions.first().copied()) else {
-            return (Err(DeadLetter::CorruptJson), met());
+            return (Err(corrupt), met());
         };
         if met() && !met_in_value && route.plan.needs_encryption {
             // Withheld by the key alone, after the value was sealed: walk it again, now
             // withholding from the start (the gate has met the subject).
             header(out);
-            if engine
-                .transform_json(&route.plan, keys, gate.as_ref(), value, out)
-                .is_err()
-            {
-                return (Err(DeadLetter::CorruptJson), true);
+            if transform(out).is_err() {
+                return (Err(corrupt), true);
             }
         }
         let withheld = met();

@@ -14,6 +14,8 @@
 //! - `GET /subjects/{subject}/versions/latest` and `…/versions/{n}` → `{"subject", "version",
 //!   "id", "schema"}`, or 404 with 40401 (no subject) / 40402 (no such version);
 //! - `GET /subjects/{subject}/versions` → `[1, 2, …]`, or 404 with 40401;
+//! - a schema registered with `references` (Protobuf imports: `{"name", "subject",
+//!   "version"}`) is served with them;
 //! - `POST /subjects/{subject}` with `{"schema": "..."}` (is it registered there?) →
 //!   `{"subject", "version", "id", "schema"}`, or 404 with 40401 / 40403.
 //!
@@ -46,6 +48,8 @@ struct State {
     subjects: HashMap<String, Vec<u32>>,
     /// Subjects that refuse any new version with 409.
     refusing: HashSet<String>,
+    /// The `references` a schema was registered with (Protobuf imports), by id.
+    references: HashMap<u32, serde_json::Value>,
     /// Raw answers served instead of a stored schema (bad answers).
     raw_answers: HashMap<u32, String>,
     /// `GET /schemas/ids/{id}` requests, by id.
@@ -242,10 +246,13 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                 Some((text, kind)) if kind == "AVRO" => {
                     (200, json!({ "schema": text }).to_string())
                 }
-                Some((text, kind)) => (
-                    200,
-                    json!({ "schema": text, "schemaType": kind }).to_string(),
-                ),
+                Some((text, kind)) => {
+                    let mut answer = json!({ "schema": text, "schemaType": kind });
+                    if let Some(references) = state.references.get(&id) {
+                        answer["references"] = references.clone();
+                    }
+                    (200, answer.to_string())
+                }
                 None => error(404, 40403, &format!("Schema {id} not found")),
             }
         }
@@ -265,8 +272,17 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                 .get("schemaType")
                 .and_then(|s| s.as_str())
                 .unwrap_or("AVRO");
+            let references = request
+                .get("references")
+                .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+                .cloned();
             match register(&mut state, &subject, schema, kind) {
-                Ok(id) => (200, json!({ "id": id }).to_string()),
+                Ok(id) => {
+                    if let Some(references) = references {
+                        state.references.insert(id, references);
+                    }
+                    (200, json!({ "id": id }).to_string())
+                }
                 Err(refusal) => refusal,
             }
         }
@@ -285,10 +301,13 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
             let schema = request
                 .as_ref()
                 .and_then(|r| r.get("schema").and_then(|s| s.as_str()).map(str::to_owned));
-            let is_json = request
+            let kind = request
                 .as_ref()
                 .and_then(|r| r.get("schemaType"))
-                .is_some_and(|t| t == "JSON");
+                .and_then(|t| t.as_str())
+                .unwrap_or("AVRO")
+                .to_owned();
+            let is_json = kind == "JSON";
             let Some(ids) = state.subjects.get(&subject) else {
                 return error(404, 40401, &format!("Subject '{subject}' not found."));
             };
@@ -301,6 +320,13 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                     state.stored(id).is_some_and(|(text, kind)| {
                         kind == "JSON" && serde_json::from_str(text).ok() == wanted
                     })
+                })
+            } else if kind != "AVRO" {
+                // Other kinds (PROTOBUF) by their text, as registered.
+                ids.iter().copied().find(|&id| {
+                    state
+                        .stored(id)
+                        .is_some_and(|(text, k)| *k == kind && Some(text) == schema.as_ref())
                 })
             } else {
                 schema
@@ -336,16 +362,21 @@ fn answer(state: &Mutex<State>, request: &mut tiny_http::Request) -> (u16, Strin
                     .and_then(|n| ids.get(n.wrapping_sub(1)).map(|id| (n, *id))),
             };
             match chosen {
-                Some((version, id)) => (
-                    200,
-                    json!({
+                Some((version, id)) => {
+                    let mut answer = json!({
                         "subject": subject,
                         "version": version,
                         "id": id,
                         "schema": state.stored(id).map(|(text, _)| text.as_str()),
-                    })
-                    .to_string(),
-                ),
+                    });
+                    if let Some((_, kind)) = state.stored(id).filter(|(_, k)| k != "AVRO") {
+                        answer["schemaType"] = kind.as_str().into();
+                    }
+                    if let Some(references) = state.references.get(&id) {
+                        answer["references"] = references.clone();
+                    }
+                    (200, answer.to_string())
+                }
                 None => error(404, 40402, &format!("Version {version} not found.")),
             }
         }

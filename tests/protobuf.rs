@@ -1,0 +1,704 @@
+//! Protobuf (`format = "protobuf"`): the derived `.proto` says what is published; a message the
+//! rules do not classify is refused at start, naming each field; records are walked through
+//! their JSON mapping and come out as messages of the derived schema, equal to what the JSON
+//! walk makes of the same event; and, against a real broker and the suite's registry, records
+//! written by Confluent's own Protobuf serializer (Python confluent-kafka, its imports
+//! registered as references) are published framed with the derived schema's id and read back
+//! by Confluent's own deserializer, while a producer's new version with a field without a rule
+//! is dead-lettered whole.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::registry::TestRegistry;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
+use pseudonymizer::config::Config;
+use pseudonymizer::generate::{Generator, Kind};
+use pseudonymizer::metrics::Metrics;
+use pseudonymizer::transform::Engine;
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use serde_json::{json, Value as Json};
+
+/// The example protobuf config in `dir`: its keyring and audit log there, the shipped
+/// `.proto` files copied to `dir/proto` (then `edit_proto` applied to call_event.proto), and
+/// `edit` applied to the config text.
+fn config_in(
+    dir: &Path,
+    edit_proto: impl Fn(String) -> String,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
+    let keyring = common::write_keyring(dir);
+    let protos = dir.join("proto");
+    std::fs::create_dir_all(&protos).unwrap();
+    for name in ["call_event.proto", "device.proto"] {
+        let text =
+            std::fs::read_to_string(common::repo().join("schemas/proto").join(name)).unwrap();
+        let text = if name == "call_event.proto" {
+            edit_proto(text)
+        } else {
+            text
+        };
+        std::fs::write(protos.join(name), text).unwrap();
+    }
+    let text = std::fs::read_to_string(common::repo().join("config/protobuf-pipeline.toml"))
+        .unwrap()
+        .replace(
+            "\"../keys/keyring.json\"",
+            &format!("{:?}", keyring.display().to_string()),
+        )
+        .replace(
+            "\"../var/audit.log\"",
+            &format!("{:?}", dir.join("audit.log").display().to_string()),
+        )
+        .replace(
+            "\"../schemas/proto/call_event.proto\"",
+            &format!(
+                "{:?}",
+                protos.join("call_event.proto").display().to_string()
+            ),
+        );
+    let path = dir.join("protobuf.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn same(text: String) -> String {
+    text
+}
+
+/// Without the `[registry]` (so a rule naming no field is a typo, as for Avro).
+fn without_registry(text: String) -> String {
+    text.split("[registry]").next().unwrap().to_owned()
+}
+
+/// The config's problems (its load or its engine refused), as one text; `None` if accepted.
+fn refusal(
+    edit_proto: impl Fn(String) -> String,
+    edit: impl Fn(String) -> String,
+) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), edit_proto, edit);
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    match Engine::from_config(&config) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+/// A generated call as the proto's JSON mapping writes it: the JSON event, with a forwarding
+/// list, a receive time and a oneof member.
+fn call_event(seed: u64) -> Json {
+    let mut event = Json::try_from(Generator::new(seed).event(Kind::Call)).unwrap();
+    event["forwarded_to"] = json!([format!("+628123{seed:06}"), format!("0812-77{seed:05}")]);
+    event["received_at"] = json!(format!("2026-12-07T10:{:02}:{:02}Z", seed % 60, seed % 59));
+    if seed.is_multiple_of(2) {
+        event["hangup_cause"] = json!("NORMAL_CLEARING");
+    } else {
+        event["sip_code"] = json!(486);
+    }
+    event
+}
+
+/// `event` (the JSON mapping) as a message of `descriptor`, encoded.
+fn encode(descriptor: &MessageDescriptor, event: &Json) -> Vec<u8> {
+    DynamicMessage::deserialize(descriptor.clone(), event)
+        .unwrap_or_else(|e| panic!("{event} is a {}: {e}", descriptor.full_name()))
+        .encode_to_vec()
+}
+
+/// A message of `descriptor` as its JSON mapping, as the worker reads it (proto field names,
+/// 64-bit integers as numbers).
+fn decode(descriptor: &MessageDescriptor, bytes: &[u8]) -> Json {
+    let message = DynamicMessage::decode(descriptor.clone(), bytes).unwrap();
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap()
+}
+
+/// The derived `.proto`: tokens as strings, sealed values as `BytesValue`, derived attributes
+/// at numbers of their own, kept values (enums, well-known types, the oneof) as they were,
+/// the message moved to the sanitized package; `schema derive` writes it, `explain` shows the
+/// types of both sides and `check` names the message.
+#[test]
+fn the_derived_proto_says_what_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), same, |t| {
+        without_registry(t).replace(
+            "key_class = \"phone\"\n",
+            "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 101\n",
+        )
+    });
+    let config = Config::load(&path).unwrap();
+    let engine = Engine::from_config(&config).unwrap();
+    let contract = engine.proto(0).expect("a protobuf pipeline");
+    assert_eq!(contract.input.message.full_name(), "comms.v1.CallEvent");
+    assert_eq!(contract.output_name(), "comms.sanitized.v1.CallEvent");
+    assert_eq!(contract.indexes, [0]);
+    let text = &contract.output_text;
+    for line in [
+        "package comms.sanitized.v1;",
+        "import \"google/protobuf/timestamp.proto\";",
+        "  optional string caller = 6;",
+        "  optional string call_id = 2;",
+        "  Direction direction = 4;",
+        "  .google.protobuf.StringValue caller_ip = 8;",
+        "  .google.protobuf.BytesValue recording_url = 14;",
+        "  repeated string forwarded_to = 15;",
+        "  .google.protobuf.Timestamp received_at = 16;",
+        "  oneof outcome {",
+        "    int32 sip_code = 18;",
+        "  optional int64 caller_calling_code = 100000049;",
+        "  message Device {",
+        "    optional string device_id = 1;",
+        "    optional string cell_id = 2;",
+        "    INBOUND = 1;",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    // No import of the writer's own files: Device is nested in the output.
+    assert!(!text.contains("device.proto"), "{text}");
+
+    // `schema derive` writes it.
+    let out = dir.path().join("derived");
+    let ran = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["schema", "derive", "--config"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let written = std::fs::read_to_string(out.join("comms.sanitized.v1.CallEvent.proto")).unwrap();
+    assert_eq!(&written, text);
+
+    // `explain` shows both sides' types; `check --format json` names the message.
+    let ran = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["explain", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        said.contains("pipeline grpc-calls (Protobuf comms.v1.CallEvent)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("output schema Protobuf comms.sanitized.v1.CallEvent"),
+        "{said}"
+    );
+    assert!(
+        said.contains("recording_url: google.protobuf.BytesValue"),
+        "{said}"
+    );
+    assert!(said.contains("forwarded_to: repeated string"), "{said}");
+    let ran = Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args(["check", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let checked: Json = serde_json::from_slice(&ran.stdout).unwrap();
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert_eq!(checked["pipelines"][0]["format"], "protobuf");
+    assert_eq!(checked["pipelines"][0]["schema"], "comms.v1.CallEvent");
+}
+
+/// An edit of a file's text.
+type Edit<'a> = Box<dyn Fn(String) -> String + 'a>;
+
+/// What the config refuses at start, each naming its path.
+#[test]
+fn messages_the_rules_do_not_classify_are_refused() {
+    let add_field = |field: &'static str| {
+        move |text: String| {
+            text.replace(
+                "  string event_id = 1;",
+                &format!("  string event_id = 1;\n  {field}"),
+            )
+        }
+    };
+    let cases: Vec<(Edit<'_>, Edit<'_>, &str)> = vec![
+        (
+            Box::new(add_field("string imsi = 40;")),
+            Box::new(without_registry),
+            "imsi: a field without a rule",
+        ),
+        (
+            Box::new(add_field("bytes body = 40;")),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "sip_code = \"keep\"",
+                    "sip_code = \"keep\"\nbody = \"encrypt\"",
+                )
+            }),
+            "body: it is bytes (bytes), which encrypt does not take",
+        ),
+        (
+            Box::new(add_field("map<string, string> labels = 40;")),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "sip_code = \"keep\"",
+                    "sip_code = \"keep\"\nlabels = \"keep\"",
+                )
+            }),
+            "labels: a map",
+        ),
+        (
+            Box::new(|t: String| {
+                add_field("google.protobuf.Any extra = 40;")(t.replace(
+                    "import \"device.proto\";",
+                    "import \"device.proto\";\nimport \"google/protobuf/any.proto\";",
+                ))
+            }),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "sip_code = \"keep\"",
+                    "sip_code = \"keep\"\nextra = \"keep\"",
+                )
+            }),
+            "extra: google.protobuf.Any, a well-known type the worker does not read",
+        ),
+        (
+            Box::new(same),
+            Box::new(|t: String| {
+                without_registry(t)
+                    .replace("\"device.os\" = \"keep\"\n", "")
+                    .replace("\"device.device_id\" = \"id\"", "device = \"keep\"")
+                    .replace("\"device.os_version\" = \"keep\"\n", "")
+                    .replace("\"device.model\" = \"keep\"\n", "")
+                    .replace("\"device.app_version\" = \"keep\"\n", "")
+            }),
+            "device: a message (comms.v1.Device), which one rule does not cover",
+        ),
+        (
+            Box::new(same),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "forwarded_to = \"phone\"",
+                    "forwarded_to = { action = \"phone\", derive = [\"region\"] }",
+                )
+            }),
+            "forwarded_to: derived attributes of a repeated field",
+        ),
+        (
+            Box::new(same),
+            Box::new(|t: String| {
+                without_registry(t).replace("duration_ms = \"keep\"", "duration_ms = \"encrypt\"")
+            }),
+            "duration_ms: it is an integer (int64), which encrypt does not take",
+        ),
+        (
+            Box::new(same),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "sip_code = \"keep\"",
+                    "sip_code = \"keep\"\ntypo = \"keep\"",
+                )
+            }),
+            "typo: a rule names a field the message does not have",
+        ),
+        (
+            Box::new(|_| {
+                "syntax = \"proto2\";\npackage comms.v1;\nmessage CallEvent { optional string event_id = 1; }\n".to_owned()
+            }),
+            Box::new(without_registry),
+            "it is not proto3",
+        ),
+        (
+            Box::new(|t: String| t + "\nmessage Other { string x = 1; }\n"),
+            Box::new(|t: String| {
+                without_registry(t).replace("message = \"comms.v1.CallEvent\"\n", "")
+            }),
+            "more or fewer than one top-level message",
+        ),
+        (
+            Box::new(|t: String| {
+                t.replace("import \"device.proto\";", "import \"../device.proto\";")
+            }),
+            Box::new(without_registry),
+            "does not compile",
+        ),
+        (
+            Box::new(same),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "message = \"comms.v1.CallEvent\"",
+                    "message = \"comms.v1.Nope\"",
+                )
+            }),
+            "it defines no message comms.v1.Nope",
+        ),
+    ];
+    for (edit_proto, edit, wanted) in &cases {
+        let said = refusal(edit_proto, edit).unwrap_or_else(|| panic!("refused: {wanted}"));
+        assert!(said.contains(wanted), "{wanted:?} in {said}");
+    }
+    // With a registry a rule naming no field is allowed (another version may have it).
+    assert_eq!(
+        refusal(same, |t: String| t.replace(
+            "sip_code = \"keep\"",
+            "sip_code = \"keep\"\nnetwork = \"keep\""
+        )),
+        None
+    );
+    // unknown = "drop": a field without a rule is left out of the output.
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), add_field("string imsi = 40;"), |t: String| {
+        without_registry(t).replace(
+            "key_class = \"phone\"",
+            "key_class = \"phone\"\nunknown = \"drop\"",
+        )
+    });
+    let engine = Engine::from_config(&Config::load(&path).unwrap()).unwrap();
+    assert!(!engine.proto(0).unwrap().output_text.contains("imsi"));
+}
+
+/// A record through the engine: the output is a message of the derived schema, equal to what
+/// the JSON walk makes of the record's JSON mapping (envelopes aside: each seal has its own
+/// nonce), with no raw value in its bytes; a record with a field number its schema does not
+/// have, or bytes that are not a message, is refused.
+#[test]
+fn records_are_walked_through_their_json_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), same, without_registry);
+    let engine = Engine::from_config(&Config::load(&path).unwrap()).unwrap();
+    let contract = engine.proto(0).unwrap();
+    let plan = engine.json_plan(0).unwrap();
+    let keys = common::active(&engine);
+    for seed in 0..50 {
+        let event = call_event(seed);
+        let bytes = encode(&contract.input.message, &event);
+        let mut out = Vec::new();
+        engine
+            .transform_protobuf(plan, contract, &keys, None, &bytes, &mut out)
+            .unwrap();
+        let mut got = decode(&contract.output, &out);
+        // The JSON walk of the same record's mapping, read as the derived message.
+        let mapping = decode(&contract.input.message, &bytes);
+        let mut walked = Vec::new();
+        engine
+            .transform_json(
+                plan,
+                &keys,
+                None,
+                mapping.to_string().as_bytes(),
+                &mut walked,
+            )
+            .unwrap();
+        let walked: Json = serde_json::from_slice(&walked).unwrap();
+        let mut want = decode(&contract.output, &encode(&contract.output, &walked));
+        let (sealed, want_sealed) = (got["recording_url"].take(), want["recording_url"].take());
+        assert_eq!(got, want, "seed {seed}");
+        assert_eq!(sealed.is_null(), want_sealed.is_null());
+        assert_ne!(got["caller"], event["caller"], "tokenized");
+        for raw in [
+            &event["caller"],
+            &event["callee"],
+            &event["forwarded_to"][0],
+        ] {
+            let raw = raw.as_str().unwrap().as_bytes();
+            assert!(
+                !out.windows(raw.len()).any(|w| w == raw),
+                "a raw value in the output"
+            );
+        }
+        assert_eq!(got["hangup_cause"].is_null(), seed % 2 == 1);
+        assert_eq!(got["received_at"], event["received_at"]);
+    }
+    // Field 40, which the schema does not have (a varint 7): refused, not dropped silently.
+    let mut bytes = encode(&contract.input.message, &call_event(1));
+    bytes.extend_from_slice(&[0xC0, 0x02, 0x07]);
+    let mut out = Vec::new();
+    let refused = engine
+        .transform_protobuf(plan, contract, &keys, None, &bytes, &mut out)
+        .unwrap_err();
+    assert!(refused.to_string().contains("field number"), "{refused}");
+    for garbage in [&b"\xff\xff\xff"[..], b"\x0a\x05ab"] {
+        assert!(engine
+            .transform_protobuf(plan, contract, &keys, None, garbage, &mut out)
+            .is_err());
+    }
+}
+
+/// Runs tests/python/confluent_protobuf.py with the project's Python.
+fn confluent(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(common::python())
+        .arg(common::repo().join("tests/python/confluent_protobuf.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the project's python runs (scripts/test.sh sets PSEUDONYMIZER_PYTHON)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "confluent_protobuf.py {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// End to end with Confluent's own serializers: version 1 of the schema, then a version 2
+/// with a new field that has a rule (published), then a version 3 with one that has none
+/// (every record of it dead-lettered, `unclassified-field`). device.proto reaches the worker
+/// as a registry reference. What is published is framed with the id of a derived schema the
+/// worker registered, read by Confluent's deserializer with classes compiled from the derived
+/// `.proto`, carries no raw value, and equals what the engine makes of the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_serializers_on_both_sides() {
+    let brokers = common::kafka::tansu();
+    let registry = TestRegistry::start();
+    let topics = common::kafka::Topics::unique("protobuf");
+    topics.create(&brokers, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), same, |t| {
+        t.replace("\"grpc.calls.raw\"", &format!("{:?}", topics.raw))
+            .replace("\"grpc.calls.sanitized\"", &format!("{:?}", topics.calls))
+            .replace("\"grpc.dlq\"", &format!("{:?}", topics.dlq))
+            .replace("\"127.0.0.1:9092\"", &format!("{brokers:?}"))
+            .replace("\"pseudonymizer-protobuf\"", &format!("{:?}", topics.group))
+            .replace(
+                "\"http://127.0.0.1:8081\"",
+                &format!("{:?}", registry.url()),
+            )
+            .replace("codec = \"keep\"", "codec = \"keep\"\nnetwork = \"keep\"")
+            + "timeout_secs = 2\nmax_backoff_secs = 1\n"
+    });
+    let config = Config::load(&path).unwrap();
+    let engine = Engine::from_config(&config).unwrap();
+
+    // Three producer versions of call_event.proto, each beside its device.proto.
+    let shipped =
+        std::fs::read_to_string(common::repo().join("schemas/proto/call_event.proto")).unwrap();
+    let device =
+        std::fs::read_to_string(common::repo().join("schemas/proto/device.proto")).unwrap();
+    let v2 = shipped.replace(
+        "  string event_id = 1;",
+        "  string event_id = 1;\n  string network = 19;",
+    );
+    let v3 = v2.replace(
+        "  string event_id = 1;",
+        "  string event_id = 1;\n  string imsi = 20;",
+    );
+    let mut events: Vec<Json> = Vec::new();
+    let mut batches = Vec::new();
+    for (version, proto, seeds) in [
+        (1, &shipped, 0..150u64),
+        (2, &v2, 150..200),
+        (3, &v3, 200..220),
+    ] {
+        let mut lines = String::new();
+        for seed in seeds {
+            let mut event = call_event(seed);
+            if version >= 2 {
+                event["network"] = json!("LTE");
+            }
+            if version == 3 {
+                event["imsi"] = json!(format!("5100112345{seed:05}"));
+            }
+            lines.push_str(&event.to_string());
+            lines.push('\n');
+            events.push(event);
+        }
+        let version_dir = dir.path().join(format!("v{version}"));
+        std::fs::create_dir_all(&version_dir).unwrap();
+        std::fs::write(version_dir.join("call_event.proto"), proto).unwrap();
+        std::fs::write(version_dir.join("device.proto"), &device).unwrap();
+        batches.push((version_dir.join("call_event.proto"), lines));
+    }
+    for (proto_path, lines) in &batches {
+        confluent(
+            &[
+                "produce",
+                &brokers,
+                &topics.raw,
+                &registry.url(),
+                proto_path.to_str().unwrap(),
+                "comms.v1.CallEvent",
+            ],
+            lines,
+        );
+    }
+    assert!(
+        !registry.versions("device.proto").is_empty(),
+        "the serializer registered the import as a subject of its own"
+    );
+
+    let metrics = Metrics::new();
+    let (stop, worker) = common::kafka::spawn_worker(&config, metrics.clone());
+    let reader = common::kafka::reader(&brokers, &topics, false);
+    let (published, dead) = common::kafka::read_counts(&reader, &topics, 200, 20);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        reader.poll(Duration::from_secs(1)).is_none(),
+        "nothing more than 200 published and 20 dead letters"
+    );
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    // Dead letters: version 3's records, sealed, with their reason.
+    for message in &dead {
+        let headers = message.headers().unwrap();
+        let reason = headers.iter().find(|h| h.key == "dlq.reason").unwrap();
+        assert_eq!(reason.value, Some(&b"unclassified-field"[..]));
+        assert!(!message
+            .payload()
+            .unwrap()
+            .windows(10)
+            .any(|w| w == b"5100112345"));
+    }
+    assert!(metrics
+        .render()
+        .contains("pseudonymizer_unclassified_fields{"));
+
+    // Published: framed with derived schemas the worker registered, message index [0].
+    let derived_ids: HashSet<u32> = published
+        .iter()
+        .map(|m| {
+            let value = m.payload().unwrap();
+            assert_eq!(value[0], 0, "Confluent framing");
+            assert_eq!(value[5], 0, "message-index list [0]");
+            u32::from_be_bytes([value[1], value[2], value[3], value[4]])
+        })
+        .collect();
+    let registered: HashSet<u32> = registry
+        .versions("comms.sanitized.v1.CallEvent")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        derived_ids.len(),
+        2,
+        "one derived schema per accepted version"
+    );
+    assert!(
+        derived_ids.is_subset(&registered),
+        "{derived_ids:?} ⊄ {registered:?}"
+    );
+    let mut derived_v2 = None;
+    for id in &derived_ids {
+        let text = registry.schema(*id).unwrap();
+        assert!(text.contains("package comms.sanitized.v1;"), "{text}");
+        if text.contains("network") {
+            derived_v2 = Some(text);
+        }
+    }
+    let derived_v2 = derived_v2.expect("version 2's derived schema has its new field");
+    let reader_proto = dir.path().join("reader/comms.sanitized.v1.CallEvent.proto");
+    std::fs::create_dir_all(reader_proto.parent().unwrap()).unwrap();
+    std::fs::write(&reader_proto, &derived_v2).unwrap();
+
+    // Read back by Confluent's deserializer with classes made from the derived .proto.
+    let read = confluent(
+        &[
+            "consume",
+            &brokers,
+            &topics.calls,
+            &registry.url(),
+            reader_proto.to_str().unwrap(),
+            "comms.sanitized.v1.CallEvent",
+            "200",
+        ],
+        "",
+    );
+    let contract = engine.proto(0).unwrap();
+    let plan = engine.json_plan(0).unwrap();
+    let keys = common::active(&engine);
+    let mut expected = std::collections::HashMap::new();
+    for event in &events[..200] {
+        let mut walked = Vec::new();
+        let mapping = decode(
+            &contract.input.message,
+            &encode(&contract.input.message, &without(event, "network")),
+        );
+        engine
+            .transform_json(
+                plan,
+                &keys,
+                None,
+                mapping.to_string().as_bytes(),
+                &mut walked,
+            )
+            .unwrap();
+        let walked: Json = serde_json::from_slice(&walked).unwrap();
+        expected.insert(walked["event_id"].as_str().unwrap().to_owned(), walked);
+    }
+    let mut seen = HashSet::new();
+    for line in read.lines() {
+        let record: Json = serde_json::from_str(line).unwrap();
+        for event in &events {
+            for field in ["caller", "callee", "call_id"] {
+                if let Some(raw) = event[field].as_str().filter(|t| t.len() >= 8) {
+                    assert!(!line.contains(raw), "a raw value was published: {raw}");
+                }
+            }
+        }
+        let value = &record["value"];
+        let id = value["event_id"].as_str().unwrap().to_owned();
+        let want = &expected[&id];
+        for field in [
+            "caller",
+            "callee",
+            "call_id",
+            "caller_region",
+            "callee_number_type",
+            "hangup_cause",
+        ] {
+            assert_eq!(
+                value.get(field),
+                want.get(field).filter(|v| !v.is_null()),
+                "{field} of {id}"
+            );
+        }
+        assert_eq!(value["forwarded_to"], want["forwarded_to"]);
+        assert_eq!(value["device"]["device_id"], want["device"]["device_id"]);
+        assert_eq!(
+            record["key"], value["caller"],
+            "the key is the caller's token"
+        );
+        if let Some(sealed) = value.get("recording_url") {
+            assert!(
+                sealed.as_str().is_some_and(|s| s.len() > 40),
+                "a sealed envelope, base64"
+            );
+        }
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 200, "every accepted record read back once");
+}
+
+/// `event` without `key`.
+fn without(event: &Json, key: &str) -> Json {
+    let mut event = event.clone();
+    if let Some(object) = event.as_object_mut() {
+        object.remove(key);
+    }
+    event
+}
