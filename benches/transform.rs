@@ -533,8 +533,9 @@ fn geoip(c: &mut Criterion) {
 }
 
 /// The typical call as a schemaless JSON record (`config/json-pipeline.toml`, the same rules)
-/// against the same call through the Avro fast path and against its crypto floor, timed in
-/// alternating blocks.
+/// and as a Protobuf message (`config/protobuf-pipeline.toml`, the same rules and a few more
+/// for fields the typical call leaves out) against the same call through the Avro fast path,
+/// timed in alternating blocks.
 fn json(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let avro =
@@ -544,14 +545,26 @@ fn json(c: &mut Criterion) {
     let active = avro.active_keys(&keys()).unwrap();
     let avro_plan = avro.plan("comms.v1.CallEvent").unwrap().clone();
     let json_plan = json.json_plans()[0].1.clone();
+    let proto =
+        Engine::from_config(&Config::load(&root.join("config/protobuf-pipeline.toml")).unwrap())
+            .unwrap();
+    let proto_plan = proto.json_plan(0).unwrap().clone();
+    let proto_contract = proto.proto(0).unwrap().clone();
     let call = typical_call();
     let avro_input = apache_avro::to_avro_datum(&avro_plan.input, call.clone()).unwrap();
     let json_input = serde_json::Value::try_from(call)
         .unwrap()
         .to_string()
         .into_bytes();
+    let proto_input = {
+        let mapping: serde_json::Value = serde_json::from_slice(&json_input).unwrap();
+        use prost::Message as _;
+        prost_reflect::DynamicMessage::deserialize(proto_contract.input.message.clone(), mapping)
+            .unwrap()
+            .encode_to_vec()
+    };
     let mut out = Vec::with_capacity(2048);
-    let mut times = [Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..41 {
         let started = std::time::Instant::now();
         for _ in 0..20_000 {
@@ -567,16 +580,33 @@ fn json(c: &mut Criterion) {
                 .unwrap();
         }
         times[1].push(started.elapsed().as_nanos() as f64 / 20_000.0);
+        let started = std::time::Instant::now();
+        for _ in 0..20_000 {
+            out.clear();
+            proto
+                .transform_protobuf(
+                    &proto_plan,
+                    &proto_contract,
+                    &active,
+                    None,
+                    black_box(&proto_input),
+                    &mut out,
+                )
+                .unwrap();
+        }
+        times[2].push(started.elapsed().as_nanos() as f64 / 20_000.0);
     }
     for side in &mut times {
         side.sort_by(f64::total_cmp);
     }
-    let (a, j) = (times[0][20], times[1][20]);
+    let (a, j, p) = (times[0][20], times[1][20], times[2][20]);
     eprintln!(
-        "json: typical call: {a:.0} ns as Avro, {j:.0} ns as JSON ({:.2}x; {} vs {} bytes in; medians of 41 alternating blocks of 20,000)",
+        "json: typical call: {a:.0} ns as Avro, {j:.0} ns as JSON ({:.2}x), {p:.0} ns as Protobuf ({:.2}x); {} vs {} vs {} bytes in; medians of 41 alternating blocks of 20,000",
         j / a,
+        p / a,
         avro_input.len(),
-        json_input.len()
+        json_input.len(),
+        proto_input.len()
     );
     let mut group = c.benchmark_group("json");
     group.throughput(Throughput::Elements(1));
@@ -584,6 +614,21 @@ fn json(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             json.transform_json(&json_plan, &active, None, black_box(&json_input), &mut out)
+                .unwrap();
+        })
+    });
+    group.bench_function("call_protobuf", |b| {
+        b.iter(|| {
+            out.clear();
+            proto
+                .transform_protobuf(
+                    &proto_plan,
+                    &proto_contract,
+                    &active,
+                    None,
+                    black_box(&proto_input),
+                    &mut out,
+                )
                 .unwrap();
         })
     });

@@ -21,7 +21,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(transform_differential route envelope_open keyring_parse config_parse schema_compile phone_fast json_transform json_schema_derive)
+  targets=(transform_differential route envelope_open keyring_parse config_parse schema_compile phone_fast json_transform json_schema_derive protobuf_transform)
 fi
 
 cache=${PSEUDONYMIZER_CACHE:-$HOME/.cache/pseudonymizer}

@@ -875,6 +875,22 @@ impl Config {
                     pipeline.input_schema = base.join(&pipeline.input_schema);
                 }
             }
+            if let Some(message) = &pipeline.message {
+                let is_name = !message.is_empty()
+                    && message.len() <= 256
+                    && message.split('.').all(|part| {
+                        part.chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                if !is_name {
+                    empty_paths.push(format!(
+                        "{tag} message {} is not a message's full name (package.Message)",
+                        quote(message)
+                    ));
+                }
+            }
             if pipeline.message.is_some() && pipeline.format != Format::Protobuf {
                 empty_paths.push(format!(
                     "{tag} message is for format protobuf (the message its records are)"

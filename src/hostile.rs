@@ -25,6 +25,8 @@ pub struct Setup {
     pub kek_secret: Secret,
     /// The example schemaless JSON pipeline (config/json-pipeline.toml).
     pub json: Engine,
+    /// The example protobuf pipeline (config/protobuf-pipeline.toml, schemas/proto).
+    pub protobuf: Engine,
 }
 
 impl Setup {
@@ -65,8 +67,12 @@ impl Setup {
         let json_config =
             Config::load(&repo.join("config/json-pipeline.toml")).expect("example json config");
         let json = Engine::from_config(&json_config).expect("example json rules");
+        let protobuf_config = Config::load(&repo.join("config/protobuf-pipeline.toml"))
+            .expect("example protobuf config");
+        let protobuf = Engine::from_config(&protobuf_config).expect("example protobuf rules");
         Setup {
             json,
+            protobuf,
             config,
             engine,
             generalizing,
@@ -406,6 +412,81 @@ pub fn json_schema(setup: &Setup, data: &[u8]) {
             named(&plan.root, &output);
         }
     }
+}
+
+/// A Protobuf record after its schema id: the message-index list, then a message of the
+/// example protobuf pipeline's input (`comms.v1.CallEvent`). Never panics; an index list read
+/// is read the same once written again; a record accepted decodes as the derived message, with
+/// no field outside it, and equals the JSON walk of prost-reflect's own decoding of the input
+/// (sealed values aside: each envelope has its own nonce), so the walk through the mapping
+/// adds and loses nothing.
+pub fn protobuf(setup: &Setup, data: &[u8]) {
+    use crate::plan::protobuf::{read_indexes, write_indexes};
+    use prost_reflect::{DynamicMessage, SerializeOptions};
+    let Some((indexes, message)) = read_indexes(data) else {
+        return;
+    };
+    let mut written = Vec::new();
+    write_indexes(&indexes, &mut written);
+    assert_eq!(
+        read_indexes(&written).map(|(i, rest)| (i, rest.len())),
+        Some((indexes.clone(), 0)),
+        "an index list reads back as written"
+    );
+    let engine = &setup.protobuf;
+    let (Some(plan), Some(contract)) = (engine.json_plan(0), engine.proto(0)) else {
+        return;
+    };
+    let mut out = Vec::new();
+    let accepted = engine
+        .transform_protobuf(plan, contract, &setup.active, None, message, &mut out)
+        .is_ok();
+    // The crate's own decoder: what it makes of the input, walked by the same rules.
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    let as_json = |descriptor: &prost_reflect::MessageDescriptor, bytes: &[u8]| {
+        let decoded = DynamicMessage::decode(descriptor.clone(), bytes).ok()?;
+        decoded
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .ok()
+    };
+    if !accepted {
+        return;
+    }
+    let output =
+        as_json(&contract.output, &out).expect("the output decodes as the derived message");
+    let input = as_json(&contract.input.message, message).expect("an accepted input decodes");
+    let mut walked = Vec::new();
+    engine
+        .transform_json(
+            plan,
+            &setup.active,
+            None,
+            input.to_string().as_bytes(),
+            &mut walked,
+        )
+        .expect("the walk accepts what it accepted through the mapping");
+    let walked: serde_json::Value = serde_json::from_slice(&walked).expect("the walk writes JSON");
+    let mut reread = Vec::new();
+    crate::transform::protobuf::from_json(
+        &contract.output,
+        walked.to_string().as_bytes(),
+        &mut reread,
+    )
+    .expect("the walk's output fits the derived message");
+    let mut want = as_json(&contract.output, &reread).expect("it decodes");
+    let mut got = output;
+    // The one sealed field of the example rules.
+    assert_eq!(
+        got["recording_url"].take().is_null(),
+        want["recording_url"].take().is_null(),
+        "a sealed value in one and not the other"
+    );
+    assert_eq!(
+        got, want,
+        "the record through the mapping equals the walk of its decoding"
+    );
 }
 
 /// A record as consumed: the first byte is the key's length, then the key, then the value

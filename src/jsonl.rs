@@ -71,6 +71,7 @@ pub fn transform_lines(
     engine: &Engine,
     keys: &ActiveKeys,
     plan: &JsonPlan,
+    proto: Option<&crate::plan::protobuf::ProtoContract>,
     input: &Path,
     output: &Path,
 ) -> Result<Transformed, FileError> {
@@ -85,9 +86,14 @@ pub fn transform_lines(
     let write = |e: std::io::Error| FileError::Write(e.to_string());
     while let Some((index, record)) = records.next()? {
         out.clear();
-        engine
-            .transform_json(plan, keys, None, record, &mut out)
-            .map_err(|source| FileError::Line { index, source })?;
+        // A protobuf pipeline's lines are its messages' JSON mapping, read through the schema.
+        match proto {
+            Some(contract) => {
+                engine.transform_protobuf_line(plan, contract, keys, record, &mut out)
+            }
+            None => engine.transform_json(plan, keys, None, record, &mut out),
+        }
+        .map_err(|source| FileError::Line { index, source })?;
         out.push(b'\n');
         target.writer().write_all(&out).map_err(write)?;
         count.events += 1;

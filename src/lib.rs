@@ -7,7 +7,9 @@
 //! (`format = "json"`), a JSON object in → the key tree of its [`plan::json::JsonPlan`] →
 //! [`transform::Engine::transform_json`] → a JSON object out (for `format = "json-schema"` the
 //! same, behind Confluent's 5-byte framing, the writer's JSON Schema first checked against the
-//! rules by [`plan::json_schema`]). The transform is a pure function of
+//! rules by [`plan::json_schema`]); for `format = "protobuf"`, a message decoded by its
+//! `.proto` ([`plan::protobuf`]) and walked through its JSON mapping by the same key tree, then
+//! written as a message of the derived schema ([`transform::protobuf`]). The transform is a pure function of
 //! (event bytes, rules, keys) with no I/O; file mode and the CLI own all I/O.
 //!
 //! # Layout
@@ -41,8 +43,10 @@
 //!   output schema, reporting every offending path at once (the schema walk, value shapes and
 //!   region-field paths each in a file of their own); for JSON, the key tree of the rules
 //!   (`plan::json`) and a JSON Schema checked against it with its output schema
-//!   (`plan::json_schema`).
-//! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path.
+//!   (`plan::json_schema`); for Protobuf, a `.proto` compiled (protox), its message checked
+//!   against the same tree and the derived `.proto` written (`plan::protobuf`).
+//! - [`transform`]: the engine: the fast binary walk and the `Value`-based reference path; the
+//!   JSON walk; Protobuf messages to and from their JSON mapping (`transform::protobuf`).
 //! - [`hardening`]: what a process holding keys does first: core dumps off, the KEK out of
 //!   its environment.
 //! - [`generate`]: synthetic events for demos, tests and benchmarks.

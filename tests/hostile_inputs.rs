@@ -37,7 +37,7 @@ static COUNTING: Counting = Counting;
 
 type Check = fn(&Setup, &[u8]);
 
-const TARGETS: [(&str, Check); 9] = [
+const TARGETS: [(&str, Check); 10] = [
     ("transform_differential", hostile::transform),
     ("envelope_open", hostile::envelope_open),
     ("keyring_parse", hostile::keyring),
@@ -47,6 +47,7 @@ const TARGETS: [(&str, Check); 9] = [
     ("phone_fast", hostile::phone_fast),
     ("json_transform", hostile::json),
     ("json_schema_derive", hostile::json_schema),
+    ("protobuf_transform", hostile::protobuf),
 ];
 
 #[test]

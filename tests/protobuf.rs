@@ -37,6 +37,14 @@ fn config_in(
     let keyring = common::write_keyring(dir);
     let protos = dir.join("proto");
     std::fs::create_dir_all(&protos).unwrap();
+    // Files an import may try: not a .proto, a link out of the directory, a proto2 file.
+    std::fs::write(protos.join("secret.txt"), "sk_live_not_a_schema").unwrap();
+    std::os::unix::fs::symlink(protos.join("device.proto"), protos.join("linked.proto")).unwrap();
+    std::fs::write(
+        protos.join("legacy.proto"),
+        "syntax = \"proto2\";\npackage legacy;\nmessage Old { optional int32 retries = 2 [default = 3]; }\n",
+    )
+    .unwrap();
     for name in ["call_event.proto", "device.proto"] {
         let text =
             std::fs::read_to_string(common::repo().join("schemas/proto").join(name)).unwrap();
@@ -347,9 +355,55 @@ fn messages_the_rules_do_not_classify_are_refused() {
                     "message = \"comms.v1.Nope\"",
                 )
             }),
-            "it defines no message comms.v1.Nope",
+            "it defines no message \"comms.v1.Nope\"",
         ),
     ];
+    // Bounds checked before the compiler reads the text (a thousand nested messages overflowed
+    // its stack), and imports only of .proto files beside the schema, through no link.
+    let nested = |t: String| t + &"message A { ".repeat(40) + &"}".repeat(40);
+    let import = |file: &'static str| {
+        move |t: String| {
+            t.replace(
+                "import \"device.proto\";",
+                &format!("import \"device.proto\";\nimport \"{file}\";"),
+            )
+        }
+    };
+    let cases: Vec<(Edit<'_>, Edit<'_>, &str)> = cases
+        .into_iter()
+        .chain([
+            (
+                Box::new(nested) as Edit<'_>,
+                Box::new(without_registry) as Edit<'_>,
+                "blocks nested more than 32 deep",
+            ),
+            (
+                Box::new(import("secret.txt")),
+                Box::new(without_registry),
+                "import \"secret.txt\": an import is a .proto file",
+            ),
+            (
+                Box::new(import("linked.proto")),
+                Box::new(without_registry),
+                "import \"linked.proto\": reached through a symbolic link",
+            ),
+            (
+                Box::new(move |t: String| {
+                    import("legacy.proto")(t).replace(
+                        "  string event_id = 1;",
+                        "  string event_id = 1;\n  legacy.Old old = 30;",
+                    )
+                }),
+                Box::new(|t: String| {
+                    without_registry(t).replace(
+                        "sip_code = \"keep\"",
+                        "sip_code = \"keep\"\n\"old.retries\" = \"keep\"",
+                    )
+                }),
+                "legacy.Old is defined in a file that is not proto3",
+            ),
+        ])
+        .collect();
     for (edit_proto, edit, wanted) in &cases {
         let said = refusal(edit_proto, edit).unwrap_or_else(|| panic!("refused: {wanted}"));
         assert!(said.contains(wanted), "{wanted:?} in {said}");
@@ -361,6 +415,47 @@ fn messages_the_rules_do_not_classify_are_refused() {
             "sip_code = \"keep\"\nnetwork = \"keep\""
         )),
         None
+    );
+    // Two enums kept in one message whose values share names (declared apart in the input):
+    // the second goes into a scope of its own, and the derived file compiles.
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(
+        dir.path(),
+        |t: String| {
+            t.replace(
+                "  string event_id = 1;",
+                "  string event_id = 1;\n  Leg leg = 31;",
+            ) + "\nenum Leg {\n  LEG_UNSPECIFIED = 0;\n  INBOUND = 1;\n}\n"
+        },
+        |t: String| {
+            without_registry(t)
+                .replace("sip_code = \"keep\"", "sip_code = \"keep\"\nleg = \"keep\"")
+        },
+    );
+    let engine = Engine::from_config(&Config::load(&path).unwrap()).unwrap();
+    let text = &engine.proto(0).unwrap().output_text;
+    assert!(text.contains("  LegScope.Leg leg = 31;"), "{text}");
+    // Two protobuf pipelines whose outputs would share a name but not a schema: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), same, |t: String| {
+        let second = "[[pipeline]]\nname = \"billing\"\nformat = \"protobuf\"\ninput_schema = \"proto/billing.proto\"\ninput_topic = \"billing.raw\"\noutput_topic = \"billing.sanitized\"\ninput_schema_id = 3\noutput_schema_id = 4\n[pipeline.rules]\ncaller = \"phone\"\n\n";
+        without_registry(t.replace("[kafka]", &format!("{second}[kafka]"))).replace(
+            "key_class = \"phone\"\n",
+            "key_class = \"phone\"\ninput_schema_id = 1\noutput_schema_id = 2\n",
+        )
+    });
+    std::fs::write(
+        dir.path().join("proto/billing.proto"),
+        "syntax = \"proto3\";\npackage billing.v2;\nmessage CallEvent { string caller = 1; }\n",
+    )
+    .unwrap();
+    let said = match Engine::from_config(&Config::load(&path).unwrap()) {
+        Ok(_) => panic!("two outputs named comms.sanitized.v1.CallEvent accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        said.contains("is also another protobuf pipeline's, derived differently"),
+        "{said}"
     );
     // unknown = "drop": a field without a rule is left out of the output.
     let dir = tempfile::tempdir().unwrap();
@@ -701,4 +796,99 @@ fn without(event: &Json, key: &str) -> Json {
         object.remove(key);
     }
     event
+}
+
+/// `transform --pipeline` on JSON lines of a protobuf pipeline: each line is read through the
+/// schema (a field the `.proto` does not have is refused, naming the line), walked, and fits
+/// the derived message; `decrypt --pipeline` opens what it sealed.
+#[test]
+fn file_mode_on_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), same, without_registry);
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = (0..30).map(|seed| call_event(seed).to_string()).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let transform = |input: &Path| {
+        run(&[
+            "transform",
+            "--config",
+            config.to_str().unwrap(),
+            "--pipeline",
+            "grpc-calls",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let done = transform(&input);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(written.lines().count(), 30);
+    for (line, raw) in written.lines().zip(&lines) {
+        let out: Json = serde_json::from_str(line).unwrap();
+        let raw: Json = serde_json::from_str(raw).unwrap();
+        assert_eq!(out["event_id"], raw["event_id"]);
+        assert_ne!(out["caller"], raw["caller"]);
+        assert_ne!(out["forwarded_to"][0], raw["forwarded_to"][0]);
+    }
+    let opened = run(&[
+        "decrypt",
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline",
+        "grpc-calls",
+        "--input",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let mut envelopes = 0;
+    for (line, raw) in String::from_utf8(opened.stdout)
+        .unwrap()
+        .lines()
+        .zip(&lines)
+    {
+        let line: Json = serde_json::from_str(line).unwrap();
+        let raw: Json = serde_json::from_str(raw).unwrap();
+        assert_eq!(line["recording_url"], raw["recording_url"]);
+        envelopes += usize::from(raw["recording_url"].is_string());
+    }
+    assert!(envelopes >= 5, "{envelopes} envelopes opened");
+    // A line with a field the .proto does not have, or a kept value of the wrong type: refused.
+    for bad_line in [
+        r#"{"event_id":"x","imsi":"510011234567890"}"#,
+        r#"{"event_id":"x","duration_ms":"long"}"#,
+    ] {
+        let mut bad = lines.clone();
+        bad[2] = bad_line.to_owned();
+        std::fs::write(&input, bad.join("\n")).unwrap();
+        let failed = transform(&input);
+        assert_eq!(failed.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&failed.stderr);
+        assert!(
+            said.contains("line 3:") && said.contains("not a Protobuf message"),
+            "{said}"
+        );
+        assert!(!said.contains("510011234567890"), "{said}");
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            written,
+            "left as it was"
+        );
+    }
 }

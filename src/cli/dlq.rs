@@ -23,7 +23,7 @@ pub enum DlqCommand {
         audit_log: Option<std::path::PathBuf>,
         /// Replay only dead letters of this reason (repeatable). Default: the reasons a fix
         /// can cure (unclassified-field, bad-schema, output-schema-refused, unknown-schema-id,
-        /// oversize); poison (bad-magic, corrupt-avro, corrupt-json, empty) stays.
+        /// oversize); poison (bad-magic, corrupt-avro, corrupt-json, corrupt-protobuf, empty) stays.
         #[arg(long = "reason")]
         reasons: Vec<String>,
     },
@@ -84,7 +84,7 @@ pub(super) fn dlq(command: DlqCommand, out: &mut dyn Write) -> Result<()> {
         done.refused,
         done.kept,
         match &reasons {
-            None => "poison: bad-magic, corrupt-avro, corrupt-json, empty".to_owned(),
+            None => "poison: bad-magic, corrupt-avro, corrupt-json, corrupt-protobuf, empty".to_owned(),
             Some(chosen) => format!("all but {}", chosen.join(", ")),
         }
     )?;

@@ -125,7 +125,19 @@ pub(super) fn transform(args: TransformArgs, out: &mut dyn Write) -> Result<()> 
     let started = std::time::Instant::now();
     let result = match &json_plan {
         Some(plan) => {
-            crate::jsonl::transform_lines(&engine, &active, plan, &args.input, &args.output)
+            let proto = config
+                .pipeline
+                .iter()
+                .position(|p| Some(p.name.as_str()) == args.pipeline.as_deref())
+                .and_then(|index| engine.proto(index));
+            crate::jsonl::transform_lines(
+                &engine,
+                &active,
+                plan,
+                proto.map(|c| &**c),
+                &args.input,
+                &args.output,
+            )
         }
         None => file::transform_file(&engine, &active, &args.input, &args.output),
     };

@@ -18,8 +18,8 @@ pub enum SchemaCommand {
         /// The config whose pipelines to derive.
         #[arg(long)]
         config: PathBuf,
-        /// The directory to write `<full name>.avsc` (Avro) and `<title>.schema.json` (JSON
-        /// Schema) files into (created if missing).
+        /// The directory to write `<full name>.avsc` (Avro), `<title>.schema.json` (JSON
+        /// Schema) and `<full name>.proto` (Protobuf) files into (created if missing).
         #[arg(long)]
         out: PathBuf,
     },

@@ -33,6 +33,14 @@ use crate::rules::{Action, Attribute};
 const MAX_FILES: usize = 64;
 const MAX_MESSAGES: usize = 1024;
 
+/// What protox is given at most, checked before it reads a byte: its parser and resolver
+/// recurse by nesting (a file of a thousand nested messages overflows a thread's stack) and
+/// some of its checks take time quadratic in a message's fields. Call-event schemas are a few
+/// kilobytes of a few hundred statements, nested a few levels.
+const MAX_TEXT: usize = 1 << 20;
+const MAX_STATEMENTS: usize = 4096;
+const MAX_NESTING: usize = 32;
+
 /// Derived attribute fields are numbered from here, by their field's number, so that they
 /// keep their numbers across writer versions (a field's attributes are always the same ones).
 const DERIVED_BASE: u32 = 100_000_000;
@@ -81,15 +89,26 @@ impl WriterProto {
         };
         if file.syntax() != Syntax::Proto3 {
             return Err(
-                "it is not proto3 (syntax = \"proto3\"; proto2 and editions are not read)"
+                "it is not proto3 (it needs syntax = \"proto3\"; proto2 and editions are not read)"
                     .to_owned(),
             );
         }
         let message = match name {
-            Some(name) => pool
-                .get_message_by_name(name)
-                .filter(|m| m.parent_file().name() == MAIN_FILE)
-                .ok_or_else(|| format!("it defines no message {name}"))?,
+            Some(name) => match pool.get_message_by_name(name) {
+                Some(m) if m.parent_file().name() == MAIN_FILE => m,
+                Some(_) => {
+                    return Err(format!(
+                        "message {} is defined in a file it imports, not in the schema itself (name the schema's own message)",
+                        crate::config::quote(name)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "it defines no message {}",
+                        crate::config::quote(name)
+                    ))
+                }
+            },
             None => {
                 let mut top = file.messages();
                 match (top.next(), top.next()) {
@@ -111,12 +130,7 @@ impl WriterProto {
     pub fn read(path: &Path, message: Option<&str>) -> Result<Self, String> {
         let text = crate::fsio::read_text(path, "schema", crate::fsio::SCHEMA_LIMIT)
             .map_err(|e| e.to_string())?;
-        let resolver = Sources {
-            main: text,
-            files: BTreeMap::new(),
-            dir: path.parent().map(Path::to_path_buf),
-            opened: Default::default(),
-        };
+        let resolver = Sources::new(text, BTreeMap::new(), path.parent().map(Path::to_path_buf));
         let pool = compile(resolver)?;
         Self::pick(&pool, message)
     }
@@ -130,12 +144,7 @@ impl WriterProto {
         if imports.len() > MAX_FILES {
             return Err(format!("it imports more than {MAX_FILES} files"));
         }
-        compile(Sources {
-            main: text.to_owned(),
-            files: imports,
-            dir: None,
-            opened: Default::default(),
-        })
+        compile(Sources::new(text.to_owned(), imports, None))
     }
 
     /// The message of a compiled registry schema that `name` names.
@@ -186,41 +195,140 @@ struct Sources {
     files: BTreeMap<String, String>,
     dir: Option<PathBuf>,
     opened: std::cell::Cell<usize>,
+    text_bytes: std::cell::Cell<usize>,
+    statements: std::cell::Cell<usize>,
+}
+
+impl Sources {
+    fn new(main: String, files: BTreeMap<String, String>, dir: Option<PathBuf>) -> Self {
+        Sources {
+            main,
+            files,
+            dir,
+            opened: Default::default(),
+            text_bytes: Default::default(),
+            statements: Default::default(),
+        }
+    }
 }
 
 impl FileResolver for Sources {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        let refuse = |why: &str| {
+            Err(protox::Error::new(match name {
+                MAIN_FILE => format!("the schema: {why}"),
+                _ => format!("import {}: {why}", crate::config::quote(name)),
+            }))
+        };
         self.opened.set(self.opened.get() + 1);
         if self.opened.get() > MAX_FILES {
-            return Err(protox::Error::new(format!(
-                "more than {MAX_FILES} files imported"
-            )));
-        }
-        if name == MAIN_FILE {
-            return file_of(name, &self.main);
-        }
-        if let Some(text) = self.files.get(name) {
-            return file_of(name, text);
+            return refuse(&format!("more than {MAX_FILES} files imported"));
         }
         if name.starts_with("google/protobuf/") {
             return GoogleFileResolver::new().open_file(name);
         }
-        let Some(dir) = &self.dir else {
-            return Err(protox::Error::file_not_found(name));
+        let text = if name == MAIN_FILE {
+            self.main.clone()
+        } else if let Some(text) = self.files.get(name) {
+            text.clone()
+        } else {
+            let Some(dir) = &self.dir else {
+                return refuse("not among the schema's references");
+            };
+            match read_import(dir, name) {
+                Ok(text) => text,
+                Err(why) => return refuse(&why),
+            }
         };
-        // An import names a file under the schema's own directory, never above or beside it.
-        let relative = Path::new(name);
-        if relative.is_absolute()
-            || relative
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(protox::Error::file_not_found(name));
+        // Each file's share of the bounds, counted before protox parses it.
+        let total = self.text_bytes.get() + text.len();
+        self.text_bytes.set(total);
+        if total > MAX_TEXT {
+            return refuse(&format!(
+                "the schema and its imports are more than {MAX_TEXT} bytes"
+            ));
         }
-        let text = crate::fsio::read_text(&dir.join(relative), "schema", crate::fsio::SCHEMA_LIMIT)
-            .map_err(|e| protox::Error::new(format!("import {name}: {e}")))?;
+        let (statements, nesting) = shape_of(&text);
+        let statements = self.statements.get() + statements;
+        self.statements.set(statements);
+        if statements > MAX_STATEMENTS {
+            return refuse(&format!(
+                "the schema and its imports have more than {MAX_STATEMENTS} statements"
+            ));
+        }
+        if nesting > MAX_NESTING {
+            return refuse(&format!("blocks nested more than {MAX_NESTING} deep"));
+        }
         file_of(name, &text)
     }
+}
+
+/// An import of a config's `.proto`: a `.proto` file under the schema's own directory,
+/// reached by no symbolic link (never above or beside it, never a file of another kind).
+fn read_import(dir: &Path, name: &str) -> Result<String, String> {
+    let relative = Path::new(name);
+    if !name.ends_with(".proto")
+        || relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(
+            "an import is a .proto file named relative to the schema's directory, without '..'"
+                .to_owned(),
+        );
+    }
+    let mut path = dir.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err("reached through a symbolic link, which imports may not be".to_owned())
+            }
+            Ok(_) => {}
+            Err(_) => return Err("no such file beside the schema".to_owned()),
+        }
+    }
+    crate::fsio::read_text(&path, "schema", crate::fsio::SCHEMA_LIMIT).map_err(|e| e.to_string())
+}
+
+/// How many statements (`;`) a `.proto` text has and how deep its blocks (`{`, `[`, `(`, `<`)
+/// nest, comments and string literals skipped: protox is given nothing past the bounds.
+fn shape_of(text: &str) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let (mut statements, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b';' => statements += 1,
+            b'{' | b'[' | b'(' | b'<' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' | b')' | b'>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (statements, deepest)
 }
 
 /// A file from its text: `.proto` source, or a base64 `FileDescriptorProto` (renamed to the
@@ -230,6 +338,14 @@ fn file_of(name: &str, text: &str) -> Result<File, protox::Error> {
     let trimmed = text.trim();
     if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(trimmed) {
         if let Ok(mut proto) = prost_types::FileDescriptorProto::decode(bytes.as_slice()) {
+            // The same bounds as for text: nesting and statements (fields, values) counted.
+            let (statements, nesting) = descriptor_shape(&proto.message_type, 1);
+            if nesting > MAX_NESTING || statements > MAX_STATEMENTS {
+                return Err(protox::Error::new(format!(
+                    "{}: messages nested more than {MAX_NESTING} deep or more than {MAX_STATEMENTS} fields",
+                    crate::config::quote(name)
+                )));
+            }
             proto.name = Some(name.to_owned());
             return Ok(File::from_file_descriptor_proto(proto));
         }
@@ -237,12 +353,37 @@ fn file_of(name: &str, text: &str) -> Result<File, protox::Error> {
     File::from_source(name, text)
 }
 
+/// The fields and enum values of descriptors and their nested ones, and how deep they nest.
+fn descriptor_shape(messages: &[prost_types::DescriptorProto], depth: usize) -> (usize, usize) {
+    let (mut count, mut deepest) = (0, depth);
+    for message in messages {
+        count += message.field.len()
+            + message
+                .enum_type
+                .iter()
+                .map(|e| e.value.len())
+                .sum::<usize>();
+        if depth <= MAX_NESTING {
+            let (inner, inner_depth) = descriptor_shape(&message.nested_type, depth + 1);
+            count += inner;
+            deepest = deepest.max(inner_depth);
+        } else {
+            deepest = depth + 1;
+        }
+    }
+    (count, deepest)
+}
+
 fn compile(sources: Sources) -> Result<DescriptorPool, String> {
     let mut compiler = protox::Compiler::with_file_resolver(sources);
     compiler.include_imports(true);
-    compiler
-        .open_file(MAIN_FILE)
-        .map_err(|e| format!("it does not compile: {}", one_line(&e.to_string())))?;
+    compiler.open_file(MAIN_FILE).map_err(|e| {
+        let file = match e.file() {
+            Some(file) if file != MAIN_FILE => format!(" (in {})", crate::config::quote(file)),
+            _ => String::new(),
+        };
+        format!("it does not compile{file}: {}", one_line(&e.to_string()))
+    })?;
     Ok(compiler.descriptor_pool())
 }
 
@@ -311,13 +452,11 @@ pub fn derive(
         text.push('\n');
     }
     root.render(&mut text, 0);
-    let pool = compile(Sources {
-        main: text.clone(),
-        files: BTreeMap::new(),
-        dir: None,
-        opened: Default::default(),
-    })
-    .map_err(|why| vec![format!("(top level): the derived schema {why}")])?;
+    let pool = compile(Sources::new(text.clone(), BTreeMap::new(), None)).map_err(|why| {
+        vec![format!(
+            "(top level): the derived schema: {why} (names clash in what the rules keep: rename or drop one)"
+        )]
+    })?;
     let output_name = input.output_name();
     let output = pool.get_message_by_name(&output_name).ok_or_else(|| {
         vec![format!(
@@ -461,12 +600,15 @@ impl OutMessage {
         for e in &self.enums {
             let inner = "  ".repeat(depth + 1);
             text.push_str(&format!("{inner}enum {} {{\n", e.name()));
-            let numbers: Vec<i32> = e.values().map(|v| v.number()).collect();
+            // In the order declared: the first of aliases is the value's name in every
+            // language's generated code and in the JSON mapping.
+            let values = &e.enum_descriptor_proto().value;
+            let numbers: Vec<i32> = values.iter().map(|v| v.number()).collect();
             let unique: BTreeSet<i32> = numbers.iter().copied().collect();
             if unique.len() < numbers.len() {
                 text.push_str(&format!("{inner}  option allow_alias = true;\n"));
             }
-            for value in e.values() {
+            for value in values {
                 text.push_str(&format!(
                     "{inner}  {} = {};\n",
                     value.name(),
@@ -478,11 +620,47 @@ impl OutMessage {
         text.push_str(&format!("{pad}}}\n"));
     }
 
-    /// A name for a nested type, unique among this message's nested messages and enums.
+    /// Whether `name` is a symbol of this message's scope already: a field, a nested message
+    /// or enum, or a value of a nested enum (enum values share their parent's scope).
+    fn taken(&self, name: &str) -> bool {
+        self.fields.iter().any(|f| f.name == name)
+            || self.nested.iter().any(|m| m.name == name)
+            || self
+                .enums
+                .iter()
+                .any(|e| e.name() == name || e.values().any(|v| v.name() == name))
+    }
+
+    /// Copies a kept enum into this message (once), and answers the type name its fields use.
+    /// Where its name or one of its values' names is taken in this scope (two enums with an
+    /// `UNKNOWN` value, say, declared apart in the input), it goes into a message of its own,
+    /// `<Enum>Scope`: the wire and the JSON mapping use value numbers and names, never the
+    /// enum's path, so readers see the same values.
+    fn place_enum(&mut self, e: &EnumDescriptor) -> String {
+        if self.enums.iter().any(|x| x == e) {
+            return e.name().to_owned();
+        }
+        for scope in &self.nested {
+            if scope.name.ends_with("Scope") && scope.enums.iter().any(|x| x == e) {
+                return format!("{}.{}", scope.name, e.name());
+            }
+        }
+        if !self.taken(e.name()) && !e.values().any(|v| self.taken(v.name())) {
+            self.enums.push(e.clone());
+            return e.name().to_owned();
+        }
+        let scope = self.nested_name(&format!("{}Scope", e.name()), "");
+        self.nested.push(OutMessage {
+            name: scope.clone(),
+            enums: vec![e.clone()],
+            ..OutMessage::default()
+        });
+        format!("{scope}.{}", e.name())
+    }
+
+    /// A name for a nested type, unique in this message's scope.
     fn nested_name(&self, wanted: &str, field: &str) -> String {
-        let taken = |n: &str| {
-            self.nested.iter().any(|m| m.name == n) || self.enums.iter().any(|e| e.name() == n)
-        };
+        let taken = |n: &str| self.taken(n);
         if !taken(wanted) {
             return wanted.to_owned();
         }
@@ -526,6 +704,18 @@ impl Walk {
         self.messages += 1;
         if self.messages > MAX_MESSAGES {
             self.problem(path, "more messages than the worker derives for one schema");
+            return out;
+        }
+        if message.parent_file().syntax() != Syntax::Proto3 {
+            // An imported proto2 message: its defaults, `required` and extensions are rules
+            // the derived proto3 message would not keep.
+            self.problem(
+                path,
+                &format!(
+                    "{} is defined in a file that is not proto3 (proto2 and editions are not read)",
+                    message.full_name()
+                ),
+            );
             return out;
         }
         let mut derived_fields: Vec<OutField> = Vec::new();
@@ -709,35 +899,22 @@ impl Walk {
             "optional "
         };
         let type_name = match leaf.action {
-            Action::Keep => match (&wrapper, field.kind()) {
-                (Some(name), _) => {
-                    self.import_for(name);
-                    format!(".{name}")
-                }
-                (None, Kind::Enum(e)) => {
-                    let existing = out
-                        .enums
-                        .iter()
-                        .find(|x| **x == e)
-                        .map(|x| x.name().to_owned());
-                    match existing {
-                        Some(name) => name,
-                        None => {
-                            let name = out.nested_name(e.name(), field.name());
-                            if name != e.name() {
-                                self.problem(
-                                    path,
-                                    "an enum whose name another nested type of the output has",
-                                );
-                                return;
-                            }
-                            out.enums.push(e.clone());
-                            name
-                        }
+            Action::Keep => {
+                match (&wrapper, field.kind()) {
+                    (Some(name), _) => {
+                        self.import_for(name);
+                        format!(".{name}")
                     }
+                    (None, Kind::Enum(e)) => {
+                        if e.parent_file().syntax() != Syntax::Proto3 {
+                            self.problem(path, "an enum of a file that is not proto3 (its first value need not be 0)");
+                            return;
+                        }
+                        out.place_enum(&e)
+                    }
+                    (None, kind) => kind_name(&kind),
                 }
-                (None, kind) => kind_name(&kind),
-            },
+            }
             _ => {
                 let written = match leaf.action {
                     Action::Encrypt => "bytes",

@@ -226,6 +226,16 @@ impl Engine {
                             ) {
                                 Ok(contract) => {
                                     let name = contract.input.message.full_name();
+                                    if protos.iter().any(|(_, c)| {
+                                        c.output_name() == contract.output_name()
+                                            && c.output_text != contract.output_text
+                                    }) {
+                                        // One output name, one subject and one file.
+                                        errors.push(tag(format!(
+                                            "its output message {} is also another protobuf pipeline's, derived differently: one name, one schema (the derived file and, by record name, the subject would be shared)",
+                                            crate::config::quote(contract.output_name())
+                                        )));
+                                    }
                                     if protos
                                         .iter()
                                         .any(|(_, c)| c.input.message.full_name() == name)
@@ -455,6 +465,25 @@ impl Engine {
         let mut walked = Vec::with_capacity(raw.len() * 2);
         let regions = json::transform(plan, &self.phone, keys, gate, &raw, &mut walked)?;
         protobuf::from_json(&contract.output, &walked, out)?;
+        Ok(regions)
+    }
+
+    /// [`Engine::transform_protobuf`] for a message written as a JSON line (protobuf's JSON
+    /// mapping; file mode): the line read as a message of the input (so checked against its
+    /// schema), walked, and checked against the derived message; the walked JSON is appended.
+    pub fn transform_protobuf_line(
+        &self,
+        plan: &JsonPlan,
+        contract: &ProtoContract,
+        keys: &ActiveKeys,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Regions, TransformError> {
+        let mut raw = Vec::with_capacity(line.len() * 2);
+        protobuf::line_to_json(&contract.input.message, line, &mut raw)?;
+        let start = out.len();
+        let regions = json::transform(plan, &self.phone, keys, None, &raw, out)?;
+        protobuf::from_json(&contract.output, &out[start..], &mut Vec::new())?;
         Ok(regions)
     }
 

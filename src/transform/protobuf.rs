@@ -87,3 +87,25 @@ pub fn published_json(output: &MessageDescriptor, payload: &[u8]) -> Option<Vec<
     to_json(output, message, &mut json).ok()?;
     Some(json)
 }
+
+/// Reads a JSON line as a message of `input` (protobuf's JSON mapping: a field or a type its
+/// schema does not have is refused) and appends the mapping the walk reads, as
+/// [`to_json`] writes it; for file mode (`transform --pipeline` on JSON lines).
+pub fn line_to_json(
+    input: &MessageDescriptor,
+    line: &[u8],
+    json: &mut Vec<u8>,
+) -> Result<(), TransformError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(line);
+    let message = DynamicMessage::deserialize_with_options(
+        input.clone(),
+        &mut deserializer,
+        &DeserializeOptions::new().deny_unknown_fields(true),
+    )
+    .and_then(|m| deserializer.end().map(|()| m))
+    .map_err(|_| TransformError::at("", ErrorKind::NotProtobuf))?;
+    let mut serializer = serde_json::Serializer::new(json);
+    message
+        .serialize_with_options(&mut serializer, &TO_JSON)
+        .map_err(|_| TransformError::at("", ErrorKind::NotProtobuf))
+}

@@ -48,7 +48,8 @@ const LEGACY_KEY_PATH: &str = "dlq.key";
 
 /// The reasons a fix can cure (a rule added, a schema registered or made compatible, a
 /// pipeline added, `max_record_bytes` raised): replayed by default. The others are poison
-/// that no config change makes readable: `bad-magic`, `corrupt-avro`, `corrupt-json`, `empty`.
+/// that no config change makes readable: `bad-magic`, `corrupt-avro`, `corrupt-json`,
+/// `corrupt-protobuf`, `empty`.
 pub const CURABLE: [&str; 5] = [
     "unclassified-field",
     "bad-schema",
