@@ -548,7 +548,6 @@ fn json(c: &mut Criterion) {
     let proto =
         Engine::from_config(&Config::load(&root.join("config/protobuf-pipeline.toml")).unwrap())
             .unwrap();
-    let proto_plan = proto.json_plan(0).unwrap().clone();
     let proto_contract = proto.proto(0).unwrap().clone();
     let call = typical_call();
     let avro_input = apache_avro::to_avro_datum(&avro_plan.input, call.clone()).unwrap();
@@ -585,7 +584,6 @@ fn json(c: &mut Criterion) {
             out.clear();
             proto
                 .transform_protobuf(
-                    &proto_plan,
                     &proto_contract,
                     &active,
                     None,
@@ -622,7 +620,6 @@ fn json(c: &mut Criterion) {
             out.clear();
             proto
                 .transform_protobuf(
-                    &proto_plan,
                     &proto_contract,
                     &active,
                     None,

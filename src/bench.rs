@@ -68,7 +68,8 @@ pub async fn produce_raw(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        // A config of json pipelines only (config/json-pipeline.toml): calls, as JSON objects.
+        // A config of json pipelines only (config/json-pipeline.toml): calls, as JSON objects
+        // (framed for a json-schema pipeline, as Protobuf messages for a protobuf one).
         let json = engine.plans().is_empty() && !engine.json_plans().is_empty();
         let (kind, name, id, key_field) = if i % 2 == 0 || json {
             (Kind::Call, "comms.v1.CallEvent", 1, "caller")
@@ -90,9 +91,25 @@ pub async fn produce_raw(
         }
         .unwrap_or_default();
         let payload = if json {
-            serde_json::Value::try_from(event.clone())?
-                .to_string()
-                .into_bytes()
+            let object = serde_json::Value::try_from(event.clone())?;
+            let first = engine.json_plans().first().map(|(index, _)| *index);
+            match first {
+                Some(index) if engine.proto(index).is_some() => {
+                    let contract = engine.proto(index).context("checked")?;
+                    let message = prost_reflect::DynamicMessage::deserialize(
+                        contract.input.message.clone(),
+                        &object,
+                    )?;
+                    let mut body = Vec::new();
+                    crate::plan::protobuf::write_indexes(&contract.indexes, &mut body);
+                    prost::Message::encode(&message, &mut body)?;
+                    frame(BENCH_SCHEMA_ID, &body)
+                }
+                Some(index) if engine.json_schema(index).is_some() => {
+                    frame(BENCH_SCHEMA_ID, object.to_string().as_bytes())
+                }
+                _ => object.to_string().into_bytes(),
+            }
         } else {
             let plan = engine.plan(name).context("the rules cover both schemas")?;
             frame(id, &apache_avro::to_avro_datum(&plan.input, event.clone())?)
@@ -111,6 +128,31 @@ pub async fn produce_raw(
         d.await.context("producer dropped")?.map_err(|(e, _)| e)?;
     }
     Ok(())
+}
+
+/// The schema ids a json-schema or protobuf config is benchmarked with: its first pipeline's
+/// input and output ids are pinned to these, and its `[registry]` left out (the benchmark
+/// measures the worker, not a registry).
+const BENCH_SCHEMA_ID: u32 = 3;
+const BENCH_OUTPUT_ID: u32 = 4;
+
+/// Pins a json-schema or protobuf config's schema ids for the benchmark ([`BENCH_SCHEMA_ID`]).
+fn pin_bench_ids(config: &mut Config) {
+    let framed = |p: &crate::config::PipelineConfig| {
+        matches!(
+            p.format,
+            crate::config::Format::JsonSchema | crate::config::Format::Protobuf
+        )
+    };
+    if config.pipeline.iter().any(framed) {
+        config.registry = None;
+        for (i, pipeline) in config.pipeline.iter_mut().enumerate() {
+            if framed(pipeline) {
+                pipeline.input_schema_id = Some(BENCH_SCHEMA_ID + 2 * i as u32);
+                pipeline.output_schema_id = Some(BENCH_OUTPUT_ID + 2 * i as u32);
+            }
+        }
+    }
 }
 
 /// What a measurement runs with besides its treatment and mode: the keyring (a throwaway one
@@ -157,6 +199,7 @@ pub async fn measure(
     extras: Extras,
 ) -> Result<Measurement> {
     let mut config = Config::load(config_path)?;
+    pin_bench_ids(&mut config);
     let tag = format!(
         "{}-{}",
         std::process::id(),

@@ -434,12 +434,12 @@ pub fn protobuf(setup: &Setup, data: &[u8]) {
         "an index list reads back as written"
     );
     let engine = &setup.protobuf;
-    let (Some(plan), Some(contract)) = (engine.json_plan(0), engine.proto(0)) else {
+    let Some(contract) = engine.proto(0) else {
         return;
     };
     let mut out = Vec::new();
     let accepted = engine
-        .transform_protobuf(plan, contract, &setup.active, None, message, &mut out)
+        .transform_protobuf(contract, &setup.active, None, message, &mut out)
         .is_ok();
     // The crate's own decoder: what it makes of the input, walked by the same rules.
     let options = SerializeOptions::new()
@@ -460,7 +460,7 @@ pub fn protobuf(setup: &Setup, data: &[u8]) {
     let mut walked = Vec::new();
     engine
         .transform_json(
-            plan,
+            &contract.plan,
             &setup.active,
             None,
             input.to_string().as_bytes(),

@@ -88,9 +88,7 @@ pub fn transform_lines(
         out.clear();
         // A protobuf pipeline's lines are its messages' JSON mapping, read through the schema.
         match proto {
-            Some(contract) => {
-                engine.transform_protobuf_line(plan, contract, keys, record, &mut out)
-            }
+            Some(contract) => engine.transform_protobuf_line(contract, keys, record, &mut out),
             None => engine.transform_json(plan, keys, None, record, &mut out),
         }
         .map_err(|source| FileError::Line { index, source })?;

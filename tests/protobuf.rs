@@ -267,10 +267,20 @@ fn messages_the_rules_do_not_classify_are_refused() {
             Box::new(|t: String| {
                 without_registry(t).replace(
                     "sip_code = \"keep\"",
-                    "sip_code = \"keep\"\nlabels = \"keep\"",
+                    "sip_code = \"keep\"\nlabels = \"id\"",
                 )
             }),
-            "labels: a map",
+            "labels: a map, whose keys are data no rule path names: id does not take it",
+        ),
+        (
+            Box::new(add_field("map<string, Device> devices = 41;")),
+            Box::new(|t: String| {
+                without_registry(t).replace(
+                    "sip_code = \"keep\"",
+                    "sip_code = \"keep\"\ndevices = \"keep\"",
+                )
+            }),
+            "devices: a map of messages (comms.v1.Device), which keep does not copy whole",
         ),
         (
             Box::new(|t: String| {
@@ -476,17 +486,43 @@ fn messages_the_rules_do_not_classify_are_refused() {
 #[test]
 fn records_are_walked_through_their_json_mapping() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config_in(dir.path(), same, without_registry);
+    // A map kept whole (its schema says its key and value types), beside the shipped fields.
+    let path = config_in(
+        dir.path(),
+        |t: String| {
+            t.replace(
+                "  string event_id = 1;",
+                "  string event_id = 1;\n  map<string, int64> sdk_counters = 32;\n  map<int32, Direction> legs = 33;",
+            )
+        },
+        |t: String| {
+            without_registry(t).replace(
+                "sip_code = \"keep\"",
+                "sip_code = \"keep\"\nsdk_counters = \"keep\"\nlegs = \"keep\"",
+            )
+        },
+    );
     let engine = Engine::from_config(&Config::load(&path).unwrap()).unwrap();
     let contract = engine.proto(0).unwrap();
-    let plan = engine.json_plan(0).unwrap();
+    let plan = &contract.plan;
     let keys = common::active(&engine);
+    let text = &contract.output_text;
+    assert!(
+        text.contains("  map<string, int64> sdk_counters = 32;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  map<int32, Direction> legs = 33;"),
+        "{text}"
+    );
     for seed in 0..50 {
-        let event = call_event(seed);
+        let mut event = call_event(seed);
+        event["sdk_counters"] = json!({"retries": seed, "frames": 1_700_000_000_000u64 + seed});
+        event["legs"] = json!({"1": "INBOUND", "2": "OUTBOUND"});
         let bytes = encode(&contract.input.message, &event);
         let mut out = Vec::new();
         engine
-            .transform_protobuf(plan, contract, &keys, None, &bytes, &mut out)
+            .transform_protobuf(contract, &keys, None, &bytes, &mut out)
             .unwrap();
         let mut got = decode(&contract.output, &out);
         // The JSON walk of the same record's mapping, read as the derived message.
@@ -520,19 +556,146 @@ fn records_are_walked_through_their_json_mapping() {
         }
         assert_eq!(got["hangup_cause"].is_null(), seed % 2 == 1);
         assert_eq!(got["received_at"], event["received_at"]);
+        assert_eq!(got["sdk_counters"], event["sdk_counters"], "kept whole");
+        assert_eq!(got["legs"], event["legs"]);
     }
     // Field 40, which the schema does not have (a varint 7): refused, not dropped silently.
     let mut bytes = encode(&contract.input.message, &call_event(1));
     bytes.extend_from_slice(&[0xC0, 0x02, 0x07]);
     let mut out = Vec::new();
     let refused = engine
-        .transform_protobuf(plan, contract, &keys, None, &bytes, &mut out)
+        .transform_protobuf(contract, &keys, None, &bytes, &mut out)
         .unwrap_err();
     assert!(refused.to_string().contains("field number"), "{refused}");
     for garbage in [&b"\xff\xff\xff"[..], b"\x0a\x05ab"] {
         assert!(engine
-            .transform_protobuf(plan, contract, &keys, None, garbage, &mut out)
+            .transform_protobuf(contract, &keys, None, garbage, &mut out)
             .is_err());
+    }
+}
+
+/// Through the registry, as the worker resolves a new schema id: `.proto` text whose import is
+/// a reference to another subject resolves to a route (the derived schema registered under the
+/// output subject); a reference the registry does not have, or an import without one, is
+/// `bad-schema`; a file that defines no pipeline's message is `unknown-schema-id`; a version
+/// with a field without a rule is `unclassified-field`. Records of the route: published with
+/// the output id and index `[0]`; another message's index list, a field number the schema
+/// does not have, or bytes that are no message are `corrupt-protobuf`.
+#[test]
+fn registry_schemas_resolve_with_their_references() {
+    use pseudonymizer::registry::RegistryClient;
+    use pseudonymizer::worker::resolve::SchemaResolver;
+    use pseudonymizer::worker::route::{frame, DeadLetter, Resolution, Router, Target};
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path(), same, |t| {
+        t.replace(
+            "\"http://127.0.0.1:8081\"",
+            &format!("{:?}", registry.url()),
+        ) + "timeout_secs = 2\nmax_backoff_secs = 1\n"
+    });
+    let config = Config::load(&path).unwrap();
+    let engine = Engine::from_config(&config).unwrap();
+    let router = Router::from_config(&config, &engine).unwrap();
+    let settings = config.registry.as_ref().unwrap();
+    let resolver = SchemaResolver {
+        client: RegistryClient::new(settings).unwrap(),
+        strategy: settings.subject_strategy,
+    };
+    let metrics = Metrics::new();
+    let resolve = |id: u32| resolver.resolve(&router, &metrics, id).unwrap();
+    let refused = |id: u32| match resolve(id) {
+        Resolution::Refused(reason) => reason,
+        Resolution::Route(_) => panic!("schema {id} routed"),
+    };
+    let read = |name: &str| {
+        std::fs::read_to_string(common::repo().join("schemas/proto").join(name)).unwrap()
+    };
+    let reference =
+        |subject: &str| json!([{"name": "device.proto", "subject": subject, "version": 1}]);
+    registry.register_as("device.proto", &read("device.proto"), "PROTOBUF");
+    let id = registry.register_with_references(
+        "grpc.calls.raw-value",
+        &read("call_event.proto"),
+        "PROTOBUF",
+        reference("device.proto"),
+    );
+    let route = match resolve(id) {
+        Resolution::Route(Target::Json(route)) => route,
+        _ => panic!("schema {id} not routed"),
+    };
+    let output_id = route.output_schema_id.unwrap();
+    assert!(registry
+        .versions("comms.sanitized.v1.CallEvent")
+        .contains(&output_id));
+    assert!(registry
+        .schema(output_id)
+        .unwrap()
+        .contains("message Device {"));
+    router.insert(id, Resolution::Route(Target::Json(route.clone())));
+
+    let edited = |extra: &str| {
+        read("call_event.proto").replace(
+            "  string event_id = 1;",
+            &format!("  string event_id = 1;\n{extra}"),
+        )
+    };
+    let missing = registry.register_with_references(
+        "grpc.calls.raw-value",
+        &edited("  // v2"),
+        "PROTOBUF",
+        reference("nope"),
+    );
+    assert_eq!(refused(missing), DeadLetter::BadSchema);
+    let unreferenced = registry.register_as("grpc.calls.raw-value", &edited("  // v3"), "PROTOBUF");
+    assert_eq!(refused(unreferenced), DeadLetter::BadSchema);
+    let other = registry.register_as(
+        "other-value",
+        "syntax = \"proto3\";\npackage x.v1;\nmessage Other { string a = 1; }\n",
+        "PROTOBUF",
+    );
+    assert_eq!(refused(other), DeadLetter::UnknownSchema);
+    let unclassified = registry.register_with_references(
+        "grpc.calls.raw-value",
+        &edited("  string imsi = 40;"),
+        "PROTOBUF",
+        reference("device.proto"),
+    );
+    assert_eq!(refused(unclassified), DeadLetter::UnclassifiedField);
+
+    // Records of the route.
+    let keys = common::active(&engine);
+    let contract = engine.proto(0).unwrap();
+    let message = encode(&contract.input.message, &call_event(7));
+    let record = |indexes: &[u8], body: &[u8]| frame(id, &[indexes, body].concat());
+    let mut out = Vec::new();
+    let published = router
+        .process(
+            &engine,
+            &keys,
+            Some(b"+6281234567890"),
+            Some(&record(&[0], &message)),
+            &mut out,
+        )
+        .unwrap_or_else(|reason| panic!("dead-lettered: {}", reason.code()));
+    assert_eq!(published.route.output_schema_id(), Some(output_id));
+    assert_eq!(
+        &out[..6],
+        &[&[0u8][..], &output_id.to_be_bytes(), &[0]].concat()[..]
+    );
+    let mut unknown_field = message.clone();
+    unknown_field.extend_from_slice(&[0xC0, 0x02, 0x07]);
+    for (indexes, body) in [
+        (&[2u8, 2][..], &message[..]),
+        (&[0], &unknown_field[..]),
+        (&[0], &b"\xff\xff"[..]),
+        (&[0x80], &message[..]),
+    ] {
+        let reason = router
+            .process(&engine, &keys, None, Some(&record(indexes, body)), &mut out)
+            .err()
+            .expect("dead-lettered");
+        assert_eq!(reason, DeadLetter::CorruptProtobuf);
     }
 }
 
@@ -724,7 +887,7 @@ async fn confluent_serializers_on_both_sides() {
         "",
     );
     let contract = engine.proto(0).unwrap();
-    let plan = engine.json_plan(0).unwrap();
+    let plan = &contract.plan;
     let keys = common::active(&engine);
     let mut expected = std::collections::HashMap::new();
     for event in &events[..200] {

@@ -443,7 +443,22 @@ fn explain_json(
         let sample = match action {
             Action::TimeTruncate(_) => json!(1_764_700_000_123i64),
             Action::Bucket { .. } => json!(65_000),
-            Action::Keep if !is_region => json!("sample text"),
+            // A kept Protobuf field's sample is of its type, as its JSON mapping writes it.
+            Action::Keep if !is_region => match proto
+                .and_then(|p| crate::plan::protobuf::type_at(&p.input.message, path))
+                .as_deref()
+                .map(|t| t.trim_start_matches("repeated "))
+            {
+                Some(
+                    "int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64" | "fixed32"
+                    | "fixed64" | "sfixed32" | "sfixed64",
+                ) => json!(65_000),
+                Some("double" | "float") => json!(1.5),
+                Some("bool") => json!(true),
+                Some("google.protobuf.Timestamp") => json!("2026-12-07T10:00:00Z"),
+                Some("google.protobuf.Duration") => json!("1.500s"),
+                _ => json!("sample text"),
+            },
             _ => json!(string_sample(Some(action), is_region)),
         };
         // The sample alone, at its path: `{"device": {"device_id": …}}`.

@@ -21,7 +21,7 @@ use crate::token::TokenClass;
 const MAX_DEPTH: usize = 32;
 
 /// One pipeline's rules as a tree of object keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JsonPlan {
     /// The pipeline's name (a JSON record has no schema name to go by).
     pub name: String,
@@ -42,7 +42,7 @@ pub struct JsonPlan {
 }
 
 /// An object: its keys' rules.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Branch {
     /// The object's own path (`""` for the top level), for errors.
     pub path: Box<str>,
@@ -51,7 +51,7 @@ pub struct Branch {
 }
 
 /// What one key holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Node {
     /// An object (or array of objects) whose keys have rules of their own.
     Branch(Branch),
@@ -60,7 +60,7 @@ pub enum Node {
 }
 
 /// A value with an action.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JsonLeaf {
     pub action: Action,
     /// The rule path; the AAD of envelopes and the place named in errors.
@@ -76,6 +76,10 @@ pub struct JsonLeaf {
     /// Each derived attribute and the JSON text that starts its key, `,"<key>_<attribute>":`,
     /// made once here rather than per record.
     pub derived_keys: Vec<(Attribute, Box<[u8]>)>,
+    /// `keep` copies an object too: a Protobuf `map` whose schema says its key and value
+    /// types (set by [`crate::plan::protobuf`] for the version it checked; never for JSON,
+    /// whose objects' keys no schema describes).
+    pub keep_object: bool,
 }
 
 impl JsonPlan {
@@ -160,6 +164,7 @@ impl JsonPlan {
                         (attribute, text.into_boxed_slice())
                     })
                     .collect(),
+                keep_object: false,
             };
             if let Err(why) = insert(&mut root, &keys, leaf) {
                 errors.push(format!("{path}: {why}"));

@@ -9,13 +9,15 @@
 //! names is refused, here before any record of its schema is read.
 //!
 //! What the check reads: proto3 messages, nested messages, `repeated`, `oneof`, `optional`,
-//! enums (kept), and the well-known `Timestamp`, `Duration` and wrapper types
-//! (`StringValue`, …: a nullable scalar). A map, `Any`, `Struct` and the other well-known
+//! enums (kept), maps (kept whole), and the well-known `Timestamp`, `Duration` and wrapper
+//! types (`StringValue`, …: a nullable scalar). `Any`, `Struct` and the other well-known
 //! types, bytes under a rewriting action and proto2 are refused where a rule would publish
-//! them. docs/formats.md, "Protobuf", is the contract.
+//! them. What protox is given is bounded first (text, statements, nesting), and a config's
+//! imports are `.proto` files beside it. docs/formats.md, "Protobuf", is the contract.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message as _;
 use prost_reflect::{
@@ -395,6 +397,9 @@ fn one_line(text: &str) -> String {
 #[derive(Debug)]
 pub struct ProtoContract {
     pub input: WriterProto,
+    /// The pipeline's key tree as this version's records are walked by it: the pipeline's,
+    /// with the maps the schema describes and the rules keep marked to be copied whole.
+    pub plan: Arc<JsonPlan>,
     /// The message-index list records of the input message carry.
     pub indexes: Vec<i32>,
     /// The derived `.proto` text (what is registered and what `schema derive` writes).
@@ -435,6 +440,7 @@ pub fn derive(
         problems: Vec::new(),
         messages: 0,
         imports: BTreeSet::new(),
+        kept_maps: Vec::new(),
     };
     let root = walk.message(&plan.root, &input.message, "", input.message.name());
     if !walk.problems.is_empty() {
@@ -463,7 +469,12 @@ pub fn derive(
             "(top level): the derived schema has no {output_name}"
         )]
     })?;
+    let mut version_plan = plan.clone();
+    for path in &walk.kept_maps {
+        mark_kept_object(&mut version_plan.root, path);
+    }
     Ok(ProtoContract {
+        plan: Arc::new(version_plan),
         indexes: input.indexes(),
         input,
         output_text: text,
@@ -679,6 +690,8 @@ struct Walk {
     messages: usize,
     /// Well-known type files the output imports.
     imports: BTreeSet<String>,
+    /// The paths of the maps the rules keep (copied whole by the walk).
+    kept_maps: Vec<String>,
 }
 
 impl Walk {
@@ -741,7 +754,7 @@ impl Walk {
                         continue;
                     };
                     if field.is_map() {
-                        self.problem(&key_path, "a map, whose keys are data no rule path can name (the worker does not read maps: drop it)");
+                        self.problem(&key_path, "a map, whose keys are data no rule path names (keep it whole, or drop it)");
                         continue;
                     }
                     if is_well_known(&inner_message) {
@@ -797,7 +810,10 @@ impl Walk {
         path: &str,
     ) -> Option<(ValueKind, Option<String>)> {
         if field.is_map() {
-            self.problem(path, "a map, whose keys are data no rule path can name (the worker does not read maps: drop it)");
+            self.problem(
+                path,
+                "a map, whose keys are data no rule path names (keep it whole, or drop it)",
+            );
             return None;
         }
         let kind = match field.kind() {
@@ -847,6 +863,10 @@ impl Walk {
     ) {
         let path = leaf.path.as_ref();
         if leaf.action == Action::Drop {
+            return;
+        }
+        if field.is_map() {
+            self.kept_map(leaf, field, oneof, out);
             return;
         }
         let Some((kind, wrapper)) = self.value_kind(field, path) else {
@@ -979,6 +999,56 @@ impl Walk {
         }
     }
 
+    /// A map field under `keep`: copied whole, its output type the same `map<K, V>` (an enum
+    /// value copied as kept enums are, a well-known value type imported). A map of other
+    /// messages, or under any other rule, is refused: its keys are data no rule path names.
+    fn kept_map(
+        &mut self,
+        leaf: &JsonLeaf,
+        field: &FieldDescriptor,
+        oneof: Option<String>,
+        out: &mut OutMessage,
+    ) {
+        let path = leaf.path.as_ref();
+        if leaf.action != Action::Keep {
+            self.problem(path, &format!("a map, whose keys are data no rule path names: {} does not take it (keep it whole, or drop it)", leaf.action.name()));
+            return;
+        }
+        let Kind::Message(entry) = field.kind() else {
+            return;
+        };
+        let key = kind_name(&entry.map_entry_key_field().kind());
+        let value = match entry.map_entry_value_field().kind() {
+            Kind::Enum(e) => {
+                if e.parent_file().syntax() != Syntax::Proto3 {
+                    self.problem(path, "a map of an enum of a file that is not proto3");
+                    return;
+                }
+                out.place_enum(&e)
+            }
+            Kind::Message(m)
+                if TEXT_TYPES.contains(&m.full_name())
+                    || WRAPPERS.iter().any(|(n, _)| *n == m.full_name()) =>
+            {
+                self.import_for(m.full_name());
+                format!(".{}", m.full_name())
+            }
+            Kind::Message(m) => {
+                self.problem(path, &format!("a map of messages ({}), which keep does not copy whole (rules name a message's fields; drop the map)", m.full_name()));
+                return;
+            }
+            kind => kind_name(&kind),
+        };
+        out.fields.push(OutField {
+            label: "",
+            type_name: format!("map<{key}, {value}>"),
+            name: field.name().to_owned(),
+            number: field.number(),
+            oneof,
+        });
+        self.kept_maps.push(path.to_owned());
+    }
+
     fn import_for(&mut self, name: &str) {
         let file = match name {
             "google.protobuf.Timestamp" => "google/protobuf/timestamp.proto",
@@ -986,6 +1056,19 @@ impl Walk {
             _ => "google/protobuf/wrappers.proto",
         };
         self.imports.insert(file.to_owned());
+    }
+}
+
+/// Marks the leaf at `path` to keep an object whole ([`JsonLeaf::keep_object`]).
+fn mark_kept_object(branch: &mut Branch, path: &str) {
+    let (key, rest) = match path.split_once('.') {
+        Some((key, rest)) => (key, Some(rest)),
+        None => (path, None),
+    };
+    match (branch.keys.get_mut(key), rest) {
+        (Some(Node::Leaf(leaf)), None) => leaf.keep_object = true,
+        (Some(Node::Branch(inner)), Some(rest)) => mark_kept_object(inner, rest),
+        _ => {}
     }
 }
 

@@ -236,6 +236,11 @@ impl Walk<'_> {
             return Err(ErrorKind::NotJsonObject);
         }
         match (leaf.action, kind) {
+            // A Protobuf map its schema describes, kept whole (its JSON mapping, as read).
+            (Action::Keep, JsonType::Object) if leaf.keep_object => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(Derivation::Null)
+            }
             (_, JsonType::Object | JsonType::Array) => Err(ErrorKind::DoesNotFitRule),
             (Action::Keep, _) => {
                 // A string with `\u` escapes is decoded once, so that one a strict reader

@@ -453,7 +453,6 @@ impl Engine {
     /// [`Engine::transform_json`].
     pub fn transform_protobuf(
         &self,
-        plan: &JsonPlan,
         contract: &ProtoContract,
         keys: &ActiveKeys,
         gate: Option<&SubjectGate<'_>>,
@@ -463,7 +462,7 @@ impl Engine {
         let mut raw = Vec::with_capacity(input.len() * 2);
         protobuf::to_json(&contract.input.message, input, &mut raw)?;
         let mut walked = Vec::with_capacity(raw.len() * 2);
-        let regions = json::transform(plan, &self.phone, keys, gate, &raw, &mut walked)?;
+        let regions = json::transform(&contract.plan, &self.phone, keys, gate, &raw, &mut walked)?;
         protobuf::from_json(&contract.output, &walked, out)?;
         Ok(regions)
     }
@@ -473,7 +472,6 @@ impl Engine {
     /// schema), walked, and checked against the derived message; the walked JSON is appended.
     pub fn transform_protobuf_line(
         &self,
-        plan: &JsonPlan,
         contract: &ProtoContract,
         keys: &ActiveKeys,
         line: &[u8],
@@ -482,7 +480,7 @@ impl Engine {
         let mut raw = Vec::with_capacity(line.len() * 2);
         protobuf::line_to_json(&contract.input.message, line, &mut raw)?;
         let start = out.len();
-        let regions = json::transform(plan, &self.phone, keys, None, &raw, out)?;
+        let regions = json::transform(&contract.plan, &self.phone, keys, None, &raw, out)?;
         protobuf::from_json(&contract.output, &out[start..], &mut Vec::new())?;
         Ok(regions)
     }

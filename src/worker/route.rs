@@ -879,9 +879,7 @@ impl Router {
         };
         let transform = |out: &mut Vec<u8>| match &route.proto {
             None => engine.transform_json(&route.plan, keys, gate.as_ref(), value, out),
-            Some(contract) => {
-                engine.transform_protobuf(&route.plan, contract, keys, gate.as_ref(), value, out)
-            }
+            Some(contract) => engine.transform_protobuf(contract, keys, gate.as_ref(), value, out),
         };
         header(out);
         let regions = match transform(out) {

@@ -100,6 +100,20 @@ impl TestRegistry {
     }
 
     /// [`TestRegistry::register`] for a schema of `kind` (`AVRO`, `JSON`).
+    /// Registers a schema with `references` (`[{"name", "subject", "version"}]`), as a
+    /// Protobuf schema that imports other subjects' files is.
+    pub fn register_with_references(
+        &self,
+        subject: &str,
+        schema: &str,
+        kind: &str,
+        references: serde_json::Value,
+    ) -> u32 {
+        let id = self.register_as(subject, schema, kind);
+        self.state().references.insert(id, references);
+        id
+    }
+
     pub fn register_as(&self, subject: &str, schema: &str, kind: &str) -> u32 {
         match register(&mut self.state(), subject, schema, kind) {
             Ok(id) => id,
