@@ -287,6 +287,11 @@ pub async fn measure(
     }
     let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let cpu = cpu_seconds() - cpu_at_first;
+    // A measurement of dead letters is not one of the transform: every event is published.
+    let dead = metrics.counts().dead_lettered;
+    if dead > 0 {
+        bail!("{dead} of {events} records were dead-lettered: the benchmark measures published records (is the config's schema the events'?)");
+    }
     rss.push(proc_status_kib("VmRSS:"));
     stop.send(true).ok();
     handle.await??;
