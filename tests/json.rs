@@ -166,6 +166,18 @@ fn kept_values_are_byte_for_byte_and_shapes_are_walked() {
     for raw in ["+6591234567", "https://a/1", "android\",\"device_id\":42"] {
         assert!(!out.contains(raw), "{raw} published");
     }
+    // time-truncate and bucket take whole numbers only: a fraction, an exponent or a number
+    // past 64 bits is refused (unclassified, curable by a rule), and the message says why.
+    for (input, path) in [
+        (&br#"{"hour":1765000000123.5}"#[..], "hour"),
+        (br#"{"hour":1.7e12}"#, "hour"),
+        (br#"{"bucketed":99999999999999999999}"#, "bucketed"),
+    ] {
+        let error = run(&engine, input).expect_err(&String::from_utf8_lossy(input));
+        assert_eq!((&*error.path, error.kind), (path, ErrorKind::NotAnInteger));
+        assert!(error.kind.is_unclassified());
+        assert!(error.to_string().contains("not a whole number"), "{error}");
+    }
 }
 
 /// Every record that is not fully classified is refused whole, with the path and the cause
@@ -637,32 +649,7 @@ async fn worker_publishes_json_and_dead_letters_the_rest() {
     // The producer's new key gets a rule: `dlq replay` sends the curable dead letters back to
     // their topic (poison stays), and the restarted worker publishes the record it now
     // classifies and dead-letters again the one it still cannot.
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace(
-            "event_id = \"keep\"",
-            "event_id = \"keep\"\nimsi = \"drop\"",
-        ),
-    )
-    .unwrap();
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
-        .args([
-            "dlq",
-            "replay",
-            "--config",
-            path.to_str().unwrap(),
-            "--idle-secs",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let said = common::kafka::drop_field_and_replay(&path, "imsi");
     assert!(said.starts_with("replayed 2 dead letters"), "{said}");
     assert!(said.contains("2 kept"), "{said}");
     let config = Config::load(&path).unwrap();

@@ -950,6 +950,41 @@ async fn confluent_serializers_on_both_sides() {
         seen.insert(id);
     }
     assert_eq!(seen.len(), 200, "every accepted record read back once");
+
+    // Version 3's new field gets a rule: `dlq replay` opens the sealed dead letters and sends
+    // the producer's framed records back to the input topic, and the restarted worker
+    // publishes every one of them under a derived schema without the dropped field.
+    let said = common::kafka::drop_field_and_replay(&path, "imsi");
+    assert!(said.starts_with("replayed 20 dead letters"), "{said}");
+    let config = Config::load(&path).unwrap();
+    let (stop, worker) = common::kafka::spawn_worker(&config, Metrics::new());
+    let (replayed, dead_again) = common::kafka::read_counts(&reader, &topics, 20, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        reader.poll(Duration::from_secs(1)).is_none(),
+        "the 20 replayed records, nothing more"
+    );
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!((replayed.len(), dead_again.len()), (20, 0));
+    let registered: HashSet<u32> = registry
+        .versions("comms.sanitized.v1.CallEvent")
+        .into_iter()
+        .collect();
+    let replayed_ids: HashSet<u32> = replayed
+        .iter()
+        .map(|m| {
+            let value = m.payload().unwrap();
+            assert!(!value.windows(10).any(|w| w == b"5100112345"), "imsi dropped");
+            u32::from_be_bytes([value[1], value[2], value[3], value[4]])
+        })
+        .collect();
+    assert_eq!(replayed_ids.len(), 1);
+    assert!(replayed_ids.is_subset(&registered));
+    for id in replayed_ids {
+        let text = registry.schema(id).unwrap();
+        assert!(text.contains("network") && !text.contains("imsi"), "{text}");
+    }
 }
 
 /// `event` without `key`.
@@ -1032,6 +1067,52 @@ fn file_mode_on_json_lines() {
         envelopes += usize::from(raw["recording_url"].is_string());
     }
     assert!(envelopes >= 5, "{envelopes} envelopes opened");
+    // Protobuf's JSON mapping also accepts each field's json_name (`callerIp`, `forwardedTo`):
+    // such a line is read through the schema, so the rules of the proto names still apply and
+    // the written line carries proto names only.
+    let camel_case = |event: &Json| -> Json {
+        let mut camel = serde_json::Map::new();
+        for (key, value) in event.as_object().unwrap() {
+            let mut name = String::new();
+            let mut upper = false;
+            for c in key.chars() {
+                match (c, upper) {
+                    ('_', _) => upper = true,
+                    (c, true) => {
+                        name.extend(c.to_uppercase());
+                        upper = false
+                    }
+                    (c, false) => name.push(c),
+                }
+            }
+            camel.insert(name, value.clone());
+        }
+        Json::Object(camel)
+    };
+    let raw: Vec<Json> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let camel_lines: Vec<String> = raw.iter().map(|e| camel_case(e).to_string()).collect();
+    assert!(camel_lines[0].contains("\"forwardedTo\""), "{}", camel_lines[0]);
+    let camel_input = dir.path().join("camel.jsonl");
+    std::fs::write(&camel_input, camel_lines.join("\n") + "\n").unwrap();
+    let done = transform(&camel_input);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let camel_written = std::fs::read_to_string(&output).unwrap();
+    for ((camel, proto_named), raw) in camel_written.lines().zip(written.lines()).zip(&raw) {
+        let camel: Json = serde_json::from_str(camel).unwrap();
+        let proto_named: Json = serde_json::from_str(proto_named).unwrap();
+        assert_eq!(camel["caller"], proto_named["caller"], "same token either way");
+        assert_eq!(camel["forwarded_to"], proto_named["forwarded_to"]);
+        assert!(camel.get("callerIp").is_none() && camel.get("forwardedTo").is_none());
+        for key in ["caller", "callee", "caller_ip", "recording_url"] {
+            if let Some(value) = raw[key].as_str() {
+                assert!(!camel_written.contains(value), "{key} published raw");
+            }
+        }
+    }
     // A line with a field the .proto does not have, or a kept value of the wrong type: refused.
     for bad_line in [
         r#"{"event_id":"x","imsi":"510011234567890"}"#,

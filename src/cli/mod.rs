@@ -153,7 +153,7 @@ pub enum Command {
         /// Events to read before the measurement ends.
         #[arg(long)]
         events: u64,
-        /// sanitize or pass-through.
+        /// sanitize, pass-through, or floor (librdkafka's own copy, no worker).
         #[arg(long)]
         treatment: String,
         /// at-least-once or exactly-once.

@@ -274,14 +274,14 @@ impl Walk<'_> {
                 Ok(Derivation::Null)
             }
             (Action::TimeTruncate(unit), JsonType::Number) => {
-                let value: i64 = text.parse().map_err(|_| ErrorKind::DoesNotFitRule)?;
+                let value: i64 = text.parse().map_err(|_| ErrorKind::NotAnInteger)?;
                 let truncated = truncate_time(value, unit.millis(), false)?;
                 out.extend_from_slice(itoa::Buffer::new().format(truncated).as_bytes());
                 Ok(Derivation::Null)
             }
             (Action::Bucket { label }, JsonType::Number) => {
                 let buckets = leaf.bucketing.as_deref().ok_or(ErrorKind::DoesNotFitRule)?;
-                let value: i64 = text.parse().map_err(|_| ErrorKind::DoesNotFitRule)?;
+                let value: i64 = text.parse().map_err(|_| ErrorKind::NotAnInteger)?;
                 if label {
                     write_str(out, buckets.label(value));
                 } else {

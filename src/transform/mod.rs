@@ -69,6 +69,8 @@ pub enum ErrorKind {
     UnnamedKey,
     #[error("the value's JSON type does not fit its rule (an object where a leaf rule stands, or a type the action does not take)")]
     DoesNotFitRule,
+    #[error("not a whole number (time-truncate and bucket take integers: no fraction, no exponent, within 64 bits)")]
+    NotAnInteger,
     #[error("not a Protobuf message of its schema (malformed, or a value its JSON mapping cannot write)")]
     NotProtobuf,
     #[error("a Protobuf field number its schema does not have")]
@@ -81,7 +83,10 @@ impl ErrorKind {
     /// Whether the rules, not the record, are what is missing: a key without a rule, or a
     /// value of a type its rule does not take (`unclassified-field`, curable by a config).
     pub fn is_unclassified(self) -> bool {
-        matches!(self, ErrorKind::UnnamedKey | ErrorKind::DoesNotFitRule)
+        matches!(
+            self,
+            ErrorKind::UnnamedKey | ErrorKind::DoesNotFitRule | ErrorKind::NotAnInteger
+        )
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, Producer as _};
@@ -30,6 +30,13 @@ use tokio::sync::watch;
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
+
+/// How often deliveries are settled (offsets stored) when no record comes.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The most records taken from the fetched queue in a row before the loop listens for a
+/// shutdown or a resolved schema id and settles deliveries again.
+const RUN_LENGTH: usize = 256;
 
 type DeliveryOutcome = Result<
     rdkafka::producer::future_producer::OwnedDeliveryResult,
@@ -162,27 +169,52 @@ pub async fn run(
     let mut held = Held::default();
     let (resolved_tx, mut resolved_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut out = Vec::with_capacity(4096);
+    // One stream for the whole run (each `recv` would register and unregister a waker), and
+    // one timer that wakes the loop to settle deliveries when no record comes.
+    let mut messages = consumer.stream();
+    let mut tick = tokio::time::interval(SETTLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Records taken straight from the fetched queue since the loop last went through
+    // `select!`: a run of up to RUN_LENGTH of them pays neither the select nor a settle.
+    let mut run_length = 0usize;
     loop {
-        queues
-            .settle(&consumer, publisher, &mut stats, false)
-            .await?;
+        if run_length == 0 {
+            queues
+                .settle(&consumer, publisher, &mut stats, false)
+                .await?;
+        }
         while queues.len >= kafka.max_in_flight {
             queues
                 .settle(&consumer, publisher, &mut stats, true)
                 .await?;
         }
         held.forget_after_rebalance(&consumer);
-        let message = tokio::select! {
-            _ = shutdown.changed() => break,
-            Some((id, failures)) = resolved_rx.recv() => {
-                held.resume(&consumer, id);
-                if held.waiting.is_empty() {
-                    super::registry_back(metrics, id, failures);
-                }
-                continue;
+        let waiting = match run_length < RUN_LENGTH {
+            true => messages.next().now_or_never().flatten(),
+            false => None,
+        };
+        let message = match waiting {
+            Some(message) => {
+                run_length += 1;
+                message
             }
-            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-            m = consumer.recv() => m,
+            // Nothing fetched is waiting, or a run ended: a shutdown, a resolved schema id
+            // and the timer are heard here.
+            None => {
+                run_length = 0;
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    Some((id, failures)) = resolved_rx.recv() => {
+                        held.resume(&consumer, id);
+                        if held.waiting.is_empty() {
+                            super::registry_back(metrics, id, failures);
+                        }
+                        continue;
+                    }
+                    _ = tick.tick() => continue,
+                    m = messages.next() => m.expect("a consumer's stream never ends"),
+                }
+            }
         };
         let message = match message {
             Ok(m) => m,

@@ -164,8 +164,26 @@ impl Worker {
                 })
             })
             .collect();
+        // The per-record counters, looked up once rather than by label for each record.
+        let records_in = router
+            .input_topics
+            .iter()
+            .map(|topic| {
+                let counter = self.metrics.records_in.with_label_values(&[topic]);
+                (topic.clone(), counter)
+            })
+            .collect();
+        let records_out = (0..config.pipeline.len())
+            .map(|index| {
+                self.metrics
+                    .records_out
+                    .with_label_values(&[router.route_name(index)])
+            })
+            .collect();
         let publisher = Publisher {
             router: Arc::new(router),
+            records_in,
+            records_out,
             risk,
             subjects,
             resolver,
@@ -375,7 +393,7 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
 
 /// The librdkafka settings of the worker's consumer and producer: the shared connection
 /// ([`crate::connect`]) with the worker's own settings, which the config's properties override.
-fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
+pub(crate) fn client_config(kafka: &KafkaConfig) -> (ClientConfig, ClientConfig) {
     let mut consumer: Vec<(&str, &str)> = vec![
         ("group.id", &kafka.group_id),
         ("auto.offset.reset", kafka.auto_offset_reset.as_str()),
@@ -458,6 +476,10 @@ struct RiskState {
 /// Turns consumed messages into producer records.
 pub struct Publisher {
     router: Arc<Router>,
+    /// `pseudonymizer_records_in_total` of each input topic.
+    records_in: HashMap<String, prometheus::IntCounter>,
+    /// `pseudonymizer_records_out_total` of each pipeline, by index.
+    records_out: Vec<prometheus::IntCounter>,
     /// Each pipeline's re-identification risk estimate, by pipeline index (`None`: it asks
     /// for none).
     risk: Vec<Option<RiskState>>,
@@ -598,10 +620,14 @@ impl Publisher {
     fn prepare(&self, message: &BorrowedMessage<'_>, out: &mut Vec<u8>) -> Outgoing {
         let started = Instant::now();
         let keys = self.worker.keys.borrow().clone();
-        self.metrics()
-            .records_in
-            .with_label_values(&[message.topic()])
-            .inc();
+        match self.records_in.get(message.topic()) {
+            Some(counter) => counter.inc(),
+            None => self
+                .metrics()
+                .records_in
+                .with_label_values(&[message.topic()])
+                .inc(),
+        }
         let (outcome, withheld) = match (self.worker.treatment, &self.subjects) {
             (Treatment::Sanitize, Some(subjects)) => subjects.with_view(|view| {
                 self.router.process_on(
@@ -831,10 +857,14 @@ impl Publisher {
         match kind {
             Ok(index) => {
                 stats.published += 1;
-                self.metrics()
-                    .records_out
-                    .with_label_values(&[self.pipeline_name(index)])
-                    .inc();
+                match self.records_out.get(index) {
+                    Some(counter) => counter.inc(),
+                    None => self
+                        .metrics()
+                        .records_out
+                        .with_label_values(&[self.pipeline_name(index)])
+                        .inc(),
+                }
             }
             Err(reason) => {
                 *stats.dead_lettered.entry(reason.code()).or_default() += 1;

@@ -469,6 +469,39 @@ pub fn read_counts(
     (published, dead_letters)
 }
 
+/// Gives the field `field` the rule `drop` in the pipeline config at `config` (after its
+/// `event_id` rule), then runs `pseudonymizer dlq replay` on it and answers what it said.
+pub fn drop_field_and_replay(config: &std::path::Path, field: &str) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("event_id = \"keep\""), "{text}");
+    std::fs::write(
+        config,
+        text.replace(
+            "event_id = \"keep\"",
+            &format!("event_id = \"keep\"\n{field} = \"drop\""),
+        ),
+    )
+    .unwrap();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_pseudonymizer"))
+        .args([
+            "dlq",
+            "replay",
+            "--config",
+            config.to_str().unwrap(),
+            "--idle-secs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&replay.stdout).into_owned();
+    assert!(
+        replay.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    said
+}
+
 /// What a reader has collected so far.
 #[derive(Default)]
 pub struct Collected {

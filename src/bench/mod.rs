@@ -9,6 +9,8 @@
 //! (`--mode exactly-once`) each round adds the transform in exactly-once mode, with the config's
 //! transaction size (`transaction_max_records`, `transaction_max_ms`).
 
+pub mod floor;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,16 +190,16 @@ pub struct Measurement {
     pub start_seconds: f64,
 }
 
-/// Child side: drains `topic` from the start with a fresh group and a throwaway keyring.
-pub async fn measure(
+/// A measurement's config: `config_path` with a fresh group, its own output and dead-letter
+/// topics (created here), `topic` as every pipeline's input, and `mode`; answers it with the
+/// output topics (calls, messages).
+async fn measurement_config(
     config_path: &std::path::Path,
     brokers: &str,
     topic: &str,
-    events: u64,
-    treatment: Treatment,
     mode: DeliveryMode,
-    extras: Extras,
-) -> Result<Measurement> {
+    extras: &Extras,
+) -> Result<(Config, [String; 2])> {
     let mut config = Config::load(config_path)?;
     pin_bench_ids(&mut config);
     let tag = format!(
@@ -243,6 +245,42 @@ pub async fn measure(
         pipeline.input_topic = Some(topic.to_owned());
         pipeline.output_topic = Some(output.clone());
     }
+    Ok((config, outputs))
+}
+
+/// Child side of librdkafka's own copy ([`floor`]): the same topics and client settings as a
+/// worker measurement.
+pub async fn measure_floor(
+    config_path: &std::path::Path,
+    brokers: &str,
+    topic: &str,
+    events: u64,
+) -> Result<Measurement> {
+    let (config, outputs) = measurement_config(
+        config_path,
+        brokers,
+        topic,
+        DeliveryMode::AtLeastOnce,
+        &Extras::default(),
+    )
+    .await?;
+    let kafka = config.kafka.context("the config has no [kafka] section")?;
+    let output = outputs[0].clone();
+    let input = topic.to_owned();
+    tokio::task::spawn_blocking(move || floor::copy(&kafka, &input, &output, events)).await?
+}
+
+/// Child side: drains `topic` from the start with a fresh group and a throwaway keyring.
+pub async fn measure(
+    config_path: &std::path::Path,
+    brokers: &str,
+    topic: &str,
+    events: u64,
+    treatment: Treatment,
+    mode: DeliveryMode,
+    extras: Extras,
+) -> Result<Measurement> {
+    let (config, _) = measurement_config(config_path, brokers, topic, mode, &extras).await?;
     let engine = Arc::new(Engine::from_config(&config)?);
     let keyring = match &extras.keyring {
         Some(path) => Keyring::load(path)?,
@@ -429,6 +467,7 @@ pub async fn run(
     let mut runs: Vec<(&str, &str, Option<String>)> = vec![
         ("sanitize", "at-least-once", None),
         ("pass-through", "at-least-once", None),
+        ("floor", "at-least-once", None),
     ];
     if with_transactions {
         runs.push(("sanitize", "exactly-once", None));
@@ -525,6 +564,13 @@ pub async fn run(
         least_cpu("Sanitize"),
         least_cpu("PassThrough"),
         least_cpu("Sanitize") - least_cpu("PassThrough")
+    );
+    let floor = least_cpu("Floor");
+    crate::say!(
+        "librdkafka's own copy (the floor): {floor:.1} µs CPU/event, {:.0} events/s; pass-through / floor {:.2}, sanitize / floor {:.2}",
+        best("Floor"),
+        least_cpu("PassThrough") / floor,
+        least_cpu("Sanitize") / floor
     );
     let transactional: Vec<&Measurement> =
         results.iter().filter(|m| m.mode == "ExactlyOnce").collect();

@@ -1,0 +1,205 @@
+//! librdkafka's own copy: the floor the worker's Kafka path is measured against.
+//!
+//! The least a program must do to copy records at least once with librdkafka: one thread
+//! waits on a `BaseConsumer` and hands each record's value and key, unchanged and without
+//! headers, to a producer (the worker's own client settings: idempotence, `acks=all`,
+//! murmur2, the same buffers) whose delivery reports are served by rdkafka's
+//! `ThreadedProducer` thread, and stores a partition's offset only once every record before
+//! it was acknowledged (librdkafka commits stored offsets each second, as the worker's
+//! consumer does). Both threads block while there is nothing to do. No async runtime, no
+//! allocation per record, no metrics: what remains is librdkafka's work, which no change to
+//! the worker can remove. It is closer to what the worker does than `kcat` (which neither
+//! stores offsets after delivery nor produces idempotently), and needs nothing installed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message};
+
+use super::{cpu_seconds, proc_status_kib, Measurement};
+use crate::config::KafkaConfig;
+
+/// Input partitions above this cannot be packed in a delivery opaque with their offset.
+const MAX_PARTITION: i32 = 0xFFFF;
+
+/// A record's input partition and offset, packed in the delivery opaque (no allocation).
+fn pack(partition: i32, offset: i64) -> usize {
+    ((partition as usize) << 48) | (offset as usize & ((1 << 48) - 1))
+}
+
+fn unpack(packed: usize) -> (i32, i64) {
+    ((packed >> 48) as i32, (packed & ((1 << 48) - 1)) as i64)
+}
+
+/// Collects delivery reports while the producer is polled: (input partition, offset), or
+/// the first failure.
+#[derive(Default)]
+struct Acknowledgements {
+    delivered: Mutex<Vec<(i32, i64)>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Acknowledgements {}
+
+impl ProducerContext for Acknowledgements {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, packed: usize) {
+        match result {
+            Ok(_) => {
+                if let Ok(mut delivered) = self.delivered.lock() {
+                    delivered.push(unpack(packed));
+                }
+            }
+            Err((error, _)) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    failed.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// One input partition's records in flight, in offset order, each with whether it was
+/// acknowledged.
+type InFlight = VecDeque<(i64, bool)>;
+
+/// Copies `events` records of `input` to `output` at least once and measures it as the
+/// worker's measurements are (from the first record consumed to the last acknowledged).
+pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Result<Measurement> {
+    let (consumer_config, producer_config) = crate::worker::client_config(kafka);
+    let consumer: BaseConsumer = consumer_config.create()?;
+    let producer: ThreadedProducer<Acknowledgements> =
+        producer_config.create_with_context(Acknowledgements::default())?;
+    consumer.subscribe(&[input])?;
+
+    let mut in_flight: HashMap<i32, InFlight> = HashMap::new();
+    let mut done = 0u64;
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut rss = Vec::new();
+    let mut last_sample = Instant::now();
+    let mut acknowledged = Vec::new();
+    while done < events {
+        if Instant::now() > deadline {
+            bail!("the copy stalled after {done} of {events} records");
+        }
+        // Waits while nothing is fetched; delivery reports come meanwhile on the producer's
+        // own thread.
+        match consumer.poll(Duration::from_millis(10)) {
+            Some(Ok(message)) => {
+                first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+                let (partition, offset) = (message.partition(), message.offset());
+                if partition > MAX_PARTITION {
+                    bail!("input partition {partition} is past what the copy packs");
+                }
+                let mut record = BaseRecord::with_opaque_to(output, pack(partition, offset));
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err((error, _)) => return Err(error.into()),
+                    }
+                }
+                in_flight
+                    .entry(partition)
+                    .or_default()
+                    .push_back((offset, false));
+            }
+            Some(Err(error)) => tracing::warn!(%error, "consumer error; retrying"),
+            None => {}
+        }
+        if let Some(error) = producer.context().failed.lock().ok().and_then(|f| f.clone()) {
+            bail!("a copied record could not be delivered: {error}");
+        }
+        if let Ok(mut delivered) = producer.context().delivered.lock() {
+            std::mem::swap(&mut *delivered, &mut acknowledged);
+        }
+        done += acknowledged.len() as u64;
+        store_acknowledged(&consumer, input, &mut in_flight, &mut acknowledged)?;
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            rss.push(proc_status_kib("VmRSS:"));
+            last_sample = Instant::now();
+        }
+    }
+    let (started, cpu_at_first) = first.context("no record was copied")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_at_first;
+    rss.push(proc_status_kib("VmRSS:"));
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Measurement {
+        treatment: "Floor".into(),
+        mode: "AtLeastOnce".into(),
+        events,
+        seconds,
+        events_per_sec: events as f64 / seconds.max(1e-9),
+        cpu_us_per_event: cpu * 1e6 / events as f64,
+        peak_rss_kib: proc_status_kib("VmHWM:"),
+        rss_kib: rss,
+        subjects_topic: None,
+        start_seconds: 0.0,
+    })
+}
+
+/// Marks the `acknowledged` records (emptied) and stores, per partition, the offset of the
+/// acknowledged prefix of its records in flight.
+fn store_acknowledged(
+    consumer: &BaseConsumer,
+    topic: &str,
+    in_flight: &mut HashMap<i32, InFlight>,
+    acknowledged: &mut Vec<(i32, i64)>,
+) -> Result<()> {
+    if acknowledged.is_empty() {
+        return Ok(());
+    }
+    for (partition, offset) in acknowledged.drain(..) {
+        let Some(queue) = in_flight.get_mut(&partition) else {
+            continue;
+        };
+        // Offsets of one partition are increasing: found by bisection.
+        if let Ok(at) = queue.binary_search_by_key(&offset, |(o, _)| *o) {
+            queue[at].1 = true;
+        }
+    }
+    for (partition, queue) in in_flight.iter_mut() {
+        let mut last = None;
+        while let Some((offset, true)) = queue.front() {
+            last = Some(*offset);
+            queue.pop_front();
+        }
+        if let Some(offset) = last {
+            consumer.store_offset(topic, *partition, offset)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_and_offset_survive_the_opaque() {
+        for (partition, offset) in [(0, 0), (1, 41), (MAX_PARTITION, (1 << 48) - 1), (7, 123_456_789_012)] {
+            assert_eq!(unpack(pack(partition, offset)), (partition, offset));
+        }
+    }
+}
