@@ -313,9 +313,9 @@ pub(super) async fn send(
     producer: &Producer,
     mut outgoing: Outgoing,
 ) -> Result<DeliveryFuture, WorkerError> {
-    let mut headers = Some(std::mem::take(&mut outgoing.headers));
+    let mut headers = outgoing.headers.take();
     loop {
-        match producer.send_result(outgoing.record(headers.take().unwrap_or_default())) {
+        match producer.send_result(outgoing.record(headers.take())) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 headers = record.headers;

@@ -443,7 +443,8 @@ pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
     pub key: Option<String>,
-    pub headers: OwnedHeaders,
+    /// `None` once handed to the producer (a refused send hands them back).
+    pub headers: Option<OwnedHeaders>,
     /// The pipeline it belongs to, or why it was dead-lettered.
     pub kind: Result<usize, DeadLetter>,
     /// Nothing to send: its pipeline drops a withheld subject's records (`erased = "drop"`).
@@ -454,10 +455,9 @@ pub struct Outgoing {
 impl Outgoing {
     /// The producer record, with `headers` (taken out of `self` by the caller, since a record
     /// owns its headers and a refused send hands them back).
-    pub fn record(&self, headers: OwnedHeaders) -> FutureRecord<'_, str, [u8]> {
-        let record = FutureRecord::to(&self.topic)
-            .payload(self.payload.as_slice())
-            .headers(headers);
+    pub fn record(&self, headers: Option<OwnedHeaders>) -> FutureRecord<'_, str, [u8]> {
+        let mut record = FutureRecord::to(&self.topic).payload(self.payload.as_slice());
+        record.headers = headers;
         match &self.key {
             Some(key) => record.key(key.as_str()),
             None => record,
@@ -674,7 +674,7 @@ impl Publisher {
                 topic: output.route.output_topic().to_owned(),
                 payload: Vec::new(),
                 key: None,
-                headers: OwnedHeaders::new(),
+                headers: None,
                 kind: Ok(output.index),
                 dropped: true,
             },
@@ -690,7 +690,12 @@ impl Publisher {
                         value: Some(name),
                     });
                 }
-                if let Some(input) = message.headers() {
+                // (Reading a record's headers parses them: only when some are copied.)
+                let input_headers = match self.kafka.header_allowlist.is_empty() {
+                    true => None,
+                    false => message.headers(),
+                };
+                if let Some(input) = input_headers {
                     for h in input.iter() {
                         if self.kafka.header_allowlist.iter().any(|a| a == h.key) {
                             headers = headers.insert(Header {
@@ -704,7 +709,7 @@ impl Publisher {
                     topic: output.route.output_topic().to_owned(),
                     payload: out.clone(),
                     key: output.key,
-                    headers,
+                    headers: Some(headers),
                     kind: Ok(output.index),
                     dropped: false,
                 }
@@ -846,7 +851,7 @@ impl Publisher {
             topic: self.kafka.dlq_topic.clone(),
             payload: sealed,
             key: None,
-            headers,
+            headers: Some(headers),
             kind: Err(reason),
             dropped: false,
         }
