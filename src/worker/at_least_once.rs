@@ -1,10 +1,14 @@
 //! The default loop: at least once, in order per partition.
 //!
-//! Each input partition keeps a queue of its in-flight deliveries in input order. Only the
-//! acknowledged prefix of a queue has its last offset stored (librdkafka commits stored
-//! offsets every second and at shutdown). `max_in_flight` bounds the queues: when full, the
-//! worker awaits the oldest delivery instead of fetching more. A failed delivery stops the
-//! worker without storing its offset, so the record is processed again after a restart.
+//! Each input partition keeps a queue of its in-flight records in input order; delivery
+//! reports ([`deliveries`](super::deliveries)) mark them acknowledged. Only the acknowledged
+//! prefix of a queue has its last offset stored (librdkafka commits stored offsets every
+//! second and at shutdown). `max_in_flight` bounds the queues: when full, the worker waits
+//! for delivery reports instead of fetching more. A failed delivery stops the worker without
+//! storing its offset, so the record is processed again after a restart.
+//!
+//! Records already fetched are taken in runs (up to [`RUN_LENGTH`]) without going through
+//! `select!`; deliveries are settled between runs, and every [`SETTLE_EVERY`] when idle.
 //!
 //! With a schema registry that cannot be reached, a record of a schema id seen for the first
 //! time holds only its own partition: the partition is paused (records of it fetched before
@@ -20,13 +24,12 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, Producer as _};
-
-use crate::connect::{ConnectionWatch, Producer};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::deliveries::{Deliveries, DeliveryProducer, Report, Ticket};
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
@@ -38,21 +41,24 @@ const SETTLE_EVERY: Duration = Duration::from_millis(100);
 /// shutdown or a resolved schema id and settles deliveries again.
 const RUN_LENGTH: usize = 256;
 
-type DeliveryOutcome = Result<
-    rdkafka::producer::future_producer::OwnedDeliveryResult,
-    futures::channel::oneshot::Canceled,
->;
-
-/// A produced record whose input offset waits for its acknowledgement.
+/// A record whose input offset waits for its acknowledgement.
 struct InFlight {
     offset: i64,
-    topic: String,
     sent: Instant,
-    /// `None` for a record with nothing to send (dropped by its pipeline): done at once.
-    delivery: Option<DeliveryFuture>,
-    /// Set when the delivery was awaited (backpressure) before its turn to be stored.
-    done: Option<DeliveryOutcome>,
+    state: Delivery,
     kind: Result<usize, DeadLetter>,
+}
+
+/// Where a record in flight stands.
+enum Delivery {
+    /// Produced; its report has not come.
+    Waiting,
+    Acknowledged,
+    /// Its report says it was not delivered: (output topic, librdkafka's reason).
+    Failed(String, String),
+    /// Nothing to send (its pipeline drops a withheld subject's records): done at once, and
+    /// not counted as published.
+    NothingSent,
 }
 
 /// Partitions held while a record of theirs waits for its schema id.
@@ -132,11 +138,25 @@ impl Held {
     }
 }
 
-/// Input partition → its deliveries in input order.
+/// One input partition's records in flight, in input order.
+struct PartitionQueue {
+    topic: String,
+    partition: i32,
+    /// The sequence number of the front record (each record produced takes the next one).
+    front: u64,
+    records: VecDeque<InFlight>,
+}
+
+/// The records in flight of every input partition seen, by slot (a delivery report names
+/// its record by slot and sequence number, [`Ticket`]).
 #[derive(Default)]
 struct Queues {
-    by_partition: HashMap<(String, i32), VecDeque<InFlight>>,
+    partitions: Vec<PartitionQueue>,
+    /// Topic → partition → slot.
+    slots: HashMap<String, HashMap<i32, u16>>,
     len: usize,
+    /// Delivery reports taken from the producer, reused between settles.
+    reports: Vec<Report>,
 }
 
 pub async fn run(
@@ -148,10 +168,8 @@ pub async fn run(
     let consumer: Arc<WorkerConsumer> = Arc::new(
         consumer_config.create_with_context(WorkerContext::new(&publisher.worker.metrics))?,
     );
-    let producer: Producer = producer_config.create_with_context(ConnectionWatch::new(
-        "producer",
-        Some(publisher.worker.metrics.clone()),
-    ))?;
+    let producer: DeliveryProducer = producer_config
+        .create_with_context(Deliveries::new(publisher.worker.metrics.clone()))?;
     if !publisher.wait_for_topics(&consumer, &mut shutdown).await {
         return Ok(Stats::default());
     }
@@ -180,12 +198,12 @@ pub async fn run(
     loop {
         if run_length == 0 {
             queues
-                .settle(&consumer, publisher, &mut stats, false)
+                .settle(&consumer, &producer, publisher, &mut stats, false)
                 .await?;
         }
         while queues.len >= kafka.max_in_flight {
             queues
-                .settle(&consumer, publisher, &mut stats, true)
+                .settle(&consumer, &producer, publisher, &mut stats, true)
                 .await?;
         }
         held.forget_after_rebalance(&consumer);
@@ -223,8 +241,11 @@ pub async fn run(
                 continue;
             }
         };
-        let here = (message.topic().to_owned(), message.partition());
-        if held.partitions.contains_key(&here) {
+        let held_here = !held.partitions.is_empty()
+            && held
+                .partitions
+                .contains_key(&(message.topic().to_owned(), message.partition()));
+        if held_here {
             // Fetched before its partition was paused: read again after the resume.
             continue;
         }
@@ -232,6 +253,7 @@ pub async fn run(
             if !held.waiting.contains(&id) && publisher.try_resolve(id).await {
                 // Resolved at the first attempt: on as usual.
             } else {
+                let here = (message.topic().to_owned(), message.partition());
                 held.hold(&consumer, here, message.offset(), id);
                 if held.waiting.insert(id) {
                     publisher.resolve_in_background(id, resolved_tx.clone(), shutdown.clone());
@@ -247,31 +269,24 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
-        let outgoing = publisher.prepare(&message, &mut out);
-        let (topic, partition, offset) = (
-            message.topic().to_owned(),
-            message.partition(),
-            message.offset(),
-        );
-        let kind = outgoing.kind;
-        let record_topic = outgoing.topic.clone();
-        let delivery = match outgoing.dropped {
-            true => None,
-            false => Some(send(&producer, outgoing).await?),
+        let mut outgoing = publisher.prepare(&message, &mut out);
+        let ticket = queues.next_ticket(message.topic(), message.partition())?;
+        let state = match outgoing.dropped {
+            true => Delivery::NothingSent,
+            false => {
+                produce(&producer, &mut outgoing, ticket).await?;
+                Delivery::Waiting
+            }
         };
-        queues
-            .by_partition
-            .entry((topic, partition))
-            .or_default()
-            .push_back(InFlight {
-                offset,
-                topic: record_topic,
+        queues.push(
+            ticket,
+            InFlight {
+                offset: message.offset(),
                 sent: Instant::now(),
-                delivery,
-                done: None,
-                kind,
-            });
-        queues.len += 1;
+                state,
+                kind: outgoing.kind,
+            },
+        );
         metrics.in_flight.set(queues.len as i64);
     }
 
@@ -283,7 +298,7 @@ pub async fn run(
     let drain = async {
         while queues.len > 0 {
             queues
-                .settle(&consumer, publisher, &mut stats, true)
+                .settle(&consumer, &producer, publisher, &mut stats, true)
                 .await?;
         }
         Ok::<(), WorkerError>(())
@@ -309,14 +324,21 @@ pub async fn run(
 /// Produces one record, waiting while the producer's queue is full. Any other refusal (a
 /// record over the producer's size limit, an unknown topic) stops the worker with the
 /// record's offset unstored.
-pub(super) async fn send(
-    producer: &Producer,
-    mut outgoing: Outgoing,
-) -> Result<DeliveryFuture, WorkerError> {
+async fn produce(
+    producer: &DeliveryProducer,
+    outgoing: &mut Outgoing,
+    ticket: Ticket,
+) -> Result<(), WorkerError> {
     let mut headers = outgoing.headers.take();
     loop {
-        match producer.send_result(outgoing.record(headers.take())) {
-            Ok(delivery) => return Ok(delivery),
+        let mut record = BaseRecord::with_opaque_to(outgoing.topic.as_str(), ticket.opaque())
+            .payload(outgoing.payload.as_slice());
+        if let Some(key) = &outgoing.key {
+            record = record.key(key.as_str());
+        }
+        record.headers = headers.take();
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 headers = record.headers;
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -332,75 +354,106 @@ pub(super) async fn send(
 }
 
 impl Queues {
-    /// Stores the offset of every partition's acknowledged prefix. With `wait`, first waits
-    /// for the oldest delivery of the fullest queue.
+    /// The ticket of the next record of `topic`/`partition` (a slot for a partition seen for
+    /// the first time).
+    fn next_ticket(&mut self, topic: &str, partition: i32) -> Result<Ticket, WorkerError> {
+        let slot = match self.slots.get(topic).and_then(|p| p.get(&partition)) {
+            Some(slot) => *slot,
+            None => {
+                let slot = u16::try_from(self.partitions.len()).map_err(|_| {
+                    WorkerError::Delivery {
+                        topic: topic.to_owned(),
+                        reason: "more than 65,535 input partitions in one run".into(),
+                    }
+                })?;
+                self.partitions.push(PartitionQueue {
+                    topic: topic.to_owned(),
+                    partition,
+                    front: 0,
+                    records: VecDeque::new(),
+                });
+                self.slots
+                    .entry(topic.to_owned())
+                    .or_default()
+                    .insert(partition, slot);
+                slot
+            }
+        };
+        let queue = &self.partitions[usize::from(slot)];
+        Ok(Ticket {
+            slot,
+            sequence: queue.front.wrapping_add(queue.records.len() as u64),
+        })
+    }
+
+    /// Appends the record of `ticket` (from [`Queues::next_ticket`]) to its partition's queue.
+    fn push(&mut self, ticket: Ticket, record: InFlight) {
+        self.partitions[usize::from(ticket.slot)]
+            .records
+            .push_back(record);
+        self.len += 1;
+    }
+
+    /// Marks the records the producer's reports name, then stores the offset of every
+    /// partition's acknowledged prefix. With `wait`, first waits for a report (at once if one
+    /// came since the last wait).
     async fn settle(
         &mut self,
         consumer: &WorkerConsumer,
+        producer: &DeliveryProducer,
         publisher: &Publisher,
         stats: &mut Stats,
         wait: bool,
     ) -> Result<(), WorkerError> {
+        let deliveries = producer.context();
         if wait {
-            if let Some(front) = self
-                .by_partition
-                .values_mut()
-                .max_by_key(|q| q.len())
-                .and_then(|q| q.front_mut())
-            {
-                if front.done.is_none() {
-                    if let Some(delivery) = &mut front.delivery {
-                        front.done = Some(delivery.await);
-                    }
-                }
-            }
+            deliveries.arrival().await;
         }
-        for ((topic, partition), queue) in self.by_partition.iter_mut() {
+        deliveries.take(&mut self.reports);
+        for report in self.reports.drain(..) {
+            let Some(queue) = self.partitions.get_mut(usize::from(report.ticket.slot)) else {
+                continue;
+            };
+            let Some(record) = queue
+                .records
+                .get_mut(report.ticket.distance_from(queue.front))
+            else {
+                continue;
+            };
+            record.state = match report.failure {
+                None => Delivery::Acknowledged,
+                Some((topic, reason)) => Delivery::Failed(topic, reason),
+            };
+        }
+        let metrics = &publisher.worker.metrics;
+        for queue in &mut self.partitions {
             let mut last = None;
-            while let Some(front) = queue.front_mut() {
-                // `None`: a dropped record, nothing was sent and nothing is counted as sent.
-                let result = match (front.done.take(), &mut front.delivery) {
-                    (Some(result), _) => Some(result),
-                    (None, Some(delivery)) => match delivery.now_or_never() {
-                        Some(result) => Some(result),
-                        None => break,
-                    },
-                    (None, None) => None,
-                };
-                let record = queue.pop_front().expect("front exists");
-                self.len -= 1;
-                let Some(result) = result else {
-                    publisher.worker.metrics.in_flight.dec();
-                    last = Some(record.offset);
-                    continue;
-                };
-                match result {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((error, _))) => {
+            while let Some(front) = queue.records.front() {
+                match &front.state {
+                    Delivery::Waiting => break,
+                    Delivery::Failed(topic, reason) => {
                         return Err(WorkerError::Delivery {
-                            topic: record.topic,
-                            reason: error.to_string(),
+                            topic: topic.clone(),
+                            reason: reason.clone(),
                         })
                     }
-                    Err(_) => {
-                        return Err(WorkerError::Delivery {
-                            topic: record.topic,
-                            reason: "producer dropped".into(),
-                        })
+                    Delivery::Acknowledged => {
+                        metrics
+                            .produce_seconds
+                            .observe(front.sent.elapsed().as_secs_f64());
+                        publisher.acknowledged(front.kind, stats);
                     }
+                    Delivery::NothingSent => {}
                 }
-                publisher
-                    .worker
-                    .metrics
-                    .produce_seconds
-                    .observe(record.sent.elapsed().as_secs_f64());
-                publisher.acknowledged(record.kind, stats);
-                publisher.worker.metrics.in_flight.dec();
-                last = Some(record.offset);
+                last = Some(front.offset);
+                metrics.in_flight.dec();
+                queue.records.pop_front();
+                queue.front = queue.front.wrapping_add(1);
+                self.len -= 1;
             }
             if let Some(offset) = last {
                 // rd_kafka_offset_store stores offset + 1: the next record to read.
-                match consumer.store_offset(topic, *partition, offset) {
+                match consumer.store_offset(&queue.topic, queue.partition, offset) {
                     Ok(()) => {}
                     // The partition was revoked by a rebalance while these records were in
                     // flight. Its new owner resumes from the last commit and publishes them
@@ -408,7 +461,11 @@ impl Queues {
                     Err(KafkaError::StoreOffset(
                         RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
                     )) => {
-                        tracing::debug!(topic, partition, "offset not stored: partition revoked");
+                        tracing::debug!(
+                            topic = queue.topic,
+                            partition = queue.partition,
+                            "offset not stored: partition revoked"
+                        );
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -5,6 +5,8 @@
 //! - [`at_least_once`]: the default loop. Offsets are stored for commit
 //!   (`enable.auto.offset.store=false`) only when the produced copy of a record has been
 //!   acknowledged, never past an unacknowledged record of the same partition;
+//! - [`deliveries`]: the at-least-once producer, whose delivery reports name their record by
+//!   a number rather than a future per record;
 //! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction;
 //! - [`health`]: lag, stalls, and records the broker deleted before they were read;
 //! - [`resolve`]: with a schema registry, a new schema id → its route (or dead-letter reason).
@@ -14,6 +16,7 @@
 //! half under old keys and half under new ones when the keyring is reloaded.
 
 pub mod at_least_once;
+pub mod deliveries;
 pub mod health;
 pub mod keywatch;
 pub mod replay;

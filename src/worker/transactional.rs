@@ -36,10 +36,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::at_least_once::send;
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
-use super::{client_config, Publisher, Stats, WorkerError};
+use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
 
 /// Commits refused in a row after which the worker stops: a record the broker refuses every
 /// time (over its size limit, say) must stop the worker, not abort and retry forever.
@@ -382,5 +381,30 @@ fn requires_abort(error: &KafkaError) -> bool {
     match error {
         KafkaError::Transaction(e) => e.txn_requires_abort() && !e.is_fatal(),
         _ => false,
+    }
+}
+
+/// Produces one record, waiting while the producer's queue is full. Any other refusal (a
+/// record over the producer's size limit, an unknown topic) stops the worker with the
+/// record's offset unstored.
+async fn send(
+    producer: &Producer,
+    mut outgoing: Outgoing,
+) -> Result<DeliveryFuture, WorkerError> {
+    let mut headers = outgoing.headers.take();
+    loop {
+        match producer.send_result(outgoing.record(headers.take())) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                headers = record.headers;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => {
+                return Err(WorkerError::Delivery {
+                    topic: outgoing.topic.clone(),
+                    reason: error.to_string(),
+                })
+            }
+        }
     }
 }
