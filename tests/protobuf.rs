@@ -1107,9 +1107,10 @@ fn file_mode_on_json_lines() {
         assert_eq!(camel["caller"], proto_named["caller"], "same token either way");
         assert_eq!(camel["forwarded_to"], proto_named["forwarded_to"]);
         assert!(camel.get("callerIp").is_none() && camel.get("forwardedTo").is_none());
+        // (Values long enough not to occur by chance: a short code such as 112 may.)
         for key in ["caller", "callee", "caller_ip", "recording_url"] {
-            if let Some(value) = raw[key].as_str() {
-                assert!(!camel_written.contains(value), "{key} published raw");
+            if let Some(value) = raw[key].as_str().filter(|v| v.len() >= 8) {
+                assert!(!camel_written.contains(value), "{key} published raw: {value}");
             }
         }
     }
@@ -1129,10 +1130,9 @@ fn file_mode_on_json_lines() {
             "{said}"
         );
         assert!(!said.contains("510011234567890"), "{said}");
-        assert_eq!(
-            std::fs::read_to_string(&output).unwrap(),
-            written,
-            "left as it was"
+        assert!(
+            std::fs::read_to_string(&output).unwrap() == camel_written,
+            "the output is left as it was"
         );
     }
 }

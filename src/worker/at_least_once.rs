@@ -395,8 +395,8 @@ impl Queues {
     }
 
     /// Marks the records the producer's reports name, then stores the offset of every
-    /// partition's acknowledged prefix. With `wait`, first waits for a report (at once if one
-    /// came since the last wait).
+    /// partition's acknowledged prefix. With `wait`, when that finished no record, waits for
+    /// a report (at once if one came since the last wait) and does it again.
     async fn settle(
         &mut self,
         consumer: &WorkerConsumer,
@@ -405,11 +405,23 @@ impl Queues {
         stats: &mut Stats,
         wait: bool,
     ) -> Result<(), WorkerError> {
-        let deliveries = producer.context();
-        if wait {
-            deliveries.arrival().await;
+        let finished = self.finish_reported(consumer, producer, publisher, stats)?;
+        if wait && finished == 0 {
+            producer.context().arrival().await;
+            self.finish_reported(consumer, producer, publisher, stats)?;
         }
-        deliveries.take(&mut self.reports);
+        Ok(())
+    }
+
+    /// One pass of [`Queues::settle`]: answers how many records it finished.
+    fn finish_reported(
+        &mut self,
+        consumer: &WorkerConsumer,
+        producer: &DeliveryProducer,
+        publisher: &Publisher,
+        stats: &mut Stats,
+    ) -> Result<usize, WorkerError> {
+        producer.context().take(&mut self.reports);
         for report in self.reports.drain(..) {
             let Some(queue) = self.partitions.get_mut(usize::from(report.ticket.slot)) else {
                 continue;
@@ -426,6 +438,7 @@ impl Queues {
             };
         }
         let metrics = &publisher.worker.metrics;
+        let before = self.len;
         for queue in &mut self.partitions {
             let mut last = None;
             while let Some(front) = queue.records.front() {
@@ -462,7 +475,7 @@ impl Queues {
                         RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
                     )) => {
                         tracing::debug!(
-                            topic = queue.topic,
+                            topic = %queue.topic,
                             partition = queue.partition,
                             "offset not stored: partition revoked"
                         );
@@ -471,6 +484,6 @@ impl Queues {
                 }
             }
         }
-        Ok(())
+        Ok(before - self.len)
     }
 }
