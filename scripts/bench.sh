@@ -7,8 +7,9 @@
 #                                        # against Apache Kafka (scripts/kafka.sh), with transactions
 #
 # End to end: one worker against the broker on loopback, with the transform and with a
-# pass-through copy (same clients, same settings), alternately, each in its own process;
-# events/s, their ratio, and the worker's peak and sampled RSS. With `--mode exactly-once`
+# pass-through copy (same clients, same settings), and librdkafka's own at-least-once copy of
+# the same records (the floor, src/bench/floor.rs), alternately, each in its own process;
+# events/s, CPU per event, worker / floor, and the worker's peak and sampled RSS. With `--mode exactly-once`
 # each round adds the transform in exactly-once mode. Then the per-event transform (criterion).
 set -euo pipefail
 cd "$(dirname "$0")/.."
