@@ -954,19 +954,7 @@ async fn confluent_serializers_on_both_sides() {
     // Version 3's new field gets a rule: `dlq replay` opens the sealed dead letters and sends
     // the producer's framed records back to the input topic, and the restarted worker
     // publishes every one of them under a derived schema without the dropped field.
-    let said = common::kafka::drop_field_and_replay(&path, "imsi");
-    assert!(said.starts_with("replayed 20 dead letters"), "{said}");
-    let config = Config::load(&path).unwrap();
-    let (stop, worker) = common::kafka::spawn_worker(&config, Metrics::new());
-    let (replayed, dead_again) = common::kafka::read_counts(&reader, &topics, 20, 0);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        reader.poll(Duration::from_secs(1)).is_none(),
-        "the 20 replayed records, nothing more"
-    );
-    stop.send(true).unwrap();
-    worker.await.unwrap().unwrap();
-    assert_eq!((replayed.len(), dead_again.len()), (20, 0));
+    let replayed = common::kafka::replayed_after_drop(&path, "imsi", &reader, &topics, 20).await;
     let registered: HashSet<u32> = registry
         .versions("comms.sanitized.v1.CallEvent")
         .into_iter()

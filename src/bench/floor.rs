@@ -28,6 +28,9 @@ use crate::config::KafkaConfig;
 /// Input partitions above this cannot be packed in a delivery opaque with their offset.
 const MAX_PARTITION: i32 = 0xFFFF;
 
+// Packed in a `usize`: the partition's 16 bits above a 48-bit offset.
+const _: () = assert!(usize::BITS >= 64, "the copy packs in a 64-bit usize");
+
 /// A record's input partition and offset, packed in the delivery opaque (no allocation).
 fn pack(partition: i32, offset: i64) -> usize {
     ((partition as usize) << 48) | (offset as usize & ((1 << 48) - 1))
@@ -186,7 +189,13 @@ fn store_acknowledged(
             queue.pop_front();
         }
         if let Some(offset) = last {
-            consumer.store_offset(topic, *partition, offset)?;
+            match consumer.store_offset(topic, *partition, offset) {
+                // A partition revoked meanwhile: its next owner reads it again, as the
+                // worker's does.
+                Ok(()) | Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {}
+                Err(KafkaError::StoreOffset(RDKafkaErrorCode::UnknownPartition)) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
     }
     Ok(())

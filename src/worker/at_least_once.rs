@@ -363,7 +363,7 @@ impl Queues {
                 let slot = u16::try_from(self.partitions.len()).map_err(|_| {
                     WorkerError::Delivery {
                         topic: topic.to_owned(),
-                        reason: "more than 65,535 input partitions in one run".into(),
+                        reason: "more than 65,536 input partitions in one run".into(),
                     }
                 })?;
                 self.partitions.push(PartitionQueue {
@@ -423,13 +423,20 @@ impl Queues {
     ) -> Result<usize, WorkerError> {
         producer.context().take(&mut self.reports);
         for report in self.reports.drain(..) {
-            let Some(queue) = self.partitions.get_mut(usize::from(report.ticket.slot)) else {
-                continue;
-            };
-            let Some(record) = queue
-                .records
-                .get_mut(report.ticket.distance_from(queue.front))
-            else {
+            let record = self
+                .partitions
+                .get_mut(usize::from(report.ticket.slot))
+                .and_then(|queue| {
+                    let at = report.ticket.distance_from(queue.front);
+                    queue.records.get_mut(at)
+                });
+            let Some(record) = record else {
+                // Cannot happen (a record leaves its queue only after its report came); if it
+                // did, a failure must still stop the worker rather than be lost.
+                if let Some((topic, reason)) = report.failure {
+                    return Err(WorkerError::Delivery { topic, reason });
+                }
+                tracing::warn!(?report.ticket, "a delivery report names no record in flight");
                 continue;
             };
             record.state = match report.failure {

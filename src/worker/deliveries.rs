@@ -30,6 +30,9 @@ pub struct Ticket {
     pub sequence: u64,
 }
 
+// A ticket is packed in a `usize`: the slot's 16 bits above a 48-bit sequence.
+const _: () = assert!(usize::BITS >= 64, "a Ticket needs a 64-bit usize");
+
 const SEQUENCE_BITS: u32 = 48;
 const SEQUENCE_MASK: u64 = (1 << SEQUENCE_BITS) - 1;
 
@@ -83,9 +86,9 @@ impl Deliveries {
         }
     }
 
-    /// Moves the reports that came since the last call into `into` (emptied first).
+    /// Moves the reports that came since the last call into `into` (empty).
     pub fn take(&self, into: &mut Vec<Report>) {
-        into.clear();
+        debug_assert!(into.is_empty(), "the reports taken before were all used");
         let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *reports, into);
     }

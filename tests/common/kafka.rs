@@ -502,6 +502,35 @@ pub fn drop_field_and_replay(config: &std::path::Path, field: &str) -> String {
     said
 }
 
+/// [`drop_field_and_replay`], then a worker on the changed config: answers the `count`
+/// records it publishes (what the replay sent back), after checking that the replay said so,
+/// that nothing was dead-lettered again and that nothing more came.
+pub async fn replayed_after_drop(
+    config: &std::path::Path,
+    field: &str,
+    reader: &BaseConsumer,
+    topics: &Topics,
+    count: usize,
+) -> Vec<OwnedMessage> {
+    let said = drop_field_and_replay(config, field);
+    assert!(
+        said.starts_with(&format!("replayed {count} dead letters")),
+        "{said}"
+    );
+    let config = Config::load(config).unwrap();
+    let (stop, worker) = spawn_worker(&config, Metrics::new());
+    let (replayed, dead_again) = read_counts(reader, topics, count, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        reader.poll(Duration::from_secs(1)).is_none(),
+        "the {count} replayed records, nothing more"
+    );
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!((replayed.len(), dead_again.len()), (count, 0));
+    replayed
+}
+
 /// What a reader has collected so far.
 #[derive(Default)]
 pub struct Collected {
