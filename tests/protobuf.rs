@@ -963,7 +963,10 @@ async fn confluent_serializers_on_both_sides() {
         .iter()
         .map(|m| {
             let value = m.payload().unwrap();
-            assert!(!value.windows(10).any(|w| w == b"5100112345"), "imsi dropped");
+            assert!(
+                !value.windows(10).any(|w| w == b"5100112345"),
+                "imsi dropped"
+            );
             u32::from_be_bytes([value[1], value[2], value[3], value[4]])
         })
         .collect();
@@ -1077,9 +1080,16 @@ fn file_mode_on_json_lines() {
         }
         Json::Object(camel)
     };
-    let raw: Vec<Json> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let raw: Vec<Json> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let camel_lines: Vec<String> = raw.iter().map(|e| camel_case(e).to_string()).collect();
-    assert!(camel_lines[0].contains("\"forwardedTo\""), "{}", camel_lines[0]);
+    assert!(
+        camel_lines[0].contains("\"forwardedTo\""),
+        "{}",
+        camel_lines[0]
+    );
     let camel_input = dir.path().join("camel.jsonl");
     std::fs::write(&camel_input, camel_lines.join("\n") + "\n").unwrap();
     let done = transform(&camel_input);
@@ -1092,13 +1102,19 @@ fn file_mode_on_json_lines() {
     for ((camel, proto_named), raw) in camel_written.lines().zip(written.lines()).zip(&raw) {
         let camel: Json = serde_json::from_str(camel).unwrap();
         let proto_named: Json = serde_json::from_str(proto_named).unwrap();
-        assert_eq!(camel["caller"], proto_named["caller"], "same token either way");
+        assert_eq!(
+            camel["caller"], proto_named["caller"],
+            "same token either way"
+        );
         assert_eq!(camel["forwarded_to"], proto_named["forwarded_to"]);
         assert!(camel.get("callerIp").is_none() && camel.get("forwardedTo").is_none());
         // (Values long enough not to occur by chance: a short code such as 112 may.)
         for key in ["caller", "callee", "caller_ip", "recording_url"] {
             if let Some(value) = raw[key].as_str().filter(|v| v.len() >= 8) {
-                assert!(!camel_written.contains(value), "{key} published raw: {value}");
+                assert!(
+                    !camel_written.contains(value),
+                    "{key} published raw: {value}"
+                );
             }
         }
     }

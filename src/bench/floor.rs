@@ -127,7 +127,13 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
             Some(Err(error)) => tracing::warn!(%error, "consumer error; retrying"),
             None => {}
         }
-        if let Some(error) = producer.context().failed.lock().ok().and_then(|f| f.clone()) {
+        if let Some(error) = producer
+            .context()
+            .failed
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+        {
             bail!("a copied record could not be delivered: {error}");
         }
         if let Ok(mut delivered) = producer.context().delivered.lock() {
@@ -207,7 +213,12 @@ mod tests {
 
     #[test]
     fn partition_and_offset_survive_the_opaque() {
-        for (partition, offset) in [(0, 0), (1, 41), (MAX_PARTITION, (1 << 48) - 1), (7, 123_456_789_012)] {
+        for (partition, offset) in [
+            (0, 0),
+            (1, 41),
+            (MAX_PARTITION, (1 << 48) - 1),
+            (7, 123_456_789_012),
+        ] {
             assert_eq!(unpack(pack(partition, offset)), (partition, offset));
         }
     }

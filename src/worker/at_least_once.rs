@@ -168,8 +168,8 @@ pub async fn run(
     let consumer: Arc<WorkerConsumer> = Arc::new(
         consumer_config.create_with_context(WorkerContext::new(&publisher.worker.metrics))?,
     );
-    let producer: DeliveryProducer = producer_config
-        .create_with_context(Deliveries::new(publisher.worker.metrics.clone()))?;
+    let producer: DeliveryProducer =
+        producer_config.create_with_context(Deliveries::new(publisher.worker.metrics.clone()))?;
     if !publisher.wait_for_topics(&consumer, &mut shutdown).await {
         return Ok(Stats::default());
     }
@@ -360,12 +360,11 @@ impl Queues {
         let slot = match self.slots.get(topic).and_then(|p| p.get(&partition)) {
             Some(slot) => *slot,
             None => {
-                let slot = u16::try_from(self.partitions.len()).map_err(|_| {
-                    WorkerError::Delivery {
+                let slot =
+                    u16::try_from(self.partitions.len()).map_err(|_| WorkerError::Delivery {
                         topic: topic.to_owned(),
                         reason: "more than 65,536 input partitions in one run".into(),
-                    }
-                })?;
+                    })?;
                 self.partitions.push(PartitionQueue {
                     topic: topic.to_owned(),
                     partition,

@@ -387,10 +387,7 @@ fn requires_abort(error: &KafkaError) -> bool {
 /// Produces one record, waiting while the producer's queue is full. Any other refusal (a
 /// record over the producer's size limit, an unknown topic) stops the worker with the
 /// record's offset unstored.
-async fn send(
-    producer: &Producer,
-    mut outgoing: Outgoing,
-) -> Result<DeliveryFuture, WorkerError> {
+async fn send(producer: &Producer, mut outgoing: Outgoing) -> Result<DeliveryFuture, WorkerError> {
     let mut headers = outgoing.headers.take();
     loop {
         match producer.send_result(outgoing.record(headers.take())) {
