@@ -58,14 +58,16 @@
 //! - [`registry`]: the Confluent-compatible schema registry client (writer schemas by id,
 //!   registering derived schemas).
 //! - [`worker`]: the Kafka stream worker: routing (by static schema id, or by record name
-//!   through the registry), the at-least-once and exactly-once loops,
+//!   through the registry), the at-least-once loop (delivery reports by ticket, not a future
+//!   per record) and the exactly-once loop,
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
 //!   deleted before they were read).
 //! - [`metrics`]: Prometheus metrics and what the health endpoints say.
 //! - [`endpoint`]: the HTTP server of `/metrics`, `/healthz`, `/readyz`, bounded against
 //!   hostile clients.
 //! - [`demo`]: the README's main command, on an in-process cluster.
-//! - [`bench`]: the end-to-end throughput benchmark (transform vs pass-through) on a broker.
+//! - [`bench`]: the end-to-end throughput benchmark on a broker: the transform, a pass-through
+//!   copy through the same worker, and librdkafka's own copy (the floor).
 //! - [`audit`]: the re-identification audit log of `decrypt` and `lookup`.
 //! - [`subjects`]: a person's rights in the stream: subject ids under the keyring's subject
 //!   key, the subject registry and erasure notices (two compacted topics), the table a worker
