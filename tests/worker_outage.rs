@@ -1,5 +1,6 @@
 //! The broker goes away mid-stream and comes back: the worker reports the stall (error line,
-//! metric, readyz 503), retries, resumes, and loses nothing.
+//! metric, readyz 503), retries, resumes, and loses nothing; and a worker told to stop during
+//! the outage stops within its bound instead of waiting for deliveries that cannot come.
 //!
 //! The outage is real TCP: this test starts its own Tansu (the binary `scripts/test.sh`
 //! names in `PSEUDONYMIZER_TANSU_BIN`) listening on one port and advertising another, where a
@@ -77,15 +78,21 @@ fn start_tansu(listen: SocketAddr, advertised: SocketAddr) -> Broker {
     Broker(child)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_outage_mid_stream_loses_nothing() {
+/// A broker of the test's own behind a proxy the test can cut: (broker, proxy, the address
+/// clients use).
+async fn broker_behind_proxy() -> (Broker, Proxy, String) {
     let (listen, advertised): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     );
-    let mut broker = start_tansu(listen, advertised);
+    let broker = start_tansu(listen, advertised);
     let proxy = Proxy::start(advertised, listen).await;
-    let brokers = advertised.to_string();
+    (broker, proxy, advertised.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_mid_stream_loses_nothing() {
+    let (mut broker, proxy, brokers) = broker_behind_proxy().await;
 
     // The set-up has bounds of its own: a broker that died before the outage (seen once, a
     // run that then waited until it was killed) fails the test loudly instead of hanging.
@@ -196,4 +203,90 @@ async fn broker_outage_mid_stream_loses_nothing() {
         "every input published after the outage",
     );
     kafka::verify_outputs(&got, &topics, &inputs);
+}
+
+/// A shutdown while the broker is out of reach and the worker waits on full in-flight queues:
+/// the worker stops within `shutdown_timeout_secs` (with the timeout error, nothing stored past
+/// what was delivered) rather than after librdkafka's five-minute delivery timeout, and a worker
+/// started after the outage publishes every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_an_outage_ends_within_its_bound() {
+    let (_broker, proxy, brokers) = broker_behind_proxy().await;
+    let topics = Topics::unique("outage-stop");
+    tokio::time::timeout(Duration::from_secs(120), topics.create(&brokers, 3))
+        .await
+        .expect("topics created");
+    let mut inputs = Inputs::default();
+    const EVENTS: usize = 3000;
+    let produced = kafka::produce_unbatched(&brokers, &topics.raw, EVENTS, 37, &mut inputs);
+    tokio::time::timeout(Duration::from_secs(120), produced)
+        .await
+        .expect("input produced");
+
+    let mut config = topics.config(&brokers);
+    let kafka_config = config.kafka.as_mut().unwrap();
+    kafka_config
+        .properties
+        .insert("reconnect.backoff.max.ms".into(), "1000".into());
+    kafka_config.max_in_flight = 50;
+    kafka_config.shutdown_timeout_secs = 3;
+    // Slow on purpose (at most 50 records per 50 ms): the outage surely comes mid-stream.
+    kafka_config
+        .producer_properties
+        .insert("linger.ms".into(), "50".into());
+    let metrics = Metrics::new();
+    let (stop, worker) = kafka::spawn_worker(&config, metrics.clone());
+    kafka::published_at_least(&metrics, 200, Duration::from_secs(120), "before the outage").await;
+    proxy.set_up(false);
+    // The worker fills its in-flight queues with records it cannot deliver, and waits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics.in_flight.get() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the in-flight queues did not fill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published_before = metrics.counts().published as usize;
+    assert!(published_before < EVENTS, "the outage came mid-stream");
+    let told = Instant::now();
+    stop.send(true).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .expect("the worker stops within its shutdown bound during an outage")
+        .unwrap();
+    assert!(
+        matches!(
+            ended,
+            Err(pseudonymizer::worker::WorkerError::ShutdownTimeout(_))
+        ),
+        "{ended:?}"
+    );
+    assert!(
+        told.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        told.elapsed()
+    );
+
+    // After the outage, a new worker of the same group publishes every record.
+    proxy.set_up(true);
+    let mut config = config.clone();
+    config.kafka.as_mut().unwrap().shutdown_timeout_secs = 20;
+    let (stop, worker) = kafka::spawn_worker(&config, Metrics::new());
+    let reader = kafka::reader(&brokers, &topics, false);
+    let mut got = Collected::default();
+    got.until(&reader, &topics, Duration::from_secs(180), |c| {
+        c.ids.len() >= EVENTS
+    });
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("worker stops within its bound")
+        .unwrap()
+        .expect("worker ran without error");
+    kafka::assert_same_ids(
+        &got.ids.keys().cloned().collect(),
+        &kafka::ids(&inputs),
+        "every input published after a shutdown during the outage",
+    );
 }

@@ -201,10 +201,17 @@ pub async fn run(
                 .settle(&consumer, &producer, publisher, &mut stats, false)
                 .await?;
         }
-        while queues.len >= kafka.max_in_flight {
-            queues
-                .settle(&consumer, &producer, publisher, &mut stats, true)
-                .await?;
+        // Backpressure: wait for deliveries, but hear a shutdown meanwhile (with the broker
+        // out of reach, deliveries may not come for `message.timeout.ms`).
+        let mut stopping = false;
+        while queues.len >= kafka.max_in_flight && !stopping {
+            tokio::select! {
+                _ = shutdown.changed() => stopping = true,
+                settled = queues.settle(&consumer, &producer, publisher, &mut stats, true) => settled?,
+            }
+        }
+        if stopping {
+            break;
         }
         held.forget_after_rebalance(&consumer);
         let waiting = match run_length < RUN_LENGTH {
@@ -274,7 +281,12 @@ pub async fn run(
         let state = match outgoing.dropped {
             true => Delivery::NothingSent,
             false => {
-                produce(&producer, &mut outgoing, ticket).await?;
+                if !produce(&producer, &mut outgoing, ticket, &mut shutdown).await? {
+                    // A shutdown while the producer's queue was full: this record was not
+                    // sent and is not in flight, so neither its offset nor a later one is
+                    // stored; it is read again after the restart.
+                    break;
+                }
                 Delivery::Waiting
             }
         };
@@ -321,14 +333,15 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Produces one record, waiting while the producer's queue is full. Any other refusal (a
-/// record over the producer's size limit, an unknown topic) stops the worker with the
-/// record's offset unstored.
+/// Produces one record, waiting while the producer's queue is full; `false` when a shutdown
+/// came first (nothing sent). Any other refusal (a record over the producer's size limit, an
+/// unknown topic) stops the worker with the record's offset unstored.
 async fn produce(
     producer: &DeliveryProducer,
     outgoing: &mut Outgoing,
     ticket: Ticket,
-) -> Result<(), WorkerError> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, WorkerError> {
     let mut headers = outgoing.headers.take();
     loop {
         let mut record = BaseRecord::with_opaque_to(outgoing.topic.as_str(), ticket.opaque())
@@ -338,10 +351,13 @@ async fn produce(
         }
         record.headers = headers.take();
         match producer.send(record) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 headers = record.headers;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(false),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
             }
             Err((error, _)) => {
                 return Err(WorkerError::Delivery {
