@@ -55,15 +55,7 @@ impl SchemaResolver {
         metrics: &Metrics,
         id: u32,
     ) -> Result<Resolution, RegistryError> {
-        let refuse = |reason: DeadLetter, why: &str| {
-            tracing::error!(
-                schema_id = id,
-                reason = reason.code(),
-                why,
-                "records of this schema id are dead-lettered"
-            );
-            Resolution::Refused(reason)
-        };
+        let refuse = |reason: DeadLetter, why: &str| refused(id, reason, why);
         let writer = match self.writer_schema(id)? {
             Ok(Writer::Avro(writer)) => writer,
             Ok(Writer::Json(writer)) => return self.resolve_json(router, metrics, id, writer),
@@ -143,15 +135,7 @@ impl SchemaResolver {
             .subject(&route.output_topic, &writer.output_title());
         let output_id = match self.register_output(&subject, &output.to_string(), "JSON")? {
             Ok(output_id) => output_id,
-            Err(why) => {
-                tracing::error!(
-                    schema_id = id,
-                    reason = DeadLetter::OutputSchemaRefused.code(),
-                    why,
-                    "records of this schema id are dead-lettered"
-                );
-                return Ok(Resolution::Refused(DeadLetter::OutputSchemaRefused));
-            }
+            Err(why) => return Ok(refused(id, DeadLetter::OutputSchemaRefused, &why)),
         };
         tracing::info!(
             schema_id = id,
@@ -207,15 +191,7 @@ impl SchemaResolver {
             .subject(&route.output_topic, contract.output_name());
         let output_id = match self.register_output(&subject, &contract.output_text, "PROTOBUF")? {
             Ok(output_id) => output_id,
-            Err(why) => {
-                tracing::error!(
-                    schema_id = id,
-                    reason = DeadLetter::OutputSchemaRefused.code(),
-                    why,
-                    "records of this schema id are dead-lettered"
-                );
-                return Ok(Resolution::Refused(DeadLetter::OutputSchemaRefused));
-            }
+            Err(why) => return Ok(refused(id, DeadLetter::OutputSchemaRefused, &why)),
         };
         tracing::info!(
             schema_id = id,
@@ -372,4 +348,15 @@ fn report_unclassified(
         problems = %problems.join("; "),
         "a writer schema version has fields the rules do not classify: its records are dead-lettered as unclassified-field; add the rules, restart, then `dlq replay`"
     );
+}
+
+/// Logs why the records of schema id `id` are dead-lettered and answers that resolution.
+fn refused(id: u32, reason: DeadLetter, why: &str) -> Resolution {
+    tracing::error!(
+        schema_id = id,
+        reason = reason.code(),
+        why,
+        "records of this schema id are dead-lettered"
+    );
+    Resolution::Refused(reason)
 }

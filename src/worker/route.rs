@@ -554,32 +554,15 @@ impl Router {
                     output_schema_id: None,
                     key_class: pipeline.key_class.as_deref().and_then(key_class),
                     subject_policy,
-                    proto: None,
+                    proto: engine.proto(index).cloned(),
                 };
-                if let Some(contract) = engine.proto(index) {
-                    let route = JsonRoute {
-                        proto: Some(contract.clone()),
-                        ..route
-                    };
-                    if let (Some(input_id), Some(output_id)) =
-                        (pipeline.input_schema_id, pipeline.output_schema_id)
-                    {
-                        let pinned = JsonRoute {
-                            output_schema_id: Some(output_id),
-                            ..route.clone()
-                        };
-                        routes.insert(input_id, Resolution::Route(Target::Json(Arc::new(pinned))));
-                    }
-                    proto_pipelines.push(ProtoPipeline {
-                        route,
-                        contract: contract.clone(),
-                    });
-                    continue;
-                }
-                let Some(contract) = engine.json_schema(index) else {
+                let json_schema = engine.json_schema(index);
+                if route.proto.is_none() && json_schema.is_none() {
+                    // Schemaless JSON: routed by its topic.
                     json_routes.insert(input_topic.clone(), Arc::new(route));
                     continue;
-                };
+                }
+                // Protobuf and JSON Schema: routed by schema id, as Avro; pinned ids now.
                 if let (Some(input_id), Some(output_id)) =
                     (pipeline.input_schema_id, pipeline.output_schema_id)
                 {
@@ -589,10 +572,14 @@ impl Router {
                     };
                     routes.insert(input_id, Resolution::Route(Target::Json(Arc::new(pinned))));
                 }
-                json_schema_pipelines.push(JsonSchemaPipeline {
-                    route,
-                    contract: contract.clone(),
-                });
+                if let Some(contract) = route.proto.clone() {
+                    proto_pipelines.push(ProtoPipeline { route, contract });
+                } else if let Some(contract) = json_schema {
+                    json_schema_pipelines.push(JsonSchemaPipeline {
+                        route,
+                        contract: contract.clone(),
+                    });
+                }
                 continue;
             }
             let Some(plan) = avro_plans.next() else {
