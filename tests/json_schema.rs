@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::registry::TestRegistry;
@@ -444,27 +443,7 @@ fn a_pinned_output_schema_id_is_verified_at_start() {
 
 /// Runs tests/python/confluent_json.py with the project's Python.
 fn confluent(args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(common::python())
-        .arg(common::repo().join("tests/python/confluent_json.py"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the project's python runs (scripts/test.sh sets PSEUDONYMIZER_PYTHON)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "confluent_json.py {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    common::run_python_script("confluent_json.py", args, stdin)
 }
 
 /// End to end with Confluent's own serializers: version 1 of the schema, then a version 2

@@ -202,3 +202,31 @@ impl std::io::Write for Logs {
         Ok(())
     }
 }
+
+/// Runs tests/python/`script` with the project's Python, `stdin` on its standard input;
+/// answers its standard output (panics, with its standard error, when it fails).
+pub fn run_python_script(script: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the project's python runs (scripts/test.sh sets PSEUDONYMIZER_PYTHON)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
