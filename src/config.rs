@@ -323,6 +323,11 @@ pub struct KafkaConfig {
     /// Records consumed but not yet acknowledged, at most (backpressure).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Threads that transform records (at-least-once mode): records of different input
+    /// partitions are transformed in parallel, each partition's in order. Absent: the cores
+    /// the process may use (its cgroup CPU quota included); 1: the loop itself transforms.
+    #[serde(default)]
+    pub transform_threads: Option<usize>,
     /// Records larger than this go to the dead-letter topic.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
@@ -478,6 +483,16 @@ pub enum DeliveryMode {
 fn default_max_in_flight() -> usize {
     10_000
 }
+impl KafkaConfig {
+    /// How many threads transform records: `transform_threads`, or the cores this process may
+    /// use (the standard library reads the affinity mask and the cgroup CPU quota).
+    pub fn transform_threads(&self) -> usize {
+        self.transform_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 fn default_max_record_bytes() -> usize {
     1 << 20
 }
@@ -925,6 +940,8 @@ pub mod ranges {
     use std::ops::RangeInclusive;
     /// `[kafka] max_in_flight`.
     pub const MAX_IN_FLIGHT: RangeInclusive<u64> = 1..=1_000_000;
+    /// `[kafka] transform_threads`.
+    pub const TRANSFORM_THREADS: RangeInclusive<u64> = 1..=256;
     /// `[kafka] max_record_bytes`: at least the 5-byte wire header and a byte; at most 1 GiB.
     pub const MAX_RECORD_BYTES: RangeInclusive<u64> = 6..=(1 << 30);
     /// `[kafka] shutdown_timeout_secs`: up to an hour.

@@ -165,6 +165,7 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
         rss_kib: rss,
         subjects_topic: None,
         start_seconds: 0.0,
+        transform_threads: 1,
     })
 }
 

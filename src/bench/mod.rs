@@ -163,6 +163,8 @@ fn pin_bench_ids(config: &mut Config) {
 pub struct Extras {
     pub keyring: Option<std::path::PathBuf>,
     pub subjects_topic: Option<String>,
+    /// `[kafka] transform_threads` (default: the config's).
+    pub transform_threads: Option<usize>,
 }
 
 /// One measurement, printed by the child as a JSON line.
@@ -188,6 +190,9 @@ pub struct Measurement {
     /// Seconds from the worker's start to its first record (the registry's load included).
     #[serde(default)]
     pub start_seconds: f64,
+    /// The threads that transformed (1: the worker's loop itself).
+    #[serde(default)]
+    pub transform_threads: usize,
 }
 
 /// A measurement's config: `config_path` with a fresh group, its own output and dead-letter
@@ -227,6 +232,9 @@ async fn measurement_config(
         kafka.mode = mode;
         kafka.transactional_id = Some(format!("bench-{tag}"));
         kafka.subjects_topic = extras.subjects_topic.clone();
+        if extras.transform_threads.is_some() {
+            kafka.transform_threads = extras.transform_threads;
+        }
     }
     let kafka = config
         .kafka
@@ -281,6 +289,10 @@ pub async fn measure(
     extras: Extras,
 ) -> Result<Measurement> {
     let (config, _) = measurement_config(config_path, brokers, topic, mode, &extras).await?;
+    let transform_threads = match mode {
+        DeliveryMode::AtLeastOnce => config.kafka.as_ref().map_or(1, KafkaConfig::transform_threads),
+        DeliveryMode::ExactlyOnce => 1,
+    };
     let engine = Arc::new(Engine::from_config(&config)?);
     let keyring = match &extras.keyring {
         Some(path) => Keyring::load(path)?,
@@ -344,6 +356,7 @@ pub async fn measure(
         rss_kib: rss,
         subjects_topic: extras.subjects_topic,
         start_seconds,
+        transform_threads,
     })
 }
 
@@ -464,13 +477,20 @@ pub async fn run(
     );
     let exe = std::env::current_exe()?;
     let mut results: Vec<Measurement> = Vec::new();
-    let mut runs: Vec<(&str, &str, Option<String>)> = vec![
-        ("sanitize", "at-least-once", None),
-        ("pass-through", "at-least-once", None),
-        ("floor", "at-least-once", None),
+    // (treatment, mode, subject registry, transform threads). The comparisons with the
+    // floor are of one thread (the loop transforms); the config's count (by default the
+    // cores this process may use) is measured beside it when it is more.
+    let threads = kafka.transform_threads();
+    let mut runs: Vec<(&str, &str, Option<String>, usize)> = vec![
+        ("sanitize", "at-least-once", None, 1),
+        ("pass-through", "at-least-once", None, 1),
+        ("floor", "at-least-once", None, 1),
     ];
+    if threads > 1 {
+        runs.insert(1, ("sanitize", "at-least-once", None, threads));
+    }
     if with_transactions {
-        runs.push(("sanitize", "exactly-once", None));
+        runs.push(("sanitize", "exactly-once", None, 1));
     }
     // Every child runs on the same keyring, so the registry's subject ids are under its key.
     let keyring_dir =
@@ -493,12 +513,12 @@ pub async fn run(
     let _cleanup = RemoveDir(keyring_dir.clone());
     if subjects > 0 {
         let (empty, full) = load_registry(kafka, &keyring_path, subjects).await?;
-        runs.push(("sanitize", "at-least-once", Some(empty)));
-        runs.push(("sanitize", "at-least-once", Some(full)));
+        runs.push(("sanitize", "at-least-once", Some(empty), 1));
+        runs.push(("sanitize", "at-least-once", Some(full), 1));
     }
     for round in 1..=rounds {
-        for (treatment, mode, registry) in &runs {
-            let (treatment, mode) = (*treatment, *mode);
+        for (treatment, mode, registry, threads) in &runs {
+            let (treatment, mode, threads) = (*treatment, *mode, *threads);
             let mut command = std::process::Command::new(&exe);
             command
                 .args(["bench-worker", "--config"])
@@ -506,6 +526,7 @@ pub async fn run(
                 .args(["--brokers", brokers, "--topic", &topic])
                 .args(["--events", &events.to_string(), "--treatment", treatment])
                 .args(["--mode", mode])
+                .args(["--transform-threads", &threads.to_string()])
                 .arg("--keyring")
                 .arg(&keyring_path);
             if let Some(registry) = registry {
@@ -523,6 +544,7 @@ pub async fn run(
             let label = match registry {
                 Some(r) if r.contains("empty") => format!("{treatment} {mode} +registry(0)"),
                 Some(_) => format!("{treatment} {mode} +registry({subjects})"),
+                None if threads > 1 => format!("{treatment} {mode} ×{threads} threads"),
                 None => format!("{treatment} {mode}"),
             };
             crate::say!(
@@ -537,7 +559,9 @@ pub async fn run(
     }
     let at_least_once: Vec<&Measurement> = results
         .iter()
-        .filter(|m| m.mode != "ExactlyOnce" && m.subjects_topic.is_none())
+        .filter(|m| {
+            m.mode != "ExactlyOnce" && m.subjects_topic.is_none() && m.transform_threads <= 1
+        })
         .collect();
     let best = |t: &str| {
         at_least_once
@@ -572,6 +596,25 @@ pub async fn run(
         least_cpu("PassThrough") / floor,
         least_cpu("Sanitize") / floor
     );
+    let parallel: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.transform_threads > 1 && m.subjects_topic.is_none())
+        .collect();
+    if !parallel.is_empty() {
+        let best_rate = parallel
+            .iter()
+            .map(|m| m.events_per_sec)
+            .fold(0.0, f64::max);
+        let cpu = parallel
+            .iter()
+            .map(|m| m.cpu_us_per_event)
+            .fold(f64::INFINITY, f64::min);
+        crate::say!(
+            "transform threads: sanitize with {threads} {best_rate:.0} events/s, with 1 {sanitize:.0} events/s ({:.2}×); {cpu:.1} µs CPU/event against {:.1}",
+            best_rate / sanitize,
+            least_cpu("Sanitize")
+        );
+    }
     let transactional: Vec<&Measurement> =
         results.iter().filter(|m| m.mode == "ExactlyOnce").collect();
     if !transactional.is_empty() {

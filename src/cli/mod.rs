@@ -165,6 +165,9 @@ pub enum Command {
         /// A subject registry topic to read and follow.
         #[arg(long)]
         subjects_topic: Option<String>,
+        /// `[kafka] transform_threads` for this measurement (default: the config's).
+        #[arg(long)]
+        transform_threads: Option<usize>,
     },
     /// Dead-letter topic tools.
     #[command(subcommand)]
@@ -277,6 +280,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mode,
             keyring,
             subjects_topic,
+            transform_threads,
         } => bench::bench_worker(
             config,
             brokers,
@@ -287,6 +291,7 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::bench::Extras {
                 keyring,
                 subjects_topic,
+                transform_threads,
             },
             &mut out,
         ),

@@ -24,15 +24,20 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::producer::Producer as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::deliveries::{Deliveries, DeliveryProducer, Report, Ticket};
+use super::deliveries::{try_send, Attempt, Deliveries, DeliveryProducer, Report, Ticket};
+use super::lanes::{Job, Lanes};
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
+
+/// The most bytes of record copies held by transform threads before the loop waits for them
+/// (as `queued.max.messages.kbytes` bounds the consumer's prefetch; docs/deploy.md, "Sizing").
+const HANDED_BYTES: usize = 16 << 20;
 
 /// How often deliveries are settled (offsets stored) when no record comes.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
@@ -46,19 +51,29 @@ struct InFlight {
     offset: i64,
     sent: Instant,
     state: Delivery,
-    kind: Result<usize, DeadLetter>,
+    /// The bytes of its copy while a transform thread holds it (0 once prepared, and always
+    /// when the loop transforms).
+    handed: usize,
 }
+
+/// A record's pipeline, or why it is dead-lettered.
+type Kind = Result<usize, DeadLetter>;
 
 /// Where a record in flight stands.
 enum Delivery {
+    /// Handed to a transform thread, which has not reported yet.
+    Preparing,
     /// Produced; its report has not come.
-    Waiting,
-    Acknowledged,
-    /// Its report says it was not delivered: (output topic, librdkafka's reason).
+    Waiting(Kind),
+    Acknowledged(Kind),
+    /// Not delivered, or refused by the producer: (output topic, librdkafka's reason).
     Failed(String, String),
     /// Nothing to send (its pipeline drops a withheld subject's records): done at once, and
     /// not counted as published.
     NothingSent,
+    /// Not sent: a shutdown came while its transform thread waited for room in the
+    /// producer's queue. Nothing at or after it in its partition is stored.
+    Abandoned,
 }
 
 /// Partitions held while a record of theirs waits for its schema id.
@@ -155,12 +170,14 @@ struct Queues {
     /// Topic → partition → slot.
     slots: HashMap<String, HashMap<i32, u16>>,
     len: usize,
+    /// Bytes of record copies held by transform threads.
+    handed: usize,
     /// Delivery reports taken from the producer, reused between settles.
     reports: Vec<Report>,
 }
 
 pub async fn run(
-    publisher: &Publisher,
+    publisher: &Arc<Publisher>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Stats, WorkerError> {
     let kafka = &publisher.kafka;
@@ -168,8 +185,9 @@ pub async fn run(
     let consumer: Arc<WorkerConsumer> = Arc::new(
         consumer_config.create_with_context(WorkerContext::new(&publisher.worker.metrics))?,
     );
-    let producer: DeliveryProducer =
-        producer_config.create_with_context(Deliveries::new(publisher.worker.metrics.clone()))?;
+    let producer: Arc<DeliveryProducer> = Arc::new(
+        producer_config.create_with_context(Deliveries::new(publisher.worker.metrics.clone()))?,
+    );
     if !publisher.wait_for_topics(&consumer, &mut shutdown).await {
         return Ok(Stats::default());
     }
@@ -181,6 +199,16 @@ pub async fn run(
         Duration::from_secs(kafka.stall_timeout_secs),
     );
     let mut skips = SkipDetector::default();
+    // With more than one transform thread, the loop hands records over; with one, it
+    // transforms them itself (no copy, no hand-over).
+    let lanes = match kafka.transform_threads() {
+        1 => None,
+        count => {
+            tracing::info!(transform_threads = count, "transforming in parallel");
+            Some(Lanes::start(count, publisher, &producer).map_err(WorkerError::Threads)?)
+        }
+    };
+    let copy_headers = !kafka.header_allowlist.is_empty();
 
     let mut stats = Stats::default();
     let mut queues = Queues::default();
@@ -204,7 +232,7 @@ pub async fn run(
         // Backpressure: wait for deliveries, but hear a shutdown meanwhile (with the broker
         // out of reach, deliveries may not come for `message.timeout.ms`).
         let mut stopping = false;
-        while queues.len >= kafka.max_in_flight && !stopping {
+        while (queues.len >= kafka.max_in_flight || queues.handed >= HANDED_BYTES) && !stopping {
             tokio::select! {
                 _ = shutdown.changed() => stopping = true,
                 settled = queues.settle(&consumer, &producer, publisher, &mut stats, true) => settled?,
@@ -276,18 +304,31 @@ pub async fn run(
             message.partition(),
             message.offset(),
         );
-        let mut outgoing = publisher.prepare(&message, &mut out);
         let ticket = queues.next_ticket(message.topic(), message.partition())?;
-        let state = match outgoing.dropped {
-            true => Delivery::NothingSent,
-            false => {
-                if !produce(&producer, &mut outgoing, ticket, &mut shutdown).await? {
-                    // A shutdown while the producer's queue was full: this record was not
-                    // sent and is not in flight, so neither its offset nor a later one is
-                    // stored; it is read again after the restart.
-                    break;
-                }
-                Delivery::Waiting
+        let (state, handed) = match &lanes {
+            Some(lanes) => {
+                let job = Job::copy(ticket, &message, copy_headers);
+                let handed = job.bytes();
+                lanes
+                    .hand(job)
+                    .map_err(|gone| WorkerError::Threads(std::io::Error::other(gone)))?;
+                (Delivery::Preparing, handed)
+            }
+            None => {
+                let mut outgoing = publisher.prepare(&message, &mut out);
+                let state = match outgoing.dropped {
+                    true => Delivery::NothingSent,
+                    false => {
+                        if !produce(&producer, &mut outgoing, ticket, &mut shutdown).await? {
+                            // A shutdown while the producer's queue was full: this record was
+                            // not sent and is not in flight, so neither its offset nor a later
+                            // one is stored; it is read again after the restart.
+                            break;
+                        }
+                        Delivery::Waiting(outgoing.kind)
+                    }
+                };
+                (state, 0)
             }
         };
         queues.push(
@@ -296,7 +337,7 @@ pub async fn run(
                 offset: message.offset(),
                 sent: Instant::now(),
                 state,
-                kind: outgoing.kind,
+                handed,
             },
         );
         metrics.in_flight.set(queues.len as i64);
@@ -304,6 +345,9 @@ pub async fn run(
 
     // Shutdown: stop fetching, finish in-flight records, flush, commit what was stored.
     publisher.worker.metrics.set_ready(false);
+    if let Some(lanes) = &lanes {
+        lanes.stop();
+    }
     let bound = Duration::from_secs(kafka.shutdown_timeout_secs);
     let started = Instant::now();
     tracing::info!(in_flight = queues.len, "shutting down");
@@ -318,6 +362,8 @@ pub async fn run(
     tokio::time::timeout(bound, drain)
         .await
         .map_err(|_| WorkerError::ShutdownTimeout(bound))??;
+    // Every record handed over has been reported: the lanes hold nothing more.
+    drop(lanes);
     producer.flush(bound.saturating_sub(started.elapsed()))?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
@@ -342,29 +388,16 @@ async fn produce(
     ticket: Ticket,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, WorkerError> {
-    let mut headers = outgoing.headers.take();
     loop {
-        let mut record = BaseRecord::with_opaque_to(outgoing.topic.as_str(), ticket.opaque())
-            .payload(outgoing.payload.as_slice());
-        if let Some(key) = &outgoing.key {
-            record = record.key(key.as_str());
-        }
-        record.headers = headers.take();
-        match producer.send(record) {
-            Ok(()) => return Ok(true),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
-                headers = record.headers;
+        match try_send(producer, outgoing, ticket) {
+            Attempt::Sent => return Ok(true),
+            Attempt::QueueFull => {
                 tokio::select! {
                     _ = shutdown.changed() => return Ok(false),
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 }
             }
-            Err((error, _)) => {
-                return Err(WorkerError::Delivery {
-                    topic: outgoing.topic.clone(),
-                    reason: error.to_string(),
-                })
-            }
+            Attempt::Refused(topic, reason) => return Err(WorkerError::Delivery { topic, reason }),
         }
     }
 }
@@ -403,6 +436,7 @@ impl Queues {
 
     /// Appends the record of `ticket` (from [`Queues::next_ticket`]) to its partition's queue.
     fn push(&mut self, ticket: Ticket, record: InFlight) {
+        self.handed += record.handed;
         self.partitions[usize::from(ticket.slot)]
             .records
             .push_back(record);
@@ -438,25 +472,56 @@ impl Queues {
     ) -> Result<usize, WorkerError> {
         producer.context().take(&mut self.reports);
         for report in self.reports.drain(..) {
+            let ticket = match &report {
+                Report::Prepared { ticket, .. }
+                | Report::NotSent { ticket, .. }
+                | Report::Delivered { ticket, .. } => *ticket,
+            };
             let record = self
                 .partitions
-                .get_mut(usize::from(report.ticket.slot))
+                .get_mut(usize::from(ticket.slot))
                 .and_then(|queue| {
-                    let at = report.ticket.distance_from(queue.front);
+                    let at = ticket.distance_from(queue.front);
                     queue.records.get_mut(at)
                 });
             let Some(record) = record else {
-                // Cannot happen (a record leaves its queue only after its report came); if it
-                // did, a failure must still stop the worker rather than be lost.
-                if let Some((topic, reason)) = report.failure {
+                // A record leaves its queue only after its reports came, or when its
+                // partition's queue was abandoned at shutdown; a failure must still stop the
+                // worker rather than be lost.
+                if let Report::Delivered {
+                    failure: Some((topic, reason)),
+                    ..
+                } = report
+                {
                     return Err(WorkerError::Delivery { topic, reason });
                 }
-                tracing::warn!(?report.ticket, "a delivery report names no record in flight");
+                tracing::debug!(?ticket, "a report names no record in flight");
                 continue;
             };
-            record.state = match report.failure {
-                None => Delivery::Acknowledged,
-                Some((topic, reason)) => Delivery::Failed(topic, reason),
+            self.handed -= std::mem::take(&mut record.handed);
+            record.state = match (report, &record.state) {
+                (Report::Prepared { kind, sending, .. }, _) => match sending {
+                    true => Delivery::Waiting(kind),
+                    false => Delivery::NothingSent,
+                },
+                (Report::NotSent { refusal, .. }, _) => match refusal {
+                    Some((topic, reason)) => Delivery::Failed(topic, reason),
+                    None => Delivery::Abandoned,
+                },
+                (Report::Delivered { failure: None, .. }, Delivery::Waiting(kind)) => {
+                    Delivery::Acknowledged(*kind)
+                }
+                (Report::Delivered { failure: None, .. }, _) => {
+                    // Cannot happen: a transform thread reports a record prepared before it
+                    // sends it.
+                    return Err(WorkerError::Delivery {
+                        topic: String::new(),
+                        reason: "a delivery report came before its record was prepared".into(),
+                    });
+                }
+                (Report::Delivered { failure: Some((topic, reason)), .. }, _) => {
+                    Delivery::Failed(topic, reason)
+                }
             };
         }
         let metrics = &publisher.worker.metrics;
@@ -465,18 +530,29 @@ impl Queues {
             let mut last = None;
             while let Some(front) = queue.records.front() {
                 match &front.state {
-                    Delivery::Waiting => break,
+                    Delivery::Preparing | Delivery::Waiting(_) => break,
+                    Delivery::Abandoned => {
+                        // Shutting down: what is behind it stays unstored, read again after
+                        // the restart; the queue is emptied so that the drain ends.
+                        let left = queue.records.len();
+                        self.handed -= queue.records.iter().map(|r| r.handed).sum::<usize>();
+                        queue.records.clear();
+                        queue.front = queue.front.wrapping_add(left as u64);
+                        self.len -= left;
+                        metrics.in_flight.sub(left as i64);
+                        break;
+                    }
                     Delivery::Failed(topic, reason) => {
                         return Err(WorkerError::Delivery {
                             topic: topic.clone(),
                             reason: reason.clone(),
                         })
                     }
-                    Delivery::Acknowledged => {
+                    Delivery::Acknowledged(kind) => {
                         metrics
                             .produce_seconds
                             .observe(front.sent.elapsed().as_secs_f64());
-                        publisher.acknowledged(front.kind, stats);
+                        publisher.acknowledged(*kind, stats);
                     }
                     Delivery::NothingSent => {}
                 }

@@ -6,17 +6,22 @@
 //! delivery report hands it back on the producer's polling thread, and the report is
 //! appended to one list the loop takes whole when it settles. The loop keeps the records of
 //! each input partition in order and stores an offset only past an acknowledged prefix, as
-//! before.
+//! before. Transform threads ([`lanes`](super::lanes)) report on the same list, so the loop
+//! has one place to look and one signal to wait for.
 
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
 
 use crate::connect::ConnectionWatch;
 use crate::metrics::Metrics;
+
+use super::route::DeadLetter;
+use super::Outgoing;
 
 /// The at-least-once loop's producer.
 pub type DeliveryProducer = ThreadedProducer<Deliveries>;
@@ -60,12 +65,32 @@ impl Ticket {
     }
 }
 
-/// One delivery report: which record, and the failure if it was not delivered (the output
-/// topic and librdkafka's reason; never a value).
+/// What the loop hears about a record in flight, in the order it happened: a transform
+/// thread's [`Report::Prepared`] is appended before it hands the record to the producer, so
+/// it always comes before the record's [`Report::Delivered`].
 #[derive(Debug)]
-pub struct Report {
-    pub ticket: Ticket,
-    pub failure: Option<(String, String)>,
+pub enum Report {
+    /// A transform thread ([`lanes`](super::lanes)) prepared the record: its pipeline (or
+    /// why it is dead-lettered), and whether it is being sent (`false`: its pipeline drops
+    /// a withheld subject's records, nothing to send).
+    Prepared {
+        ticket: Ticket,
+        kind: Result<usize, DeadLetter>,
+        sending: bool,
+    },
+    /// A transform thread could not send the record: the producer refused it (output topic,
+    /// librdkafka's reason) or, with `None`, a shutdown came while the producer's queue was
+    /// full.
+    NotSent {
+        ticket: Ticket,
+        refusal: Option<(String, String)>,
+    },
+    /// The producer's delivery report, and the failure if it was not delivered (the output
+    /// topic and librdkafka's reason; never a value).
+    Delivered {
+        ticket: Ticket,
+        failure: Option<(String, String)>,
+    },
 }
 
 /// The producer's context: connection errors as every client reports them, and the delivery
@@ -86,6 +111,16 @@ impl Deliveries {
         }
     }
 
+    /// Appends a transform thread's report (and wakes a loop waiting for one).
+    pub fn push(&self, report: Report) {
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(report);
+        // A permit is kept when no one waits: a report between a check and a wait is not lost.
+        self.arrived.notify_one();
+    }
+
     /// Moves the reports that came since the last call into `into` (empty).
     pub fn take(&self, into: &mut Vec<Report>) {
         debug_assert!(into.is_empty(), "the reports taken before were all used");
@@ -96,6 +131,36 @@ impl Deliveries {
     /// Waits until a report comes (at once if one came since the last wait).
     pub async fn arrival(&self) {
         self.arrived.notified().await;
+    }
+}
+
+/// What became of one attempt to hand a record to the producer.
+pub enum Attempt {
+    Sent,
+    /// The producer's queue is full (`queue.buffering.max.kbytes`): try again after a while;
+    /// the record's headers are back in `outgoing`.
+    QueueFull,
+    /// Refused for good (a record over the producer's size limit, an unknown topic): the
+    /// output topic and librdkafka's reason.
+    Refused(String, String),
+}
+
+/// Hands `outgoing` to the producer under `ticket` (its headers are taken; a full queue
+/// gives them back).
+pub fn try_send(producer: &DeliveryProducer, outgoing: &mut Outgoing, ticket: Ticket) -> Attempt {
+    let mut record = BaseRecord::with_opaque_to(outgoing.topic.as_str(), ticket.opaque())
+        .payload(outgoing.payload.as_slice());
+    if let Some(key) = &outgoing.key {
+        record = record.key(key.as_str());
+    }
+    record.headers = outgoing.headers.take();
+    match producer.send(record) {
+        Ok(()) => Attempt::Sent,
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+            outgoing.headers = record.headers;
+            Attempt::QueueFull
+        }
+        Err((error, _)) => Attempt::Refused(outgoing.topic.clone(), error.to_string()),
     }
 }
 
@@ -113,16 +178,10 @@ impl ProducerContext for Deliveries {
             Ok(_) => None,
             Err((error, message)) => Some((message.topic().to_owned(), error.to_string())),
         };
-        let report = Report {
+        self.push(Report::Delivered {
             ticket: Ticket::unpack(packed),
             failure,
-        };
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(report);
-        // A permit is kept when no one waits: a report between a check and a wait is not lost.
-        self.arrived.notify_one();
+        });
     }
 }
 

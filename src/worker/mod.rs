@@ -19,6 +19,7 @@ pub mod at_least_once;
 pub mod deliveries;
 pub mod health;
 pub mod keywatch;
+pub mod lanes;
 pub mod replay;
 pub mod resolve;
 pub mod route;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use tokio::sync::watch;
@@ -61,6 +62,8 @@ pub enum WorkerError {
     Fenced(String),
     #[error("shutdown took longer than {0:?}")]
     ShutdownTimeout(Duration),
+    #[error("transform threads: {0}")]
+    Threads(std::io::Error),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
     #[error(transparent)]
@@ -183,7 +186,7 @@ impl Worker {
                     .with_label_values(&[router.route_name(index)])
             })
             .collect();
-        let publisher = Publisher {
+        let publisher = Arc::new(Publisher {
             router: Arc::new(router),
             records_in,
             records_out,
@@ -193,7 +196,7 @@ impl Worker {
             max_backoff,
             kafka: kafka.clone(),
             worker: self,
-        };
+        });
         match kafka.mode {
             DeliveryMode::AtLeastOnce => at_least_once::run(&publisher, shutdown).await,
             DeliveryMode::ExactlyOnce => transactional::run(&publisher, shutdown).await,
@@ -301,6 +304,11 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
             "max_in_flight",
             as_u64(kafka.max_in_flight),
             ranges::MAX_IN_FLIGHT,
+        ),
+        (
+            "transform_threads",
+            as_u64(kafka.transform_threads()),
+            ranges::TRANSFORM_THREADS,
         ),
         (
             "max_record_bytes",
@@ -620,7 +628,9 @@ impl Publisher {
     }
 
     /// Builds the outgoing record of one consumed message, with one snapshot of the keys.
-    fn prepare(&self, message: &BorrowedMessage<'_>, out: &mut Vec<u8>) -> Outgoing {
+    /// `message` is the consumer's own (the loop transforms) or a copy of it (a transform
+    /// thread, [`lanes`]).
+    fn prepare<M: Message>(&self, message: &M, out: &mut Vec<u8>) -> Outgoing {
         let started = Instant::now();
         let keys = self.worker.keys.borrow().clone();
         match self.records_in.get(message.topic()) {
@@ -770,9 +780,9 @@ impl Publisher {
     /// The dead-letter record: original bytes sealed, reason and source in headers, no key.
     /// A record found to carry a withheld subject before it failed keeps nothing of itself:
     /// no value, no key, and the header `dlq.withheld: subject` (docs/formats.md §5).
-    fn dead_letter(
+    fn dead_letter<M: Message>(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &M,
         reason: DeadLetter,
         keys: &ActiveKeys,
         withheld: bool,

@@ -1,0 +1,176 @@
+//! Transform threads ("lanes"): records of different input partitions transformed in
+//! parallel, each partition's in order.
+//!
+//! The at-least-once loop stays the only reader of the consumer and the only keeper of the
+//! records in flight: it gives each record its [`Ticket`], queues it as being prepared, and
+//! hands a copy to the lane of its partition (`slot % lanes`, so one partition always goes
+//! to the same lane and its records are prepared and produced in input order). The lane
+//! prepares it ([`Publisher::prepare`]: transform or dead letter), reports
+//! [`Report::Prepared`] on the producer's report list and produces it under the same ticket;
+//! the delivery report follows on the same list. A record is finished only when the loop
+//! has both, so offsets are still stored only past a delivered prefix.
+//!
+//! A lane never waits for the loop: what it hands back goes on the report list. It waits
+//! only for its next record, or for room in the producer's queue (where it hears a shutdown
+//! through [`Lanes::stop`]).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::message::{BorrowedMessage, OwnedMessage, Timestamp};
+use rdkafka::producer::Producer as _;
+use rdkafka::Message;
+
+use super::deliveries::{try_send, Attempt, DeliveryProducer, Report, Ticket};
+use super::Publisher;
+
+/// A record handed to a lane: its ticket and a copy of the consumed message (the consumer's
+/// own message cannot leave the loop's thread).
+pub struct Job {
+    pub ticket: Ticket,
+    message: OwnedMessage,
+}
+
+impl Job {
+    /// Copies what preparing `message` reads: value, key, topic, partition, offset, and the
+    /// headers only `with_headers` (copying parses them).
+    pub fn copy(ticket: Ticket, message: &BorrowedMessage<'_>, with_headers: bool) -> Job {
+        let headers = match with_headers {
+            true => message.headers().map(|h| h.detach()),
+            false => None,
+        };
+        Job {
+            ticket,
+            message: OwnedMessage::new(
+                message.payload().map(<[u8]>::to_vec),
+                message.key().map(<[u8]>::to_vec),
+                message.topic().to_owned(),
+                Timestamp::NotAvailable,
+                message.partition(),
+                message.offset(),
+                headers,
+            ),
+        }
+    }
+
+    /// The bytes this copy holds (value and key), for the loop's bound on copies in lanes.
+    pub fn bytes(&self) -> usize {
+        self.message.payload().map_or(0, <[u8]>::len) + self.message.key().map_or(0, <[u8]>::len)
+    }
+}
+
+/// The running transform threads.
+pub struct Lanes {
+    senders: Vec<mpsc::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set at shutdown: a lane waiting for room in the producer's queue gives up.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Why a record could not be handed to its lane.
+#[derive(Debug, thiserror::Error)]
+#[error("transform thread {0} has stopped")]
+pub struct LaneGone(usize);
+
+impl Lanes {
+    /// Starts `count` transform threads that prepare records with `publisher` and produce
+    /// them with `producer`.
+    pub fn start(
+        count: usize,
+        publisher: &Arc<Publisher>,
+        producer: &Arc<DeliveryProducer>,
+    ) -> std::io::Result<Lanes> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut lanes = Lanes {
+            senders: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+            stopping: stopping.clone(),
+        };
+        for index in 0..count {
+            let (sender, jobs) = mpsc::channel();
+            let (publisher, producer, stopping) =
+                (publisher.clone(), producer.clone(), stopping.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("transform-{index}"))
+                .spawn(move || lane(&jobs, &publisher, &producer, &stopping))?;
+            lanes.senders.push(sender);
+            lanes.threads.push(thread);
+        }
+        Ok(lanes)
+    }
+
+    /// Hands `job` to the lane of its input partition.
+    pub fn hand(&self, job: Job) -> Result<(), LaneGone> {
+        let index = usize::from(job.ticket.slot) % self.senders.len();
+        self.senders[index].send(job).map_err(|_| LaneGone(index))
+    }
+
+    /// A shutdown: lanes still prepare and send what they were handed, but no longer wait
+    /// for room in a full producer queue (those records are reported not sent).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Lanes {
+    /// Closes the lanes' inputs and waits for them to finish what they hold (with
+    /// [`Lanes::stop`] set, a lane never waits on the producer, so this ends).
+    fn drop(&mut self) {
+        self.stop();
+        self.senders.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One lane: prepares and produces each record it is handed, in order, until its input
+/// closes.
+fn lane(
+    jobs: &mpsc::Receiver<Job>,
+    publisher: &Publisher,
+    producer: &DeliveryProducer,
+    stopping: &AtomicBool,
+) {
+    let reports = producer.context();
+    let mut out = Vec::with_capacity(4096);
+    while let Ok(job) = jobs.recv() {
+        let ticket = job.ticket;
+        // A panic in a dependency must not leave the record unfinished (the loop would wait
+        // for it forever): it is reported as refused, which stops the worker with its offset
+        // unstored. The panic hook has already logged it without values.
+        let prepared = catch_unwind(AssertUnwindSafe(|| {
+            publisher.prepare(&job.message, &mut out)
+        }));
+        let Ok(mut outgoing) = prepared else {
+            reports.push(Report::NotSent {
+                ticket,
+                refusal: Some(("(transform)".into(), "a transform thread panicked".into())),
+            });
+            continue;
+        };
+        reports.push(Report::Prepared {
+            ticket,
+            kind: outgoing.kind,
+            sending: !outgoing.dropped,
+        });
+        if outgoing.dropped {
+            continue;
+        }
+        let refusal = loop {
+            match try_send(producer, &mut outgoing, ticket) {
+                Attempt::Sent => break None,
+                Attempt::QueueFull if stopping.load(Ordering::Relaxed) => break Some(None),
+                Attempt::QueueFull => std::thread::sleep(Duration::from_millis(5)),
+                Attempt::Refused(topic, reason) => break Some(Some((topic, reason))),
+            }
+        };
+        if let Some(refusal) = refusal {
+            reports.push(Report::NotSent { ticket, refusal });
+        }
+    }
+}
