@@ -344,3 +344,81 @@ async fn replay_by_default_sends_back_only_what_a_fix_can_cure() {
     ]);
     assert!(!ok && said.contains("not a dead-letter reason"), "{said}");
 }
+
+/// Records of different input partitions are transformed in parallel (`transform_threads`),
+/// yet every input partition's records reach each output partition in input order, every
+/// record exactly once, every offset committed: with one thread (the loop transforms) and with
+/// three threads over four input partitions (one thread serves two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_per_partition_is_kept_by_every_thread_count() {
+    let brokers = kafka::tansu();
+    for threads in [1, 3] {
+        let topics = Topics::unique(&format!("order{threads}"));
+        topics.create(&brokers, 4).await;
+        let mut config = topics.config(&brokers);
+        config.kafka.as_mut().unwrap().transform_threads = Some(threads);
+        let mut inputs = Inputs::default();
+        const EVENTS: usize = 4000;
+        kafka::produce(&brokers, &topics.raw, EVENTS, 77, &[], &mut inputs).await;
+        // Where each event sits in the raw topic: (partition, offset).
+        let placed: std::collections::HashMap<String, (i32, i64)> =
+            kafka::read_from_start(&brokers, &topics.raw, 4)
+                .iter()
+                .filter_map(|m| Some((kafka::raw_event_id(m)?, (m.partition(), m.offset()))))
+                .collect();
+        assert_eq!(placed.len(), EVENTS);
+
+        let (stop, worker) = kafka::spawn_worker(&config, Metrics::new());
+        let reader = kafka::reader(&brokers, &topics, false);
+        let mut got = Collected::default();
+        got.until(&reader, &topics, Duration::from_secs(120), |c| {
+            c.outputs.len() >= EVENTS
+        });
+        stop.send(true).unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(40), worker)
+            .await
+            .expect("stops within the bound")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.published as usize, EVENTS, "{threads} threads");
+        assert_eq!(got.ids.len(), EVENTS, "every event exactly once");
+        assert!(got.ids.values().all(|&n| n == 1));
+        kafka::verify_outputs(&got, &topics, &inputs);
+
+        // Per output partition, in the order it holds them: the raw offset last seen of each
+        // input partition only grows.
+        let engine = common::engine();
+        let mut last: std::collections::HashMap<(String, i32, i32), i64> = Default::default();
+        for message in &got.outputs {
+            let name = match message.topic() == topics.calls {
+                true => "comms.v1.CallEvent",
+                false => "comms.v1.MessageEvent",
+            };
+            let output = common::decode(
+                &engine.plan(name).unwrap().output,
+                &message.payload().unwrap()[5..],
+            );
+            let id = kafka::text(common::field(&output, "event_id")).unwrap();
+            let (raw_partition, raw_offset) = placed[&id];
+            let slot = (
+                message.topic().to_owned(),
+                message.partition(),
+                raw_partition,
+            );
+            if let Some(before) = last.insert(slot, raw_offset) {
+                assert!(
+                    before < raw_offset,
+                    "{threads} threads: raw partition {raw_partition}'s offset {raw_offset} was published after {before} in {} partition {}",
+                    message.topic(),
+                    message.partition()
+                );
+            }
+        }
+        let left = kafka::uncommitted(&brokers, &topics.raw, &topics.group, 4);
+        assert!(
+            left.is_empty(),
+            "{} raw records were not committed",
+            left.len()
+        );
+    }
+}

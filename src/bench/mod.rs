@@ -290,7 +290,10 @@ pub async fn measure(
 ) -> Result<Measurement> {
     let (config, _) = measurement_config(config_path, brokers, topic, mode, &extras).await?;
     let transform_threads = match mode {
-        DeliveryMode::AtLeastOnce => config.kafka.as_ref().map_or(1, KafkaConfig::transform_threads),
+        DeliveryMode::AtLeastOnce => config
+            .kafka
+            .as_ref()
+            .map_or(1, KafkaConfig::transform_threads),
         DeliveryMode::ExactlyOnce => 1,
     };
     let engine = Arc::new(Engine::from_config(&config)?);

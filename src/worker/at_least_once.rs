@@ -30,8 +30,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::deliveries::{try_send, Attempt, Deliveries, DeliveryProducer, Report, Ticket};
-use super::lanes::{Job, Lanes};
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
+use super::lanes::{Job, Lanes};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
 
@@ -519,9 +519,13 @@ impl Queues {
                         reason: "a delivery report came before its record was prepared".into(),
                     });
                 }
-                (Report::Delivered { failure: Some((topic, reason)), .. }, _) => {
-                    Delivery::Failed(topic, reason)
-                }
+                (
+                    Report::Delivered {
+                        failure: Some((topic, reason)),
+                        ..
+                    },
+                    _,
+                ) => Delivery::Failed(topic, reason),
             };
         }
         let metrics = &publisher.worker.metrics;
