@@ -488,7 +488,9 @@ impl KafkaConfig {
     /// use (the standard library reads the affinity mask and the cgroup CPU quota).
     pub fn transform_threads(&self) -> usize {
         self.transform_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            // A set value above the range is refused; the default is only bounded by it.
+            cores.min(*ranges::TRANSFORM_THREADS.end() as usize)
         })
     }
 }

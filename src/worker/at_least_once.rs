@@ -160,6 +160,9 @@ struct PartitionQueue {
     /// The sequence number of the front record (each record produced takes the next one).
     front: u64,
     records: VecDeque<InFlight>,
+    /// Emptied at shutdown behind a record that was not sent: reports of its records that
+    /// come later are of no consequence (nothing of it is stored any more).
+    abandoned: bool,
 }
 
 /// The records in flight of every input partition seen, by slot (a delivery report names
@@ -362,7 +365,8 @@ pub async fn run(
     tokio::time::timeout(bound, drain)
         .await
         .map_err(|_| WorkerError::ShutdownTimeout(bound))??;
-    // Every record handed over has been reported: the lanes hold nothing more.
+    // Drained: the lanes hold nothing more that can be stored (the records of an abandoned
+    // partition are dropped unsent).
     drop(lanes);
     producer.flush(bound.saturating_sub(started.elapsed()))?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -419,6 +423,7 @@ impl Queues {
                     partition,
                     front: 0,
                     records: VecDeque::new(),
+                    abandoned: false,
                 });
                 self.slots
                     .entry(topic.to_owned())
@@ -443,9 +448,10 @@ impl Queues {
         self.len += 1;
     }
 
-    /// Marks the records the producer's reports name, then stores the offset of every
-    /// partition's acknowledged prefix. With `wait`, when that finished no record, waits for
-    /// a report (at once if one came since the last wait) and does it again.
+    /// Marks the records the reports name (transform threads' and the producer's), then
+    /// stores the offset of every partition's finished prefix. With `wait`, when no report
+    /// had come and no record finished, waits for a report (at once if one came since the last
+    /// wait) and does it again.
     async fn settle(
         &mut self,
         consumer: &WorkerConsumer,
@@ -454,15 +460,16 @@ impl Queues {
         stats: &mut Stats,
         wait: bool,
     ) -> Result<(), WorkerError> {
-        let finished = self.finish_reported(consumer, producer, publisher, stats)?;
-        if wait && finished == 0 {
+        let progress = self.finish_reported(consumer, producer, publisher, stats)?;
+        if wait && progress == 0 {
             producer.context().arrival().await;
             self.finish_reported(consumer, producer, publisher, stats)?;
         }
         Ok(())
     }
 
-    /// One pass of [`Queues::settle`]: answers how many records it finished.
+    /// One pass of [`Queues::settle`]: answers how many reports it applied and records it
+    /// finished together (0: nothing came, nothing changed).
     fn finish_reported(
         &mut self,
         consumer: &WorkerConsumer,
@@ -471,23 +478,24 @@ impl Queues {
         stats: &mut Stats,
     ) -> Result<usize, WorkerError> {
         producer.context().take(&mut self.reports);
+        let reports = self.reports.len();
         for report in self.reports.drain(..) {
             let ticket = match &report {
                 Report::Prepared { ticket, .. }
                 | Report::NotSent { ticket, .. }
                 | Report::Delivered { ticket, .. } => *ticket,
             };
-            let record = self
-                .partitions
-                .get_mut(usize::from(ticket.slot))
-                .and_then(|queue| {
-                    let at = ticket.distance_from(queue.front);
-                    queue.records.get_mut(at)
-                });
+            let queue = self.partitions.get_mut(usize::from(ticket.slot));
+            if queue.as_ref().is_some_and(|queue| queue.abandoned) {
+                continue;
+            }
+            let record = queue.and_then(|queue| {
+                let at = ticket.distance_from(queue.front);
+                queue.records.get_mut(at)
+            });
             let Some(record) = record else {
-                // A record leaves its queue only after its reports came, or when its
-                // partition's queue was abandoned at shutdown; a failure must still stop the
-                // worker rather than be lost.
+                // Cannot happen (a record leaves its queue only after its reports came); if it
+                // did, a failure must still stop the worker rather than be lost.
                 if let Report::Delivered {
                     failure: Some((topic, reason)),
                     ..
@@ -542,6 +550,7 @@ impl Queues {
                         self.handed -= queue.records.iter().map(|r| r.handed).sum::<usize>();
                         queue.records.clear();
                         queue.front = queue.front.wrapping_add(left as u64);
+                        queue.abandoned = true;
                         self.len -= left;
                         metrics.in_flight.sub(left as i64);
                         break;
@@ -586,6 +595,6 @@ impl Queues {
                 }
             }
         }
-        Ok(before - self.len)
+        Ok(reports + before - self.len)
     }
 }

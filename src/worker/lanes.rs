@@ -14,6 +14,7 @@
 //! only for its next record, or for room in the producer's queue (where it hears a shutdown
 //! through [`Lanes::stop`]).
 
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -67,8 +68,17 @@ impl Job {
 pub struct Lanes {
     senders: Vec<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
-    /// Set at shutdown: a lane waiting for room in the producer's queue gives up.
-    stopping: Arc<AtomicBool>,
+    signals: Arc<Signals>,
+}
+
+/// What the loop tells every lane at once.
+#[derive(Default)]
+struct Signals {
+    /// A shutdown: a lane waiting for room in the producer's queue gives up.
+    stopping: AtomicBool,
+    /// The loop has ended: what a lane still holds is dropped unprepared (nothing of it can
+    /// be stored any more; it is read again after the restart).
+    discarding: AtomicBool,
 }
 
 /// Why a record could not be handed to its lane.
@@ -84,19 +94,19 @@ impl Lanes {
         publisher: &Arc<Publisher>,
         producer: &Arc<DeliveryProducer>,
     ) -> std::io::Result<Lanes> {
-        let stopping = Arc::new(AtomicBool::new(false));
+        let signals = Arc::new(Signals::default());
         let mut lanes = Lanes {
             senders: Vec::with_capacity(count),
             threads: Vec::with_capacity(count),
-            stopping: stopping.clone(),
+            signals: signals.clone(),
         };
         for index in 0..count {
             let (sender, jobs) = mpsc::channel();
-            let (publisher, producer, stopping) =
-                (publisher.clone(), producer.clone(), stopping.clone());
+            let (publisher, producer, signals) =
+                (publisher.clone(), producer.clone(), signals.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("transform-{index}"))
-                .spawn(move || lane(&jobs, &publisher, &producer, &stopping))?;
+                .spawn(move || lane(&jobs, &publisher, &producer, &signals))?;
             lanes.senders.push(sender);
             lanes.threads.push(thread);
         }
@@ -112,15 +122,17 @@ impl Lanes {
     /// A shutdown: lanes still prepare and send what they were handed, but no longer wait
     /// for room in a full producer queue (those records are reported not sent).
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.signals.stopping.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Lanes {
-    /// Closes the lanes' inputs and waits for them to finish what they hold (with
-    /// [`Lanes::stop`] set, a lane never waits on the producer, so this ends).
+    /// Closes the lanes' inputs, has them drop what they still hold, and waits for them: a
+    /// lane then finishes at most the record it is on, without waiting on the producer. (After
+    /// a clean drain they hold nothing; after an error they must not go on publishing.)
     fn drop(&mut self) {
-        self.stop();
+        self.signals.stopping.store(true, Ordering::Relaxed);
+        self.signals.discarding.store(true, Ordering::Relaxed);
         self.senders.clear();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -128,49 +140,76 @@ impl Drop for Lanes {
     }
 }
 
+/// Why a lane did not send a record: the producer's refusal (output topic, reason), or `None`
+/// for a shutdown while its queue was full (see [`Report::NotSent`]).
+type NotSent = Option<(String, String)>;
+
 /// One lane: prepares and produces each record it is handed, in order, until its input
 /// closes.
 fn lane(
     jobs: &mpsc::Receiver<Job>,
     publisher: &Publisher,
     producer: &DeliveryProducer,
-    stopping: &AtomicBool,
+    signals: &Signals,
 ) {
     let reports = producer.context();
     let mut out = Vec::with_capacity(4096);
+    // Input partitions (by slot) a record of which was not sent: their later records are not
+    // sent either, so a partition is never published out of order (after the restart they
+    // are read again, behind the one that was not sent).
+    let mut halted: HashSet<u16> = HashSet::new();
     while let Ok(job) = jobs.recv() {
+        if signals.discarding.load(Ordering::Relaxed) {
+            continue;
+        }
         let ticket = job.ticket;
+        if halted.contains(&ticket.slot) {
+            reports.push(Report::NotSent {
+                ticket,
+                refusal: None,
+            });
+            continue;
+        }
         // A panic in a dependency must not leave the record unfinished (the loop would wait
         // for it forever): it is reported as refused, which stops the worker with its offset
         // unstored. The panic hook has already logged it without values.
-        let prepared = catch_unwind(AssertUnwindSafe(|| {
-            publisher.prepare(&job.message, &mut out)
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            prepare_and_send(&job, publisher, producer, signals, &mut out)
         }));
-        let Ok(mut outgoing) = prepared else {
-            reports.push(Report::NotSent {
-                ticket,
-                refusal: Some(("(transform)".into(), "a transform thread panicked".into())),
-            });
-            continue;
+        let refusal = match handled {
+            Ok(None) => continue,
+            Ok(Some(refusal)) => refusal,
+            Err(_) => Some(("(transform)".into(), "a transform thread panicked".into())),
         };
-        reports.push(Report::Prepared {
-            ticket,
-            kind: outgoing.kind,
-            sending: !outgoing.dropped,
-        });
-        if outgoing.dropped {
-            continue;
-        }
-        let refusal = loop {
-            match try_send(producer, &mut outgoing, ticket) {
-                Attempt::Sent => break None,
-                Attempt::QueueFull if stopping.load(Ordering::Relaxed) => break Some(None),
-                Attempt::QueueFull => std::thread::sleep(Duration::from_millis(5)),
-                Attempt::Refused(topic, reason) => break Some(Some((topic, reason))),
-            }
-        };
-        if let Some(refusal) = refusal {
-            reports.push(Report::NotSent { ticket, refusal });
+        halted.insert(ticket.slot);
+        reports.push(Report::NotSent { ticket, refusal });
+    }
+}
+
+/// Prepares one record, reports it prepared, and produces it (waiting while the producer's
+/// queue is full, unless stopping): `None` once it is sent or has nothing to send.
+fn prepare_and_send(
+    job: &Job,
+    publisher: &Publisher,
+    producer: &DeliveryProducer,
+    signals: &Signals,
+    out: &mut Vec<u8>,
+) -> Option<NotSent> {
+    let mut outgoing = publisher.prepare(&job.message, out);
+    producer.context().push(Report::Prepared {
+        ticket: job.ticket,
+        kind: outgoing.kind,
+        sending: !outgoing.dropped,
+    });
+    if outgoing.dropped {
+        return None;
+    }
+    loop {
+        match try_send(producer, &mut outgoing, job.ticket) {
+            Attempt::Sent => return None,
+            Attempt::QueueFull if signals.stopping.load(Ordering::Relaxed) => return Some(None),
+            Attempt::QueueFull => std::thread::sleep(Duration::from_millis(5)),
+            Attempt::Refused(topic, reason) => return Some(Some((topic, reason))),
         }
     }
 }
