@@ -59,7 +59,7 @@
 //!   registering derived schemas).
 //! - [`worker`]: the Kafka stream worker: routing (by static schema id, or by record name
 //!   through the registry), the at-least-once loop (delivery reports by ticket, not a future
-//!   per record) and the exactly-once loop,
+//!   per record; transform threads, one per partition's records) and the exactly-once loop,
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
 //!   deleted before they were read).
 //! - [`metrics`]: Prometheus metrics and what the health endpoints say.

@@ -7,6 +7,8 @@
 //!   acknowledged, never past an unacknowledged record of the same partition;
 //! - [`deliveries`]: the at-least-once producer, whose delivery reports name their record by
 //!   a number rather than a future per record;
+//! - [`lanes`]: transform threads: records of different input partitions transformed and
+//!   produced in parallel, each partition's in order;
 //! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction;
 //! - [`health`]: lag, stalls, and records the broker deleted before they were read;
 //! - [`resolve`]: with a schema registry, a new schema id → its route (or dead-letter reason).
