@@ -169,6 +169,111 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
     })
 }
 
+/// The exactly-once floor: the same copy in Kafka transactions, as the exactly-once worker
+/// makes them (`transaction_max_records` records or `transaction_max_ms` after the first,
+/// whichever comes first, with the consumer's offsets sent to the transaction and committed
+/// with it; `read_committed` consumer, transactional producer, the worker's settings). The
+/// producer is a `BaseProducer` served only by the commit's own flush: nothing else waits on
+/// a delivery report. Measured as [`copy`] is, to the last commit.
+pub fn copy_transactional(
+    kafka: &KafkaConfig,
+    input: &str,
+    output: &str,
+    events: u64,
+) -> Result<Measurement> {
+    use rdkafka::producer::BaseProducer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let (consumer_config, producer_config) = crate::worker::client_config(kafka);
+    let consumer: BaseConsumer = consumer_config.create()?;
+    let producer: BaseProducer = producer_config.create()?;
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout)?;
+    consumer.subscribe(&[input])?;
+    let batch_records = kafka.transaction_max_records as u64;
+    let batch_time = Duration::from_millis(kafka.transaction_max_ms);
+
+    let mut done = 0u64;
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut rss = Vec::new();
+    let mut last_sample = Instant::now();
+    // The next offset to read of each partition copied in the open transaction.
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut open: Option<(Instant, u64)> = None;
+    while done < events {
+        if Instant::now() > deadline {
+            bail!("the transactional copy stalled after {done} of {events} records");
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(1)) {
+            let message = message?;
+            first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+            if open.is_none() {
+                producer.begin_transaction()?;
+                open = Some((Instant::now(), 0));
+            }
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+            next.insert(message.partition(), message.offset() + 1);
+            if let Some((_, records)) = &mut open {
+                *records += 1;
+            }
+        }
+        producer.poll(Duration::ZERO);
+        let due = open.is_some_and(|(started, records)| {
+            records >= batch_records || started.elapsed() >= batch_time || done + records >= events
+        });
+        if due {
+            let (_, records) = open.take().context("a transaction is open")?;
+            let mut offsets = TopicPartitionList::new();
+            for (partition, offset) in next.drain() {
+                offsets.add_partition_offset(input, partition, Offset::Offset(offset))?;
+            }
+            let metadata = consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?;
+            producer.send_offsets_to_transaction(&offsets, &metadata, timeout)?;
+            producer.commit_transaction(timeout)?;
+            done += records;
+        }
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            rss.push(proc_status_kib("VmRSS:"));
+            last_sample = Instant::now();
+        }
+    }
+    let (started, cpu_at_first) = first.context("no record was copied")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_at_first;
+    rss.push(proc_status_kib("VmRSS:"));
+    Ok(Measurement {
+        treatment: "Floor".into(),
+        mode: "ExactlyOnce".into(),
+        events,
+        seconds,
+        events_per_sec: events as f64 / seconds.max(1e-9),
+        cpu_us_per_event: cpu * 1e6 / events as f64,
+        peak_rss_kib: proc_status_kib("VmHWM:"),
+        rss_kib: rss,
+        subjects_topic: None,
+        start_seconds: 0.0,
+        transform_threads: 1,
+    })
+}
+
 /// Marks the `acknowledged` records (emptied) and stores, per partition, the offset of the
 /// acknowledged prefix of its records in flight.
 fn store_acknowledged(

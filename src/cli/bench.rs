@@ -57,22 +57,22 @@ pub(super) fn bench_worker(
     out: &mut dyn Write,
 ) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
+    let mode = match mode.as_str() {
+        "at-least-once" => crate::config::DeliveryMode::AtLeastOnce,
+        "exactly-once" => crate::config::DeliveryMode::ExactlyOnce,
+        other => bail!("--mode must be at-least-once or exactly-once, not {other:?}"),
+    };
     let treatment = match treatment.as_str() {
         "sanitize" => crate::worker::Treatment::Sanitize,
         "pass-through" => crate::worker::Treatment::PassThrough,
         "floor" => {
             let measurement = runtime.block_on(crate::bench::measure_floor(
-                &config, &brokers, &topic, events,
+                &config, &brokers, &topic, events, mode,
             ))?;
             writeln!(out, "{}", serde_json::to_string(&measurement)?)?;
             return Ok(());
         }
         other => bail!("--treatment must be sanitize, pass-through or floor, not {other:?}"),
-    };
-    let mode = match mode.as_str() {
-        "at-least-once" => crate::config::DeliveryMode::AtLeastOnce,
-        "exactly-once" => crate::config::DeliveryMode::ExactlyOnce,
-        other => bail!("--mode must be at-least-once or exactly-once, not {other:?}"),
     };
     let measurement = runtime.block_on(crate::bench::measure(
         &config, &brokers, &topic, events, treatment, mode, extras,

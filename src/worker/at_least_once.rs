@@ -204,7 +204,7 @@ pub async fn run(
     let mut skips = SkipDetector::default();
     // With more than one transform thread, the loop hands records over; with one, it
     // transforms them itself (no copy, no hand-over).
-    let lanes = match kafka.transform_threads() {
+    let mut lanes = match kafka.transform_threads() {
         1 => None,
         count => {
             tracing::info!(transform_threads = count, "transforming in parallel");
@@ -235,7 +235,12 @@ pub async fn run(
         // Backpressure: wait for deliveries, but hear a shutdown meanwhile (with the broker
         // out of reach, deliveries may not come for `message.timeout.ms`).
         let mut stopping = false;
-        while (queues.len >= kafka.max_in_flight || queues.handed >= HANDED_BYTES) && !stopping {
+        let full =
+            |queues: &Queues| queues.len >= kafka.max_in_flight || queues.handed >= HANDED_BYTES;
+        if full(&queues) {
+            flush(&mut lanes)?;
+        }
+        while full(&queues) && !stopping {
             tokio::select! {
                 _ = shutdown.changed() => stopping = true,
                 settled = queues.settle(&consumer, &producer, publisher, &mut stats, true) => settled?,
@@ -258,6 +263,7 @@ pub async fn run(
             // and the timer are heard here.
             None => {
                 run_length = 0;
+                flush(&mut lanes)?;
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     Some((id, failures)) = resolved_rx.recv() => {
@@ -288,6 +294,8 @@ pub async fn run(
             continue;
         }
         if let Some(id) = publisher.unresolved_id(message.topic(), message.payload()) {
+            // Asking the registry may take a while: the records already handed go on meanwhile.
+            flush(&mut lanes)?;
             if !held.waiting.contains(&id) && publisher.try_resolve(id).await {
                 // Resolved at the first attempt: on as usual.
             } else {
@@ -308,7 +316,7 @@ pub async fn run(
             message.offset(),
         );
         let ticket = queues.next_ticket(message.topic(), message.partition())?;
-        let (state, handed) = match &lanes {
+        let (state, handed) = match &mut lanes {
             Some(lanes) => {
                 let job = Job::copy(ticket, &message, copy_headers);
                 let handed = job.bytes();
@@ -348,8 +356,11 @@ pub async fn run(
 
     // Shutdown: stop fetching, finish in-flight records, flush, commit what was stored.
     publisher.worker.metrics.set_ready(false);
-    if let Some(lanes) = &lanes {
+    if let Some(lanes) = &mut lanes {
         lanes.stop();
+        lanes
+            .flush()
+            .map_err(|gone| WorkerError::Threads(std::io::Error::other(gone)))?;
     }
     let bound = Duration::from_secs(kafka.shutdown_timeout_secs);
     let started = Instant::now();
@@ -381,6 +392,17 @@ pub async fn run(
         "worker stopped"
     );
     Ok(stats)
+}
+
+/// Sends the transform threads the records handed to them since their last batch (before the
+/// loop waits for anything).
+fn flush(lanes: &mut Option<Lanes>) -> Result<(), WorkerError> {
+    match lanes {
+        Some(lanes) => lanes
+            .flush()
+            .map_err(|gone| WorkerError::Threads(std::io::Error::other(gone))),
+        None => Ok(()),
+    }
 }
 
 /// Produces one record, waiting while the producer's queue is full; `false` when a shutdown

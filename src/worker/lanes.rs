@@ -10,6 +10,9 @@
 //! the delivery report follows on the same list. A record is finished only when the loop
 //! has both, so offsets are still stored only past a delivered prefix.
 //!
+//! Records are handed over in batches (up to [`HAND_BATCH`], and whatever is pending whenever
+//! the loop is about to wait), so an idle lane is woken once for many records.
+//!
 //! A lane never waits for the loop: what it hands back goes on the report list. It waits
 //! only for its next record, or for room in the producer's queue (where it hears a shutdown
 //! through [`Lanes::stop`]).
@@ -66,7 +69,10 @@ impl Job {
 
 /// The running transform threads.
 pub struct Lanes {
-    senders: Vec<mpsc::Sender<Job>>,
+    senders: Vec<mpsc::Sender<Vec<Job>>>,
+    /// Each lane's records not yet sent to it: handed over in batches, one wake-up for many
+    /// records rather than one each.
+    pending: Vec<Vec<Job>>,
     threads: Vec<JoinHandle<()>>,
     signals: Arc<Signals>,
 }
@@ -80,6 +86,9 @@ struct Signals {
     /// be stored any more; it is read again after the restart).
     discarding: AtomicBool,
 }
+
+/// The most records handed to one lane in one batch.
+const HAND_BATCH: usize = 64;
 
 /// Why a record could not be handed to its lane.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +106,7 @@ impl Lanes {
         let signals = Arc::new(Signals::default());
         let mut lanes = Lanes {
             senders: Vec::with_capacity(count),
+            pending: (0..count).map(|_| Vec::with_capacity(HAND_BATCH)).collect(),
             threads: Vec::with_capacity(count),
             signals: signals.clone(),
         };
@@ -113,10 +123,32 @@ impl Lanes {
         Ok(lanes)
     }
 
-    /// Hands `job` to the lane of its input partition.
-    pub fn hand(&self, job: Job) -> Result<(), LaneGone> {
+    /// Hands `job` to the lane of its input partition: at once when that lane's batch is
+    /// full, otherwise at the next [`Lanes::flush`].
+    pub fn hand(&mut self, job: Job) -> Result<(), LaneGone> {
         let index = usize::from(job.ticket.slot) % self.senders.len();
-        self.senders[index].send(job).map_err(|_| LaneGone(index))
+        self.pending[index].push(job);
+        match self.pending[index].len() >= HAND_BATCH {
+            true => self.send(index),
+            false => Ok(()),
+        }
+    }
+
+    /// Sends every lane the records handed to it since its last batch. The loop calls this
+    /// before it waits for anything (a record, a report, a shutdown): a record left pending
+    /// would never be reported.
+    pub fn flush(&mut self) -> Result<(), LaneGone> {
+        for index in 0..self.pending.len() {
+            if !self.pending[index].is_empty() {
+                self.send(index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, index: usize) -> Result<(), LaneGone> {
+        let batch = std::mem::replace(&mut self.pending[index], Vec::with_capacity(HAND_BATCH));
+        self.senders[index].send(batch).map_err(|_| LaneGone(index))
     }
 
     /// A shutdown: lanes still prepare and send what they were handed, but no longer wait
@@ -147,7 +179,7 @@ type NotSent = Option<(String, String)>;
 /// One lane: prepares and produces each record it is handed, in order, until its input
 /// closes.
 fn lane(
-    jobs: &mpsc::Receiver<Job>,
+    jobs: &mpsc::Receiver<Vec<Job>>,
     publisher: &Publisher,
     producer: &DeliveryProducer,
     signals: &Signals,
@@ -158,7 +190,7 @@ fn lane(
     // sent either, so a partition is never published out of order (after the restart they
     // are read again, behind the one that was not sent).
     let mut halted: HashSet<u16> = HashSet::new();
-    while let Ok(job) = jobs.recv() {
+    for job in jobs.iter().flatten() {
         if signals.discarding.load(Ordering::Relaxed) {
             continue;
         }
