@@ -171,6 +171,14 @@ impl ClientContext for ConnectionWatch {
 /// The consumers of `dlq replay` and `check --connect` need no rebalance hooks.
 impl rdkafka::consumer::ConsumerContext for ConnectionWatch {}
 
+/// The exactly-once producer needs no delivery report: a record that was not delivered fails
+/// its transaction's commit.
+impl rdkafka::producer::ProducerContext for ConnectionWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
 /// What `check --connect` learned: each named topic's partition count (`None`: missing).
 pub type TopicReport = Vec<(String, Option<usize>)>;
 

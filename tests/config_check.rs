@@ -181,6 +181,16 @@ fn check_refuses_what_run_refuses() {
             "shutdown_timeout_secs = 9223372036854775807 is out of range: it must be from 1 to 3600",
         ),
         (
+            "transform_threads 0",
+            setup.with("stall_timeout_secs = 60", "stall_timeout_secs = 60\ntransform_threads = 0"),
+            "[kafka] transform_threads = 0 is out of range: it must be from 1 to 256",
+        ),
+        (
+            "transform_threads past its range",
+            setup.with("stall_timeout_secs = 60", "stall_timeout_secs = 60\ntransform_threads = 257"),
+            "[kafka] transform_threads = 257 is out of range: it must be from 1 to 256",
+        ),
+        (
             "stall_timeout_secs 0",
             setup.with("stall_timeout_secs = 60", "stall_timeout_secs = 0"),
             "stall_timeout_secs = 0 is out of range",

@@ -205,7 +205,14 @@ pub fn copy_transactional(
             bail!("the transactional copy stalled after {done} of {events} records");
         }
         if let Some(message) = consumer.poll(Duration::from_millis(1)) {
-            let message = message?;
+            let message = match message {
+                Ok(message) => message,
+                // As the worker does: a transient consumer error is ridden out.
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error; retrying");
+                    continue;
+                }
+            };
             first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
             if open.is_none() {
                 producer.begin_transaction()?;

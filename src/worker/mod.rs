@@ -35,7 +35,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use tokio::sync::watch;
 
@@ -463,19 +462,6 @@ pub struct Outgoing {
     /// Nothing to send: its pipeline drops a withheld subject's records (`erased = "drop"`).
     /// Its offset is committed like a delivered record's.
     pub dropped: bool,
-}
-
-impl Outgoing {
-    /// The producer record, with `headers` (taken out of `self` by the caller, since a record
-    /// owns its headers and a refused send hands them back).
-    pub fn record(&self, headers: Option<OwnedHeaders>) -> FutureRecord<'_, str, [u8]> {
-        let mut record = FutureRecord::to(&self.topic).payload(self.payload.as_slice());
-        record.headers = headers;
-        match &self.key {
-            Some(key) => record.key(key.as_str()),
-            None => record,
-        }
-    }
 }
 
 /// A pipeline's re-identification risk estimate and its exported gauges.

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
-use crate::connect::{ConnectionWatch, Producer};
+use crate::connect::ConnectionWatch;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -49,7 +49,9 @@ struct Transaction {
     /// The consumer's rebalance count when it began; a change means it must be aborted.
     rebalances: u64,
     deadline: Instant,
-    deliveries: Vec<(DeliveryFuture, Result<usize, DeadLetter>, Instant)>,
+    /// Each record produced in it: its pipeline (or dead-letter reason) and when. No future
+    /// per record: a committed transaction has every one of them delivered.
+    sent: Vec<(Result<usize, DeadLetter>, Instant)>,
     /// Per input partition: the first offset read in this transaction (where a rewind goes)
     /// and the next offset to read after it (what a commit stores).
     offsets: HashMap<(String, i32), (i64, i64)>,
@@ -59,7 +61,7 @@ struct Transaction {
 struct Clients<'a> {
     publisher: &'a Publisher,
     consumer: Arc<WorkerConsumer>,
-    producer: Producer,
+    producer: ThreadedProducer<ConnectionWatch>,
     timeout: Duration,
     /// How long a transaction stays open after its first record at most.
     batch_time: Duration,
@@ -170,10 +172,15 @@ pub async fn run(
         let outgoing = publisher.prepare(&message, &mut out);
         let kind = outgoing.kind;
         if !outgoing.dropped {
-            let delivery = send(&clients.producer, outgoing)
+            let sent = send(&clients.producer, outgoing, &mut shutdown)
                 .await
                 .map_err(|e| clients.fatal_delivery(e))?;
-            txn.deliveries.push((delivery, kind, Instant::now()));
+            if !sent {
+                // A shutdown while the producer's queue was full: this record is not in the
+                // transaction, nor is its offset; it is read again after the restart.
+                break;
+            }
+            txn.sent.push((kind, Instant::now()));
             metrics.in_flight.inc();
         }
         let next = message.offset() + 1;
@@ -181,7 +188,7 @@ pub async fn run(
             .entry(position)
             .and_modify(|(_, n)| *n = next)
             .or_insert((message.offset(), next));
-        if txn.deliveries.len() >= kafka.transaction_max_records {
+        if txn.sent.len() >= kafka.transaction_max_records {
             clients.finish(open.take(), &mut stats)?;
         }
     }
@@ -189,7 +196,7 @@ pub async fn run(
     // Shutdown: commit what was done (within the bound), then leave the group.
     publisher.worker.metrics.set_ready(false);
     tracing::info!(
-        in_transaction = open.as_ref().map_or(0, |t| t.deliveries.len()),
+        in_transaction = open.as_ref().map_or(0, |t| t.sent.len()),
         "shutting down"
     );
     clients.finish(open.take(), &mut stats)?;
@@ -218,7 +225,7 @@ impl Clients<'_> {
         Ok(Transaction {
             rebalances,
             deadline: Instant::now() + self.batch_time,
-            deliveries: Vec::new(),
+            sent: Vec::new(),
             offsets: HashMap::new(),
         })
     }
@@ -269,17 +276,9 @@ impl Clients<'_> {
         self.refused.set(0);
         let metrics = &self.publisher.worker.metrics;
         metrics.transactions.with_label_values(&["committed"]).inc();
-        metrics.in_flight.sub(txn.deliveries.len() as i64);
-        // A committed transaction has every record delivered: these futures are resolved.
-        for (delivery, kind, sent) in txn.deliveries {
-            match futures::FutureExt::now_or_never(delivery) {
-                Some(Ok(Ok(_))) | None => {}
-                Some(Ok(Err((error, _)))) => {
-                    // Cannot happen after a successful commit; said loudly if it ever does.
-                    tracing::error!(error = %error, "a record of a committed transaction reports a failed delivery");
-                }
-                Some(Err(_)) => {}
-            }
+        metrics.in_flight.sub(txn.sent.len() as i64);
+        // A committed transaction has every record delivered.
+        for (kind, sent) in txn.sent {
             metrics
                 .produce_seconds
                 .observe(sent.elapsed().as_secs_f64());
@@ -310,7 +309,7 @@ impl Clients<'_> {
             .map_err(|e| self.fatal(e))?;
         let metrics = &self.publisher.worker.metrics;
         metrics.transactions.with_label_values(&["aborted"]).inc();
-        metrics.in_flight.sub(txn.deliveries.len() as i64);
+        metrics.in_flight.sub(txn.sent.len() as i64);
         let assigned = self.consumer.assignment()?;
         let mut rewind = TopicPartitionList::new();
         let mut rewound = Vec::new();
@@ -330,7 +329,7 @@ impl Clients<'_> {
             }
         }
         tracing::warn!(
-            records = txn.deliveries.len(),
+            records = txn.sent.len(),
             rewound = rewound.len(),
             "transaction aborted ({why}); its records are read again from where it began, and \
              read_committed readers never see the aborted copies"
@@ -384,17 +383,30 @@ fn requires_abort(error: &KafkaError) -> bool {
     }
 }
 
-/// Produces one record, waiting while the producer's queue is full. Any other refusal (a
-/// record over the producer's size limit, an unknown topic) stops the worker with the
-/// record's offset unstored.
-async fn send(producer: &Producer, mut outgoing: Outgoing) -> Result<DeliveryFuture, WorkerError> {
-    let mut headers = outgoing.headers.take();
+/// Produces one record, waiting while the producer's queue is full; `false` when a shutdown
+/// came first (nothing sent). Any other refusal (a record over the producer's size limit, an
+/// unknown topic) stops the worker with the record's offset uncommitted.
+async fn send(
+    producer: &ThreadedProducer<ConnectionWatch>,
+    outgoing: Outgoing,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, WorkerError> {
+    let mut headers = outgoing.headers;
     loop {
-        match producer.send_result(outgoing.record(headers.take())) {
-            Ok(delivery) => return Ok(delivery),
+        let mut record =
+            BaseRecord::to(outgoing.topic.as_str()).payload(outgoing.payload.as_slice());
+        if let Some(key) = &outgoing.key {
+            record = record.key(key.as_str());
+        }
+        record.headers = headers.take();
+        match producer.send(record) {
+            Ok(()) => return Ok(true),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 headers = record.headers;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(false),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
             }
             Err((error, _)) => {
                 return Err(WorkerError::Delivery {
