@@ -75,6 +75,9 @@ type InFlight = VecDeque<(i64, bool)>;
 
 /// Copies `events` records of `input` to `output` at least once and measures it as the
 /// worker's measurements are (from the first record consumed to the last acknowledged).
+// The closures handed to `send_until_queued` return what rdkafka's `send` returns (the record
+// back with the error): large, but not ours to shrink.
+#[allow(clippy::result_large_err)]
 pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Result<Measurement> {
     let (consumer_config, producer_config) = crate::worker::client_config(kafka);
     let consumer: BaseConsumer = consumer_config.create()?;
@@ -102,23 +105,15 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
                 if partition > MAX_PARTITION {
                     bail!("input partition {partition} is past what the copy packs");
                 }
-                let mut record = BaseRecord::with_opaque_to(output, pack(partition, offset));
-                if let Some(payload) = message.payload() {
-                    record = record.payload(payload);
-                }
-                if let Some(key) = message.key() {
-                    record = record.key(key);
-                }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err((error, _)) => return Err(error.into()),
-                    }
-                }
+                let record = copy_of(
+                    &message,
+                    BaseRecord::with_opaque_to(output, pack(partition, offset)),
+                );
+                send_until_queued(
+                    record,
+                    |r| producer.send(r),
+                    || std::thread::sleep(Duration::from_millis(5)),
+                )?;
                 in_flight
                     .entry(partition)
                     .or_default()
@@ -154,19 +149,14 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(Measurement {
-        treatment: "Floor".into(),
-        mode: "AtLeastOnce".into(),
+    Ok(Measurement::new(
+        "Floor",
+        "AtLeastOnce",
         events,
         seconds,
-        events_per_sec: events as f64 / seconds.max(1e-9),
-        cpu_us_per_event: cpu * 1e6 / events as f64,
-        peak_rss_kib: proc_status_kib("VmHWM:"),
-        rss_kib: rss,
-        subjects_topic: None,
-        start_seconds: 0.0,
-        transform_threads: 1,
-    })
+        cpu,
+        rss,
+    ))
 }
 
 /// The exactly-once floor: the same copy in Kafka transactions, as the exactly-once worker
@@ -175,6 +165,9 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
 /// with it; `read_committed` consumer, transactional producer, the worker's settings). The
 /// producer is a `BaseProducer` served only by the commit's own flush: nothing else waits on
 /// a delivery report. Measured as [`copy`] is, to the last commit.
+// The closures handed to `send_until_queued` return what rdkafka's `send` returns (the record
+// back with the error): large, but not ours to shrink.
+#[allow(clippy::result_large_err)]
 pub fn copy_transactional(
     kafka: &KafkaConfig,
     input: &str,
@@ -218,23 +211,14 @@ pub fn copy_transactional(
                 producer.begin_transaction()?;
                 open = Some((Instant::now(), 0));
             }
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((error, _)) => return Err(error.into()),
-                }
-            }
+            let record = copy_of(&message, BaseRecord::to(output));
+            send_until_queued(
+                record,
+                |r| producer.send(r),
+                || {
+                    producer.poll(Duration::from_millis(5));
+                },
+            )?;
             next.insert(message.partition(), message.offset() + 1);
             if let Some((_, records)) = &mut open {
                 *records += 1;
@@ -266,19 +250,49 @@ pub fn copy_transactional(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_at_first;
     rss.push(proc_status_kib("VmRSS:"));
-    Ok(Measurement {
-        treatment: "Floor".into(),
-        mode: "ExactlyOnce".into(),
+    Ok(Measurement::new(
+        "Floor",
+        "ExactlyOnce",
         events,
         seconds,
-        events_per_sec: events as f64 / seconds.max(1e-9),
-        cpu_us_per_event: cpu * 1e6 / events as f64,
-        peak_rss_kib: proc_status_kib("VmHWM:"),
-        rss_kib: rss,
-        subjects_topic: None,
-        start_seconds: 0.0,
-        transform_threads: 1,
-    })
+        cpu,
+        rss,
+    ))
+}
+
+/// `record` with `message`'s value and key, unchanged.
+fn copy_of<'a, O: rdkafka::util::IntoOpaque>(
+    message: &'a rdkafka::message::BorrowedMessage<'_>,
+    mut record: BaseRecord<'a, [u8], [u8], O>,
+) -> BaseRecord<'a, [u8], [u8], O> {
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    record
+}
+
+/// The outcome of a producer's `send`: the record back with the error.
+type Sent<'a, O> = Result<(), (KafkaError, BaseRecord<'a, [u8], [u8], O>)>;
+
+/// Hands `record` to a producer through `send`, calling `wait` while its queue is full.
+fn send_until_queued<'a, O: rdkafka::util::IntoOpaque>(
+    mut record: BaseRecord<'a, [u8], [u8], O>,
+    send: impl Fn(BaseRecord<'a, [u8], [u8], O>) -> Sent<'a, O>,
+    wait: impl Fn(),
+) -> Result<()> {
+    loop {
+        match send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                wait();
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
 }
 
 /// Marks the `acknowledged` records (emptied) and stores, per partition, the offset of the

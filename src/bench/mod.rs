@@ -195,6 +195,33 @@ pub struct Measurement {
     pub transform_threads: usize,
 }
 
+impl Measurement {
+    /// `events` records over `seconds` and `cpu` seconds of CPU (every thread), with the RSS
+    /// sampled during the run; the peak RSS is read now. One thread, no registry.
+    fn new(
+        treatment: &str,
+        mode: &str,
+        events: u64,
+        seconds: f64,
+        cpu: f64,
+        rss_kib: Vec<u64>,
+    ) -> Measurement {
+        Measurement {
+            treatment: treatment.to_owned(),
+            mode: mode.to_owned(),
+            events,
+            seconds,
+            events_per_sec: events as f64 / seconds.max(1e-9),
+            cpu_us_per_event: cpu * 1e6 / events as f64,
+            peak_rss_kib: proc_status_kib("VmHWM:"),
+            rss_kib,
+            subjects_topic: None,
+            start_seconds: 0.0,
+            transform_threads: 1,
+        }
+    }
+}
+
 /// A measurement's config: `config_path` with a fresh group, its own output and dead-letter
 /// topics (created here), `topic` as every pipeline's input, and `mode`; answers it with the
 /// output topics (calls, messages).
@@ -348,17 +375,17 @@ pub async fn measure(
     stop.send(true).ok();
     handle.await??;
     Ok(Measurement {
-        treatment: format!("{treatment:?}"),
-        mode: format!("{mode:?}"),
-        events,
-        seconds,
-        events_per_sec: events as f64 / seconds.max(1e-9),
-        cpu_us_per_event: cpu * 1e6 / events as f64,
-        peak_rss_kib: proc_status_kib("VmHWM:"),
-        rss_kib: rss,
         subjects_topic: extras.subjects_topic,
         start_seconds,
         transform_threads,
+        ..Measurement::new(
+            &format!("{treatment:?}"),
+            &format!("{mode:?}"),
+            events,
+            seconds,
+            cpu,
+            rss,
+        )
     })
 }
 
