@@ -1,15 +1,18 @@
 //! librdkafka's own copy: the floor the worker's Kafka path is measured against.
 //!
 //! The least a program must do to copy records at least once with librdkafka: one thread
-//! waits on a `BaseConsumer` and hands each record's value and key, unchanged and without
-//! headers, to a producer (the worker's own client settings: idempotence, `acks=all`,
-//! murmur2, the same buffers) whose delivery reports are served by rdkafka's
-//! `ThreadedProducer` thread, and stores a partition's offset only once every record before
-//! it was acknowledged (librdkafka commits stored offsets each second, as the worker's
-//! consumer does). Both threads block while there is nothing to do. No async runtime, no
-//! allocation per record, no metrics: what remains is librdkafka's work, which no change to
-//! the worker can remove. It is closer to what the worker does than `kcat` (which neither
-//! stores offsets after delivery nor produces idempotently), and needs nothing installed.
+//! waits on a `BaseConsumer` and hands each record's value and key, unchanged, to a producer
+//! (the worker's own client settings: idempotence, `acks=all`, murmur2, the same buffers)
+//! whose delivery reports are served by rdkafka's `ThreadedProducer` thread, and stores a
+//! partition's offset only once every record before it was acknowledged (librdkafka commits
+//! stored offsets each second, as the worker's consumer does). When the config's
+//! `header_allowlist` forwards headers, the copy carries each record's headers too: reading
+//! them makes librdkafka parse them (and allocate for that, even for a record without any),
+//! which the worker pays for the same records. Both threads block while there is nothing to
+//! do. No async runtime, nothing of its own allocated per record, no metrics: what remains is
+//! librdkafka's work, which no change to the worker can remove. It is closer to what the
+//! worker does than `kcat` (which neither stores offsets after delivery nor produces
+//! idempotently), and needs nothing installed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -81,6 +84,7 @@ type InFlight = VecDeque<(i64, bool)>;
 pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Result<Measurement> {
     let (consumer_config, producer_config) = crate::worker::client_config(kafka);
     let consumer: BaseConsumer = consumer_config.create()?;
+    let copy_headers = !kafka.header_allowlist.is_empty();
     let producer: ThreadedProducer<Acknowledgements> =
         producer_config.create_with_context(Acknowledgements::default())?;
     consumer.subscribe(&[input])?;
@@ -108,6 +112,7 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
                 let record = copy_of(
                     &message,
                     BaseRecord::with_opaque_to(output, pack(partition, offset)),
+                    copy_headers,
                 );
                 send_until_queued(
                     record,
@@ -179,6 +184,7 @@ pub fn copy_transactional(
     let (consumer_config, producer_config) = crate::worker::client_config(kafka);
     let consumer: BaseConsumer = consumer_config.create()?;
     let producer: BaseProducer = producer_config.create()?;
+    let copy_headers = !kafka.header_allowlist.is_empty();
     let timeout = Duration::from_secs(30);
     producer.init_transactions(timeout)?;
     consumer.subscribe(&[input])?;
@@ -211,7 +217,7 @@ pub fn copy_transactional(
                 producer.begin_transaction()?;
                 open = Some((Instant::now(), 0));
             }
-            let record = copy_of(&message, BaseRecord::to(output));
+            let record = copy_of(&message, BaseRecord::to(output), copy_headers);
             send_until_queued(
                 record,
                 |r| producer.send(r),
@@ -260,16 +266,24 @@ pub fn copy_transactional(
     ))
 }
 
-/// `record` with `message`'s value and key, unchanged.
+/// `record` with `message`'s value and key, unchanged, and its headers when `headers` (the
+/// worker's config forwards some): reading them makes librdkafka parse them, as the worker's
+/// allowlist does.
 fn copy_of<'a, O: rdkafka::util::IntoOpaque>(
     message: &'a rdkafka::message::BorrowedMessage<'_>,
     mut record: BaseRecord<'a, [u8], [u8], O>,
+    headers: bool,
 ) -> BaseRecord<'a, [u8], [u8], O> {
     if let Some(payload) = message.payload() {
         record = record.payload(payload);
     }
     if let Some(key) = message.key() {
         record = record.key(key);
+    }
+    if headers {
+        if let Some(input) = message.headers() {
+            record = record.headers(input.detach());
+        }
     }
     record
 }

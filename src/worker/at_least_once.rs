@@ -33,7 +33,7 @@ use super::deliveries::{try_send, Attempt, Deliveries, DeliveryProducer, Report,
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::lanes::{Job, Lanes};
 use super::route::DeadLetter;
-use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
+use super::{client_config, Outgoing, Publisher, Stats, WorkerError, RUN_LENGTH};
 
 /// The most bytes of record copies held by transform threads before the loop waits for them
 /// (as `queued.max.messages.kbytes` bounds the consumer's prefetch; docs/deploy.md, "Sizing").
@@ -41,10 +41,6 @@ const HANDED_BYTES: usize = 16 << 20;
 
 /// How often deliveries are settled (offsets stored) when no record comes.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
-
-/// The most records taken from the fetched queue in a row before the loop listens for a
-/// shutdown or a resolved schema id and settles deliveries again.
-const RUN_LENGTH: usize = 256;
 
 /// A record whose input offset waits for its acknowledgement.
 struct InFlight {

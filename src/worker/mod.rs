@@ -954,6 +954,10 @@ impl Publisher {
     }
 }
 
+/// The most records both loops take from the fetched queue in a row (without going through
+/// `select!`) before they listen for a shutdown, a deadline or a resolved schema id again.
+const RUN_LENGTH: usize = 256;
+
 /// How long the consume loop waits for the first answer about a new schema id before it holds
 /// that record's partition and lets the others go on.
 const FIRST_ATTEMPT: Duration = Duration::from_millis(500);

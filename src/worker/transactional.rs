@@ -20,10 +20,16 @@
 //! - **Registry waits.** A record whose schema id must be fetched first commits the open
 //!   transaction, then waits (with no transaction open, so a long registry outage cannot run
 //!   into the transaction timeout), then starts a new one.
+//! - **Intake.** As in the at-least-once loop, records already fetched are taken in runs (up
+//!   to `RUN_LENGTH`) from one consumer stream without going through `select!`; a shutdown and
+//!   the open transaction's deadline are heard between runs, and the deadline is also checked
+//!   before each record.
 //! - **Crash.** After `kill -9` the restarted worker's `init_transactions` aborts whatever the
 //!   old one left open, and consumption resumes from the last committed offsets.
 
 use std::collections::HashMap;
+
+use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +44,7 @@ use tokio::sync::watch;
 
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::route::DeadLetter;
-use super::{client_config, Outgoing, Publisher, Stats, WorkerError};
+use super::{client_config, Outgoing, Publisher, Stats, WorkerError, RUN_LENGTH};
 
 /// Commits refused in a row after which the worker stops: a record the broker refuses every
 /// time (over its size limit, say) must stop the worker, not abort and retry forever.
@@ -52,9 +58,33 @@ struct Transaction {
     /// Each record produced in it: its pipeline (or dead-letter reason) and when. No future
     /// per record: a committed transaction has every one of them delivered.
     sent: Vec<(Result<usize, DeadLetter>, Instant)>,
-    /// Per input partition: the first offset read in this transaction (where a rewind goes)
-    /// and the next offset to read after it (what a commit stores).
-    offsets: HashMap<(String, i32), (i64, i64)>,
+    /// Per input topic and partition: the first offset read in this transaction (where a
+    /// rewind goes) and the next offset to read after it (what a commit stores).
+    offsets: HashMap<String, HashMap<i32, (i64, i64)>>,
+}
+
+impl Transaction {
+    /// Notes that the record at `offset` of `topic`/`partition` is covered by this transaction.
+    fn read(&mut self, topic: &str, partition: i32, offset: i64) {
+        // Looked up by `&str`: a topic's name is allocated once per transaction, not per record.
+        let partitions = match self.offsets.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.offsets.entry(topic.to_owned()).or_default(),
+        };
+        partitions
+            .entry(partition)
+            .and_modify(|(_, next)| *next = offset + 1)
+            .or_insert((offset, offset + 1));
+    }
+
+    /// Each input partition read: topic, partition, first offset read, next offset to read.
+    fn partitions(&self) -> impl Iterator<Item = (&str, i32, i64, i64)> {
+        self.offsets.iter().flat_map(|(topic, partitions)| {
+            partitions
+                .iter()
+                .map(move |(partition, (first, next))| (topic.as_str(), *partition, *first, *next))
+        })
+    }
 }
 
 /// The clients and settings every step of the loop needs.
@@ -115,15 +145,38 @@ pub async fn run(
     let mut stats = Stats::default();
     let mut open: Option<Transaction> = None;
     let mut out = Vec::with_capacity(4096);
+    // One stream for the whole run (each `recv` would register and unregister a waker).
+    let mut messages = clients.consumer.stream();
+    // Records taken straight from the fetched queue since the loop last went through
+    // `select!`: a run of up to RUN_LENGTH of them pays neither the select nor a timer.
+    let mut run_length = 0usize;
     loop {
-        let deadline = open.as_ref().map(|t| t.deadline);
-        let message = tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = sleep_until(deadline) => {
-                clients.finish(open.take(), &mut stats)?;
-                continue;
+        if open.as_ref().is_some_and(|t| Instant::now() >= t.deadline) {
+            clients.finish(open.take(), &mut stats)?;
+        }
+        let waiting = match run_length < RUN_LENGTH {
+            true => messages.next().now_or_never().flatten(),
+            false => None,
+        };
+        let message = match waiting {
+            Some(message) => {
+                run_length += 1;
+                message
             }
-            m = clients.consumer.recv() => m,
+            // Nothing fetched is waiting, or a run ended: a shutdown and the open
+            // transaction's deadline are heard here.
+            None => {
+                run_length = 0;
+                let deadline = open.as_ref().map(|t| t.deadline);
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = sleep_until(deadline) => {
+                        clients.finish(open.take(), &mut stats)?;
+                        continue;
+                    }
+                    m = messages.next() => m.expect("a consumer's stream never ends"),
+                }
+            }
         };
         let message = match message {
             Ok(m) => m,
@@ -132,14 +185,16 @@ pub async fn run(
                 continue;
             }
         };
-        let position = (message.topic().to_owned(), message.partition());
         if let Some(txn) = open.take() {
             if txn.rebalances != clients.consumer.context().rebalances() {
                 // The assignment changed under the open transaction: abort it. If this
                 // record's partition is rewound, it is read again; otherwise it is the first
                 // record of the next transaction.
                 let rewound = clients.abort(txn, "the consumer group rebalanced")?;
-                if rewound.contains(&position) {
+                let here = |(topic, partition): &(String, i32)| {
+                    topic == message.topic() && *partition == message.partition()
+                };
+                if rewound.iter().any(here) {
                     continue;
                 }
             } else {
@@ -183,11 +238,7 @@ pub async fn run(
             txn.sent.push((kind, Instant::now()));
             metrics.in_flight.inc();
         }
-        let next = message.offset() + 1;
-        txn.offsets
-            .entry(position)
-            .and_modify(|(_, n)| *n = next)
-            .or_insert((message.offset(), next));
+        txn.read(message.topic(), message.partition(), message.offset());
         if txn.sent.len() >= kafka.transaction_max_records {
             clients.finish(open.take(), &mut stats)?;
         }
@@ -241,8 +292,8 @@ impl Clients<'_> {
             return Ok(());
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), (_, next)) in &txn.offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        for (topic, partition, _, next) in txn.partitions() {
+            offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
         }
         let group = self
             .consumer
@@ -313,10 +364,10 @@ impl Clients<'_> {
         let assigned = self.consumer.assignment()?;
         let mut rewind = TopicPartitionList::new();
         let mut rewound = Vec::new();
-        for ((topic, partition), (first, _)) in txn.offsets {
-            if assigned.find_partition(&topic, partition).is_some() {
-                rewind.add_partition_offset(&topic, partition, Offset::Offset(first))?;
-                rewound.push((topic, partition));
+        for (topic, partition, first, _) in txn.partitions() {
+            if assigned.find_partition(topic, partition).is_some() {
+                rewind.add_partition_offset(topic, partition, Offset::Offset(first))?;
+                rewound.push((topic.to_owned(), partition));
             }
         }
         if rewind.count() > 0 {
