@@ -237,3 +237,99 @@ fn version_names_the_phone_metadata() {
         )
     );
 }
+
+/// `schema derive` writes its own files in `--out` and nothing else: never through a link
+/// placed at one of its names, and never two different schemas under one name.
+#[test]
+fn schema_derive_never_writes_through_a_link_nor_one_name_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(common::repo().join("config/pipeline.toml"))
+        .unwrap()
+        .replace(
+            "\"../schemas/",
+            &format!("\"{}/", common::repo().join("schemas").display()),
+        );
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, &shipped).unwrap();
+    let out = dir.path().join("out");
+    let said = ok(&["schema", "derive", "--config", s(&config), "--out", s(&out)]);
+    let calls = out.join("comms.sanitized.v1.CallEvent.avsc");
+    let messages = out.join("comms.sanitized.v1.MessageEvent.avsc");
+    assert!(
+        said.contains("CallEvent.avsc") && said.contains("MessageEvent.avsc"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&calls).unwrap(),
+        std::fs::read(common::repo().join("schemas/comms.sanitized.v1.CallEvent.avsc")).unwrap()
+    );
+
+    // A link at one of its names: refused before anything is written, the linked file kept.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    std::fs::remove_file(&calls).unwrap();
+    std::fs::remove_file(&messages).unwrap();
+    std::os::unix::fs::symlink(&victim, &calls).unwrap();
+    let ran = run(&["schema", "derive", "--config", s(&config), "--out", s(&out)]);
+    assert_eq!(ran.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(
+        !messages.exists(),
+        "nothing is written when one target is refused"
+    );
+    assert!(std::fs::symlink_metadata(&calls)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // Two Avro pipelines deriving different records of one name (`comms.sanitized.v1.CallEvent`
+    // from `comms.v1.CallEvent` and from `other.v1.CallEvent`): refused by `check` and by
+    // `schema derive`, so neither overwrites the other's file or subject.
+    let other_schema = dir.path().join("other.v1.CallEvent.avsc");
+    std::fs::write(
+        &other_schema,
+        std::fs::read_to_string(common::repo().join("schemas/comms.v1.CallEvent.avsc"))
+            .unwrap()
+            .replacen(
+                "\"namespace\": \"comms.v1\"",
+                "\"namespace\": \"other.v1\"",
+                1,
+            ),
+    )
+    .unwrap();
+    let calls_block = &shipped[shipped.find("[[pipeline]]").unwrap()
+        ..shipped.find("[[pipeline]]\nname = \"messages\"").unwrap()];
+    let second = calls_block
+        .replace("name = \"calls\"", "name = \"other-calls\"")
+        .replace(
+            &format!(
+                "{}/comms.v1.CallEvent.avsc",
+                common::repo().join("schemas").display()
+            ),
+            s(&other_schema),
+        )
+        .replace("input_schema_id = 1", "input_schema_id = 3")
+        .replace("output_schema_id = 101", "output_schema_id = 103")
+        .replace("comms.calls.sanitized", "other.calls.sanitized");
+    assert_ne!(second, calls_block);
+    let clash = dir.path().join("clash.toml");
+    std::fs::write(&clash, format!("{shipped}\n{second}")).unwrap();
+    let clean = dir.path().join("clean");
+    let ran = run(&[
+        "schema",
+        "derive",
+        "--config",
+        s(&clash),
+        "--out",
+        s(&clean),
+    ]);
+    assert_eq!(ran.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        err.contains("[other-calls] its output record \"comms.sanitized.v1.CallEvent\" is also another Avro pipeline's"),
+        "{err}"
+    );
+    assert!(!clean.exists());
+}

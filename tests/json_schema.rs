@@ -381,6 +381,48 @@ fn schemas_the_rules_do_not_classify_are_refused() {
     })
     .expect("refused");
     assert!(said.contains("title"), "{said}");
+    // Two titles of one last part (`comms.v1.CallEvent`, `other.v1.CallEvent`): one output
+    // title, `comms.sanitized.v1.CallEvent`, derived differently (another description).
+    let other =
+        std::env::temp_dir().join(format!("other-title-{}.schema.json", std::process::id()));
+    let mut other_schema = call_schema();
+    other_schema["title"] = json!("other.v1.CallEvent");
+    other_schema["description"] = json!("Calls of another platform.");
+    std::fs::write(&other, other_schema.to_string()).unwrap();
+    let said = refusal(&call_schema(), |t| {
+        let text = without_registry(t);
+        let second = text
+            .split("[[pipeline]]")
+            .nth(1)
+            .unwrap()
+            .split("[kafka]")
+            .next()
+            .unwrap()
+            .replace("name = \"sdk-calls\"", "name = \"other\"")
+            .replace("\"sdk.calls.raw\"", "\"other.raw\"")
+            .replace("\"sdk.calls.sanitized\"", "\"other.sanitized\"");
+        let second = with_input_schema(&second, &other);
+        text.replace("[kafka]", &format!("[[pipeline]]{second}[kafka]"))
+    });
+    std::fs::remove_file(&other).unwrap();
+    let said = said.expect("refused");
+    assert!(
+        said.contains("[other] its output schema's title \"comms.sanitized.v1.CallEvent\" is also another json-schema pipeline's"),
+        "{said}"
+    );
+}
+
+/// `block` with its `input_schema` replaced by `path`.
+fn with_input_schema(block: &str, path: &std::path::Path) -> String {
+    block
+        .lines()
+        .map(|line| match line.starts_with("input_schema ") {
+            true => format!("input_schema = {:?}", path.display().to_string()),
+            false => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// With a registry, a pinned `output_schema_id` is verified at start, as for Avro: the derived

@@ -37,38 +37,22 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
         SchemaCommand::Derive { config, out: dir } => {
             let config = Config::load(&config)?;
             let engine = Engine::from_config(&config)?;
+            let files = derived_files(&engine)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for plan in engine.plans() {
-                let path = dir.join(output_schema_file(plan));
+            // Every target is checked before any is written: a refusal leaves `dir` as it was.
+            for (name, _) in &files {
+                let path = dir.join(name);
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                    anyhow::bail!(
+                        "{} is a symbolic link: schema derive writes its own files in --out and never through a link (remove it, or choose another directory)",
+                        path.display()
+                    );
+                }
+            }
+            for (name, text) in &files {
+                let path = dir.join(name);
                 // Through a temporary beside it, renamed into place: a failed write leaves any
                 // schema already there as it was. Schemas hold no data: readable by all.
-                crate::fsio::write_atomically(
-                    &path,
-                    "derived schema",
-                    0o644,
-                    output_schema_text(plan).as_bytes(),
-                )?;
-                writeln!(out, "wrote {}", path.display())?;
-            }
-            for (index, _) in engine.json_plans() {
-                if let Some(contract) = engine.proto(*index) {
-                    let path = dir.join(format!("{}.proto", contract.output_name()));
-                    crate::fsio::write_atomically(
-                        &path,
-                        "derived schema",
-                        0o644,
-                        contract.output_text.as_bytes(),
-                    )?;
-                    writeln!(out, "wrote {}", path.display())?;
-                    continue;
-                }
-                let Some(contract) = engine.json_schema(*index) else {
-                    continue;
-                };
-                let path = dir.join(format!("{}.schema.json", contract.input.output_title()));
-                let mut text =
-                    serde_json::to_string_pretty(&contract.output).expect("JSON value serializes");
-                text.push('\n');
                 crate::fsio::write_atomically(&path, "derived schema", 0o644, text.as_bytes())?;
                 writeln!(out, "wrote {}", path.display())?;
             }
@@ -80,6 +64,41 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
             registry::register(&config, &engine, out)
         }
     }
+}
+
+/// Each derived schema file's name and text, in config order: `<full name>.avsc` (Avro),
+/// `<full name>.proto` (Protobuf), `<title>.schema.json` (JSON Schema). Two pipelines share a
+/// name only with the same text (`Engine::from_config` refuses any other clash).
+fn derived_files(engine: &Engine) -> Result<Vec<(String, String)>> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    for plan in engine.plans() {
+        files.push((output_schema_file(plan), output_schema_text(plan)));
+    }
+    for (index, _) in engine.json_plans() {
+        if let Some(contract) = engine.proto(*index) {
+            let name = format!("{}.proto", contract.output_name());
+            files.push((name, contract.output_text.clone()));
+        } else if let Some(contract) = engine.json_schema(*index) {
+            let name = format!("{}.schema.json", contract.input.output_title());
+            let mut text =
+                serde_json::to_string_pretty(&contract.output).expect("JSON value serializes");
+            text.push('\n');
+            files.push((name, text));
+        }
+    }
+    // The same file from two pipelines (same text) is written once; two texts for one name
+    // would have the second overwrite the first, so they are refused.
+    let mut unique: Vec<(String, String)> = Vec::with_capacity(files.len());
+    for (name, text) in files {
+        match unique.iter().find(|(n, _)| *n == name) {
+            Some((_, first)) if *first == text => {}
+            Some(_) => anyhow::bail!(
+                "two pipelines derive different schemas named {name}: one name, one schema"
+            ),
+            None => unique.push((name, text)),
+        }
+    }
+    Ok(unique)
 }
 
 /// File name of a plan's derived schema: its full name and `.avsc`.

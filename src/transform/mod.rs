@@ -217,6 +217,17 @@ impl Engine {
                                             crate::config::quote(title)
                                         )));
                                     }
+                                    let output = contract.input.output_title();
+                                    if contracts.iter().any(|(_, c)| {
+                                        c.input.output_title() == output
+                                            && c.output != contract.output
+                                    }) {
+                                        // One output title, one derived file and one subject.
+                                        errors.push(tag(format!(
+                                            "its output schema's title {} is also another json-schema pipeline's, derived differently: one title, one schema (the derived file and the subject would be shared)",
+                                            crate::config::quote(&output)
+                                        )));
+                                    }
                                     contracts.push((index, Arc::new(contract)));
                                 }
                                 Err(errs) => errors.extend(errs.into_iter().map(tag)),
@@ -277,6 +288,16 @@ impl Engine {
                     plan.domain = pipeline.domain.clone();
                     if let Some(risk) = &pipeline.risk {
                         errors.extend(crate::risk::problems(risk, &plan).into_iter().map(tag));
+                    }
+                    let output = plan.output_name();
+                    if plans.iter().any(|p: &Plan| {
+                        p.output_name() == output && p.output_json != plan.output_json
+                    }) {
+                        // One output name, one derived file and, by record name, one subject.
+                        errors.push(tag(format!(
+                            "its output record {} is also another Avro pipeline's, derived differently: one name, one schema (the derived file and, by record name, the subject would be shared)",
+                            crate::config::quote(&output)
+                        )));
                     }
                     for path in &plan.unused_rules {
                         tracing::warn!(pipeline = %pipeline.name, rule = %path, schema = %pipeline.input_schema.display(), "a rule names no field of the local schema (allowed with a registry: another version may have it)");
