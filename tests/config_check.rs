@@ -181,6 +181,38 @@ fn check_refuses_what_run_refuses() {
             "shutdown_timeout_secs = 9223372036854775807 is out of range: it must be from 1 to 3600",
         ),
         (
+            "a consumer property the worker owns",
+            setup.with(
+                "[kafka.consumer_properties]\n",
+                "[kafka.consumer_properties]\n\"enable.auto.offset.store\" = \"true\"\n",
+            ),
+            "[kafka.consumer_properties] \"enable.auto.offset.store\" is the worker's own setting and cannot be overridden: an offset is stored only once its record's copy is delivered",
+        ),
+        (
+            "a producer property the worker owns",
+            setup.with(
+                "[kafka.producer_properties]\n",
+                "[kafka.producer_properties]\n\"acks\" = \"1\"\n",
+            ),
+            "[kafka.producer_properties] \"acks\" is the worker's own setting and cannot be overridden: a record counts as delivered only once every in-sync replica has it",
+        ),
+        (
+            "a shared property the worker owns, by its alias",
+            setup.with(
+                "[kafka.properties]\n",
+                "[kafka.properties]\n\"request.required.acks\" = \"0\"\n",
+            ),
+            "[kafka.properties] \"request.required.acks\" is the worker's own setting",
+        ),
+        (
+            "delivery reports turned off",
+            setup.with(
+                "[kafka.producer_properties]\n",
+                "[kafka.producer_properties]\n\"delivery.report.only.error\" = \"true\"\n",
+            ),
+            "without them no offset would ever be stored",
+        ),
+        (
             "transform_threads 0",
             setup.with("stall_timeout_secs = 60", "stall_timeout_secs = 60\ntransform_threads = 0"),
             "[kafka] transform_threads = 0 is out of range: it must be from 1 to 256",
