@@ -54,13 +54,55 @@ fn with_properties(
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
+    // A default of ours that the config sets under another name (`delivery.timeout.ms` for
+    // `message.timeout.ms`) is left out: librdkafka would apply both, in an order that changes
+    // from one run to the next.
+    let theirs: Vec<&str> = kafka
+        .properties
+        .keys()
+        .chain(own.keys())
+        .map(|name| canonical_property(name))
+        .collect();
     for (name, value) in ours {
-        config.set(*name, *value);
+        if !theirs.contains(&canonical_property(name)) {
+            config.set(*name, *value);
+        }
     }
     for (name, value) in kafka.properties.iter().chain(own) {
         config.set(name, value);
     }
     config
+}
+
+/// librdkafka's aliases: a name and the property it sets.
+const PROPERTY_ALIASES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("max.in.flight", "max.in.flight.requests.per.connection"),
+    ("sasl.mechanism", "sasl.mechanisms"),
+    (
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ),
+    (
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
+    ),
+    ("max.partition.fetch.bytes", "fetch.message.max.bytes"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("retries", "message.send.max.retries"),
+    ("compression.type", "compression.codec"),
+    ("acks", "request.required.acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+];
+
+/// The property a librdkafka name sets: without the `topic.` prefix librdkafka accepts on a
+/// topic's properties, and through its aliases (`acks` sets `request.required.acks`).
+pub fn canonical_property(name: &str) -> &str {
+    let name = name.strip_prefix("topic.").unwrap_or(name);
+    PROPERTY_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, target)| target)
 }
 
 /// librdkafka's message about a property, with the value scrubbed (librdkafka quotes values

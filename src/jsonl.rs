@@ -1,4 +1,5 @@
-//! JSON lines in and out: file mode for `format = "json"` pipelines (`transform --pipeline`).
+//! JSON lines in and out: file mode for the json, json-schema and protobuf pipelines
+//! (`transform`, `decrypt` and `reseal` with `--pipeline`).
 //!
 //! One JSON object per line, as the worker reads one per record. The input is streamed (a
 //! regular file only), each line at most [`MAX_LINE_BYTES`]; blank lines are skipped. The
@@ -268,6 +269,206 @@ impl Opener<'_> {
                 }
             }
             other => other,
+        }
+    }
+}
+
+/// `reseal --pipeline`: a sanitized JSON lines file copied with every envelope (the base64
+/// strings at `encrypt` rule paths) that is not under `active` opened and sealed again under
+/// it, at the same path. Everything else is copied as written: the values around the
+/// envelopes byte for byte (numbers, escapes, order and all), only the objects that hold an
+/// envelope are written again, compact. An envelope that does not open (destroyed or unknown
+/// key, tampered, not an envelope) stops the copy and nothing is written, as for Avro files.
+pub fn reseal_lines(
+    plan: &JsonPlan,
+    keys: &crate::keys::KeySet,
+    active: &crate::keys::SealKey,
+    input: &Path,
+    output: &Path,
+) -> Result<crate::file::ResealReport, FileError> {
+    if !plan.needs_encryption {
+        return Err(FileError::NothingSealed {
+            path: input.to_owned(),
+            record: format!("of pipeline {}", plan.name),
+        });
+    }
+    let mut records = Records::open(input)?;
+    crate::fsio::refuse_same_file(input, output)?;
+    let mut target = crate::fsio::AtomicFile::create(output, "output", 0o600)?;
+    let sealed: Vec<&str> = plan
+        .rules
+        .iter()
+        .filter(|(_, action)| *action == crate::rules::Action::Encrypt)
+        .map(|(path, _)| path)
+        .collect();
+    let mut resealer = LineResealer {
+        sealed,
+        keys,
+        active,
+        report: crate::file::ResealReport::default(),
+        failure: None,
+    };
+    let write = |e: std::io::Error| FileError::Write(e.to_string());
+    let mut out = String::with_capacity(1024);
+    while let Some((index, line)) = records.next()? {
+        let record: &serde_json::value::RawValue = match std::str::from_utf8(line)
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+        {
+            Some(raw) if is_object(raw) => raw,
+            _ => return Err(FileError::NotJsonObject { index }),
+        };
+        out.clear();
+        resealer.value(record, "", &mut out);
+        if let Some((path, source)) = resealer.failure.take() {
+            return Err(FileError::Reseal {
+                index,
+                path,
+                source,
+            });
+        }
+        out.push('\n');
+        target.writer().write_all(out.as_bytes()).map_err(write)?;
+        resealer.report.events += 1;
+    }
+    target.writer().flush().map_err(write)?;
+    target.commit()?;
+    Ok(resealer.report)
+}
+
+fn is_object(raw: &serde_json::value::RawValue) -> bool {
+    raw.get().starts_with('{')
+}
+
+/// The entries of one JSON object, in order, each value as its raw text.
+struct Entries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Entries<'a>, M::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) =
+                    map.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// Walks a sanitized JSON record down the paths that lead to a sealed one only.
+struct LineResealer<'a> {
+    /// The `encrypt` rule paths.
+    sealed: Vec<&'a str>,
+    keys: &'a crate::keys::KeySet,
+    active: &'a crate::keys::SealKey,
+    report: crate::file::ResealReport,
+    /// The first envelope that did not open.
+    failure: Option<(String, crate::envelope::OpenError)>,
+}
+
+impl LineResealer<'_> {
+    /// Whether `path` is sealed, or holds something sealed deeper down.
+    fn leads_to_sealed(&self, path: &str) -> bool {
+        self.sealed.iter().any(|sealed| {
+            sealed
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+    }
+
+    /// Appends `raw` (at `path`, which leads to a sealed path) to `out`, resealed.
+    fn value(&mut self, raw: &serde_json::value::RawValue, path: &str, out: &mut String) {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                let Ok(Entries(entries)) = serde_json::from_str::<Entries>(text) else {
+                    out.push_str(text);
+                    return;
+                };
+                out.push('{');
+                for (n, (key, value)) in entries.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(key).expect("a string serializes"));
+                    out.push(':');
+                    let child = match path.is_empty() {
+                        true => key.clone(),
+                        false => format!("{path}.{key}"),
+                    };
+                    match self.leads_to_sealed(&child) {
+                        true => self.value(value, &child, out),
+                        false => out.push_str(value.get()),
+                    }
+                }
+                out.push('}');
+            }
+            Some(b'[') => {
+                let Ok(items) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text)
+                else {
+                    out.push_str(text);
+                    return;
+                };
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    self.value(item, path, out);
+                }
+                out.push(']');
+            }
+            Some(b'"') if self.sealed.contains(&path) => self.envelope(text, path, out),
+            // A withheld subject's sealed field (null), or anything that is not a string.
+            _ => out.push_str(text),
+        }
+    }
+
+    /// Appends the envelope `text` (a JSON string of base64) resealed under the active key.
+    fn envelope(&mut self, text: &str, path: &str, out: &mut String) {
+        use crate::envelope;
+        use base64::Engine as _;
+        let bytes = serde_json::from_str::<String>(text)
+            .ok()
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .unwrap_or_default();
+        // Every envelope is opened, the ones already under the active key too: a tampered one
+        // is never copied on. One under the active key in the current version is then kept.
+        let current = envelope::key_id(&bytes) == Ok(self.active.id())
+            && envelope::version(&bytes) == Ok(envelope::VERSION);
+        match self.keys.open(path, &bytes) {
+            Ok(plaintext) if current => {
+                drop(zeroize::Zeroizing::new(plaintext));
+                self.report.current += 1;
+                out.push_str(text);
+            }
+            Ok(plaintext) => {
+                let plaintext = zeroize::Zeroizing::new(plaintext);
+                let mut sealed =
+                    Vec::with_capacity(envelope::sealed_len(self.active, plaintext.len()));
+                envelope::seal_into(self.active, path, &plaintext, &mut sealed);
+                out.push('"');
+                base64::engine::general_purpose::STANDARD.encode_string(&sealed, out);
+                out.push('"');
+                self.report.resealed += 1;
+            }
+            Err(error) => {
+                self.failure.get_or_insert((path.to_owned(), error));
+                out.push_str(text);
+            }
         }
     }
 }

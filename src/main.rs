@@ -22,7 +22,19 @@ fn main() -> std::process::ExitCode {
             pseudonymizer::cli::panic_report(info.payload(), info.location())
         );
     }));
-    let cli = pseudonymizer::cli::Cli::parse();
+    let cli = match pseudonymizer::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(said) => {
+            // Help and version (exit 0) and usage errors (exit 2), printed as clap prints them;
+            // help that standard output cannot take (a closed pipe, a full disk) is exit 1, as
+            // for any other output. (A usage error stays 2 even if stderr is closed.)
+            let printed = said.print().and_then(|()| std::io::stdout().flush());
+            return match (said.exit_code(), printed) {
+                (0, Err(_)) => std::process::ExitCode::FAILURE,
+                (code, _) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(2)),
+            };
+        }
+    };
     pseudonymizer::cli::set_hardening(hardened);
     match pseudonymizer::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

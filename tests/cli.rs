@@ -283,6 +283,32 @@ fn schema_derive_never_writes_through_a_link_nor_one_name_twice() {
         .unwrap()
         .file_type()
         .is_symlink());
+    // A directory at the second name: refused before the first is written.
+    std::fs::remove_file(&calls).unwrap();
+    std::fs::create_dir(&messages).unwrap();
+    let ran = run(&["schema", "derive", "--config", s(&config), "--out", s(&out)]);
+    assert_eq!(ran.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        err.contains("exists and is not a regular file; nothing written"),
+        "{err}"
+    );
+    assert!(
+        !calls.exists(),
+        "nothing is written when one target is refused"
+    );
+    std::fs::remove_dir(&messages).unwrap();
+    // `--out` naming a file: said so.
+    let ran = run(&[
+        "schema",
+        "derive",
+        "--config",
+        s(&config),
+        "--out",
+        s(&victim),
+    ]);
+    assert_eq!(ran.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("is not a directory"));
 
     // Two Avro pipelines deriving different records of one name (`comms.sanitized.v1.CallEvent`
     // from `comms.v1.CallEvent` and from `other.v1.CallEvent`): refused by `check` and by

@@ -205,6 +205,22 @@ fn check_refuses_what_run_refuses() {
             "[kafka.properties] \"request.required.acks\" is the worker's own setting",
         ),
         (
+            "an owned property by librdkafka's topic prefix",
+            setup.with(
+                "[kafka.consumer_properties]\n",
+                "[kafka.consumer_properties]\n\"topic.auto.offset.reset\" = \"latest\"\n",
+            ),
+            "[kafka.consumer_properties] \"topic.auto.offset.reset\" is the worker's own setting and cannot be overridden: set [kafka] auto_offset_reset",
+        ),
+        (
+            "two names of one property",
+            setup.with(
+                "\"linger.ms\" = \"5\"\n",
+                "\"linger.ms\" = \"5\"\n\"queue.buffering.max.ms\" = \"10\"\n",
+            ),
+            "[kafka] \"linger.ms\" and \"queue.buffering.max.ms\" are two names of the producer's property \"queue.buffering.max.ms\": set it once",
+        ),
+        (
             "delivery reports turned off",
             setup.with(
                 "[kafka.producer_properties]\n",

@@ -97,4 +97,21 @@ fn help_names_the_environment_and_the_exit_codes() {
     }
     let out = Command::new(BIN).arg("--no-such-flag").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Help or the version that standard output cannot take is a failure like any other
+    // output's; a usage error stays 2 with stderr closed.
+    for (args, code) in [
+        ("--help >/dev/full", 1),
+        ("--version >/dev/full", 1),
+        ("schema --help >/dev/full", 1),
+        ("--no-such-flag 2>&-", 2),
+        ("--help >/dev/null", 0),
+    ] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(r#"exec "$0" {args}"#))
+            .arg(BIN)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args}: {out:?}");
+    }
 }

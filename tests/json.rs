@@ -476,6 +476,120 @@ fn file_mode_on_json_lines() {
     assert!(envelopes > 10, "{envelopes} envelopes opened");
     let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("\"decrypt\""), "{audit}");
+    // After the encryption key's rotation, `reseal --pipeline` seals every envelope again
+    // under the new key; every other value is copied byte for byte, and the values open as
+    // before.
+    let keyring = dir.path().join("keyring.json");
+    let rotated = run(&[
+        "keys",
+        "rotate",
+        "--keyring",
+        keyring.to_str().unwrap(),
+        "--purpose",
+        "encryption",
+    ]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let resealed = dir.path().join("resealed.jsonl");
+    let reseal = |input: &std::path::Path, output: &std::path::Path| {
+        run(&[
+            "reseal",
+            "--config",
+            config.to_str().unwrap(),
+            "--pipeline",
+            "sdk-calls",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let done = reseal(&output, &resealed);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        said.starts_with(&format!("resealed {envelopes} envelopes under "))
+            && said.contains("(0 were already under it) in 50 events"),
+        "{said}"
+    );
+    let resealed_text = std::fs::read_to_string(&resealed).unwrap();
+    assert_eq!(resealed_text.lines().count(), 50);
+    for (before, after) in written.lines().zip(resealed_text.lines()) {
+        let mut before_json: Json = serde_json::from_str(before).unwrap();
+        let mut after_json: Json = serde_json::from_str(after).unwrap();
+        match before_json["recording_url"].is_string() {
+            // Another envelope (a new key, a new nonce); the rest of the record unchanged.
+            true => {
+                assert_ne!(before_json["recording_url"], after_json["recording_url"]);
+                before_json["recording_url"] = Json::Null;
+                after_json["recording_url"] = Json::Null;
+                assert_eq!(before_json, after_json);
+            }
+            // Nothing sealed: the line as it was, byte for byte.
+            false => assert_eq!(before, after),
+        }
+    }
+    let opened_again = run(&[
+        "decrypt",
+        "--config",
+        config.to_str().unwrap(),
+        "--pipeline",
+        "sdk-calls",
+        "--input",
+        resealed.to_str().unwrap(),
+    ]);
+    assert!(
+        opened_again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened_again.stderr)
+    );
+    assert_eq!(String::from_utf8(opened_again.stdout).unwrap(), opened);
+    // Again: every envelope is already under the active key, each kept as it was.
+    let twice = dir.path().join("twice.jsonl");
+    let done = reseal(&resealed, &twice);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&done.stdout).starts_with(&format!("resealed 0 envelopes under ")),
+        "{}",
+        String::from_utf8_lossy(&done.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&twice).unwrap(), resealed_text);
+    // A tampered envelope: refused, naming the line and field, nothing written.
+    let first_sealed = resealed_text
+        .lines()
+        .position(|l| serde_json::from_str::<Json>(l).unwrap()["recording_url"].is_string())
+        .unwrap();
+    let mut tampered: Vec<String> = resealed_text.lines().map(str::to_owned).collect();
+    let mut record: Json = serde_json::from_str(&tampered[first_sealed]).unwrap();
+    let envelope = record["recording_url"].as_str().unwrap().to_owned();
+    let flipped = if envelope.ends_with('A') { "B" } else { "A" };
+    record["recording_url"] = json!(format!("{}{flipped}", &envelope[..envelope.len() - 1]));
+    tampered[first_sealed] = record.to_string();
+    let tampered_path = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered_path, tampered.join("\n") + "\n").unwrap();
+    let refused_path = dir.path().join("refused.jsonl");
+    let failed = reseal(&tampered_path, &refused_path);
+    assert_eq!(failed.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        said.contains(&format!(
+            "event {}, field `recording_url`: cannot reseal",
+            first_sealed + 1
+        )),
+        "{said}"
+    );
+    assert!(!refused_path.exists());
     // A bad line 3: nothing written, the earlier output untouched.
     let mut bad = lines.clone();
     bad[2] = r#"{"event_id":"x","imsi":"510011234567890"}"#.to_owned();

@@ -588,6 +588,15 @@ async fn confluent_serializers_on_both_sides() {
             .contains("pseudonymizer_unclassified_fields{"),
         "the unclassified property is exported"
     );
+    // Each published record names its input schema (the title) in `pseudonymizer.schema`.
+    for message in &published {
+        let headers = message.headers().expect("published records carry headers");
+        let schema = headers.iter().find(|h| h.key == "pseudonymizer.schema");
+        assert_eq!(
+            schema.and_then(|h| h.value),
+            Some(&b"comms.v1.CallEvent"[..])
+        );
+    }
 
     // Published: framed with derived schemas the worker registered under the output subject.
     let derived_ids: HashSet<u32> = published

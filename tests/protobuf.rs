@@ -815,6 +815,15 @@ async fn confluent_serializers_on_both_sides() {
     assert!(metrics
         .render()
         .contains("pseudonymizer_unclassified_fields{"));
+    // Each published record names its input schema in the `pseudonymizer.schema` header.
+    for message in &published {
+        let headers = message.headers().expect("published records carry headers");
+        let schema = headers.iter().find(|h| h.key == "pseudonymizer.schema");
+        assert_eq!(
+            schema.and_then(|h| h.value),
+            Some(&b"comms.v1.CallEvent"[..])
+        );
+    }
 
     // Published: framed with derived schemas the worker registered, message index [0].
     let derived_ids: HashSet<u32> = published

@@ -91,10 +91,8 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
 
     let mut in_flight: HashMap<i32, InFlight> = HashMap::new();
     let mut done = 0u64;
-    let mut first: Option<(Instant, f64)> = None;
+    let mut stopwatch = Stopwatch::new();
     let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut rss = Vec::new();
-    let mut last_sample = Instant::now();
     let mut acknowledged = Vec::new();
     while done < events {
         if Instant::now() > deadline {
@@ -104,7 +102,7 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
         // own thread.
         match consumer.poll(Duration::from_millis(10)) {
             Some(Ok(message)) => {
-                first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+                stopwatch.start();
                 let (partition, offset) = (message.partition(), message.offset());
                 if partition > MAX_PARTITION {
                     bail!("input partition {partition} is past what the copy packs");
@@ -141,27 +139,14 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
         }
         done += acknowledged.len() as u64;
         store_acknowledged(&consumer, input, &mut in_flight, &mut acknowledged)?;
-        if last_sample.elapsed() >= Duration::from_secs(1) {
-            rss.push(proc_status_kib("VmRSS:"));
-            last_sample = Instant::now();
-        }
+        stopwatch.sample();
     }
-    let (started, cpu_at_first) = first.context("no record was copied")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_at_first;
-    rss.push(proc_status_kib("VmRSS:"));
+    let measurement = stopwatch.stop("AtLeastOnce", events)?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(Measurement::new(
-        "Floor",
-        "AtLeastOnce",
-        events,
-        seconds,
-        cpu,
-        rss,
-    ))
+    Ok(measurement)
 }
 
 /// The exactly-once floor: the same copy in Kafka transactions, as the exactly-once worker
@@ -192,10 +177,8 @@ pub fn copy_transactional(
     let batch_time = Duration::from_millis(kafka.transaction_max_ms);
 
     let mut done = 0u64;
-    let mut first: Option<(Instant, f64)> = None;
+    let mut stopwatch = Stopwatch::new();
     let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut rss = Vec::new();
-    let mut last_sample = Instant::now();
     // The next offset to read of each partition copied in the open transaction.
     let mut next: HashMap<i32, i64> = HashMap::new();
     let mut open: Option<(Instant, u64)> = None;
@@ -212,7 +195,7 @@ pub fn copy_transactional(
                     continue;
                 }
             };
-            first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+            stopwatch.start();
             if open.is_none() {
                 producer.begin_transaction()?;
                 open = Some((Instant::now(), 0));
@@ -247,23 +230,53 @@ pub fn copy_transactional(
             producer.commit_transaction(timeout)?;
             done += records;
         }
-        if last_sample.elapsed() >= Duration::from_secs(1) {
-            rss.push(proc_status_kib("VmRSS:"));
-            last_sample = Instant::now();
+        stopwatch.sample();
+    }
+    stopwatch.stop("ExactlyOnce", events)
+}
+
+/// What a copy measures, as the worker's measurements do: wall clock and the process's CPU
+/// from its first record on, and its RSS once a second.
+struct Stopwatch {
+    /// When the first record came, and the process's CPU seconds then.
+    first: Option<(Instant, f64)>,
+    rss: Vec<u64>,
+    last_sample: Instant,
+}
+
+impl Stopwatch {
+    fn new() -> Stopwatch {
+        Stopwatch {
+            first: None,
+            rss: Vec::new(),
+            last_sample: Instant::now(),
         }
     }
-    let (started, cpu_at_first) = first.context("no record was copied")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_at_first;
-    rss.push(proc_status_kib("VmRSS:"));
-    Ok(Measurement::new(
-        "Floor",
-        "ExactlyOnce",
-        events,
-        seconds,
-        cpu,
-        rss,
-    ))
+
+    /// A record came: the measurement starts at the first.
+    fn start(&mut self) {
+        self.first
+            .get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+    }
+
+    /// The RSS, if a second passed since the last sample.
+    fn sample(&mut self) {
+        if self.last_sample.elapsed() >= Duration::from_secs(1) {
+            self.rss.push(proc_status_kib("VmRSS:"));
+            self.last_sample = Instant::now();
+        }
+    }
+
+    /// The floor's measurement of `events` records in `mode`, ending now.
+    fn stop(mut self, mode: &str, events: u64) -> Result<Measurement> {
+        let (started, cpu_at_first) = self.first.context("no record was copied")?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_at_first;
+        self.rss.push(proc_status_kib("VmRSS:"));
+        Ok(Measurement::new(
+            "Floor", mode, events, seconds, cpu, self.rss,
+        ))
+    }
 }
 
 /// `record` with `message`'s value and key, unchanged, and its headers when `headers` (the

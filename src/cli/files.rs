@@ -1,6 +1,7 @@
 //! The file-mode commands, on Avro container files: `transform` (raw to sanitized),
 //! `decrypt` (sanitized to JSON lines, envelopes opened, audited), `reseal` (envelopes under
-//! the active key), `show` and `generate`.
+//! the active key), `show` and `generate`; with `--pipeline`, `transform`, `decrypt` and
+//! `reseal` read and write JSON lines instead (`crate::jsonl`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,12 +65,17 @@ pub struct DecryptArgs {
 pub struct ResealArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// The sanitized Avro container file to read.
+    /// The sanitized Avro container file to read (JSON lines with --pipeline).
     #[arg(long)]
     pub input: PathBuf,
-    /// The resealed Avro container file to write.
+    /// The resealed Avro container file to write (JSON lines with --pipeline).
     #[arg(long)]
     pub output: PathBuf,
+    /// A json, json-schema or protobuf pipeline: the input is JSON lines, as `transform
+    /// --pipeline` or the pipeline's topic wrote them; the values around the envelopes are
+    /// copied byte for byte.
+    #[arg(long)]
+    pub pipeline: Option<String>,
     /// Overrides the config's `audit_log` (reseal opens envelopes: audited).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
@@ -289,14 +295,22 @@ pub(super) fn reseal(args: ResealArgs, out: &mut dyn Write) -> Result<()> {
         config,
         input,
         output,
+        pipeline,
         audit_log,
     } = args;
     let (loaded, engine, keys) = load(&config, Need::ENVELOPES)?;
+    let json_plan = match &pipeline {
+        None => None,
+        Some(name) => Some(json_pipeline(&loaded, &engine, name)?),
+    };
     let mut audit = AuditLog::open(audit_log.as_deref(), loaded.audit_log.as_deref())?;
     let active = keys.encryption()?.clone();
     let key_ids = keys.encryption_key_ids();
     audit.append("reseal", key_ids.clone(), 0, None, Some(&input), "started")?;
-    let result = file::reseal_file(&engine, &keys, &active, &input, &output);
+    let result = match &json_plan {
+        Some(plan) => crate::jsonl::reseal_lines(plan, &keys, &active, &input, &output),
+        None => file::reseal_file(&engine, &keys, &active, &input, &output),
+    };
     let (resealed, outcome) = match &result {
         Ok(report) => (report.resealed, "ok"),
         Err(_) => (0, "failed"),

@@ -38,23 +38,39 @@ pub(super) fn schema(command: SchemaCommand, out: &mut dyn Write) -> Result<()> 
             let config = Config::load(&config)?;
             let engine = Engine::from_config(&config)?;
             let files = derived_files(&engine)?;
+            if std::fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+                anyhow::bail!("--out {} is not a directory", dir.display());
+            }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Every target is checked before any is written: a refusal leaves `dir` as it was.
             for (name, _) in &files {
                 let path = dir.join(name);
-                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                let Ok(found) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if found.file_type().is_symlink() {
                     anyhow::bail!(
-                        "{} is a symbolic link: schema derive writes its own files in --out and never through a link (remove it, or choose another directory)",
+                        "{} is a symbolic link: schema derive writes its own files in --out and never through a link (remove it, or choose another directory); nothing written",
+                        path.display()
+                    );
+                }
+                if !found.is_file() {
+                    anyhow::bail!(
+                        "{} exists and is not a regular file; nothing written",
                         path.display()
                     );
                 }
             }
             for (name, text) in &files {
-                let path = dir.join(name);
                 // Through a temporary beside it, renamed into place: a failed write leaves any
                 // schema already there as it was. Schemas hold no data: readable by all.
+                let path = dir.join(name);
                 crate::fsio::write_atomically(&path, "derived schema", 0o644, text.as_bytes())?;
-                writeln!(out, "wrote {}", path.display())?;
+            }
+            // Said once all are written: a closed standard output (exit 1) cannot stop the
+            // command between two files.
+            for (name, _) in &files {
+                writeln!(out, "wrote {}", dir.join(name).display())?;
             }
             Ok(())
         }

@@ -359,9 +359,33 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
     ];
     for (section, properties) in sections {
         for name in properties.keys() {
-            if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(owned, _)| owned == name) {
+            let property = crate::connect::canonical_property(name);
+            let owned = OWNED_PROPERTIES
+                .iter()
+                .find(|(owned, _)| crate::connect::canonical_property(owned) == property);
+            if let Some((_, why)) = owned {
                 problems.push(format!(
                     "{section} {name:?} is the worker's own setting and cannot be overridden: {why}"
+                ));
+            }
+        }
+    }
+    // Two names of one property for one client (`linger.ms` and `queue.buffering.max.ms`,
+    // `acks` and `topic.acks`): librdkafka would apply both in an order that changes from one
+    // run to the next.
+    for (client, own) in [
+        ("consumer", &kafka.consumer_properties),
+        ("producer", &kafka.producer_properties),
+    ] {
+        let names: Vec<&String> = kafka.properties.keys().chain(own.keys()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let property = crate::connect::canonical_property(name);
+            let earlier = names[..i].iter().find(|other| {
+                *other != name && crate::connect::canonical_property(other) == property
+            });
+            if let Some(other) = earlier {
+                problems.push(format!(
+                    "[kafka] {other:?} and {name:?} are two names of the {client}'s property {property:?}: set it once"
                 ));
             }
         }
@@ -418,10 +442,16 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
     problems
 }
 
-/// librdkafka properties (and their aliases) that carry the worker's guarantees: it sets them
-/// itself, and `check` (so `run`) refuses a config whose properties name one, with why.
+/// librdkafka properties that carry the worker's guarantees: it sets them itself, and `check`
+/// (so `run`) refuses a config whose properties name one, by any of its names
+/// ([`crate::connect::canonical_property`]: `topic.acks`, `request.required.acks`), with why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set [kafka] brokers"),
     ("group.id", "set [kafka] group_id"),
+    (
+        "offset.store.method",
+        "offsets are committed to the consumer group, on the brokers",
+    ),
     ("auto.offset.reset", "set [kafka] auto_offset_reset"),
     (
         "enable.auto.commit",
@@ -445,10 +475,6 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ),
     (
         "acks",
-        "a record counts as delivered only once every in-sync replica has it (acks=all)",
-    ),
-    (
-        "request.required.acks",
         "a record counts as delivered only once every in-sync replica has it (acks=all)",
     ),
     ("transactional.id", "set [kafka] transactional_id"),

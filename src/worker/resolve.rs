@@ -148,6 +148,7 @@ impl SchemaResolver {
         Ok(Resolution::Route(Target::Json(Arc::new(JsonRoute {
             output_schema_id: Some(output_id),
             proto: None,
+            schema_name: Some(writer.title.as_str().into()),
             ..route.clone()
         }))))
     }
@@ -204,6 +205,7 @@ impl SchemaResolver {
         Ok(Resolution::Route(Target::Json(Arc::new(JsonRoute {
             output_schema_id: Some(output_id),
             proto: Some(Arc::new(contract)),
+            schema_name: Some(message.as_str().into()),
             ..route.clone()
         }))))
     }

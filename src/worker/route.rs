@@ -146,6 +146,9 @@ pub struct JsonRoute {
     /// `protobuf`: the writer's message and the derived one its records are read and written
     /// as (the walk between them is the JSON one).
     pub proto: Option<Arc<ProtoContract>>,
+    /// The input schema's name, for the `pseudonymizer.schema` header: a JSON Schema's title,
+    /// a Protobuf message's full name; `None` for schemaless JSON.
+    pub schema_name: Option<Arc<str>>,
 }
 
 /// A `format = "protobuf"` pipeline, found by its writer schemas' message name.
@@ -205,11 +208,12 @@ impl Target {
         }
     }
 
-    /// The input schema's full name (Avro); a JSON record has none.
+    /// The input schema's name: an Avro record's full name, a JSON Schema's title, a Protobuf
+    /// message's full name; schemaless JSON has none.
     pub fn schema_name(&self) -> Option<&str> {
         match self {
             Target::Avro(route) => Some(&route.plan.input_name),
-            Target::Json(_) => None,
+            Target::Json(route) => route.schema_name.as_deref(),
         }
     }
 }
@@ -555,6 +559,11 @@ impl Router {
                     key_class: pipeline.key_class.as_deref().and_then(key_class),
                     subject_policy,
                     proto: engine.proto(index).cloned(),
+                    schema_name: match (engine.proto(index), engine.json_schema(index)) {
+                        (Some(proto), _) => Some(proto.input.message.full_name().into()),
+                        (None, Some(json_schema)) => Some(json_schema.input.title.as_str().into()),
+                        (None, None) => None,
+                    },
                 };
                 let json_schema = engine.json_schema(index);
                 if route.proto.is_none() && json_schema.is_none() {
