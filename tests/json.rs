@@ -560,7 +560,7 @@ fn file_mode_on_json_lines() {
         String::from_utf8_lossy(&done.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&done.stdout).starts_with(&format!("resealed 0 envelopes under ")),
+        String::from_utf8_lossy(&done.stdout).starts_with("resealed 0 envelopes under "),
         "{}",
         String::from_utf8_lossy(&done.stdout)
     );
