@@ -73,6 +73,12 @@ pub enum FileError {
         path: String,
         source: OpenError,
     },
+    #[error("line {}, field `{path}`: cannot reseal: {source} (nothing written)", .index + 1)]
+    ResealLine {
+        index: u64,
+        path: String,
+        source: OpenError,
+    },
 }
 
 /// Opens an input container: a regular file only (a FIFO or device is refused without

@@ -275,10 +275,12 @@ impl Opener<'_> {
 
 /// `reseal --pipeline`: a sanitized JSON lines file copied with every envelope (the base64
 /// strings at `encrypt` rule paths) that is not under `active` opened and sealed again under
-/// it, at the same path. Everything else is copied as written: the values around the
-/// envelopes byte for byte (numbers, escapes, order and all), only the objects that hold an
-/// envelope are written again, compact. An envelope that does not open (destroyed or unknown
-/// key, tampered, not an envelope) stops the copy and nothing is written, as for Avro files.
+/// it, at the same path. The values around the envelopes are copied byte for byte (numbers,
+/// string escapes, order and all); the objects on the way to an envelope are written again,
+/// compact (keys with their escapes decoded), one line each (blank lines and `\r` dropped).
+/// An envelope that does not open (destroyed or unknown key, tampered), or a sealed field that
+/// holds something else than an envelope or `null`, stops the copy and nothing is written, as
+/// for Avro files.
 pub fn reseal_lines(
     plan: &JsonPlan,
     keys: &crate::keys::KeySet,
@@ -311,17 +313,20 @@ pub fn reseal_lines(
     let write = |e: std::io::Error| FileError::Write(e.to_string());
     let mut out = String::with_capacity(1024);
     while let Some((index, line)) = records.next()? {
-        let record: &serde_json::value::RawValue = match std::str::from_utf8(line)
-            .ok()
-            .and_then(|text| serde_json::from_str(text).ok())
-        {
-            Some(raw) if is_object(raw) => raw,
+        // Read whole once as `decrypt` reads it (strict strings, at most 128 levels deep), so
+        // that the walk below, which reads only the objects on the way to an envelope, never
+        // meets a line `decrypt` would refuse.
+        let text = std::str::from_utf8(line).map_err(|_| FileError::NotJsonObject { index })?;
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(_)) => {}
             _ => return Err(FileError::NotJsonObject { index }),
-        };
+        }
+        let record: &serde_json::value::RawValue =
+            serde_json::from_str(text).map_err(|_| FileError::NotJsonObject { index })?;
         out.clear();
         resealer.value(record, "", &mut out);
         if let Some((path, source)) = resealer.failure.take() {
-            return Err(FileError::Reseal {
+            return Err(FileError::ResealLine {
                 index,
                 path,
                 source,
@@ -334,10 +339,6 @@ pub fn reseal_lines(
     target.writer().flush().map_err(write)?;
     target.commit()?;
     Ok(resealer.report)
-}
-
-fn is_object(raw: &serde_json::value::RawValue) -> bool {
-    raw.get().starts_with('{')
 }
 
 /// The entries of one JSON object, in order, each value as its raw text.
@@ -392,11 +393,14 @@ impl LineResealer<'_> {
     /// Appends `raw` (at `path`, which leads to a sealed path) to `out`, resealed.
     fn value(&mut self, raw: &serde_json::value::RawValue, path: &str, out: &mut String) {
         let text = raw.get();
+        let sealed = self.sealed.contains(&path);
         match text.as_bytes().first() {
+            // A sealed field holds an envelope (a string), `null` (a withheld subject's) or an
+            // array of them: anything else was not written by `transform`, and is not copied on.
+            Some(b'{') if sealed => self.refuse(path, text, out),
             Some(b'{') => {
                 let Ok(Entries(entries)) = serde_json::from_str::<Entries>(text) else {
-                    out.push_str(text);
-                    return;
+                    return self.refuse(path, text, out);
                 };
                 out.push('{');
                 for (n, (key, value)) in entries.iter().enumerate() {
@@ -419,8 +423,7 @@ impl LineResealer<'_> {
             Some(b'[') => {
                 let Ok(items) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text)
                 else {
-                    out.push_str(text);
-                    return;
+                    return self.refuse(path, text, out);
                 };
                 out.push('[');
                 for (n, item) in items.iter().enumerate() {
@@ -431,10 +434,19 @@ impl LineResealer<'_> {
                 }
                 out.push(']');
             }
-            Some(b'"') if self.sealed.contains(&path) => self.envelope(text, path, out),
-            // A withheld subject's sealed field (null), or anything that is not a string.
+            Some(b'"') if sealed => self.envelope(text, path, out),
+            Some(b'n') if sealed => out.push_str(text),
+            _ if sealed => self.refuse(path, text, out),
+            // A value beside the sealed ones on the way (a number in an array, say).
             _ => out.push_str(text),
         }
+    }
+
+    /// Notes that the value at `path` is not what a sealed field holds (nothing is written).
+    fn refuse(&mut self, path: &str, text: &str, out: &mut String) {
+        self.failure
+            .get_or_insert((path.to_owned(), crate::envelope::OpenError::Malformed));
+        out.push_str(text);
     }
 
     /// Appends the envelope `text` (a JSON string of base64) resealed under the active key.

@@ -198,7 +198,7 @@ async fn exactly_once_kill_9_mid_transaction_then_restart() {
 async fn exactly_once_same_transactional_id_fences_the_older_worker() {
     let _serial = serial().await;
     const EVENTS: usize = 20_000;
-    let s = setup("eos-fence", 3, EVENTS, 32).await;
+    let mut s = setup("eos-fence", 3, EVENTS, 32).await;
     let (config_a, addr_a) = exactly_once_config(s.dir.path(), &s.base, Some("eos-fence-0"));
     let (config_b, addr_b) = exactly_once_config(s.dir.path(), &s.base, Some("eos-fence-0"));
     let (log_a, log_b) = (s.dir.path().join("a.log"), s.dir.path().join("b.log"));
@@ -212,6 +212,18 @@ async fn exactly_once_same_transactional_id_fences_the_older_worker() {
     });
     let mut b = start(&config_b, &log_b);
     wait_ready(addr_b);
+    // A zombie learns it is fenced when it next writes (as with Kafka's own clients): more
+    // records now, so that the first worker has some to write even if it had finished the
+    // first batch before the second worker started.
+    kafka::produce(
+        &s.kafka.brokers,
+        &s.topics.raw,
+        2_000,
+        34,
+        &[],
+        &mut s.inputs,
+    )
+    .await;
     let status = wait_exit(&mut a, Duration::from_secs(60));
     assert!(
         !status.success(),

@@ -898,3 +898,35 @@ fn a_wide_schema_gives_a_short_error() {
     let err = stderr(&out);
     assert!(err.len() < 30_000, "{} bytes of error", err.len());
 }
+
+/// `dlq replay` makes the worker's clients: it refuses the properties `check` refuses, before
+/// it connects or audits anything.
+#[test]
+fn dlq_replay_refuses_the_properties_the_worker_owns() {
+    let setup = Setup::new();
+    let config = setup.write(
+        "pipeline.toml",
+        &setup.with(
+            "[kafka.consumer_properties]\n",
+            "[kafka.consumer_properties]\n\"topic.auto.offset.reset\" = \"latest\"\n",
+        ),
+    );
+    let audit = setup.path("audit.log");
+    let out = run(&[
+        "dlq",
+        "replay",
+        "--config",
+        s(&config),
+        "--keyring",
+        s(&setup.ring),
+        "--audit-log",
+        s(&audit),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"topic.auto.offset.reset\" is the worker's own setting"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!audit.exists(), "refused before the audit log was opened");
+}

@@ -584,12 +584,48 @@ fn file_mode_on_json_lines() {
     let said = String::from_utf8_lossy(&failed.stderr);
     assert!(
         said.contains(&format!(
-            "event {}, field `recording_url`: cannot reseal",
+            "line {}, field `recording_url`: cannot reseal",
             first_sealed + 1
         )),
         "{said}"
     );
     assert!(!refused_path.exists());
+    // Lines `decrypt` refuses are refused too (a lone surrogate in a key, nesting past 128
+    // levels), and so is a sealed field holding anything but an envelope or null: nothing
+    // written, never an envelope copied on unopened.
+    let envelope_line = resealed_text.lines().nth(first_sealed).unwrap();
+    let sealed_value = serde_json::from_str::<Json>(envelope_line).unwrap()["recording_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for (line, said) in [
+        (
+            format!(r#"{{"\ud800":1,"recording_url":"{sealed_value}"}}"#),
+            "line 1: not a JSON object".to_owned(),
+        ),
+        (
+            format!(r#"{{"recording_url":{deep}}}"#),
+            "line 1: not a JSON object".to_owned(),
+        ),
+        (
+            r#"{"recording_url":{"url":"https://example.com/plain"}}"#.to_owned(),
+            "line 1, field `recording_url`: cannot reseal: envelope is malformed".to_owned(),
+        ),
+        (
+            r#"{"recording_url":12345}"#.to_owned(),
+            "line 1, field `recording_url`: cannot reseal: envelope is malformed".to_owned(),
+        ),
+    ] {
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, format!("{line}\n")).unwrap();
+        let failed = reseal(&bad, &refused_path);
+        assert_eq!(failed.status.code(), Some(1), "{line}");
+        let err = String::from_utf8_lossy(&failed.stderr);
+        assert!(err.contains(&said), "{line}: {err}");
+        assert!(!err.contains("example.com"), "{err}");
+        assert!(!refused_path.exists());
+    }
     // A bad line 3: nothing written, the earlier output untouched.
     let mut bad = lines.clone();
     bad[2] = r#"{"event_id":"x","imsi":"510011234567890"}"#.to_owned();

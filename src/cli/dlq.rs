@@ -48,11 +48,16 @@ pub(super) fn dlq(command: DlqCommand, out: &mut dyn Write) -> Result<()> {
     }
     let reasons = (!reasons.is_empty()).then_some(reasons);
     let (config, _, keys) = load(&config, Need::ENVELOPES)?;
-    let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
     let kafka = config
         .kafka
         .as_ref()
         .context("the config has no [kafka] section")?;
+    // Its consumer and producer are the worker's: the same properties are refused.
+    let problems = crate::worker::property_problems(kafka);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let mut audit = AuditLog::open(audit_log.as_deref(), config.audit_log.as_deref())?;
     // Dead letters go back only to the topics the pipelines read.
     let mut inputs: Vec<String> = Vec::new();
     for topic in config.pipeline.iter().filter_map(|p| p.input_topic.clone()) {

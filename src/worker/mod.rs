@@ -351,45 +351,7 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
     if let Some(listen) = &kafka.metrics_listen {
         problems.extend(listen_address_problem(listen));
     }
-    // The worker's guarantees are librdkafka settings too: none may be overridden.
-    let sections = [
-        ("[kafka.properties]", &kafka.properties),
-        ("[kafka.consumer_properties]", &kafka.consumer_properties),
-        ("[kafka.producer_properties]", &kafka.producer_properties),
-    ];
-    for (section, properties) in sections {
-        for name in properties.keys() {
-            let property = crate::connect::canonical_property(name);
-            let owned = OWNED_PROPERTIES
-                .iter()
-                .find(|(owned, _)| crate::connect::canonical_property(owned) == property);
-            if let Some((_, why)) = owned {
-                problems.push(format!(
-                    "{section} {name:?} is the worker's own setting and cannot be overridden: {why}"
-                ));
-            }
-        }
-    }
-    // Two names of one property for one client (`linger.ms` and `queue.buffering.max.ms`,
-    // `acks` and `topic.acks`): librdkafka would apply both in an order that changes from one
-    // run to the next.
-    for (client, own) in [
-        ("consumer", &kafka.consumer_properties),
-        ("producer", &kafka.producer_properties),
-    ] {
-        let names: Vec<&String> = kafka.properties.keys().chain(own.keys()).collect();
-        for (i, name) in names.iter().enumerate() {
-            let property = crate::connect::canonical_property(name);
-            let earlier = names[..i].iter().find(|other| {
-                *other != name && crate::connect::canonical_property(other) == property
-            });
-            if let Some(other) = earlier {
-                problems.push(format!(
-                    "[kafka] {other:?} and {name:?} are two names of the {client}'s property {property:?}: set it once"
-                ));
-            }
-        }
-    }
+    problems.extend(property_problems(kafka));
     // Each property on its own first, so every bad one is named (librdkafka stops at the
     // first); a client without a group stays idle, so nothing connects.
     let alone = |consumer: bool, name: &str, value: &str| -> Option<String> {
@@ -437,6 +399,53 @@ fn kafka_problems(kafka: &KafkaConfig) -> Vec<String> {
         }
         if let Err(e) = producer.create::<BaseProducer>() {
             problems.push(format!("[kafka] producer settings: {}", scrub_all(e)));
+        }
+    }
+    problems
+}
+
+/// The config's librdkafka properties that would take away a guarantee (one the worker owns,
+/// by any of its names) or apply in an order that changes from run to run (two names of one
+/// property for one client). `check` (so `run`) and `dlq replay` refuse them.
+pub fn property_problems(kafka: &KafkaConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    // The worker's guarantees are librdkafka settings too: none may be overridden.
+    let sections = [
+        ("[kafka.properties]", &kafka.properties),
+        ("[kafka.consumer_properties]", &kafka.consumer_properties),
+        ("[kafka.producer_properties]", &kafka.producer_properties),
+    ];
+    for (section, properties) in sections {
+        for name in properties.keys() {
+            let property = crate::connect::canonical_property(name);
+            let owned = OWNED_PROPERTIES
+                .iter()
+                .find(|(owned, _)| crate::connect::canonical_property(owned) == property);
+            if let Some((_, why)) = owned {
+                problems.push(format!(
+                    "{section} {name:?} is the worker's own setting and cannot be overridden: {why}"
+                ));
+            }
+        }
+    }
+    // Two names of one property for one client (`linger.ms` and `queue.buffering.max.ms`,
+    // `acks` and `topic.acks`): librdkafka would apply both in an order that changes from one
+    // run to the next.
+    for (client, own) in [
+        ("consumer", &kafka.consumer_properties),
+        ("producer", &kafka.producer_properties),
+    ] {
+        let names: Vec<&String> = kafka.properties.keys().chain(own.keys()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let property = crate::connect::canonical_property(name);
+            let earlier = names[..i].iter().find(|other| {
+                *other != name && crate::connect::canonical_property(other) == property
+            });
+            if let Some(other) = earlier {
+                problems.push(format!(
+                    "[kafka] {other:?} and {name:?} are two names of the {client}'s property {property:?}: set it once"
+                ));
+            }
         }
     }
     problems
