@@ -623,6 +623,27 @@ fn reseal_inner(
     Ok(resealer.report)
 }
 
+/// One envelope of field `path` under `active`: `None` when it already is, in the current
+/// version (kept as it was), else the new envelope. Every envelope is opened, the ones already
+/// under the active key too, so a tampered one is never copied on; a version-1 envelope under
+/// the active key is resealed (upgraded). Shared by `reseal` on Avro files and JSON lines.
+pub fn reseal_envelope(
+    keys: &KeySet,
+    active: &SealKey,
+    path: &str,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, OpenError> {
+    let current = envelope::key_id(bytes) == Ok(active.id())
+        && envelope::version(bytes) == Ok(envelope::VERSION);
+    let plaintext = zeroize::Zeroizing::new(keys.open(path, bytes)?);
+    if current {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(envelope::sealed_len(active, plaintext.len()));
+    envelope::seal_into(active, path, &plaintext, &mut out);
+    Ok(Some(out))
+}
+
 struct Resealer<'a> {
     plan: &'a Plan,
     keys: &'a KeySet,
@@ -650,25 +671,14 @@ impl Resealer<'_> {
                     .collect(),
             ),
             Value::Bytes(bytes) if sealed => {
-                // Every envelope is opened, the ones already under the active key too: a
-                // tampered envelope is never copied on. One under the active key and in the
-                // current version is then kept as it was; a version-1 envelope under the
-                // active key is resealed (upgraded).
-                let current = envelope::key_id(&bytes) == Ok(self.active.id())
-                    && envelope::version(&bytes) == Ok(envelope::VERSION);
-                match self.keys.open(path, &bytes) {
-                    Ok(plaintext) if current => {
-                        drop(zeroize::Zeroizing::new(plaintext));
+                match reseal_envelope(self.keys, self.active, path, &bytes) {
+                    Ok(None) => {
                         self.report.current += 1;
                         Value::Bytes(bytes)
                     }
-                    Ok(plaintext) => {
-                        let plaintext = zeroize::Zeroizing::new(plaintext);
-                        let mut out =
-                            Vec::with_capacity(envelope::sealed_len(self.active, plaintext.len()));
-                        envelope::seal_into(self.active, path, &plaintext, &mut out);
+                    Ok(Some(resealed)) => {
                         self.report.resealed += 1;
-                        Value::Bytes(out)
+                        Value::Bytes(resealed)
                     }
                     Err(error) => {
                         self.failure.get_or_insert((path.to_owned(), error));

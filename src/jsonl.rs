@@ -451,27 +451,17 @@ impl LineResealer<'_> {
 
     /// Appends the envelope `text` (a JSON string of base64) resealed under the active key.
     fn envelope(&mut self, text: &str, path: &str, out: &mut String) {
-        use crate::envelope;
         use base64::Engine as _;
         let bytes = serde_json::from_str::<String>(text)
             .ok()
             .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
             .unwrap_or_default();
-        // Every envelope is opened, the ones already under the active key too: a tampered one
-        // is never copied on. One under the active key in the current version is then kept.
-        let current = envelope::key_id(&bytes) == Ok(self.active.id())
-            && envelope::version(&bytes) == Ok(envelope::VERSION);
-        match self.keys.open(path, &bytes) {
-            Ok(plaintext) if current => {
-                drop(zeroize::Zeroizing::new(plaintext));
+        match crate::file::reseal_envelope(self.keys, self.active, path, &bytes) {
+            Ok(None) => {
                 self.report.current += 1;
                 out.push_str(text);
             }
-            Ok(plaintext) => {
-                let plaintext = zeroize::Zeroizing::new(plaintext);
-                let mut sealed =
-                    Vec::with_capacity(envelope::sealed_len(self.active, plaintext.len()));
-                envelope::seal_into(self.active, path, &plaintext, &mut sealed);
+            Ok(Some(sealed)) => {
                 out.push('"');
                 base64::engine::general_purpose::STANDARD.encode_string(&sealed, out);
                 out.push('"');
