@@ -6,7 +6,9 @@
 //!   exactly once on the analytics topics for a `read_committed` reader, and each poison record
 //!   exactly once in the dead-letter topic;
 //! - crash hand-over: three at-least-once workers in one group, one killed with SIGKILL; its
-//!   partitions move to the others within the session timeout and every event comes out.
+//!   partitions move to the others within the session timeout and every event comes out;
+//! - the producers' polling thread and pre-commit flush: a flush waits for its records'
+//!   acknowledgements, not for rdkafka's 100 ms poll steps, and the idle thread does not spin.
 
 mod common;
 
@@ -464,4 +466,98 @@ async fn output_partitions_match_the_java_clients() {
             "a key in a different partition than the Java producer puts it"
         );
     }
+}
+
+/// The producers' polling thread and the flush before a transaction's commit
+/// (`pseudonymizer::worker::polled`), against rdkafka's own: its flush waits in steps of
+/// 100 ms (at least 99 ms whenever a record is in flight), and its polling thread spins about
+/// 1 ms of every 100 (about 10 ms of CPU a second, idle). Here a flushed record takes what its
+/// acknowledgement takes, and the idle thread sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_flushes_without_waiting_out_poll_steps_and_idles_without_spinning() {
+    use pseudonymizer::worker::polled::{flush_in_flight, PolledProducer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
+    let _serial = serial().await;
+    let kafka = kafka::apache_kafka();
+    let topics = Topics::unique("polled");
+    topics.create(&kafka.brokers, 1).await;
+    let polling_threads_before = threads_named("producer poll");
+    let producer: PolledProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create_with_context(DefaultProducerContext)
+        .unwrap();
+    // A new thread names itself once it runs: looked for until it has.
+    let started = Instant::now();
+    let polling_thread = loop {
+        let new = threads_named("producer poll")
+            .into_iter()
+            .find(|tid| !polling_threads_before.contains(tid));
+        match new {
+            Some(tid) => break tid,
+            None if started.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            None => panic!("the producer started no polling thread"),
+        }
+    };
+
+    // Flushes: each waits for its record's acknowledgement, not for a poll step.
+    let mut waits = Vec::new();
+    for i in 0..15 {
+        let value = format!("record {i}");
+        producer
+            .send(BaseRecord::<(), _>::to(&topics.calls).payload(&value))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert!(producer.in_flight_count() > 0, "a record is in flight");
+        let started = Instant::now();
+        flush_in_flight(&producer, Duration::from_secs(30)).unwrap();
+        waits.push(started.elapsed());
+        assert_eq!(producer.in_flight_count(), 0, "flushed: nothing in flight");
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < Duration::from_millis(60),
+        "a flush waited {median:?} (median of {waits:?}); rdkafka's waits at least 99 ms"
+    );
+
+    // Idle: the polling thread's CPU over two seconds.
+    let before = thread_cpu(polling_thread);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = thread_cpu(polling_thread) - before;
+    assert!(
+        idle < Duration::from_millis(4),
+        "the idle polling thread used {idle:?} of CPU in 2 s (rdkafka's spins about 20 ms)"
+    );
+
+    // Dropping the producer stops and joins its thread.
+    drop(producer);
+    assert!(
+        !threads_named("producer poll").contains(&polling_thread),
+        "the polling thread ended with its producer"
+    );
+}
+
+/// This process's threads called `name`.
+fn threads_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let tid = entry.file_name().to_str()?.parse().ok()?;
+            (comm.trim_end() == name).then_some(tid)
+        })
+        .collect()
+}
+
+/// The CPU time a thread of this process has used (the scheduler's count, in nanoseconds).
+fn thread_cpu(tid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .expect("the kernel keeps scheduler statistics (/proc/…/schedstat)");
+    let nanos: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(nanos)
 }

@@ -3,8 +3,8 @@
 //! The least a program must do to copy records at least once with librdkafka: one thread
 //! waits on a `BaseConsumer` and hands each record's value and key, unchanged, to a producer
 //! (the worker's own client settings: idempotence, `acks=all`, murmur2, the same buffers)
-//! whose delivery reports are served by rdkafka's `ThreadedProducer` thread, and stores a
-//! partition's offset only once every record before it was acknowledged (librdkafka commits
+//! whose delivery reports are served by the worker's own polling thread ([`PolledProducer`]),
+//! and stores a partition's offset only once every record before it was acknowledged (librdkafka commits
 //! stored offsets each second, as the worker's consumer does). When the config's
 //! `header_allowlist` forwards headers, the copy carries each record's headers too: reading
 //! them makes librdkafka parse them (and allocate for that, even for a record without any),
@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
 use super::{cpu_seconds, proc_status_kib, Measurement};
 use crate::config::KafkaConfig;
+use crate::worker::polled::{flush_in_flight, PolledProducer};
 
 /// Input partitions above this cannot be packed in a delivery opaque with their offset.
 const MAX_PARTITION: i32 = 0xFFFF;
@@ -85,7 +86,7 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
     let (consumer_config, producer_config) = crate::worker::client_config(kafka);
     let consumer: BaseConsumer = consumer_config.create()?;
     let copy_headers = !kafka.header_allowlist.is_empty();
-    let producer: ThreadedProducer<Acknowledgements> =
+    let producer: PolledProducer<Acknowledgements> =
         producer_config.create_with_context(Acknowledgements::default())?;
     consumer.subscribe(&[input])?;
 
@@ -226,6 +227,9 @@ pub fn copy_transactional(
             let metadata = consumer
                 .group_metadata()
                 .context("the consumer has no group metadata")?;
+            // As the worker commits: librdkafka's flush first (rdkafka's, inside the commit,
+            // would wait in steps of 100 ms).
+            flush_in_flight(&producer, timeout)?;
             producer.send_offsets_to_transaction(&offsets, &metadata, timeout)?;
             producer.commit_transaction(timeout)?;
             done += records;

@@ -362,7 +362,7 @@ pub async fn measure(
             rss.push(proc_status_kib("VmRSS:"));
             last_sample = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(progress_check_interval(first.is_some(), done, events)).await;
     }
     let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let cpu = cpu_seconds() - cpu_at_first;
@@ -387,6 +387,22 @@ pub async fn measure(
             rss,
         )
     })
+}
+
+/// How long the measuring loop sleeps before it looks at the worker's progress again.
+///
+/// Each look wakes a thread and reads the metrics, CPU the measurement counts as the worker's
+/// and the floor (which waits without looking) never pays: at every 5 ms it was about 19 ms of
+/// CPU per second of run, 0.2 to 0.4 µs per event. So the loop looks often only where the
+/// moment matters: until the first record (the measurement starts there, and nothing is
+/// counted before it) and over the last 5 % of the records (it ends there); in between,
+/// every 50 ms.
+fn progress_check_interval(started: bool, done: u64, events: u64) -> Duration {
+    let near_the_end = done.saturating_mul(20) >= events.saturating_mul(19);
+    match started && !near_the_end {
+        true => Duration::from_millis(50),
+        false => Duration::from_millis(2),
+    }
 }
 
 /// Two subject registry topics for the benchmark: one empty, one with `subjects` erasures of

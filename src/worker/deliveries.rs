@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
@@ -20,11 +20,12 @@ use tokio::sync::Notify;
 use crate::connect::ConnectionWatch;
 use crate::metrics::Metrics;
 
+use super::polled::PolledProducer;
 use super::route::DeadLetter;
 use super::Outgoing;
 
 /// The at-least-once loop's producer.
-pub type DeliveryProducer = ThreadedProducer<Deliveries>;
+pub type DeliveryProducer = PolledProducer<Deliveries>;
 
 /// A record's place among the records in flight: its input partition's slot and its
 /// sequence number there (48 bits, wrapping: far more than can be in flight), packed in the

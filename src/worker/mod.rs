@@ -7,6 +7,7 @@
 //!   acknowledged, never past an unacknowledged record of the same partition;
 //! - [`deliveries`]: the at-least-once producer, whose delivery reports name their record by
 //!   a number rather than a future per record;
+//! - [`polled`]: the producers' polling thread (rdkafka's, without its idle spin);
 //! - [`lanes`]: transform threads: records of different input partitions transformed and
 //!   produced in parallel, each partition's in order;
 //! - [`transactional`]: `exactly-once` mode, output and offsets in one Kafka transaction;
@@ -22,6 +23,7 @@ pub mod deliveries;
 pub mod health;
 pub mod keywatch;
 pub mod lanes;
+pub mod polled;
 pub mod replay;
 pub mod resolve;
 pub mod route;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer as _};
 
 use crate::connect::ConnectionWatch;
 use rdkafka::types::RDKafkaErrorCode;
@@ -43,6 +43,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
+use super::polled::{flush_in_flight, PolledProducer};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError, RUN_LENGTH};
 
@@ -91,7 +92,7 @@ impl Transaction {
 struct Clients<'a> {
     publisher: &'a Publisher,
     consumer: Arc<WorkerConsumer>,
-    producer: ThreadedProducer<ConnectionWatch>,
+    producer: PolledProducer<ConnectionWatch>,
     timeout: Duration,
     /// How long a transaction stays open after its first record at most.
     batch_time: Duration,
@@ -302,9 +303,12 @@ impl Clients<'_> {
                 topic: String::new(),
                 reason: "no consumer group metadata".into(),
             })?;
-        let committed = self
-            .producer
-            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+        // Flushed first (rdkafka's commit would flush in steps of 100 ms), then the offsets.
+        let committed = flush_in_flight(&self.producer, self.timeout)
+            .and_then(|()| {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            })
             .and_then(|()| self.commit_with_retries());
         match committed {
             Ok(()) => {}
@@ -438,7 +442,7 @@ fn requires_abort(error: &KafkaError) -> bool {
 /// came first (nothing sent). Any other refusal (a record over the producer's size limit, an
 /// unknown topic) stops the worker with the record's offset uncommitted.
 async fn send(
-    producer: &ThreadedProducer<ConnectionWatch>,
+    producer: &PolledProducer<ConnectionWatch>,
     outgoing: Outgoing,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, WorkerError> {
