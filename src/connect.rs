@@ -144,6 +144,9 @@ pub struct ConnectionWatch {
     started: Instant,
     /// The last failure (kind, librdkafka's reason), for `check --connect`.
     last_failure: std::sync::Mutex<Option<(&'static str, String)>>,
+    /// As a producer's context: why the first record since the last [`Self::take_failed_delivery`]
+    /// could not be delivered (librdkafka's error only, never the record).
+    failed_delivery: std::sync::Mutex<Option<String>>,
 }
 
 /// The same failure is logged again at most this often (librdkafka retries every second or so).
@@ -157,7 +160,17 @@ impl ConnectionWatch {
             last_report_ms: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             last_failure: std::sync::Mutex::new(None),
+            failed_delivery: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why a record produced through this context could not be delivered (the first such
+    /// since the last call), if one could not.
+    pub fn take_failed_delivery(&self) -> Option<String> {
+        self.failed_delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The last connection failure reported, if any.
@@ -213,12 +226,26 @@ impl ClientContext for ConnectionWatch {
 /// The consumers of `dlq replay` and `check --connect` need no rebalance hooks.
 impl rdkafka::consumer::ConsumerContext for ConnectionWatch {}
 
-/// The exactly-once producer needs no delivery report: a record that was not delivered fails
-/// its transaction's commit.
+/// The exactly-once producer needs no report of a delivered record: a record that was not
+/// delivered fails its transaction's commit. Why it was not is kept, for the worker to say.
 impl rdkafka::producer::ProducerContext for ConnectionWatch {
     type DeliveryOpaque = ();
 
-    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        let Err((error, _)) = result else { return };
+        // A record purged from the queue (an aborted transaction's) is a consequence, not a
+        // reason.
+        let purged = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+        );
+        if !purged {
+            self.failed_delivery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| error.to_string());
+        }
+    }
 }
 
 /// What `check --connect` learned: each named topic's partition count (`None`: missing).

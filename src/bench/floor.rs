@@ -154,8 +154,9 @@ pub fn copy(kafka: &KafkaConfig, input: &str, output: &str, events: u64) -> Resu
 /// makes them (`transaction_max_records` records or `transaction_max_ms` after the first,
 /// whichever comes first, with the consumer's offsets sent to the transaction and committed
 /// with it; `read_committed` consumer, transactional producer, the worker's settings). The
-/// producer is a `BaseProducer` served only by the commit's own flush: nothing else waits on
-/// a delivery report. Measured as [`copy`] is, to the last commit.
+/// producer is the worker's kind ([`PolledProducer`]: its thread serves the reports of failed
+/// deliveries, the only ones made, which librdkafka counts as in flight until served), and
+/// commits as the worker does. Measured as [`copy`] is, to the last commit.
 // The closures handed to `send_until_queued` return what rdkafka's `send` returns (the record
 // back with the error): large, but not ours to shrink.
 #[allow(clippy::result_large_err)]
@@ -165,11 +166,12 @@ pub fn copy_transactional(
     output: &str,
     events: u64,
 ) -> Result<Measurement> {
-    use rdkafka::producer::BaseProducer;
+    use rdkafka::producer::DefaultProducerContext;
     use rdkafka::{Offset, TopicPartitionList};
     let (consumer_config, producer_config) = crate::worker::client_config(kafka);
     let consumer: BaseConsumer = consumer_config.create()?;
-    let producer: BaseProducer = producer_config.create()?;
+    let producer: PolledProducer<DefaultProducerContext> =
+        producer_config.create_with_context(DefaultProducerContext)?;
     let copy_headers = !kafka.header_allowlist.is_empty();
     let timeout = Duration::from_secs(30);
     producer.init_transactions(timeout)?;
@@ -205,16 +207,13 @@ pub fn copy_transactional(
             send_until_queued(
                 record,
                 |r| producer.send(r),
-                || {
-                    producer.poll(Duration::from_millis(5));
-                },
+                || std::thread::sleep(Duration::from_millis(5)),
             )?;
             next.insert(message.partition(), message.offset() + 1);
             if let Some((_, records)) = &mut open {
                 *records += 1;
             }
         }
-        producer.poll(Duration::ZERO);
         let due = open.is_some_and(|(started, records)| {
             records >= batch_records || started.elapsed() >= batch_time || done + records >= events
         });
@@ -227,10 +226,10 @@ pub fn copy_transactional(
             let metadata = consumer
                 .group_metadata()
                 .context("the consumer has no group metadata")?;
-            // As the worker commits: librdkafka's flush first (rdkafka's, inside the commit,
-            // would wait in steps of 100 ms).
-            flush_in_flight(&producer, timeout)?;
+            // As the worker commits: the offsets, librdkafka's flush (rdkafka's, inside the
+            // commit, would wait in steps of 100 ms), the commit.
             producer.send_offsets_to_transaction(&offsets, &metadata, timeout)?;
+            flush_in_flight(&producer, timeout)?;
             producer.commit_transaction(timeout)?;
             done += records;
         }

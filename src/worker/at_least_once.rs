@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use super::deliveries::{try_send, Attempt, Deliveries, DeliveryProducer, Report, Ticket};
 use super::health::{self, SkipDetector, WorkerConsumer, WorkerContext};
 use super::lanes::{Job, Lanes};
+use super::polled::flush_in_flight;
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError, RUN_LENGTH};
 
@@ -375,7 +376,7 @@ pub async fn run(
     // Drained: the lanes hold nothing more that can be stored (the records of an abandoned
     // partition are dropped unsent).
     drop(lanes);
-    producer.flush(bound.saturating_sub(started.elapsed()))?;
+    flush_in_flight(&producer, bound.saturating_sub(started.elapsed()))?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         // Nothing stored since the last automatic commit.

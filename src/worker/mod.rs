@@ -61,6 +61,8 @@ pub enum WorkerError {
     Config(#[from] ConfigError),
     #[error("a record could not be delivered to {topic}: {reason}; its offset was not committed")]
     Delivery { topic: String, reason: String },
+    #[error("{count} transactions in a row were refused, the last with: {reason}; none was committed, nor any offset of their records")]
+    TransactionsRefused { count: u32, reason: String },
     #[error("fenced: another worker started with transactional_id {0:?}; this one stops (its open transaction is aborted, nothing it did not commit is visible)")]
     Fenced(String),
     #[error("shutdown took longer than {0:?}")]

@@ -10,11 +10,13 @@
 //! a quarter of the process's idle CPU, most of it in `clock_gettime` (perf, session 42).
 //!
 //! [`PolledProducer`] is the same `BaseProducer` and thread, polling for [`POLL_STEP`]: 100 ms
-//! and 50 µs. Its first step then asks for the whole 100 ms, librdkafka's timed wait returns
-//! no earlier than that plus the thread's wake-up latency (the kernel's timer slack alone is
-//! 50 µs), so the deadline has passed and no spin follows; at most the 50 µs remain when the
-//! wake-up is quicker. A poll cut short by an event still ends its last millisecond in
-//! non-blocking polls, as rdkafka's does: at most 1 ms per 100 while reports flow.
+//! and 50 µs. Its first step then asks for the whole 100 ms (unless the thread is preempted
+//! in the nanoseconds between rdkafka's two readings of the clock), librdkafka's timed wait
+//! returns no earlier than that (it waits again if woken before its deadline), and what is
+//! left of the step is the 50 µs less the thread's wake-up latency: usually nothing (the
+//! kernel's timer slack lets it wake up to 50 µs late), at most 50 µs of spin per step. A
+//! poll cut short by an event still ends its last millisecond in non-blocking polls, as
+//! rdkafka's does: at most 1 ms per 100 while reports flow.
 //!
 //! Everything else is the `BaseProducer`'s (it dereferences to it), and dropping it stops and
 //! joins the thread before the producer is destroyed, as `ThreadedProducer` does.
@@ -99,10 +101,10 @@ impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
 
 /// Waits until every record handed to `producer` is delivered or has failed, at most
 /// `timeout`, sending lingering records at once (see the module's documentation for why not
-/// rdkafka's `flush`). Delivery reports, if the producer makes them, must be served meanwhile
-/// by another thread (a [`PolledProducer`]'s), or by none being made
-/// (`delivery.report.only.error`), for librdkafka counts a reported record until its report is
-/// served.
+/// rdkafka's `flush`). The producer's delivery reports must be served meanwhile by another
+/// thread (a [`PolledProducer`]'s): librdkafka counts a reported record as in flight until
+/// its report is served, and with `delivery.report.only.error` it still reports each failed
+/// delivery.
 pub fn flush_in_flight<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,

@@ -13,7 +13,9 @@
 //!   aborted transaction began reading them, so their records are read again (nothing lost,
 //!   and the aborted copies are invisible to `read_committed` readers: nothing duplicated).
 //!   An abortable commit error (a request timed out, the group's generation moved on) is
-//!   handled the same way.
+//!   handled the same way, and so is a record the broker refused (librdkafka then refuses
+//!   every further record of the transaction): after three such transactions in a row the
+//!   worker stops, naming the broker's reason.
 //! - **Fencing.** A second worker started with the same `transactional_id` fences this one: the
 //!   broker refuses its transactions, it logs why and stops with [`WorkerError::Fenced`]; its
 //!   open transaction is aborted by the broker.
@@ -47,8 +49,9 @@ use super::polled::{flush_in_flight, PolledProducer};
 use super::route::DeadLetter;
 use super::{client_config, Outgoing, Publisher, Stats, WorkerError, RUN_LENGTH};
 
-/// Commits refused in a row after which the worker stops: a record the broker refuses every
-/// time (over its size limit, say) must stop the worker, not abort and retry forever.
+/// Transactions refused in a row (a commit refused, or a delivery in it failed) after which
+/// the worker stops: a record the broker refuses every time (over a topic's size limit, say)
+/// must stop the worker, not abort and retry forever.
 const REFUSED_IN_A_ROW: u32 = 3;
 
 /// The open transaction: what it produced and which input offsets it covers.
@@ -97,7 +100,7 @@ struct Clients<'a> {
     /// How long a transaction stays open after its first record at most.
     batch_time: Duration,
     transactional_id: String,
-    /// Commits refused since the last one that succeeded.
+    /// Transactions refused since the last commit that succeeded.
     refused: std::cell::Cell<u32>,
 }
 
@@ -228,9 +231,17 @@ pub async fn run(
         let outgoing = publisher.prepare(&message, &mut out);
         let kind = outgoing.kind;
         if !outgoing.dropped {
-            let sent = send(&clients.producer, outgoing, &mut shutdown)
-                .await
-                .map_err(|e| clients.fatal_delivery(e))?;
+            let sent = match send(&clients.producer, outgoing, &mut shutdown).await {
+                Ok(sent) => sent,
+                Err(Refused::TransactionFailed) => {
+                    // This record is read again with the rest of the transaction.
+                    txn.read(message.topic(), message.partition(), message.offset());
+                    let txn = open.take().expect("the open transaction");
+                    clients.refused(txn, "a record in it could not be delivered", None)?;
+                    continue;
+                }
+                Err(Refused::Record(e)) => return Err(clients.fatal_delivery(e)),
+            };
             if !sent {
                 // A shutdown while the producer's queue was full: this record is not in the
                 // transaction, nor is its offset; it is read again after the restart.
@@ -303,28 +314,18 @@ impl Clients<'_> {
                 topic: String::new(),
                 reason: "no consumer group metadata".into(),
             })?;
-        // Flushed first (rdkafka's commit would flush in steps of 100 ms), then the offsets.
-        let committed = flush_in_flight(&self.producer, self.timeout)
-            .and_then(|()| {
-                self.producer
-                    .send_offsets_to_transaction(&offsets, &group, self.timeout)
-            })
+        // The offsets, then librdkafka's flush (the records' acknowledgements come while the
+        // offsets' round trips run; rdkafka's commit would flush in steps of 100 ms), then
+        // the commit.
+        let committed = self
+            .producer
+            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            .and_then(|()| flush_in_flight(&self.producer, self.timeout))
             .and_then(|()| self.commit_with_retries());
         match committed {
             Ok(()) => {}
             Err(e) if requires_abort(&e) => {
-                tracing::warn!(error = %e, "the broker refused the transaction's commit");
-                self.abort(txn, "the commit was refused")?;
-                self.refused.set(self.refused.get() + 1);
-                if self.refused.get() >= REFUSED_IN_A_ROW {
-                    return Err(WorkerError::Delivery {
-                        topic: String::new(),
-                        reason: format!(
-                            "{REFUSED_IN_A_ROW} transactions in a row were refused, the last with: {e}"
-                        ),
-                    });
-                }
-                return Ok(());
+                return self.refused(txn, "the broker refused its commit", Some(e));
             }
             Err(e) => return Err(self.fatal(e)),
         }
@@ -338,6 +339,34 @@ impl Clients<'_> {
                 .produce_seconds
                 .observe(sent.elapsed().as_secs_f64());
             self.publisher.acknowledged(kind, stats);
+        }
+        Ok(())
+    }
+
+    /// Aborts `txn`, refused (`why`, with the commit's `error` if that was refused), and
+    /// stops the worker if it is the [`REFUSED_IN_A_ROW`]th in a row. Names the first failed
+    /// delivery's reason when there was one (the commit's error only says that some failed).
+    fn refused(
+        &self,
+        txn: Transaction,
+        why: &str,
+        error: Option<KafkaError>,
+    ) -> Result<(), WorkerError> {
+        // The abort waits for the requests in flight, so the failed delivery's report is in
+        // by then (the polling thread serves it as it comes).
+        self.abort(txn, why)?;
+        let reason = match (self.producer.context().take_failed_delivery(), error) {
+            (Some(delivery), _) => format!("a delivery failed: {delivery}"),
+            (None, Some(error)) => error.to_string(),
+            (None, None) => "librdkafka refused the transaction's records".to_owned(),
+        };
+        tracing::warn!(%reason, "why the transaction was refused");
+        self.refused.set(self.refused.get() + 1);
+        if self.refused.get() >= REFUSED_IN_A_ROW {
+            return Err(WorkerError::TransactionsRefused {
+                count: REFUSED_IN_A_ROW,
+                reason,
+            });
         }
         Ok(())
     }
@@ -438,14 +467,23 @@ fn requires_abort(error: &KafkaError) -> bool {
     }
 }
 
+/// Why [`send`] did not hand a record to the producer.
+enum Refused {
+    /// The open transaction cannot take more records: a delivery in it failed (librdkafka
+    /// answers `State` until it is aborted; not after a fatal error, such as fencing).
+    TransactionFailed,
+    /// The record itself (over the producer's size limit, an unknown topic, a fatal error):
+    /// the worker stops with its offset uncommitted.
+    Record(WorkerError),
+}
+
 /// Produces one record, waiting while the producer's queue is full; `false` when a shutdown
-/// came first (nothing sent). Any other refusal (a record over the producer's size limit, an
-/// unknown topic) stops the worker with the record's offset uncommitted.
+/// came first (nothing sent).
 async fn send(
     producer: &PolledProducer<ConnectionWatch>,
     outgoing: Outgoing,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, WorkerError> {
+) -> Result<bool, Refused> {
     let mut headers = outgoing.headers;
     loop {
         let mut record =
@@ -463,11 +501,16 @@ async fn send(
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 }
             }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::State), _))
+                if producer.client().fatal_error().is_none() =>
+            {
+                return Err(Refused::TransactionFailed)
+            }
             Err((error, _)) => {
-                return Err(WorkerError::Delivery {
+                return Err(Refused::Record(WorkerError::Delivery {
                     topic: outgoing.topic.clone(),
                     reason: error.to_string(),
-                })
+                }))
             }
         }
     }

@@ -210,6 +210,16 @@ impl Topics {
 
     /// Creates the topics (raw with `partitions` partitions).
     pub async fn create(&self, brokers: &str, partitions: i32) {
+        self.create_with(brokers, partitions, &[]).await
+    }
+
+    /// [`Topics::create`], the two analytics topics with `analytics_config` (topic configs).
+    pub async fn create_with(
+        &self,
+        brokers: &str,
+        partitions: i32,
+        analytics_config: &[(&str, &str)],
+    ) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .create()
@@ -222,7 +232,15 @@ impl Topics {
         ];
         let new: Vec<NewTopic> = specs
             .iter()
-            .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+            .map(|(t, p)| {
+                let topic = NewTopic::new(t, *p, TopicReplication::Fixed(1));
+                match [&self.calls, &self.messages].contains(t) {
+                    true => analytics_config
+                        .iter()
+                        .fold(topic, |topic, (name, value)| topic.set(name, value)),
+                    false => topic,
+                }
+            })
             .collect();
         for result in admin
             .create_topics(&new, &AdminOptions::new())
