@@ -60,6 +60,7 @@
 //! - [`worker`]: the Kafka stream worker: routing (by static schema id, or by record name
 //!   through the registry), the at-least-once loop (delivery reports by ticket, not a future
 //!   per record; transform threads, one per partition's records) and the exactly-once loop,
+//!   the producers' polling thread and pre-commit flush (without rdkafka's spin and 100 ms steps),
 //!   the dead-letter topic, live keyring reload, and the health signals (lag, stalls, records
 //!   deleted before they were read).
 //! - [`metrics`]: Prometheus metrics and what the health endpoints say.
