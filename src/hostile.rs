@@ -219,21 +219,41 @@ fn json_agrees(
                             assert_eq!(&b[key], value, "{}: kept, but changed", leaf.path)
                         }
                         _ => {
-                            // Each rewritten string against its own input, item by item in an
-                            // array: another item's input may be this item's token (the fuzzer
-                            // learns tokens from this very comparison and copies them in).
-                            let pairs: Vec<(&Value, &Value)> = match (value, &b[key]) {
+                            // A rewritten value keeps its shape (a string stays a string or
+                            // becomes null, an array keeps its length) and no raw string of 4 bytes or more is
+                            // published: not in its own place, nor in another item's, unless
+                            // it is itself a token under the fuzzing key (the fuzzer learns
+                            // tokens from this very comparison and copies one into another
+                            // item, whose own token it then is).
+                            let (raw, published) = match (value, &b[key]) {
                                 (Value::Array(raw), Value::Array(published)) => {
-                                    raw.iter().zip(published).collect()
+                                    assert_eq!(
+                                        raw.len(),
+                                        published.len(),
+                                        "{}: array lengths differ",
+                                        leaf.path
+                                    );
+                                    (raw.iter().collect(), published.iter().collect())
                                 }
-                                (raw, published) => vec![(raw, published)],
+                                (Value::String(_), Value::String(_)) => {
+                                    (vec![value], vec![&b[key]])
+                                }
+                                // Null (a withheld subject's sealed field) carries nothing.
+                                (Value::String(_) | Value::Array(_), other) if !other.is_null() => {
+                                    panic!("{}: a string became {other}", leaf.path)
+                                }
+                                _ => (Vec::new(), Vec::new()),
                             };
-                            for (raw, published) in pairs {
-                                if let (Value::String(raw), Value::String(published)) =
-                                    (raw, published)
-                                {
+                            for (at, raw) in raw.iter().enumerate() {
+                                let Value::String(raw) = raw else { continue };
+                                if raw.len() < 4 {
+                                    continue;
+                                }
+                                for (place, published) in published.iter().enumerate() {
+                                    let is_token = raw.starts_with("p-fuzz:");
                                     assert!(
-                                        raw.len() < 4 || raw != published,
+                                        published.as_str() != Some(raw.as_str())
+                                            || (place != at && is_token),
                                         "{}: a raw value published",
                                         leaf.path
                                     );

@@ -245,17 +245,19 @@ async fn exactly_once_same_transactional_id_fences_the_older_worker() {
 }
 
 /// Every delivery refused by the broker (analytics topics whose `max.message.bytes` no batch
-/// fits): each transaction's commit fails, is aborted and read again, and after three in a row
-/// the worker stops with an error naming why. Nothing reaches a `read_committed` reader (not
-/// even the poison records' dead letters, which were in the same transactions) and no offset
-/// is committed: the records are read again once the topics are fixed.
+/// fits): each transaction fails, by its commit or, when records come after a delivery in it
+/// failed, by librdkafka refusing them; each is aborted and read again, and after three in a
+/// row the worker stops with an error naming the broker's reason. Nothing reaches a
+/// `read_committed` reader (not even the poison records' dead letters, which were in the same
+/// transactions) and no offset is committed: with the topics fixed, a restarted worker
+/// publishes every event exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_refused_deliveries_fail_the_commit_and_nothing_is_published() {
     let _serial = serial().await;
     let kafka = kafka::apache_kafka();
     let topics = Topics::unique("eos-refused");
     topics
-        .create_with(&kafka.brokers, 2, &[("max.message.bytes", "200")])
+        .create_with(&kafka.brokers, 2, &[("max.message.bytes", "100")])
         .await;
     let dir = tempfile::tempdir().unwrap();
     let base = kafka::write_config(dir.path(), &topics, &kafka.brokers, &fast_group());
@@ -265,7 +267,19 @@ async fn exactly_once_refused_deliveries_fail_the_commit_and_nothing_is_publishe
     let log = dir.path().join("worker.log");
 
     let mut worker = start(&config, &log);
-    let status = wait_exit(&mut worker, Duration::from_secs(120));
+    // More records while it runs, a few at a time: some come in a transaction after one of
+    // its deliveries failed, which librdkafka refuses (the path a refused commit does not take).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut wave = 0;
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        wave += 1;
+        kafka::produce(&kafka.brokers, &topics.raw, 10, 36 + wave, &[], &mut inputs).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
         !status.success(),
@@ -274,6 +288,7 @@ async fn exactly_once_refused_deliveries_fail_the_commit_and_nothing_is_publishe
     assert!(
         said.contains("3 transactions in a row were refused")
             && said.contains("Message size too large")
+            && said.contains("a record in it could not be delivered")
             && said.matches("transaction aborted").count() == 3,
         "the worker says why it stops; its log:\n{said}"
     );
@@ -294,6 +309,25 @@ async fn exactly_once_refused_deliveries_fail_the_commit_and_nothing_is_publishe
             "no offset committed for partition {partition}"
         );
     }
+
+    // The analytics topics fixed (new ones, without the limit), the same group: every event
+    // once, every poison record once. (The first reader leaves its group first: the second
+    // has the same one.)
+    drop(reader);
+    let fixed = Topics {
+        calls: format!("{}-fixed", topics.calls),
+        messages: format!("{}-fixed", topics.messages),
+        ..topics
+    };
+    kafka::create_topics(&kafka.brokers, &[(&fixed.calls, 2), (&fixed.messages, 2)]).await;
+    let base = kafka::write_config(dir.path(), &fixed, &kafka.brokers, &fast_group());
+    let (config, _) = exactly_once_config(dir.path(), &base, Some("eos-refused-0"));
+    let mut worker = start(&config, &dir.path().join("worker-fixed.log"));
+    let reader = kafka::reader(&kafka.brokers, &fixed, true);
+    let mut got = Collected::default();
+    assert_exactly_once(&mut got, &reader, &fixed, &inputs, poison().len());
+    sigterm(&worker);
+    assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
 }
 
 /// A second worker joins mid-stream and leaves again (two rebalances while transactions are

@@ -100,8 +100,16 @@ struct Clients<'a> {
     /// How long a transaction stays open after its first record at most.
     batch_time: Duration,
     transactional_id: String,
-    /// Transactions refused since the last commit that succeeded.
+    /// Transactions refused in a row: since the last commit that went past every partition
+    /// the last refused one had read ([`Clients::refused_from`]).
     refused: std::cell::Cell<u32>,
+    /// The input partitions of the last refused transaction and where it began reading each.
+    /// A commit of other partitions' records (fetched before the rewound ones came back)
+    /// proves nothing about the refused record: the count starts again only once commits have
+    /// gone past all of them, so a record refused every time stops the worker even with a
+    /// backlog on other partitions. (A partition revoked meanwhile keeps the count: three
+    /// refusals then stop the worker even with commits between them, the safe side.)
+    refused_from: std::cell::RefCell<Vec<(String, i32, i64)>>,
 }
 
 pub async fn run(
@@ -125,6 +133,7 @@ pub async fn run(
         batch_time: Duration::from_millis(kafka.transaction_max_ms),
         transactional_id,
         refused: std::cell::Cell::new(0),
+        refused_from: std::cell::RefCell::new(Vec::new()),
     };
     // Fences any earlier producer with this id and aborts what it left open.
     clients
@@ -285,6 +294,8 @@ impl Clients<'_> {
         self.producer
             .begin_transaction()
             .map_err(|e| self.fatal(e))?;
+        // A failed delivery noted before this transaction (an aborted one's) is not its.
+        self.producer.context().take_failed_delivery();
         Ok(Transaction {
             rebalances,
             deadline: Instant::now() + self.batch_time,
@@ -329,7 +340,19 @@ impl Clients<'_> {
             }
             Err(e) => return Err(self.fatal(e)),
         }
-        self.refused.set(0);
+        let mut refused_from = self.refused_from.borrow_mut();
+        refused_from.retain(|(topic, partition, first)| {
+            let committed_past = txn
+                .offsets
+                .get(topic.as_str())
+                .and_then(|partitions| partitions.get(partition))
+                .is_some_and(|(_, next)| next > first);
+            !committed_past
+        });
+        if refused_from.is_empty() {
+            self.refused.set(0);
+        }
+        drop(refused_from);
         let metrics = &self.publisher.worker.metrics;
         metrics.transactions.with_label_values(&["committed"]).inc();
         metrics.in_flight.sub(txn.sent.len() as i64);
@@ -352,9 +375,16 @@ impl Clients<'_> {
         why: &str,
         error: Option<KafkaError>,
     ) -> Result<(), WorkerError> {
+        *self.refused_from.borrow_mut() = txn
+            .partitions()
+            .map(|(topic, partition, first, _)| (topic.to_owned(), partition, first))
+            .collect();
         // The abort waits for the requests in flight, so the failed delivery's report is in
         // by then (the polling thread serves it as it comes).
         self.abort(txn, why)?;
+        if let Some(error) = &error {
+            tracing::warn!(%error, "the commit's error");
+        }
         let reason = match (self.producer.context().take_failed_delivery(), error) {
             (Some(delivery), _) => format!("a delivery failed: {delivery}"),
             (None, Some(error)) => error.to_string(),

@@ -300,6 +300,25 @@ pub fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// Creates `topics` (name, partitions), one replica each.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("broker reachable")
+    {
+        result.expect("topic created");
+    }
+}
+
 /// Produces `count` raw events (calls and messages alternating, keyed by the calling or
 /// sending number) and the given extra payloads; waits for every delivery.
 pub async fn produce(
