@@ -61,6 +61,12 @@ pub enum WorkerError {
     Config(#[from] ConfigError),
     #[error("a record could not be delivered to {topic}: {reason}; its offset was not committed")]
     Delivery { topic: String, reason: String },
+    #[error("partition {partition} of {topic} could not be rewound after an aborted transaction ({reason}); the worker stops rather than read past records it never published, and a restart reads them again from the last commit")]
+    NotRewound {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
     #[error("{count} transactions in a row were refused, the last with: {reason}; none was committed, nor any offset of their records")]
     TransactionsRefused { count: u32, reason: String },
     #[error("fenced: another worker started with transactional_id {0:?}; this one stops (its open transaction is aborted, nothing it did not commit is visible)")]

@@ -435,11 +435,22 @@ impl Clients<'_> {
         }
         if rewind.count() > 0 {
             let answer = self.consumer.seek_partitions(rewind, self.timeout)?;
+            let assigned_now = self.consumer.assignment()?;
             for element in answer.elements() {
-                if let Err(e) = element.error() {
-                    // The partition was revoked after all: its new owner reads it again.
-                    tracing::debug!(topic = element.topic(), partition = element.partition(), error = %e, "not rewound");
+                let Err(e) = element.error() else { continue };
+                let (topic, partition) = (element.topic(), element.partition());
+                if assigned_now.find_partition(topic, partition).is_some() {
+                    // Still this worker's and not rewound: reading on would let a later commit
+                    // pass the aborted records, never published. Stop; a restart reads them
+                    // again from the last commit.
+                    return Err(WorkerError::NotRewound {
+                        topic: topic.to_owned(),
+                        partition,
+                        reason: e.to_string(),
+                    });
                 }
+                // Revoked after all: its new owner reads it again from the last commit.
+                tracing::debug!(topic, partition, error = %e, "not rewound");
             }
         }
         tracing::warn!(

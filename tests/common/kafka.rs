@@ -220,35 +220,22 @@ impl Topics {
         partitions: i32,
         analytics_config: &[(&str, &str)],
     ) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .unwrap();
-        let specs = [
-            (&self.raw, partitions),
-            (&self.calls, 2),
-            (&self.messages, 2),
-            (&self.dlq, 1),
-        ];
-        let new: Vec<NewTopic> = specs
-            .iter()
-            .map(|(t, p)| {
-                let topic = NewTopic::new(t, *p, TopicReplication::Fixed(1));
-                match [&self.calls, &self.messages].contains(t) {
-                    true => analytics_config
-                        .iter()
-                        .fold(topic, |topic, (name, value)| topic.set(name, value)),
-                    false => topic,
-                }
-            })
-            .collect();
-        for result in admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .expect("broker reachable")
-        {
-            result.expect("topic created");
-        }
+        let analytics = |name| {
+            analytics_config.iter().fold(
+                NewTopic::new(name, 2, TopicReplication::Fixed(1)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        };
+        create_new_topics(
+            brokers,
+            &[
+                NewTopic::new(&self.raw, partitions, TopicReplication::Fixed(1)),
+                analytics(&self.calls),
+                analytics(&self.messages),
+                NewTopic::new(&self.dlq, 1, TopicReplication::Fixed(1)),
+            ],
+        )
+        .await
     }
 
     /// The shipped config pointed at these topics and `brokers`.
@@ -302,16 +289,21 @@ pub fn text(value: &Value) -> Option<String> {
 
 /// Creates `topics` (name, partitions), one replica each.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
+    create_new_topics(brokers, &new).await
+}
+
+/// Creates the `new` topics.
+async fn create_new_topics(brokers: &str, new: &[NewTopic<'_>]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
     for result in admin
-        .create_topics(&new, &AdminOptions::new())
+        .create_topics(new, &AdminOptions::new())
         .await
         .expect("broker reachable")
     {
