@@ -144,8 +144,9 @@ pub struct ConnectionWatch {
     started: Instant,
     /// The last failure (kind, librdkafka's reason), for `check --connect`.
     last_failure: std::sync::Mutex<Option<(&'static str, String)>>,
-    /// As a producer's context: why the first record since the last [`Self::take_failed_delivery`]
-    /// could not be delivered (librdkafka's error only, never the record).
+    /// As a producer's context: why the first record since the last
+    /// [`Self::take_failed_delivery`] could not be delivered (librdkafka's error only, never
+    /// the record).
     failed_delivery: std::sync::Mutex<Option<String>>,
 }
 

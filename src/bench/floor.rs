@@ -4,8 +4,8 @@
 //! waits on a `BaseConsumer` and hands each record's value and key, unchanged, to a producer
 //! (the worker's own client settings: idempotence, `acks=all`, murmur2, the same buffers)
 //! whose delivery reports are served by the worker's own polling thread ([`PolledProducer`]),
-//! and stores a partition's offset only once every record before it was acknowledged (librdkafka commits
-//! stored offsets each second, as the worker's consumer does). When the config's
+//! and stores a partition's offset only once every record before it was acknowledged
+//! (librdkafka commits stored offsets each second, as the worker's consumer does). When the config's
 //! `header_allowlist` forwards headers, the copy carries each record's headers too: reading
 //! them makes librdkafka parse them (and allocate for that, even for a record without any),
 //! which the worker pays for the same records. Both threads block while there is nothing to

@@ -395,10 +395,11 @@ pub async fn measure(
 ///
 /// Each look wakes a thread and reads the metrics, CPU the measurement counts as the worker's
 /// and the floor (which waits without looking) never pays: every 5 ms, the measuring thread
-/// alone used 5 to 8 ms of CPU per second of run. So the loop looks often only where the moment matters: until the
-/// first record (the measurement starts there, and nothing before it is counted) and once the
-/// end is less than half a second away at the rate so far (it ends there; in exactly-once
-/// mode `done` moves a transaction at a time); in between, every 50 ms.
+/// alone used 5 to 8 ms of CPU per second of run. So the loop looks often only where the
+/// moment matters: until the first record (the measurement starts there, and nothing before
+/// it is counted) and once the end is less than half a second away at the rate so far (it
+/// ends there; in exactly-once mode `done` moves a transaction at a time); in between, every
+/// 50 ms.
 fn progress_check_interval(elapsed: Option<Duration>, done: u64, events: u64) -> Duration {
     let Some(elapsed) = elapsed else {
         return Duration::from_millis(2);

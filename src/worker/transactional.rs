@@ -340,19 +340,7 @@ impl Clients<'_> {
             }
             Err(e) => return Err(self.fatal(e)),
         }
-        let mut refused_from = self.refused_from.borrow_mut();
-        refused_from.retain(|(topic, partition, first)| {
-            let committed_past = txn
-                .offsets
-                .get(topic.as_str())
-                .and_then(|partitions| partitions.get(partition))
-                .is_some_and(|(_, next)| next > first);
-            !committed_past
-        });
-        if refused_from.is_empty() {
-            self.refused.set(0);
-        }
-        drop(refused_from);
+        self.passed_refused(&txn);
         let metrics = &self.publisher.worker.metrics;
         metrics.transactions.with_label_values(&["committed"]).inc();
         metrics.in_flight.sub(txn.sent.len() as i64);
@@ -399,6 +387,23 @@ impl Clients<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Notes that committed `txn` went past the partitions of the last refused transaction it
+    /// read beyond where that one began; the count of refusals starts again once none is left.
+    fn passed_refused(&self, txn: &Transaction) {
+        let mut refused_from = self.refused_from.borrow_mut();
+        refused_from.retain(|(topic, partition, first)| {
+            let committed_past = txn
+                .offsets
+                .get(topic.as_str())
+                .and_then(|partitions| partitions.get(partition))
+                .is_some_and(|(_, next)| next > first);
+            !committed_past
+        });
+        if refused_from.is_empty() {
+            self.refused.set(0);
+        }
     }
 
     /// `commit_transaction`, retried while the broker answers with a retriable error.
